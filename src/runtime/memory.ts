@@ -1,0 +1,105 @@
+/**
+ * Peak-memory estimates for `--dry-run`: what a command will hold at its high-water mark, from shapes alone.
+ *
+ * Every pipeline streams one decoder layer at a time, so its peak is a sum of a few terms: the runtime itself
+ * (Node plus the tfjs wasm module), the hidden states of the calibration tokens, one layer's weights in float32
+ * (twice while a kernel runs: the JS copy and the tensor backend's), the writer's one tensor in flight, and the
+ * pipeline's own working set (GPTQ Hessians, Gram matrices, ...), which the pipeline adds as named parts.
+ *
+ * The figures are estimates, compared with measured peak RSS by bench/memory.ts; the report says "estimated".
+ */
+import type { Checkpoint } from '../io/checkpoint.js';
+import { DTYPE_BYTES } from '../io/dtype.js';
+import type { LayerView, LinearRef, ModelView, SwiGLURefs } from '../model/types.js';
+
+export interface MemoryPart {
+  label: string;
+  bytes: number;
+}
+
+export interface MemoryEstimate {
+  /** estimated peak resident set size, bytes */
+  peakBytes: number;
+  /** the terms summed, largest first */
+  parts: MemoryPart[];
+}
+
+/** Node with the CLI and tfjs (wasm backend) loaded, measured with process.memoryUsage().rss after initBackend. */
+export const RUNTIME_BASE_BYTES = 140 * 2 ** 20;
+/** the writer copies kept tensors in pieces of this size (src/model/rewrite.ts) */
+export const COPY_CHUNK_BYTES = 64 * 2 ** 20;
+
+const F32 = 4;
+const linearBytes = (r: LinearRef) => r.outFeatures * r.inFeatures * F32;
+const swigluBytes = (s: SwiGLURefs) => linearBytes(s.gate) + linearBytes(s.up) + linearBytes(s.down);
+
+export function attentionBytesF32(ckpt: Checkpoint, layer: LayerView): number {
+  let b = 0;
+  for (const name of Object.values(layer.attention.tensors)) if (ckpt.has(name)) b += ckpt.shape(name).reduce((x, y) => x * y, 1) * F32;
+  return b;
+}
+
+/**
+ * One decoder layer's weights as float32. `allExperts`: a hook that sees the whole MoE layer (onMoeLayer) loads
+ * every expert at once; otherwise the forward pass holds one expert at a time.
+ */
+export function layerBytesF32(ckpt: Checkpoint, layer: LayerView, allExperts: boolean): number {
+  const b = layer.block;
+  let bytes = attentionBytesF32(ckpt, layer);
+  if (b.kind === 'dense') return bytes + swigluBytes(b.mlp);
+  const one = b.experts.length ? swigluBytes(b.experts[0]!) : 0;
+  bytes += allExperts ? b.experts.reduce((a, e) => a + swigluBytes(e), 0) : one;
+  if (b.shared) bytes += swigluBytes(b.shared);
+  return bytes + b.experts.length * (b.experts[0]?.gate.inFeatures ?? 0) * F32;
+}
+
+export function maxLayerBytesF32(ckpt: Checkpoint, view: ModelView, allExperts: boolean): number {
+  return view.layers.reduce((m, l) => Math.max(m, layerBytesF32(ckpt, l, allExperts)), 0);
+}
+
+/**
+ * The streamed forward pass over T tokens in windows of S: the hidden states and the layer's working buffers
+ * (h, its normed copies, attention output, MoE output and the hooks' copies: about eight [T, H] float32 arrays),
+ * one window's attention scores, and the experts' intermediate activations of the routed slots.
+ */
+export function forwardBytes(view: ModelView, tokens: number, seqLen: number): number {
+  const { hidden: H, heads, topK, expertIntermediate: I, vocab } = view.dims;
+  const S = Math.min(seqLen, tokens);
+  const hidden = 8 * tokens * H * F32;
+  const scores = heads * S * S * F32 * 2;
+  const inter = 3 * tokens * Math.max(1, topK) * Math.max(I, view.dims.denseIntermediate, view.dims.sharedIntermediate) * F32 / Math.max(1, view.dims.numExperts);
+  // the embedding and lm_head are read in vocabulary chunks of 8192 rows
+  const vocabChunk = Math.min(vocab, 8192) * H * F32;
+  return hidden + scores + inter + vocabChunk;
+}
+
+/** The writer: one kept tensor's copy piece or one produced tensor in its output dtype, whichever is larger. */
+export function writerBytes(ckpt: Checkpoint, largestNewTensorBytes = 0): number {
+  let largestCopy = 0;
+  for (const n of ckpt.tensorNames) {
+    const i = ckpt.info(n);
+    largestCopy = Math.max(largestCopy, Math.min(COPY_CHUNK_BYTES, i.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[i.dtype]));
+  }
+  return Math.max(largestCopy, largestNewTensorBytes);
+}
+
+export function estimatePeak(parts: MemoryPart[]): MemoryEstimate {
+  const all = [{ label: 'runtime (node + tfjs)', bytes: RUNTIME_BASE_BYTES }, ...parts.filter((p) => p.bytes > 0)];
+  all.sort((a, b) => b.bytes - a.bytes);
+  return { peakBytes: all.reduce((a, p) => a + p.bytes, 0), parts: all.map((p) => ({ label: p.label, bytes: Math.round(p.bytes) })) };
+}
+
+/** The usual parts of a pipeline that runs a calibration forward pass with a whole-layer hook. */
+export function streamedPassParts(ckpt: Checkpoint, view: ModelView, tokens: number, seqLen: number, allExperts: boolean): MemoryPart[] {
+  const layer = maxLayerBytesF32(ckpt, view, allExperts);
+  return [
+    { label: `largest layer's weights in float32${allExperts ? ' (all experts at once)' : ''}`, bytes: layer },
+    { label: 'the same weights in the tensor backend while a kernel runs', bytes: layer },
+    { label: `forward pass over ${tokens} calibration tokens (hidden states, attention scores, expert activations)`, bytes: forwardBytes(view, tokens, seqLen) },
+  ];
+}
+
+export function formatEstimate(e: MemoryEstimate): string {
+  const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+  return `estimated peak memory ${mib(e.peakBytes)}: ${e.parts.map((p) => `${p.label} ${mib(p.bytes)}`).join('; ')}`;
+}
