@@ -123,6 +123,9 @@ export interface StreamOptions {
   onProgress?(layerIndex: number, layers: number): void;
   /** return the final-norm hidden states [T, H] (for comparisons against a base model's) */
   returnHidden?: boolean;
+  /** stop after this decoder layer (its hooks and block run; later layers, the final norm and the head do not),
+   *  for a job that needs only the first layers' activations (quantize --shard); nll and hidden are then not set */
+  stopAfterLayer?: number;
 }
 
 export interface StreamResult {

@@ -257,6 +257,7 @@ export async function streamModel(
     }
     if (hooks.onLayerOutput) await hooks.onLayerOutput(layer.index, before!, h);
     opts.onProgress?.(layer.index + 1, L);
+    if (opts.stopAfterLayer !== undefined && layer.index >= opts.stopAfterLayer) return { nll: 0, scored: 0, expertCalls, expertSlots };
   }
   const fn = await norm(model, v.finalNorm);
   const out = applyNorm(h, H, fn, h);
