@@ -24,17 +24,22 @@ import { fail } from '../errors.js';
 import { checkOutputTarget } from '../io/output.js';
 import { loadLinear } from '../model/load.js';
 import { openModel, type Model } from '../model/open.js';
-import { rewriteCheckpoint, type NewTensor, type TensorFate } from '../model/rewrite.js';
+import { savePlan, loadPlan } from '../model/planfile.js';
+import { layerOfTensor, rewriteCheckpoint, type NewTensor, type RewriteResult, type TensorFate } from '../model/rewrite.js';
+import { shardOwner, type ShardSpec } from '../model/shard.js';
 import type { MoeLayerInput, SwiGLUWeights } from '../runtime/api.js';
 import { initBackend, type BackendChoice } from '../runtime/backend.js';
 import { streamModel } from '../runtime/stream.js';
-import { allocate, type AllocUnit } from '../alloc/knapsack.js';
+import { allocate, type AllocResult, type AllocUnit } from '../alloc/knapsack.js';
 import { quantizeRtn } from '../../kernels/quant/rtn.js';
 import { QUANT_BITS, type QuantBits } from '../../kernels/quant/types.js';
 import { activate, linearT, mlpForward, outputError, prepareInput, quantizeMlp, requantizeDown, type ExpertQuant, type Method, type ProjBits, type QuantSettings } from './expert.js';
 import { gptqTensorBytes, gptqTensorSpecs, quantizationConfig, registerGptqFormat } from './format.js';
 import { compile, decide, linearBytesAt, parseOverride, type LinearDecision, type Proj } from './plan.js';
+import { LayerHandoff } from './handoff.js';
+import { quantizeMemory } from './memory.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
+import { checkPlan, type QuantizePlan } from './saved.js';
 
 export interface QuantizeRequest {
   model: string;
@@ -68,6 +73,17 @@ export interface QuantizeRequest {
   force?: boolean;
   progress?: Progress;
   seed?: number;
+  /** write the plan (every unit's choice, every linear's width) to this file after the allocation */
+  savePlan?: string;
+  /** apply a plan saved by --save-plan: no scoring pass, no allocation */
+  plan?: string;
+  /** layer-parallel job i of n: quantize and write only layers l with l % n == i (join with `moe assemble`) */
+  shard?: ShardSpec;
+  /**
+   * GPTQ's Hessians of layer l from activations through the already-quantized layers < l (default true). false:
+   * from the full-precision model's activations, so layers do not depend on each other (--shard implies it).
+   */
+  sequential?: boolean;
 }
 
 export const REPORT_FILE = 'moe-quantize-report.json';
@@ -117,11 +133,21 @@ export function validateRequest(req: QuantizeRequest) {
   if (!Number.isInteger(minTokens) || minTokens < 0) fail('Usage', `--min-tokens must be a whole number >= 0 (got ${minTokens})`);
   if (!req.dryRun && !req.out) fail('Usage', 'give --out DIR (or --dry-run)');
   if (!req.calib && !req.dryRun && method === 'gptq') fail('Usage', 'GPTQ needs calibration text for its Hessians: give --calib FILE (or --method rtn)');
+  if (req.plan && req.savePlan) fail('Usage', 'give --plan FILE (apply a saved plan) or --save-plan FILE (write one), not both');
   const overrides = (req.override ?? []).map(parseOverride);
   const ignores = (req.ignore ?? []).map((r) => compile(r, '--ignore'));
   const mixedDown = req.mixedDown ?? true;
   const settings: QuantSettings = { method, groupSize, sym: !!req.sym, damp, actOrder: !!req.actOrder, minTokens };
-  return { method, granularity, candidates, denseBits, groupSize, overrides, ignores, settings, mixedDown, alpha: req.alpha ?? 1, beta: req.beta ?? 1.5 };
+  // layers of a shard job must not depend on other jobs' quantized layers
+  const sequential = method === 'gptq' && !req.shard && req.sequential !== false;
+  const alpha = req.alpha ?? 1;
+  const beta = req.beta ?? 1.5;
+  /** everything that shapes the plan or its application: a saved plan is refused under other values */
+  const planSettings = {
+    bits: req.bits, method, granularity, candidates, denseBits, groupSize, sym: settings.sym, actOrder: settings.actOrder, damp,
+    overrides: req.override ?? [], ignores: req.ignore ?? [], mixedDown, minTokens, alpha, beta,
+  };
+  return { method, granularity, candidates, denseBits, groupSize, overrides, ignores, settings, mixedDown, alpha, beta, sequential, planSettings };
 }
 
 const linBytes = (d: LinearDecision, b: QuantBits | 'keep', gs: number) =>
@@ -248,16 +274,46 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
   if (minBpw > req.bits + 1e-12) {
     fail('ImpossibleBudget', `--bits ${req.bits} is below the smallest true size of the routed experts with --candidates ${v.candidates.join(',')}: ${minBpw.toFixed(4)} bpw (largest ${maxBpw.toFixed(4)})`);
   }
+  const finalBitsOf = (choice: readonly number[]) => {
+    const chosen = new Map<string, QuantBits | 'keep'>();
+    units.forEach((u, i) => {
+      const b = u.options[choice[i]!]!;
+      for (const d of u.free) chosen.set(d.tensor, b.bits[d.proj!]!);
+    });
+    return (d: LinearDecision): QuantBits | 'keep' => (d.bits === 'alloc' ? chosen.get(d.tensor) ?? 'keep' : d.bits);
+  };
+
+  // with one width per unit there is nothing to choose: no scores, no plan needed
+  const needScores = units.some((u) => u.options.length > 1);
+  let loaded: { plan: QuantizePlan; choice: number[] } | undefined;
+  if (req.plan) {
+    const plan = await loadPlan<QuantizePlan>(req.plan, 'quantize', ckpt, v.planSettings);
+    loaded = { plan, choice: checkPlan(req.plan, plan, { units, decisions, finalBits: finalBitsOf }) };
+  }
+  if (req.shard && needScores && !loaded) {
+    fail('Usage', `--shard: the widths are chosen by scores over all layers (--candidates ${v.candidates.join(',')}); compute the plan once with --save-plan FILE (with --dry-run it writes nothing else) and give every job --plan FILE`);
+  }
+  if (!loaded && needScores && !req.calib && (!req.dryRun || req.savePlan)) {
+    fail('Usage', `choosing bits among --candidates ${v.candidates.join(',')} needs calibration text to measure errors: give --calib FILE, or one candidate width with --method rtn`);
+  }
+  const scoring = !loaded && needScores && !!req.calib;
+  // the MoE layers whose routed/shared experts GPTQ quantizes in the apply pass (this shard's only)
+  const mine = (layer: number) => !req.shard || shardOwner(layer, req.shard.count) === req.shard.index;
+  const gptqLayersOf = (fb: (d: LinearDecision) => QuantBits | 'keep') => v.method !== 'gptq' ? [] : [...new Set(decisions
+    .filter((d) => (d.cls === 'expert' || d.cls === 'shared') && mine(d.layer) && fb(d) !== 'keep').map((d) => d.layer))].sort((a, b) => a - b);
 
   const progress = req.progress;
   let windows: Int32Array[] | undefined;
   let calibTokens = 0;
+  let seqLen = 0;
   // kernels run on tfjs with or without calibration (round-to-nearest at write time too)
   await initBackend(req.backend ?? 'auto');
-  if (req.calib) {
+  // round-to-nearest needs no activations: calibration is read only to score, or for GPTQ
+  if (req.calib && (scoring || v.method === 'gptq')) {
     const set = await loadWindowSet(req.model, req.calib, { ...(req.seqLen ? { seqLen: req.seqLen } : {}), maxTokens: req.calibTokens ?? DEFAULT_CALIB_TOKENS });
     windows = set.windows;
     calibTokens = windows.reduce((a, w) => a + w.length, 0);
+    seqLen = windows[0]?.length ?? 0;
   }
 
   // ---- score
@@ -265,12 +321,7 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
   const unitIndex = new Map(units.map((u, i) => [u.id, i]));
   const act = view.forward.activation;
   const tScore = performance.now();
-  // with one width per unit there is nothing to choose: skip the scoring pass
-  const needScores = units.some((u) => u.options.length > 1);
-  if (!windows && needScores && !req.dryRun) {
-    fail('Usage', `choosing bits among --candidates ${v.candidates.join(',')} needs calibration text to measure errors: give --calib FILE, or one candidate width with --method rtn`);
-  }
-  if (windows && needScores) {
+  if (windows && scoring) {
     const ph = progress?.phase('scoring units at each candidate width');
     const L = view.layers.length;
     await streamModel(model, windows, {
@@ -323,56 +374,45 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
   }
   const scoreMs = performance.now() - tScore;
 
-  // ---- plan
-  const allocUnits: AllocUnit[] = units.map((u, i) => ({ id: u.id, options: u.options.map((b, oi) => ({ cost: costs[i]![oi]!, loss: losses[i]![oi]!, label: b.label })) }));
-  const alloc = await allocate(allocUnits, budget, {
-    describeCost: (c) => `${((c + constBits) / expertParams).toFixed(4)} bpw`,
-    ...(req.solverTimeLimit ? { timeLimitSec: req.solverTimeLimit } : {}),
-  });
+  // ---- plan (or the saved one)
+  let alloc: AllocResult;
+  let scored: boolean;
+  if (loaded) {
+    const s = loaded.plan.solver;
+    alloc = { choice: loaded.choice, cost: loaded.choice.reduce((a, k, i) => a + costs[i]![k]!, 0), loss: s.loss, solveMs: s.solveMs, optimal: s.optimal, gap: s.gap };
+    scored = loaded.plan.scored;
+    loaded.plan.units.forEach((u) => {
+      const i = unitIndex.get(u.id)!;
+      units[i]!.options.forEach((o, oi) => (losses[i]![oi] = u.losses?.[o.label] ?? 0));
+    });
+  } else {
+    const allocUnits: AllocUnit[] = units.map((u, i) => ({ id: u.id, options: u.options.map((b, oi) => ({ cost: costs[i]![oi]!, loss: losses[i]![oi]!, label: b.label })) }));
+    alloc = await allocate(allocUnits, budget, {
+      describeCost: (c) => `${((c + constBits) / expertParams).toFixed(4)} bpw`,
+      ...(req.solverTimeLimit ? { timeLimitSec: req.solverTimeLimit } : {}),
+    });
+    scored = scoring;
+  }
   // without calibration every loss is 0: the plan then only shows the fates and the budget
-  const chosen = new Map<string, QuantBits | 'keep'>();
-  units.forEach((u, i) => {
-    const b = u.options[alloc.choice[i]!]!;
-    for (const d of u.free) chosen.set(d.tensor, b.bits[d.proj!]!);
-  });
-  const finalBits = (d: LinearDecision): QuantBits | 'keep' => (d.bits === 'alloc' ? chosen.get(d.tensor) ?? 'keep' : d.bits);
+  const finalBits = finalBitsOf(alloc.choice);
+  const planFile: QuantizePlan = {
+    scored,
+    units: units.map((u, i) => ({ id: u.id, choice: u.options[alloc.choice[i]!]!.label, ...(scored ? { losses: Object.fromEntries(u.options.map((o, oi) => [o.label, losses[i]![oi]!])) } : {}) })),
+    linears: Object.fromEntries(decisions.map((d) => [d.tensor, finalBits(d)])),
+    solver: { optimal: alloc.optimal, gap: alloc.gap, loss: alloc.loss, solveMs: alloc.solveMs },
+  };
+  if (req.savePlan) await savePlan(req.savePlan, 'quantize', ckpt, v.planSettings, planFile);
 
-  // ---- apply
+  const gptqLayers = windows ? gptqLayersOf(finalBits) : [];
+  const memory = quantizeMemory({
+    model, decisions, finalBits, groupSize: gs, method: v.method, tokens: calibTokens, seqLen, scoring, applyLayers: gptqLayers, sequential: v.sequential,
+  });
+
+  // ---- apply and write, concurrently: the writer takes each layer's packed tensors as the pass produces them
   const packed = new Map<string, Uint8Array[]>();
   const fallbacks: { layer: number; expert: number; tokens: number }[] = [];
-  const tApply = performance.now();
-  if (!req.dryRun && windows) {
-    const ph = progress?.phase(`quantizing experts (${v.method}, sequential)`);
-    const L = view.layers.length;
-    await streamModel(model, windows, {
-      onMoeLayer: (inp) => {
-        const routed = routedTokens(inp);
-        const li = inp.layer.index;
-        const experts: SwiGLUWeights[] = inp.experts.map((w, e) => {
-          const exp = expertDecisions.filter((d) => d.layer === li && d.expert === e);
-          const pb = projBits(exp, finalBits);
-          const r = routed[e]!;
-          const q = quantizeMlp(w, r.x, r.n, pb, v.settings, act);
-          if (q.fallback) fallbacks.push({ layer: li, expert: e, tokens: r.n });
-          for (const d of exp) if (q.quant[d.proj!]) packed.set(d.tensor, gptqTensorBytes(q.quant[d.proj!]!));
-          return q.deq;
-        });
-        let shared: SwiGLUWeights | undefined;
-        if (inp.shared) {
-          const sd = decisions.filter((d) => d.cls === 'shared' && d.layer === li);
-          const pb = projBits(sd, finalBits);
-          const q = quantizeMlp(inp.shared, inp.x, inp.T, pb, v.settings, act);
-          for (const d of sd) if (q.quant[d.proj!]) packed.set(d.tensor, gptqTensorBytes(q.quant[d.proj!]!));
-          shared = q.deq;
-        }
-        return { experts, ...(shared ? { shared } : {}) };
-      },
-    }, { onProgress: (l) => ph?.tick(l, L, 'layers') });
-    ph?.succeed(`quantized ${expertDecisions.length / 3} experts`);
-  }
-  const applyMs = performance.now() - tApply;
-
-  // ---- write
+  const handoff = new LayerHandoff();
+  const gptqLayer = new Set(gptqLayers);
   const fates = new Map<string, TensorFate>();
   const modQuant: { module: string; bits: QuantBits }[] = [];
   const unquantized: string[] = [];
@@ -385,18 +425,20 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
     }
     modQuant.push({ module: d.module, bits: b });
     const specs = gptqTensorSpecs(d.module, d.ref.outFeatures, d.ref.inFeatures, { bits: b, groupSize: gs, sym: v.settings.sym });
+    const fromPass = gptqLayer.has(d.layer) && (d.cls === 'expert' || d.cls === 'shared');
     let bytes: Promise<Uint8Array[]> | undefined;
-    const get = () => {
-      if (!bytes) {
-        const have = packed.get(d.tensor);
-        bytes = have ? Promise.resolve(have) : loadLinear(ckpt, d.ref).then((lin) => gptqTensorBytes(quantizeRtn(lin.w, lin.out, lin.in, { bits: b, groupSize: gs, sym: v.settings.sym })));
+    const get = async () => {
+      if (fromPass) {
+        handoff.reached(d.layer);
+        await handoff.ready(d.layer);
       }
-      return bytes;
+      const have = packed.get(d.tensor);
+      return have ?? gptqTensorBytes(quantizeRtn((await loadLinear(ckpt, d.ref)).w, d.ref.outFeatures, d.ref.inFeatures, { bits: b, groupSize: gs, sym: v.settings.sym }));
     };
     const tensors: NewTensor[] = specs.map((spec, k) => ({
       spec,
       produce: async () => {
-        const all = await get();
+        const all = await (bytes ??= get());
         // the module's last tensor is out: drop its packed bytes so memory stays at one module, not the output
         if (k === specs.length - 1) {
           packed.delete(d.tensor);
@@ -408,18 +450,82 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
     fates.set(d.tensor, { kind: 'replace', tensors });
   }
   const qc = quantizationConfig(modQuant, unquantized, { groupSize: gs, sym: v.settings.sym, actOrder: v.settings.actOrder, damp: v.settings.damp });
-  const ph = req.dryRun ? undefined : progress?.phase(`writing ${req.out}`);
-  const res = await rewriteCheckpoint(model, { fates, config: { quantization_config: qc } }, req.out ?? '(dry run)', {
-    dryRun: !!req.dryRun, force: !!req.force,
-    onProgress: (done, total) => ph?.tick(done, total, 'tensors'),
-  });
-  ph?.succeed(`wrote ${req.out}`);
+  const rewritePlan = { fates, config: { quantization_config: qc } };
+  const shardSpec = req.shard && { ...req.shard, plan: { units: planFile.units.map((u) => [u.id, u.choice]), linears: planFile.linears } };
+
+  let applyMs = 0;
+  let writeMs = 0;
+  let res: RewriteResult;
+  if (req.dryRun) res = await rewriteCheckpoint(model, rewritePlan, req.out ?? '(dry run)', { dryRun: true });
+  else {
+    const tApply = performance.now();
+    const L = view.layers.length;
+    const what = gptqLayers.length ? `quantizing experts (gptq, ${v.sequential ? 'sequential' : 'not sequential'}) and writing` : 'quantizing and writing';
+    const ph = progress?.phase(`${what} ${req.out}${req.shard ? ` (shard ${req.shard.index}/${req.shard.count})` : ''}`);
+    const apply = async () => {
+      if (!windows || gptqLayers.length === 0) return;
+      await streamModel(model, windows, {
+        onMoeLayer: async (inp) => {
+          const li = inp.layer.index;
+          if (!gptqLayer.has(li)) return;
+          // backpressure: the previous layers' packed tensors are written (and released) first
+          await handoff.writerAt(li);
+          const routed = routedTokens(inp);
+          const experts: SwiGLUWeights[] = inp.experts.map((w, e) => {
+            const exp = expertDecisions.filter((d) => d.layer === li && d.expert === e);
+            const pb = projBits(exp, finalBits);
+            const r = routed[e]!;
+            const q = quantizeMlp(w, r.x, r.n, pb, v.settings, act);
+            if (q.fallback) fallbacks.push({ layer: li, expert: e, tokens: r.n });
+            for (const d of exp) if (q.quant[d.proj!]) packed.set(d.tensor, gptqTensorBytes(q.quant[d.proj!]!));
+            return q.deq;
+          });
+          let shared: SwiGLUWeights | undefined;
+          if (inp.shared) {
+            const sd = decisions.filter((d) => d.cls === 'shared' && d.layer === li);
+            const pb = projBits(sd, finalBits);
+            const q = quantizeMlp(inp.shared, inp.x, inp.T, pb, v.settings, act);
+            for (const d of sd) if (q.quant[d.proj!]) packed.set(d.tensor, gptqTensorBytes(q.quant[d.proj!]!));
+            shared = q.deq;
+          }
+          handoff.produced(li);
+          // sequential: later layers see the quantized experts; otherwise the full-precision ones
+          if (v.sequential) return { experts, ...(shared ? { shared } : {}) };
+        },
+      }, { stopAfterLayer: gptqLayers[gptqLayers.length - 1]! });
+      handoff.closeProduction();
+      applyMs = performance.now() - tApply;
+    };
+    const write = async () => {
+      const r = await rewriteCheckpoint(model, rewritePlan, req.out!, {
+        force: !!req.force,
+        ...(shardSpec ? { shard: shardSpec } : {}),
+        onProgress: (done, total, name) => {
+          handoff.reached(layerOfTensor(view, name));
+          ph?.tick(done, total, 'tensors');
+        },
+      });
+      handoff.reached(Infinity);
+      writeMs = performance.now() - tApply;
+      return r;
+    };
+    const [a, w] = await Promise.allSettled([apply().catch((e) => { handoff.abort(e); throw e; }), write().catch((e) => { handoff.abort(e); throw e; })]);
+    if (a.status === 'rejected' || w.status === 'rejected') {
+      ph?.fail();
+      // the side that failed first; the other one only saw the hand-off released with the same error
+      throw handoff.error ?? (a.status === 'rejected' ? a.reason : (w as PromiseRejectedResult).reason);
+    }
+    res = w.value;
+    if (!applyMs) applyMs = performance.now() - tApply;
+    ph?.succeed(`wrote ${req.out}${req.shard ? ` (shard ${req.shard.index}/${req.shard.count})` : ''}`);
+  }
 
   attachLosses(units, losses);
   const report = buildReport({
     req, model, decisions, units, alloc, finalBits, groupSize: gs, outBytes: res.totalBytes, fallbacks, calibTokens,
-    expertParams, scoreMs, applyMs, seconds: (performance.now() - t0) / 1000, method: v.method, granularity: v.granularity,
-    candidates: v.candidates, denseBits: v.denseBits, scored: !!windows && needScores,
+    expertParams, scoreMs, applyMs, writeMs, seconds: (performance.now() - t0) / 1000, method: v.method, granularity: v.granularity,
+    candidates: v.candidates, denseBits: v.denseBits, scored, sequential: v.sequential, memory,
+    ...(req.plan ? { planLoaded: req.plan } : {}), ...(req.savePlan ? { planSaved: req.savePlan } : {}),
   });
   if (!req.dryRun && req.out) await writeFile(join(req.out, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
   return report;

@@ -5,6 +5,7 @@
  */
 import type { AllocResult } from '../alloc/knapsack.js';
 import type { Model } from '../model/open.js';
+import { formatEstimate, type MemoryEstimate } from '../runtime/memory.js';
 import type { QuantBits } from '../../kernels/quant/types.js';
 import type { LinearClass, LinearDecision } from './plan.js';
 import { linearBytesAt } from './plan.js';
@@ -43,8 +44,17 @@ export interface QuantizeReport {
   solver: { units: number; solveMs: number; optimal: boolean; gap: number; loss: number };
   fallbacks: { layer: number; expert: number; tokens: number }[];
   decisions: { tensor: string; bits: number | 'keep'; reason: string }[];
-  timings: { scoreMs: number; applyMs: number };
+  /** applyMs: the GPTQ pass; writeMs: until the last tensor was written (the two run concurrently) */
+  timings: { scoreMs: number; applyMs: number; writeMs: number };
   scored: boolean;
+  /** GPTQ's Hessians of layer l came from activations through the quantized layers < l */
+  sequential: boolean;
+  /** plan file read (--plan) or written (--save-plan) */
+  plan?: { loaded?: string; saved?: string };
+  /** layer-parallel job (--shard i/n): this part holds layers l with l % count == index */
+  shard?: { index: number; count: number };
+  /** estimated peak memory (from shapes; dry runs and real runs alike) */
+  memory: MemoryEstimate;
   seconds: number;
 }
 
@@ -62,12 +72,17 @@ export interface ReportInput {
   expertParams: number;
   scoreMs: number;
   applyMs: number;
+  writeMs: number;
   seconds: number;
   method: string;
   granularity: 'expert' | 'layer';
   candidates: number[];
   denseBits: number;
   scored: boolean;
+  sequential: boolean;
+  memory: MemoryEstimate;
+  planLoaded?: string;
+  planSaved?: string;
 }
 
 const MiB = 2 ** 20;
@@ -124,7 +139,9 @@ export function buildReport(r: ReportInput): QuantizeReport {
     actOrder: !!r.req.actOrder,
     calibration: {
       tokens: r.calibTokens,
-      hessians: 'per expert from the tokens routed to it; sequential: layer l sees activations from the already-quantized experts and shared experts of layers < l (attention and dense MLPs: round-to-nearest, full precision in the calibration stream)',
+      hessians: r.method !== 'gptq' ? 'none: round-to-nearest needs no activations'
+        : r.sequential ? 'per expert from the tokens routed to it; sequential: layer l sees activations from the already-quantized experts and shared experts of layers < l (attention and dense MLPs: round-to-nearest, full precision in the calibration stream)'
+          : 'per expert from the tokens routed to it; not sequential: every layer sees the full-precision model\'s activations (attention and dense MLPs: round-to-nearest)',
     },
     bitMap,
     units: r.units.map((u, i) => ({
@@ -142,8 +159,12 @@ export function buildReport(r: ReportInput): QuantizeReport {
     solver: { units: r.units.length, solveMs: r.alloc.solveMs, optimal: r.alloc.optimal, gap: r.alloc.gap, loss: r.alloc.loss },
     fallbacks: r.fallbacks,
     decisions: decisions.map((d) => ({ tensor: d.tensor, bits: finalBits(d), reason: d.reason })),
-    timings: { scoreMs: r.scoreMs, applyMs: r.applyMs },
+    timings: { scoreMs: r.scoreMs, applyMs: r.applyMs, writeMs: r.writeMs },
     scored: r.scored,
+    sequential: r.sequential,
+    ...(r.planLoaded || r.planSaved ? { plan: { ...(r.planLoaded ? { loaded: r.planLoaded } : {}), ...(r.planSaved ? { saved: r.planSaved } : {}) } } : {}),
+    ...(r.req.shard ? { shard: { index: r.req.shard.index, count: r.req.shard.count } } : {}),
+    memory: r.memory,
     seconds: r.seconds,
   };
 }
@@ -174,6 +195,11 @@ export function summaryTable(rep: QuantizeReport): string {
   lines.push(`  model size = ${mib(rep.sizes.beforeBytes)}, quant size = ${mib(rep.sizes.afterBytes)}${rep.dryRun ? ' (planned)' : ''}`);
   lines.push(`  true bpw: routed experts ${rep.bpw.experts.toFixed(4)} (target ${rep.targetBits}), other linears ${rep.bpw.nonExperts.toFixed(4)}, all linears ${rep.bpw.linears.toFixed(4)}, whole model ${rep.bpw.model.toFixed(4)}`);
   lines.push(`  allocation: ${rep.solver.units} units, ${rep.solver.solveMs.toFixed(0)} ms, ${rep.solver.optimal ? 'optimal' : `not proven optimal (gap <= ${rep.solver.gap.toExponential(2)})`}${rep.scored || rep.solver.units === 0 ? '' : rep.units.every((u) => Object.keys(u.losses).length === 1) ? ' (one width per unit: nothing to score)' : ' (no calibration: losses unknown, cheapest widths shown)'}`);
+  if (rep.plan?.loaded) lines.push(`  plan: ${rep.plan.loaded} (no scoring pass, no allocation)`);
+  if (rep.plan?.saved) lines.push(`  plan saved to ${rep.plan.saved}`);
+  if (rep.shard) lines.push(`  shard ${rep.shard.index}/${rep.shard.count}: layers l with l % ${rep.shard.count} = ${rep.shard.index}${rep.shard.index === 0 ? ', embeddings and head' : ''} (join the parts with moe assemble)`);
+  if (rep.method === 'gptq') lines.push(`  GPTQ Hessians: ${rep.sequential ? 'sequential (through the quantized earlier layers)' : 'not sequential (full-precision activations)'}`);
+  lines.push(`  ${formatEstimate(rep.memory)}`);
   if (rep.fallbacks.length) lines.push(`  warning: ${rep.fallbacks.length} experts had fewer tokens than --min-tokens and used round-to-nearest: ${rep.fallbacks.map((f) => `L${f.layer}.E${f.expert}(${f.tokens})`).join(' ')}`);
   return lines.join('\n');
 }

@@ -2,7 +2,7 @@ import { Command, Option } from 'commander';
 import { parseBackendOption } from '../../runtime/backend.js';
 import { DEFAULT_CALIB_TOKENS, DEFAULT_MIN_TOKENS, quantize } from '../../quantize/pipeline.js';
 import { summaryTable } from '../../quantize/report.js';
-import { count, number } from '../options.js';
+import { count, number, shard } from '../options.js';
 import { createProgress } from '../progress.js';
 
 function intList(flag: string) {
@@ -35,7 +35,11 @@ export function registerQuantize(program: Command): void {
     .option('--seq-len <n>', 'calibration window length in tokens', count('--seq-len'))
     .option('--solver-time-limit <s>', 'allocation solver time limit in seconds (default 20)', number('--solver-time-limit'))
     .option('--backend <name>', 'tensor backend: auto | tensorflow | wasm | cpu', parseBackendOption, 'auto')
-    .option('--dry-run', 'print the plan (fates, allocation when --calib is given, sizes), write nothing')
+    .option('--save-plan <file>', 'write the plan (every unit\'s width, every linear\'s bits, scores) to FILE after the allocation; with --dry-run nothing else is written')
+    .option('--plan <file>', 'apply a plan saved by --save-plan (same model and flags): no scoring pass, no allocation; output identical to the saving run\'s')
+    .option('--shard <i/n>', 'layer-parallel job i of n: quantize and write only layers l with l % n = i (join the parts with moe assemble); needs --plan when widths are chosen by scores; implies --no-sequential for GPTQ', shard('--shard'))
+    .option('--no-sequential', 'GPTQ Hessians from the full-precision model\'s activations instead of through the already-quantized earlier layers (layers independent; what --shard does)')
+    .option('--dry-run', 'print the plan (fates, allocation when --calib is given, sizes) and the estimated peak memory, write nothing')
     .option('--force', 'replace an existing --out')
     .option('--json', 'print the JSON report on stdout')
     .option('--quiet', 'no progress output')
@@ -46,6 +50,7 @@ export function registerQuantize(program: Command): void {
         denseBits: o.denseBits, groupSize: o.groupSize, sym: !!o.sym, actOrder: !!o.actOrder, damp: o.damp, minTokens: o.minTokens,
         override: o.override ?? [], ignore: o.ignore ?? [], calib: o.calib, calibTokens: o.calibTokens, seqLen: o.seqLen,
         mixedDown: o.mixedDown !== false, solverTimeLimit: o.solverTimeLimit, backend: o.backend, dryRun: !!o.dryRun, force: !!o.force, progress,
+        savePlan: o.savePlan, plan: o.plan, shard: o.shard, sequential: o.sequential !== false,
       });
       if (o.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
       else if (!o.quiet || o.dryRun) {

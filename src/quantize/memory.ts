@@ -1,0 +1,117 @@
+/**
+ * Estimated peak memory of `moe quantize`, from shapes alone (src/runtime/memory.ts supplies the shared terms).
+ *
+ * Two phases never overlap in time, so the peak is the larger of the two:
+ * - scoring (when widths are chosen by scores and no --plan is given): the streamed forward pass with every
+ *   expert of a layer loaded, the routed tokens copied per expert, and GPTQ's float64 Hessians (scoring keeps the
+ *   prepared factors of both inputs of an expert alive while quantizing it at each width);
+ * - apply + write (concurrent): the forward pass again when GPTQ needs activations, one expert's GPTQ working set,
+ *   the dequantized experts of one layer when the pass is sequential, one layer of packed output waiting for the
+ *   writer, round-to-nearest of the largest linear quantized at write time, and the writer's tensor in flight.
+ */
+import { DTYPE_BYTES } from '../io/dtype.js';
+import type { Model } from '../model/open.js';
+import { estimatePeak, streamedPassParts, writerBytes, type MemoryEstimate, type MemoryPart } from '../runtime/memory.js';
+import type { QuantBits } from '../../kernels/quant/types.js';
+import { gptqTensorSpecs } from './format.js';
+import { linearBytesAt, type LinearDecision } from './plan.js';
+
+const F32 = 4;
+const F64 = 8;
+/**
+ * Round-to-nearest of one [out, in] linear (kernels/quant/rtn.ts): on the JS side the float32 weights, the
+ * backend's float32 codes, the uint8 codes and the packed bytes (about 9.5 bytes per weight); in the tensor
+ * backend the weights and the five intermediates of one tidy (about 24), whose high-water mark the wasm heap keeps.
+ */
+const RTN_BYTES_PER_WEIGHT = 34;
+/**
+ * GPTQ's preparation of one input of n features (kernels/quant/gptq.ts prepareGptq and
+ * kernels/linalg/cholesky.ts upperCholeskyOfInverse): the Hessian, its damped copies, the reversed copy, the
+ * Cholesky factor, its inverse and the upper factor, seven n x n float64 arrays at the high-water mark.
+ */
+const GPTQ_SQUARES = 7;
+
+export interface QuantizeMemoryInput {
+  model: Model;
+  decisions: readonly LinearDecision[];
+  finalBits: (d: LinearDecision) => QuantBits | 'keep';
+  groupSize: number;
+  method: 'gptq' | 'rtn';
+  /** calibration tokens and window length of the forward passes */
+  tokens: number;
+  seqLen: number;
+  /** a scoring pass runs (widths chosen by scores, no --plan) */
+  scoring: boolean;
+  /** MoE layers whose experts GPTQ quantizes in the apply pass (empty: no forward pass to apply) */
+  applyLayers: readonly number[];
+  sequential: boolean;
+}
+
+function gptqWorkingSet(ds: readonly LinearDecision[]): number {
+  // gate/up share the expert's input (hidden), down reads the intermediate: the larger input is prepared while the
+  // other's factor is still alive
+  let big = 0;
+  let small = 0;
+  for (const d of ds) {
+    const n = d.ref.inFeatures;
+    if (n > big) {
+      small = Math.max(small, big);
+      big = n;
+    } else if (n < big) small = Math.max(small, n);
+  }
+  return F64 * (GPTQ_SQUARES * big * big + small * small);
+}
+
+export function quantizeMemory(i: QuantizeMemoryInput): MemoryEstimate {
+  const { model, decisions, finalBits, groupSize: gs } = i;
+  const { ckpt, view } = model;
+  const { hidden: H, topK } = view.dims;
+  const passParts = i.tokens > 0 ? streamedPassParts(ckpt, view, i.tokens, i.seqLen, true) : [];
+  const routedCopy: MemoryPart = { label: `calibration tokens copied per routed expert (top-${topK} x ${i.tokens} x ${H} float32)`, bytes: topK * i.tokens * H * F32 };
+  const mlp = decisions.filter((d) => d.cls === 'expert' || d.cls === 'shared');
+
+  const phases: MemoryEstimate[] = [];
+  if (i.scoring && i.tokens > 0) {
+    const parts = [...passParts, routedCopy];
+    if (i.method === 'gptq') parts.push({ label: 'GPTQ scoring: float64 Hessians, Cholesky factor and inverse of the largest input, prepared factor of the other', bytes: gptqWorkingSet(mlp.filter((d) => d.bits !== 'keep')) });
+    phases.push(estimatePeak(parts));
+  }
+
+  const parts: MemoryPart[] = [];
+  const apply = new Set(i.applyLayers);
+  if (apply.size > 0 && i.tokens > 0) {
+    const applied = mlp.filter((d) => apply.has(d.layer) && finalBits(d) !== 'keep');
+    parts.push(...passParts, routedCopy);
+    parts.push({ label: 'GPTQ: float64 Hessian, Cholesky factor and inverse of the largest input in flight', bytes: gptqWorkingSet(applied) });
+    let packed = 0;
+    let deq = 0;
+    for (const l of apply) {
+      let p = 0;
+      let q = 0;
+      for (const d of applied) {
+        if (d.layer !== l) continue;
+        p += linearBytesAt(d.ref.outFeatures, d.ref.inFeatures, finalBits(d) as QuantBits, gs);
+        q += d.params * F32;
+      }
+      packed = Math.max(packed, p);
+      deq = Math.max(deq, q);
+    }
+    parts.push({ label: 'one layer of packed GPTQ output waiting for the writer', bytes: packed });
+    if (i.sequential) parts.push({ label: 'the layer\'s dequantized experts handed back to the stream (float32)', bytes: deq });
+  }
+  // linears quantized at write time: everything not quantized by the apply pass
+  let rtnLargest = 0;
+  let newLargest = 0;
+  for (const d of decisions) {
+    const b = finalBits(d);
+    if (b === 'keep') continue;
+    if (!(apply.has(d.layer) && (d.cls === 'expert' || d.cls === 'shared'))) rtnLargest = Math.max(rtnLargest, d.params);
+    for (const s of gptqTensorSpecs(d.module, d.ref.outFeatures, d.ref.inFeatures, { bits: b, groupSize: gs, sym: false })) {
+      newLargest = Math.max(newLargest, s.shape.reduce((a, x) => a * x, 1) * DTYPE_BYTES[s.dtype]);
+    }
+  }
+  if (rtnLargest > 0) parts.push({ label: 'round-to-nearest at write time of the largest such linear (weights, codes and the tensor backend\'s intermediates)', bytes: rtnLargest * RTN_BYTES_PER_WEIGHT });
+  parts.push({ label: 'the writer: one tensor or copy piece in flight', bytes: writerBytes(ckpt, newLargest) });
+  phases.push(estimatePeak(parts));
+  return phases.reduce((a, b) => (b.peakBytes > a.peakBytes ? b : a));
+}
