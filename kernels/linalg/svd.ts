@@ -45,6 +45,9 @@ export interface SvdOptions {
   seed?: number;
 }
 
+/** Seed of the randomized route's gaussian sketch when none is given. */
+export const DEFAULT_SVD_SEED = 1;
+
 export function svd(M: Float64Array, m: number, n: number, opts: SvdOptions = {}): Svd {
   const full = Math.min(m, n);
   const k = Math.max(0, Math.min(opts.rank ?? full, full));
@@ -156,7 +159,7 @@ function randomizedSvd(M: Float64Array, m: number, n: number, k: number, opts: S
   const l = Math.min(k + (opts.oversample ?? 10), Math.min(m, n));
   const energy = frobenius(M.subarray(0, m * n)) ** 2;
   if (l === 0) return { m, n, k: 0, U: new Float64Array(0), s: new Float64Array(0), Vt: new Float64Array(0), spectrum: new Float64Array(0), energy };
-  const omega = gaussian(n * l, opts.seed ?? 1);
+  const omega = gaussian(n * l, opts.seed ?? DEFAULT_SVD_SEED);
   let Q = orthonormalize(matmul(M, omega, m, n, l, { engine }), m, l, engine);
   for (let it = 0; it < (opts.powerIters ?? 2); it++) {
     const Z = orthonormalize(matmul(M, Q, n, m, l, { transA: true, engine }), n, l, engine);

@@ -8,7 +8,7 @@
  */
 import { cholesky } from '../../kernels/linalg/cholesky.js';
 import { matmul, type Engine } from '../../kernels/linalg/matmul.js';
-import { svd, tailEnergy, type Svd } from '../../kernels/linalg/svd.js';
+import { DEFAULT_SVD_SEED, svd, tailEnergy, type Svd } from '../../kernels/linalg/svd.js';
 import { rightSolveLower } from '../../kernels/linalg/triangular.js';
 
 export interface Factors {
@@ -43,9 +43,26 @@ export function whitening(G: Float64Array, n: number): { L: Float64Array; ridge:
  */
 export const FULL_SPECTRUM_MAX_DIM = 2048;
 
-function truncatedSvd(M: Float64Array, m: number, n: number, engine?: Engine, maxRank?: number): Svd {
-  if (maxRank !== undefined && Math.min(m, n) > FULL_SPECTRUM_MAX_DIM && maxRank < Math.min(m, n) / 2) {
-    return svd(M, m, n, { rank: maxRank, method: 'randomized', engine, powerIters: 2 });
+export interface FactorizeOptions {
+  /** seed of the randomized SVD's gaussian sketch (default DEFAULT_SVD_SEED) */
+  seed?: number;
+  /** smaller-side dimension above which the randomized route is taken (default FULL_SPECTRUM_MAX_DIM) */
+  randomizedAbove?: number;
+}
+
+function randomized(m: number, n: number, maxRank: number | undefined, opts: FactorizeOptions): maxRank is number {
+  return maxRank !== undefined && Math.min(m, n) > (opts.randomizedAbove ?? FULL_SPECTRUM_MAX_DIM) && maxRank < Math.min(m, n) / 2;
+}
+
+/** The rank a factorisation of an [m, n] matrix will have (what `maxRank` of its Factorization will be). */
+export function factorRank(m: number, n: number, maxRank: number | undefined, opts: FactorizeOptions = {}): number {
+  const full = Math.min(m, n);
+  return randomized(m, n, maxRank, opts) ? Math.max(0, Math.min(maxRank, full)) : full;
+}
+
+function truncatedSvd(M: Float64Array, m: number, n: number, engine?: Engine, maxRank?: number, opts: FactorizeOptions = {}): Svd {
+  if (randomized(m, n, maxRank, opts)) {
+    return svd(M, m, n, { rank: maxRank, method: 'randomized', engine, powerIters: 2, seed: opts.seed ?? DEFAULT_SVD_SEED });
   }
   return svd(M, m, n, { engine });
 }
@@ -65,10 +82,10 @@ function splitSqrt(sv: Svd, k: number): { A: Float64Array; SVt: Float64Array } {
 }
 
 /** Plain SVD (weight space) or whitened SVD-LLM (activation space) of one linear. */
-export function factorizeLinear(W: Float64Array, m: number, n: number, G?: Float64Array, engine?: Engine, maxRank?: number): Factorization {
+export function factorizeLinear(W: Float64Array, m: number, n: number, G?: Float64Array, engine?: Engine, maxRank?: number, opts: FactorizeOptions = {}): Factorization {
   const white = G ? whitening(G, n) : undefined;
   const M = white ? matmul(W, white.L, m, n, n, { engine }) : W;
-  const sv = truncatedSvd(M, m, n, engine, maxRank);
+  const sv = truncatedSvd(M, m, n, engine, maxRank, opts);
   return {
     m,
     n,
@@ -94,12 +111,12 @@ export interface SharedFactorization extends Omit<Factorization, 'factors'> {
   factors(k: number): { shared: Float64Array; perExpert: Float64Array[]; k: number };
 }
 
-export function factorizeSharedInput(Ws: Float64Array[], m: number, n: number, Gsum?: Float64Array, engine?: Engine, maxRank?: number): SharedFactorization {
+export function factorizeSharedInput(Ws: Float64Array[], m: number, n: number, Gsum?: Float64Array, engine?: Engine, maxRank?: number, opts: FactorizeOptions = {}): SharedFactorization {
   const E = Ws.length;
   const white = Gsum ? whitening(Gsum, n) : undefined;
   const M = new Float64Array(E * m * n);
   Ws.forEach((W, j) => M.set(white ? matmul(W, white.L, m, n, n, { engine }) : W.subarray(0, m * n), j * m * n));
-  const sv = truncatedSvd(M, E * m, n, engine, maxRank);
+  const sv = truncatedSvd(M, E * m, n, engine, maxRank, opts);
   return {
     m,
     n,
@@ -127,7 +144,7 @@ export function factorizeSharedInput(Ws: Float64Array[], m: number, n: number, G
  * block keep its own whitening (the error splits into one term per expert), so no common Gram is needed:
  * the shared U comes from [W_1 L_1 | ... | W_E L_E] and B_j = U_k^T W_j is each expert's projection.
  */
-export function factorizeSharedOutput(Ws: Float64Array[], m: number, n: number, Gs?: (Float64Array | undefined)[], engine?: Engine, maxRank?: number): SharedFactorization {
+export function factorizeSharedOutput(Ws: Float64Array[], m: number, n: number, Gs?: (Float64Array | undefined)[], engine?: Engine, maxRank?: number, opts: FactorizeOptions = {}): SharedFactorization {
   const E = Ws.length;
   const cols = E * n;
   const M = new Float64Array(m * cols);
@@ -142,7 +159,7 @@ export function factorizeSharedOutput(Ws: Float64Array[], m: number, n: number, 
     }
     for (let i = 0; i < m; i++) M.set(block.subarray(i * n, (i + 1) * n), i * cols + j * n);
   });
-  const sv = truncatedSvd(M, m, cols, engine, maxRank);
+  const sv = truncatedSvd(M, m, cols, engine, maxRank, opts);
   return {
     m,
     n,
@@ -161,7 +178,7 @@ export function factorizeSharedOutput(Ws: Float64Array[], m: number, n: number, 
 }
 
 /** D²-MoE base: the frequency-weighted mean of a group's experts. */
-export function frequencyWeightedBase(Ws: Float64Array[], weights: ArrayLike<number>, size: number): Float64Array {
+export function frequencyWeightedBase(Ws: readonly ArrayLike<number>[], weights: ArrayLike<number>, size: number): Float64Array {
   let total = 0;
   for (let j = 0; j < Ws.length; j++) total += weights[j]!;
   const base = new Float64Array(size);

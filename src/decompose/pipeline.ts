@@ -1,13 +1,22 @@
 /**
- * `moe decompose`: score -> plan -> apply -> write -> report.
+ * `moe decompose`: score -> plan -> apply + write -> report.
  *
- * score   one pass over the model: each MoE layer's experts are factorised in full (whitened modes with the Gram
- *         matrices of their routed tokens, collected inside the layer-streamed forward pass on calibration text)
- *         and every rank unit keeps its truncation spectrum;
- * plan    ranks under the parameter budget, uniform or allocated by the shared knapsack on truncation loss;
- * apply   cut each unit at its rank, measure the error left (activation space where Grams exist);
- * write   factors (moe-lowrank) or dense weights (--materialize) into a new checkpoint, published atomically;
- * report  ranks per layer / expert / projection, parameters before and after, predicted vs measured error.
+ * score   one pass over the model: each MoE layer's units are factorised one at a time (whitened modes with the
+ *         Gram matrices of their routed tokens, collected inside the layer-streamed forward pass on calibration
+ *         text) and only each unit's truncation spectrum is kept (a few numbers per rank), not its factors;
+ * plan    ranks under the parameter budget, allocated by the shared knapsack on truncation loss; --uniform ranks
+ *         follow from shapes alone (no score pass), and --plan FILE loads a saved plan (no score pass either);
+ * apply   a second pass: each layer is factorised again when its turn comes (whitened modes recollect its Grams in a
+ *   +     second streamed forward pass), cut at the planned ranks, measured, and handed to the writer, which streams
+ * write   the factors (moe-lowrank) or dense weights (--materialize) into the output while the pass waits: at most
+ *         one layer of factors is alive. --shard i/n factorises and writes only layers l with l % n == i;
+ * report  ranks per layer / expert / projection, parameters before and after, predicted vs measured error, and
+ *         the estimated peak memory.
+ *
+ * Memory is bounded by one layer (its weights, its Grams, one unit's factorisation, one layer's factors) plus the
+ * calibration activations, whatever the number of layers. Recomputing the Grams costs a second forward pass; the
+ * alternative, spilling them to disk, would write E (H^2 + I^2) floats per layer (about 7 GB per layer of
+ * Mixtral-8x7B in float32), and --plan / --shard jobs need the forward pass anyway.
  */
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -18,13 +27,20 @@ import { checkOutputTarget } from '../io/output.js';
 import { loadSwiGLU } from '../model/load.js';
 import { openModel, type Model } from '../model/open.js';
 import { loadWindows } from '../data/windows.js';
-import type { MoeLayerInput } from '../runtime/api.js';
+import { loadPlan, savePlan } from '../model/planfile.js';
+import { shardOwner, type ShardSpec } from '../model/shard.js';
+import type { MoeLayerInput, SwiGLUWeights } from '../runtime/api.js';
+import type { MemoryEstimate } from '../runtime/memory.js';
 import { streamModel } from '../runtime/stream.js';
+import { DEFAULT_SVD_SEED } from '../../kernels/linalg/svd.js';
 import { MODES, type DecomposeMode } from './format.js';
 import { layerGrams, type LayerGrams } from './grams.js';
-import { checkRatio, planRanks, uniformRank, type AllocLoss, type RankPlan } from './plan.js';
-import { applyUnit, scoreLayer, type AppliedUnit, type ExpertFactors, type ScoredUnit } from './units.js';
-import { writeDecomposed } from './write.js';
+import { LayerHandoff } from './handoff.js';
+import { decomposeMemory } from './memory.js';
+import { budgetOf, checkRatio, planLoss, planRanks, uniformPlan, uniformRank, unitParams, type AllocLoss, type RankPlan } from './plan.js';
+import { planRecord, planSettings, validatePlan, windowsDigest, type DecomposePlan } from './planfile.js';
+import { applyUnit, layerUnits, layerUnitShapes, summarize, type AppliedUnit, type ExpertFactors, type ScoreOptions, type UnitShape, type UnitSummary } from './units.js';
+import { factorKey, largestNewTensor, writeDecomposed, type FactorSlot } from './write.js';
 
 export const DEFAULT_MODE: DecomposeMode = 'whitened';
 export const REPORT_FILE = 'moe-decompose-report.json';
@@ -50,6 +66,16 @@ export interface DecomposeRequest {
   allocSeconds?: number;
   /** how unit losses are scaled before allocation (default 'absolute') */
   allocLoss?: AllocLoss;
+  /** seed of the randomized SVD's gaussian sketch (default 1) */
+  seed?: number;
+  /** apply this saved plan (--plan FILE): no score pass, no allocation */
+  plan?: string;
+  /** save the plan (--save-plan FILE), also with --dry-run */
+  savePlan?: string;
+  /** layer-parallel job i of n: factorise and write only layers l with l % n == i (join with `moe assemble`) */
+  shard?: ShardSpec;
+  /** smaller-side dimension above which the randomized SVD is used (default 2048; tests lower it) */
+  randomizedAbove?: number;
   progress?: Progress;
 }
 
@@ -57,7 +83,7 @@ export interface UnitReport {
   id: string;
   layer: number;
   proj: string;
-  kind: ScoredUnit['kind'];
+  kind: UnitShape['kind'];
   experts: number[];
   shape: [number, number];
   rank: number;
@@ -65,13 +91,14 @@ export interface UnitReport {
   params: number;
   dense: number;
   tokens?: number[];
-  ridge: number;
-  /** sqrt of the spectrum's dropped energy (activation space for whitened modes) */
-  predictedError: number;
-  /** measured on the factors: each expert's own Gram (activation space) or weight space */
-  measuredError: number;
-  /** measured / the same norm of the original weights */
-  relativeError: number;
+  /** ridge added to the Gram before its Cholesky (absent when the unit was not factorised in this run) */
+  ridge?: number;
+  /** sqrt of the spectrum's dropped energy (activation space for whitened modes); absent with --plan --dry-run */
+  predictedError?: number;
+  /** measured on the factors: each expert's own Gram (activation space) or weight space; absent in dry runs */
+  measuredError?: number;
+  /** measured / the same norm of the original weights; absent in dry runs */
+  relativeError?: number;
 }
 
 export interface DecomposeReport {
@@ -81,6 +108,10 @@ export interface DecomposeReport {
   allocation: 'uniform' | 'knapsack';
   optimal: boolean;
   solveMs: number;
+  /** seed of the randomized SVD */
+  seed: number;
+  /** where the ranks came from: the knapsack on this run's spectra, uniform shares, or a plan file */
+  plan?: { source: 'allocated' | 'uniform' | 'file'; path?: string; saved?: string };
   model: string;
   out?: string;
   dryRun: boolean;
@@ -88,10 +119,15 @@ export interface DecomposeReport {
   family: string;
   calibration: { source: 'calib' | 'none'; path?: string; tokens: number };
   params: { expertBefore: number; expertAfter: number; budget: number; achievedRatio: number };
-  /** the planned total loss (sum of weighted squared errors) */
-  plannedLoss: number;
+  /** the planned total loss (sum of weighted squared errors); absent when no spectrum of the whole plan is known
+   *  (a --uniform shard, or a plan file without one) */
+  plannedLoss?: number;
+  /** a --shard job: which part, and the MoE layers it factorised (its units are the ones listed) */
+  shard?: { index: number; count: number; layers: number[] };
   units: UnitReport[];
   output?: { tensors: number; bytes: number };
+  /** estimated peak memory (src/runtime/memory.ts), from shapes and the plan */
+  memory: MemoryEstimate;
   seconds: number;
 }
 
@@ -103,30 +139,59 @@ export function validateRequest(req: DecomposeRequest): DecomposeMode {
   if (req.stats) fail('Usage', 'decompose needs the Gram matrices of routed activations, which saved statistics do not hold: give --calib FILE');
   if (mode !== 'svd' && !req.calib && !req.windows && !req.grams) fail('Usage', `--mode ${mode} whitens by the activations each expert sees: give calibration text (--calib FILE), or use --mode svd`);
   if (req.calibTokens !== undefined && (!Number.isInteger(req.calibTokens) || req.calibTokens <= 0)) fail('Usage', `--calib-tokens must be a positive integer, got ${req.calibTokens}`);
+  if (req.seed !== undefined && (!Number.isInteger(req.seed) || req.seed < 0)) fail('Usage', `--seed must be a non-negative whole number, got ${req.seed}`);
+  if (req.plan && req.savePlan) fail('Usage', 'give --plan FILE (apply a saved plan) or --save-plan FILE (save this run\'s plan), not both');
+  if (req.shard && !req.plan && !req.uniform) {
+    fail('Usage', '--shard needs --plan FILE: ranks are allocated over all layers at once, so compute the plan once (--save-plan FILE, e.g. with --dry-run) and give it to every job; or use --uniform');
+  }
   if (!req.dryRun && !req.out) fail('Usage', '--out DIR is required (or use --dry-run)');
   return mode;
 }
 
-/** Score with Gram matrices from a calibration forward pass. */
-async function scoreCalibrated(model: Model, req: DecomposeRequest, mode: DecomposeMode): Promise<{ units: ScoredUnit[]; tokens: number }> {
-  const windows = req.windows ?? (await loadWindows(model.dir, req.calib!, { maxTokens: req.calibTokens }));
-  const units: ScoredUnit[] = [];
-  let tokens = 0;
-  let done = 0;
-  const phase = req.progress?.phase('score: Gram matrices and spectra per expert');
-  await streamModel(model, windows, {
-    onMoeLayer(input: MoeLayerInput) {
-      tokens = input.T;
-      const grams: LayerGrams = layerGrams(input, model.view.forward.activation, true);
-      units.push(...scoreLayer(input.layer.index, input.experts, grams, { mode, engine: req.engine, ratio: req.ratio }));
-      phase?.tick(++done, model.view.moeLayers.length, 'layers');
-    },
-  });
-  phase?.succeed(`score: ${done} layers, ${units.length} units, ${tokens} calibration tokens`);
-  return { units, tokens };
+/** Where the apply and score passes get each MoE layer's experts and Grams. */
+type LayerSource =
+  | { kind: 'forward'; windows: readonly Int32Array[] }
+  | { kind: 'grams'; layers: LayerGrams[]; tokens: number }
+  | { kind: 'weights' };
+
+/** Visit one MoE layer: its experts (float32, as loaded) and, when calibrated, its Grams; both fetched on demand. */
+type LayerVisit = (layer: number, experts: () => Promise<SwiGLUWeights[]>, grams: () => LayerGrams | undefined) => Promise<void>;
+
+async function loadExperts(model: Model, layer: number): Promise<SwiGLUWeights[]> {
+  const block = model.view.layers[layer]!.block;
+  if (block.kind !== 'moe') fail('ComputeError', `internal: layer ${layer} is not an MoE layer`);
+  const experts = [];
+  for (const refs of block.experts) experts.push(await loadSwiGLU(model.ckpt, refs));
+  return experts;
 }
 
-/** The routed Gram matrices of every MoE layer in one forward pass (kept in memory: E (H^2 + I^2) floats per layer). */
+/** Walk the MoE layers in order; returns the calibration tokens that reached them (0 without calibration). */
+async function walkLayers(model: Model, src: LayerSource, visit: LayerVisit): Promise<number> {
+  if (src.kind === 'forward') {
+    let tokens = 0;
+    await streamModel(model, src.windows, {
+      async onMoeLayer(input: MoeLayerInput) {
+        tokens = input.T;
+        await visit(input.layer.index, async () => input.experts, () => layerGrams(input, model.view.forward.activation, true));
+      },
+    });
+    return tokens;
+  }
+  if (src.kind === 'grams') {
+    const layers = src.layers.map((g) => g.layer);
+    if (layers.join(',') !== model.view.moeLayers.join(',')) fail('InvalidStats', `the Gram matrices cover layers ${layers.join(', ')}, the model's MoE layers are ${model.view.moeLayers.join(', ')}`);
+    for (const g of src.layers) {
+      const layer = model.view.layers[g.layer];
+      if (!layer || layer.block.kind !== 'moe' || layer.block.experts.length !== g.experts.length) fail('InvalidStats', `Gram matrices of layer ${g.layer} do not match the model`);
+      await visit(g.layer, () => loadExperts(model, g.layer), () => g);
+    }
+    return src.tokens;
+  }
+  for (const l of model.view.moeLayers) await visit(l, () => loadExperts(model, l), () => undefined);
+  return 0;
+}
+
+/** The Gram matrices of every MoE layer in one forward pass (kept in memory: E (H^2 + I^2) floats per layer). */
 export async function collectGrams(model: Model, windows: readonly Int32Array[]): Promise<{ layers: LayerGrams[]; tokens: number }> {
   const layers: LayerGrams[] = [];
   let tokens = 0;
@@ -139,32 +204,133 @@ export async function collectGrams(model: Model, windows: readonly Int32Array[])
   return { layers, tokens };
 }
 
-async function scoreFromGrams(model: Model, req: DecomposeRequest, mode: DecomposeMode, grams: LayerGrams[]): Promise<ScoredUnit[]> {
-  const units: ScoredUnit[] = [];
-  for (const g of grams) {
-    const layer = model.view.layers[g.layer];
-    if (!layer || layer.block.kind !== 'moe' || layer.block.experts.length !== g.experts.length) fail('InvalidStats', `Gram matrices of layer ${g.layer} do not match the model`);
-    const experts = [];
-    for (const refs of layer.block.experts) experts.push(await loadSwiGLU(model.ckpt, refs));
-    units.push(...scoreLayer(g.layer, experts, g, { mode, engine: req.engine, ratio: req.ratio }));
+/** Every unit of the model from shapes, in visiting order (layer, projection, expert). */
+export function modelUnitShapes(model: Model, opts: ScoreOptions): UnitShape[] {
+  const out: UnitShape[] = [];
+  for (const l of model.view.moeLayers) {
+    const block = model.view.layers[l]!.block;
+    if (block.kind !== 'moe') continue;
+    const e0 = block.experts[0]!;
+    out.push(...layerUnitShapes(l, block.experts.length, (proj) => ({ m: e0[proj].outFeatures, n: e0[proj].inFeatures }), opts));
   }
-  return units;
+  return out;
 }
 
-/** Score from the weights alone (plain SVD without calibration). */
-async function scoreWeights(model: Model, req: DecomposeRequest, mode: DecomposeMode): Promise<ScoredUnit[]> {
-  const units: ScoredUnit[] = [];
-  const moe = model.view.layers.filter((l) => l.block.kind === 'moe');
-  const phase = req.progress?.phase('score: spectra per expert');
-  for (const [i, layer] of moe.entries()) {
-    if (layer.block.kind !== 'moe') continue;
-    const experts = [];
-    for (const refs of layer.block.experts) experts.push(await loadSwiGLU(model.ckpt, refs));
-    units.push(...scoreLayer(layer.index, experts, undefined, { mode, engine: req.engine, ratio: req.ratio }));
-    phase?.tick(i + 1, moe.length, 'layers');
+function checkUnit(u: UnitSummary, shape: UnitShape | undefined): UnitShape {
+  if (!shape || shape.maxRank !== u.maxRank || shape.m !== u.m || shape.n !== u.n) {
+    fail('ComputeError', `internal: unit ${u.id} factorised to rank ${u.maxRank} [${u.m}, ${u.n}], planned from shapes as ${shape ? `rank ${shape.maxRank} [${shape.m}, ${shape.n}]` : 'absent'}`);
   }
-  phase?.succeed(`score: ${moe.length} layers, ${units.length} units`);
-  return units;
+  return shape;
+}
+
+/** Score: every unit's truncation spectrum, one unit's factorisation alive at a time; only the summaries are kept. */
+async function scorePass(model: Model, src: LayerSource, shapes: ReadonlyMap<string, UnitShape>, opts: ScoreOptions, progress?: Progress): Promise<{ units: UnitSummary[]; tokens: number }> {
+  const units: UnitSummary[] = [];
+  let done = 0;
+  const total = model.view.moeLayers.length;
+  const phase = progress?.phase(src.kind === 'weights' ? 'score: spectra per expert' : 'score: Gram matrices and spectra per expert');
+  const tokens = await walkLayers(model, src, async (layer, experts, grams) => {
+    for (const u of layerUnits(layer, await experts(), grams(), opts)) {
+      checkUnit(u, shapes.get(u.id));
+      units.push(summarize(u));
+    }
+    phase?.tick(++done, total, 'layers');
+  });
+  phase?.succeed(`score: ${done} layers, ${units.length} units${tokens ? `, ${tokens} calibration tokens` : ''}`);
+  return { units, tokens };
+}
+
+interface AppliedSummary {
+  unit: UnitSummary;
+  applied: Omit<AppliedUnit, 'factors'>;
+}
+
+/**
+ * Apply and write, concurrently: the apply pass factorises each of this job's layers at the planned ranks (again:
+ * the score pass kept only spectra) and hands the layer's factors to the writer, which streams them into the output
+ * while the pass waits; at most one layer of factors is alive.
+ */
+async function applyAndWrite(
+  model: Model, req: DecomposeRequest, mode: DecomposeMode, src: LayerSource, shapes: readonly UnitShape[], ranks: readonly number[],
+  opts: ScoreOptions, shard: ShardSpec | undefined,
+): Promise<{ units: AppliedSummary[]; tokens: number; output: { tensors: number; bytes: number }; maxAlive: number }> {
+  const byId = new Map(shapes.map((u, i) => [u.id, { shape: u, rank: ranks[i]! }]));
+  const own = (layer: number) => !shard || shardOwner(layer, shard.count) === shard.index;
+  const handoff = new LayerHandoff();
+  const units: AppliedSummary[] = [];
+  const ownLayers = model.view.moeLayers.filter(own);
+  let done = 0;
+  const phase = req.progress?.phase(`apply + write: ${req.out}${req.materialize ? ' (dense)' : ''}${shard ? ` (shard ${shard.index}/${shard.count}: layers ${ownLayers.join(', ')})` : ''}`);
+  const apply = walkLayers(model, src, async (layer, experts, grams) => {
+    if (!own(layer)) return;
+    const factors = new Map<string, ExpertFactors>();
+    for (const u of layerUnits(layer, await experts(), grams(), opts)) {
+      const planned = byId.get(u.id);
+      checkUnit(u, planned?.shape);
+      const { factors: fs, ...applied } = applyUnit(u, planned!.rank, req.engine);
+      for (const f of fs) factors.set(factorKey(f.expert, f.proj), f);
+      units.push({ unit: summarize(u), applied });
+    }
+    handoff.publish(layer, factors);
+    phase?.tick(++done, ownLayers.length, 'layers');
+    await handoff.released(layer);
+  }).then((tokens) => {
+    handoff.close();
+    return tokens;
+  }, (e: unknown) => {
+    handoff.fail(e);
+    throw e;
+  });
+  const slots = factorSlots(shapes, ranks);
+  const write = writeDecomposed(model, slots, (l) => handoff.take(l), {
+    out: req.out!, force: req.force, mode, ratio: req.ratio, materialize: req.materialize,
+    shard,
+  }).then((r) => {
+    handoff.finish();
+    return r;
+  }, (e: unknown) => {
+    handoff.fail(e);
+    throw e;
+  });
+  const [a, w] = await Promise.allSettled([apply, write]);
+  // the first failure is the cause; the other side fails with the same error through the handoff
+  if (a.status === 'rejected') throw a.reason;
+  if (w.status === 'rejected') throw w.reason;
+  phase?.succeed(`apply + write: ${done} layers, ${w.value.tensors} tensors, ${(w.value.bytes / 2 ** 20).toFixed(1)} MiB${shard ? ` (shard ${shard.index}/${shard.count})` : ''}`);
+  return { units, tokens: a.value, output: { tensors: w.value.tensors, bytes: w.value.bytes }, maxAlive: handoff.maxAlive };
+}
+
+/** The write plan's factored linears: one per expert and projection, at its unit's planned rank. */
+export function factorSlots(shapes: readonly UnitShape[], ranks: readonly number[]): FactorSlot[] {
+  const slots: FactorSlot[] = [];
+  shapes.forEach((u, i) => {
+    const rank = ranks[i]!;
+    for (const expert of u.experts) {
+      slots.push({
+        layer: u.layer, expert, proj: u.proj, rank,
+        ...(u.kind === 'shared-input' ? { shared: 'v' as const } : u.kind === 'shared-output' ? { shared: 'u' as const } : {}),
+        ...(u.kind === 'delta' ? { base: true } : {}),
+      });
+    }
+  });
+  return slots;
+}
+
+function unitReport(shape: UnitShape, rank: number, ratio: number, unit?: UnitSummary, applied?: AppliedSummary['applied']): UnitReport {
+  const r: UnitReport = {
+    id: shape.id, layer: shape.layer, proj: shape.proj, kind: shape.kind, experts: shape.experts, shape: [shape.m, shape.n],
+    rank, uniformRank: uniformRank(shape, ratio), params: unitParams(shape, rank), dense: shape.dense,
+  };
+  if (unit) {
+    if (unit.tokens) r.tokens = unit.tokens;
+    r.ridge = unit.ridge;
+    r.predictedError = Math.sqrt(unit.tail[Math.min(rank, unit.tail.length - 1)]!);
+  }
+  if (applied) {
+    r.measuredError = applied.measured;
+    r.relativeError = applied.relative;
+  }
+  return r;
 }
 
 export async function decompose(req: DecomposeRequest): Promise<DecomposeReport> {
@@ -182,69 +348,119 @@ export async function decompose(req: DecomposeRequest): Promise<DecomposeReport>
     if (mode === 'base-delta' && req.ratio * E < 1) {
       fail('ImpossibleBudget', `--ratio ${req.ratio} is below what the base experts alone need in base-delta mode (one dense expert per layer of ${E}): use a ratio above ${(1 / E).toFixed(3)}`);
     }
+    const seed = req.seed ?? DEFAULT_SVD_SEED;
+    const opts: ScoreOptions = { mode, engine: req.engine, ratio: req.ratio, seed, randomizedAbove: req.randomizedAbove };
 
-    // score
-    let units: ScoredUnit[];
+    // where layers come from: precollected Grams, a calibration forward pass, or the weights alone
+    let src: LayerSource;
     let calibration: DecomposeReport['calibration'] = { source: 'none', tokens: 0 };
+    let digest: string | null = null;
+    let seqLen = 0;
     if (req.grams) {
-      units = await scoreFromGrams(model, req, mode, req.grams.layers);
+      src = { kind: 'grams', layers: req.grams.layers, tokens: req.grams.tokens };
       calibration = { source: 'calib', path: req.calib ?? '(Grams)', tokens: req.grams.tokens };
+      digest = `grams:${req.grams.tokens}`;
     } else if (req.calib || req.windows) {
-      const r = await scoreCalibrated(model, req, mode);
-      units = r.units;
-      calibration = { source: 'calib', path: req.calib ?? '(windows)', tokens: r.tokens };
+      const windows = req.windows ?? (await loadWindows(model.dir, req.calib!, { maxTokens: req.calibTokens }));
+      src = { kind: 'forward', windows };
+      calibration = { source: 'calib', path: req.calib ?? '(windows)', tokens: windows.reduce((a, w) => a + w.length, 0) };
+      digest = windowsDigest(windows);
+      seqLen = windows.reduce((a, w) => Math.max(a, w.length), 0);
     } else {
-      units = await scoreWeights(model, req, mode);
+      src = { kind: 'weights' };
+    }
+    const settings = planSettings({ ...req, mode, seed }, digest);
+    const shapes = modelUnitShapes(model, opts);
+    const shapeById = new Map(shapes.map((u) => [u.id, u]));
+
+    // plan: from a file, from the spectra (score pass), or, uniform, from shapes alone
+    let ranks: number[];
+    let planned: Omit<DecomposePlan, 'ranks'>;
+    let scored: UnitSummary[] | undefined;
+    let source: NonNullable<DecomposeReport['plan']>['source'];
+    if (req.plan) {
+      const p = validatePlan(await loadPlan(req.plan, 'decompose', model.ckpt, settings), req.plan, shapes, req.ratio);
+      ranks = p.list;
+      planned = { solver: p.solver, optimal: p.optimal, solveMs: p.solveMs, ...(p.loss !== undefined ? { loss: p.loss } : {}) };
+      source = 'file';
+      req.progress?.phase(`plan: ${req.plan}`).succeed(`plan: ${shapes.length} units from ${req.plan} (${p.solver})`);
+    } else if (!req.uniform || req.dryRun) {
+      const r = await scorePass(model, src, shapeById, opts, req.progress);
+      scored = r.units;
+      if (r.tokens) calibration.tokens = r.tokens;
+      if (scored.length !== shapes.length || scored.some((u, i) => u.id !== shapes[i]!.id)) fail('ComputeError', 'internal: the score pass visited other units than planned from shapes');
+      const planPhase = req.progress?.phase(`plan: ranks for ${scored.length} units at ratio ${req.ratio}${req.uniform ? ' (uniform)' : ''}`);
+      const plan: RankPlan = await planRanks(scored, req.ratio, !!req.uniform, req.allocSeconds, req.allocLoss);
+      planPhase?.succeed(`plan: ${plan.params} of ${plan.dense} expert parameters (${(plan.params / plan.dense).toFixed(4)}), ${plan.solver}`);
+      ranks = plan.ranks;
+      planned = { solver: plan.solver, optimal: plan.optimal, solveMs: plan.solveMs, loss: plan.loss };
+      source = plan.solver === 'uniform' ? 'uniform' : 'allocated';
+    } else {
+      const plan = uniformPlan(shapes, req.ratio);
+      ranks = plan.ranks;
+      planned = { solver: 'uniform', optimal: true, solveMs: 0 };
+      source = 'uniform';
+    }
+    const { budget, dense } = budgetOf(shapes, req.ratio);
+    const params = shapes.reduce((a, u, i) => a + unitParams(u, ranks[i]!), 0);
+    const record = planRecord(shapes, ranks);
+    if (req.savePlan) {
+      await savePlan<DecomposePlan>(req.savePlan, 'decompose', model.ckpt, settings, { ranks: record, ...planned });
+      req.progress?.phase('plan').succeed(`plan saved to ${req.savePlan}`);
     }
 
-    // plan
-    const planPhase = req.progress?.phase(`plan: ranks for ${units.length} units at ratio ${req.ratio}${req.uniform ? ' (uniform)' : ''}`);
-    const plan: RankPlan = await planRanks(units, req.ratio, !!req.uniform, req.allocSeconds, req.allocLoss);
-    planPhase?.succeed(`plan: ${plan.params} of ${plan.dense} expert parameters (${(plan.params / plan.dense).toFixed(4)}), ${plan.solver}`);
-
-    // apply
-    const applyPhase = req.progress?.phase('apply: factors at the planned ranks');
-    const applied: AppliedUnit[] = units.map((u, i) => {
-      const a = applyUnit(u, plan.ranks[i]!, req.engine);
-      applyPhase?.tick(i + 1, units.length, 'units');
-      return a;
+    const writing = !req.dryRun;
+    const memory = decomposeMemory(model, shapes, ranks, mode, {
+      calibrated: src.kind === 'forward', grams: src.kind !== 'weights', tokens: calibration.tokens, seqLen,
+      scoring: !!scored, writing, materialize: !!req.materialize,
+      largestNew: largestNewTensor(model, factorSlots(shapes, ranks), { mode, ratio: req.ratio, materialize: req.materialize }),
     });
-    applyPhase?.succeed();
+
+    let applied: AppliedSummary[] | undefined;
+    let output: DecomposeReport['output'];
+    const shard = req.shard && { ...req.shard, plan: { settings, ranks: record } };
+    if (writing) {
+      const r = await applyAndWrite(model, req, mode, src, shapes, ranks, opts, shard);
+      applied = r.units;
+      output = r.output;
+      if (r.tokens) calibration.tokens = r.tokens;
+    }
+
+    // units: the ones this job factorised (a shard: its layers), else every unit of the plan
+    const scoredById = new Map(scored?.map((u) => [u.id, u]));
+    const units: UnitReport[] = applied
+      ? applied.map((a) => unitReport(shapeById.get(a.unit.id)!, a.applied.rank, req.ratio, a.unit, a.applied))
+      : shapes.map((u, i) => unitReport(u, ranks[i]!, req.ratio, scoredById.get(u.id)));
+    let plannedLoss = planned.loss;
+    if (plannedLoss === undefined && applied && applied.length === shapes.length) {
+      plannedLoss = planLoss(applied.map((a) => a.unit), applied.map((a) => a.applied.rank), req.allocLoss);
+    }
 
     const report: DecomposeReport = {
       tool: 'moe decompose',
       mode,
       ratio: req.ratio,
-      allocation: plan.solver,
-      optimal: plan.optimal,
-      solveMs: plan.solveMs,
+      allocation: planned.solver,
+      optimal: planned.optimal,
+      solveMs: planned.solveMs,
+      seed,
+      plan: { source, ...(req.plan ? { path: req.plan } : {}), ...(req.savePlan ? { saved: req.savePlan } : {}) },
       model: req.model,
       out: req.out,
       dryRun: !!req.dryRun,
       materialize: !!req.materialize,
       family: model.view.family,
       calibration,
-      params: { expertBefore: plan.dense, expertAfter: plan.params, budget: plan.budget, achievedRatio: plan.params / plan.dense },
-      plannedLoss: plan.loss,
-      units: units.map((u, i) => ({
-        id: u.id, layer: u.layer, proj: u.proj, kind: u.kind, experts: u.experts, shape: [u.m, u.n],
-        rank: applied[i]!.rank, uniformRank: uniformRank(u, req.ratio), params: applied[i]!.params, dense: u.dense,
-        tokens: u.tokens, ridge: u.ridge,
-        predictedError: applied[i]!.predicted, measuredError: applied[i]!.measured, relativeError: applied[i]!.relative,
-      })),
+      params: { expertBefore: dense, expertAfter: params, budget, achievedRatio: params / dense },
+      ...(plannedLoss !== undefined ? { plannedLoss } : {}),
+      ...(req.shard && writing ? { shard: { index: req.shard.index, count: req.shard.count, layers: model.view.moeLayers.filter((l) => shardOwner(l, req.shard!.count) === req.shard!.index) } } : {}),
+      units,
+      ...(output ? { output } : {}),
+      memory,
       seconds: 0,
     };
-
-    // write
-    if (!req.dryRun) {
-      const factors: ExpertFactors[] = applied.flatMap((a) => a.factors);
-      const phase = req.progress?.phase(`write: ${req.out}${req.materialize ? ' (dense)' : ''}`);
-      const res = await writeDecomposed(model, factors, { out: req.out!, force: req.force, mode, ratio: req.ratio, materialize: req.materialize });
-      phase?.succeed(`write: ${res.tensors} tensors, ${(res.bytes / 2 ** 20).toFixed(1)} MiB`);
-      report.output = { tensors: res.tensors, bytes: res.bytes };
-    }
     report.seconds = (Date.now() - started) / 1000;
-    if (!req.dryRun) await writeFile(join(req.out!, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
+    if (writing) await writeFile(join(req.out!, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
     return report;
   } finally {
     await model.ckpt.close();

@@ -64,18 +64,21 @@ export interface RankPlan {
 
 export const LADDER = [0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 1, 1.1, 1.2, 1.35, 1.5, 1.75, 2, 2.5, 3];
 
+/** What rank bounds and uniform ranks need of a unit: no spectrum. */
+export type RankShape = Pick<RankUnit, 'perRank' | 'dense' | 'fixed' | 'maxRank' | 'minRank'>;
+
 /** Highest rank worth storing: at most the matrix rank, and never more parameters than the dense weights. */
-export function rankCap(u: RankUnit): number {
+export function rankCap(u: RankShape): number {
   return Math.max(0, Math.min(u.maxRank, Math.floor((u.dense - u.fixed) / u.perRank)));
 }
 
 /** The rank that spends `ratio` of the unit's dense parameters (fixed parameters paid first). */
-export function uniformRank(u: RankUnit, ratio: number): number {
+export function uniformRank(u: RankShape, ratio: number): number {
   const share = ratio * u.dense - u.fixed;
   return Math.max(0, Math.min(rankCap(u), Math.floor(share / u.perRank + 1e-9)));
 }
 
-export function rankLadder(u: RankUnit, ratio: number): number[] {
+export function rankLadder(u: RankShape, ratio: number): number[] {
   const base = uniformRank(u, ratio);
   const cap = rankCap(u);
   const set = new Set<number>([base]);
@@ -95,22 +98,46 @@ export function checkRatio(ratio: unknown): number {
  */
 export const DEFAULT_ALLOC_SECONDS = 10;
 
-export async function planRanks(units: readonly RankUnit[], ratio: number, uniform: boolean, allocSeconds = DEFAULT_ALLOC_SECONDS, allocLoss: AllocLoss = 'absolute'): Promise<RankPlan> {
+/** The parameter budget of a set of units at `ratio`; refused when the fixed parameters alone exceed it. */
+export function budgetOf(units: readonly RankShape[], ratio: number): { budget: number; dense: number; fixed: number } {
   const dense = units.reduce((a, u) => a + u.dense, 0);
   const fixed = units.reduce((a, u) => a + u.fixed, 0);
   const budget = Math.floor(ratio * dense);
   if (fixed > budget) fail('ImpossibleBudget', `--ratio ${ratio} keeps ${budget} expert parameters but the shared base experts alone need ${fixed}: use a ratio above ${(fixed / dense).toFixed(3)}`);
+  return { budget, dense, fixed };
+}
+
+/** Parameters of a unit at rank k (factors plus its fixed share). */
+export function unitParams(u: RankShape, k: number): number {
+  return u.perRank * k + u.fixed;
+}
+
+/** Uniform ranks from shapes alone (no spectrum needed): what --uniform plans, and what --shard jobs can agree on. */
+export function uniformPlan(units: readonly RankShape[], ratio: number): Omit<RankPlan, 'loss'> {
+  const { budget, dense, fixed } = budgetOf(units, ratio);
+  const ranks = units.map((u) => uniformRank(u, ratio));
+  const params = fixed + units.reduce((a, u, i) => a + ranks[i]! * u.perRank, 0);
+  if (ranks.some((k, i) => k < units[i]!.minRank || k === 0) && units.some((u) => u.minRank > 0)) {
+    fail('ImpossibleBudget', `--ratio ${ratio} is too small for rank 1 in every expert linear`);
+  }
+  return { ranks, params, budget, dense, solver: 'uniform', optimal: true, solveMs: 0 };
+}
+
+/** The planned loss of ranks over units (each unit's truncation loss, weighted as the allocator weighs it). */
+export function planLoss(units: readonly RankUnit[], ranks: readonly number[], allocLoss: AllocLoss = 'absolute'): number {
+  const weights = lossWeights(units, allocLoss);
+  return units.reduce((a, u, i) => a + weights[i]! * u.tail[Math.min(ranks[i]!, u.tail.length - 1)]!, 0);
+}
+
+export async function planRanks(units: readonly RankUnit[], ratio: number, uniform: boolean, allocSeconds = DEFAULT_ALLOC_SECONDS, allocLoss: AllocLoss = 'absolute'): Promise<RankPlan> {
+  if (uniform) {
+    const plan = uniformPlan(units, ratio);
+    return { ...plan, loss: planLoss(units, plan.ranks, allocLoss) };
+  }
+  const { budget, dense, fixed } = budgetOf(units, ratio);
   const weights = lossWeights(units, allocLoss);
   const index = new Map(units.map((u, i) => [u, i]));
   const lossOf = (u: RankUnit, k: number) => weights[index.get(u)!]! * u.tail[Math.min(k, u.tail.length - 1)]!;
-  if (uniform) {
-    const ranks = units.map((u) => uniformRank(u, ratio));
-    const params = fixed + units.reduce((a, u, i) => a + ranks[i]! * u.perRank, 0);
-    if (ranks.some((k, i) => k < units[i]!.minRank || k === 0) && units.some((u) => u.minRank > 0)) {
-      fail('ImpossibleBudget', `--ratio ${ratio} is too small for rank 1 in every expert linear`);
-    }
-    return { ranks, params, budget, dense, loss: units.reduce((a, u, i) => a + lossOf(u, ranks[i]!), 0), solver: 'uniform', optimal: true, solveMs: 0 };
-  }
   const ladders = units.map((u) => rankLadder(u, ratio));
   const res = await allocate(
     units.map((u, i) => ({ id: u.id, options: ladders[i]!.map((k) => ({ cost: k * u.perRank, loss: lossOf(u, k), label: `rank ${k}` })) })),

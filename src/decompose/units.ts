@@ -12,8 +12,8 @@
 import type { Engine } from '../../kernels/linalg/matmul.js';
 import type { SwiGLUWeights } from '../runtime/api.js';
 import {
-  activationError2, compose, factorizeLinear, factorizeSharedInput, factorizeSharedOutput, frequencyWeightedBase,
-  type Factorization, type SharedFactorization,
+  activationError2, compose, factorizeLinear, factorizeSharedInput, factorizeSharedOutput, factorRank, frequencyWeightedBase,
+  type Factorization, type FactorizeOptions, type SharedFactorization,
 } from './factorize.js';
 import type { DecomposeMode } from './format.js';
 import type { LayerGrams } from './grams.js';
@@ -22,7 +22,8 @@ import { LADDER, type RankUnit } from './plan.js';
 export type Proj = 'gate' | 'up' | 'down';
 export const PROJS: readonly Proj[] = ['gate', 'up', 'down'];
 
-export interface ScoredUnit extends RankUnit {
+/** A rank unit as far as shapes tell: what planning and plan validation need before any weight is read. */
+export interface UnitShape extends Omit<RankUnit, 'tail'> {
   layer: number;
   proj: Proj;
   kind: 'expert' | 'delta' | 'shared-input' | 'shared-output';
@@ -30,9 +31,16 @@ export interface ScoredUnit extends RankUnit {
   experts: number[];
   m: number;
   n: number;
+}
+
+/** What the score pass keeps of a unit: its shape and truncation spectrum (small), not its factorisation. */
+export interface UnitSummary extends UnitShape, RankUnit {
   ridge: number;
   /** tokens routed to each covered expert (undefined without calibration) */
   tokens?: number[];
+}
+
+export interface ScoredUnit extends UnitSummary {
   fact: Factorization | SharedFactorization;
   /** original weights and true (unridged) Grams of the covered experts, for the measured error */
   weights: Float64Array[];
@@ -69,7 +77,7 @@ export interface AppliedUnit {
   factors: ExpertFactors[];
 }
 
-export interface ScoreOptions {
+export interface ScoreOptions extends FactorizeOptions {
   mode: DecomposeMode;
   engine?: Engine;
   /** the budget's ratio, when known: large matrices then compute only the ranks the plan can choose */
@@ -82,11 +90,6 @@ function ladderTop(perRank: number, dense: number, fixed: number, ratio: number 
   return Math.ceil(((ratio * dense - fixed) / perRank) * LADDER[LADDER.length - 1]!) + 1;
 }
 
-function weightOf(w: SwiGLUWeights, proj: Proj): { W: Float64Array; m: number; n: number } {
-  const lin = w[proj];
-  return { W: Float64Array.from(lin.w), m: lin.out, n: lin.in };
-}
-
 function gramFor(g: LayerGrams | undefined, j: number, proj: Proj, n: number): Float64Array | undefined {
   if (!g) return undefined;
   const e = g.experts[j]!;
@@ -95,46 +98,92 @@ function gramFor(g: LayerGrams | undefined, j: number, proj: Proj, n: number): F
   return (proj === 'down' ? e.mid : e.input) ?? new Float64Array(n * n);
 }
 
-/** Score one layer: the units of every projection for the given mode. */
-export function scoreLayer(layer: number, experts: readonly SwiGLUWeights[], grams: LayerGrams | undefined, opts: ScoreOptions): ScoredUnit[] {
+/** Shapes of one projection of a layer's experts: [m, n] = [out, in] (the same for every expert). */
+export interface ProjShape {
+  m: number;
+  n: number;
+}
+
+/**
+ * The units of one layer, from shapes alone, in the order scoring and writing visit them (projection, then
+ * expert). maxRank is the rank the factorisation will have: the matrix rank, or the ladder top where the
+ * randomized SVD computes only what a plan at `ratio` can choose.
+ */
+export function layerUnitShapes(layer: number, E: number, shape: (proj: Proj) => ProjShape, opts: ScoreOptions): UnitShape[] {
+  const out: UnitShape[] = [];
+  for (const proj of PROJS) {
+    const { m, n } = shape(proj);
+    const common = { layer, proj, m, n, group: `L${layer}.${proj}` };
+    if (opts.mode === 'svd' || opts.mode === 'whitened' || opts.mode === 'base-delta') {
+      const delta = opts.mode === 'base-delta';
+      const fixed = delta ? (m * n) / E : 0;
+      const maxRank = factorRank(m, n, ladderTop(m + n, m * n, fixed, opts.ratio), opts);
+      for (let j = 0; j < E; j++) {
+        out.push({
+          ...common, id: `L${layer}.e${j}.${proj}`, kind: delta ? 'delta' : 'expert', experts: [j], maxRank,
+          // the base is paid once per layer x projection; spread over its experts so uniform ranks stay equal
+          perRank: m + n, dense: m * n, fixed, weight: 1, minRank: delta ? 0 : 1,
+        });
+      }
+    } else {
+      const sharedIn = opts.mode === 'shared-input';
+      const perRank = sharedIn ? n + E * m : m + E * n;
+      const [rows, cols] = sharedIn ? [E * m, n] : [m, E * n];
+      out.push({
+        ...common, id: `L${layer}.shared.${proj}`, kind: sharedIn ? 'shared-input' : 'shared-output',
+        experts: Array.from({ length: E }, (_, j) => j), maxRank: factorRank(rows, cols, ladderTop(perRank, E * m * n, 0, opts.ratio), opts),
+        perRank, dense: E * m * n, fixed: 0, weight: 1, minRank: 1,
+      });
+    }
+  }
+  return out;
+}
+
+/**
+ * Score one layer lazily: each unit is factorised when the iteration reaches it, so a caller that keeps only the
+ * summary (or applies the unit and keeps its factors) holds one unit's factorisation at a time.
+ */
+export function* layerUnits(layer: number, experts: readonly SwiGLUWeights[], grams: LayerGrams | undefined, opts: ScoreOptions): Generator<ScoredUnit> {
   const E = experts.length;
-  const units: ScoredUnit[] = [];
   const tokens = grams?.experts.map((e) => e.tokens);
   const totalTokens = tokens?.reduce((a, b) => a + b, 0) ?? 0;
   // plain SVD's loss is in weight space: weight it by routing frequency (x E so the mean weight is 1)
   const freqWeight = (j: number) => (tokens && totalTokens > 0 ? (E * tokens[j]!) / totalTokens : 1);
   const whiten = opts.mode !== 'svd';
+  const shapes = layerUnitShapes(layer, E, (proj) => ({ m: experts[0]![proj].out, n: experts[0]![proj].in }), opts);
+  const fo: FactorizeOptions = { seed: opts.seed, randomizedAbove: opts.randomizedAbove };
   for (const proj of PROJS) {
-    const mats = experts.map((w) => weightOf(w, proj));
-    const { m, n } = mats[0]!;
-    const Ws = mats.map((x) => x.W);
+    const { out: m, in: n } = experts[0]![proj];
+    const W64 = (j: number) => Float64Array.from(experts[j]![proj].w);
     // measured errors use the Grams whenever calibration ran (plain SVD too, so modes compare in one space);
     // only the whitened modes factor with them
-    const measureGs = grams ? Ws.map((_, j) => gramFor(grams, j, proj, n)!) : undefined;
-    const Gs = whiten ? measureGs : undefined;
-    const common = { layer, proj, m, n, weights: Ws, grams: measureGs, group: `L${layer}.${proj}` };
+    const measureG = (j: number) => gramFor(grams, j, proj, n);
+    const mine = shapes.filter((s) => s.proj === proj);
     if (opts.mode === 'svd' || opts.mode === 'whitened') {
-      Ws.forEach((W, j) => {
-        const fact = factorizeLinear(W, m, n, Gs?.[j], opts.engine, ladderTop(m + n, m * n, 0, opts.ratio));
-        units.push({
-          ...common, id: `L${layer}.e${j}.${proj}`, kind: 'expert', experts: [j], tokens: tokens && [tokens[j]!],
-          weights: [W], grams: measureGs && [measureGs[j]!], fact, tail: fact.tail, maxRank: fact.maxRank, ridge: fact.ridge,
-          perRank: m + n, dense: m * n, fixed: 0, weight: whiten ? 1 : freqWeight(j), minRank: 1,
-        });
-      });
+      for (let j = 0; j < E; j++) {
+        const W = W64(j);
+        const G = measureG(j);
+        const fact = factorizeLinear(W, m, n, whiten ? G : undefined, opts.engine, ladderTop(m + n, m * n, 0, opts.ratio), fo);
+        yield {
+          ...mine[j]!, tokens: tokens && [tokens[j]!], weights: [W], grams: G && [G], fact, tail: fact.tail, maxRank: fact.maxRank,
+          ridge: fact.ridge, weight: whiten ? 1 : freqWeight(j),
+        };
+      }
     } else if (opts.mode === 'base-delta') {
-      const base = frequencyWeightedBase(Ws, tokens ?? new Array<number>(E).fill(1), m * n);
-      Ws.forEach((W, j) => {
+      const base = frequencyWeightedBase(experts.map((w) => w[proj].w), tokens ?? new Array<number>(E).fill(1), m * n);
+      for (let j = 0; j < E; j++) {
+        const W = W64(j);
+        const G = measureG(j);
         const delta = W.map((v, i) => v - base[i]!);
-        const fact = factorizeLinear(delta, m, n, Gs?.[j], opts.engine, ladderTop(m + n, m * n, (m * n) / E, opts.ratio));
-        units.push({
-          ...common, id: `L${layer}.e${j}.${proj}`, kind: 'delta', experts: [j], tokens: tokens && [tokens[j]!],
-          weights: [W], grams: measureGs && [measureGs[j]!], base, fact, tail: fact.tail, maxRank: fact.maxRank, ridge: fact.ridge,
-          // the base is paid once per layer x projection; spread over its experts so uniform ranks stay equal
-          perRank: m + n, dense: m * n, fixed: (m * n) / E, weight: 1, minRank: 0,
-        });
-      });
+        const fact = factorizeLinear(delta, m, n, G, opts.engine, ladderTop(m + n, m * n, (m * n) / E, opts.ratio), fo);
+        yield {
+          ...mine[j]!, tokens: tokens && [tokens[j]!], weights: [W], grams: G && [G], base, fact, tail: fact.tail, maxRank: fact.maxRank,
+          ridge: fact.ridge,
+        };
+      }
     } else {
+      const Ws = experts.map((_, j) => W64(j));
+      const Gs = grams ? Ws.map((_, j) => measureG(j)!) : undefined;
       const sharedIn = opts.mode === 'shared-input';
       let fact: SharedFactorization;
       if (sharedIn) {
@@ -143,18 +192,24 @@ export function scoreLayer(layer: number, experts: readonly SwiGLUWeights[], gra
           Gsum = new Float64Array(n * n);
           for (const G of Gs) for (let i = 0; i < n * n; i++) Gsum[i]! += G[i]!;
         }
-        fact = factorizeSharedInput(Ws, m, n, Gsum, opts.engine, ladderTop(n + E * m, E * m * n, 0, opts.ratio));
+        fact = factorizeSharedInput(Ws, m, n, Gsum, opts.engine, ladderTop(n + E * m, E * m * n, 0, opts.ratio), fo);
       } else {
-        fact = factorizeSharedOutput(Ws, m, n, Gs, opts.engine, ladderTop(m + E * n, E * m * n, 0, opts.ratio));
+        fact = factorizeSharedOutput(Ws, m, n, Gs, opts.engine, ladderTop(m + E * n, E * m * n, 0, opts.ratio), fo);
       }
-      units.push({
-        ...common, id: `L${layer}.shared.${proj}`, kind: sharedIn ? 'shared-input' : 'shared-output',
-        experts: Ws.map((_, j) => j), tokens, fact, tail: fact.tail, maxRank: fact.maxRank, ridge: fact.ridge,
-        perRank: sharedIn ? n + E * m : m + E * n, dense: E * m * n, fixed: 0, weight: 1, minRank: 1,
-      });
+      yield { ...mine[0]!, tokens, weights: Ws, grams: Gs, fact, tail: fact.tail, maxRank: fact.maxRank, ridge: fact.ridge };
     }
   }
-  return units;
+}
+
+/** Score one layer: the units of every projection for the given mode. */
+export function scoreLayer(layer: number, experts: readonly SwiGLUWeights[], grams: LayerGrams | undefined, opts: ScoreOptions): ScoredUnit[] {
+  return [...layerUnits(layer, experts, grams, opts)];
+}
+
+/** The summary of a scored unit (drops its factorisation, weights and Grams). */
+export function summarize(u: ScoredUnit): UnitSummary {
+  const { fact: _f, weights: _w, grams: _g, base: _b, ...rest } = u;
+  return rest;
 }
 
 /** the reference norm of a unit's weights under its Grams: the same for every rank, so computed once */

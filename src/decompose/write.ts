@@ -5,19 +5,44 @@
  * are copied byte for byte, new tensors take the place of the first tensor they replace.
  */
 import { fail } from '../errors.js';
-import { fromF32, type Dtype } from '../io/dtype.js';
+import { DTYPE_BYTES, fromF32, type Dtype } from '../io/dtype.js';
 import type { TensorSpec } from '../io/writer.js';
 import { linearTensors } from '../model/load.js';
 import type { Model } from '../model/open.js';
 import { rewriteCheckpoint, type TensorFate } from '../model/rewrite.js';
+import type { ShardSpec } from '../model/shard.js';
 import type { LinearRef } from '../model/types.js';
 import { factorNames, LOWRANK_FORMAT, LOWRANK_VERSION, moduleKey, stemOf, type DecomposeMode, type LowRankModule, type LowRankSection } from './format.js';
-import type { ExpertFactors } from './units.js';
+import type { ExpertFactors, Proj } from './units.js';
 
 interface NewTensor {
   spec: TensorSpec;
-  data: () => Float32Array;
+  /** the float32 values, once the layer's factors exist */
+  data: () => Promise<Float32Array>;
 }
+
+/**
+ * One factored linear as the write plan sees it before any factor exists: which expert, which rank, which of its
+ * factors is a tensor shared by the layer's experts, whether a base expert is added.
+ */
+export interface FactorSlot {
+  layer: number;
+  expert: number;
+  proj: Proj;
+  rank: number;
+  shared?: 'u' | 'v';
+  base?: boolean;
+}
+
+/** A layer's factors, by factorKey(expert, proj). */
+export type LayerFactors = ReadonlyMap<string, ExpertFactors>;
+
+export function factorKey(expert: number, proj: Proj): string {
+  return `${expert}.${proj}`;
+}
+
+/** Where producers get a layer's factors when its turn comes (the apply pass hands them over one layer at a time). */
+export type TakeLayer = (layer: number) => Promise<LayerFactors>;
 
 export interface WriteOptions {
   out: string;
@@ -26,6 +51,8 @@ export interface WriteOptions {
   ratio: number;
   materialize?: boolean;
   dryRun?: boolean;
+  shard?: ShardSpec;
+  onProgress?(done: number, total: number, name: string): void;
 }
 
 export interface WriteResult {
@@ -68,14 +95,14 @@ function product(f: ExpertFactors, m: number, n: number): Float32Array {
 }
 
 /** Plan the replacement tensors and the `moe` config section for a set of factored linears. */
-export function planReplacements(model: Model, factors: readonly ExpertFactors[], opts: Pick<WriteOptions, 'materialize' | 'mode' | 'ratio'>): {
+export function planReplacements(model: Model, slots: readonly FactorSlot[], opts: Pick<WriteOptions, 'materialize' | 'mode' | 'ratio'>, take?: TakeLayer): {
   removed: Map<string, NewTensor[]>;
   section: LowRankSection;
 } {
   const removed = new Map<string, NewTensor[]>();
   const made = new Set<string>();
   const section: LowRankSection = { format: LOWRANK_FORMAT, version: LOWRANK_VERSION, mode: opts.mode, ratio: opts.ratio, modules: {} };
-  for (const f of factors) {
+  for (const f of slots) {
     const ref = expertRef(model, f);
     if (ref.expert !== undefined || ref.rows || ref.interleave || ref.transposed) {
       fail('UnsupportedArchitecture', `moe decompose writes per-expert 2-D expert weights; '${ref.tensor}' is a fused expert tensor (not supported yet)`);
@@ -86,13 +113,19 @@ export function planReplacements(model: Model, factors: readonly ExpertFactors[]
     const n = ref.inFeatures;
     const k = f.rank;
     const fresh: NewTensor[] = [];
-    const add = (name: string, shape: number[], data: () => Float32Array) => {
+    const factors = async (): Promise<ExpertFactors> => {
+      if (!take) fail('ComputeError', 'internal: a dry-run write plan has no factors');
+      const got = (await take(f.layer)).get(factorKey(f.expert, f.proj));
+      if (!got || got.rank !== k) fail('ComputeError', `internal: layer ${f.layer} expert ${f.expert} ${f.proj}: factors ${got ? `of rank ${got.rank}` : 'missing'}, planned rank ${k}`);
+      return got;
+    };
+    const add = (name: string, shape: number[], data: (x: ExpertFactors) => Float32Array) => {
       if (made.has(name)) return;
       made.add(name);
-      fresh.push({ spec: { name, dtype, shape }, data });
+      fresh.push({ spec: { name, dtype, shape }, data: async () => data(await factors()) });
     };
     if (opts.materialize) {
-      add(ref.tensor, [m, n], () => product(f, m, n));
+      add(ref.tensor, [m, n], (x) => product(x, m, n));
     } else {
       const prefix = factorNames.expertsPrefix(ref.tensor);
       const proj = stemOf(ref.tensor).split('.').pop()!;
@@ -103,9 +136,9 @@ export function planReplacements(model: Model, factors: readonly ExpertFactors[]
       };
       if (f.base) mod.base = factorNames.base(prefix, proj);
       section.modules[moduleKey(ref)] = mod;
-      add(mod.u, [m, k], () => Float32Array.from(f.u));
-      add(mod.v, [k, n], () => Float32Array.from(f.v));
-      if (f.base && mod.base) add(mod.base, [m, n], () => Float32Array.from(f.base!));
+      add(mod.u, [m, k], (x) => Float32Array.from(x.u));
+      add(mod.v, [k, n], (x) => Float32Array.from(x.v));
+      if (f.base && mod.base) add(mod.base, [m, n], (x) => Float32Array.from(x.base!));
     }
     // the new tensors sit where the first old tensor was
     removed.set(old[0]!, [...(removed.get(old[0]!) ?? []), ...fresh]);
@@ -114,15 +147,31 @@ export function planReplacements(model: Model, factors: readonly ExpertFactors[]
   return { removed, section };
 }
 
-export async function writeDecomposed(model: Model, factors: readonly ExpertFactors[], opts: WriteOptions): Promise<WriteResult> {
-  const { removed, section } = planReplacements(model, factors, opts);
+/** The largest tensor the plan makes, in elements and in bytes of its dtype (for memory estimates). */
+export function largestNewTensor(model: Model, slots: readonly FactorSlot[], opts: Pick<WriteOptions, 'materialize' | 'mode' | 'ratio'>): { elems: number; bytes: number } {
+  let elems = 0;
+  let bytes = 0;
+  for (const fresh of planReplacements(model, slots, opts).removed.values()) {
+    for (const t of fresh) {
+      const e = t.spec.shape.reduce((a, b) => a * b, 1);
+      elems = Math.max(elems, e);
+      bytes = Math.max(bytes, e * DTYPE_BYTES[t.spec.dtype]);
+    }
+  }
+  return { elems, bytes };
+}
+
+export async function writeDecomposed(model: Model, slots: readonly FactorSlot[], take: TakeLayer, opts: WriteOptions): Promise<WriteResult> {
+  const { removed, section } = planReplacements(model, slots, opts, take);
   const fates = new Map<string, TensorFate>();
   for (const [name, fresh] of removed) {
     fates.set(name, fresh.length === 0 ? { kind: 'drop' } : {
       kind: 'replace',
-      tensors: fresh.map((t) => ({ spec: t.spec, produce: async () => fromF32(t.data(), t.spec.dtype) })),
+      tensors: fresh.map((t) => ({ spec: t.spec, produce: async () => fromF32(await t.data(), t.spec.dtype) })),
     });
   }
-  const res = await rewriteCheckpoint(model, { fates, config: { moe: opts.materialize ? null : section } }, opts.out, { force: opts.force, dryRun: opts.dryRun });
+  const res = await rewriteCheckpoint(model, { fates, config: { moe: opts.materialize ? null : section } }, opts.out, {
+    force: opts.force, dryRun: opts.dryRun, shard: opts.shard, onProgress: opts.onProgress,
+  });
   return { tensors: res.tensors.length, bytes: res.totalBytes, section: opts.materialize ? undefined : section };
 }

@@ -59,8 +59,8 @@ describe('moe decompose --mode svd (weights only)', () => {
     let err = 0;
     for (let i = 0; i < before.w.length; i++) err += (before.w[i]! - after.w[i]!) ** 2;
     const unit = uniform.units.find((u) => u.id === 'L1.e2.gate')!;
-    expect(Math.sqrt(err) / unit.predictedError).toBeCloseTo(1, 4);
-    expect(unit.measuredError / unit.predictedError).toBeCloseTo(1, 6);
+    expect(Math.sqrt(err) / unit.predictedError!).toBeCloseTo(1, 4);
+    expect(unit.measuredError! / unit.predictedError!).toBeCloseTo(1, 6);
     const files = await readdir(out);
     expect(files).toContain('moe-decompose-report.json');
   });
@@ -69,7 +69,7 @@ describe('moe decompose --mode svd (weights only)', () => {
     allocated = await decompose({ model, ratio: 0.6, mode: 'svd', dryRun: true, allocSeconds: 1 });
     expect(allocated.allocation).toBe('knapsack');
     expect(allocated.params.expertAfter).toBeLessThanOrEqual(allocated.params.budget);
-    expect(allocated.plannedLoss).toBeLessThanOrEqual(uniform.plannedLoss * (1 + 1e-9));
+    expect(allocated.plannedLoss!).toBeLessThanOrEqual(uniform.plannedLoss! * (1 + 1e-9));
     expect(new Set(allocated.units.map((u) => u.rank)).size).toBeGreaterThan(1);
   });
 
@@ -92,7 +92,7 @@ describe('moe decompose --mode svd (weights only)', () => {
     const out = join(dir, 'svd-again');
     // the rank-6 factors have nothing beyond rank 6, so rank 10 reproduces them; the stale moe section goes
     const r = await decompose({ model: join(dir, 'svd-uniform'), out, ratio: 1, mode: 'svd', uniform: true, materialize: true });
-    expect(r.units.every((u) => u.measuredError < 1e-5)).toBe(true);
+    expect(r.units.every((u) => u.measuredError! < 1e-5)).toBe(true);
     const cfg = JSON.parse(await readFile(join(out, 'config.json'), 'utf8'));
     expect(cfg.moe).toBeUndefined();
     const a = await weights(out, 0, 1, 'up');

@@ -48,7 +48,7 @@ describe('calibrated modes end to end (tiny mixtral, token windows)', () => {
     expect(Math.abs(a - b)).toBeLessThan(1e-4);
     expect(Math.abs(a - base)).toBeGreaterThan(0);
     // unridged units: the measured activation-space error is the predicted one
-    for (const u of rep.units.filter((x) => x.ridge === 0)) expect(u.measuredError / u.predictedError).toBeCloseTo(1, 4);
+    for (const u of rep.units.filter((x) => x.ridge === 0)) expect(u.measuredError! / u.predictedError!).toBeCloseTo(1, 4);
   });
 
   it('precollected Grams give the same plan as the forward pass inside decompose', async () => {
@@ -58,7 +58,7 @@ describe('calibrated modes end to end (tiny mixtral, token windows)', () => {
     const a = await decompose({ model, ratio: 0.7, mode: 'shared-output', windows, dryRun: true, allocSeconds: 1 });
     const b = await decompose({ model, ratio: 0.7, mode: 'shared-output', grams, dryRun: true, allocSeconds: 1 });
     expect(b.units.map((u) => u.rank)).toEqual(a.units.map((u) => u.rank));
-    expect(b.units[0]!.measuredError).toBeCloseTo(a.units[0]!.measuredError, 8);
+    expect(b.units[0]!.predictedError!).toBeCloseTo(a.units[0]!.predictedError!, 8);
   });
 
   for (const mode of MODES.filter((m) => m !== 'whitened')) {

@@ -1,0 +1,104 @@
+/**
+ * Peak-memory estimate of `moe decompose` from shapes and the rank plan (src/runtime/memory.ts supplies the shared
+ * parts: runtime, the streamed forward pass, the writer).
+ *
+ * Decompose's own working set, all bounded by one layer:
+ *   - the Gram matrices of one layer's experts (float64, E (H^2 + I^2)) when calibrated;
+ *   - the factorisation of one unit: its weights and whitened matrix, the Gram (or range-finder) matrices of the
+ *     SVD and its singular vectors, and the error measurement's products, all float64 on the host;
+ *   - one layer of factors at the planned ranks (float64), handed to the writer;
+ *   - the score pass's truncation spectra of every unit (one float64 per rank: small);
+ *   - the writer's one new tensor (float64 product for --materialize, its float32 copy, the encoded bytes).
+ */
+import { estimatePeak, streamedPassParts, writerBytes, type MemoryEstimate, type MemoryPart } from '../runtime/memory.js';
+import type { Model } from '../model/open.js';
+import { unitParams } from './plan.js';
+import type { UnitShape } from './units.js';
+
+const F64 = 8;
+const F32 = 4;
+
+export interface DecomposeMemoryOptions {
+  /** a calibration forward pass runs (whitened modes, or --calib with svd) */
+  calibrated: boolean;
+  /** Gram matrices are held per layer (calibrated, or given precollected) */
+  grams: boolean;
+  tokens: number;
+  seqLen: number;
+  /** the score pass runs (its spectra are kept for the plan) */
+  scoring: boolean;
+  /** a checkpoint is written (the apply pass and the writer run) */
+  writing: boolean;
+  materialize: boolean;
+  /** the largest tensor the writer makes: elements and bytes in its output dtype */
+  largestNew: { elems: number; bytes: number };
+}
+
+/** Host float64 bytes while one unit is factorised and measured. */
+export function unitWorkspaceBytes(u: UnitShape, whitened: boolean): number {
+  const { m, n } = u;
+  const E = u.experts.length;
+  const [r, c] = u.kind === 'shared-input' ? [E * m, n] : u.kind === 'shared-output' ? [m, E * n] : [m, n];
+  const p = Math.min(r, c);
+  // the unit's weights in float64 (base-delta: weight, base, delta), the matrix decomposed, the whitening factor
+  const weights = u.kind === 'delta' ? 3 * m * n : E * m * n;
+  const input = r * c + (whitened ? n * n : 0);
+  let svd: number;
+  if (u.maxRank < p) {
+    // randomized: sketch, range basis (two copies during CholeskyQR2), co-range, projected matrix, small SVD
+    const l = Math.min(u.maxRank + 10, p);
+    svd = c * l + 2 * r * l + c * l + l * c + 3 * l * l + r * u.maxRank + u.maxRank * c;
+  } else {
+    // Gram route: the smaller Gram, its eigenvectors and the eigensolver's copy, U, V^T and M V
+    svd = 3 * p * p + 2 * r * p + p * c;
+  }
+  // measuring the error: A B, the difference, and D G
+  const measure = 3 * m * n;
+  return (weights + input + svd + measure) * F64;
+}
+
+interface LayerShapes {
+  E: number;
+  proj: Map<string, { m: number; n: number }>;
+  units: UnitShape[];
+  ranks: number[];
+}
+
+function byLayer(shapes: readonly UnitShape[], ranks: readonly number[]): LayerShapes[] {
+  const layers = new Map<number, LayerShapes>();
+  shapes.forEach((u, i) => {
+    let e = layers.get(u.layer);
+    if (!e) layers.set(u.layer, (e = { E: 0, proj: new Map(), units: [], ranks: [] }));
+    e.E = Math.max(e.E, ...u.experts.map((j) => j + 1));
+    e.proj.set(u.proj, { m: u.m, n: u.n });
+    e.units.push(u);
+    e.ranks.push(ranks[i] ?? 0);
+  });
+  return [...layers.values()];
+}
+
+export function decomposeMemory(model: Model, shapes: readonly UnitShape[], ranks: readonly number[], mode: string, o: DecomposeMemoryOptions): MemoryEstimate {
+  const { ckpt, view } = model;
+  const layers = byLayer(shapes, ranks);
+  const maxOver = (f: (l: LayerShapes) => number) => layers.reduce((a, l) => Math.max(a, f(l)), 0);
+  const parts: MemoryPart[] = [];
+  if (o.calibrated) parts.push(...streamedPassParts(ckpt, view, o.tokens, o.seqLen, true));
+  else {
+    // no forward pass: one layer's experts read as float32
+    parts.push({ label: "largest layer's experts in float32", bytes: maxOver((l) => [...l.proj.values()].reduce((a, s) => a + l.E * s.m * s.n * F32, 0)) });
+  }
+  if (o.grams) {
+    // gate/up share the input Gram [H, H]; down has its own [I, I]
+    parts.push({ label: "one layer's Gram matrices (float64)", bytes: maxOver((l) => l.E * ((l.proj.get('gate')?.n ?? 0) ** 2 + (l.proj.get('down')?.n ?? 0) ** 2) * F64) });
+  }
+  const whitened = mode !== 'svd';
+  parts.push({ label: 'factorisation of the largest unit (float64 SVD workspace)', bytes: shapes.reduce((a, u) => Math.max(a, unitWorkspaceBytes(u, whitened)), 0) });
+  if (o.scoring) parts.push({ label: "every unit's truncation spectrum (score pass)", bytes: shapes.reduce((a, u) => a + (u.maxRank + 1) * F64, 0) });
+  if (o.writing) {
+    parts.push({ label: "one layer's factors at the planned ranks (float64)", bytes: maxOver((l) => l.units.reduce((a, u, i) => a + unitParams(u, l.ranks[i]!), 0) * F64) });
+    // the new tensor's float32 copy (and, materialised, its float64 product) next to its encoded bytes
+    const copies = o.largestNew.elems * (F32 + (o.materialize ? F64 : 0));
+    parts.push({ label: 'the writer (one tensor in flight)', bytes: writerBytes(ckpt, o.largestNew.bytes) + copies });
+  }
+  return estimatePeak(parts);
+}
