@@ -7,10 +7,10 @@ import { fail } from '../errors.js';
 import type { ActivationSpec, RoutingRule } from '../model/types.js';
 import type { Routing, SwiGLUWeights } from '../runtime/api.js';
 import { activationSimilarity, alignFromSimilarity, permuteUnits, weightSimilarity } from './align.js';
-import { averageExperts, memberWeights } from './combine.js';
+import { ExpertAverager, memberWeights } from './combine.js';
 import { checkPartition, groupExperts } from './grouping.js';
 import { mergeRouter, type RouterFitOptions, type RouterWeights } from './router.js';
-import type { ExpertGroup, GroupReport, LayerReport, LayerSignals, MergeChoices } from './types.js';
+import { MERGE_OPTION_DEFAULTS, type ExpertGroup, type GroupReport, type LayerReport, type LayerSignals, type MergeChoices } from './types.js';
 
 export interface LayerCalibration {
   /** [T, H] MoE-block inputs */
@@ -43,6 +43,8 @@ export interface MergeLayerOptions {
 export interface MergedLayer {
   groups: ExpertGroup[];
   experts: SwiGLUWeights[];
+  /** per group, per member (anchor first): the permutation applied before averaging (null: none) */
+  perms: Array<Array<Int32Array | null>>;
   router: RouterWeights;
   report: LayerReport;
 }
@@ -69,46 +71,97 @@ export function groupTokens(calib: LayerCalibration, members: readonly number[],
 export interface MergedGroup {
   expert: SwiGLUWeights;
   report: GroupReport;
+  /** per member, anchor first (null): the permutation of its hidden units applied before averaging (null: none) */
+  perms: Array<Int32Array | null>;
 }
 
-/** Align a group's members onto its anchor and average them with the given weights. */
+export interface GroupContext {
+  H: number;
+  calib?: LayerCalibration;
+  activation?: ActivationSpec;
+  maxAlignTokens?: number;
+  /** permutations decided earlier (a saved plan): applied as given, with their alignment report */
+  applied?: { perms: ReadonlyArray<Int32Array | null>; alignment: GroupReport['alignment'] };
+}
+
+/** One member's permutation onto the anchor (null: averaged as stored) and its alignment report. */
+function alignMember(
+  anchor: SwiGLUWeights, member: SwiGLUWeights, g: ExpertGroup, k: number, align: MergeChoices['align'], ctx: GroupContext,
+  tokens: { value?: { x: Float32Array; T: number } },
+): { perm: Int32Array | null; alignment: GroupReport['alignment'][number] } {
+  if (ctx.applied) return { perm: ctx.applied.perms[k] ?? null, alignment: ctx.applied.alignment[k] ?? null };
+  if (align === 'none') return { perm: null, alignment: null };
+  let sim: Float64Array;
+  if (align === 'activations') {
+    tokens.value ??= groupTokens(ctx.calib!, g.members, ctx.H, ctx.maxAlignTokens ?? MERGE_OPTION_DEFAULTS.alignTokens);
+    const t = tokens.value;
+    // a group no calibration token reached has no activations to correlate: its weights are the only evidence
+    sim = t.T >= 2 ? activationSimilarity(anchor, member, t.x, t.T, ctx.activation) : weightSimilarity(anchor, member);
+  } else {
+    sim = weightSimilarity(anchor, member);
+  }
+  const a = alignFromSimilarity(sim, anchor.gate.out);
+  return { perm: a.perm, alignment: { member: g.members[k], before: a.before, after: a.after } };
+}
+
+function checkGroupInput(g: ExpertGroup, weights: number[], align: MergeChoices['align'], ctx: GroupContext): void {
+  if (align === 'activations' && !ctx.calib && !ctx.applied) fail('Usage', '--align activations needs calibration hidden states (--calib FILE)');
+  if (weights.length !== g.members.length) fail('ComputeError', 'merge: group and weights differ in size');
+}
+
+/**
+ * Align a group's members onto its anchor and average them with the given weights, one member at a time: the
+ * anchor, the running float64 sum and the member being aligned are all that is held, so members can be loaded
+ * lazily (the write of a planned merge). Equal, bit for bit, to mergeGroup on the same experts.
+ */
+export async function mergeGroupStreamed(
+  g: ExpertGroup, load: (j: number) => Promise<SwiGLUWeights>, weights: number[], align: MergeChoices['align'], ctx: GroupContext,
+): Promise<MergedGroup> {
+  checkGroupInput(g, weights, align, ctx);
+  const anchor = await load(g.anchor);
+  const avg = new ExpertAverager();
+  avg.add(anchor, weights[0]);
+  const alignment: GroupReport['alignment'] = [null];
+  const perms: Array<Int32Array | null> = [null];
+  const tokens = {};
+  for (let k = 1; k < g.members.length; k++) {
+    const member = await load(g.members[k]);
+    const a = alignMember(anchor, member, g, k, align, ctx, tokens);
+    avg.add(a.perm ? permuteUnits(member, a.perm) : member, weights[k]);
+    alignment.push(a.alignment);
+    perms.push(a.perm);
+  }
+  return { expert: avg.result(), report: { anchor: g.anchor, members: g.members, weights, alignment }, perms };
+}
+
+/** Align a group's members onto its anchor and average them with the given weights (experts in memory). */
 export function mergeGroup(
   g: ExpertGroup,
   experts: ReadonlyMap<number, SwiGLUWeights> | readonly SwiGLUWeights[],
   weights: number[],
   align: MergeChoices['align'],
-  ctx: { H: number; calib?: LayerCalibration; activation?: ActivationSpec; maxAlignTokens?: number },
+  ctx: GroupContext,
 ): MergedGroup {
   const get = (j: number): SwiGLUWeights => {
     const e = experts instanceof Map ? experts.get(j) : (experts as readonly SwiGLUWeights[])[j];
     if (!e) fail('ComputeError', `merge: expert ${j} was not loaded`);
     return e;
   };
-  if (align === 'activations' && !ctx.calib) fail('Usage', '--align activations needs calibration hidden states (--calib FILE)');
+  checkGroupInput(g, weights, align, ctx);
   const anchor = get(g.anchor);
-  const aligned: SwiGLUWeights[] = [anchor];
+  const avg = new ExpertAverager();
+  avg.add(anchor, weights[0]);
   const alignment: GroupReport['alignment'] = [null];
-  let tokens: { x: Float32Array; T: number } | undefined;
-  for (const m of g.members.slice(1)) {
-    const member = get(m);
-    if (align === 'none') {
-      aligned.push(member);
-      alignment.push(null);
-      continue;
-    }
-    let sim: Float64Array;
-    if (align === 'activations') {
-      tokens ??= groupTokens(ctx.calib!, g.members, ctx.H, ctx.maxAlignTokens ?? 2048);
-      // a group no calibration token reached has no activations to correlate: its weights are the only evidence
-      sim = tokens.T >= 2 ? activationSimilarity(anchor, member, tokens.x, tokens.T, ctx.activation) : weightSimilarity(anchor, member);
-    } else {
-      sim = weightSimilarity(anchor, member);
-    }
-    const a = alignFromSimilarity(sim, anchor.gate.out);
-    aligned.push(permuteUnits(member, a.perm));
-    alignment.push({ member: m, before: a.before, after: a.after });
+  const perms: Array<Int32Array | null> = [null];
+  const tokens = {};
+  for (let k = 1; k < g.members.length; k++) {
+    const member = get(g.members[k]);
+    const a = alignMember(anchor, member, g, k, align, ctx, tokens);
+    avg.add(a.perm ? permuteUnits(member, a.perm) : member, weights[k]);
+    alignment.push(a.alignment);
+    perms.push(a.perm);
   }
-  return { expert: averageExperts(aligned, weights), report: { anchor: g.anchor, members: g.members, weights, alignment } };
+  return { expert: avg.result(), report: { anchor: g.anchor, members: g.members, weights, alignment }, perms };
 }
 
 export function mergeLayer(input: MergeLayerInput, choices: MergeChoices, opts: MergeLayerOptions = {}): MergedLayer {
@@ -122,11 +175,13 @@ export function mergeLayer(input: MergeLayerInput, choices: MergeChoices, opts: 
 
   const merged: SwiGLUWeights[] = [];
   const reports: GroupReport[] = [];
+  const perms: MergedLayer['perms'] = [];
   for (const g of groups) {
     const weights = memberWeights(choices.weighting, g.members, signals);
     const m = mergeGroup(g, experts, weights, choices.align, { H, calib: input.calib, activation: input.activation, maxAlignTokens: opts.maxAlignTokens });
     merged.push(m.expert);
     reports.push(m.report);
+    perms.push(m.perms);
   }
 
   const fitData = input.calib ? { x: input.calib.x, T: input.calib.T, logits: input.calib.logits } : undefined;
@@ -138,5 +193,5 @@ export function mergeLayer(input: MergeLayerInput, choices: MergeChoices, opts: 
     report.router.tokens = r.tokens;
     if (r.steps !== undefined) report.router.steps = r.steps;
   }
-  return { groups, experts: merged, router: r.router, report };
+  return { groups, experts: merged, perms, router: r.router, report };
 }

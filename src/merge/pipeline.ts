@@ -3,12 +3,17 @@
  * members onto anchors, frequency-weighted average, new router rows) -> write the family's own checkpoint with N
  * experts per layer -> report (groups, member weights, alignment, router fit per layer).
  *
- * Two ways to run:
+ * Three ways to get the plan (src/merge/plan.ts says what a plan holds):
  * - --calib FILE: sequential. One streamed forward pass; at each MoE layer the hook measures that layer's
  *   statistics on the hidden states it really receives (earlier layers already merged), merges it, and hands
  *   the merged layer back so later layers see it. Activation alignment and the fitted router need this mode.
  * - --stats DIR: from a saved calibration artifact of the unmerged model; no forward pass, so only choices that
  *   need no hidden states (align none|weights, router anchor|mean).
+ * - --plan FILE: a plan saved by either (--save-plan), applied without calibration data or forward pass.
+ *
+ * The write then produces each merged group from the plan while the checkpoint is written (members loaded one at a
+ * time), so memory is one layer during the pass and one group during the write. `--shard i/n` writes only layers
+ * l with l % n = i; it needs --stats or --plan, because a sequential plan is one pass through all layers.
  */
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -20,22 +25,27 @@ import { fail } from '../errors.js';
 import { checkOutputTarget } from '../io/output.js';
 import { loadRouter, loadSwiGLU } from '../model/load.js';
 import { openModel, type Model } from '../model/open.js';
+import { loadPlan, savePlan } from '../model/planfile.js';
 import { writeExpertEdit, type ExpertEditPlan, type ExpertSource, type LayerExpertEdit } from '../model/rewrite.js';
-import type { ModelView } from '../model/types.js';
+import type { ShardSpec } from '../model/shard.js';
+import type { ModelView, MoeBlock } from '../model/types.js';
 import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from '../prune/sizes.js';
 import { initBackend } from '../runtime/backend.js';
 import { maskedEdit } from '../prune/mask.js';
 import type { MoeLayerEdit, MoeLayerInput, SwiGLUWeights } from '../runtime/api.js';
+import type { MemoryEstimate } from '../runtime/memory.js';
 import { streamModel } from '../runtime/stream.js';
 import { swiglu } from '../runtime/swiglu.js';
 import { memberWeights } from './combine.js';
 import { checkPartition, groupExperts } from './grouping.js';
-import { mergeGroup, mergeLayer, type MergedLayer, type MergeLayerOptions } from './layer.js';
+import { mergeGroupStreamed, mergeLayer, type MergedLayer, type MergeLayerOptions } from './layer.js';
+import { mergeMemory } from './memory.js';
+import { checkSavedPlan, layerReport, serializePlan, shardDecisions, type MergePlan, type PlanMode, type PlannedLayer } from './plan.js';
 import { mergeRouter, type RouterWeights } from './router.js';
 import { signalsFromInput, signalsFromStats } from './signals.js';
 import {
-  ALIGN_METHODS, GROUPING_METHODS, ROUTER_METHODS, WEIGHTING_METHODS,
-  type AlignMethod, type GroupingMethod, type LayerReport, type MergeChoices, type RouterMethod, type WeightingMethod,
+  ALIGN_METHODS, GROUPING_METHODS, MERGE_OPTION_DEFAULTS, ROUTER_METHODS, WEIGHTING_METHODS,
+  type AlignMethod, type ExpertGroup, type GroupingMethod, type LayerReport, type MergeChoices, type RouterMethod, type WeightingMethod,
 } from './types.js';
 
 export interface MergeRequest {
@@ -51,6 +61,12 @@ export interface MergeRequest {
   /** calibration window length (default: the data module's) */
   seqLen?: number;
   stats?: string;
+  /** write the plan to this file (src/model/planfile.ts); with dryRun, only the plan */
+  savePlan?: string;
+  /** apply a saved plan instead of planning (no calibration needed) */
+  plan?: string;
+  /** layer-parallel job i of n: write only this shard's layers (join the parts with `moe assemble`) */
+  shard?: ShardSpec;
   force?: boolean;
   dryRun?: boolean;
   /** router fit: Adam steps and token cap; activation alignment: token cap per group */
@@ -70,10 +86,16 @@ export interface MergeReport {
   groups: number;
   topK: number;
   choices: Omit<MergeChoices, 'groups'>;
-  mode: 'sequential' | 'stats';
-  calibration: { source: 'calib' | 'stats'; path: string; tokens: number };
+  /** how the plan's statistics were measured (a --plan run reports the saved plan's mode) */
+  mode: PlanMode;
+  calibration: { source: 'calib' | 'stats' | 'plan'; path: string; tokens: number };
+  /** the plan file written (--save-plan) */
+  savedPlan?: string;
+  shard?: { index: number; count: number };
   layers: LayerReport[];
   sizes: { before: SizeSummary; after: SizeSummary; predicted: boolean };
+  /** estimated peak resident memory of the run (from shapes and the plan; bench/merge-memory.ts measures it) */
+  memory: MemoryEstimate;
   seconds: number;
 }
 
@@ -96,13 +118,17 @@ export function validateRequest(req: MergeRequest): MergeChoices {
     router: oneOf<RouterMethod>('--router', req.router, ROUTER_METHODS, DEFAULTS.router),
   };
   if (!Number.isInteger(req.groups)) fail('Usage', `--groups must be a whole number of experts per layer, got ${req.groups}`);
+  if (req.plan && req.savePlan) fail('Usage', 'give --plan FILE (apply a saved plan) or --save-plan FILE, not both');
+  if (req.plan && (req.calib || req.stats)) fail('Usage', '--plan applies a saved plan: --calib and --stats are not used with it');
   if (req.calib && req.stats) fail('Usage', 'give --calib FILE or --stats DIR, not both');
-  if (!req.calib && !req.stats) fail('Usage', `merging is data-driven (grouping ${choices.grouping} reads routing statistics): give calibration text (--calib FILE) or saved statistics (--stats DIR)`);
+  if (!req.calib && !req.stats && !req.plan) fail('Usage', `merging is data-driven (grouping ${choices.grouping} reads routing statistics): give calibration text (--calib FILE), saved statistics (--stats DIR) or a saved plan (--plan FILE)`);
   if (req.stats && !req.dryRun) {
     if (choices.align === 'activations') fail('Usage', '--align activations needs calibration hidden states: give --calib FILE (--stats is not enough)');
     if (choices.router === 'fit') fail('Usage', '--router fit needs calibration hidden states: give --calib FILE (--stats is not enough)');
   }
-  if (!req.dryRun && !req.out) fail('Usage', '--out DIR is required (or use --dry-run)');
+  if (req.shard && req.calib) {
+    fail('Usage', '--shard needs --plan FILE or --stats DIR: with --calib each layer is merged on the output of the merged layers before it, so one run must plan them all (--calib FILE --dry-run --save-plan FILE, then every job --plan FILE)');
+  }
   return choices;
 }
 
@@ -118,14 +144,6 @@ export function checkGroups(view: ModelView, n: number): void {
   if (g && g.nGroup > 1 && g.topkGroup < g.nGroup) {
     fail('UnsupportedArchitecture', `${view.family}: merging under group-limited routing (n_group ${g.nGroup}, topk_group ${g.topkGroup}) is not supported; merged groups would cross routing groups`);
   }
-}
-
-interface MergedLayers {
-  edits: LayerExpertEdit[];
-  /** ends the progress phase of lazily produced groups */
-  finish?: () => void;
-  reports: LayerReport[];
-  tokens: number;
 }
 
 const routerRows = (r: RouterWeights): RouterWeights => ({ w: r.w, bias: r.bias, correctionBias: r.correctionBias });
@@ -145,16 +163,22 @@ export function runningEdit(experts: SwiGLUWeights[], router: RouterWeights, E: 
   return maskedEdit(padded, Array.from({ length: N }, (_, i) => i));
 }
 
-async function mergeSequential(model: Model, req: MergeRequest, choices: MergeChoices, opts: MergeLayerOptions): Promise<MergedLayers> {
+/**
+ * Sequential planning (--calib): one streamed forward pass; at each MoE layer the hook measures that layer's
+ * statistics on the hidden states it really receives (earlier layers already merged), merges it, keeps the plan
+ * (groups, weights, permutations, fitted rows) and hands the merged layer to the pass. The merged weights are not
+ * kept: the write produces them again from the plan, group by group, so memory stays about one layer instead of
+ * growing with every merged layer until the write.
+ */
+async function planSequential(model: Model, req: MergeRequest, choices: MergeChoices, opts: MergeLayerOptions, windows: Int32Array[]): Promise<MergePlan> {
   const view = model.view;
-  const windows = await loadWindows(model.dir, req.calib!, { maxTokens: req.calibTokens, ...(req.seqLen !== undefined ? { seqLen: req.seqLen } : {}) });
-  const out: MergedLayers = { edits: [], reports: [], tokens: 0 };
+  const plan: MergePlan = { mode: 'sequential', tokens: 0, layers: [] };
   const phase = req.progress?.phase(`merge: ${view.moeLayers.length} MoE layers, sequentially on calibration text`);
   const H = view.dims.hidden;
   const expert = (w: SwiGLUWeights, x: Float32Array, T: number) => swiglu(w, x, T, view.forward.activation);
   await streamModel(model, windows, {
     onMoeLayer(input: MoeLayerInput) {
-      out.tokens = input.T;
+      plan.tokens = input.T;
       const signals = signalsFromInput(input, expert);
       const m: MergedLayer = mergeLayer(
         {
@@ -164,16 +188,18 @@ async function mergeSequential(model: Model, req: MergeRequest, choices: MergeCh
         choices,
         opts,
       );
-      // merged experts of every layer stay in memory until the write (a group of one is copied from the input)
-      const experts: ExpertSource[] = m.groups.map((g, i) => (g.members.length === 1 ? { from: g.anchor } : { weights: m.experts[i] }));
-      out.edits.push({ layer: input.layer.index, experts, router: routerRows(m.router) });
-      out.reports.push(m.report);
-      phase?.tick(out.reports.length, view.moeLayers.length, 'layers');
+      plan.layers.push({
+        layer: input.layer.index,
+        groups: m.report.groups.map((g, i) => ({ ...g, ...(choices.align !== 'none' && g.members.length > 1 ? { perms: m.perms[i] } : {}) })),
+        router: m.report.router,
+        ...(choices.router === 'fit' ? { rows: routerRows(m.router) } : {}),
+      });
+      phase?.tick(plan.layers.length, view.moeLayers.length, 'layers');
       return runningEdit(m.experts, m.router, input.experts.length, H);
     },
   });
-  phase?.succeed(`merge: ${out.reports.length} layers merged`);
-  return out;
+  phase?.succeed(`merge: ${plan.layers.length} layers planned`);
+  return plan;
 }
 
 function statsFor(stats: CalibStats, layer: number, E: number) {
@@ -182,65 +208,70 @@ function statsFor(stats: CalibStats, layer: number, E: number) {
   return ls;
 }
 
-/**
- * Plan every layer from saved statistics; the merged experts are produced lazily while the checkpoint is written
- * (members loaded, aligned and averaged one group at a time), so memory stays bounded by one group.
- */
-async function mergeFromStats(model: Model, stats: CalibStats, choices: MergeChoices, opts: MergeLayerOptions, progress?: Progress): Promise<MergedLayers> {
-  const view = model.view;
-  const H = view.dims.hidden;
-  const out: MergedLayers = { edits: [], reports: [], tokens: stats.tokens };
-  let produced = 0;
-  const total = view.moeLayers.length * choices.groups;
-  const phase = progress?.phase('merge: aligning and averaging groups while writing');
-  for (const layer of view.layers) {
+/** Plan every layer from saved statistics of the unmerged model: groups and weights (alignment is left to the write). */
+function planFromStats(model: Model, stats: CalibStats, choices: MergeChoices): MergePlan {
+  const layers: PlannedLayer[] = [];
+  for (const layer of model.view.layers) {
     if (layer.block.kind !== 'moe') continue;
-    const block = layer.block;
-    const E = block.experts.length;
+    const E = layer.block.experts.length;
     const signals = signalsFromStats(statsFor(stats, layer.index, E));
     const groups = groupExperts(choices.grouping, signals, choices.groups);
     checkPartition(groups, E, choices.groups);
-    const router = await loadRouter(model.ckpt, block.router);
-    const r = mergeRouter(choices.router, router, groups, H, E, view.routing);
-    const report: LayerReport = {
+    layers.push({
       layer: layer.index,
       groups: groups.map((g) => ({ anchor: g.anchor, members: g.members, weights: memberWeights(choices.weighting, g.members, signals), alignment: g.members.map(() => null) })),
       router: { method: choices.router },
-    };
-    const experts: ExpertSource[] = groups.map((g, gi) => {
+    });
+  }
+  return { mode: 'stats', tokens: stats.tokens, layers };
+}
+
+/**
+ * The checkpoint edit of a plan. Groups of one are copied byte for byte; every merged group is produced lazily
+ * while the checkpoint is written: its members loaded one at a time, permuted (the plan's permutations, or weight
+ * alignment computed now) and averaged, so memory stays bounded by one group. A shard's writer never calls the
+ * producers of other shards' layers, so each job aligns only its own layers.
+ */
+async function planEdit(model: Model, plan: MergePlan, choices: MergeChoices, reports: LayerReport[], progress?: Progress): Promise<{ edit: ExpertEditPlan; finish(): void }> {
+  const view = model.view;
+  const H = view.dims.hidden;
+  let produced = 0;
+  const total = plan.layers.reduce((a, l) => a + l.groups.filter((g) => g.members.length > 1).length, 0);
+  const phase = progress?.phase('merge: aligning and averaging groups while writing');
+  const layers: LayerExpertEdit[] = [];
+  for (const [li, l] of plan.layers.entries()) {
+    const block = view.layers[l.layer]!.block as MoeBlock;
+    const E = block.experts.length;
+    const groups: ExpertGroup[] = l.groups.map((g) => ({ anchor: g.anchor, members: g.members }));
+    const router = l.rows ?? routerRows(mergeRouter(choices.router, await loadRouter(model.ckpt, block.router), groups, H, E, view.routing).router);
+    const experts: ExpertSource[] = l.groups.map((g, gi) => {
       if (g.members.length === 1) return { from: g.anchor };
       return {
         weights: async () => {
-          const loaded = new Map<number, SwiGLUWeights>();
-          for (const m of g.members) loaded.set(m, await loadSwiGLU(model.ckpt, block.experts[m]));
-          const m = mergeGroup(g, loaded, report.groups[gi].weights, choices.align, { H, activation: view.forward.activation });
-          report.groups[gi] = m.report;
+          const load = (j: number) => loadSwiGLU(model.ckpt, block.experts[j]!);
+          const applied = g.perms ? { perms: g.perms, alignment: g.alignment } : undefined;
+          const m = await mergeGroupStreamed(g, load, g.weights, choices.align, { H, activation: view.forward.activation, ...(applied ? { applied } : {}) });
+          reports[li]!.groups[gi] = m.report;
           phase?.tick(++produced, total, 'groups');
           return m.expert;
         },
       };
     });
-    out.edits.push({ layer: layer.index, experts, router: routerRows(r.router) });
-    out.reports.push(report);
+    layers.push({ layer: l.layer, experts, router });
   }
-  out.finish = () => phase?.succeed(`merge: ${out.reports.length} layers, ${produced} merged groups`);
-  return out;
+  const g = view.routing.groups;
+  // a group limit that selects every group is a no-op: the merged model routes identically without groups
+  const edit: ExpertEditPlan = { layers, groups: g && g.nGroup > 1 ? { nGroup: 1, topkGroup: 1 } : undefined };
+  return { edit, finish: () => phase?.succeed(`merge: ${plan.layers.length} layers, ${produced} merged groups`) };
 }
 
-/** --dry-run: the grouping plan from (resolved) statistics, weights of each member, nothing loaded or written. */
-function planOnly(model: Model, stats: CalibStats, choices: MergeChoices): LayerReport[] {
-  const reports: LayerReport[] = [];
-  for (const layer of model.view.layers) {
-    if (layer.block.kind !== 'moe') continue;
-    const signals = signalsFromStats(statsFor(stats, layer.index, layer.block.experts.length));
-    const groups = groupExperts(choices.grouping, signals, choices.groups);
-    reports.push({
-      layer: layer.index,
-      groups: groups.map((g) => ({ anchor: g.anchor, members: g.members, weights: memberWeights(choices.weighting, g.members, signals), alignment: g.members.map(() => null) })),
-      router: { method: choices.router },
-    });
-  }
-  return reports;
+/** Everything that shapes the plan or how it is applied: a plan is refused under other values (src/model/planfile.ts). */
+export function planSettings(choices: MergeChoices, req: Pick<MergeRequest, 'fitSteps' | 'fitTokens' | 'alignTokens'>): Record<string, unknown> {
+  return {
+    groups: choices.groups, grouping: choices.grouping, weighting: choices.weighting, align: choices.align, router: choices.router,
+    ...(choices.align === 'activations' ? { alignTokens: req.alignTokens ?? MERGE_OPTION_DEFAULTS.alignTokens } : {}),
+    ...(choices.router === 'fit' ? { fitSteps: req.fitSteps ?? MERGE_OPTION_DEFAULTS.fitSteps, fitTokens: req.fitTokens ?? MERGE_OPTION_DEFAULTS.fitTokens } : {}),
+  };
 }
 
 export async function merge(req: MergeRequest): Promise<MergeReport> {
@@ -251,46 +282,52 @@ export async function merge(req: MergeRequest): Promise<MergeReport> {
   try {
     const view = model.view;
     checkGroups(view, choices.groups);
-    await initBackend();
     const opts: MergeLayerOptions = { maxAlignTokens: req.alignTokens, routerFit: { steps: req.fitSteps, maxTokens: req.fitTokens } };
     const E = view.dims.numExperts;
     const before = checkpointSizes(model.ckpt, view);
+    const settings = planSettings(choices, req);
 
-    let merged: MergedLayers | undefined;
-    let layers: LayerReport[];
-    let tokens: number;
-    let mode: MergeReport['mode'];
-    if (req.dryRun || req.stats) {
-      const stats = await resolveCalibration({ model, calib: req.calib, calibTokens: req.calibTokens, seqLen: req.seqLen, stats: req.stats, progress: req.progress });
+    let plan: MergePlan;
+    let pass: { tokens: number; seqLen: number } | undefined;
+    let source: MergeReport['calibration']['source'];
+    if (req.plan) {
+      plan = checkSavedPlan(view, await loadPlan<unknown>(req.plan, 'merge', model.ckpt, settings), choices, req.plan);
+      source = 'plan';
+    } else if (req.stats) {
+      const stats = await resolveCalibration({ model, stats: req.stats, progress: req.progress });
       if (stats.numExperts !== E) fail('InvalidStats', `calibration statistics describe ${stats.numExperts} experts per layer, the model has ${E}`);
-      tokens = stats.tokens;
-      mode = 'stats';
-      if (req.dryRun) {
-        layers = planOnly(model, stats, choices);
-      } else {
-        merged = await mergeFromStats(model, stats, choices, opts, req.progress);
-        layers = merged.reports;
-      }
+      plan = planFromStats(model, stats, choices);
+      source = 'stats';
     } else {
-      merged = await mergeSequential(model, req, choices, opts);
-      layers = merged.reports;
-      tokens = merged.tokens;
-      mode = 'sequential';
+      await initBackend();
+      const windows = await loadWindows(model.dir, req.calib!, { maxTokens: req.calibTokens, ...(req.seqLen !== undefined ? { seqLen: req.seqLen } : {}) });
+      pass = { tokens: windows.reduce((a, w) => a + w.length, 0), seqLen: windows[0]?.length ?? 0 };
+      plan = await planSequential(model, req, choices, opts, windows);
+      source = 'calib';
     }
+    if (req.savePlan) {
+      if (plan.mode === 'stats' && (choices.align === 'activations' || choices.router === 'fit')) {
+        fail('Usage', `a plan from --stats cannot hold ${choices.align === 'activations' ? 'activation alignment' : 'fitted router rows'} (they need calibration hidden states): plan with --calib FILE`);
+      }
+      await savePlan(req.savePlan, 'merge', model.ckpt, settings, serializePlan(plan));
+    }
+    const layers = plan.layers.map(layerReport);
 
     const removed = new Map(layers.map((l) => [l.layer, l.groups.flatMap((g) => g.members.slice(1))]));
     let after = predictedSizes(model.ckpt, view, before, removed);
     let predicted = true;
-    if (merged && !req.dryRun) {
+    if (!req.dryRun) {
+      await initBackend();
+      const { edit, finish } = await planEdit(model, plan, choices, layers, req.progress);
       const phase = req.progress?.phase(`writing ${req.out}`);
-      const g = view.routing.groups;
-      // a group limit that selects every group is a no-op: the merged model routes identically without groups
-      const plan: ExpertEditPlan = { layers: merged.edits, groups: g && g.nGroup > 1 ? { nGroup: 1, topkGroup: 1 } : undefined };
-      await writeExpertEdit(model, plan, req.out!, { force: req.force });
-      merged.finish?.();
-      phase?.succeed(`wrote ${req.out}`);
-      after = await writtenSizes(req.out!);
-      predicted = false;
+      await writeExpertEdit(model, edit, req.out!, { force: req.force, ...(req.shard ? { shard: { ...req.shard, plan: shardDecisions(plan, choices) } } : {}) });
+      finish();
+      phase?.succeed(`wrote ${req.out}${req.shard ? ` (shard ${req.shard.index}/${req.shard.count})` : ''}`);
+      // a shard holds part of the checkpoint: its sizes stay the plan's prediction
+      if (!req.shard) {
+        after = await writtenSizes(req.out!);
+        predicted = false;
+      }
     }
     const report: MergeReport = {
       tool: 'moe merge',
@@ -302,10 +339,16 @@ export async function merge(req: MergeRequest): Promise<MergeReport> {
       groups: choices.groups,
       topK: view.routing.topK,
       choices: { grouping: choices.grouping, align: choices.align, weighting: choices.weighting, router: choices.router },
-      mode,
-      calibration: { source: req.stats ? 'stats' : 'calib', path: (req.stats ?? req.calib)!, tokens },
+      mode: plan.mode,
+      calibration: { source, path: (req.plan ?? req.stats ?? req.calib)!, tokens: plan.tokens },
+      ...(req.savePlan ? { savedPlan: req.savePlan } : {}),
+      ...(req.shard ? { shard: { index: req.shard.index, count: req.shard.count } } : {}),
       layers,
       sizes: { before, after, predicted },
+      memory: mergeMemory(model, {
+        choices, plan, ...(pass ? { pass } : {}),
+        alignTokens: req.alignTokens ?? MERGE_OPTION_DEFAULTS.alignTokens, fitTokens: req.fitTokens ?? MERGE_OPTION_DEFAULTS.fitTokens,
+      }),
       seconds: (Date.now() - started) / 1000,
     };
     if (!req.dryRun) await writeFile(join(req.out!, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');

@@ -15,7 +15,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { fail } from '../errors.js';
 import type { RoutingRule } from '../model/types.js';
-import type { ExpertGroup, RouterMethod } from './types.js';
+import { MERGE_OPTION_DEFAULTS, type ExpertGroup, type RouterMethod } from './types.js';
 
 export interface RouterWeights {
   /** [E, H] */
@@ -192,17 +192,17 @@ export function mergeRouter(
   if (method !== 'fit') {
     const chosen = method === 'anchor' ? rowsFrom(router, groups, H, 'anchor') : mean;
     if (!data) return { router: chosen };
-    const d = subsample(data, H, E, opts.maxTokens ?? 4096);
+    const d = subsample(data, H, E, opts.maxTokens ?? MERGE_OPTION_DEFAULTS.fitTokens);
     return { router: chosen, kl: routerKL(chosen, groups, d, H, E, rule), klMean: routerKL(mean, groups, d, H, E, rule), tokens: d.T };
   }
   if (!data || data.T === 0) fail('Usage', '--router fit needs calibration hidden states (--calib FILE)');
   const kind = scoreKind(rule);
   const N = groups.length;
-  const d = subsample(data, H, E, opts.maxTokens ?? 4096);
+  const d = subsample(data, H, E, opts.maxTokens ?? MERGE_OPTION_DEFAULTS.fitTokens);
   const T = d.T;
   const P = groupTargets(d.logits, T, E, groups, kind);
   const fitBias = !!router.bias;
-  const steps = opts.steps ?? 300;
+  const steps = opts.steps ?? MERGE_OPTION_DEFAULTS.fitSteps;
   let klMean = Infinity;
   let best = Infinity;
   let bestR = new Float64Array(0);

@@ -40,6 +40,9 @@ export interface LayerSignals {
   logitRows: number;
 }
 
+/** Defaults of the data-driven steps' options (--align-tokens, --fit-steps, --fit-tokens). */
+export const MERGE_OPTION_DEFAULTS = { alignTokens: 2048, fitSteps: 300, fitTokens: 4096 } as const;
+
 export interface MergeChoices {
   groups: number;
   grouping: GroupingMethod;

@@ -54,7 +54,7 @@ describe('moe merge CLI', () => {
   const bad: Array<[string, string[], RegExp, number]> = [
     ['more groups than experts', ['--groups', '12', '--calib', 'x'], /--groups 12 is more than the 8 experts/, ExitCode.usage],
     ['fewer groups than top-k', ['--groups', '1', '--stats', 'x'], /fewer than the 2 experts each token is routed to/, ExitCode.usage],
-    ['no calibration', ['--groups', '4'], /give calibration text \(--calib FILE\) or saved statistics/, ExitCode.usage],
+    ['no calibration', ['--groups', '4'], /give calibration text \(--calib FILE\), saved statistics/, ExitCode.usage],
     ['fit from stats', ['--groups', '4', '--stats', 'x', '--router', 'fit'], /--router fit needs calibration hidden states/, ExitCode.usage],
     ['non-integer groups', ['--groups', 'four', '--calib', 'x'], /--groups must be a whole number/, ExitCode.usage],
     ['missing stats dir', ['--groups', '4', '--stats', '/nonexistent/stats'], /\/nonexistent\/stats/, ExitCode.badInput],
