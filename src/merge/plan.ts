@@ -136,15 +136,20 @@ export function checkSavedPlan(view: ModelView, raw: unknown, choices: MergeChoi
     if (!Array.isArray(raw!.groups)) at('groups is not a list');
     const gs = raw!.groups as unknown[];
     if (gs.length !== N) at(`${gs.length} groups, this command merges to ${N} (--groups)`);
+    // first the partition: every expert in exactly one group
     const seen = new Int32Array(E).fill(-1);
-    const groups: PlannedGroup[] = gs.map((gRaw, gi) => {
-      if (!isObject(gRaw) || !Array.isArray(gRaw.members) || gRaw.members.length === 0) return at(`group ${gi} has no members`);
-      const members = gRaw.members as unknown[];
-      for (const m of members) {
+    gs.forEach((gRaw, gi) => {
+      if (!isObject(gRaw) || !Array.isArray(gRaw.members) || gRaw.members.length === 0) at(`group ${gi} has no members`);
+      for (const m of (gRaw as Record<string, unknown>).members as unknown[]) {
         if (!Number.isInteger(m) || (m as number) < 0 || (m as number) >= E) at(`group ${gi}: expert ${JSON.stringify(m)} is not one of 0..${E - 1}`);
         if (seen[m as number] >= 0) at(`expert ${m} is in groups ${seen[m as number]} and ${gi}`);
         seen[m as number] = gi;
       }
+    });
+    const missing = seen.findIndex((s) => s < 0);
+    if (missing >= 0) at(`expert ${missing} is in no group`);
+    const groups: PlannedGroup[] = (gs as Record<string, unknown>[]).map((gRaw, gi) => {
+      const members = gRaw.members as number[];
       if (gRaw.anchor !== members[0]) at(`group ${gi}: the anchor (${JSON.stringify(gRaw.anchor)}) must be listed first among its members`);
       const weights = gRaw.weights;
       if (!Array.isArray(weights) || weights.length !== members.length || weights.some((w) => typeof w !== 'number' || !Number.isFinite(w) || w < 0)) {
@@ -153,7 +158,7 @@ export function checkSavedPlan(view: ModelView, raw: unknown, choices: MergeChoi
       const sum = (weights as number[]).reduce((a, b) => a + b, 0);
       if (Math.abs(sum - 1) > 1e-9) at(`group ${gi}: member weights sum to ${sum}, not 1`);
       const alignment = Array.isArray(gRaw.alignment) && gRaw.alignment.length === members.length ? (gRaw.alignment as GroupReport['alignment']) : members.map(() => null);
-      const g: PlannedGroup = { anchor: members[0] as number, members: members as number[], weights: weights as number[], alignment };
+      const g: PlannedGroup = { anchor: members[0]!, members, weights: weights as number[], alignment };
       if (gRaw.perms !== undefined) {
         if (!Array.isArray(gRaw.perms) || gRaw.perms.length !== members.length || gRaw.perms[0] !== null) at(`group ${gi}: perms must list one entry per member, null for the anchor`);
         g.perms = (gRaw.perms as unknown[]).map((p, k) => {
@@ -172,8 +177,6 @@ export function checkSavedPlan(view: ModelView, raw: unknown, choices: MergeChoi
       }
       return g;
     });
-    const missing = seen.findIndex((s) => s < 0);
-    if (missing >= 0) at(`expert ${missing} is in no group`);
     const router = isObject(raw!.router) ? (raw!.router as LayerReport['router']) : at('router is missing');
     if (router.method !== choices.router) at(`router rows are '${router.method}', this command has --router ${choices.router}`);
     const planned: PlannedLayer = { layer: L, groups, router };
