@@ -58,6 +58,8 @@ export class LayerHandoff {
   private error: unknown;
   private failed = false;
   private closed = false;
+  /** the last layer published: the pass goes in increasing order, so an earlier layer not published never will be */
+  private last = -Infinity;
   /** layers published and not yet released: at most one at any time (checked by tests through `alive`) */
   maxAlive = 0;
 
@@ -89,7 +91,7 @@ export class LayerHandoff {
       this.wake();
     }
     const d = this.entry(layer);
-    if (this.closed && !d.settled) d.reject(notComputed(layer));
+    if ((this.closed || layer < this.last) && !d.settled) d.reject(notComputed(layer));
     return d.promise;
   }
 
@@ -102,6 +104,8 @@ export class LayerHandoff {
   /** apply pass: `layer`'s factors are ready */
   publish(layer: number, factors: LayerFactors): void {
     if (this.failed) return;
+    this.last = layer;
+    for (const [l, d] of this.layers) if (l < layer && !d.settled) d.reject(notComputed(l));
     this.entry(layer).resolve(factors);
     this.maxAlive = Math.max(this.maxAlive, this.alive);
   }

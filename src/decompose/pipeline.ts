@@ -165,8 +165,11 @@ async function loadExperts(model: Model, layer: number): Promise<SwiGLUWeights[]
   return experts;
 }
 
-/** Walk the MoE layers in order; returns the calibration tokens that reached them (0 without calibration). */
-async function walkLayers(model: Model, src: LayerSource, visit: LayerVisit): Promise<number> {
+/**
+ * Walk the MoE layers in order; returns the calibration tokens that reached them (0 without calibration).
+ * `last`: the last layer the caller needs (a shard's last layer): the forward pass stops after it.
+ */
+async function walkLayers(model: Model, src: LayerSource, visit: LayerVisit, last?: number): Promise<number> {
   if (src.kind === 'forward') {
     let tokens = 0;
     await streamModel(model, src.windows, {
@@ -174,7 +177,7 @@ async function walkLayers(model: Model, src: LayerSource, visit: LayerVisit): Pr
         tokens = input.T;
         await visit(input.layer.index, async () => input.experts, () => layerGrams(input, model.view.forward.activation, true));
       },
-    });
+    }, { stopAfterLayer: last ?? model.view.moeLayers[model.view.moeLayers.length - 1] });
     return tokens;
   }
   if (src.kind === 'grams') {
@@ -261,7 +264,8 @@ async function applyAndWrite(
   const ownLayers = model.view.moeLayers.filter(own);
   let done = 0;
   const phase = req.progress?.phase(`apply + write: ${req.out}${req.materialize ? ' (dense)' : ''}${shard ? ` (shard ${shard.index}/${shard.count}: layers ${ownLayers.join(', ')})` : ''}`);
-  const apply = walkLayers(model, src, async (layer, experts, grams) => {
+  const walk = (visit: LayerVisit) => (ownLayers.length ? walkLayers(model, src, visit, ownLayers[ownLayers.length - 1]) : Promise.resolve(0));
+  const apply = walk(async (layer, experts, grams) => {
     if (!own(layer)) return;
     const factors = new Map<string, ExpertFactors>();
     for (const u of layerUnits(layer, await experts(), grams(), opts)) {
