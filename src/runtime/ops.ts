@@ -7,8 +7,9 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Linear } from './api.js';
 
-/** rows per tfjs matmul call: bounds the tensors alive at once, large enough to amortise op dispatch */
-export const MAX_ROWS = 4096;
+import { MAX_ROWS } from './chunks.js';
+
+export { MAX_ROWS };
 
 /** A linear uploaded to the backend once and applied to many row chunks. */
 export interface DeviceLinear {

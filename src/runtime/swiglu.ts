@@ -6,7 +6,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ActivationSpec } from '../model/types.js';
 import type { Linear, SwiGLUWeights } from './api.js';
-import { MAX_ROWS, applyT, upload, type DeviceLinear } from './ops.js';
+import { applyT, upload, type DeviceLinear } from './ops.js';
+import { swigluRowsPerChunk } from './chunks.js';
 
 export interface DeviceSwiGLU {
   /** gate and up stacked [2I, in]: one matmul for both */
@@ -51,8 +52,9 @@ export type DownInputSink = (a: Float32Array, rows: number, r0: number) => void;
 export function swigluDevice(w: DeviceSwiGLU, x: Float32Array, T: number, activation: ActivationSpec, out?: Float32Array, onDownInput?: DownInputSink): Float32Array {
   const H = w.down.out;
   const y = out ?? new Float32Array(T * H);
-  for (let r0 = 0; r0 < T; r0 += MAX_ROWS) {
-    const r = Math.min(MAX_ROWS, T - r0);
+  const step = swigluRowsPerChunk(w.inter);
+  for (let r0 = 0; r0 < T; r0 += step) {
+    const r = Math.min(step, T - r0);
     const [res, a] = tf.tidy(() => {
       const xt = tf.tensor2d(x.subarray(r0 * w.gateUp.in, (r0 + r) * w.gateUp.in), [r, w.gateUp.in]);
       const gu = applyT(xt, w.gateUp);
