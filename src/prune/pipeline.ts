@@ -20,6 +20,9 @@ import type { ReconstructOptions } from './reconstruct.js';
 import type { BackendChoice } from '../runtime/backend.js';
 import { seededRandom } from '../../kernels/random.js';
 import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from './sizes.js';
+import { loadPlan, savePlan } from '../model/planfile.js';
+import { estimatePeak, maxEstimate, streamedPassParts, writerBytes, type MemoryEstimate } from '../runtime/memory.js';
+import { loadWindowSet } from '../data/windows.js';
 
 export interface PruneRequest {
   model: string;
@@ -41,6 +44,10 @@ export interface PruneRequest {
   reconstruct?: ReconstructOptions;
   /** layer-parallel job i of n: write only this shard's layers (join the parts with `moe assemble`) */
   shard?: ShardSpec;
+  /** write the kept sets to this plan file (src/model/planfile.ts) */
+  savePlan?: string;
+  /** apply the kept sets of a saved plan instead of scoring (every --shard job of one run gives the same file) */
+  plan?: string;
   progress?: Progress;
 }
 
@@ -64,9 +71,11 @@ export interface PruneReport {
   topK: number;
   seed?: number;
   groups?: PrunePlan['groups'];
-  calibration: { source: 'calib' | 'stats' | 'none'; path?: string; tokens: number };
+  calibration: { source: 'calib' | 'stats' | 'plan' | 'none'; path?: string; tokens: number };
   layers: LayerReport[];
   sizes: { before: SizeSummary; after: SizeSummary; predicted: boolean };
+  /** estimated peak resident memory of this command (from shapes; bench/memory.ts compares it with measurements) */
+  memory: MemoryEstimate;
   seconds: number;
 }
 
@@ -78,6 +87,12 @@ export function validateRequest(req: PruneRequest): PruneMethod {
   const method = getMethod(req.method ?? DEFAULT_METHOD);
   if ((req.keep === undefined) === (req.ratio === undefined)) fail('Usage', 'give exactly one of --keep N or --ratio R');
   if (req.calib && req.stats) fail('Usage', 'give --calib FILE or --stats DIR, not both');
+  if (req.plan && req.savePlan) fail('Usage', 'give --plan FILE (apply a saved plan) or --save-plan FILE, not both');
+  if (req.plan && (req.calib || req.stats)) fail('Usage', '--plan applies saved kept sets: --calib and --stats are not used with it');
+  if (req.plan) {
+    if (!req.dryRun && !req.out) fail('Usage', '--out DIR is required (or use --dry-run)');
+    return method;
+  }
   if (method.requiresCalibration && !req.calib && !req.stats) {
     fail('Usage', `method ${method.name} is data-driven: give calibration text (--calib FILE) or saved statistics (--stats DIR)`);
   }
@@ -108,6 +123,55 @@ function planFromScores(model: Model, method: PruneMethod, keep: number, groups:
   return out;
 }
 
+/** A saved plan, checked against this model: every MoE layer once, `keep` distinct experts in range, groups kept even. */
+function checkSavedPlan(view: Model['view'], raw: unknown, keep: number, groups: PrunePlan['groups'], path: string): LayerReport[] {
+  const bad = (why: string): never => fail('InvalidData', `${path}: ${why}`);
+  if (!Array.isArray(raw)) bad('the plan is not a list of layers');
+  const byLayer = new Map<number, LayerReport>();
+  for (const l of raw as LayerReport[]) {
+    if (!l || !Number.isInteger(l.layer) || !Array.isArray(l.kept)) bad('a layer entry lacks layer or kept');
+    if (byLayer.has(l.layer)) bad(`layer ${l.layer} is planned twice`);
+    byLayer.set(l.layer, l);
+  }
+  const out = view.layers.filter((layer) => layer.block.kind === 'moe').map((layer) => {
+    const l = byLayer.get(layer.index) ?? bad(`MoE layer ${layer.index} has no kept set`);
+    byLayer.delete(layer.index);
+    const E = layer.block.kind === 'moe' ? layer.block.experts.length : 0;
+    const kept = l.kept;
+    if (kept.length !== keep || new Set(kept).size !== keep || kept.some((j) => !Number.isInteger(j) || j < 0 || j >= E)) {
+      bad(`layer ${layer.index} must keep ${keep} distinct experts of 0..${E - 1}, the plan keeps [${kept.join(' ')}]`);
+    }
+    if (groups) {
+      const per = new Map<number, number>();
+      for (const j of kept) per.set(Math.floor(j / groups.groupSize), (per.get(Math.floor(j / groups.groupSize)) ?? 0) + 1);
+      if ([...per.values()].some((c) => c !== groups.perGroup)) bad(`layer ${layer.index} does not keep ${groups.perGroup} experts in each expert group`);
+    }
+    const scores = Array.isArray(l.scores) && l.scores.length === E && l.scores.every((x) => typeof x === 'number') ? l.scores : new Array<number>(E).fill(0);
+    return { ...l, ...layerPlan(layer.index, scores, kept) };
+  });
+  if (byLayer.size) bad(`layer ${[...byLayer.keys()][0]} is not an MoE layer of this model`);
+  return out;
+}
+
+/** Peak memory: the scoring pass (calibration forward, or reconstruct's whole-layer hook) or the write, whichever is larger. */
+async function estimateMemory(model: Model, req: PruneRequest, method: PruneMethod): Promise<MemoryEstimate> {
+  const write = estimatePeak([{ label: 'writer: one tensor copy in flight', bytes: writerBytes(model.ckpt) }], { tensorBackend: !!req.calib && !req.plan });
+  if (req.plan || !req.calib || method.kind === 'none') return write;
+  const set = await loadWindowSet(model.dir, req.calib, {
+    ...(req.calibTokens !== undefined ? { maxTokens: req.calibTokens } : {}),
+    ...(req.seqLen !== undefined ? { seqLen: req.seqLen } : {}),
+  });
+  const tokens = set.windows.reduce((a, w) => a + w.length, 0);
+  const S = set.windows[0]?.length ?? set.seqLen;
+  const { hidden: H, numExperts: E } = model.view.dims;
+  const forward = method.kind === 'forward';
+  const parts = streamedPassParts(model.ckpt, model.view, tokens, S, forward);
+  // reconstruct evaluates every expert on its token sample; REAP keeps per-slot output norms
+  const { RECONSTRUCT_DEFAULTS } = await import('./reconstruct.js');
+  if (forward) parts.push({ label: 'reconstruct: every expert\'s output on the token sample', bytes: Math.min(tokens, req.reconstruct?.maxTokens ?? RECONSTRUCT_DEFAULTS.maxTokens) * (E + 2) * H * 4 });
+  return maxEstimate(write, estimatePeak(parts));
+}
+
 export async function prune(req: PruneRequest): Promise<PruneReport> {
   const started = Date.now();
   const method = validateRequest(req);
@@ -122,7 +186,12 @@ export async function prune(req: PruneRequest): Promise<PruneReport> {
 
     let layers: LayerReport[];
     let calibration: PruneReport['calibration'] = { source: 'none', tokens: 0 };
-    if (method.kind === 'forward') {
+    // the plan depends on the method and the kept count; the text it was scored on is the plan's own business
+    const settings = { method: method.name, keep, ...(method.kind === 'none' ? { seed } : {}) };
+    if (req.plan) {
+      layers = checkSavedPlan(view, await loadPlan<LayerReport[]>(req.plan, 'prune', model.ckpt, settings), keep, groups, req.plan);
+      calibration = { source: 'plan', path: req.plan, tokens: 0 };
+    } else if (method.kind === 'forward') {
       // the runtime (tfjs) is loaded only for data-driven methods
       const { planByReconstruction } = await import('./calibrated.js');
       const r = await planByReconstruction(model, req, keep, groups);
@@ -137,6 +206,7 @@ export async function prune(req: PruneRequest): Promise<PruneReport> {
       }
       layers = planFromScores(model, method, keep, groups, stats, seed);
     }
+    if (req.savePlan) await savePlan(req.savePlan, 'prune', model.ckpt, settings, layers);
 
     const edit: ExpertEditPlan = {
       layers: layers.map((l) => ({ layer: l.layer, experts: l.kept.map((j) => ({ from: j })) })),
@@ -181,6 +251,7 @@ export async function prune(req: PruneRequest): Promise<PruneReport> {
       calibration,
       layers,
       sizes: { before, after, predicted },
+      memory: await estimateMemory(model, req, method),
       seconds: (Date.now() - started) / 1000,
     };
     if (!req.dryRun) await writeFile(join(req.out!, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');

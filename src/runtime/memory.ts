@@ -11,6 +11,7 @@
 import type { Checkpoint } from '../io/checkpoint.js';
 import { DTYPE_BYTES } from '../io/dtype.js';
 import type { LayerView, LinearRef, ModelView, SwiGLURefs } from '../model/types.js';
+import { MAX_ROWS, swigluRowsPerChunk } from './chunks.js';
 
 export interface MemoryPart {
   label: string;
@@ -24,8 +25,9 @@ export interface MemoryEstimate {
   parts: MemoryPart[];
 }
 
-/** Node with the CLI and tfjs (wasm backend) loaded, measured with process.memoryUsage().rss after initBackend. */
-export const RUNTIME_BASE_BYTES = 140 * 2 ** 20;
+/** Node with the CLI loaded, and what the tfjs wasm backend adds once started (process.memoryUsage().rss, measured). */
+export const RUNTIME_BASE_BYTES = 90 * 2 ** 20;
+export const TENSOR_BACKEND_BYTES = 45 * 2 ** 20;
 /** the writer copies kept tensors in pieces of this size (src/model/rewrite.ts) */
 export const COPY_CHUNK_BYTES = 64 * 2 ** 20;
 
@@ -58,19 +60,22 @@ export function maxLayerBytesF32(ckpt: Checkpoint, view: ModelView, allExperts: 
 }
 
 /**
- * The streamed forward pass over T tokens in windows of S: the hidden states and the layer's working buffers
- * (h, its normed copies, attention output, MoE output and the hooks' copies: about eight [T, H] float32 arrays),
- * one window's attention scores, and the experts' intermediate activations of the routed slots.
+ * The streamed forward pass over T tokens in windows of S. Host side: the hidden states and the layer's working
+ * buffers (h, its normed copies, attention output, MoE output, per-expert gathers and the hooks' copies), measured
+ * at about ten [T, H] float32 arrays. Backend side (its heap keeps its high-water mark): one expert chunk's
+ * intermediates, about six [rows, I] arrays with rows capped by swigluRowsPerChunk, and a linear's row chunk in and
+ * out. Plus one window's attention scores and one vocabulary chunk of the embedding or lm_head.
  */
 export function forwardBytes(view: ModelView, tokens: number, seqLen: number): number {
-  const { hidden: H, heads, topK, expertIntermediate: I, vocab } = view.dims;
+  const { hidden: H, heads, vocab } = view.dims;
+  const I = Math.max(view.dims.expertIntermediate, view.dims.denseIntermediate, view.dims.sharedIntermediate, 1);
   const S = Math.min(seqLen, tokens);
-  const hidden = 8 * tokens * H * F32;
+  const host = 10 * tokens * H * F32;
+  const expertChunk = 6 * Math.min(tokens, swigluRowsPerChunk(I)) * I * F32;
+  const linearChunk = 4 * Math.min(tokens, MAX_ROWS) * H * F32;
   const scores = heads * S * S * F32 * 2;
-  const inter = 3 * tokens * Math.max(1, topK) * Math.max(I, view.dims.denseIntermediate, view.dims.sharedIntermediate) * F32 / Math.max(1, view.dims.numExperts);
-  // the embedding and lm_head are read in vocabulary chunks of 8192 rows
   const vocabChunk = Math.min(vocab, 8192) * H * F32;
-  return hidden + scores + inter + vocabChunk;
+  return host + expertChunk + linearChunk + scores + vocabChunk;
 }
 
 /** The writer: one kept tensor's copy piece or one produced tensor in its output dtype, whichever is larger. */
@@ -83,10 +88,19 @@ export function writerBytes(ckpt: Checkpoint, largestNewTensorBytes = 0): number
   return Math.max(largestCopy, largestNewTensorBytes);
 }
 
-export function estimatePeak(parts: MemoryPart[]): MemoryEstimate {
-  const all = [{ label: 'runtime (node + tfjs)', bytes: RUNTIME_BASE_BYTES }, ...parts.filter((p) => p.bytes > 0)];
+/** `tensorBackend: false` for commands that never start tfjs (a data-free prune, a plan applied by copying). */
+export function estimatePeak(parts: MemoryPart[], opts: { tensorBackend?: boolean } = {}): MemoryEstimate {
+  const base = opts.tensorBackend === false
+    ? { label: 'runtime (node)', bytes: RUNTIME_BASE_BYTES }
+    : { label: 'runtime (node + tfjs)', bytes: RUNTIME_BASE_BYTES + TENSOR_BACKEND_BYTES };
+  const all = [base, ...parts.filter((p) => p.bytes > 0)];
   all.sort((a, b) => b.bytes - a.bytes);
   return { peakBytes: all.reduce((a, p) => a + p.bytes, 0), parts: all.map((p) => ({ label: p.label, bytes: Math.round(p.bytes) })) };
+}
+
+/** Phases that do not overlap in time (a scoring pass, then the write): the peak is the larger one's. */
+export function maxEstimate(...phases: MemoryEstimate[]): MemoryEstimate {
+  return phases.reduce((a, b) => (b.peakBytes > a.peakBytes ? b : a));
 }
 
 /** The usual parts of a pipeline that runs a calibration forward pass with a whole-layer hook. */

@@ -4,6 +4,7 @@ import { parseBackendOption } from '../../runtime/backend.js';
 import { methodNames, PRUNE_METHODS } from '../../prune/methods.js';
 import { DEFAULT_METHOD, prune, type PruneReport } from '../../prune/pipeline.js';
 import { mib, number, shard, wholeNumber } from '../options.js';
+import { formatEstimate } from '../../runtime/memory.js';
 
 function summary(r: PruneReport): string {
   const lines = [`${r.dryRun ? 'plan' : 'pruned'}: ${r.family}, ${r.method}, keep ${r.keep} of ${r.numExperts} experts per layer (top-k ${r.topK})`];
@@ -13,6 +14,7 @@ function summary(r: PruneReport): string {
   }
   const { before, after, predicted } = r.sizes;
   lines.push(`size ${mib(before.bytes)} -> ${mib(after.bytes)}${predicted ? ' (predicted)' : ''}; expert params ${before.expertParams} -> ${after.expertParams}`);
+  if (r.dryRun) lines.push(formatEstimate(r.memory));
   return lines.join('\n');
 }
 
@@ -32,6 +34,8 @@ export function registerPrune(program: Command): void {
     .option('--stats <dir>', 'saved calibration statistics (moe calibrate --out)')
     .option('--seed <n>', 'seed of --method random', wholeNumber('--seed'), 0)
     .option('--shard <i/n>', 'layer-parallel job i of n: write only layers l with l % n = i (join the parts with moe assemble; use the same --stats or --seed in every job)', shard('--shard'))
+    .option('--save-plan <file>', 'also write the kept sets to this plan file (with --dry-run: only the plan)')
+    .option('--plan <file>', 'apply the kept sets of a saved plan (--save-plan) instead of scoring: every --shard job of one run takes the same file')
     .option('--sample-tokens <n>', 'reconstruct: calibration tokens sampled per layer', wholeNumber('--sample-tokens'))
     .option('--beam <n>', 'reconstruct: beam width when subsets are too many to enumerate', wholeNumber('--beam'))
     .option('--backend <name>', 'tensor backend for data-driven methods: auto | tensorflow | wasm | cpu', parseBackendOption, 'auto')
@@ -44,7 +48,7 @@ export function registerPrune(program: Command): void {
       const report = await prune({
         model: o.model, out: o.out, keep: o.keep, ratio: o.ratio, method: o.method,
         calib: o.calib, calibTokens: o.calibTokens, seqLen: o.seqLen, stats: o.stats, seed: o.seed,
-        force: !!o.force, dryRun: !!o.dryRun, backend: o.backend, shard: o.shard,
+        force: !!o.force, dryRun: !!o.dryRun, backend: o.backend, shard: o.shard, savePlan: o.savePlan, plan: o.plan,
         reconstruct: { maxTokens: o.sampleTokens, beam: o.beam },
         progress,
       });
