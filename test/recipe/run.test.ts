@@ -8,6 +8,7 @@ import { openModel } from '../../src/model/open.js';
 import { parseRecipe } from '../../src/recipe/schema.js';
 import { runDirFor, runRecipe } from '../../src/recipe/run.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
+import { runMoe } from '../helpers/cli.js';
 
 let root: string;
 let model: string;
@@ -67,6 +68,16 @@ describe('moe run', () => {
     const b = join(root, 'b.yaml');
     await writeFile(b, `model: ./mixtral\nout: ./ab-out\nstages:\n  - prune: { keep: 5, method: random }\n`);
     await expect(runRecipe({ recipe: b })).rejects.toThrow(/unfinished run of a different recipe/);
+  });
+
+  it('a dry run plans the first stage with its memory estimate and writes nothing', async () => {
+    const recipe = join(root, 'dry.yaml');
+    await writeFile(recipe, `model: ./mixtral\nout: ./dry-out\nstages:\n  - prune: { keep: 6, method: random }\n  - quantize: { bits: 4.5, method: rtn, candidates: [4] }\n`);
+    const before = (await readdir(root)).sort();
+    const r = await runMoe(['run', recipe, '--dry-run']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/stage 1: estimated peak memory \d+ MiB: runtime \(node\) \d+ MiB; writer: one tensor copy in flight/);
+    expect((await readdir(root)).sort()).toEqual(before);
   });
 
   it('reports a bad recipe as one line and exit code 2 on the command line', () => {

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { createProgress } from '../progress.js';
+import { formatEstimate, type MemoryEstimate } from '../../runtime/memory.js';
 import { runRecipe, type RunReport } from '../../recipe/run.js';
 
 function summary(r: RunReport): string {
@@ -7,6 +8,8 @@ function summary(r: RunReport): string {
   for (const s of r.stages) {
     lines.push(`  ${s.index + 1}. ${s.kind}${s.resumed ? ' (resumed: finished earlier)' : ''} ${s.seconds ? `${s.seconds.toFixed(1)}s` : ''}`);
   }
+  const first = r.stages[0]?.report as { memory?: MemoryEstimate } | undefined;
+  if (r.dryRun && first?.memory) lines.push(`  stage 1: ${formatEstimate(first.memory)} (later stages are estimated when their input exists)`);
   const ev = r.eval as { perplexity?: number; base?: { perplexity: number; meanKl: number } } | undefined;
   if (ev?.perplexity !== undefined) {
     lines.push(`  eval: perplexity ${ev.perplexity.toFixed(3)}${ev.base ? ` (base ${ev.base.perplexity.toFixed(3)}, KL ${ev.base.meanKl.toFixed(4)})` : ''}`);
