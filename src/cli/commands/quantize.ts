@@ -36,7 +36,7 @@ export function registerQuantize(program: Command): void {
     .option('--solver-time-limit <s>', 'allocation solver time limit in seconds (default 20)', number('--solver-time-limit'))
     .option('--backend <name>', 'tensor backend: auto | tensorflow | wasm | cpu', parseBackendOption, 'auto')
     .option('--save-plan <file>', 'write the plan (every unit\'s width, every linear\'s bits, scores) to FILE after the allocation; with --dry-run nothing else is written')
-    .option('--plan <file>', 'apply a plan saved by --save-plan (same model and flags): no scoring pass, no allocation; output identical to the saving run\'s')
+    .option('--plan <file>', 'apply a plan saved by --save-plan (same model and flags): no scoring pass, no allocation; with the same --calib the output is byte-identical to the saving run\'s')
     .option('--shard <i/n>', 'layer-parallel job i of n: quantize and write only layers l with l % n = i (join the parts with moe assemble); needs --plan when widths are chosen by scores; implies --no-sequential for GPTQ', shard('--shard'))
     .option('--no-sequential', 'GPTQ Hessians from the full-precision model\'s activations instead of through the already-quantized earlier layers (layers independent; what --shard does)')
     .option('--dry-run', 'print the plan (fates, allocation when --calib is given, sizes) and the estimated peak memory, write nothing')
