@@ -26,8 +26,8 @@ export interface MemoryEstimate {
 }
 
 /** Node with the CLI loaded, and what the tfjs wasm backend adds once started (process.memoryUsage().rss, measured). */
-export const RUNTIME_BASE_BYTES = 90 * 2 ** 20;
-export const TENSOR_BACKEND_BYTES = 45 * 2 ** 20;
+export const RUNTIME_BASE_BYTES = 100 * 2 ** 20;
+export const TENSOR_BACKEND_BYTES = 35 * 2 ** 20;
 /** the writer copies kept tensors in pieces of this size (src/model/rewrite.ts) */
 export const COPY_CHUNK_BYTES = 64 * 2 ** 20;
 
@@ -78,14 +78,15 @@ export function forwardBytes(view: ModelView, tokens: number, seqLen: number): n
   return host + expertChunk + linearChunk + scores + vocabChunk;
 }
 
-/** The writer: one kept tensor's copy piece or one produced tensor in its output dtype, whichever is larger. */
+/** The writer: one kept tensor's copy piece or one produced tensor in its output dtype, whichever is larger, read
+ *  buffer and write buffer both alive (x2). */
 export function writerBytes(ckpt: Checkpoint, largestNewTensorBytes = 0): number {
   let largestCopy = 0;
   for (const n of ckpt.tensorNames) {
     const i = ckpt.info(n);
     largestCopy = Math.max(largestCopy, Math.min(COPY_CHUNK_BYTES, i.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[i.dtype]));
   }
-  return Math.max(largestCopy, largestNewTensorBytes);
+  return 2 * Math.max(largestCopy, largestNewTensorBytes);
 }
 
 /** `tensorBackend: false` for commands that never start tfjs (a data-free prune, a plan applied by copying). */
