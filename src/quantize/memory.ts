@@ -11,7 +11,7 @@
  */
 import { DTYPE_BYTES } from '../io/dtype.js';
 import type { Model } from '../model/open.js';
-import { estimatePeak, streamedPassParts, writerBytes, type MemoryEstimate, type MemoryPart } from '../runtime/memory.js';
+import { estimatePeak, maxEstimate, streamedPassParts, writerBytes, type MemoryEstimate, type MemoryPart } from '../runtime/memory.js';
 import type { QuantBits } from '../../kernels/quant/types.js';
 import { gptqTensorSpecs } from './format.js';
 import { linearBytesAt, type LinearDecision } from './plan.js';
@@ -113,5 +113,5 @@ export function quantizeMemory(i: QuantizeMemoryInput): MemoryEstimate {
   if (rtnLargest > 0) parts.push({ label: 'round-to-nearest at write time of the largest such linear (weights, codes and the tensor backend\'s intermediates)', bytes: rtnLargest * RTN_BYTES_PER_WEIGHT });
   parts.push({ label: 'the writer: one tensor or copy piece in flight', bytes: writerBytes(ckpt, newLargest) });
   phases.push(estimatePeak(parts));
-  return phases.reduce((a, b) => (b.peakBytes > a.peakBytes ? b : a));
+  return maxEstimate(...phases);
 }

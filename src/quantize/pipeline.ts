@@ -10,11 +10,16 @@
  * - plan: every linear's fate (plan.ts), then one 0/1 program over all layers (src/alloc/knapsack.ts) choosing a
  *   width per unit so the true bits of the routed experts (every byte of qweight, qzeros, scales and g_idx, x 8,
  *   over their weights) stay within --bits.
- * - apply: a second forward pass, sequential as GPTQ's default: the experts of layer l are quantized on
+ *   --save-plan FILE saves the result; --plan FILE replaces scoring and the program by a saved plan (saved.ts).
+ * - apply (GPTQ only): a second forward pass, sequential as GPTQ's default: the experts of layer l are quantized on
  *   activations produced by the already-quantized experts (and shared experts) of layers < l, and the quantized
- *   weights are what later layers see. Attention and dense MLP linears are not exposed by the runtime's hooks, so
- *   they are quantized with round-to-nearest at --dense-bits (and are full precision in the calibration stream).
- * - write: the GPTQ format (format.ts) through the model's general per-tensor rewrite.
+ *   weights are what later layers see; --no-sequential (and --shard) keep the full-precision activations, so
+ *   layers are independent. Attention and dense MLP linears are not exposed by the runtime's hooks, so they are
+ *   quantized with round-to-nearest at --dense-bits (and are full precision in the calibration stream), as is
+ *   everything with --method rtn, which needs no forward pass.
+ * - write: the GPTQ format (format.ts) through the model's general per-tensor rewrite, concurrently with the apply
+ *   pass: each layer's packed tensors are handed to the writer as they are produced (handoff.ts), so about one
+ *   layer of output is in memory. --shard i/n writes only layers l % n == i plus a manifest for moe assemble.
  */
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';

@@ -172,7 +172,7 @@ describe('peak memory', () => {
     expect(rtn.memory.peakBytes).toBeLessThan(g.memory.peakBytes);
     const r = await cli('--calib', calib, '--dry-run');
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/estimated peak memory \d+ MiB: runtime \(node \+ tfjs\) 140 MiB; /);
+    expect(r.stdout).toMatch(/estimated peak memory \d+ MiB: .*runtime \(node \+ tfjs\) \d+ MiB/);
   });
 
   it('the hand-off between the apply pass and the writer releases the other side when one fails', async () => {
