@@ -27,7 +27,8 @@ export interface DecomposeMemoryOptions {
   seqLen: number;
   /** the score pass runs (its spectra are kept for the plan) */
   scoring: boolean;
-  /** a checkpoint is written (the apply pass and the writer run) */
+  /** a checkpoint is written (the apply pass and the writer run); the score pass's working set is a subset of the
+   *  apply pass's, so the parts are summed */
   writing: boolean;
   materialize: boolean;
   /** the largest tensor the writer makes: elements and bytes in its output dtype */

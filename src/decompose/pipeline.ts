@@ -414,9 +414,11 @@ export async function decompose(req: DecomposeRequest): Promise<DecomposeReport>
     }
 
     const writing = !req.dryRun;
+    // the estimate is the real run's (a dry run predicts the run it plans): it scores unless ranks come from a plan
+    // file or from shapes (--uniform), and it writes
     const memory = decomposeMemory(model, shapes, ranks, mode, {
       calibrated: src.kind === 'forward', grams: src.kind !== 'weights', tokens: calibration.tokens, seqLen,
-      scoring: !!scored, writing, materialize: !!req.materialize,
+      scoring: !req.plan && !req.uniform, writing: true, materialize: !!req.materialize,
       largestNew: largestNewTensor(model, factorSlots(shapes, ranks), { mode, ratio: req.ratio, materialize: req.materialize }),
     });
 

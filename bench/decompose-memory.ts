@@ -1,0 +1,96 @@
+/**
+ * Peak memory of `moe decompose`: the dry run's estimate (report.memory) against the measured peak RSS of the real
+ * run (process.resourceUsage().maxRSS of a child running the CLI), on a Mixtral-shaped synthetic model with a
+ * word-level tokenizer and random-word calibration text.
+ *
+ *   npx tsc -p tsconfig.json --outDir /tmp/moe-dist        # compiled CLI: tsx's loader adds its own memory
+ *   npx tsx bench/decompose-memory.ts --work /tmp/dmem --hidden 512 --intermediate 1408 --experts 8 --layers 8 \
+ *     --mode whitened --ratio 0.6 --tokens 1024 --entry /tmp/moe-dist/src/cli/main.js
+ *   --entry FILE  the CLI's main module (a compiled main.js, e.g. of an older commit unpacked with git archive and
+ *                 built, to measure before/after a change on the same model); default src/cli/main.ts under tsx
+ *   --label NAME  output directory suffix (the output is kept under --work, to compare runs byte for byte)
+ *   --extra "..." further decompose flags, e.g. "--uniform" or "--alloc-seconds 30"
+ *   --no-dry-run  skip the estimate (a CLI that predates it)
+ *
+ * The model, tokenizer and calibration text are made once under --work and reused by later runs.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { makeSynthetic } from './make-synthetic.js';
+import { writeWordTokenizer, WORDS } from '../test/eval/tokenizer.js';
+
+const { values } = parseArgs({
+  options: {
+    work: { type: 'string', default: '/tmp/dmem' },
+    hidden: { type: 'string', default: '512' },
+    intermediate: { type: 'string', default: '1408' },
+    experts: { type: 'string', default: '8' },
+    layers: { type: 'string', default: '8' },
+    mode: { type: 'string', default: 'whitened' },
+    ratio: { type: 'string', default: '0.6' },
+    tokens: { type: 'string', default: '1024' },
+    entry: { type: 'string' },
+    label: { type: 'string', default: 'run' },
+    extra: { type: 'string', default: '' },
+    'no-dry-run': { type: 'boolean', default: false },
+  },
+});
+const H = Number(values.hidden), I = Number(values.intermediate), E = Number(values.experts), L = Number(values.layers);
+const work = resolve(values.work!);
+const model = join(work, `synth-h${H}-i${I}-e${E}-l${L}`);
+const calib = join(work, 'calib.txt');
+const MiB = 2 ** 20;
+
+const exists = (p: string) => stat(p).then(() => true, () => false);
+await mkdir(work, { recursive: true });
+if (!(await exists(join(model, 'config.json')))) {
+  await makeSynthetic({ out: model, hidden: H, intermediate: I, experts: E, layers: L, heads: Math.max(1, H / 64), kvHeads: Math.max(1, H / 256), vocab: WORDS.length + 3, dtype: 'BF16', force: true, quiet: true });
+  await writeWordTokenizer(model);
+}
+if (!(await exists(calib))) {
+  let s = 12345;
+  const rnd = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
+  await writeFile(calib, Array.from({ length: 4000 }, () => Array.from({ length: 12 }, () => WORDS[Math.floor(rnd() * WORDS.length)]).join(' ')).join('\n') + '\n');
+}
+
+/** The CLI in a child that reports its own peak RSS (getrusage maxrss) on exit. */
+function moe(args: string[]): { seconds: number; maxRss: number; status: number | null; stdout: string; stderr: string } {
+  const entry = values.entry ? resolve(values.entry) : resolve('src/cli/main.ts');
+  const script = `import(${JSON.stringify(entry)}).then((m) => m.main(process.argv)).then((c) => { process.stderr.write('maxrss_kb ' + process.resourceUsage().maxRSS + '\\n'); process.exit(c); });`;
+  const t0 = performance.now();
+  const loader = entry.endsWith('.ts') ? ['--import', 'tsx'] : [];
+  const r = spawnSync(process.execPath, [...loader, '--input-type=module', '-e', script, 'moe', ...args], { encoding: 'utf8', maxBuffer: 256 << 20 });
+  const m = /maxrss_kb (\d+)/.exec(r.stderr);
+  return { seconds: (performance.now() - t0) / 1000, maxRss: m ? Number(m[1]) * 1024 : NaN, status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+async function dirBytes(dir: string): Promise<number> {
+  let b = 0;
+  for (const f of await readdir(dir)) if (f.endsWith('.safetensors')) b += (await stat(join(dir, f))).size;
+  return b;
+}
+
+console.log(`model ${model}: hidden ${H}, ${E} experts of ${I}, ${L} layers, ${((await dirBytes(model)) / MiB).toFixed(0)} MiB BF16; CLI ${values.entry ?? 'src/cli/main.ts (tsx)'}`);
+const base = ['decompose', '--model', model, '--ratio', values.ratio!, '--mode', values.mode!, '--backend', 'wasm',
+  ...(values.mode === 'svd' ? [] : ['--calib', calib, '--calib-tokens', values.tokens!]), ...values.extra!.split(' ').filter(Boolean)];
+let est: { peakBytes: number; parts: { label: string; bytes: number }[] } | undefined;
+if (!values['no-dry-run']) {
+  const dry = moe([...base, '--dry-run', '--json']);
+  if (dry.status !== 0) throw new Error(`dry run failed: ${dry.stderr.slice(-2000)}`);
+  est = (JSON.parse(dry.stdout) as { memory?: typeof est }).memory;
+  if (est) for (const p of est.parts) console.log(`  estimate: ${(p.bytes / MiB).toFixed(1).padStart(8)} MiB  ${p.label}`);
+  console.log(`  dry run: ${dry.seconds.toFixed(1)} s, peak RSS ${(dry.maxRss / MiB).toFixed(0)} MiB`);
+}
+const out = join(work, `out-${values.mode}-${values.label}`);
+await rm(out, { recursive: true, force: true });
+const r = moe([...base, '--out', out, '--quiet']);
+if (r.status !== 0) throw new Error(`decompose failed: ${r.stderr.slice(-2000)}`);
+const rows = [
+  ['label', 'mode', 'flags', 'estimated MiB', 'measured peak RSS MiB', 'measured / estimated', 'seconds', 'output MiB'],
+  [values.label!, values.mode!, `--ratio ${values.ratio} ${values.extra}`.trim(), est ? (est.peakBytes / MiB).toFixed(0) : '-', (r.maxRss / MiB).toFixed(0),
+    est ? (r.maxRss / est.peakBytes).toFixed(2) : '-', r.seconds.toFixed(1), ((await dirBytes(out)) / MiB).toFixed(1)],
+];
+for (const row of rows) console.log(row.join(' | '));
+console.log(`output kept in ${out}`);
