@@ -10,12 +10,13 @@
  *                 built, to measure before/after a change on the same model); default src/cli/main.ts under tsx
  *   --label NAME  output directory suffix (the output is kept under --work, to compare runs byte for byte)
  *   --extra "..." further decompose flags, e.g. "--uniform" or "--alloc-seconds 30"
- *   --no-dry-run  skip the estimate (a CLI that predates it)
+ *   --dry-run     also time the dry run (the estimate itself is read from the real run's report, which carries the
+ *                 same figure a dry run prints; a CLI that predates it has none)
  *
  * The model, tokenizer and calibration text are made once under --work and reused by later runs.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { makeSynthetic } from './make-synthetic.js';
@@ -34,7 +35,7 @@ const { values } = parseArgs({
     entry: { type: 'string' },
     label: { type: 'string', default: 'run' },
     extra: { type: 'string', default: '' },
-    'no-dry-run': { type: 'boolean', default: false },
+    'dry-run': { type: 'boolean', default: false },
   },
 });
 const H = Number(values.hidden), I = Number(values.intermediate), E = Number(values.experts), L = Number(values.layers);
@@ -75,18 +76,20 @@ async function dirBytes(dir: string): Promise<number> {
 console.log(`model ${model}: hidden ${H}, ${E} experts of ${I}, ${L} layers, ${((await dirBytes(model)) / MiB).toFixed(0)} MiB BF16; CLI ${values.entry ?? 'src/cli/main.ts (tsx)'}`);
 const base = ['decompose', '--model', model, '--ratio', values.ratio!, '--mode', values.mode!, '--backend', 'wasm',
   ...(values.mode === 'svd' ? [] : ['--calib', calib, '--calib-tokens', values.tokens!]), ...values.extra!.split(' ').filter(Boolean)];
-let est: { peakBytes: number; parts: { label: string; bytes: number }[] } | undefined;
-if (!values['no-dry-run']) {
+type Estimate = { peakBytes: number; parts: { label: string; bytes: number }[] };
+if (values['dry-run']) {
   const dry = moe([...base, '--dry-run', '--json']);
   if (dry.status !== 0) throw new Error(`dry run failed: ${dry.stderr.slice(-2000)}`);
-  est = (JSON.parse(dry.stdout) as { memory?: typeof est }).memory;
-  if (est) for (const p of est.parts) console.log(`  estimate: ${(p.bytes / MiB).toFixed(1).padStart(8)} MiB  ${p.label}`);
   console.log(`  dry run: ${dry.seconds.toFixed(1)} s, peak RSS ${(dry.maxRss / MiB).toFixed(0)} MiB`);
 }
 const out = join(work, `out-${values.mode}-${values.label}`);
 await rm(out, { recursive: true, force: true });
 const r = moe([...base, '--out', out, '--quiet']);
 if (r.status !== 0) throw new Error(`decompose failed: ${r.stderr.slice(-2000)}`);
+const report = JSON.parse(await readFile(join(out, 'moe-decompose-report.json'), 'utf8')) as { memory?: Estimate; optimal: boolean; allocation: string };
+const est = report.memory;
+if (est) for (const p of est.parts) console.log(`  estimate: ${(p.bytes / MiB).toFixed(1).padStart(8)} MiB  ${p.label}`);
+console.log(`  allocation ${report.allocation}${report.allocation === 'knapsack' ? ` (${report.optimal ? 'optimal' : 'time limit'})` : ''}`);
 const rows = [
   ['label', 'mode', 'flags', 'estimated MiB', 'measured peak RSS MiB', 'measured / estimated', 'seconds', 'output MiB'],
   [values.label!, values.mode!, `--ratio ${values.ratio} ${values.extra}`.trim(), est ? (est.peakBytes / MiB).toFixed(0) : '-', (r.maxRss / MiB).toFixed(0),

@@ -9,8 +9,8 @@ import { DTYPE_BYTES, fromF32, type Dtype } from '../io/dtype.js';
 import type { TensorSpec } from '../io/writer.js';
 import { linearTensors } from '../model/load.js';
 import type { Model } from '../model/open.js';
-import { rewriteCheckpoint, type TensorFate } from '../model/rewrite.js';
-import type { ShardSpec } from '../model/shard.js';
+import { layerOfTensor, rewriteCheckpoint, type TensorFate } from '../model/rewrite.js';
+import { shardOwner, type ShardSpec } from '../model/shard.js';
 import type { LinearRef } from '../model/types.js';
 import { factorNames, LOWRANK_FORMAT, LOWRANK_VERSION, moduleKey, stemOf, type DecomposeMode, type LowRankModule, type LowRankSection } from './format.js';
 import type { ExpertFactors, Proj } from './units.js';
@@ -56,7 +56,7 @@ export interface WriteOptions {
 }
 
 export interface WriteResult {
-  /** tensors and bytes of the output */
+  /** tensors and bytes of the output (of this job's part, for a shard) */
   tensors: number;
   bytes: number;
   section?: LowRankSection;
@@ -173,5 +173,8 @@ export async function writeDecomposed(model: Model, slots: readonly FactorSlot[]
   const res = await rewriteCheckpoint(model, { fates, config: { moe: opts.materialize ? null : section } }, opts.out, {
     force: opts.force, dryRun: opts.dryRun, shard: opts.shard, onProgress: opts.onProgress,
   });
-  return { tensors: res.tensors.length, bytes: res.totalBytes, section: opts.materialize ? undefined : section };
+  // a shard's part: the tensors of its layers (the plan's whole list is in its moe-shard.json)
+  const shard = opts.shard;
+  const mine = shard ? res.tensors.filter((t) => shardOwner(layerOfTensor(model.view, t.name), shard.count) === shard.index) : res.tensors;
+  return { tensors: mine.length, bytes: mine.reduce((a, t) => a + t.bytes, 0), section: opts.materialize ? undefined : section };
 }
