@@ -22,9 +22,9 @@ const F64 = 8;
  * Round-to-nearest of one [out, in] linear (kernels/quant/rtn.ts): on the JS side the float32 weights, the
  * backend's float32 codes, the uint8 codes and the packed bytes (about 9.5 bytes per weight); in the tensor
  * backend the weights and the five intermediates of one tidy (about 24), whose high-water mark the wasm heap keeps;
- * plus the read buffers. Fitted to measured peaks: 40 bytes per weight puts both a 2816 x 1024 linear (RTN of a
- * 1 GB model, bench/quantize-memory.ts) and a 14336 x 4096 one (the 20 GB checkpoint of docs/production.md) within
- * 11% of the measured peak RSS.
+ * plus the read buffers. Fitted to measured peaks: with 40 bytes per weight the whole estimate is 0.90-0.93 of the
+ * measured peak RSS for RTN of a 1 GB model (largest linear 2816 x 1024, bench/quantize-memory.ts) and about 1.1x
+ * the 2.3 GB measured on the 20 GB checkpoint of docs/production.md (largest linear 14336 x 4096).
  */
 const RTN_BYTES_PER_WEIGHT = 40;
 /**
