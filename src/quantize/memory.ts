@@ -22,7 +22,7 @@ const F64 = 8;
  * Round-to-nearest of one [out, in] linear (kernels/quant/rtn.ts): on the JS side the float32 weights, the
  * backend's float32 codes, the uint8 codes and the packed bytes (about 9.5 bytes per weight); in the tensor
  * backend the weights and the five intermediates of one tidy (about 24), whose high-water mark the wasm heap keeps;
- * plus the read buffers. Fitted to measured peaks: with 40 bytes per weight the whole estimate is 0.90-0.93 of the
+ * plus the read buffers. Fitted to measured peaks: with 40 bytes per weight the whole estimate is 0.90-0.94 of the
  * measured peak RSS for RTN of a 1 GB model (largest linear 2816 x 1024, bench/quantize-memory.ts) and about 1.1x
  * the 2.3 GB measured on the 20 GB checkpoint of docs/production.md (largest linear 14336 x 4096).
  */
