@@ -58,6 +58,7 @@ export const DecomposeStage = z
     ratio,
     mode: z.string().optional(),
     uniform: z.boolean().optional(),
+    seed: z.number().int().nonnegative().optional(),
     materialize: z.boolean().optional(),
     ...common,
   })

@@ -55,7 +55,7 @@ export const STAGE_RUNNERS: Record<StageKind, StageRunner> = {
   },
   async decompose(ctx) {
     const { decompose } = await import('../decompose/pipeline.js');
-    return decompose(baseRequest(ctx) as unknown as Parameters<typeof decompose>[0]);
+    return decompose({ seed: ctx.recipe.seed, ...baseRequest(ctx) } as unknown as Parameters<typeof decompose>[0]);
   },
   async quantize(ctx) {
     const { quantize } = await import('../quantize/pipeline.js');

@@ -42,6 +42,12 @@ describe('recipe schema', () => {
     expect(r.ok && r.recipe.stages.map((s) => s.kind)).toEqual(['prune', 'quantize']);
     expect(r.ok && r.recipe.calibTokens).toBe(512);
   });
+
+  it('takes a seed for the randomized SVD of a decompose stage', () => {
+    const r = parseRecipe({ stages: [{ decompose: { ratio: 0.5, seed: 3 } }] });
+    expect(r.ok && r.recipe.stages[0]!.options).toMatchObject({ seed: 3 });
+    expect(parseRecipe({ stages: [{ merge: { groups: 4, seed: 3 } }] }).ok).toBe(false);
+  });
 });
 
 describe('moe run', () => {
