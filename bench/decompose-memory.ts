@@ -57,14 +57,17 @@ if (!(await exists(calib))) {
 }
 
 /** The CLI in a child that reports its own peak RSS (getrusage maxrss) on exit. */
-function moe(args: string[]): { seconds: number; maxRss: number; status: number | null; stdout: string; stderr: string } {
+function moe(args: string[]): { seconds: number; maxRss: number; trace: [number, number][]; status: number | null; stdout: string; stderr: string } {
   const entry = values.entry ? resolve(values.entry) : resolve('src/cli/main.ts');
-  const script = `import(${JSON.stringify(entry)}).then((m) => m.main(process.argv)).then((c) => { process.stderr.write('maxrss_kb ' + process.resourceUsage().maxRSS + '\\n'); process.exit(c); });`;
+  // RSS sampled every 2 s (a timeline: flat when memory is bounded, a ramp when it grows with the layers)
+  const script = `const t0 = Date.now(); const tr = []; setInterval(() => tr.push([Math.round((Date.now() - t0) / 1000), Math.round(process.memoryUsage().rss / 1048576)]), 2000).unref();
+    import(${JSON.stringify(entry)}).then((m) => m.main(process.argv)).then((c) => { process.stderr.write('maxrss_kb ' + process.resourceUsage().maxRSS + '\\n' + 'rss_trace ' + JSON.stringify(tr) + '\\n'); process.exit(c); });`;
   const t0 = performance.now();
   const loader = entry.endsWith('.ts') ? ['--import', 'tsx'] : [];
   const r = spawnSync(process.execPath, [...loader, '--input-type=module', '-e', script, 'moe', ...args], { encoding: 'utf8', maxBuffer: 256 << 20 });
   const m = /maxrss_kb (\d+)/.exec(r.stderr);
-  return { seconds: (performance.now() - t0) / 1000, maxRss: m ? Number(m[1]) * 1024 : NaN, status: r.status, stdout: r.stdout, stderr: r.stderr };
+  const t = /rss_trace (.*)/.exec(r.stderr);
+  return { seconds: (performance.now() - t0) / 1000, maxRss: m ? Number(m[1]) * 1024 : NaN, trace: t ? JSON.parse(t[1]!) : [], status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
 async function dirBytes(dir: string): Promise<number> {
@@ -96,4 +99,7 @@ const rows = [
     est ? (r.maxRss / est.peakBytes).toFixed(2) : '-', r.seconds.toFixed(1), ((await dirBytes(out)) / MiB).toFixed(1)],
 ];
 for (const row of rows) console.log(row.join(' | '));
+// the timeline, thinned to about 24 points: seconds -> RSS MiB
+const step = Math.max(1, Math.ceil(r.trace.length / 24));
+console.log(`RSS timeline (s: MiB): ${r.trace.filter((_, i) => i % step === 0 || i === r.trace.length - 1).map(([t, m]) => `${t}: ${m}`).join(', ')}`);
 console.log(`output kept in ${out}`);
