@@ -126,6 +126,19 @@ export interface StreamOptions {
   /** stop after this decoder layer (its hooks and block run; later layers, the final norm and the head do not),
    *  for a job that needs only the first layers' activations (quantize --shard); nll and hidden are then not set */
   stopAfterLayer?: number;
+  /**
+   * Resume a pass killed part-way (quantize's apply pass). restore() runs once at the start: a state
+   * {after, hidden} skips the embedding and decoder layers <= after and starts at layer after+1 from those hidden
+   * states [T, H] (onProgress still counts the skipped layers as done). save(l, h) is awaited after each decoder
+   * layer l once all its hooks are done; h is the working buffer (copy it to keep it past the call). Not called
+   * after the last layer run (the pass is over).
+   */
+  checkpoint?: StreamCheckpoint;
+}
+
+export interface StreamCheckpoint {
+  restore(): Promise<{ after: number; hidden: Float32Array } | undefined>;
+  save(after: number, hidden: Float32Array): Promise<void>;
 }
 
 export interface StreamResult {

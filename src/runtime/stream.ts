@@ -169,10 +169,17 @@ export async function streamModel(
   const r = v.forward.residualMultiplier;
   const act = v.forward.activation;
 
-  const h = await embedTokens(model, windows);
+  const last = opts.stopAfterLayer !== undefined ? Math.min(opts.stopAfterLayer, L - 1) : L - 1;
+  const restored = opts.checkpoint ? await opts.checkpoint.restore() : undefined;
+  if (restored && (!Number.isInteger(restored.after) || restored.after < -1 || restored.after >= last || restored.hidden.length !== T * H)) {
+    fail('ComputeError', `internal: a restored forward-pass state (after layer ${restored.after}, ${restored.hidden.length} values) does not fit this pass (${L} layers, [${T}, ${H}])`);
+  }
+  const start = restored ? restored.after + 1 : 0;
+  const h = restored ? restored.hidden : await embedTokens(model, windows);
+  if (restored) for (let l = 0; l < start; l++) opts.onProgress?.(l + 1, L);
   let expertCalls = 0;
   let expertSlots = 0;
-  for (const layer of v.layers) {
+  for (const layer of start ? v.layers.slice(start) : v.layers) {
     const before = hooks.onLayerOutput ? h.slice() : undefined;
     // ---- attention
     const n1 = await norm(model, layer.inputNorm);
@@ -256,6 +263,7 @@ export async function streamModel(
       }
     }
     if (hooks.onLayerOutput) await hooks.onLayerOutput(layer.index, before!, h);
+    if (opts.checkpoint && layer.index < last) await opts.checkpoint.save(layer.index, h);
     opts.onProgress?.(layer.index + 1, L);
     if (opts.stopAfterLayer !== undefined && layer.index >= opts.stopAfterLayer) return { nll: 0, scored: 0, expertCalls, expertSlots };
   }
