@@ -4,6 +4,7 @@
  *
  *   npx tsx bench/merge-memory.ts [--model /tmp/merge-synth] [--src .] [--groups 4] [--calib-tokens 1024]
  *                                 [--seq-len 256] [--align weights] [--router mean] [--mode calib|stats|plan]
+ *                                 [--skip-dry-run] [--keep]
  *
  * The model (made once if --model does not exist): hidden 1024, 8 experts of 2816, 8 layers, 16 heads (4 KV),
  * BF16, vocabulary 2048 with the fixture's tokenizer, so test/fixtures/text/calib.txt tokenizes for it. One expert
@@ -31,6 +32,7 @@ const { values } = parseArgs({
     calib: { type: 'string', default: 'test/fixtures/text/calib.txt' },
     mode: { type: 'string', default: 'calib' },
     keep: { type: 'boolean', default: false },
+    'skip-dry-run': { type: 'boolean', default: false },
   },
 });
 
@@ -48,14 +50,17 @@ if (!(await exists(join(model, 'config.json')))) {
 }
 
 /** The CLI of `src` in a child that reports its own peak RSS on exit (tsx, so no build is needed). */
-function moe(args: string[]): { seconds: number; maxRssMB: number; status: number | null; stdout: string; stderr: string } {
+function moe(args: string[]): { seconds: number; maxRssMB: number; trace: Array<[number, number]>; status: number | null; stdout: string; stderr: string } {
   const entry = join(src, 'src/cli/main.ts');
-  const script = `import(${JSON.stringify(entry)}).then((m) => m.main(process.argv)).then((c) => { process.stderr.write('maxrss_kb ' + process.resourceUsage().maxRSS + '\\n'); process.exit(c); });`;
+  // RSS sampled every second between the pipeline's awaits (a profile that grows layer by layer or stays flat)
+  const script = `const t0 = Date.now(); const tr = []; setInterval(() => tr.push([Math.round((Date.now() - t0) / 1000), Math.round(process.memoryUsage().rss / 1048576)]), 1000).unref();
+    import(${JSON.stringify(entry)}).then((m) => m.main(process.argv)).then((c) => { process.stderr.write('rss_trace ' + JSON.stringify(tr) + '\\nmaxrss_kb ' + process.resourceUsage().maxRSS + '\\n'); process.exit(c); });`;
   const t0 = performance.now();
   const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script, 'moe', ...args], { encoding: 'utf8', maxBuffer: 256 << 20, cwd: src });
   const seconds = (performance.now() - t0) / 1000;
   const m = /maxrss_kb (\d+)/.exec(r.stderr);
-  return { seconds, maxRssMB: m ? Number(m[1]) / 1024 : NaN, status: r.status, stdout: r.stdout, stderr: r.stderr };
+  const t = /rss_trace (.*)/.exec(r.stderr);
+  return { seconds, maxRssMB: m ? Number(m[1]) / 1024 : NaN, trace: t ? JSON.parse(t[1]!) : [], status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
 const work = await mkdtemp(join(tmpdir(), 'moe-merge-memory-'));
@@ -75,14 +80,20 @@ try {
       data = ['--plan', plan];
     }
   }
-  const dry = moe([...common, ...data, '--dry-run', '--json']);
-  if (dry.status !== 0) throw new Error(`dry run failed: ${dry.stderr}`);
-  const estimate = (JSON.parse(dry.stdout) as { memory?: { peakBytes: number; parts: { label: string; bytes: number }[] } }).memory;
-  console.log(`dry run: ${dry.seconds.toFixed(1)} s, peak RSS ${dry.maxRssMB.toFixed(0)} MB`);
+  let estimate: { peakBytes: number; parts: { label: string; bytes: number }[] } | undefined;
+  if (!values['skip-dry-run']) {
+    const dry = moe([...common, ...data, '--dry-run', '--json']);
+    if (dry.status !== 0) throw new Error(`dry run failed: ${dry.stderr}`);
+    estimate = (JSON.parse(dry.stdout) as { memory?: typeof estimate }).memory;
+    console.log(`dry run: ${dry.seconds.toFixed(1)} s, peak RSS ${dry.maxRssMB.toFixed(0)} MiB`);
+  }
   const out = join(work, 'out');
   const run = moe([...common, ...data, '--out', out]);
   if (run.status !== 0) throw new Error(`merge failed: ${run.stderr}`);
   console.log(`merge (${values.mode}): ${run.seconds.toFixed(1)} s, measured peak RSS ${run.maxRssMB.toFixed(0)} MiB`);
+  // the RSS profile in tenths of the run: the highest sample in each
+  const tenths = Array.from({ length: 10 }, (_, i) => Math.max(0, ...run.trace.filter(([t]) => Math.floor((10 * t) / Math.max(1, run.seconds)) === i).map(([, r]) => r)));
+  console.log(`RSS profile, highest MiB in each tenth of the run: ${tenths.join(' ')}`);
   if (estimate) {
     console.log(`estimated peak ${(estimate.peakBytes / MB).toFixed(0)} MiB; measured / estimated = ${(run.maxRssMB / (estimate.peakBytes / MB)).toFixed(2)}`);
     for (const p of estimate.parts) console.log(`  ${(p.bytes / MB).toFixed(0).padStart(6)} MiB  ${p.label}`);
