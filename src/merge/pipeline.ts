@@ -129,6 +129,7 @@ export function validateRequest(req: MergeRequest): MergeChoices {
   if (req.shard && req.calib) {
     fail('Usage', '--shard needs --plan FILE or --stats DIR: with --calib each layer is merged on the output of the merged layers before it, so one run must plan them all (--calib FILE --dry-run --save-plan FILE, then every job --plan FILE)');
   }
+  if (!req.dryRun && !req.out) fail('Usage', '--out DIR is required (or use --dry-run)');
   return choices;
 }
 
