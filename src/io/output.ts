@@ -174,10 +174,13 @@ export class OutputDir {
     return CheckpointWriter.create(this.staging, tensors, opts);
   }
 
-  /** Rename the staging directory into place. An existing target (allowed by --force) is replaced. */
+  /**
+   * Rename the staging directory into place. An existing target (allowed by --force) is replaced. The run's own
+   * bookkeeping files (`.moe-*`: lock, journal, resume state) are removed first and never published.
+   */
   async publish(): Promise<void> {
     try {
-      await rm(join(this.staging, LOCK_FILE), { force: true });
+      for (const f of await readdir(this.staging)) if (f.startsWith('.moe-')) await rm(join(this.staging, f), { recursive: true, force: true });
       if (await pathExists(this.target)) {
         if (!this.opts.force) fail('OutputExists', `output ${this.target} appeared while running (use --force to replace it)`);
         const old = `${this.staging}.old`;

@@ -57,6 +57,8 @@ export interface RewriteOptions {
   /** layer-parallel job: write only this shard's layers plus the plan's manifest (src/model/shard.ts) */
   shard?: ShardSpec;
   onProgress?(done: number, total: number, name: string): void;
+  /** the output is open: its staging directory, and whether a planned tensor is finished (by a killed earlier run too) */
+  onOpen?(info: { dir: string; isWritten(name: string): boolean }): void;
 }
 
 export interface PlannedTensor {
@@ -181,6 +183,8 @@ export async function rewriteCheckpoint(model: Model, plan: RewritePlan, out: st
   let writer: Awaited<ReturnType<OutputDir['openWriter']>> | undefined;
   try {
     writer = await dir.openWriter(planned.filter(mine).map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })), opts.maxShardBytes ? { maxShardBytes: opts.maxShardBytes } : undefined);
+    const w = writer;
+    opts.onOpen?.({ dir: dir.staging, isWritten: (n) => w.isWritten(n) });
     for (let k = 0; k < entries.length; k++) {
       // another shard's tensor is neither produced nor written; producers are lazy, so its compute is skipped too,
       // and so is a tensor a killed earlier run of this command already finished

@@ -37,8 +37,16 @@ function deferred(): Deferred {
   return d;
 }
 
+/** The writer once its output is open: where it writes, and which tensors are finished (by an earlier run too). */
+export interface WriterInfo {
+  dir: string;
+  isWritten(name: string): boolean;
+}
+
 export class LayerHandoff {
   private readonly layers = new Map<number, Deferred>();
+  private readonly opened = deferred();
+  private writer: WriterInfo | undefined;
   private position = -Infinity;
   private waiters: { layer: number; d: Deferred }[] = [];
   private failed: { error: unknown } | undefined;
@@ -90,10 +98,23 @@ export class LayerHandoff {
     return d.promise;
   }
 
+  /** writer: its output is open (staging directory created, tensors found finished by a killed run known) */
+  writerOpened(info: WriterInfo): void {
+    this.writer = info;
+    this.opened.resolve();
+  }
+
+  /** pass: wait until the writer's output is open */
+  async writerOpen(): Promise<WriterInfo> {
+    await this.opened.promise;
+    return this.writer!;
+  }
+
   /** either side failed: release the other with the same error (the first error is kept) */
   abort(error: unknown): void {
     if (this.failed) return;
     this.failed = { error };
+    if (!this.opened.settled) this.opened.reject(error);
     for (const d of this.layers.values()) d.reject(error);
     for (const w of this.waiters) w.d.reject(error);
     this.waiters = [];

@@ -29,10 +29,10 @@ import { fail } from '../errors.js';
 import { checkOutputTarget } from '../io/output.js';
 import { loadLinear } from '../model/load.js';
 import { openModel, type Model } from '../model/open.js';
-import { savePlan, loadPlan } from '../model/planfile.js';
+import { savePlan, loadPlan, modelFingerprint } from '../model/planfile.js';
 import { layerOfTensor, rewriteCheckpoint, type NewTensor, type RewriteResult, type TensorFate } from '../model/rewrite.js';
 import { shardOwner, type ShardSpec } from '../model/shard.js';
-import type { MoeLayerInput, SwiGLUWeights } from '../runtime/api.js';
+import type { MoeLayerInput, StreamCheckpoint, SwiGLUWeights } from '../runtime/api.js';
 import { initBackend, type BackendChoice } from '../runtime/backend.js';
 import { streamModel } from '../runtime/stream.js';
 import { allocate, type AllocResult, type AllocUnit } from '../alloc/knapsack.js';
@@ -41,7 +41,8 @@ import { QUANT_BITS, type QuantBits } from '../../kernels/quant/types.js';
 import { activate, linearT, mlpForward, outputError, prepareInput, quantizeMlp, requantizeDown, type ExpertQuant, type Method, type ProjBits, type QuantSettings } from './expert.js';
 import { gptqTensorBytes, gptqTensorSpecs, quantizationConfig, registerGptqFormat } from './format.js';
 import { compile, decide, linearBytesAt, parseOverride, type LinearDecision, type Proj } from './plan.js';
-import { LayerHandoff } from './handoff.js';
+import { LayerHandoff, type WriterInfo } from './handoff.js';
+import { loadResumeState, resumeKey, saveResumeState } from './resume.js';
 import { quantizeMemory } from './memory.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
 import { checkPlan, type QuantizePlan } from './saved.js';
@@ -419,6 +420,8 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
   const handoff = new LayerHandoff();
   const gptqLayer = new Set(gptqLayers);
   const fates = new Map<string, TensorFate>();
+  /** output tensors the apply pass produces, by input linear, and their layer */
+  const passTensors = new Map<string, { layer: number; names: string[] }>();
   const modQuant: { module: string; bits: QuantBits }[] = [];
   const unquantized: string[] = [];
   for (const layer of view.layers) if (layer.block.kind === 'moe') unquantized.push(layer.block.router.weight.replace(/\.weight$/, ''));
@@ -431,6 +434,7 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
     modQuant.push({ module: d.module, bits: b });
     const specs = gptqTensorSpecs(d.module, d.ref.outFeatures, d.ref.inFeatures, { bits: b, groupSize: gs, sym: v.settings.sym });
     const fromPass = gptqLayer.has(d.layer) && (d.cls === 'expert' || d.cls === 'shared');
+    if (fromPass) passTensors.set(d.tensor, { layer: d.layer, names: specs.map((s) => s.name) });
     let bytes: Promise<Uint8Array[]> | undefined;
     const get = async () => {
       if (fromPass) {
@@ -460,6 +464,8 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
 
   let applyMs = 0;
   let writeMs = 0;
+  /** the apply pass resumed after this layer (-1: from the start) */
+  let resumedAfter = -1;
   let res: RewriteResult;
   if (req.dryRun) res = await rewriteCheckpoint(model, rewritePlan, req.out ?? '(dry run)', { dryRun: true });
   else {
@@ -469,12 +475,50 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
     const ph = progress?.phase(`${what} ${req.out}${req.shard ? ` (shard ${req.shard.index}/${req.shard.count})` : ''}`);
     const apply = async () => {
       if (!windows || gptqLayers.length === 0) return;
+      const lastLayer = gptqLayers[gptqLayers.length - 1]!;
+      // resume (a killed run restarted with the same command): the hidden states after the last layer whose
+      // tensors are all written, keyed by everything that determines the pass
+      const key = resumeKey({
+        format: 'moe-quantize-apply', version: 1, model: modelFingerprint(ckpt), settings: v.planSettings, sequential: v.sequential,
+        linears: planFile.linears, layers: gptqLayers, shard: req.shard ? [req.shard.index, req.shard.count] : null,
+      }, windows);
+      const H = view.dims.hidden;
+      let writer: WriterInfo | undefined;
+      let saving: Promise<void> = Promise.resolve();
+      /** every tensor the pass produces for layers <= l is finished in the staging directory */
+      const writtenThrough = (l: number) => [...passTensors.values()].every((p) => p.layer > l || p.names.every((n) => writer!.isWritten(n)));
+      const checkpoint: StreamCheckpoint = {
+        restore: async () => {
+          writer = await handoff.writerOpen();
+          const st = await loadResumeState<{ fallbacks: typeof fallbacks }>(writer.dir, key, calibTokens * H);
+          if (!st || st.after >= lastLayer || !writtenThrough(st.after)) return undefined;
+          fallbacks.push(...st.extra.fallbacks);
+          resumedAfter = st.after;
+          return { after: st.after, hidden: st.hidden };
+        },
+        save: async (l, h) => {
+          // saved in the background once the writer has finished layer l (the pass goes on meanwhile; the next
+          // GPTQ layer waits for the same point anyway, and for this save before it hands tensors over)
+          const hidden = h.slice();
+          const done = fallbacks.filter((f) => f.layer <= l);
+          saving = saving.then(async () => {
+            await handoff.writerAt(l + 1);
+            await saveResumeState(writer!.dir, key, { after: l, hidden, extra: { fallbacks: done } });
+          });
+          saving.catch(() => {});
+        },
+      };
       await streamModel(model, windows, {
         onMoeLayer: async (inp) => {
           const li = inp.layer.index;
           if (!gptqLayer.has(li)) return;
           // backpressure: the previous layers' packed tensors are written (and released) first
           await handoff.writerAt(li);
+          await saving;
+          // tensors a killed earlier run already wrote are not handed over (the writer skips them)
+          const set = (tensor: string, q: Uint8Array[]) => {
+            if (!passTensors.get(tensor)?.names.every((n) => writer!.isWritten(n))) packed.set(tensor, q);
+          };
           const routed = routedTokens(inp);
           const experts: SwiGLUWeights[] = inp.experts.map((w, e) => {
             const exp = expertDecisions.filter((d) => d.layer === li && d.expert === e);
@@ -482,7 +526,7 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
             const r = routed[e]!;
             const q = quantizeMlp(w, r.x, r.n, pb, v.settings, act);
             if (q.fallback) fallbacks.push({ layer: li, expert: e, tokens: r.n });
-            for (const d of exp) if (q.quant[d.proj!]) packed.set(d.tensor, gptqTensorBytes(q.quant[d.proj!]!));
+            for (const d of exp) if (q.quant[d.proj!]) set(d.tensor, gptqTensorBytes(q.quant[d.proj!]!));
             return q.deq;
           });
           let shared: SwiGLUWeights | undefined;
@@ -490,20 +534,22 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
             const sd = decisions.filter((d) => d.cls === 'shared' && d.layer === li);
             const pb = projBits(sd, finalBits);
             const q = quantizeMlp(inp.shared, inp.x, inp.T, pb, v.settings, act);
-            for (const d of sd) if (q.quant[d.proj!]) packed.set(d.tensor, gptqTensorBytes(q.quant[d.proj!]!));
+            for (const d of sd) if (q.quant[d.proj!]) set(d.tensor, gptqTensorBytes(q.quant[d.proj!]!));
             shared = q.deq;
           }
           handoff.produced(li);
           // sequential: later layers see the quantized experts; otherwise the full-precision ones
           if (v.sequential) return { experts, ...(shared ? { shared } : {}) };
         },
-      }, { stopAfterLayer: gptqLayers[gptqLayers.length - 1]! });
+      }, { stopAfterLayer: lastLayer, checkpoint });
+      await saving;
       handoff.closeProduction();
       applyMs = performance.now() - tApply;
     };
     const write = async () => {
       const r = await rewriteCheckpoint(model, rewritePlan, req.out!, {
         force: !!req.force,
+        onOpen: (info) => handoff.writerOpened(info),
         ...(shardSpec ? { shard: shardSpec } : {}),
         onProgress: (done, total, name) => {
           handoff.reached(layerOfTensor(view, name));
@@ -530,6 +576,7 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
     req, model, decisions, units, alloc, finalBits, groupSize: gs, outBytes: res.totalBytes, fallbacks, calibTokens,
     expertParams, scoreMs, applyMs, writeMs, seconds: (performance.now() - t0) / 1000, method: v.method, granularity: v.granularity,
     candidates: v.candidates, denseBits: v.denseBits, scored, sequential: v.sequential, memory,
+    ...(!req.dryRun && windows && gptqLayers.length ? { resumedAfterLayer: resumedAfter } : {}),
     ...(req.plan ? { planLoaded: req.plan } : {}), ...(req.savePlan ? { planSaved: req.savePlan } : {}),
   });
   if (!req.dryRun && req.out) await writeFile(join(req.out, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');

@@ -55,6 +55,11 @@ export interface QuantizeReport {
   shard?: { index: number; count: number };
   /** estimated peak memory (from shapes; dry runs and real runs alike) */
   memory: MemoryEstimate;
+  /**
+   * runs with a GPTQ apply pass: the pass continued after this decoder layer, whose state a killed earlier run of
+   * the same command had saved (-1: it ran from the start)
+   */
+  resumedAfterLayer?: number;
   seconds: number;
 }
 
@@ -83,6 +88,7 @@ export interface ReportInput {
   memory: MemoryEstimate;
   planLoaded?: string;
   planSaved?: string;
+  resumedAfterLayer?: number;
 }
 
 const MiB = 2 ** 20;
@@ -165,6 +171,7 @@ export function buildReport(r: ReportInput): QuantizeReport {
     ...(r.planLoaded || r.planSaved ? { plan: { ...(r.planLoaded ? { loaded: r.planLoaded } : {}), ...(r.planSaved ? { saved: r.planSaved } : {}) } } : {}),
     ...(r.req.shard ? { shard: { index: r.req.shard.index, count: r.req.shard.count } } : {}),
     memory: r.memory,
+    ...(r.resumedAfterLayer !== undefined ? { resumedAfterLayer: r.resumedAfterLayer } : {}),
     seconds: r.seconds,
   };
 }
@@ -198,6 +205,7 @@ export function summaryTable(rep: QuantizeReport): string {
   if (rep.plan?.loaded) lines.push(`  plan: ${rep.plan.loaded} (no scoring pass, no allocation)`);
   if (rep.plan?.saved) lines.push(`  plan saved to ${rep.plan.saved}`);
   if (rep.shard) lines.push(`  shard ${rep.shard.index}/${rep.shard.count}: layers l with l % ${rep.shard.count} = ${rep.shard.index}${rep.shard.index === 0 ? ', embeddings and head' : ''} (join the parts with moe assemble)`);
+  if (rep.resumedAfterLayer !== undefined && rep.resumedAfterLayer >= 0) lines.push(`  resumed: a killed run had finished layers 0-${rep.resumedAfterLayer}; GPTQ and the forward pass continued from layer ${rep.resumedAfterLayer + 1}`);
   if (rep.method === 'gptq') lines.push(`  GPTQ Hessians: ${rep.sequential ? 'sequential (through the quantized earlier layers)' : 'not sequential (full-precision activations)'}`);
   lines.push(`  ${formatEstimate(rep.memory)}`);
   if (rep.fallbacks.length) lines.push(`  warning: ${rep.fallbacks.length} experts had fewer tokens than --min-tokens and used round-to-nearest: ${rep.fallbacks.map((f) => `L${f.layer}.E${f.expert}(${f.tokens})`).join(' ')}`);

@@ -1,0 +1,93 @@
+/**
+ * moe quantize (GPTQ, sequential) killed mid-apply (SIGKILL from the writer's fault-injection hook) and restarted
+ * with the same command: the apply pass resumes after the last layer whose tensors were all written (no forward
+ * pass or GPTQ for the layers before), and the output equals an uninterrupted run's byte for byte.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { seededRandom } from '../../kernels/random.js';
+import { stagingDirFor } from '../../src/io/output.js';
+import { RESUME_FILE } from '../../src/quantize/resume.js';
+import { writeWordTokenizer, WORDS } from '../eval/tokenizer.js';
+import { makeTinyCheckpoint } from '../helpers/families.js';
+
+let root: string;
+let model: string;
+let calib: string;
+const exists = (p: string) => stat(p).then(() => true, () => false);
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'moe-quantize-resume-'));
+  model = join(root, 'mixtral');
+  await makeTinyCheckpoint('mixtral', model, { experts: 4, layers: 3, intermediate: 64, seed: 3 });
+  await writeWordTokenizer(model);
+  const r = seededRandom(5);
+  const lines = Array.from({ length: 60 }, () => Array.from({ length: 12 }, () => WORDS[Math.floor(r() * WORDS.length)]).join(' '));
+  calib = join(root, 'calib.txt');
+  await writeFile(calib, lines.join('\n') + '\n');
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+function moe(args: string[], env: Record<string, string> = {}) {
+  return spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/entry.ts', ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, ...env },
+    timeout: 120_000,
+  });
+}
+
+/** every file of an output but the report, as base64 */
+async function contents(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const f of (await readdir(dir)).sort()) if (!/report\.json$/.test(f)) out[f] = (await readFile(join(dir, f))).toString('base64');
+  return out;
+}
+
+/** tensor names of a single-file safetensors output */
+async function tensorNames(dir: string): Promise<string[]> {
+  const buf = await readFile(join(dir, 'model.safetensors'));
+  const n = Number(buf.readBigUInt64LE(0));
+  return Object.keys(JSON.parse(buf.subarray(8, 8 + n).toString('utf8'))).filter((k) => k !== '__metadata__');
+}
+
+describe('moe quantize killed mid-apply, then the same command again', () => {
+  it('resumes the GPTQ pass after the last finished layer and writes the same bytes as an uninterrupted run', async () => {
+    const args = (out: string) => ['quantize', '--model', model, '--bits', '3.5', '--calib', calib, '--calib-tokens', '512', '--seq-len', '32',
+      '--group-size', '32', '--min-tokens', '8', '--backend', 'wasm', '--out', out, '--json', '--quiet'];
+    const reference = join(root, 'reference');
+    const ref = moe(args(reference));
+    expect(ref.status, ref.stderr).toBe(0);
+    expect(JSON.parse(ref.stdout).resumedAfterLayer).toBe(-1);
+
+    // kill a few tensors into layer 2: layers 0 and 1 (and the embeddings) are written by then
+    const names = await tensorNames(reference);
+    const before2 = names.filter((n) => !/\.layers\.2\./.test(n) && (/\.layers\.[01]\./.test(n) || /embed/.test(n))).length;
+    const out = join(root, 'out');
+    const killed = moe(args(out), { MOE_TEST_KILL_AFTER_WRITES: String(before2 + 5) });
+    expect(killed.signal).toBe('SIGKILL');
+    expect(await exists(out)).toBe(false);
+    expect(await exists(join(stagingDirFor(out), RESUME_FILE))).toBe(true);
+
+    const resumed = moe(args(out));
+    expect(resumed.status, resumed.stderr).toBe(0);
+    const rep = JSON.parse(resumed.stdout);
+    expect(rep.resumedAfterLayer).toBe(1);
+    expect(await exists(stagingDirFor(out))).toBe(false);
+    expect(await contents(out)).toEqual(await contents(reference));
+    // the finished layers' report entries come from the saved state
+    expect(rep.fallbacks).toEqual(JSON.parse(ref.stdout).fallbacks);
+
+    // another command (other calibration size) never resumes from a state it did not save
+    const other = join(root, 'other');
+    const k2 = moe(args(other), { MOE_TEST_KILL_AFTER_WRITES: String(before2 + 5) });
+    expect(k2.signal).toBe('SIGKILL');
+    const changed = moe(args(other).map((a) => (a === '512' ? '480' : a)));
+    expect(changed.status, changed.stderr).toBe(0);
+    expect(JSON.parse(changed.stdout).resumedAfterLayer).toBe(-1);
+  }, 240_000);
+});
