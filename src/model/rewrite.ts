@@ -58,7 +58,7 @@ export interface RewriteOptions {
   shard?: ShardSpec;
   onProgress?(done: number, total: number, name: string): void;
   /** the output is open: its staging directory, and whether a planned tensor is finished (by a killed earlier run too) */
-  onOpen?(info: { dir: string; isWritten(name: string): boolean }): void;
+  onOpen?(info: { dir: string; isWritten(name: string): boolean }): void | Promise<void>;
 }
 
 export interface PlannedTensor {
@@ -184,7 +184,7 @@ export async function rewriteCheckpoint(model: Model, plan: RewritePlan, out: st
   try {
     writer = await dir.openWriter(planned.filter(mine).map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })), opts.maxShardBytes ? { maxShardBytes: opts.maxShardBytes } : undefined);
     const w = writer;
-    opts.onOpen?.({ dir: dir.staging, isWritten: (n) => w.isWritten(n) });
+    await opts.onOpen?.({ dir: dir.staging, isWritten: (n) => w.isWritten(n) });
     for (let k = 0; k < entries.length; k++) {
       // another shard's tensor is neither produced nor written; producers are lazy, so its compute is skipped too,
       // and so is a tensor a killed earlier run of this command already finished

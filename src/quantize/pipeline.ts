@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import type { Progress } from '../cli/progress.js';
 import { loadWindowSet } from '../data/windows.js';
 import { fail } from '../errors.js';
-import { checkOutputTarget } from '../io/output.js';
+import { checkOutputTarget, stagingDirFor } from '../io/output.js';
 import { loadLinear } from '../model/load.js';
 import { openModel, type Model } from '../model/open.js';
 import { savePlan, loadPlan, modelFingerprint } from '../model/planfile.js';
@@ -42,7 +42,7 @@ import { activate, linearT, mlpForward, outputError, prepareInput, quantizeMlp, 
 import { gptqTensorBytes, gptqTensorSpecs, quantizationConfig, registerGptqFormat } from './format.js';
 import { compile, decide, linearBytesAt, parseOverride, type LinearDecision, type Proj } from './plan.js';
 import { LayerHandoff, type WriterInfo } from './handoff.js';
-import { loadResumeState, resumeKey, saveResumeState } from './resume.js';
+import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from './resume.js';
 import { quantizeMemory } from './memory.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
 import { checkPlan, type QuantizePlan } from './saved.js';
@@ -302,7 +302,7 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
   if (!loaded && needScores && !req.calib && (!req.dryRun || req.savePlan)) {
     fail('Usage', `choosing bits among --candidates ${v.candidates.join(',')} needs calibration text to measure errors: give --calib FILE, or one candidate width with --method rtn`);
   }
-  const scoring = !loaded && needScores && !!req.calib;
+  let scoring = !loaded && needScores && !!req.calib;
   // the MoE layers whose routed/shared experts GPTQ quantizes in the apply pass (this shard's only)
   const mine = (layer: number) => !req.shard || shardOwner(layer, req.shard.count) === req.shard.index;
   const gptqLayersOf = (fb: (d: LinearDecision) => QuantBits | 'keep') => v.method !== 'gptq' ? [] : [...new Set(decisions
@@ -320,6 +320,24 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
     windows = set.windows;
     calibTokens = windows.reduce((a, w) => a + w.length, 0);
     seqLen = windows[0]?.length ?? 0;
+  }
+  // a killed run of this same command may have left the plan it scored in the staging directory: no rescoring
+  let planKey: string | undefined;
+  let planResumed = false;
+  if (scoring && windows && req.out && !req.dryRun) {
+    planKey = resumeKey({
+      format: 'moe-quantize-plan', version: 1, model: modelFingerprint(ckpt), settings: v.planSettings, solverTimeLimit: req.solverTimeLimit ?? null,
+    }, windows);
+    const staged = await loadStagedPlan<QuantizePlan>(stagingDirFor(req.out), planKey);
+    if (staged) {
+      try {
+        loaded = { plan: staged, choice: checkPlan('the staged plan', staged, { units, decisions, finalBits: finalBitsOf }) };
+        scoring = false;
+        planResumed = true;
+      } catch {
+        // not usable: score again
+      }
+    }
   }
 
   // ---- score
@@ -549,7 +567,10 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
     const write = async () => {
       const r = await rewriteCheckpoint(model, rewritePlan, req.out!, {
         force: !!req.force,
-        onOpen: (info) => handoff.writerOpened(info),
+        onOpen: async (info) => {
+          if (planKey && !planResumed) await saveStagedPlan(info.dir, planKey, planFile);
+          handoff.writerOpened(info);
+        },
         ...(shardSpec ? { shard: shardSpec } : {}),
         onProgress: (done, total, name) => {
           handoff.reached(layerOfTensor(view, name));
@@ -577,6 +598,7 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
     expertParams, scoreMs, applyMs, writeMs, seconds: (performance.now() - t0) / 1000, method: v.method, granularity: v.granularity,
     candidates: v.candidates, denseBits: v.denseBits, scored, sequential: v.sequential, memory,
     ...(!req.dryRun && windows && gptqLayers.length ? { resumedAfterLayer: resumedAfter } : {}),
+    ...(planResumed ? { resumedPlan: true } : {}),
     ...(req.plan ? { planLoaded: req.plan } : {}), ...(req.savePlan ? { planSaved: req.savePlan } : {}),
   });
   if (!req.dryRun && req.out) await writeFile(join(req.out, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');

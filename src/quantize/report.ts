@@ -60,6 +60,8 @@ export interface QuantizeReport {
    * the same command had saved (-1: it ran from the start)
    */
   resumedAfterLayer?: number;
+  /** the plan a killed earlier run of the same command had scored was reused from the staging directory (no scoring) */
+  resumedPlan?: boolean;
   seconds: number;
 }
 
@@ -89,6 +91,7 @@ export interface ReportInput {
   planLoaded?: string;
   planSaved?: string;
   resumedAfterLayer?: number;
+  resumedPlan?: boolean;
 }
 
 const MiB = 2 ** 20;
@@ -172,6 +175,7 @@ export function buildReport(r: ReportInput): QuantizeReport {
     ...(r.req.shard ? { shard: { index: r.req.shard.index, count: r.req.shard.count } } : {}),
     memory: r.memory,
     ...(r.resumedAfterLayer !== undefined ? { resumedAfterLayer: r.resumedAfterLayer } : {}),
+    ...(r.resumedPlan ? { resumedPlan: true } : {}),
     seconds: r.seconds,
   };
 }
@@ -205,6 +209,7 @@ export function summaryTable(rep: QuantizeReport): string {
   if (rep.plan?.loaded) lines.push(`  plan: ${rep.plan.loaded} (no scoring pass, no allocation)`);
   if (rep.plan?.saved) lines.push(`  plan saved to ${rep.plan.saved}`);
   if (rep.shard) lines.push(`  shard ${rep.shard.index}/${rep.shard.count}: layers l with l % ${rep.shard.count} = ${rep.shard.index}${rep.shard.index === 0 ? ', embeddings and head' : ''} (join the parts with moe assemble)`);
+  if (rep.resumedPlan) lines.push('  resumed: the plan a killed run of this command had scored (no scoring pass)');
   if (rep.resumedAfterLayer !== undefined && rep.resumedAfterLayer >= 0) lines.push(`  resumed: a killed run had finished layers 0-${rep.resumedAfterLayer}; GPTQ and the forward pass continued from layer ${rep.resumedAfterLayer + 1}`);
   if (rep.method === 'gptq') lines.push(`  GPTQ Hessians: ${rep.sequential ? 'sequential (through the quantized earlier layers)' : 'not sequential (full-precision activations)'}`);
   lines.push(`  ${formatEstimate(rep.memory)}`);

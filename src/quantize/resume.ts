@@ -76,3 +76,30 @@ export async function loadResumeState<X>(dir: string, key: string, values: numbe
     return undefined;
   }
 }
+
+/**
+ * The plan a scoring pass chose, kept in the staging directory (once the output is open) so a killed run
+ * restarted with the same command skips scoring and the allocation: same key rules as the hidden states.
+ */
+export const PLAN_FILE = '.moe-plan-quantize.json';
+
+export async function saveStagedPlan(dir: string, key: string, plan: unknown): Promise<void> {
+  const path = join(dir, PLAN_FILE);
+  const tmp = `${path}.tmp`;
+  try {
+    await writeFile(tmp, JSON.stringify({ key, plan }) + '\n');
+    await rename(tmp, path);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    fail('OutputError', `cannot write the plan ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+export async function loadStagedPlan<P>(dir: string, key: string): Promise<P | undefined> {
+  try {
+    const f = JSON.parse(await readFile(join(dir, PLAN_FILE), 'utf8')) as { key?: unknown; plan?: P };
+    return f.key === key ? f.plan : undefined;
+  } catch {
+    return undefined;
+  }
+}

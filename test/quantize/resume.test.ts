@@ -1,7 +1,8 @@
 /**
  * moe quantize (GPTQ, sequential) killed mid-apply (SIGKILL from the writer's fault-injection hook) and restarted
  * with the same command: the apply pass resumes after the last layer whose tensors were all written (no forward
- * pass or GPTQ for the layers before), and the output equals an uninterrupted run's byte for byte.
+ * pass or GPTQ for the layers before), the plan the killed run scored is reused (no scoring pass), and the output
+ * equals an uninterrupted run's byte for byte.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
@@ -79,8 +80,12 @@ describe('moe quantize killed mid-apply, then the same command again', () => {
     expect(rep.resumedAfterLayer).toBe(1);
     expect(await exists(stagingDirFor(out))).toBe(false);
     expect(await contents(out)).toEqual(await contents(reference));
-    // the finished layers' report entries come from the saved state
-    expect(rep.fallbacks).toEqual(JSON.parse(ref.stdout).fallbacks);
+    // the finished layers' report entries come from the saved state, the plan from the killed run's scoring
+    const refRep = JSON.parse(ref.stdout);
+    expect(rep.fallbacks).toEqual(refRep.fallbacks);
+    expect(rep.resumedPlan).toBe(true);
+    expect(rep.units).toEqual(refRep.units);
+    expect(refRep.resumedPlan).toBeUndefined();
 
     // another command (other calibration size) never resumes from a state it did not save
     const other = join(root, 'other');
@@ -89,5 +94,6 @@ describe('moe quantize killed mid-apply, then the same command again', () => {
     const changed = moe(args(other).map((a) => (a === '512' ? '480' : a)));
     expect(changed.status, changed.stderr).toBe(0);
     expect(JSON.parse(changed.stdout).resumedAfterLayer).toBe(-1);
+    expect(JSON.parse(changed.stdout).resumedPlan).toBeUndefined();
   }, 240_000);
 });
