@@ -101,6 +101,8 @@ export function quantizeMemory(i: QuantizeMemoryInput): MemoryEstimate {
     }
     parts.push({ label: 'one layer of packed GPTQ output waiting for the writer', bytes: packed });
     if (i.sequential) parts.push({ label: 'the layer\'s dequantized experts handed back to the stream (float32)', bytes: deq });
+    // resume state: the hidden states after the last layer are copied and saved while the next layer runs
+    parts.push({ label: `resume state: one copy of the hidden states being saved (${i.tokens} x ${H} float32)`, bytes: i.tokens * H * F32 });
   }
   // linears quantized at write time: everything not quantized by the apply pass
   let rtnLargest = 0;

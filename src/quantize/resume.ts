@@ -9,7 +9,7 @@
  * the hidden states as float32 LE.
  */
 import { createHash } from 'node:crypto';
-import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fail } from '../errors.js';
 
@@ -36,17 +36,23 @@ export async function saveResumeState<X>(dir: string, key: string, state: Resume
   const json = Buffer.from(JSON.stringify({ key, after: state.after, values: state.hidden.length, extra: state.extra }), 'utf8');
   const head = 8 + 4 + json.byteLength;
   const pad = (4 - (head % 4)) % 4;
-  const buf = Buffer.alloc(head + pad + state.hidden.byteLength);
-  MAGIC.copy(buf, 0);
-  buf.writeUInt32LE(json.byteLength, 8);
-  json.copy(buf, 12);
-  Buffer.from(state.hidden.buffer, state.hidden.byteOffset, state.hidden.byteLength).copy(buf, head + pad);
+  const prefix = Buffer.alloc(head + pad);
+  MAGIC.copy(prefix, 0);
+  prefix.writeUInt32LE(json.byteLength, 8);
+  json.copy(prefix, 12);
   const path = join(dir, RESUME_FILE);
   const tmp = `${path}.tmp`;
+  let fh: FileHandle | undefined;
   try {
-    await writeFile(tmp, buf);
+    // the hidden states are written from their own buffer, not copied into one with the header
+    fh = await open(tmp, 'w');
+    await fh.writeFile(prefix);
+    await fh.writeFile(new Uint8Array(state.hidden.buffer, state.hidden.byteOffset, state.hidden.byteLength));
+    await fh.close();
+    fh = undefined;
     await rename(tmp, path);
   } catch (e) {
+    await fh?.close().catch(() => {});
     await rm(tmp, { force: true });
     fail('OutputError', `cannot write the resume state ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
