@@ -37,8 +37,9 @@ export function mergeMemory(model: Model, m: MergeMemoryInput): MemoryEstimate {
   const N = m.choices.groups;
   const X = (e0.gate.outFeatures * e0.gate.inFeatures + e0.up.outFeatures * e0.up.inFeatures + e0.down.outFeatures * e0.down.inFeatures) * F32;
   const merged = Math.max(0, ...m.plan.layers.map((l) => l.groups.filter((g) => g.members.length > 1).length));
-  const sim = 8 * I * I;
-  const weightAlign: MemoryPart = { label: 'weight alignment: unit signatures of two experts, a transposed copy in the tensor backend, the I x I similarity in float64', bytes: 4 * X + sim };
+  // signatures [I, 3H] of anchor and member and a transposed copy in JS, the backend's copies of one signature chunk,
+  // the transposed signatures and the I x I product, the product read back (float32) and the similarity (float64)
+  const weightAlign: MemoryPart = { label: 'weight alignment: unit signatures of two experts with their tensor-backend copies, the I x I similarity (float32 product and float64 copy)', bytes: 5 * X + 12 * I * I };
 
   let pass: MemoryEstimate | undefined;
   if (m.pass) {
@@ -51,7 +52,9 @@ export function mergeMemory(model: Model, m: MergeMemoryInput): MemoryEstimate {
     if (m.choices.align === 'weights') parts.push(weightAlign);
     if (m.choices.align === 'activations') {
       const Ta = Math.min(T, m.alignTokens);
-      parts.push({ label: `activation alignment: two experts' activations on ${Ta} tokens (with transposed and tensor-backend copies), the I x I similarity`, bytes: 8 * Ta * I * F32 + X + sim });
+      // per expert: activations read back and a transposed copy (JS), gate/up/activation tensors in the backend;
+      // the transposed gate and up weights (JS and backend); the I x I product as for weight alignment
+      parts.push({ label: `activation alignment: two experts' activations on ${Ta} tokens (with transposed and tensor-backend copies), the I x I similarity`, bytes: 11 * Ta * I * F32 + Ta * H * F32 + 1.5 * X + 12 * I * I });
     }
     if (m.choices.router === 'fit') {
       const Tf = Math.min(T, m.fitTokens);
