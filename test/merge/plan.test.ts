@@ -121,6 +121,7 @@ describe('merge plans', () => {
       ['activation alignment without permutations', ['--model', model, ...seqCli, '--plan', noPerms], /layer 0: group 1: activation alignment is data-dependent/, ExitCode.badInput],
       ['a plan with calibration', ['--model', model, ...seqCli, '--plan', plan, '--calib', calib], /--calib and --stats are not used with it/, ExitCode.usage],
       ['no such plan', ['--model', model, ...seqCli, '--plan', join(root, 'nope.json')], /cannot read the plan/, ExitCode.badInput],
+      ['a --stats plan with activation alignment', ['--model', model, ...seqCli, '--stats', stats, '--dry-run', '--save-plan', join(root, 'never.json')], /a plan from --stats cannot hold activation alignment/, ExitCode.usage],
     ];
     for (const [what, args, msg, code] of cases) {
       const out = join(root, `refused-${what.replace(/\W+/g, '-')}`);
