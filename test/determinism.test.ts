@@ -2,22 +2,17 @@
  * Every command run twice with the same flags (and --seed where it has a randomized step) writes byte-identical
  * files; where a seed drives a choice, another seed changes it. Reports are left out: they hold wall times.
  */
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runMoe } from './helpers/cli.js';
+import { outputFiles } from './helpers/files.js';
 
 const MODEL = 'test/fixtures/tiny-mixtral';
 const CALIB = 'test/fixtures/text/calib.txt';
 const TOKENS = ['--calib-tokens', '512', '--seq-len', '128'];
 let root: string;
-
-async function contents(dir: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  for (const f of (await readdir(dir)).sort()) if (!/report|summary/.test(f)) out[f] = (await readFile(join(dir, f))).toString('base64');
-  return out;
-}
 
 async function twice(name: string, args: (out: string) => string[]): Promise<[Record<string, string>, Record<string, string>]> {
   const got: Record<string, string>[] = [];
@@ -25,7 +20,7 @@ async function twice(name: string, args: (out: string) => string[]): Promise<[Re
     const out = join(root, `${name}-${k}`);
     const r = await runMoe([...args(out), '--quiet']);
     expect(r.code, r.stderr).toBe(0);
-    got.push(await contents(out));
+    got.push(await outputFiles(out));
   }
   expect(Object.keys(got[0]!).length).toBeGreaterThan(0);
   return got as [Record<string, string>, Record<string, string>];
@@ -44,7 +39,7 @@ describe('same flags, same bytes', () => {
     expect(a).toEqual(b);
     const other = join(root, 'random-other');
     expect((await runMoe(['prune', '--model', MODEL, '--keep', '5', '--method', 'random', '--seed', '8', '--out', other, '--quiet'])).code).toBe(0);
-    expect((await contents(other))['model.safetensors']).not.toEqual(a['model.safetensors']);
+    expect((await outputFiles(other))['model.safetensors']).not.toEqual(a['model.safetensors']);
   }, 60_000);
 
   it.each([

@@ -3,7 +3,7 @@
  * plan; a plan of another model or other flags is refused in one line), layer-parallel --shard i/n joined by
  * `moe assemble` equal to one run, and the dry run's memory estimate.
  */
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,6 +17,7 @@ import { runMoe } from '../helpers/cli.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
 import { writeWordTokenizer, WORDS } from '../eval/tokenizer.js';
 import { rng } from './synthetic.js';
+import { outputFiles } from '../helpers/files.js';
 
 let root: string;
 let model: string;
@@ -24,13 +25,6 @@ let other: string;
 let calib: string;
 let stats: string;
 const exists = (p: string) => stat(p).then(() => true, () => false);
-
-/** Every file of a checkpoint directory except the reports, as base64. */
-async function contents(dir: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  for (const f of (await readdir(dir)).sort()) if (!/report/.test(f)) out[f] = (await readFile(join(dir, f))).toString('base64');
-  return out;
-}
 
 beforeAll(async () => {
   await initBackend('wasm');
@@ -81,7 +75,7 @@ describe('merge plans', () => {
     expect(rb.mode).toBe('sequential');
     expect(rb.calibration.source).toBe('plan');
     expect(rb.layers).toEqual(ra.layers);
-    expect(await contents(b)).toEqual(await contents(a));
+    expect(await outputFiles(b)).toEqual(await outputFiles(a));
 
     const dryPlan = join(root, 'seq-dry.plan.json');
     const dry = join(root, 'seq-dry');
@@ -146,7 +140,7 @@ describe('merge --shard i/n', () => {
     }
     const r = await runMoe(['assemble', parts[1]!, parts[0]!, '--out', join(root, 'shard-assembled'), '--quiet']);
     expect(r.code).toBe(0);
-    expect(await contents(join(root, 'shard-assembled'))).toEqual(await contents(whole));
+    expect(await outputFiles(join(root, 'shard-assembled'))).toEqual(await outputFiles(whole));
   });
 
   it('shards from the same --stats equal one --stats run (each job aligns only its layers)', async () => {
@@ -162,7 +156,7 @@ describe('merge --shard i/n', () => {
     expect(aligned(reports[1]!)).toEqual([1]);
     const r = await runMoe(['assemble', parts[0]!, parts[1]!, '--out', join(root, 'stats-assembled'), '--quiet']);
     expect(r.code).toBe(0);
-    expect(await contents(join(root, 'stats-assembled'))).toEqual(await contents(whole));
+    expect(await outputFiles(join(root, 'stats-assembled'))).toEqual(await outputFiles(whole));
   });
 
   it('--shard with --calib is refused: a sequential plan is one pass over all layers', async () => {

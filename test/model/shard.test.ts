@@ -1,5 +1,5 @@
 /** Layer-parallel runs: `--shard i/n` parts joined by `moe assemble` equal one unsharded run, byte for byte. */
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,15 +7,10 @@ import { assembleShards } from '../../src/model/shard.js';
 import { prune } from '../../src/prune/pipeline.js';
 import { runMoe } from '../helpers/cli.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
+import { outputFiles } from '../helpers/files.js';
 
 let root: string;
 let model: string;
-
-async function contents(dir: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  for (const f of (await readdir(dir)).sort()) if (!/report/.test(f)) out[f] = (await readFile(join(dir, f))).toString('base64');
-  return out;
-}
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'moe-shard-'));
@@ -45,7 +40,7 @@ describe('prune --shard i/n + moe assemble', () => {
 
     const r = await runMoe(['assemble', parts[1]!, parts[0]!, '--out', join(root, 'assembled'), '--quiet']);
     expect(r.code).toBe(0);
-    expect(await contents(join(root, 'assembled'))).toEqual(await contents(whole));
+    expect(await outputFiles(join(root, 'assembled'))).toEqual(await outputFiles(whole));
   });
 
   it('refuses parts of different plans, a missing shard and a shard given twice', async () => {

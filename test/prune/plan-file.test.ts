@@ -6,18 +6,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runMoe } from '../helpers/cli.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
 import { pathExists } from '../../src/io/output.js';
+import { outputFiles } from '../helpers/files.js';
 
 const MODEL = 'test/fixtures/tiny-mixtral';
 const CALIB = 'test/fixtures/text/calib.txt';
 const DATA = ['--method', 'reap', '--calib', CALIB, '--calib-tokens', '2048', '--seq-len', '128'];
 let root: string;
 let plan: string;
-
-async function contents(dir: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  for (const f of (await readdir(dir)).sort()) if (!/report/.test(f)) out[f] = (await readFile(join(dir, f))).toString('base64');
-  return out;
-}
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'moe-prune-plan-'));
@@ -49,16 +44,16 @@ describe('prune plan files', () => {
     const r = await runMoe(['prune', '--model', MODEL, '--keep', '6', '--method', 'reap', '--plan', plan, '--out', applied, '--json']);
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout).calibration).toMatchObject({ source: 'plan', path: plan });
-    expect(await contents(applied)).toEqual(await contents(scored));
+    expect(await outputFiles(applied)).toEqual(await outputFiles(scored));
     const parts = [0, 1].map((i) => join(root, `part-${i}`));
     for (const [i, p] of parts.entries()) {
       expect((await runMoe(['prune', '--model', MODEL, '--keep', '6', '--method', 'reap', '--plan', plan, '--out', p, '--shard', `${i}/2`, '--quiet'])).code).toBe(0);
     }
     const joined = join(root, 'joined');
     expect((await runMoe(['assemble', ...parts, '--out', joined, '--quiet'])).code).toBe(0);
-    const a = await contents(joined);
+    const a = await outputFiles(joined);
     delete a['moe-shard.json'];
-    expect(a).toEqual(await contents(scored));
+    expect(a).toEqual(await outputFiles(scored));
   }, 120_000);
 
   it('refuses a plan made with other flags, for another model, or broken, before writing anything', async () => {

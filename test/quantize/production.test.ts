@@ -3,7 +3,7 @@
  * moe assemble), --no-sequential, the apply pass writing concurrently with backpressure, and the peak-memory
  * estimate. Byte-for-byte comparisons on a tiny random Mixtral (3 layers, 4 experts).
  */
-import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,6 +15,7 @@ import { ExitCode } from '../../src/errors.js';
 import { writeWordTokenizer, WORDS } from '../eval/tokenizer.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
 import { runMoe } from '../helpers/cli.js';
+import { outputFiles } from '../helpers/files.js';
 
 let root: string;
 let model: string;
@@ -41,12 +42,6 @@ const base = (out: string | undefined, extra: Partial<QuantizeRequest> = {}): Qu
 const flags = ['--model', '', '--bits', '4', '--calib-tokens', '512', '--seq-len', '32', '--group-size', '32', '--min-tokens', '8', '--quiet'];
 const cli = (...args: string[]) => runMoe(['quantize', ...flags.map((f) => (f === '' ? model : f)), ...args]);
 
-/** every file of an output but the reports, as base64 */
-async function contents(dir: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  for (const f of (await readdir(dir)).sort()) if (!/report/.test(f)) out[f] = (await readFile(join(dir, f))).toString('base64');
-  return out;
-}
 const exists = (p: string) => stat(p).then(() => true, () => false);
 
 describe('plan files', () => {
@@ -65,7 +60,7 @@ describe('plan files', () => {
     expect(b.plan).toEqual({ loaded: plan });
     expect(b.bitMap).toEqual(a.bitMap);
     expect(b.units).toEqual(a.units);
-    expect(await contents(join(root, 'applied'))).toEqual(await contents(join(root, 'saved')));
+    expect(await outputFiles(join(root, 'applied'))).toEqual(await outputFiles(join(root, 'saved')));
 
     // a dry run scores and saves the same plan, and writes nothing else
     const dry = join(root, 'plan-dry.json');
@@ -137,9 +132,9 @@ describe('--shard i/n and --no-sequential', () => {
     }
     const r = await runMoe(['assemble', parts[1]!, parts[0]!, '--out', join(root, 'gptq-assembled'), '--quiet']);
     expect(r.code).toBe(0);
-    expect(await contents(join(root, 'gptq-assembled'))).toEqual(await contents(join(root, 'whole-nonseq')));
+    expect(await outputFiles(join(root, 'gptq-assembled'))).toEqual(await outputFiles(join(root, 'whole-nonseq')));
     // and the sequential run (the default) differs: layers >= 1 saw quantized activations
-    expect(await contents(join(root, 'whole-nonseq'))).not.toEqual(await contents(join(root, 'saved')));
+    expect(await outputFiles(join(root, 'whole-nonseq'))).not.toEqual(await outputFiles(join(root, 'saved')));
   });
 
   it('RTN: a plan scored once, then shards without calibration text, assembled equal one run', async () => {
@@ -154,7 +149,7 @@ describe('--shard i/n and --no-sequential', () => {
     for (const [i, p] of parts.entries()) await quantize({ ...base(undefined, { method: 'rtn', plan, shard: { index: i, count: 2 }, ...noCalib }), out: p });
     const r = await runMoe(['assemble', parts[0]!, parts[1]!, '--out', join(root, 'rtn-assembled'), '--quiet']);
     expect(r.code).toBe(0);
-    expect(await contents(join(root, 'rtn-assembled'))).toEqual(await contents(join(root, 'rtn-whole')));
+    expect(await outputFiles(join(root, 'rtn-assembled'))).toEqual(await outputFiles(join(root, 'rtn-whole')));
   });
 });
 

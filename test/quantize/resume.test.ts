@@ -4,8 +4,7 @@
  * pass or GPTQ for the layers before), the plan the killed run scored is reused (no scoring pass), and the output
  * equals an uninterrupted run's byte for byte.
  */
-import { spawnSync } from 'node:child_process';
-import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,6 +13,8 @@ import { stagingDirFor } from '../../src/io/output.js';
 import { RESUME_FILE } from '../../src/quantize/resume.js';
 import { writeWordTokenizer, WORDS } from '../eval/tokenizer.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
+import { outputFiles } from '../helpers/files.js';
+import { spawnMoe } from '../helpers/cli.js';
 
 let root: string;
 let model: string;
@@ -34,21 +35,6 @@ afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-function moe(args: string[], env: Record<string, string> = {}) {
-  return spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/entry.ts', ...args], {
-    encoding: 'utf8',
-    env: { ...process.env, ...env },
-    timeout: 120_000,
-  });
-}
-
-/** every file of an output but the report, as base64 */
-async function contents(dir: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  for (const f of (await readdir(dir)).sort()) if (!/report\.json$/.test(f)) out[f] = (await readFile(join(dir, f))).toString('base64');
-  return out;
-}
-
 /** tensor names of a single-file safetensors output */
 async function tensorNames(dir: string): Promise<string[]> {
   const buf = await readFile(join(dir, 'model.safetensors'));
@@ -61,7 +47,7 @@ describe('moe quantize killed mid-apply, then the same command again', () => {
     const args = (out: string) => ['quantize', '--model', model, '--bits', '3.5', '--calib', calib, '--calib-tokens', '512', '--seq-len', '32',
       '--group-size', '32', '--min-tokens', '8', '--backend', 'wasm', '--out', out, '--json', '--quiet'];
     const reference = join(root, 'reference');
-    const ref = moe(args(reference));
+    const ref = spawnMoe(args(reference));
     expect(ref.status, ref.stderr).toBe(0);
     expect(JSON.parse(ref.stdout).resumedAfterLayer).toBe(-1);
 
@@ -69,17 +55,17 @@ describe('moe quantize killed mid-apply, then the same command again', () => {
     const names = await tensorNames(reference);
     const before2 = names.filter((n) => !/\.layers\.2\./.test(n) && (/\.layers\.[01]\./.test(n) || /embed/.test(n))).length;
     const out = join(root, 'out');
-    const killed = moe(args(out), { MOE_TEST_KILL_AFTER_WRITES: String(before2 + 5) });
+    const killed = spawnMoe(args(out), { MOE_TEST_KILL_AFTER_WRITES: String(before2 + 5) });
     expect(killed.signal).toBe('SIGKILL');
     expect(await exists(out)).toBe(false);
     expect(await exists(join(stagingDirFor(out), RESUME_FILE))).toBe(true);
 
-    const resumed = moe(args(out));
+    const resumed = spawnMoe(args(out));
     expect(resumed.status, resumed.stderr).toBe(0);
     const rep = JSON.parse(resumed.stdout);
     expect(rep.resumedAfterLayer).toBe(1);
     expect(await exists(stagingDirFor(out))).toBe(false);
-    expect(await contents(out)).toEqual(await contents(reference));
+    expect(await outputFiles(out)).toEqual(await outputFiles(reference));
     // the finished layers' report entries come from the saved state, the plan from the killed run's scoring
     const refRep = JSON.parse(ref.stdout);
     expect(rep.fallbacks).toEqual(refRep.fallbacks);
@@ -89,9 +75,9 @@ describe('moe quantize killed mid-apply, then the same command again', () => {
 
     // another command (other calibration size) never resumes from a state it did not save
     const other = join(root, 'other');
-    const k2 = moe(args(other), { MOE_TEST_KILL_AFTER_WRITES: String(before2 + 5) });
+    const k2 = spawnMoe(args(other), { MOE_TEST_KILL_AFTER_WRITES: String(before2 + 5) });
     expect(k2.signal).toBe('SIGKILL');
-    const changed = moe(args(other).map((a) => (a === '512' ? '480' : a)));
+    const changed = spawnMoe(args(other).map((a) => (a === '512' ? '480' : a)));
     expect(changed.status, changed.stderr).toBe(0);
     expect(JSON.parse(changed.stdout).resumedAfterLayer).toBe(-1);
     expect(JSON.parse(changed.stdout).resumedPlan).toBeUndefined();

@@ -4,7 +4,6 @@
  * The kill comes from the writer's fault-injection hook (MOE_TEST_KILL_AFTER_WRITES), so it lands mid-checkpoint
  * deterministically instead of racing a timer.
  */
-import { spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,28 +13,12 @@ import { stagingDirFor } from '../../src/io/output.js';
 import { prune } from '../../src/prune/pipeline.js';
 import { runDirFor, runRecipe } from '../../src/recipe/run.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
+import { outputFiles } from '../helpers/files.js';
+import { spawnMoe } from '../helpers/cli.js';
 
 let root: string;
 let model: string;
 const exists = (p: string) => stat(p).then(() => true, () => false);
-
-function moe(args: string[], env: Record<string, string> = {}) {
-  return spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/entry.ts', ...args], {
-    encoding: 'utf8',
-    env: { ...process.env, ...env },
-    timeout: 120_000,
-  });
-}
-
-/** Every file of a checkpoint directory except the run report (it holds paths and timings). */
-async function contents(dir: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  for (const f of (await readdir(dir)).sort()) {
-    if (/report\.json$/.test(f)) continue;
-    out[f] = (await readFile(join(dir, f))).toString('base64');
-  }
-  return out;
-}
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'moe-kill-'));
@@ -50,19 +33,19 @@ describe('kill -9 mid-write, then the same command again', () => {
   it('moe prune resumes from the tensors already written and matches an uninterrupted run', async () => {
     const out = join(root, 'pruned');
     const args = ['prune', '--model', model, '--out', out, '--keep', '5', '--method', 'random', '--seed', '7', '--quiet'];
-    const killed = moe(args, { MOE_TEST_KILL_AFTER_WRITES: '6' });
+    const killed = spawnMoe(args, { MOE_TEST_KILL_AFTER_WRITES: '6' });
     expect(killed.signal).toBe('SIGKILL');
     expect(await exists(out)).toBe(false);
     const journal = await readFile(join(stagingDirFor(out), JOURNAL_FILE), 'utf8');
     expect(journal.trim().split('\n')).toHaveLength(6);
 
-    const resumed = moe(args);
+    const resumed = spawnMoe(args);
     expect(resumed.status).toBe(0);
     expect(await exists(stagingDirFor(out))).toBe(false);
 
     const reference = join(root, 'pruned-reference');
     await prune({ model, out: reference, keep: 5, method: 'random', seed: 7 });
-    expect(await contents(out)).toEqual(await contents(reference));
+    expect(await outputFiles(out)).toEqual(await outputFiles(reference));
   });
 
   it('moe run resumes a recipe: finished stages are reused, the killed stage continues', async () => {
@@ -71,12 +54,12 @@ describe('kill -9 mid-write, then the same command again', () => {
     await writeFile(recipe, `model: ./mixtral\nout: ./chain-out\nseed: 5\nstages:\n  - prune: { keep: 6, method: random }\n  - decompose: { ratio: 0.5, mode: svd, uniform: true }\n`);
     // stage 1 writes every input tensor but the 3 layers x 2 removed experts x 3 projections; 4 writes later is inside stage 2
     const stage1Tensors = (await tensorCount(model)) - 3 * 2 * 3;
-    const killed = moe(['run', recipe, '--quiet'], { MOE_TEST_KILL_AFTER_WRITES: String(stage1Tensors + 4) });
+    const killed = spawnMoe(['run', recipe, '--quiet'], { MOE_TEST_KILL_AFTER_WRITES: String(stage1Tensors + 4) });
     expect(killed.signal).toBe('SIGKILL');
     expect(await exists(out)).toBe(false);
     expect(await readdir(runDirFor(out))).toContain('stage-1-prune');
 
-    const resumed = moe(['run', recipe, '--json', '--quiet']);
+    const resumed = spawnMoe(['run', recipe, '--json', '--quiet']);
     expect(resumed.status).toBe(0);
     const report = JSON.parse(resumed.stdout);
     expect(report.resumedStages).toBe(1);
@@ -84,7 +67,7 @@ describe('kill -9 mid-write, then the same command again', () => {
     const refRecipe = join(root, 'chain-ref.yaml');
     await writeFile(refRecipe, (await readFile(recipe, 'utf8')).replace('./chain-out', './chain-ref'));
     await runRecipe({ recipe: refRecipe });
-    expect(await contents(out)).toEqual(await contents(join(root, 'chain-ref')));
+    expect(await outputFiles(out)).toEqual(await outputFiles(join(root, 'chain-ref')));
   });
 });
 
