@@ -9,10 +9,10 @@
  * (getrusage maxrss) as a fraction of the input size. The page cache cannot hold a model larger than RAM, so every
  * pass reads from disk; the plain read runs first, and again last, to bracket drift in disk speed.
  */
-import { spawnSync } from 'node:child_process';
 import { open, readdir, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { runCli } from './child.js';
 
 const { values } = parseArgs({
   options: {
@@ -51,16 +51,10 @@ async function plainRead(dir: string): Promise<number> {
   return bytes / 1e6 / ((performance.now() - t0) / 1000);
 }
 
-/** Run the compiled CLI in a child that reports its own peak RSS on exit. */
-function moe(args: string[]): { seconds: number; maxRssMB: number; status: number | null; stderr: string } {
-  const entry = resolve('dist/src/cli/main.js');
-  const script = `import(${JSON.stringify(entry)}).then((m) => m.main(process.argv)).then((c) => { process.stderr.write('maxrss_kb ' + process.resourceUsage().maxRSS + '\\n'); process.exit(c); });`;
-  const t0 = performance.now();
-  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script, 'moe', ...args], { encoding: 'utf8', maxBuffer: 64 << 20 });
-  const seconds = (performance.now() - t0) / 1000;
-  const m = /maxrss_kb (\d+)/.exec(r.stderr);
-  return { seconds, maxRssMB: m ? Number(m[1]) / 1024 : NaN, status: r.status, stderr: r.stderr };
-}
+const moe = (args: string[]) => {
+  const r = runCli(args);
+  return { ...r, maxRssMB: r.maxRss / 2 ** 20 };
+};
 
 const inputBytes = await dirBytes(model);
 console.log(`model ${model}: ${(inputBytes / GB).toFixed(2)} GB of safetensors`);

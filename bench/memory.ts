@@ -8,13 +8,13 @@
  * runs in a child process of the compiled CLI that prints its own getrusage maxrss on exit. The ratio
  * measured / estimated is the figure to watch (1.0 = exact; above 1, the estimate is short).
  */
-import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { makeSynthetic } from './make-synthetic.js';
 import { writeWordTokenizer, WORDS } from '../test/eval/tokenizer.js';
+import { runCli } from './child.js';
 
 const { values } = parseArgs({
   options: {
@@ -29,14 +29,7 @@ const { values } = parseArgs({
 const tokens = Number(values.tokens);
 const MiB = 2 ** 20;
 
-function moe(args: string[]): { maxRss: number; status: number | null; stdout: string; stderr: string; seconds: number } {
-  const entry = resolve('dist/src/cli/main.js');
-  const script = `import(${JSON.stringify(entry)}).then((m) => m.main(process.argv)).then((c) => { process.stderr.write('maxrss_kb ' + process.resourceUsage().maxRSS + '\\n'); process.exit(c); });`;
-  const t0 = performance.now();
-  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script, 'moe', ...args], { encoding: 'utf8', maxBuffer: 256 << 20 });
-  const m = /maxrss_kb (\d+)/.exec(r.stderr);
-  return { maxRss: m ? Number(m[1]) * 1024 : NaN, status: r.status, stdout: r.stdout, stderr: r.stderr, seconds: (performance.now() - t0) / 1000 };
-}
+const moe = (args: string[]) => runCli(args);
 
 const root = await mkdtemp(join(tmpdir(), 'moe-mem-'));
 try {

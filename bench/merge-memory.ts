@@ -13,12 +13,12 @@
  * --src runs the CLI of another checkout (e.g. an unpacked older commit with node_modules linked) for before/after
  * comparisons; the estimate is only printed when that CLI reports one.
  */
-import { spawnSync } from 'node:child_process';
 import { copyFile, mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { makeSynthetic } from './make-synthetic.js';
+import { runCli } from './child.js';
 
 const { values } = parseArgs({
   options: {
@@ -49,19 +49,10 @@ if (!(await exists(join(model, 'config.json')))) {
   for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) await copyFile(join('test/fixtures/tiny-mixtral', f), join(model, f));
 }
 
-/** The CLI of `src` in a child that reports its own peak RSS on exit (tsx, so no build is needed). */
-function moe(args: string[]): { seconds: number; maxRssMB: number; trace: Array<[number, number]>; status: number | null; stdout: string; stderr: string } {
-  const entry = join(src, 'src/cli/main.ts');
-  // RSS sampled every second between the pipeline's awaits (a profile that grows layer by layer or stays flat)
-  const script = `const t0 = Date.now(); const tr = []; setInterval(() => tr.push([Math.round((Date.now() - t0) / 1000), Math.round(process.memoryUsage().rss / 1048576)]), 1000).unref();
-    import(${JSON.stringify(entry)}).then((m) => m.main(process.argv)).then((c) => { process.stderr.write('rss_trace ' + JSON.stringify(tr) + '\\nmaxrss_kb ' + process.resourceUsage().maxRSS + '\\n'); process.exit(c); });`;
-  const t0 = performance.now();
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script, 'moe', ...args], { encoding: 'utf8', maxBuffer: 256 << 20, cwd: src });
-  const seconds = (performance.now() - t0) / 1000;
-  const m = /maxrss_kb (\d+)/.exec(r.stderr);
-  const t = /rss_trace (.*)/.exec(r.stderr);
-  return { seconds, maxRssMB: m ? Number(m[1]) / 1024 : NaN, trace: t ? JSON.parse(t[1]!) : [], status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+const moe = (args: string[]) => {
+  const r = runCli(args, { entry: join(src, 'src/cli/main.ts'), cwd: src, trace: true });
+  return { ...r, maxRssMB: r.maxRss / 2 ** 20 };
+};
 
 const work = await mkdtemp(join(tmpdir(), 'moe-merge-memory-'));
 try {

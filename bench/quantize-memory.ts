@@ -12,12 +12,12 @@
  *
  * The model, tokenizer and calibration text are made once under --work and reused by later runs.
  */
-import { spawnSync } from 'node:child_process';
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { makeSynthetic } from './make-synthetic.js';
 import { writeWordTokenizer, WORDS } from '../test/eval/tokenizer.js';
+import { runCli } from './child.js';
 
 const { values } = parseArgs({
   options: {
@@ -56,16 +56,7 @@ if (!(await exists(calib))) {
   await writeFile(calib, Array.from({ length: 4000 }, () => Array.from({ length: 12 }, () => WORDS[Math.floor(rnd() * WORDS.length)]).join(' ')).join('\n') + '\n');
 }
 
-/** The CLI of `repo` in a child that reports its own peak RSS (getrusage maxrss) on exit. */
-function moe(args: string[]): { seconds: number; maxRss: number; status: number | null; stdout: string; stderr: string } {
-  const entry = values.entry ? resolve(values.entry) : join(repo, 'src/cli/main.ts');
-  const script = `import(${JSON.stringify(entry)}).then((m) => m.main(process.argv)).then((c) => { process.stderr.write('maxrss_kb ' + process.resourceUsage().maxRSS + '\\n'); process.exit(c); });`;
-  const t0 = performance.now();
-  const loader = entry.endsWith('.ts') ? ['--import', 'tsx'] : [];
-  const r = spawnSync(process.execPath, [...loader, '--input-type=module', '-e', script, 'moe', ...args], { encoding: 'utf8', maxBuffer: 256 << 20 });
-  const m = /maxrss_kb (\d+)/.exec(r.stderr);
-  return { seconds: (performance.now() - t0) / 1000, maxRss: m ? Number(m[1]) * 1024 : NaN, status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+const moe = (args: string[]) => runCli(args, { entry: values.entry ? resolve(values.entry) : join(repo, 'src/cli/main.ts') });
 
 const modelBytes = (await import('node:fs/promises')).readdir(model).then(async (fs) => {
   let b = 0;
