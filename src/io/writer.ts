@@ -87,7 +87,6 @@ export class CheckpointWriter {
     readonly dir: string,
     private readonly shards: TensorSpec[][],
     private readonly handles: FileHandle[],
-    private readonly dataStarts: number[],
   ) {}
 
   /**
@@ -137,7 +136,7 @@ export class CheckpointWriter {
       handles.push(fh);
       dataStarts.push(header.byteLength);
     }
-    const w = new CheckpointWriter(dir, shards, handles, dataStarts);
+    const w = new CheckpointWriter(dir, shards, handles);
     shards.forEach((shard, i) => {
       let off = 0;
       for (const t of shard) {
