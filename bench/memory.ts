@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { makeSynthetic } from './make-synthetic.js';
-import { writeWordTokenizer, WORDS } from '../test/eval/tokenizer.js';
+import { writeWordTokenizer, WORDS, wordLines } from '../test/eval/tokenizer.js';
 import { runCli } from './child.js';
 
 const { values } = parseArgs({
@@ -41,7 +41,7 @@ try {
   await writeWordTokenizer(model);
   let s = 12345;
   const rnd = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
-  const lines = Array.from({ length: Math.ceil(tokens / 10) + 50 }, () => Array.from({ length: 12 }, () => WORDS[Math.floor(rnd() * WORDS.length)]).join(' '));
+  const lines = wordLines(Math.ceil(tokens / 10) + 50, rnd);
   const calib = join(root, 'calib.txt');
   await writeFile(calib, lines.join('\n') + '\n');
   const E = Number(values.experts);

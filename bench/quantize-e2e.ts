@@ -8,7 +8,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeSynthetic } from './make-synthetic.js';
-import { writeWordTokenizer, WORDS } from '../test/eval/tokenizer.js';
+import { writeWordTokenizer, WORDS, wordLines } from '../test/eval/tokenizer.js';
 import { quantize } from '../src/quantize/pipeline.js';
 import { summaryTable } from '../src/quantize/report.js';
 import { initBackend } from '../src/runtime/backend.js';
@@ -25,7 +25,7 @@ try {
   })();
   let s = 12345;
   const rnd = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
-  const lines = Array.from({ length: Math.ceil(tokens / 10) + 50 }, () => Array.from({ length: 12 }, () => WORDS[Math.floor(rnd() * WORDS.length)]).join(' '));
+  const lines = wordLines(Math.ceil(tokens / 10) + 50, rnd);
   const calib = join(root, 'calib.txt');
   await writeFile(calib, lines.join('\n') + '\n');
   await initBackend('auto');

@@ -16,7 +16,7 @@ import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { makeSynthetic } from './make-synthetic.js';
-import { writeWordTokenizer, WORDS } from '../test/eval/tokenizer.js';
+import { writeWordTokenizer, WORDS, wordLines } from '../test/eval/tokenizer.js';
 import { runCli } from './child.js';
 
 const { values } = parseArgs({
@@ -53,7 +53,7 @@ if (!(await exists(join(model, 'config.json')))) {
 if (!(await exists(calib))) {
   let s = 12345;
   const rnd = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
-  await writeFile(calib, Array.from({ length: 4000 }, () => Array.from({ length: 12 }, () => WORDS[Math.floor(rnd() * WORDS.length)]).join(' ')).join('\n') + '\n');
+  await writeFile(calib, wordLines(4000, rnd).join('\n') + '\n');
 }
 
 const moe = (args: string[]) => runCli(args, { entry: values.entry ? resolve(values.entry) : join(repo, 'src/cli/main.ts') });

@@ -27,3 +27,8 @@ export async function writeWordTokenizer(dir: string, opts: { bos?: string | nul
   await writeFile(join(dir, 'tokenizer_config.json'), JSON.stringify(cfg));
   return vocab;
 }
+
+/** `count` lines of `wordsPerLine` words drawn from WORDS with `rnd`: calibration text for a word-tokenizer model. */
+export function wordLines(count: number, rnd: () => number, wordsPerLine = 12): string[] {
+  return Array.from({ length: count }, () => Array.from({ length: wordsPerLine }, () => WORDS[Math.floor(rnd() * WORDS.length)]).join(' '));
+}

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExitCode } from '../../src/errors.js';
-import { writeWordTokenizer, WORDS } from '../eval/tokenizer.js';
+import { writeWordTokenizer, wordLines } from '../eval/tokenizer.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
 import { rng } from './synthetic.js';
 import { runMoe } from '../helpers/cli.js';
@@ -20,7 +20,7 @@ beforeAll(async () => {
   await writeWordTokenizer(model);
   const r = rng(2);
   calib = join(root, 'calib.txt');
-  await writeFile(calib, Array.from({ length: 30 }, () => Array.from({ length: 10 }, () => WORDS[Math.floor(r() * WORDS.length)]).join(' ')).join('\n') + '\n');
+  await writeFile(calib, wordLines(30, r, 10).join('\n') + '\n');
 });
 afterAll(async () => {
   await rm(root, { recursive: true, force: true });

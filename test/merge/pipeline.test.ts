@@ -10,7 +10,7 @@ import { merge, REPORT_FILE, type MergeReport } from '../../src/merge/pipeline.j
 import { loadRouter } from '../../src/model/load.js';
 import { openModel } from '../../src/model/open.js';
 import { initBackend } from '../../src/runtime/backend.js';
-import { writeWordTokenizer, WORDS } from '../eval/tokenizer.js';
+import { writeWordTokenizer, wordLines } from '../eval/tokenizer.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
 import { rng } from './synthetic.js';
 
@@ -27,7 +27,7 @@ beforeAll(async () => {
   await makeTinyCheckpoint('mixtral', model, { experts: 8, seed: 3 });
   await writeWordTokenizer(model);
   const r = rng(9);
-  const lines = Array.from({ length: 40 }, () => Array.from({ length: 12 }, () => WORDS[Math.floor(r() * WORDS.length)]).join(' '));
+  const lines = wordLines(40, r);
   calib = join(root, 'calib.txt');
   await writeFile(calib, lines.join('\n') + '\n');
   const m = await openModel(model);

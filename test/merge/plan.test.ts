@@ -15,7 +15,7 @@ import { openModel } from '../../src/model/open.js';
 import { initBackend } from '../../src/runtime/backend.js';
 import { runMoe } from '../helpers/cli.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
-import { writeWordTokenizer, WORDS } from '../eval/tokenizer.js';
+import { writeWordTokenizer, wordLines } from '../eval/tokenizer.js';
 import { rng } from './synthetic.js';
 import { outputFiles } from '../helpers/files.js';
 
@@ -37,7 +37,7 @@ beforeAll(async () => {
   await writeWordTokenizer(other);
   const r = rng(11);
   calib = join(root, 'calib.txt');
-  await writeFile(calib, Array.from({ length: 40 }, () => Array.from({ length: 12 }, () => WORDS[Math.floor(r() * WORDS.length)]).join(' ')).join('\n') + '\n');
+  await writeFile(calib, wordLines(40, r).join('\n') + '\n');
   const m = await openModel(model);
   try {
     stats = join(root, 'stats');

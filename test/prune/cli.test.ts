@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExitCode } from '../../src/errors.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
-import { writeWordTokenizer, WORDS } from '../eval/tokenizer.js';
+import { writeWordTokenizer, wordLines } from '../eval/tokenizer.js';
 import { seededRandom } from '../../kernels/random.js';
 import { runMoe } from '../helpers/cli.js';
 
@@ -67,7 +67,7 @@ describe('moe prune: dry run and JSON', () => {
     const calib = join(root, 'calib.txt');
     await writeWordTokenizer(model);
     const r = seededRandom(2);
-    await writeFile(calib, Array.from({ length: 30 }, () => Array.from({ length: 10 }, () => WORDS[Math.floor(r() * WORDS.length)]).join(' ')).join('\n') + '\n');
+    await writeFile(calib, wordLines(30, r, 10).join('\n') + '\n');
     const res = await run('--model', model, '--keep', '4', '--method', 'reconstruct', '--calib', calib, '--seq-len', '32', '--dry-run', '--json', '--backend', 'wasm');
     expect(res.code).toBe(0);
     const rep = JSON.parse(res.stdout);

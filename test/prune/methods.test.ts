@@ -10,7 +10,7 @@ import { keptFromScores } from '../../src/prune/plan.js';
 import { prune, type PruneReport } from '../../src/prune/pipeline.js';
 import { seededRandom } from '../../kernels/random.js';
 import { initBackend } from '../../src/runtime/backend.js';
-import { writeWordTokenizer, WORDS } from '../eval/tokenizer.js';
+import { writeWordTokenizer, wordLines } from '../eval/tokenizer.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
 
 let root: string;
@@ -23,7 +23,7 @@ beforeAll(async () => {
   await makeTinyCheckpoint('mixtral', model, { experts: 8, seed: 2 });
   await writeWordTokenizer(model);
   const r = seededRandom(4);
-  const lines = Array.from({ length: 40 }, () => Array.from({ length: 12 }, () => WORDS[Math.floor(r() * WORDS.length)]).join(' '));
+  const lines = wordLines(40, r);
   calib = join(root, 'calib.txt');
   await writeFile(calib, lines.join('\n') + '\n');
 });

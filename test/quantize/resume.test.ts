@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { seededRandom } from '../../kernels/random.js';
 import { stagingDirFor } from '../../src/io/output.js';
 import { RESUME_FILE } from '../../src/quantize/resume.js';
-import { writeWordTokenizer, WORDS } from '../eval/tokenizer.js';
+import { writeWordTokenizer, wordLines } from '../eval/tokenizer.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
 import { outputFiles } from '../helpers/files.js';
 import { spawnMoe } from '../helpers/cli.js';
@@ -27,7 +27,7 @@ beforeAll(async () => {
   await makeTinyCheckpoint('mixtral', model, { experts: 4, layers: 3, intermediate: 64, seed: 3 });
   await writeWordTokenizer(model);
   const r = seededRandom(5);
-  const lines = Array.from({ length: 60 }, () => Array.from({ length: 12 }, () => WORDS[Math.floor(r() * WORDS.length)]).join(' '));
+  const lines = wordLines(60, r);
   calib = join(root, 'calib.txt');
   await writeFile(calib, lines.join('\n') + '\n');
 });
