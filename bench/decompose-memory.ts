@@ -1,7 +1,7 @@
 /**
  * Peak memory of `moe decompose`: the dry run's estimate (report.memory) against the measured peak RSS of the real
  * run (process.resourceUsage().maxRSS of a child running the CLI), on a Mixtral-shaped synthetic model with a
- * word-level tokenizer and random-word calibration text.
+ * word-level tokenizer and random-word calibration text. Linux: the timeline reads /proc.
  *
  *   npx tsc -p tsconfig.json --outDir /tmp/moe-dist        # compiled CLI: tsx's loader adds its own memory
  *   npx tsx bench/decompose-memory.ts --work /tmp/dmem --hidden 512 --intermediate 1408 --experts 8 --layers 8 \
@@ -15,7 +15,7 @@
  *
  * The model, tokenizer and calibration text are made once under --work and reused by later runs.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -56,18 +56,32 @@ if (!(await exists(calib))) {
   await writeFile(calib, Array.from({ length: 4000 }, () => Array.from({ length: 12 }, () => WORDS[Math.floor(rnd() * WORDS.length)]).join(' ')).join('\n') + '\n');
 }
 
-/** The CLI in a child that reports its own peak RSS (getrusage maxrss) on exit. */
-function moe(args: string[]): { seconds: number; maxRss: number; trace: [number, number][]; status: number | null; stdout: string; stderr: string } {
+/**
+ * The CLI in a child that reports its own peak RSS (getrusage maxrss) on exit. The parent polls the child's
+ * /proc/<pid>/status every 500 ms for a timeline of VmRSS and VmHWM (the child's own timers would stall while it
+ * computes synchronously; VmHWM shows when the peak was reached).
+ */
+async function moe(args: string[]): Promise<{ seconds: number; maxRss: number; trace: [number, number, number][]; status: number | null; stdout: string; stderr: string }> {
   const entry = values.entry ? resolve(values.entry) : resolve('src/cli/main.ts');
-  // RSS sampled every 2 s (a timeline: flat when memory is bounded, a ramp when it grows with the layers)
-  const script = `const t0 = Date.now(); const tr = []; setInterval(() => tr.push([Math.round((Date.now() - t0) / 1000), Math.round(process.memoryUsage().rss / 1048576)]), 2000).unref();
-    import(${JSON.stringify(entry)}).then((m) => m.main(process.argv)).then((c) => { process.stderr.write('maxrss_kb ' + process.resourceUsage().maxRSS + '\\n' + 'rss_trace ' + JSON.stringify(tr) + '\\n'); process.exit(c); });`;
+  const script = `import(${JSON.stringify(entry)}).then((m) => m.main(process.argv)).then((c) => { process.stderr.write('maxrss_kb ' + process.resourceUsage().maxRSS + '\\n'); process.exit(c); });`;
   const t0 = performance.now();
   const loader = entry.endsWith('.ts') ? ['--import', 'tsx'] : [];
-  const r = spawnSync(process.execPath, [...loader, '--input-type=module', '-e', script, 'moe', ...args], { encoding: 'utf8', maxBuffer: 256 << 20 });
-  const m = /maxrss_kb (\d+)/.exec(r.stderr);
-  const t = /rss_trace (.*)/.exec(r.stderr);
-  return { seconds: (performance.now() - t0) / 1000, maxRss: m ? Number(m[1]) * 1024 : NaN, trace: t ? JSON.parse(t[1]!) : [], status: r.status, stdout: r.stdout, stderr: r.stderr };
+  const child = spawn(process.execPath, [...loader, '--input-type=module', '-e', script, 'moe', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => (stdout += String(d)));
+  child.stderr.on('data', (d) => (stderr += String(d)));
+  const trace: [number, number, number][] = [];
+  const poll = setInterval(() => {
+    readFile(`/proc/${child.pid}/status`, 'utf8').then((st) => {
+      const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(st)?.[1] ?? NaN);
+      trace.push([Math.round((performance.now() - t0) / 1000), Math.round(kb('VmRSS') / 1024), Math.round(kb('VmHWM') / 1024)]);
+    }, () => undefined);
+  }, 500);
+  const status = await new Promise<number | null>((res) => child.on('close', (code) => res(code)));
+  clearInterval(poll);
+  const m = /maxrss_kb (\d+)/.exec(stderr);
+  return { seconds: (performance.now() - t0) / 1000, maxRss: m ? Number(m[1]) * 1024 : NaN, trace, status, stdout, stderr };
 }
 
 async function dirBytes(dir: string): Promise<number> {
@@ -81,13 +95,13 @@ const base = ['decompose', '--model', model, '--ratio', values.ratio!, '--mode',
   ...(values.mode === 'svd' ? [] : ['--calib', calib, '--calib-tokens', values.tokens!]), ...values.extra!.split(' ').filter(Boolean)];
 type Estimate = { peakBytes: number; parts: { label: string; bytes: number }[] };
 if (values['dry-run']) {
-  const dry = moe([...base, '--dry-run', '--json']);
+  const dry = await moe([...base, '--dry-run', '--json']);
   if (dry.status !== 0) throw new Error(`dry run failed: ${dry.stderr.slice(-2000)}`);
   console.log(`  dry run: ${dry.seconds.toFixed(1)} s, peak RSS ${(dry.maxRss / MiB).toFixed(0)} MiB`);
 }
 const out = join(work, `out-${values.mode}-${values.label}`);
 await rm(out, { recursive: true, force: true });
-const r = moe([...base, '--out', out, '--quiet']);
+const r = await moe([...base, '--out', out, '--quiet']);
 if (r.status !== 0) throw new Error(`decompose failed: ${r.stderr.slice(-2000)}`);
 const report = JSON.parse(await readFile(join(out, 'moe-decompose-report.json'), 'utf8')) as { memory?: Estimate; optimal: boolean; allocation: string };
 const est = report.memory;
@@ -99,7 +113,9 @@ const rows = [
     est ? (r.maxRss / est.peakBytes).toFixed(2) : '-', r.seconds.toFixed(1), ((await dirBytes(out)) / MiB).toFixed(1)],
 ];
 for (const row of rows) console.log(row.join(' | '));
-// the timeline, thinned to about 24 points: seconds -> RSS MiB
-const step = Math.max(1, Math.ceil(r.trace.length / 24));
-console.log(`RSS timeline (s: MiB): ${r.trace.filter((_, i) => i % step === 0 || i === r.trace.length - 1).map(([t, m]) => `${t}: ${m}`).join(', ')}`);
+// the timeline, thinned to about 30 points: seconds -> RSS / high-water mark, MiB
+const step = Math.max(1, Math.ceil(r.trace.length / 30));
+console.log(`RSS timeline (s: RSS/HWM MiB): ${r.trace.filter((_, i) => i % step === 0 || i === r.trace.length - 1).map(([t, m, h]) => `${t}: ${m}/${h}`).join(', ')}`);
+const peakAt = r.trace.find(([, , h]) => h >= Math.max(...r.trace.map((x) => x[2])));
+if (peakAt) console.log(`high-water mark ${peakAt[2]} MiB reached by ${peakAt[0]} s of ${r.seconds.toFixed(0)} s`);
 console.log(`output kept in ${out}`);
