@@ -8,7 +8,8 @@
  *     SVD and its singular vectors, and the error measurement's products, all float64 on the host;
  *   - one layer of factors at the planned ranks (float64), handed to the writer;
  *   - the score pass's truncation spectra of every unit (one float64 per rank: small);
- *   - the writer's one new tensor (float64 product for --materialize, its float32 copy, the encoded bytes).
+ *   - the writer's one new tensor (float64 product for --materialize, its float32 copy, the encoded bytes);
+ *   - allocation churn: garbage not yet collected, fitted on measurements (see CHURN_PER_WORKSPACE).
  */
 import { estimatePeak, streamedPassParts, writerBytes, type MemoryEstimate, type MemoryPart } from '../runtime/memory.js';
 import type { Model } from '../model/open.js';
@@ -17,6 +18,16 @@ import type { UnitShape } from './units.js';
 
 const F64 = 8;
 const F32 = 4;
+
+/**
+ * Allocation churn. Every unit allocates its workspace afresh, and every product through tfjs leaves float32
+ * copies on the host, tens of MB of JS-heap garbage and a wasm heap that grows in steps and never shrinks; V8
+ * frees large arrays late, so the peak RSS sits above the live set by several units' worth. Fitted on
+ * bench/decompose-memory.ts (measured peak - live estimate): whitened H 512 / I 1408 +450 MiB (unit workspace
+ * 58 MiB), whitened H 256 / I 704 +174 MiB (14.5 MiB), svd H 512 / I 1408 +332 MiB (46.5 MiB).
+ */
+export const CHURN_PER_WORKSPACE = 6;
+export const CHURN_BASE_BYTES = 80 * 2 ** 20;
 
 export interface DecomposeMemoryOptions {
   /** a calibration forward pass runs (whitened modes, or --calib with svd) */
@@ -93,7 +104,9 @@ export function decomposeMemory(model: Model, shapes: readonly UnitShape[], rank
     parts.push({ label: "one layer's Gram matrices (float64)", bytes: maxOver((l) => l.E * ((l.proj.get('gate')?.n ?? 0) ** 2 + (l.proj.get('down')?.n ?? 0) ** 2) * F64) });
   }
   const whitened = mode !== 'svd';
-  parts.push({ label: 'factorisation of the largest unit (float64 SVD workspace)', bytes: shapes.reduce((a, u) => Math.max(a, unitWorkspaceBytes(u, whitened)), 0) });
+  const work = shapes.reduce((a, u) => Math.max(a, unitWorkspaceBytes(u, whitened)), 0);
+  parts.push({ label: 'factorisation of the largest unit (float64 SVD workspace)', bytes: work });
+  parts.push({ label: 'allocation churn not yet collected (fitted: 6 x the unit workspace + 80 MiB)', bytes: CHURN_PER_WORKSPACE * work + CHURN_BASE_BYTES });
   if (o.scoring) parts.push({ label: "every unit's truncation spectrum (score pass)", bytes: shapes.reduce((a, u) => a + (u.maxRank + 1) * F64, 0) });
   if (o.writing) {
     parts.push({ label: "one layer's factors at the planned ranks (float64)", bytes: maxOver((l) => l.units.reduce((a, u, i) => a + unitParams(u, l.ranks[i]!), 0) * F64) });
