@@ -99,7 +99,7 @@ if (values['dry-run']) {
   if (dry.status !== 0) throw new Error(`dry run failed: ${dry.stderr.slice(-2000)}`);
   console.log(`  dry run: ${dry.seconds.toFixed(1)} s, peak RSS ${(dry.maxRss / MiB).toFixed(0)} MiB`);
 }
-const out = join(work, `out-${values.mode}-${values.label}`);
+const out = join(work, `out-h${H}-i${I}-e${E}-l${L}-${values.mode}-${values.label}`);
 await rm(out, { recursive: true, force: true });
 const r = await moe([...base, '--out', out, '--quiet']);
 if (r.status !== 0) throw new Error(`decompose failed: ${r.stderr.slice(-2000)}`);

@@ -256,7 +256,7 @@ interface AppliedSummary {
 async function applyAndWrite(
   model: Model, req: DecomposeRequest, mode: DecomposeMode, src: LayerSource, shapes: readonly UnitShape[], ranks: readonly number[],
   opts: ScoreOptions, shard: ShardSpec | undefined,
-): Promise<{ units: AppliedSummary[]; tokens: number; output: { tensors: number; bytes: number }; maxAlive: number }> {
+): Promise<{ units: AppliedSummary[]; tokens: number; output: { tensors: number; bytes: number } }> {
   const byId = new Map(shapes.map((u, i) => [u.id, { shape: u, rank: ranks[i]! }]));
   const own = (layer: number) => !shard || shardOwner(layer, shard.count) === shard.index;
   const handoff = new LayerHandoff();
@@ -301,7 +301,7 @@ async function applyAndWrite(
   if (a.status === 'rejected') throw a.reason;
   if (w.status === 'rejected') throw w.reason;
   phase?.succeed(`apply + write: ${done} layers, ${w.value.tensors} tensors, ${(w.value.bytes / 2 ** 20).toFixed(1)} MiB${shard ? ` (shard ${shard.index}/${shard.count})` : ''}`);
-  return { units, tokens: a.value, output: { tensors: w.value.tensors, bytes: w.value.bytes }, maxAlive: handoff.maxAlive };
+  return { units, tokens: a.value, output: { tensors: w.value.tensors, bytes: w.value.bytes } };
 }
 
 /** The write plan's factored linears: one per expert and projection, at its unit's planned rank. */
