@@ -20,7 +20,7 @@ import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { makeSynthetic } from './make-synthetic.js';
-import { writeWordTokenizer, WORDS } from '../test/eval/tokenizer.js';
+import { wordLines, writeWordTokenizer, WORDS } from '../test/eval/tokenizer.js';
 
 const { values } = parseArgs({
   options: {
@@ -53,7 +53,7 @@ if (!(await exists(join(model, 'config.json')))) {
 if (!(await exists(calib))) {
   let s = 12345;
   const rnd = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
-  await writeFile(calib, Array.from({ length: 4000 }, () => Array.from({ length: 12 }, () => WORDS[Math.floor(rnd() * WORDS.length)]).join(' ')).join('\n') + '\n');
+  await writeFile(calib, wordLines(4000, rnd).join('\n') + '\n');
 }
 
 /**

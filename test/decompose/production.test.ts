@@ -5,13 +5,13 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-wasm';
-import { spawnSync } from 'node:child_process';
-import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decompose } from '../../src/decompose/pipeline.js';
-import { runMoe } from '../helpers/cli.js';
+import { runMoe, spawnMoe } from '../helpers/cli.js';
+import { outputFiles } from '../helpers/files.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
 
 let root: string;
@@ -21,12 +21,7 @@ let wide: string;
 const windows = Array.from({ length: 6 }, (_, w) => Int32Array.from({ length: 24 }, (_, i) => (w * 31 + i * 7 + ((i * i) % 5)) % 64));
 const exists = (p: string) => stat(p).then(() => true, () => false);
 
-/** Every file of a checkpoint directory except the report (paths and timings). */
-async function contents(dir: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  for (const f of (await readdir(dir)).sort()) if (!/report/.test(f)) out[f] = (await readFile(join(dir, f))).toString('base64');
-  return out;
-}
+const contents = outputFiles;
 
 beforeAll(async () => {
   await tf.setBackend('wasm');
@@ -196,7 +191,7 @@ describe('kill -9 mid-write, then the same command again', () => {
     const plan = join(root, 'kill.plan.json');
     await decompose({ model, ratio: 0.6, mode: 'svd', dryRun: true, savePlan: plan, allocSeconds: 1 });
     const args = ['decompose', '--model', model, '--out', out, '--ratio', '0.6', '--mode', 'svd', '--plan', plan, '--backend', 'wasm', '--quiet'];
-    const moe = (env: Record<string, string> = {}) => spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/entry.ts', ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 120_000 });
+    const moe = (env: Record<string, string> = {}) => spawnMoe(args, env);
     // embeddings, layer 0 (7 copied tensors, 4 experts x 3 linears x 2 factors) and 10 tensors into layer 1
     const killed = moe({ MOE_TEST_KILL_AFTER_WRITES: String(1 + 7 + 24 + 10) });
     expect(killed.signal).toBe('SIGKILL');
