@@ -16,11 +16,10 @@
  * The model, tokenizer and calibration text are made once under --work and reused by later runs.
  */
 import { spawn } from 'node:child_process';
-import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { readFile, readdir, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { makeSynthetic } from './make-synthetic.js';
-import { wordLines, writeWordTokenizer, WORDS } from '../test/eval/tokenizer.js';
+import { ensureWordModel } from './word-model.js';
 
 const { values } = parseArgs({
   options: {
@@ -40,21 +39,9 @@ const { values } = parseArgs({
 });
 const H = Number(values.hidden), I = Number(values.intermediate), E = Number(values.experts), L = Number(values.layers);
 const work = resolve(values.work!);
-const model = join(work, `synth-h${H}-i${I}-e${E}-l${L}`);
-const calib = join(work, 'calib.txt');
+const { model, calib } = await ensureWordModel(work, { hidden: H, intermediate: I, experts: E, layers: L });
 const MiB = 2 ** 20;
 
-const exists = (p: string) => stat(p).then(() => true, () => false);
-await mkdir(work, { recursive: true });
-if (!(await exists(join(model, 'config.json')))) {
-  await makeSynthetic({ out: model, hidden: H, intermediate: I, experts: E, layers: L, heads: Math.max(1, H / 64), kvHeads: Math.max(1, H / 256), vocab: WORDS.length + 3, dtype: 'BF16', force: true, quiet: true });
-  await writeWordTokenizer(model);
-}
-if (!(await exists(calib))) {
-  let s = 12345;
-  const rnd = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
-  await writeFile(calib, wordLines(4000, rnd).join('\n') + '\n');
-}
 
 /**
  * The CLI in a child that reports its own peak RSS (getrusage maxrss) on exit. The parent polls the child's
