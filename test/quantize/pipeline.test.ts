@@ -1,5 +1,5 @@
 /** moe quantize end to end on a tiny random Mixtral: GPTQ-format output, true-bit accounting, loading back, errors. */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,15 +7,13 @@ import { Checkpoint } from '../../src/io/checkpoint.js';
 import { loadLinear } from '../../src/model/load.js';
 import { openModel } from '../../src/model/open.js';
 import { initBackend } from '../../src/runtime/backend.js';
-import { seededRandom } from '../../kernels/random.js';
 import { dequantizeCheckpoint } from '../../src/quantize/dequantize.js';
 import { bitsForModule, readGptq } from '../../src/quantize/format.js';
 import { quantize, type QuantizeRequest } from '../../src/quantize/pipeline.js';
 import { gptqBytes } from '../../kernels/quant/pack.js';
 import { dequantize } from '../../kernels/quant/rtn.js';
 import { MoeError } from '../../src/errors.js';
-import { writeWordTokenizer, wordLines } from '../eval/tokenizer.js';
-import { makeTinyCheckpoint } from '../helpers/families.js';
+import { makeQuantizeModel } from './word-model.js';
 
 let root: string;
 let model: string;
@@ -23,13 +21,7 @@ let calib: string;
 beforeAll(async () => {
   await initBackend('wasm');
   root = await mkdtemp(join(tmpdir(), 'moe-quantize-'));
-  model = join(root, 'mixtral');
-  await makeTinyCheckpoint('mixtral', model, { experts: 4, layers: 2, intermediate: 64, seed: 3 });
-  await writeWordTokenizer(model);
-  const r = seededRandom(5);
-  const lines = wordLines(60, r);
-  calib = join(root, 'calib.txt');
-  await writeFile(calib, lines.join('\n') + '\n');
+  ({ model, calib } = await makeQuantizeModel(root, 2));
 });
 afterAll(async () => {
   await rm(root, { recursive: true, force: true });

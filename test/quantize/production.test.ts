@@ -7,15 +7,14 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { seededRandom } from '../../kernels/random.js';
 import { initBackend } from '../../src/runtime/backend.js';
 import { quantize, type QuantizeRequest } from '../../src/quantize/pipeline.js';
 import { LayerHandoff } from '../../src/quantize/handoff.js';
 import { ExitCode } from '../../src/errors.js';
-import { writeWordTokenizer, wordLines } from '../eval/tokenizer.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
 import { runMoe } from '../helpers/cli.js';
 import { outputFiles } from '../helpers/files.js';
+import { makeQuantizeModel } from './word-model.js';
 
 let root: string;
 let model: string;
@@ -23,13 +22,7 @@ let calib: string;
 beforeAll(async () => {
   await initBackend('wasm');
   root = await mkdtemp(join(tmpdir(), 'moe-quantize-prod-'));
-  model = join(root, 'mixtral');
-  await makeTinyCheckpoint('mixtral', model, { experts: 4, layers: 3, intermediate: 64, seed: 3 });
-  await writeWordTokenizer(model);
-  const r = seededRandom(5);
-  const lines = wordLines(60, r);
-  calib = join(root, 'calib.txt');
-  await writeFile(calib, lines.join('\n') + '\n');
+  ({ model, calib } = await makeQuantizeModel(root, 3));
 });
 afterAll(async () => {
   await rm(root, { recursive: true, force: true });

@@ -4,17 +4,15 @@
  * pass or GPTQ for the layers before), the plan the killed run scored is reused (no scoring pass), and the output
  * equals an uninterrupted run's byte for byte.
  */
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { seededRandom } from '../../kernels/random.js';
 import { stagingDirFor } from '../../src/io/output.js';
 import { RESUME_FILE } from '../../src/quantize/resume.js';
-import { writeWordTokenizer, wordLines } from '../eval/tokenizer.js';
-import { makeTinyCheckpoint } from '../helpers/families.js';
 import { outputFiles } from '../helpers/files.js';
 import { spawnMoe } from '../helpers/cli.js';
+import { makeQuantizeModel } from './word-model.js';
 
 let root: string;
 let model: string;
@@ -23,13 +21,7 @@ const exists = (p: string) => stat(p).then(() => true, () => false);
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'moe-quantize-resume-'));
-  model = join(root, 'mixtral');
-  await makeTinyCheckpoint('mixtral', model, { experts: 4, layers: 3, intermediate: 64, seed: 3 });
-  await writeWordTokenizer(model);
-  const r = seededRandom(5);
-  const lines = wordLines(60, r);
-  calib = join(root, 'calib.txt');
-  await writeFile(calib, lines.join('\n') + '\n');
+  ({ model, calib } = await makeQuantizeModel(root, 3));
 });
 afterAll(async () => {
   await rm(root, { recursive: true, force: true });
