@@ -110,6 +110,36 @@ function checkGroupInput(g: ExpertGroup, weights: number[], align: MergeChoices[
 }
 
 /**
+ * One group's merge, member by member: the anchor first, then each member aligned onto it and added to the
+ * weighted average. Shared by the in-memory merge and the streamed one, which differ only in how members arrive.
+ */
+class GroupMerge {
+  private readonly avg = new ExpertAverager();
+  private readonly alignment: GroupReport['alignment'] = [null];
+  private readonly perms: Array<Int32Array | null> = [null];
+  private readonly tokens = {};
+
+  constructor(
+    private readonly g: ExpertGroup, private readonly anchor: SwiGLUWeights, private readonly weights: number[],
+    private readonly align: MergeChoices['align'], private readonly ctx: GroupContext,
+  ) {
+    this.avg.add(anchor, weights[0]);
+  }
+
+  add(k: number, member: SwiGLUWeights): void {
+    const a = alignMember(this.anchor, member, this.g, k, this.align, this.ctx, this.tokens);
+    this.avg.add(a.perm ? permuteUnits(member, a.perm) : member, this.weights[k]);
+    this.alignment.push(a.alignment);
+    this.perms.push(a.perm);
+  }
+
+  result(): MergedGroup {
+    const { g, weights, alignment, perms } = this;
+    return { expert: this.avg.result(), report: { anchor: g.anchor, members: g.members, weights, alignment }, perms };
+  }
+}
+
+/**
  * Align a group's members onto its anchor and average them with the given weights, one member at a time: the
  * anchor, the running float64 sum and the member being aligned are all that is held, so members can be loaded
  * lazily (the write of a planned merge). Equal, bit for bit, to mergeGroup on the same experts.
@@ -118,20 +148,9 @@ export async function mergeGroupStreamed(
   g: ExpertGroup, load: (j: number) => Promise<SwiGLUWeights>, weights: number[], align: MergeChoices['align'], ctx: GroupContext,
 ): Promise<MergedGroup> {
   checkGroupInput(g, weights, align, ctx);
-  const anchor = await load(g.anchor);
-  const avg = new ExpertAverager();
-  avg.add(anchor, weights[0]);
-  const alignment: GroupReport['alignment'] = [null];
-  const perms: Array<Int32Array | null> = [null];
-  const tokens = {};
-  for (let k = 1; k < g.members.length; k++) {
-    const member = await load(g.members[k]);
-    const a = alignMember(anchor, member, g, k, align, ctx, tokens);
-    avg.add(a.perm ? permuteUnits(member, a.perm) : member, weights[k]);
-    alignment.push(a.alignment);
-    perms.push(a.perm);
-  }
-  return { expert: avg.result(), report: { anchor: g.anchor, members: g.members, weights, alignment }, perms };
+  const m = new GroupMerge(g, await load(g.anchor), weights, align, ctx);
+  for (let k = 1; k < g.members.length; k++) m.add(k, await load(g.members[k]));
+  return m.result();
 }
 
 /** Align a group's members onto its anchor and average them with the given weights (experts in memory). */
@@ -148,20 +167,9 @@ export function mergeGroup(
     return e;
   };
   checkGroupInput(g, weights, align, ctx);
-  const anchor = get(g.anchor);
-  const avg = new ExpertAverager();
-  avg.add(anchor, weights[0]);
-  const alignment: GroupReport['alignment'] = [null];
-  const perms: Array<Int32Array | null> = [null];
-  const tokens = {};
-  for (let k = 1; k < g.members.length; k++) {
-    const member = get(g.members[k]);
-    const a = alignMember(anchor, member, g, k, align, ctx, tokens);
-    avg.add(a.perm ? permuteUnits(member, a.perm) : member, weights[k]);
-    alignment.push(a.alignment);
-    perms.push(a.perm);
-  }
-  return { expert: avg.result(), report: { anchor: g.anchor, members: g.members, weights, alignment }, perms };
+  const m = new GroupMerge(g, get(g.anchor), weights, align, ctx);
+  for (let k = 1; k < g.members.length; k++) m.add(k, get(g.members[k]));
+  return m.result();
 }
 
 export function mergeLayer(input: MergeLayerInput, choices: MergeChoices, opts: MergeLayerOptions = {}): MergedLayer {
