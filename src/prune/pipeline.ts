@@ -22,7 +22,7 @@ import { seededRandom } from '../../kernels/random.js';
 import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from './sizes.js';
 import { loadPlan, savePlan } from '../model/planfile.js';
 import { estimatePeak, maxEstimate, streamedPassParts, writerBytes, type MemoryEstimate } from '../runtime/memory.js';
-import { loadWindowSet } from '../data/windows.js';
+import { DEFAULT_SEQ_LEN } from '../data/windows.js';
 
 export interface PruneRequest {
   model: string;
@@ -153,16 +153,14 @@ function checkSavedPlan(view: Model['view'], raw: unknown, keep: number, groups:
   return out;
 }
 
-/** Peak memory: the scoring pass (calibration forward, or reconstruct's whole-layer hook) or the write, whichever is larger. */
-async function estimateMemory(model: Model, req: PruneRequest, method: PruneMethod): Promise<MemoryEstimate> {
+/**
+ * Peak memory: the scoring pass (calibration forward, or reconstruct's whole-layer hook) or the write, whichever is
+ * larger. `tokens`: the calibration tokens the scoring pass ran on (the text is not tokenized a second time).
+ */
+async function estimateMemory(model: Model, req: PruneRequest, method: PruneMethod, tokens: number): Promise<MemoryEstimate> {
   const write = estimatePeak([{ label: 'writer: one tensor copy in flight', bytes: writerBytes(model.ckpt) }], { tensorBackend: !!req.calib && !req.plan });
   if (req.plan || !req.calib || method.kind === 'none') return write;
-  const set = await loadWindowSet(model.dir, req.calib, {
-    ...(req.calibTokens !== undefined ? { maxTokens: req.calibTokens } : {}),
-    ...(req.seqLen !== undefined ? { seqLen: req.seqLen } : {}),
-  });
-  const tokens = set.windows.reduce((a, w) => a + w.length, 0);
-  const S = set.windows[0]?.length ?? set.seqLen;
+  const S = req.seqLen ?? DEFAULT_SEQ_LEN;
   const { hidden: H, numExperts: E } = model.view.dims;
   const forward = method.kind === 'forward';
   const parts = streamedPassParts(model.ckpt, model.view, tokens, S, forward);
@@ -251,7 +249,7 @@ export async function prune(req: PruneRequest): Promise<PruneReport> {
       calibration,
       layers,
       sizes: { before, after, predicted },
-      memory: await estimateMemory(model, req, method),
+      memory: await estimateMemory(model, req, method, calibration.tokens),
       seconds: (Date.now() - started) / 1000,
     };
     if (!req.dryRun) await writeFile(join(req.out!, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
