@@ -24,7 +24,10 @@ const S = Number(values['seq-len']);
 async function measure(label: string, model: Model, windows: Int32Array[]): Promise<void> {
   await streamModel(model, windows.slice(0, 1));
   const T = windows.reduce((a, w) => a + w.length, 0);
-  const cpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
+  const cpu = () => {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1e6;
+  };
   let c0 = cpu();
   const t0 = performance.now();
   await streamModel(model, windows);
@@ -35,12 +38,17 @@ async function measure(label: string, model: Model, windows: Int32Array[]): Prom
   await collectStats(model, windows);
   const cal = (performance.now() - t1) / 1000;
   const calCpu = cpu() - c0;
-  console.log(`${label}: ${T} tokens; calibrate ${(T / calCpu).toFixed(0)} tokens per CPU-second (wall ${(T / cal).toFixed(0)} tokens/s, ${cal.toFixed(2)} s), bare forward ${(T / fwdCpu).toFixed(0)} tokens per CPU-second; statistics cost x${(calCpu / fwdCpu).toFixed(2)} CPU; peak RSS so far ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MB`);
+  console.log(
+    `${label}: ${T} tokens; calibrate ${(T / calCpu).toFixed(0)} tokens per CPU-second (wall ${(T / cal).toFixed(0)} tokens/s, ${cal.toFixed(2)} s), bare forward ${(T / fwdCpu).toFixed(0)} tokens per CPU-second; statistics cost x${(calCpu / fwdCpu).toFixed(2)} CPU; peak RSS so far ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MB`,
+  );
 }
 
 await initBackend('auto');
 const fixture = 'test/fixtures/tiny-mixtral';
-const haveFixture = await stat(join(fixture, 'config.json')).then(() => true, () => false);
+const haveFixture = await stat(join(fixture, 'config.json')).then(
+  () => true,
+  () => false,
+);
 if (haveFixture) {
   const m = await openModel(fixture);
   const windows = await loadWindows(fixture, 'test/fixtures/text/calib.txt', { seqLen: S, maxTokens: N * S });
@@ -50,7 +58,18 @@ if (haveFixture) {
 
 const dir = await mkdtemp(join(tmpdir(), 'moe-bench-cal-'));
 try {
-  await makeSynthetic({ out: join(dir, 'm'), hidden: 512, intermediate: 1024, experts: 8, layers: 4, heads: 8, kvHeads: 2, vocab: 8000, dtype: 'BF16', quiet: true });
+  await makeSynthetic({
+    out: join(dir, 'm'),
+    hidden: 512,
+    intermediate: 1024,
+    experts: 8,
+    layers: 4,
+    heads: 8,
+    kvHeads: 2,
+    vocab: 8000,
+    dtype: 'BF16',
+    quiet: true,
+  });
   const m = await openModel(join(dir, 'm'));
   let seed = 1;
   const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 8) % 8000;
@@ -60,4 +79,8 @@ try {
 } finally {
   await rm(dir, { recursive: true, force: true });
 }
-console.log(`load average ${loadavg().map((x) => x.toFixed(1)).join(' ')} (other jobs share this machine)`);
+console.log(
+  `load average ${loadavg()
+    .map((x) => x.toFixed(1))
+    .join(' ')} (other jobs share this machine)`,
+);

@@ -32,8 +32,19 @@ export function runCli(args: readonly string[], opts: ChildOptions = {}): ChildR
   const script = `${sampler} import(${JSON.stringify(entry)}).then((m) => m.main(process.argv)).then((c) => { process.stderr.write('rss_trace ' + JSON.stringify(tr) + '\\nmaxrss_kb ' + process.resourceUsage().maxRSS + '\\n'); process.exit(c); });`;
   const loader = entry.endsWith('.ts') ? ['--import', 'tsx'] : [];
   const t0 = performance.now();
-  const r = spawnSync(process.execPath, [...loader, '--input-type=module', '-e', script, 'moe', ...args], { encoding: 'utf8', maxBuffer: 256 << 20, ...(opts.cwd ? { cwd: opts.cwd } : {}) });
+  const r = spawnSync(process.execPath, [...loader, '--input-type=module', '-e', script, 'moe', ...args], {
+    encoding: 'utf8',
+    maxBuffer: 256 << 20,
+    ...(opts.cwd ? { cwd: opts.cwd } : {}),
+  });
   const m = /maxrss_kb (\d+)/.exec(r.stderr);
   const t = /rss_trace (.*)/.exec(r.stderr);
-  return { seconds: (performance.now() - t0) / 1000, maxRss: m ? Number(m[1]) * 1024 : NaN, trace: t ? JSON.parse(t[1]!) : [], status: r.status, stdout: r.stdout, stderr: r.stderr };
+  return {
+    seconds: (performance.now() - t0) / 1000,
+    maxRss: m ? Number(m[1]) * 1024 : NaN,
+    trace: t ? JSON.parse(t[1]!) : [],
+    status: r.status,
+    stdout: r.stdout,
+    stderr: r.stderr,
+  };
 }

@@ -37,18 +37,22 @@ const { values } = parseArgs({
     'dry-run': { type: 'boolean', default: false },
   },
 });
-const H = Number(values.hidden), I = Number(values.intermediate), E = Number(values.experts), L = Number(values.layers);
+const H = Number(values.hidden),
+  I = Number(values.intermediate),
+  E = Number(values.experts),
+  L = Number(values.layers);
 const work = resolve(values.work!);
 const { model, calib } = await ensureWordModel(work, { hidden: H, intermediate: I, experts: E, layers: L });
 const MiB = 2 ** 20;
-
 
 /**
  * The CLI in a child that reports its own peak RSS (getrusage maxrss) on exit. The parent polls the child's
  * /proc/<pid>/status every 500 ms for a timeline of VmRSS and VmHWM (the child's own timers would stall while it
  * computes synchronously; VmHWM shows when the peak was reached).
  */
-async function moe(args: string[]): Promise<{ seconds: number; maxRss: number; trace: [number, number, number][]; status: number | null; stdout: string; stderr: string }> {
+async function moe(
+  args: string[],
+): Promise<{ seconds: number; maxRss: number; trace: [number, number, number][]; status: number | null; stdout: string; stderr: string }> {
   const entry = values.entry ? resolve(values.entry) : resolve('src/cli/main.ts');
   const script = `import(${JSON.stringify(entry)}).then((m) => m.main(process.argv)).then((c) => { process.stderr.write('maxrss_kb ' + process.resourceUsage().maxRSS + '\\n'); process.exit(c); });`;
   const t0 = performance.now();
@@ -60,10 +64,13 @@ async function moe(args: string[]): Promise<{ seconds: number; maxRss: number; t
   child.stderr.on('data', (d) => (stderr += String(d)));
   const trace: [number, number, number][] = [];
   const poll = setInterval(() => {
-    readFile(`/proc/${child.pid}/status`, 'utf8').then((st) => {
-      const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(st)?.[1] ?? NaN);
-      trace.push([Math.round((performance.now() - t0) / 1000), Math.round(kb('VmRSS') / 1024), Math.round(kb('VmHWM') / 1024)]);
-    }, () => undefined);
+    readFile(`/proc/${child.pid}/status`, 'utf8').then(
+      (st) => {
+        const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(st)?.[1] ?? NaN);
+        trace.push([Math.round((performance.now() - t0) / 1000), Math.round(kb('VmRSS') / 1024), Math.round(kb('VmHWM') / 1024)]);
+      },
+      () => undefined,
+    );
   }, 500);
   const status = await new Promise<number | null>((res) => child.on('close', (code) => res(code)));
   clearInterval(poll);
@@ -77,9 +84,22 @@ async function dirBytes(dir: string): Promise<number> {
   return b;
 }
 
-console.log(`model ${model}: hidden ${H}, ${E} experts of ${I}, ${L} layers, ${((await dirBytes(model)) / MiB).toFixed(0)} MiB BF16; CLI ${values.entry ?? 'src/cli/main.ts (tsx)'}`);
-const base = ['decompose', '--model', model, '--ratio', values.ratio!, '--mode', values.mode!, '--backend', 'wasm',
-  ...(values.mode === 'svd' ? [] : ['--calib', calib, '--calib-tokens', values.tokens!]), ...values.extra!.split(' ').filter(Boolean)];
+console.log(
+  `model ${model}: hidden ${H}, ${E} experts of ${I}, ${L} layers, ${((await dirBytes(model)) / MiB).toFixed(0)} MiB BF16; CLI ${values.entry ?? 'src/cli/main.ts (tsx)'}`,
+);
+const base = [
+  'decompose',
+  '--model',
+  model,
+  '--ratio',
+  values.ratio!,
+  '--mode',
+  values.mode!,
+  '--backend',
+  'wasm',
+  ...(values.mode === 'svd' ? [] : ['--calib', calib, '--calib-tokens', values.tokens!]),
+  ...values.extra!.split(' ').filter(Boolean),
+];
 type Estimate = { peakBytes: number; parts: { label: string; bytes: number }[] };
 if (values['dry-run']) {
   const dry = await moe([...base, '--dry-run', '--json']);
@@ -96,13 +116,26 @@ if (est) for (const p of est.parts) console.log(`  estimate: ${(p.bytes / MiB).t
 console.log(`  allocation ${report.allocation}${report.allocation === 'knapsack' ? ` (${report.optimal ? 'optimal' : 'time limit'})` : ''}`);
 const rows = [
   ['label', 'mode', 'flags', 'estimated MiB', 'measured peak RSS MiB', 'measured / estimated', 'seconds', 'output MiB'],
-  [values.label!, values.mode!, `--ratio ${values.ratio} ${values.extra}`.trim(), est ? (est.peakBytes / MiB).toFixed(0) : '-', (r.maxRss / MiB).toFixed(0),
-    est ? (r.maxRss / est.peakBytes).toFixed(2) : '-', r.seconds.toFixed(1), ((await dirBytes(out)) / MiB).toFixed(1)],
+  [
+    values.label!,
+    values.mode!,
+    `--ratio ${values.ratio} ${values.extra}`.trim(),
+    est ? (est.peakBytes / MiB).toFixed(0) : '-',
+    (r.maxRss / MiB).toFixed(0),
+    est ? (r.maxRss / est.peakBytes).toFixed(2) : '-',
+    r.seconds.toFixed(1),
+    ((await dirBytes(out)) / MiB).toFixed(1),
+  ],
 ];
 for (const row of rows) console.log(row.join(' | '));
 // the timeline, thinned to about 30 points: seconds -> RSS / high-water mark, MiB
 const step = Math.max(1, Math.ceil(r.trace.length / 30));
-console.log(`RSS timeline (s: RSS/HWM MiB): ${r.trace.filter((_, i) => i % step === 0 || i === r.trace.length - 1).map(([t, m, h]) => `${t}: ${m}/${h}`).join(', ')}`);
+console.log(
+  `RSS timeline (s: RSS/HWM MiB): ${r.trace
+    .filter((_, i) => i % step === 0 || i === r.trace.length - 1)
+    .map(([t, m, h]) => `${t}: ${m}/${h}`)
+    .join(', ')}`,
+);
 const peakAt = r.trace.find(([, , h]) => h >= Math.max(...r.trace.map((x) => x[2])));
 if (peakAt) console.log(`high-water mark ${peakAt[2]} MiB reached by ${peakAt[0]} s of ${r.seconds.toFixed(0)} s`);
 console.log(`output kept in ${out}`);

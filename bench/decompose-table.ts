@@ -36,7 +36,7 @@ const allocLoss = arg('alloc-loss', 'absolute') as 'absolute' | 'group';
 const uniforms = arg('uniform', 'both') === 'both' ? [false, true] : [arg('uniform', 'both') === 'yes'];
 const evalTokens = process.argv.includes('--eval-tokens') ? Number(arg('eval-tokens', '0')) : undefined;
 
-await initBackend((arg('backend', 'auto')) as 'auto');
+await initBackend(arg('backend', 'auto') as 'auto');
 const tmp = await mkdtemp(join(tmpdir(), 'moe-decompose-table-'));
 try {
   // one calibration pass serves every row (the CLI runs it per call; the Grams are the same)
@@ -47,7 +47,10 @@ try {
   console.log(`calibration: ${grams.tokens} tokens, ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   const base = await evaluate({ model, data: heldout, maxTokens: evalTokens });
   console.log(`original: perplexity ${base.perplexity.toFixed(3)} on ${base.tokens} held-out tokens`);
-  const rows: string[] = ['| mode | ratio | ranks | kept params | held-out ppl | Δ vs original | rms rel. act. error | seconds |', '|---|---|---|---|---|---|---|---|'];
+  const rows: string[] = [
+    '| mode | ratio | ranks | kept params | held-out ppl | Δ vs original | rms rel. act. error | seconds |',
+    '|---|---|---|---|---|---|---|---|',
+  ];
   for (const ratio of ratios) {
     for (const mode of modes) {
       for (const uniform of uniforms) {

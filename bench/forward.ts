@@ -27,7 +27,13 @@ const { values } = parseArgs({
 const N = Number(values.windows);
 const S = Number(values['seq-len']);
 const V = Number(values.vocab);
-const H = 256, I = 512, E = 8, L = 4, K = 2, heads = 8, kvHeads = 2;
+const H = 256,
+  I = 512,
+  E = 8,
+  L = 4,
+  K = 2,
+  heads = 8,
+  kvHeads = 2;
 
 function matmulRate(m: number, k: number, n: number, transposeB = false): { wall: number; cpu: number } {
   const a = tf.randomNormal([m, k]) as tf.Tensor2D;
@@ -64,7 +70,10 @@ try {
   await streamModel(model, windows.slice(0, 1));
   // CPU seconds as well as wall seconds: on a shared machine the process gets a fraction of a core, and tokens per
   // CPU-second is the per-thread rate (the forward is single-threaded)
-  const cpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
+  const cpu = () => {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1e6;
+  };
   const c0 = cpu();
   const t0 = performance.now();
   await streamModel(model, windows);
@@ -77,17 +86,27 @@ try {
   const evCpu = cpu() - c1;
   // matmul flops per token of one layer: q,k,v,o + router + k experts x 3 projections; attention scores + values
   const hd = H / heads;
-  const layerFlops = 2 * (H * heads * hd + 2 * H * kvHeads * hd + heads * hd * H + E * H + K * 3 * H * I) + 2 * 2 * heads * hd * (S + 1) / 2;
+  const layerFlops = 2 * (H * heads * hd + 2 * H * kvHeads * hd + heads * hd * H + E * H + K * 3 * H * I) + (2 * 2 * heads * hd * (S + 1)) / 2;
   const fwdFlops = L * layerFlops * T;
   const rate = matmulRate(4096, 256, 512);
   const rateT = matmulRate(4096, 256, 512, true);
   const achievedCpu = fwdFlops / fwdCpu / 1e9;
   const rss = process.resourceUsage().maxRSS / 1024;
   console.log(`backend ${backend}; ${N} windows x ${S + 1} tokens = ${T} tokens; H ${H}, ${L} layers, ${E} experts of ${I}, top-${K}, vocab ${V}`);
-  console.log(`calibration forward: ${(T / fwdCpu).toFixed(0)} tokens per CPU-second (per thread; target >= 1300), wall ${(T / fwd).toFixed(0)} tokens/s (${fwd.toFixed(2)} s wall, ${fwdCpu.toFixed(2)} s CPU); ${achievedCpu.toFixed(2)} GFLOP per CPU-second in matmuls`);
-  console.log(`eval (forward + lm_head ${V}): ${(ev.scored / evCpu).toFixed(0)} scored tokens per CPU-second, wall ${(ev.scored / evs).toFixed(0)} tokens/s; ppl ${Math.exp(ev.nll / ev.scored).toFixed(1)}`);
-  console.log(`baseline: plain ${backend} matmul [4096x256]x[256x512] ${rate.cpu.toFixed(2)} GFLOP per CPU-second (wall ${rate.wall.toFixed(2)} GFLOP/s); the forward reaches ${(achievedCpu / rate.cpu).toFixed(2)} of it (with transposeB, as the forward first did: ${rateT.cpu.toFixed(2)})`);
-  console.log(`peak RSS ${rss.toFixed(0)} MB; load average ${loadavg().map((x) => x.toFixed(1)).join(' ')} on this machine during the run (other jobs share the cores)`);
+  console.log(
+    `calibration forward: ${(T / fwdCpu).toFixed(0)} tokens per CPU-second (per thread; target >= 1300), wall ${(T / fwd).toFixed(0)} tokens/s (${fwd.toFixed(2)} s wall, ${fwdCpu.toFixed(2)} s CPU); ${achievedCpu.toFixed(2)} GFLOP per CPU-second in matmuls`,
+  );
+  console.log(
+    `eval (forward + lm_head ${V}): ${(ev.scored / evCpu).toFixed(0)} scored tokens per CPU-second, wall ${(ev.scored / evs).toFixed(0)} tokens/s; ppl ${Math.exp(ev.nll / ev.scored).toFixed(1)}`,
+  );
+  console.log(
+    `baseline: plain ${backend} matmul [4096x256]x[256x512] ${rate.cpu.toFixed(2)} GFLOP per CPU-second (wall ${rate.wall.toFixed(2)} GFLOP/s); the forward reaches ${(achievedCpu / rate.cpu).toFixed(2)} of it (with transposeB, as the forward first did: ${rateT.cpu.toFixed(2)})`,
+  );
+  console.log(
+    `peak RSS ${rss.toFixed(0)} MB; load average ${loadavg()
+      .map((x) => x.toFixed(1))
+      .join(' ')} on this machine during the run (other jobs share the cores)`,
+  );
   await model.ckpt.close();
 } finally {
   await rm(dir, { recursive: true, force: true });

@@ -5,7 +5,10 @@
  */
 import { linearAssignment } from '../kernels/assign/lap.js';
 
-const sizes = process.argv.slice(2).map(Number).filter((n) => n > 0);
+const sizes = process.argv
+  .slice(2)
+  .map(Number)
+  .filter((n) => n > 0);
 const ns = sizes.length ? sizes : [256, 512, 1024, 2048];
 let prev: { n: number; ms: number } | undefined;
 for (const n of ns) {

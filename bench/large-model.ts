@@ -84,8 +84,26 @@ const base = (read1 + read2) / 2;
 
 const rows = [
   ['step', 'input GB', 'output GB', 'seconds', 'MB/s', 'vs plain read', 'peak RSS MB', 'RSS / input'],
-  ['prune (random, keep ' + values.keep + ')', (inputBytes / GB).toFixed(2), (prunedBytes / GB).toFixed(2), p.seconds.toFixed(1), pruneRate.toFixed(0), (pruneRate / base).toFixed(2), p.maxRssMB.toFixed(0), ((p.maxRssMB * 1e6) / inputBytes * 100).toFixed(2) + '%'],
-  ['quantize (rtn, ' + values.bits + ' bpw)', (prunedBytes / GB).toFixed(2), (quantBytes / GB).toFixed(2), q.seconds.toFixed(1), quantRate.toFixed(0), (quantRate / base).toFixed(2), q.maxRssMB.toFixed(0), ((q.maxRssMB * 1e6) / prunedBytes * 100).toFixed(2) + '%'],
+  [
+    'prune (random, keep ' + values.keep + ')',
+    (inputBytes / GB).toFixed(2),
+    (prunedBytes / GB).toFixed(2),
+    p.seconds.toFixed(1),
+    pruneRate.toFixed(0),
+    (pruneRate / base).toFixed(2),
+    p.maxRssMB.toFixed(0),
+    (((p.maxRssMB * 1e6) / inputBytes) * 100).toFixed(2) + '%',
+  ],
+  [
+    'quantize (rtn, ' + values.bits + ' bpw)',
+    (prunedBytes / GB).toFixed(2),
+    (quantBytes / GB).toFixed(2),
+    q.seconds.toFixed(1),
+    quantRate.toFixed(0),
+    (quantRate / base).toFixed(2),
+    q.maxRssMB.toFixed(0),
+    (((q.maxRssMB * 1e6) / prunedBytes) * 100).toFixed(2) + '%',
+  ],
 ];
 for (const r of rows) console.log(r.map((c, i) => (i === 0 ? c.padEnd(26) : c.padStart(12))).join(' '));
 console.log(`plain read baseline: mean of ${read1.toFixed(0)} and ${read2.toFixed(0)} MB/s`);

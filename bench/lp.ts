@@ -11,10 +11,11 @@ import type { QuantBits } from '../kernels/quant/types.js';
 
 function lcg(seed: number): () => number {
   let s = seed;
-  return () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
+  return () => (s = (s * 1103515245 + 12345) % 2147483648) / 2147483648;
 }
 
-const H = 7168, I = 2048;
+const H = 7168,
+  I = 2048;
 const bitsOf = (b: QuantBits) => 8 * (2 * gptqBytes(I, H, { bits: b, groupSize: 128, sym: false }) + gptqBytes(H, I, { bits: b, groupSize: 128, sym: false }));
 const params = 3 * H * I;
 
@@ -30,14 +31,18 @@ function greedy(us: AllocUnit[], budget: number): number {
   const ch = us.map(() => 0);
   let cost = us.reduce((a, u) => a + u.options[0]!.cost, 0);
   for (;;) {
-    let best = -1, bestGain = 0;
+    let best = -1,
+      bestGain = 0;
     us.forEach((u, i) => {
       const c = ch[i]!;
       if (c + 1 >= u.options.length) return;
       const dc = u.options[c + 1]!.cost - u.options[c]!.cost;
       if (cost + dc > budget) return;
       const g = (u.options[c]!.loss - u.options[c + 1]!.loss) / dc;
-      if (g > bestGain) { bestGain = g; best = i; }
+      if (g > bestGain) {
+        bestGain = g;
+        best = i;
+      }
     });
     if (best < 0) break;
     cost += us[best]!.options[ch[best]! + 1]!.cost - us[best]!.options[ch[best]!]!.cost;
@@ -47,12 +52,17 @@ function greedy(us: AllocUnit[], budget: number): number {
 }
 
 console.log('units  options  solve_ms  optimal  gap_vs_LP_bound  bpw     loss_vs_greedy');
-for (const cands of [[2, 3, 4], [2, 3, 4, 8]] as QuantBits[][]) {
+for (const cands of [
+  [2, 3, 4],
+  [2, 3, 4, 8],
+] as QuantBits[][]) {
   for (const n of [64, 256, 1024, 2048, 4096, 58 * 256]) {
     const us = units(n, cands, n + cands.length);
     const budget = 2.5 * params * n;
     const res = await allocate(us, budget, { timeLimitSec: 20 });
     const g = greedy(us, budget);
-    console.log(`${String(n).padStart(5)}  ${cands.length}        ${res.solveMs.toFixed(0).padStart(8)}  ${String(res.optimal).padEnd(7)}  ${res.gap.toExponential(2).padStart(15)}  ${(res.cost / params / n).toFixed(4)}  ${(res.loss / g).toFixed(4)}`);
+    console.log(
+      `${String(n).padStart(5)}  ${cands.length}        ${res.solveMs.toFixed(0).padStart(8)}  ${String(res.optimal).padEnd(7)}  ${res.gap.toExponential(2).padStart(15)}  ${(res.cost / params / n).toFixed(4)}  ${(res.loss / g).toFixed(4)}`,
+    );
   }
 }

@@ -36,8 +36,19 @@ export interface SyntheticOptions {
 }
 
 export const DEFAULTS: Omit<SyntheticOptions, 'out'> = {
-  hidden: 4096, intermediate: 14336, experts: 8, layers: 32, heads: 32, kvHeads: 8, vocab: 32000, dtype: 'BF16',
-  maxShardBytes: 5_000_000_000, force: false, quiet: false, seed: 1, poolBytes: 16 << 20,
+  hidden: 4096,
+  intermediate: 14336,
+  experts: 8,
+  layers: 32,
+  heads: 32,
+  kvHeads: 8,
+  vocab: 32000,
+  dtype: 'BF16',
+  maxShardBytes: 5_000_000_000,
+  force: false,
+  quiet: false,
+  seed: 1,
+  poolBytes: 16 << 20,
 };
 
 const CHUNK_BYTES = 64 << 20;
@@ -82,14 +93,31 @@ export function planMixtral(o: Omit<SyntheticOptions, 'out'>): PlannedTensor[] {
 
 export function mixtralConfig(o: Omit<SyntheticOptions, 'out'>): Record<string, unknown> {
   const c: Record<string, unknown> = {
-    architectures: ['MixtralForCausalLM'], model_type: 'mixtral', hidden_size: o.hidden, intermediate_size: o.intermediate,
-    num_hidden_layers: o.layers, num_attention_heads: o.heads, num_key_value_heads: o.kvHeads, head_dim: o.hidden / o.heads,
-    num_local_experts: o.experts, num_experts_per_tok: 2, vocab_size: o.vocab, max_position_embeddings: 32768,
-    rms_norm_eps: 1e-5, rope_theta: 1e6, hidden_act: 'silu', tie_word_embeddings: false, sliding_window: null,
-    router_aux_loss_coef: 0.02, router_jitter_noise: 0, bos_token_id: 1, eos_token_id: 2,
+    architectures: ['MixtralForCausalLM'],
+    model_type: 'mixtral',
+    hidden_size: o.hidden,
+    intermediate_size: o.intermediate,
+    num_hidden_layers: o.layers,
+    num_attention_heads: o.heads,
+    num_key_value_heads: o.kvHeads,
+    head_dim: o.hidden / o.heads,
+    num_local_experts: o.experts,
+    num_experts_per_tok: 2,
+    vocab_size: o.vocab,
+    max_position_embeddings: 32768,
+    rms_norm_eps: 1e-5,
+    rope_theta: 1e6,
+    hidden_act: 'silu',
+    tie_word_embeddings: false,
+    sliding_window: null,
+    router_aux_loss_coef: 0.02,
+    router_jitter_noise: 0,
+    bos_token_id: 1,
+    eos_token_id: 2,
     torch_dtype: o.dtype === 'F32' ? 'float32' : o.dtype === 'F16' ? 'float16' : 'bfloat16',
   };
-  if (o.dtype === 'F8_E4M3') c.quantization_config = { quant_method: 'fp8', fmt: 'e4m3', activation_scheme: 'dynamic', weight_block_size: [FP8_BLOCK, FP8_BLOCK] };
+  if (o.dtype === 'F8_E4M3')
+    c.quantization_config = { quant_method: 'fp8', fmt: 'e4m3', activation_scheme: 'dynamic', weight_block_size: [FP8_BLOCK, FP8_BLOCK] };
   return c;
 }
 
@@ -114,7 +142,9 @@ function randomPool(dtype: Dtype, std: number, seed: number, poolBytes: number):
   return pool;
 }
 
-export async function makeSynthetic(opts: Partial<SyntheticOptions> & { out: string; targetBytes?: number }): Promise<{ bytes: number; seconds: number; tensors: number; layers: number }> {
+export async function makeSynthetic(
+  opts: Partial<SyntheticOptions> & { out: string; targetBytes?: number },
+): Promise<{ bytes: number; seconds: number; tensors: number; layers: number }> {
   const o: SyntheticOptions = { ...DEFAULTS, ...opts };
   if (opts.targetBytes) o.layers = layersForTarget(o, opts.targetBytes);
   if (o.hidden % o.heads !== 0) throw new Error(`--hidden ${o.hidden} is not a multiple of --heads ${o.heads}`);
@@ -129,7 +159,10 @@ export async function makeSynthetic(opts: Partial<SyntheticOptions> & { out: str
     // FP8 codes from N(0, 100): a realistic spread of the e4m3 range once scaled
     const poolFor = (d: Dtype) => pools.get(d) ?? pools.set(d, randomPool(d, d === 'F8_E4M3' ? 100 : 0.02, o.seed, o.poolBytes)).get(d)!;
     const ones = new Map<Dtype, Uint8Array>();
-    const writer = await out.openWriter(plan.map(({ name, dtype, shape }) => ({ name, dtype, shape })), { maxShardBytes: o.maxShardBytes });
+    const writer = await out.openWriter(
+      plan.map(({ name, dtype, shape }) => ({ name, dtype, shape })),
+      { maxShardBytes: o.maxShardBytes },
+    );
     const chunk = new Uint8Array(CHUNK_BYTES);
     let done = 0;
     let lastReport = performance.now();
@@ -187,23 +220,63 @@ function parseArgs(argv: string[]): Partial<SyntheticOptions> & { out: string; t
     const a = argv[i]!;
     const v = argv[i + 1];
     switch (a) {
-      case '--out': o.out = v; i++; break;
-      case '--hidden': o.hidden = num(v, a); i++; break;
-      case '--intermediate': o.intermediate = num(v, a); i++; break;
-      case '--experts': o.experts = num(v, a); i++; break;
-      case '--layers': o.layers = num(v, a); i++; break;
-      case '--heads': o.heads = num(v, a); i++; break;
-      case '--kv-heads': o.kvHeads = num(v, a); i++; break;
-      case '--vocab': o.vocab = num(v, a); i++; break;
-      case '--target-gb': o.targetBytes = num(v, a) * 1e9; i++; break;
-      case '--max-shard-size': o.maxShardBytes = parseByteSize(v ?? ''); i++; break;
-      case '--seed': o.seed = num(v, a); i++; break;
+      case '--out':
+        o.out = v;
+        i++;
+        break;
+      case '--hidden':
+        o.hidden = num(v, a);
+        i++;
+        break;
+      case '--intermediate':
+        o.intermediate = num(v, a);
+        i++;
+        break;
+      case '--experts':
+        o.experts = num(v, a);
+        i++;
+        break;
+      case '--layers':
+        o.layers = num(v, a);
+        i++;
+        break;
+      case '--heads':
+        o.heads = num(v, a);
+        i++;
+        break;
+      case '--kv-heads':
+        o.kvHeads = num(v, a);
+        i++;
+        break;
+      case '--vocab':
+        o.vocab = num(v, a);
+        i++;
+        break;
+      case '--target-gb':
+        o.targetBytes = num(v, a) * 1e9;
+        i++;
+        break;
+      case '--max-shard-size':
+        o.maxShardBytes = parseByteSize(v ?? '');
+        i++;
+        break;
+      case '--seed':
+        o.seed = num(v, a);
+        i++;
+        break;
       case '--dtype':
         if (!isDtype(v) || !['F32', 'F16', 'BF16', 'F8_E4M3'].includes(v)) throw new Error('--dtype must be F32, F16, BF16 or F8_E4M3');
-        o.dtype = v; i++; break;
-      case '--force': o.force = true; break;
-      case '--quiet': o.quiet = true; break;
-      default: throw new Error(`unknown flag ${a}`);
+        o.dtype = v;
+        i++;
+        break;
+      case '--force':
+        o.force = true;
+        break;
+      case '--quiet':
+        o.quiet = true;
+        break;
+      default:
+        throw new Error(`unknown flag ${a}`);
     }
   }
   if (!o.out) throw new Error('--out DIR is required');
@@ -215,7 +288,9 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
     const opts = parseArgs(process.argv.slice(2));
     const r = await makeSynthetic(opts);
     const rss = process.resourceUsage().maxRSS * 1024;
-    console.log(`wrote ${opts.out}: ${r.layers} layers, ${r.tensors} tensors, ${(r.bytes / 1e9).toFixed(2)} GB in ${r.seconds.toFixed(1)} s (${(r.bytes / 1e6 / r.seconds).toFixed(0)} MB/s), peak RSS ${(rss / 1e6).toFixed(0)} MB`);
+    console.log(
+      `wrote ${opts.out}: ${r.layers} layers, ${r.tensors} tensors, ${(r.bytes / 1e9).toFixed(2)} GB in ${r.seconds.toFixed(1)} s (${(r.bytes / 1e6 / r.seconds).toFixed(0)} MB/s), peak RSS ${(rss / 1e6).toFixed(0)} MB`,
+    );
   } catch (e) {
     console.error(`make-synthetic: ${(e as Error).message}`);
     process.exitCode = 1;

@@ -35,12 +35,21 @@ const root = await mkdtemp(join(tmpdir(), 'moe-mem-'));
 try {
   const model = join(root, 'model');
   await makeSynthetic({
-    out: model, hidden: Number(values.hidden), intermediate: Number(values.intermediate), experts: Number(values.experts),
-    layers: Number(values.layers), heads: 16, kvHeads: 4, vocab: WORDS.length + 3, dtype: 'BF16', force: true, quiet: true,
+    out: model,
+    hidden: Number(values.hidden),
+    intermediate: Number(values.intermediate),
+    experts: Number(values.experts),
+    layers: Number(values.layers),
+    heads: 16,
+    kvHeads: 4,
+    vocab: WORDS.length + 3,
+    dtype: 'BF16',
+    force: true,
+    quiet: true,
   });
   await writeWordTokenizer(model);
   let s = 12345;
-  const rnd = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
+  const rnd = () => (s = (s * 1103515245 + 12345) % 2147483648) / 2147483648;
   const lines = wordLines(Math.ceil(tokens / 10) + 50, rnd);
   const calib = join(root, 'calib.txt');
   await writeFile(calib, lines.join('\n') + '\n');
@@ -75,7 +84,9 @@ try {
       console.log(`| ${label} | ${(est / MiB).toFixed(0)} | failed (exit ${run.status}): ${run.stderr.split('\n')[0]} | | |`);
       continue;
     }
-    console.log(`| ${label} | ${Number.isFinite(est) ? (est / MiB).toFixed(0) : 'n/a'} | ${(run.maxRss / MiB).toFixed(0)} | ${Number.isFinite(est) ? (run.maxRss / est).toFixed(2) : 'n/a'} | ${run.seconds.toFixed(1)} |`);
+    console.log(
+      `| ${label} | ${Number.isFinite(est) ? (est / MiB).toFixed(0) : 'n/a'} | ${(run.maxRss / MiB).toFixed(0)} | ${Number.isFinite(est) ? (run.maxRss / est).toFixed(2) : 'n/a'} | ${run.seconds.toFixed(1)} |`,
+    );
   }
 } finally {
   await rm(root, { recursive: true, force: true });

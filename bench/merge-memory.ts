@@ -40,7 +40,11 @@ const MB = 2 ** 20;
 const model = resolve(values.model!);
 const src = resolve(values.src!);
 const calib = resolve(values.calib!);
-const exists = (p: string) => stat(p).then(() => true, () => false);
+const exists = (p: string) =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
 
 if (!(await exists(join(model, 'config.json')))) {
   console.log(`making ${model} (hidden 1024, 8 experts of 2816, 8 layers, BF16)`);
@@ -61,7 +65,20 @@ try {
   if (values.mode === 'calib') data = ['--calib', calib, '--calib-tokens', values['calib-tokens']!, '--seq-len', values['seq-len']!];
   else {
     const stats = join(work, 'stats');
-    const c = moe(['calibrate', '--model', model, '--data', calib, '--max-tokens', values['calib-tokens']!, '--seq-len', values['seq-len']!, '--out', stats, '--quiet']);
+    const c = moe([
+      'calibrate',
+      '--model',
+      model,
+      '--data',
+      calib,
+      '--max-tokens',
+      values['calib-tokens']!,
+      '--seq-len',
+      values['seq-len']!,
+      '--out',
+      stats,
+      '--quiet',
+    ]);
     if (c.status !== 0) throw new Error(`calibrate failed: ${c.stderr}`);
     data = ['--stats', stats];
     if (values.mode === 'plan') {
@@ -83,7 +100,9 @@ try {
   if (run.status !== 0) throw new Error(`merge failed: ${run.stderr}`);
   console.log(`merge (${values.mode}): ${run.seconds.toFixed(1)} s, measured peak RSS ${run.maxRssMB.toFixed(0)} MiB`);
   // the RSS profile in tenths of the run: the highest sample in each
-  const tenths = Array.from({ length: 10 }, (_, i) => Math.max(0, ...run.trace.filter(([t]) => Math.floor((10 * t) / Math.max(1, run.seconds)) === i).map(([, r]) => r)));
+  const tenths = Array.from({ length: 10 }, (_, i) =>
+    Math.max(0, ...run.trace.filter(([t]) => Math.floor((10 * t) / Math.max(1, run.seconds)) === i).map(([, r]) => r)),
+  );
   console.log(`RSS profile, highest MiB in each tenth of the run: ${tenths.join(' ')}`);
   if (estimate) {
     console.log(`estimated peak ${(estimate.peakBytes / MB).toFixed(0)} MiB; measured / estimated = ${(run.maxRssMB / (estimate.peakBytes / MB)).toFixed(2)}`);

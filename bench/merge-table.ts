@@ -37,7 +37,15 @@ const routers = list('router', ROUTER_METHODS);
 const grid = arg('grid', 'full');
 const inGrid = (align: string, router: string) => grid === 'full' || router === 'mean' || align === 'weights';
 
-interface Row { count: number; what: string; grouping?: string; align?: string; router?: string; ppl: number; seconds: number }
+interface Row {
+  count: number;
+  what: string;
+  grouping?: string;
+  align?: string;
+  router?: string;
+  ppl: number;
+  seconds: number;
+}
 
 async function ppl(dir: string): Promise<number> {
   return (await evaluate({ model: dir, data: heldout, maxTokens: evalTokens })).perplexity;

@@ -64,7 +64,9 @@ try {
       rand.push(await perplexity(out));
     }
     console.error(`keep ${keep} random: ${rand.map((v) => v.toFixed(2)).join(' ')}`);
-    (rows[`random (${seeds} seeds)`] ??= []).push(`${mean(rand).toFixed(2)} ± ${sd(rand).toFixed(2)} (min ${Math.min(...rand).toFixed(2)}, max ${Math.max(...rand).toFixed(2)})`);
+    (rows[`random (${seeds} seeds)`] ??= []).push(
+      `${mean(rand).toFixed(2)} ± ${sd(rand).toFixed(2)} (min ${Math.min(...rand).toFixed(2)}, max ${Math.max(...rand).toFixed(2)})`,
+    );
   }
 
   // dynamic skipping (Lu et al.): beta per layer = median w2/w1 on the calibration text, applied on held-out text
@@ -76,7 +78,9 @@ try {
   console.log(`|---|${keeps.map(() => '---').join('|')}|`);
   for (const [m, v] of Object.entries(rows)) console.log(`| ${m} | ${v.join(' | ')} |`);
   const betas = sk.skip!.beta as number[];
-  console.log(`\ndynamic skip: beta per layer ${betas.map((b) => b.toFixed(3)).join(' ')}; expert calls saved ${(100 * sk.skip!.savedFraction).toFixed(1)}%, held-out ppl ${sk.perplexity.toFixed(3)} vs ${base.toFixed(3)} (${(((sk.perplexity - base) / base) * 100).toFixed(2)}%)`);
+  console.log(
+    `\ndynamic skip: beta per layer ${betas.map((b) => b.toFixed(3)).join(' ')}; expert calls saved ${(100 * sk.skip!.savedFraction).toFixed(1)}%, held-out ppl ${sk.perplexity.toFixed(3)} vs ${base.toFixed(3)} (${(((sk.perplexity - base) / base) * 100).toFixed(2)}%)`,
+  );
 } finally {
   await rm(root, { recursive: true, force: true });
 }

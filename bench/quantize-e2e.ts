@@ -14,29 +14,54 @@ import { summaryTable } from '../src/quantize/report.js';
 import { initBackend } from '../src/runtime/backend.js';
 import { createProgress } from '../src/cli/progress.js';
 
-const arg = (k: string, d: string) => { const i = process.argv.indexOf(k); return i > 0 ? process.argv[i + 1]! : d; };
+const arg = (k: string, d: string) => {
+  const i = process.argv.indexOf(k);
+  return i > 0 ? process.argv[i + 1]! : d;
+};
 const tokens = Number(arg('--tokens', '8192'));
 const root = await mkdtemp(join(tmpdir(), 'moe-q-e2e-'));
 try {
   const model = join(root, 'model');
   const vocab = await (async () => {
-    await makeSynthetic({ out: model, hidden: 256, intermediate: 512, experts: 8, layers: 4, heads: 8, kvHeads: 4, vocab: WORDS.length + 3, dtype: 'BF16', force: true });
+    await makeSynthetic({
+      out: model,
+      hidden: 256,
+      intermediate: 512,
+      experts: 8,
+      layers: 4,
+      heads: 8,
+      kvHeads: 4,
+      vocab: WORDS.length + 3,
+      dtype: 'BF16',
+      force: true,
+    });
     return writeWordTokenizer(model);
   })();
   let s = 12345;
-  const rnd = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
+  const rnd = () => (s = (s * 1103515245 + 12345) % 2147483648) / 2147483648;
   const lines = wordLines(Math.ceil(tokens / 10) + 50, rnd);
   const calib = join(root, 'calib.txt');
   await writeFile(calib, lines.join('\n') + '\n');
   await initBackend('auto');
   console.log(`model: hidden 256, 4 layers, 8 experts x 512, top-2, vocab ${Object.keys(vocab).length}; calibration ${tokens} tokens`);
   const res: Record<string, number> = {};
-  for (const method of (arg('--method', 'gptq,rtn')).split(',') as ('gptq' | 'rtn')[]) {
+  for (const method of arg('--method', 'gptq,rtn').split(',') as ('gptq' | 'rtn')[]) {
     const t0 = performance.now();
-    const rep = await quantize({ model, out: join(root, `q-${method}`), bits: 2.5, method, calib, calibTokens: tokens, seqLen: 256, progress: createProgress({}) });
+    const rep = await quantize({
+      model,
+      out: join(root, `q-${method}`),
+      bits: 2.5,
+      method,
+      calib,
+      calibTokens: tokens,
+      seqLen: 256,
+      progress: createProgress({}),
+    });
     const sec = (performance.now() - t0) / 1000;
     res[method] = sec;
-    console.log(`\n--- ${method}: ${sec.toFixed(1)} s end to end (score ${(rep.timings.scoreMs / 1000).toFixed(1)} s, apply ${(rep.timings.applyMs / 1000).toFixed(1)} s, solve ${rep.solver.solveMs.toFixed(0)} ms); target < 120 s: ${sec < 120 ? 'met' : 'MISSED'}`);
+    console.log(
+      `\n--- ${method}: ${sec.toFixed(1)} s end to end (score ${(rep.timings.scoreMs / 1000).toFixed(1)} s, apply ${(rep.timings.applyMs / 1000).toFixed(1)} s, solve ${rep.solver.solveMs.toFixed(0)} ms); target < 120 s: ${sec < 120 ? 'met' : 'MISSED'}`,
+    );
     console.log(summaryTable(rep));
   }
   if (res['gptq'] && res['rtn']) console.log(`\nGPTQ / RTN wall time: ${(res['gptq'] / res['rtn']).toFixed(2)}x`);

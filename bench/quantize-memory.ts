@@ -36,12 +36,14 @@ const { values } = parseArgs({
     'no-calib': { type: 'boolean', default: false },
   },
 });
-const H = Number(values.hidden), I = Number(values.intermediate), E = Number(values.experts), L = Number(values.layers);
+const H = Number(values.hidden),
+  I = Number(values.intermediate),
+  E = Number(values.experts),
+  L = Number(values.layers);
 const work = resolve(values.work!);
 const repo = resolve(values.repo!);
 const { model, calib } = await ensureWordModel(work, { hidden: H, intermediate: I, experts: E, layers: L });
 const MiB = 2 ** 20;
-
 
 const moe = (args: string[]) => runCli(args, { entry: values.entry ? resolve(values.entry) : join(repo, 'src/cli/main.ts') });
 
@@ -50,14 +52,26 @@ const modelBytes = (await import('node:fs/promises')).readdir(model).then(async 
   for (const f of fs) if (f.endsWith('.safetensors')) b += (await stat(join(model, f))).size;
   return b;
 });
-console.log(`model ${model}: hidden ${H}, ${E} experts of ${I}, ${L} layers, ${((await modelBytes) / MiB).toFixed(0)} MiB BF16; CLI ${values.entry ?? join(repo, 'src/cli/main.ts')}`);
+console.log(
+  `model ${model}: hidden ${H}, ${E} experts of ${I}, ${L} layers, ${((await modelBytes) / MiB).toFixed(0)} MiB BF16; CLI ${values.entry ?? join(repo, 'src/cli/main.ts')}`,
+);
 const rows: string[][] = [['method', 'flags', 'estimated MiB', 'measured peak RSS MiB', 'measured / estimated', 'seconds', 'output MiB']];
 for (const method of values.method!.split(',')) {
   const out = join(work, `out-${method}`);
   await rm(out, { recursive: true, force: true });
-  const base = ['quantize', '--model', model, '--bits', values.bits!, '--method', method, '--candidates', values.candidates!,
+  const base = [
+    'quantize',
+    '--model',
+    model,
+    '--bits',
+    values.bits!,
+    '--method',
+    method,
+    '--candidates',
+    values.candidates!,
     ...(values['no-calib'] ? [] : ['--calib', calib, '--calib-tokens', values.tokens!, '--seq-len', values['seq-len']!]),
-    ...values.extra!.split(' ').filter(Boolean)];
+    ...values.extra!.split(' ').filter(Boolean),
+  ];
   const dry = moe([...base, '--dry-run', '--json']);
   if (dry.status !== 0) throw new Error(`dry run failed: ${dry.stderr.slice(-2000)}`);
   const est = (JSON.parse(dry.stdout) as { memory?: { peakBytes: number; parts: { label: string; bytes: number }[] } }).memory;
@@ -66,8 +80,18 @@ for (const method of values.method!.split(',')) {
   if (r.status !== 0) throw new Error(`quantize failed: ${r.stderr.slice(-2000)}`);
   let outBytes = 0;
   for (const f of await (await import('node:fs/promises')).readdir(out)) if (f.endsWith('.safetensors')) outBytes += (await stat(join(out, f))).size;
-  rows.push([method, base.slice(4).filter((a) => !a.startsWith('/')).join(' '), est ? (est.peakBytes / MiB).toFixed(0) : '-', (r.maxRss / MiB).toFixed(0),
-    est ? (r.maxRss / est.peakBytes).toFixed(2) : '-', r.seconds.toFixed(1), (outBytes / MiB).toFixed(1)]);
+  rows.push([
+    method,
+    base
+      .slice(4)
+      .filter((a) => !a.startsWith('/'))
+      .join(' '),
+    est ? (est.peakBytes / MiB).toFixed(0) : '-',
+    (r.maxRss / MiB).toFixed(0),
+    est ? (r.maxRss / est.peakBytes).toFixed(2) : '-',
+    r.seconds.toFixed(1),
+    (outBytes / MiB).toFixed(1),
+  ]);
   await rm(out, { recursive: true, force: true });
 }
 for (const r of rows) console.log(r.join(' | '));

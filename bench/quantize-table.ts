@@ -14,7 +14,10 @@ import { uniformMix } from '../src/quantize/baselines.js';
 import { quantize, type QuantizeRequest } from '../src/quantize/pipeline.js';
 import { initBackend } from '../src/runtime/backend.js';
 
-const arg = (k: string, d?: string) => { const i = process.argv.indexOf(k); return i > 0 ? process.argv[i + 1]! : d; };
+const arg = (k: string, d?: string) => {
+  const i = process.argv.indexOf(k);
+  return i > 0 ? process.argv[i + 1]! : d;
+};
 const model = arg('--model', 'test/fixtures/tiny-mixtral')!;
 const calib = arg('--calib', 'test/fixtures/text/calib.txt')!;
 const heldout = arg('--heldout', 'test/fixtures/text/heldout.txt')!;
@@ -40,7 +43,9 @@ try {
     const s = (performance.now() - t0) / 1000;
     const p = await ppl(out);
     rows.push(`| ${label} | ${req.method ?? 'gptq'} | ${rep.bpw.experts.toFixed(4)} | ${rep.sizes.afterMiB.toFixed(2)} MiB | ${p.toFixed(3)} |`);
-    console.error(`${label} ${req.method ?? 'gptq'}: bpw ${rep.bpw.experts.toFixed(4)} ppl ${p.toFixed(3)} (${s.toFixed(0)} s, solver ${rep.solver.solveMs.toFixed(0)} ms, fallbacks ${rep.fallbacks.length})`);
+    console.error(
+      `${label} ${req.method ?? 'gptq'}: bpw ${rep.bpw.experts.toFixed(4)} ppl ${p.toFixed(3)} (${s.toFixed(0)} s, solver ${rep.solver.solveMs.toFixed(0)} ms, fallbacks ${rep.fallbacks.length})`,
+    );
     await rm(out, { recursive: true, force: true });
     return rep;
   };

@@ -72,7 +72,16 @@ async function main(): Promise<void> {
     dir = `/tmp/moe-bench-synth-${o.gb}g`;
     if (!existsSync(dir)) {
       console.log(`generating ${o.gb} GB synthetic checkpoint in ${dir} ...`);
-      const r = await makeSynthetic({ out: dir, hidden: 2048, intermediate: 5632, experts: 8, vocab: 32000, targetBytes: o.gb * 1e9, maxShardBytes: 1e9, quiet: true });
+      const r = await makeSynthetic({
+        out: dir,
+        hidden: 2048,
+        intermediate: 5632,
+        experts: 8,
+        vocab: 32000,
+        targetBytes: o.gb * 1e9,
+        maxShardBytes: 1e9,
+        quiet: true,
+      });
       console.log(`  ${r.layers} layers, ${(r.bytes / 1e9).toFixed(2)} GB in ${r.seconds.toFixed(1)} s`);
     }
   }
@@ -104,14 +113,29 @@ async function main(): Promise<void> {
     }
   }
   await ck.close();
-  for (const row of rows) console.log(`${row.pass.padEnd(14)} ${row.mbps.toFixed(0).padStart(6)} MB/s wall  ${row.cpuMbps.toFixed(0).padStart(6)} MB per CPU-second   peak RSS so far ${row.rss.toFixed(0)} MB`);
-  for (const [label, table] of [['wall', runs], ['cpu', cpuRuns]] as const) {
+  for (const row of rows)
+    console.log(
+      `${row.pass.padEnd(14)} ${row.mbps.toFixed(0).padStart(6)} MB/s wall  ${row.cpuMbps.toFixed(0).padStart(6)} MB per CPU-second   peak RSS so far ${row.rss.toFixed(0)} MB`,
+    );
+  for (const [label, table] of [
+    ['wall', runs],
+    ['cpu', cpuRuns],
+  ] as const) {
     const best = (k: string) => Math.max(...table[k]!);
-    console.log(`best (${label}): baseline ${best('baseline').toFixed(0)} MB/s, readBytes ${best('readBytes').toFixed(0)} MB/s (ratio ${(best('readBytes') / best('baseline')).toFixed(2)}), readF32 ${best('readF32').toFixed(0)} MB/s (ratio ${(best('readF32') / best('baseline')).toFixed(2)})`);
+    console.log(
+      `best (${label}): baseline ${best('baseline').toFixed(0)} MB/s, readBytes ${best('readBytes').toFixed(0)} MB/s (ratio ${(best('readBytes') / best('baseline')).toFixed(2)}), readF32 ${best('readF32').toFixed(0)} MB/s (ratio ${(best('readF32') / best('baseline')).toFixed(2)})`,
+    );
   }
-  console.log(`load average ${(await import('node:os')).loadavg().map((x) => x.toFixed(1)).join(' ')} on ${(await import('node:os')).cpus().length} cores`);
+  console.log(
+    `load average ${(await import('node:os'))
+      .loadavg()
+      .map((x) => x.toFixed(1))
+      .join(' ')} on ${(await import('node:os')).cpus().length} cores`,
+  );
   const rss = process.resourceUsage().maxRSS * 1024;
-  console.log(`peak RSS ${(rss / 1e6).toFixed(0)} MB = ${((100 * rss) / fileBytes).toFixed(1)}% of the ${(fileBytes / 1e9).toFixed(2)} GB checkpoint (largest tensor as F32: ${((largest * 2) / 1e6).toFixed(0)} MB)`);
+  console.log(
+    `peak RSS ${(rss / 1e6).toFixed(0)} MB = ${((100 * rss) / fileBytes).toFixed(1)}% of the ${(fileBytes / 1e9).toFixed(2)} GB checkpoint (largest tensor as F32: ${((largest * 2) / 1e6).toFixed(0)} MB)`,
+  );
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) await main();

@@ -83,22 +83,32 @@ async function main(): Promise<void> {
     const { stdout } = await run('npx', ['tsx', self, '--child', pass, '--model', dir, '--out', out], { maxBuffer: 1 << 20 });
     const r = JSON.parse(stdout.trim().split('\n').pop()!);
     if (!results[pass] || r.s < results[pass]!.s) results[pass] = r;
-    console.log(`${pass.padEnd(6)} ${(r.bytes / 1e6).toFixed(0).padStart(6)} MB in ${r.s.toFixed(2)} s = ${(r.bytes / 1e6 / r.s).toFixed(0).padStart(5)} MB/s, peak RSS ${(r.rss / 1e6).toFixed(0)} MB`);
+    console.log(
+      `${pass.padEnd(6)} ${(r.bytes / 1e6).toFixed(0).padStart(6)} MB in ${r.s.toFixed(2)} s = ${(r.bytes / 1e6 / r.s).toFixed(0).padStart(5)} MB/s, peak RSS ${(r.rss / 1e6).toFixed(0)} MB`,
+    );
   }
   await rm(out, { recursive: true, force: true });
   const mbps = (p: string) => results[p]!.bytes / 1e6 / results[p]!.s;
-  console.log(`best: prune ${mbps('prune').toFixed(0)} MB/s = ${(mbps('prune') / mbps('copy')).toFixed(2)}x plain copy (${mbps('copy').toFixed(0)} MB/s); merge ${mbps('merge').toFixed(0)} MB/s`);
+  console.log(
+    `best: prune ${mbps('prune').toFixed(0)} MB/s = ${(mbps('prune') / mbps('copy')).toFixed(2)}x plain copy (${mbps('copy').toFixed(0)} MB/s); merge ${mbps('merge').toFixed(0)} MB/s`,
+  );
   const wide = `${dir}-wide`;
   await rm(wide, { recursive: true, force: true });
   await makeTinyCheckpoint('deepseek_v3', wide, { experts: 256, layers: 16 });
   const m = await openModel(wide);
   const kept = Array.from({ length: 128 }, (_, i) => 2 * i);
   const t0 = performance.now();
-  const plan = await writeExpertEdit(m, { layers: m.view.moeLayers.map((layer) => ({ layer, experts: kept.map((from) => ({ from })) })) }, `${wide}-out`, { dryRun: true });
-  console.log(`plan only: ${m.ckpt.tensorNames.length} tensors in, ${plan.tensors.length} out, ${((performance.now() - t0) / 1000).toFixed(2)} s (256 -> 128 experts x 15 MoE layers)`);
+  const plan = await writeExpertEdit(m, { layers: m.view.moeLayers.map((layer) => ({ layer, experts: kept.map((from) => ({ from })) })) }, `${wide}-out`, {
+    dryRun: true,
+  });
+  console.log(
+    `plan only: ${m.ckpt.tensorNames.length} tensors in, ${plan.tensors.length} out, ${((performance.now() - t0) / 1000).toFixed(2)} s (256 -> 128 experts x 15 MoE layers)`,
+  );
   await m.ckpt.close();
   await rm(wide, { recursive: true, force: true });
-  console.log(`peak RSS: copy ${(results.copy!.rss / 1e6).toFixed(0)} MB, prune ${(results.prune!.rss / 1e6).toFixed(0)} MB, merge ${(results.merge!.rss / 1e6).toFixed(0)} MB for a ${(results.copy!.bytes / 1e9).toFixed(2)} GB checkpoint`);
+  console.log(
+    `peak RSS: copy ${(results.copy!.rss / 1e6).toFixed(0)} MB, prune ${(results.prune!.rss / 1e6).toFixed(0)} MB, merge ${(results.merge!.rss / 1e6).toFixed(0)} MB for a ${(results.copy!.bytes / 1e9).toFixed(2)} GB checkpoint`,
+  );
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) await main();

@@ -64,5 +64,7 @@ if (process.argv.includes('--big')) {
   const M = weightLike(m, n, 7);
   const prod = time(() => matmul(M, gaussian(n * (rank + 10), 3), m, n, rank + 10, { engine: 'tf' }));
   const rnd = time(() => svd(M, m, n, { rank, method: 'randomized', engine: 'tf', powerIters: 2 }));
-  console.log(`${m}x${n} randomized rank ${rank}: ${rnd.s.toFixed(1)} s; one M x [n, ${rank + 10}] product ${prod.s.toFixed(2)} s (${(rnd.s / prod.s).toFixed(1)}x)`);
+  console.log(
+    `${m}x${n} randomized rank ${rank}: ${rnd.s.toFixed(1)} s; one M x [n, ${rank + 10}] product ${prod.s.toFixed(2)} s (${(rnd.s / prod.s).toFixed(1)}x)`,
+  );
 }

@@ -18,15 +18,31 @@ export async function ensureWordModel(work: string, shape: WordModelShape): Prom
   const { hidden: H, intermediate: I, experts: E, layers: L } = shape;
   const model = join(work, `synth-h${H}-i${I}-e${E}-l${L}`);
   const calib = join(work, 'calib.txt');
-  const exists = (p: string) => stat(p).then(() => true, () => false);
+  const exists = (p: string) =>
+    stat(p).then(
+      () => true,
+      () => false,
+    );
   await mkdir(work, { recursive: true });
   if (!(await exists(join(model, 'config.json')))) {
-    await makeSynthetic({ out: model, hidden: H, intermediate: I, experts: E, layers: L, heads: Math.max(1, H / 64), kvHeads: Math.max(1, H / 256), vocab: WORDS.length + 3, dtype: 'BF16', force: true, quiet: true });
+    await makeSynthetic({
+      out: model,
+      hidden: H,
+      intermediate: I,
+      experts: E,
+      layers: L,
+      heads: Math.max(1, H / 64),
+      kvHeads: Math.max(1, H / 256),
+      vocab: WORDS.length + 3,
+      dtype: 'BF16',
+      force: true,
+      quiet: true,
+    });
     await writeWordTokenizer(model);
   }
   if (!(await exists(calib))) {
     let s = 12345;
-    const rnd = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
+    const rnd = () => (s = (s * 1103515245 + 12345) % 2147483648) / 2147483648;
     await writeFile(calib, wordLines(4000, rnd).join('\n') + '\n');
   }
   return { model, calib };

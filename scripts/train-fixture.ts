@@ -21,9 +21,7 @@ import { Checkpoint } from '../src/io/checkpoint.js';
 import { bf16BitsToF32, f32ToBf16Bits, fromF32 } from '../src/io/dtype.js';
 import { CheckpointWriter } from '../src/io/writer.js';
 import { makeSplits } from './tokenizer/corpus.js';
-import {
-  BOS_ID, BpeEncoder, EOS_ID, SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG, UNK_ID, tokenizerJson, trainBpe,
-} from './tokenizer/bpe.js';
+import { BOS_ID, BpeEncoder, EOS_ID, SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG, UNK_ID, tokenizerJson, trainBpe } from './tokenizer/bpe.js';
 import { encodeLines, windowAt } from './fixture/data.js';
 import { forward, initParams, mulberry32, paramShapes, ropeTables, type FixtureDims, type RopeTables, type Weights } from './fixture/model.js';
 import { referenceNll } from './fixture/reference.js';
@@ -53,8 +51,17 @@ const WARMUP = 100;
 const EVAL_SEQ = [128, 256];
 
 const dims: FixtureDims = {
-  vocab: VOCAB, hidden: 128, layers: 4, heads: 4, kvHeads: 2, headDim: 32, experts: 8, topK: 2,
-  intermediate: Number(arg('intermediate', '256')), eps: 1e-5, ropeTheta: 10000,
+  vocab: VOCAB,
+  hidden: 128,
+  layers: 4,
+  heads: 4,
+  kvHeads: 2,
+  headDim: 32,
+  experts: 8,
+  topK: 2,
+  intermediate: Number(arg('intermediate', '256')),
+  eps: 1e-5,
+  ropeTheta: 10000,
 };
 
 function log(...a: unknown[]): void {
@@ -103,7 +110,11 @@ function evaluate(w: Weights, stream: Int32Array, L: number, rt: RopeTables, max
   }
   const tokens = nWin * L;
   return {
-    seqLen: L, windows: nWin, tokens, meanNll: sum / tokens, ppl: Math.exp(sum / tokens),
+    seqLen: L,
+    windows: nWin,
+    tokens,
+    meanNll: sum / tokens,
+    ppl: Math.exp(sum / tokens),
     expertUsage: counts.map((c) => [...c].map((x) => x / (tokens * dims.topK))),
   };
 }
@@ -142,15 +153,25 @@ async function main(): Promise<void> {
     // continue a previous run: its bf16 weights are the start point, its untrained figures (same seed) carry over
     const prev = JSON.parse(await readFile(join(RESUME, 'TRAINING.json'), 'utf8'));
     if (JSON.stringify(prev.dims) !== JSON.stringify(dims) || prev.seed !== SEED) throw new Error('--resume: dims or seed differ');
-    if (await readFile(join(RESUME, 'tokenizer.json'), 'utf8') !== JSON.stringify(tokenizerJson(bpe)) + '\n') throw new Error('--resume: tokenizer differs');
+    if ((await readFile(join(RESUME, 'tokenizer.json'), 'utf8')) !== JSON.stringify(tokenizerJson(bpe)) + '\n') throw new Error('--resume: tokenizer differs');
     const ck = await Checkpoint.open(RESUME);
     init = new Map();
     for (const [name] of paramShapes(dims)) init.set(name, await ck.readF32(name));
     untrained = prev.heldout.untrained;
     const t = prev.training;
-    phases.push(...((t.phases as Phase[] | undefined) ?? [{
-      steps: t.steps, batch: t.batch, seqLen: t.seqLen, tokens: t.tokens, seconds: t.seconds, peakLr: 3e-3, history: t.history,
-    }]));
+    phases.push(
+      ...((t.phases as Phase[] | undefined) ?? [
+        {
+          steps: t.steps,
+          batch: t.batch,
+          seqLen: t.seqLen,
+          tokens: t.tokens,
+          seconds: t.seconds,
+          peakLr: 3e-3,
+          history: t.history,
+        },
+      ]),
+    );
     log(`resuming from ${RESUME} after ${prev.training.tokens} tokens`);
   } else {
     init = initParams(dims, SEED);
@@ -180,21 +201,30 @@ async function main(): Promise<void> {
   let lossEma = NaN;
   let auxEma = NaN;
   const history: { step: number; loss: number; aux: number; tokens: number; seconds: number }[] = [];
-  const b1 = 0.9, b2 = 0.95, wd = 0.05, clip = 1.0;
+  const b1 = 0.9,
+    b2 = 0.95,
+    wd = 0.05,
+    clip = 1.0;
   while (step < totalSteps) {
-    const lr = step < WARMUP ? PEAK_LR * (step + 1) / WARMUP
-      : Number.isFinite(totalSteps) ? PEAK_LR * (0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * Math.min(1, (step - WARMUP) / (totalSteps - WARMUP)))))
-      : PEAK_LR;
+    const lr =
+      step < WARMUP
+        ? (PEAK_LR * (step + 1)) / WARMUP
+        : Number.isFinite(totalSteps)
+          ? PEAK_LR * (0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * Math.min(1, (step - WARMUP) / (totalSteps - WARMUP)))))
+          : PEAK_LR;
     const ids = new Int32Array(BATCH * SEQ);
     const targets = new Int32Array(BATCH * SEQ);
     for (let r = 0; r < BATCH; r++) windowAt(train, Math.floor(rnd() * (train.length - SEQ)), SEQ, ids, targets, r);
     let auxV = 0;
     const lossV = tf.tidy(() => {
-      const { value, grads } = tf.variableGrads(() => {
-        const res = forward(dims, vars as unknown as Weights, ids, BATCH, SEQ, rtTrain, targets);
-        auxV = res.aux.dataSync()[0]!;
-        return tf.add(res.loss!, tf.mul(res.aux, AUX_COEF)) as tf.Scalar;
-      }, names.map((n) => vars.get(n)!));
+      const { value, grads } = tf.variableGrads(
+        () => {
+          const res = forward(dims, vars as unknown as Weights, ids, BATCH, SEQ, rtTrain, targets);
+          auxV = res.aux.dataSync()[0]!;
+          return tf.add(res.loss!, tf.mul(res.aux, AUX_COEF)) as tf.Scalar;
+        },
+        names.map((n) => vars.get(n)!),
+      );
       // an expert that received no token in this batch has no gradient: treat it as zero
       for (const n of names) if (!grads[n]) grads[n] = tf.zerosLike(vars.get(n)!);
       let sq = 0;
@@ -226,13 +256,18 @@ async function main(): Promise<void> {
     if (step % 50 === 0 || step === totalSteps) {
       const tokens = step * BATCH * SEQ;
       history.push({ step, loss: +lossEma.toFixed(4), aux: +auxEma.toFixed(4), tokens, seconds: Math.round(elapsed / 1000) });
-      log(`step ${step}/${totalSteps} loss ${lossEma.toFixed(3)} aux ${auxEma.toFixed(3)} lr ${lr.toExponential(2)} ${(tokens / (elapsed / 1000)).toFixed(0)} tok/s`);
+      log(
+        `step ${step}/${totalSteps} loss ${lossEma.toFixed(3)} aux ${auxEma.toFixed(3)} lr ${lr.toExponential(2)} ${(tokens / (elapsed / 1000)).toFixed(0)} tok/s`,
+      );
     }
     if (!Number.isFinite(lossV)) throw new Error(`loss is ${lossV} at step ${step}`);
   }
   const trainSeconds = (Date.now() - tTrain) / 1000;
   const trainTokens = step * BATCH * SEQ;
-  const allPhases: Phase[] = [...phases, { steps: step, batch: BATCH, seqLen: SEQ, tokens: trainTokens, seconds: Math.round(trainSeconds), peakLr: PEAK_LR, history }];
+  const allPhases: Phase[] = [
+    ...phases,
+    { steps: step, batch: BATCH, seqLen: SEQ, tokens: trainTokens, seconds: Math.round(trainSeconds), peakLr: PEAK_LR, history },
+  ];
 
   // ---- write the checkpoint (bf16) ---------------------------------------------------------------------------
   const specs = paramShapes(dims).map(([name, shape]) => ({ name, dtype: 'BF16' as const, shape }));
@@ -269,9 +304,19 @@ async function main(): Promise<void> {
     vocab_size: dims.vocab,
   };
   await writeFile(join(OUT, 'config.json'), JSON.stringify(config, null, 2) + '\n');
-  await writeFile(join(OUT, 'generation_config.json'), JSON.stringify({
-    _from_model_config: true, bos_token_id: BOS_ID, eos_token_id: EOS_ID, transformers_version: '4.46.0',
-  }, null, 2) + '\n');
+  await writeFile(
+    join(OUT, 'generation_config.json'),
+    JSON.stringify(
+      {
+        _from_model_config: true,
+        bos_token_id: BOS_ID,
+        eos_token_id: EOS_ID,
+        transformers_version: '4.46.0',
+      },
+      null,
+      2,
+    ) + '\n',
+  );
   for (const v of [...vars.values(), ...m1.values(), ...m2.values()]) v.dispose();
 
   // ---- evaluate exactly what was written ---------------------------------------------------------------------
@@ -303,14 +348,18 @@ async function main(): Promise<void> {
 
   const facts = {
     description: 'Trained Mixtral-format fixture: facts measured by scripts/train-fixture.ts on the committed bf16 weights',
-    convention: 'each line of the text file encoded alone without special tokens, ids concatenated; non-overlapping windows of seqLen tokens (partial tail dropped), model input [BOS] + window[0..seqLen-2], every window token scored; ppl = exp(mean NLL)',
+    convention:
+      'each line of the text file encoded alone without special tokens, ids concatenated; non-overlapping windows of seqLen tokens (partial tail dropped), model input [BOS] + window[0..seqLen-2], every window token scored; ppl = exp(mean NLL)',
     dims,
     seed: SEED,
     tokenizer: { type: 'byte-level BPE (GPT-2 pre-tokenizer)', vocab: dims.vocab, unk: UNK_ID, bos: BOS_ID, eos: EOS_ID },
     text: {
-      trainTokens: train.length, heldoutTokens: heldout.length, calibTokens: calib.length,
+      trainTokens: train.length,
+      heldoutTokens: heldout.length,
+      calibTokens: calib.length,
       trainSources: `${splits.trainDocs} Brown documents + nlp-corpus builds (all 50 files)`,
-      heldoutDocs: splits.heldoutDocs, calibDocs: splits.calibDocs,
+      heldoutDocs: splits.heldoutDocs,
+      calibDocs: splits.calibDocs,
     },
     training: {
       steps: allPhases.reduce((a, p) => a + p.steps, 0),
@@ -319,7 +368,8 @@ async function main(): Promise<void> {
       tokensPerSecond: Math.round(trainTokens / trainSeconds),
       epochs: +(allPhases.reduce((a, p) => a + p.tokens, 0) / train.length).toFixed(3),
       optimizer: `AdamW(b1=${b1}, b2=${b2}, wd=${wd} on matrices except embeddings), grad clip ${clip}, per phase: lr warmup ${WARMUP} steps then cosine to 10% of peak`,
-      auxLossCoef: AUX_COEF, backend: tf.getBackend(),
+      auxLossCoef: AUX_COEF,
+      backend: tf.getBackend(),
       phases: allPhases,
     },
     heldout: {

@@ -45,11 +45,21 @@ describe('same flags, same bytes', () => {
   it.each([
     ['calibrate', (out: string) => ['calibrate', '--model', MODEL, '--data', CALIB, '--max-tokens', '512', '--seq-len', '128', '--out', out]],
     ['prune reap', (out: string) => ['prune', '--model', MODEL, '--keep', '6', '--method', 'reap', '--calib', CALIB, ...TOKENS, '--out', out]],
-    ['quantize gptq (one width: no scoring pass)', (out: string) => ['quantize', '--model', MODEL, '--bits', '3.5', '--candidates', '3', '--calib', CALIB, ...TOKENS, '--out', out]],
+    [
+      'quantize gptq (one width: no scoring pass)',
+      (out: string) => ['quantize', '--model', MODEL, '--bits', '3.5', '--candidates', '3', '--calib', CALIB, ...TOKENS, '--out', out],
+    ],
     ['merge', (out: string) => ['merge', '--model', MODEL, '--groups', '6', '--calib', CALIB, ...TOKENS, '--out', out]],
-    ['decompose (uniform ranks: no solver time limit in play)', (out: string) => ['decompose', '--model', MODEL, '--ratio', '0.6', '--uniform', '--seed', '3', '--calib', CALIB, '--calib-tokens', '512', '--out', out]],
-  ])('%s', async (name, args) => {
-    const [a, b] = await twice(name.replace(' ', '-'), args);
-    expect(a).toEqual(b);
-  }, 120_000);
+    [
+      'decompose (uniform ranks: no solver time limit in play)',
+      (out: string) => ['decompose', '--model', MODEL, '--ratio', '0.6', '--uniform', '--seed', '3', '--calib', CALIB, '--calib-tokens', '512', '--out', out],
+    ],
+  ])(
+    '%s',
+    async (name, args) => {
+      const [a, b] = await twice(name.replace(' ', '-'), args);
+      expect(a).toEqual(b);
+    },
+    120_000,
+  );
 });

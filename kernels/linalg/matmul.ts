@@ -36,7 +36,14 @@ export function engineFor(m: number, k: number, n: number, engine: Engine = 'aut
  * C [m, n] = op(A) op(B) where op(A) is [m, k] and op(B) is [k, n]; A is stored [m, k] (or [k, m] with transA),
  * B is stored [k, n] (or [n, k] with transB).
  */
-export function matmul(a: Float64Array | Float32Array, b: Float64Array | Float32Array, m: number, k: number, n: number, opts: MatmulOptions = {}): Float64Array {
+export function matmul(
+  a: Float64Array | Float32Array,
+  b: Float64Array | Float32Array,
+  m: number,
+  k: number,
+  n: number,
+  opts: MatmulOptions = {},
+): Float64Array {
   const tA = !!opts.transA;
   const tB = !!opts.transB;
   if (a.length < m * k || b.length < k * n) throw new RangeError(`matmul: operands too small for ${m}x${k} by ${k}x${n}`);

@@ -101,11 +101,12 @@ function gramSvd(M: Float64Array, m: number, n: number, k: number, engine?: Engi
 /** M M^T [m, m] */
 function gramRows(M: Float64Array, m: number, n: number, engine?: Engine): Float64Array {
   const g = matmul(M, M, m, n, m, { transB: true, engine });
-  for (let i = 0; i < m; i++) for (let j = i + 1; j < m; j++) {
-    const v = 0.5 * (g[i * m + j]! + g[j * m + i]!);
-    g[i * m + j] = v;
-    g[j * m + i] = v;
-  }
+  for (let i = 0; i < m; i++)
+    for (let j = i + 1; j < m; j++) {
+      const v = 0.5 * (g[i * m + j]! + g[j * m + i]!);
+      g[i * m + j] = v;
+      g[j * m + i] = v;
+    }
   return g;
 }
 

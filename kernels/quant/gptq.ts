@@ -91,7 +91,14 @@ export function prepareGptq(hessian: Float64Array, inF: number, opts: GptqOption
   return { inF, dead, ...(perm ? { perm } : {}), U, damp };
 }
 
-export function gptqQuantize(w: Float32Array, out: number, inF: number, hessian: Float64Array | GptqPrepared, spec: QuantSpec, opts: GptqOptions = {}): GptqResult {
+export function gptqQuantize(
+  w: Float32Array,
+  out: number,
+  inF: number,
+  hessian: Float64Array | GptqPrepared,
+  spec: QuantSpec,
+  opts: GptqOptions = {},
+): GptqResult {
   if (w.length !== out * inF) fail('InvalidShape', `GPTQ: weight has ${w.length} values, expected ${out}x${inF}`);
   const prep = hessian instanceof Float64Array ? prepareGptq(hessian, inF, opts) : hessian;
   if (prep.inF !== inF) fail('InvalidShape', `GPTQ: Hessian is for ${prep.inF} inputs, the weight has ${inF}`);
@@ -127,7 +134,8 @@ export function gptqQuantize(w: Float32Array, out: number, inF: number, hessian:
         const g = col / gs;
         const gEnd = Math.min(i + gs, cnt);
         for (let o = 0; o < out; o++) {
-          let mn = Infinity, mx = -Infinity;
+          let mn = Infinity,
+            mx = -Infinity;
           for (let j = i; j < gEnd; j++) {
             const v = W1[o * cnt + j]!;
             if (v < mn) mn = v;

@@ -29,7 +29,9 @@ export function packedWords(n: number, bits: QuantBits): number {
 function packSeq(n: number, bits: QuantBits, get: (i: number) => number, put: (w: number, v: number) => void): void {
   if (bits === 3) {
     for (let b = 0, w = 0; b < n; b += 32, w += 3) {
-      let w0 = 0, w1 = 0, w2 = 0;
+      let w0 = 0,
+        w1 = 0,
+        w2 = 0;
       for (let j = 0; j < 10; j++) w0 |= get(b + j) << (3 * j);
       const v10 = get(b + 10);
       w0 |= v10 << 30;
@@ -56,7 +58,9 @@ function packSeq(n: number, bits: QuantBits, get: (i: number) => number, put: (w
 function unpackSeq(n: number, bits: QuantBits, word: (w: number) => number, set: (i: number, v: number) => void): void {
   if (bits === 3) {
     for (let b = 0, w = 0; b < n; b += 32, w += 3) {
-      const w0 = word(w) >>> 0, w1 = word(w + 1) >>> 0, w2 = word(w + 2) >>> 0;
+      const w0 = word(w) >>> 0,
+        w1 = word(w + 1) >>> 0,
+        w2 = word(w + 2) >>> 0;
       for (let j = 0; j < 10; j++) set(b + j, (w0 >>> (3 * j)) & 7);
       set(b + 10, ((w0 >>> 30) & 3) | ((w1 & 1) << 2));
       for (let j = 0; j < 10; j++) set(b + 11 + j, (w1 >>> (3 * j + 1)) & 7);
@@ -73,13 +77,23 @@ function unpackSeq(n: number, bits: QuantBits, word: (w: number) => number, set:
 /** A 1-D sequence of codes -> its words (used by tests against hand-computed words, and by the packers). */
 export function packValues(values: ArrayLike<number>, bits: QuantBits): Uint32Array {
   const words = new Uint32Array(packedWords(values.length, bits));
-  packSeq(values.length, bits, (i) => values[i]!, (w, v) => (words[w] = v));
+  packSeq(
+    values.length,
+    bits,
+    (i) => values[i]!,
+    (w, v) => (words[w] = v),
+  );
   return words;
 }
 
 export function unpackValues(words: ArrayLike<number>, n: number, bits: QuantBits): Uint8Array {
   const out = new Uint8Array(n);
-  unpackSeq(n, bits, (w) => words[w]!, (i, v) => (out[i] = v));
+  unpackSeq(
+    n,
+    bits,
+    (w) => words[w]!,
+    (i, v) => (out[i] = v),
+  );
   return out;
 }
 
@@ -113,13 +127,23 @@ export function packGptq(ql: QuantizedLinear): GptqTensors {
   const qweight = new Int32Array(rows * out);
   for (let o = 0; o < out; o++) {
     const base = o * inF;
-    packSeq(inF, bits, (i) => q[base + i]!, (w, v) => (qweight[w * out + o] = v | 0));
+    packSeq(
+      inF,
+      bits,
+      (i) => q[base + i]!,
+      (w, v) => (qweight[w * out + o] = v | 0),
+    );
   }
   const zc = packedWords(out, bits);
   const qzeros = new Int32Array(G * zc);
   const mask = maxq(bits);
   for (let g = 0; g < G; g++) {
-    packSeq(out, bits, (o) => (zeros[g * out + o]! - 1) & mask, (w, v) => (qzeros[g * zc + w] = v | 0));
+    packSeq(
+      out,
+      bits,
+      (o) => (zeros[g * out + o]! - 1) & mask,
+      (w, v) => (qzeros[g * zc + w] = v | 0),
+    );
   }
   const s16 = new Uint16Array(G * out);
   for (let k = 0; k < s16.length; k++) s16[k] = f32ToF16Bits(scales[k]!);
@@ -138,13 +162,23 @@ export function unpackGptq(t: GptqTensors, out: number, inF: number, spec: Quant
   const q = new Uint8Array(out * inF);
   for (let o = 0; o < out; o++) {
     const base = o * inF;
-    unpackSeq(inF, bits, (w) => t.qweight[w * out + o]!, (i, v) => (q[base + i] = v));
+    unpackSeq(
+      inF,
+      bits,
+      (w) => t.qweight[w * out + o]!,
+      (i, v) => (q[base + i] = v),
+    );
   }
   const zc = sh.qzeros[1]!;
   const zeros = new Uint8Array(G * out);
   const mask = maxq(bits);
   for (let g = 0; g < G; g++) {
-    unpackSeq(out, bits, (w) => t.qzeros[g * zc + w]!, (o, v) => (zeros[g * out + o] = (v + 1) & mask));
+    unpackSeq(
+      out,
+      bits,
+      (w) => t.qzeros[g * zc + w]!,
+      (o, v) => (zeros[g * out + o] = (v + 1) & mask),
+    );
   }
   const scales = new Float32Array(G * out);
   for (let k = 0; k < scales.length; k++) scales[k] = f16BitsToF32(t.scales[k]!);
@@ -158,5 +192,5 @@ export function unpackGptq(t: GptqTensors, out: number, inF: number, spec: Quant
 /** Exact bytes stored for one linear in the GPTQ format (what true bits per weight counts). */
 export function gptqBytes(out: number, inF: number, spec: QuantSpec): number {
   const G = numGroups(inF, spec.groupSize);
-  return (inF * spec.bits / 32) * out * 4 + G * (out * spec.bits / 32) * 4 + G * out * 2 + inF * 4;
+  return ((inF * spec.bits) / 32) * out * 4 + G * ((out * spec.bits) / 32) * 4 + G * out * 2 + inF * 4;
 }

@@ -74,7 +74,11 @@ export function quantizeRtn(w: Float32Array, out: number, inF: number, spec: Qua
   const [mins, maxs] = tf.tidy(() => {
     let W = tf.tensor2d(w, [out, inF]);
     // zero padding cannot change a group's range: the range always includes 0
-    if (padded > inF) W = tf.pad(W, [[0, 0], [0, padded - inF]]);
+    if (padded > inF)
+      W = tf.pad(W, [
+        [0, 0],
+        [0, padded - inF],
+      ]);
     const g = tf.reshape(W, [out, G, gs]);
     return [tf.min(g, 2), tf.max(g, 2)];
   });
@@ -98,7 +102,11 @@ export function quantizeRtn(w: Float32Array, out: number, inF: number, spec: Qua
   }
   const codes = tf.tidy(() => {
     let W = tf.tensor2d(w, [out, inF]);
-    if (padded > inF) W = tf.pad(W, [[0, 0], [0, padded - inF]]);
+    if (padded > inF)
+      W = tf.pad(W, [
+        [0, 0],
+        [0, padded - inF],
+      ]);
     const s = tf.tensor3d(sOG, [out, G, 1]);
     const z = tf.tensor3d(zOG, [out, G, 1]);
     const q = tf.clipByValue(tf.add(tf.round(tf.div(tf.reshape(W, [out, G, gs]), s)), z), 0, mq);

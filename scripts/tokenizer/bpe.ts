@@ -188,7 +188,13 @@ export function tokenizerJson(model: BpeModel): Record<string, unknown> {
     truncation: null,
     padding: null,
     added_tokens: SPECIAL_TOKENS.map((content, id) => ({
-      id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true,
+      id,
+      content,
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: false,
+      special: true,
     })),
     normalizer: null,
     pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true },
@@ -196,15 +202,24 @@ export function tokenizerJson(model: BpeModel): Record<string, unknown> {
       type: 'TemplateProcessing',
       single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
       pair: [
-        { SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } },
-        { SpecialToken: { id: '<s>', type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } },
+        { SpecialToken: { id: '<s>', type_id: 0 } },
+        { Sequence: { id: 'A', type_id: 0 } },
+        { SpecialToken: { id: '<s>', type_id: 1 } },
+        { Sequence: { id: 'B', type_id: 1 } },
       ],
       special_tokens: { '<s>': { id: '<s>', ids: [BOS_ID], tokens: ['<s>'] } },
     },
     decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
     model: {
-      type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null,
-      fuse_unk: false, byte_fallback: false, ignore_merges: false, vocab,
+      type: 'BPE',
+      dropout: null,
+      unk_token: '<unk>',
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: false,
+      byte_fallback: false,
+      ignore_merges: false,
+      vocab,
       merges: model.merges.map(([a, b]) => `${a} ${b}`),
     },
   };
@@ -220,9 +235,19 @@ export const TOKENIZER_CONFIG = {
   clean_up_tokenization_spaces: false,
   model_max_length: 512,
   tokenizer_class: 'PreTrainedTokenizerFast',
-  added_tokens_decoder: Object.fromEntries(SPECIAL_TOKENS.map((content, id) => [String(id), {
-    content, lstrip: false, normalized: false, rstrip: false, single_word: false, special: true,
-  }])),
+  added_tokens_decoder: Object.fromEntries(
+    SPECIAL_TOKENS.map((content, id) => [
+      String(id),
+      {
+        content,
+        lstrip: false,
+        normalized: false,
+        rstrip: false,
+        single_word: false,
+        special: true,
+      },
+    ]),
+  ),
 };
 
 export const SPECIAL_TOKENS_MAP = { bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>' };

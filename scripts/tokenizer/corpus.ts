@@ -66,7 +66,10 @@ export function brownParagraphs(raw: string): string[] {
 
 function cleanLine(s: string): string {
   // tabs and stray control characters would become rare byte tokens; collapse all whitespace runs to one space
-  return s.replace(/[\u0000-\u001f\u007f]/g, ' ').replace(/\s+/g, ' ').trim();
+  return s
+    .replace(/[\u0000-\u001f\u007f]/g, ' ')
+    .replace(/\s+/g, ' ')
+    .trim();
 }
 
 export function brownDir(): string {
@@ -85,7 +88,9 @@ export function brownDocIds(): string[] {
 }
 
 export function readBrownDoc(id: string): string[] {
-  return brownParagraphs(readFileSync(join(brownDir(), id), 'utf8')).map(cleanLine).filter((l) => l.length > 0);
+  return brownParagraphs(readFileSync(join(brownDir(), id), 'utf8'))
+    .map(cleanLine)
+    .filter((l) => l.length > 0);
 }
 
 export function readNlpCorpus(): string[] {
@@ -96,10 +101,11 @@ export function readNlpCorpus(): string[] {
   const lines: string[] = [];
   for (const f of files) {
     const arr = JSON.parse(readFileSync(join(dir, f), 'utf8')) as unknown[];
-    for (const s of arr) if (typeof s === 'string') {
-      const l = cleanLine(s);
-      if (l.length > 0) lines.push(l);
-    }
+    for (const s of arr)
+      if (typeof s === 'string') {
+        const l = cleanLine(s);
+        if (l.length > 0) lines.push(l);
+      }
   }
   return lines;
 }

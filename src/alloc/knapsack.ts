@@ -172,7 +172,9 @@ function convexHull(options: readonly AllocOption[], pareto: readonly number[]):
   const hull: number[] = [];
   for (const i of pareto) {
     while (hull.length >= 2) {
-      const a = options[hull[hull.length - 2]!]!, b = options[hull[hull.length - 1]!]!, c = options[i]!;
+      const a = options[hull[hull.length - 2]!]!,
+        b = options[hull[hull.length - 1]!]!,
+        c = options[i]!;
       // drop b when it lies on or above the segment a-c
       if ((b.loss - a.loss) * (c.cost - a.cost) >= (c.loss - a.loss) * (b.cost - a.cost)) hull.pop();
       else break;
@@ -188,12 +190,17 @@ function convexHull(options: readonly AllocOption[], pareto: readonly number[]):
  * slope of the first upgrade that did not fit) and the integer rounding (that upgrade left out, then any
  * remaining single upgrades that still fit, best ratio first).
  */
-export function lagrangianBound(units: readonly AllocUnit[], pareto: readonly number[][], budget: number): { lower: number; lambda: number; incumbent: number[] } {
+export function lagrangianBound(
+  units: readonly AllocUnit[],
+  pareto: readonly number[][],
+  budget: number,
+): { lower: number; lambda: number; incumbent: number[] } {
   const hulls = units.map((u, i) => convexHull(u.options, pareto[i]!));
   const steps: { u: number; k: number; slope: number; dc: number; dl: number }[] = [];
   hulls.forEach((h, u) => {
     for (let k = 0; k + 1 < h.length; k++) {
-      const a = units[u]!.options[h[k]!]!, b = units[u]!.options[h[k + 1]!]!;
+      const a = units[u]!.options[h[k]!]!,
+        b = units[u]!.options[h[k + 1]!]!;
       steps.push({ u, k: k + 1, slope: (a.loss - b.loss) / (b.cost - a.cost), dc: b.cost - a.cost, dl: a.loss - b.loss });
     }
   });
@@ -220,7 +227,9 @@ export function lagrangianBound(units: readonly AllocUnit[], pareto: readonly nu
   // fill what budget is left with any single upgrade (any Pareto option, not only the hull) that fits
   let left = budget - cost;
   for (;;) {
-    let bu = -1, bo = -1, bestRatio = 0;
+    let bu = -1,
+      bo = -1,
+      bestRatio = 0;
     for (let u = 0; u < units.length; u++) {
       const cur = units[u]!.options[incumbent[u]!]!;
       for (const o of pareto[u]!) {
@@ -229,7 +238,11 @@ export function lagrangianBound(units: readonly AllocUnit[], pareto: readonly nu
         const dl = cur.loss - c.loss;
         if (dl > 0 && dc <= left) {
           const r = dc > 0 ? dl / dc : Infinity;
-          if (r > bestRatio) { bestRatio = r; bu = u; bo = o; }
+          if (r > bestRatio) {
+            bestRatio = r;
+            bu = u;
+            bo = o;
+          }
         }
       }
     }

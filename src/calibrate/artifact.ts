@@ -13,14 +13,30 @@ export const STATS_FORMAT = 'moe-calibration-stats';
 const F64_FIELDS = ['count', 'probMass', 'gateSum', 'reapSum', 'easyEpSum', 'outputSum'] as const;
 type F64Field = (typeof F64_FIELDS)[number];
 
-interface ArrayEntry { file: string; dtype: 'F64' | 'F32'; shape: number[] }
+interface ArrayEntry {
+  file: string;
+  dtype: 'F64' | 'F32';
+  shape: number[];
+}
 interface LayerJson {
-  layer: number; numExperts: number; hidden: number; tokens: number; logitSampleRows: number;
+  layer: number;
+  numExperts: number;
+  hidden: number;
+  tokens: number;
+  logitSampleRows: number;
   arrays: Record<string, ArrayEntry>;
 }
 interface StatsJson {
-  format: string; version: number; family: string; numLayers: number; numExperts: number; topK: number; hidden: number;
-  tokens: number; runs: number; layers: LayerJson[];
+  format: string;
+  version: number;
+  family: string;
+  numLayers: number;
+  numExperts: number;
+  topK: number;
+  hidden: number;
+  tokens: number;
+  runs: number;
+  layers: LayerJson[];
 }
 
 function bytesOf(a: Float64Array | Float32Array): Uint8Array {
@@ -60,8 +76,16 @@ export async function saveStats(stats: CalibStats, out: string, opts: { force?: 
     layers.push({ layer: l.layer, numExperts: l.numExperts, hidden: l.hidden, tokens: l.tokens, logitSampleRows: l.logitSampleRows, arrays });
   }
   const json: StatsJson & { grams?: { dir: string; dtype: 'F64'; shape: number[]; files: string[] } } = {
-    format: STATS_FORMAT, version: STATS_VERSION, family: stats.family, numLayers: stats.numLayers, numExperts: stats.numExperts,
-    topK: stats.topK, hidden: stats.hidden, tokens: stats.tokens, runs: stats.runs, layers,
+    format: STATS_FORMAT,
+    version: STATS_VERSION,
+    family: stats.family,
+    numLayers: stats.numLayers,
+    numExperts: stats.numExperts,
+    topK: stats.topK,
+    hidden: stats.hidden,
+    tokens: stats.tokens,
+    runs: stats.runs,
+    layers,
   };
   if (opts.gramsDir) {
     await rename(opts.gramsDir, join(staging, 'grams'));
@@ -83,7 +107,8 @@ function isInt(v: unknown, min = 0): v is number {
 async function readArray(dir: string, e: unknown, dtype: 'F64' | 'F32', shape: number[], what: string): Promise<Float64Array | Float32Array> {
   if (!e || typeof e !== 'object') bad(dir, `${what}: missing array entry`);
   const ent = e as Partial<ArrayEntry>;
-  if (typeof ent.file !== 'string' || ent.file.includes('/') || ent.file.includes('\\') || ent.file.startsWith('.')) bad(dir, `${what}: bad file name ${JSON.stringify(ent.file)}`);
+  if (typeof ent.file !== 'string' || ent.file.includes('/') || ent.file.includes('\\') || ent.file.startsWith('.'))
+    bad(dir, `${what}: bad file name ${JSON.stringify(ent.file)}`);
   if (ent.dtype !== dtype) bad(dir, `${what}: dtype must be ${dtype}`);
   if (!Array.isArray(ent.shape) || ent.shape.length !== shape.length || ent.shape.some((d, i) => d !== shape[i])) {
     bad(dir, `${what}: shape ${JSON.stringify(ent.shape)} where [${shape.join(', ')}] is expected`);
@@ -120,7 +145,8 @@ export async function loadStats(dir: string): Promise<CalibStats> {
   if (!j || typeof j !== 'object') bad(dir, 'stats.json must be an object');
   if (j.format !== STATS_FORMAT) bad(dir, `stats.json is not a moe calibration artifact (format ${JSON.stringify(j.format)})`);
   if (j.version !== STATS_VERSION) bad(dir, `artifact version ${j.version} is not supported (this moe reads version ${STATS_VERSION}); recalibrate`);
-  for (const k of ['numLayers', 'numExperts', 'topK', 'hidden', 'tokens', 'runs'] as const) if (!isInt(j[k], k === 'tokens' ? 0 : 1)) bad(dir, `stats.json: '${k}' must be a positive integer`);
+  for (const k of ['numLayers', 'numExperts', 'topK', 'hidden', 'tokens', 'runs'] as const)
+    if (!isInt(j[k], k === 'tokens' ? 0 : 1)) bad(dir, `stats.json: '${k}' must be a positive integer`);
   if (typeof j.family !== 'string') bad(dir, "stats.json: 'family' must be a string");
   if (!Array.isArray(j.layers)) bad(dir, "stats.json: 'layers' must be a list");
   const layers: LayerStats[] = [];
@@ -132,19 +158,33 @@ export async function loadStats(dir: string): Promise<CalibStats> {
     seen.add(l.layer);
     if (l.numExperts !== j.numExperts || l.hidden !== j.hidden) bad(dir, `layer ${l.layer}: experts/hidden differ from the artifact's`);
     if (!isInt(l.tokens) || !isInt(l.logitSampleRows)) bad(dir, `layer ${l.layer}: tokens and logitSampleRows must be integers`);
-    const E = l.numExperts, H = l.hidden;
+    const E = l.numExperts,
+      H = l.hidden;
     const a = l.arrays ?? {};
     const ls: Partial<LayerStats> = { layer: l.layer, numExperts: E, hidden: H, tokens: l.tokens, logitSampleRows: l.logitSampleRows };
     for (const f of F64_FIELDS) {
-      (ls as Record<F64Field, Float64Array>)[f] = (await readArray(dir, a[f], 'F64', f === 'outputSum' ? [E, H] : [E], `layer ${l.layer} ${f}`)) as Float64Array;
+      (ls as Record<F64Field, Float64Array>)[f] = (await readArray(
+        dir,
+        a[f],
+        'F64',
+        f === 'outputSum' ? [E, H] : [E],
+        `layer ${l.layer} ${f}`,
+      )) as Float64Array;
     }
     ls.logitSample = (await readArray(dir, a['logitSample'], 'F32', [l.logitSampleRows, E], `layer ${l.layer} logitSample`)) as Float32Array;
     layers.push(ls as LayerStats);
   }
   layers.sort((x, y) => x.layer - y.layer);
   return {
-    version: STATS_VERSION, family: j.family, numLayers: j.numLayers!, numExperts: j.numExperts!, topK: j.topK!, hidden: j.hidden!,
-    tokens: j.tokens!, runs: j.runs!, layers,
+    version: STATS_VERSION,
+    family: j.family,
+    numLayers: j.numLayers!,
+    numExperts: j.numExperts!,
+    topK: j.topK!,
+    hidden: j.hidden!,
+    tokens: j.tokens!,
+    runs: j.runs!,
+    layers,
   };
 }
 
@@ -156,14 +196,20 @@ export function sumStats(all: readonly CalibStats[]): CalibStats {
     for (const k of ['family', 'numLayers', 'numExperts', 'topK', 'hidden'] as const) {
       if (a[k] !== b[k]) fail('InvalidStats', `cannot sum statistics of different models: ${k} ${a[k]} vs ${b[k]}`);
     }
-    const la = a.layers.map((l) => l.layer).join(','), lb = b.layers.map((l) => l.layer).join(',');
+    const la = a.layers.map((l) => l.layer).join(','),
+      lb = b.layers.map((l) => l.layer).join(',');
     if (la !== lb) fail('InvalidStats', `cannot sum statistics over different MoE layers ([${la}] vs [${lb}])`);
   }
   const layers = a.layers.map((l0, i) => {
     const out: LayerStats = {
-      ...l0, tokens: 0,
-      count: new Float64Array(l0.numExperts), probMass: new Float64Array(l0.numExperts), gateSum: new Float64Array(l0.numExperts),
-      reapSum: new Float64Array(l0.numExperts), easyEpSum: new Float64Array(l0.numExperts), outputSum: new Float64Array(l0.outputSum.length),
+      ...l0,
+      tokens: 0,
+      count: new Float64Array(l0.numExperts),
+      probMass: new Float64Array(l0.numExperts),
+      gateSum: new Float64Array(l0.numExperts),
+      reapSum: new Float64Array(l0.numExperts),
+      easyEpSum: new Float64Array(l0.numExperts),
+      outputSum: new Float64Array(l0.outputSum.length),
       logitSample: new Float32Array(all.reduce((s, st) => s + st.layers[i]!.logitSample.length, 0)),
       logitSampleRows: all.reduce((s, st) => s + st.layers[i]!.logitSampleRows, 0),
     };

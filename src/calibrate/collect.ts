@@ -22,10 +22,18 @@ export interface CollectOptions {
 
 function emptyLayer(layer: number, E: number, H: number): LayerStats {
   return {
-    layer, numExperts: E, hidden: H, tokens: 0,
-    count: new Float64Array(E), probMass: new Float64Array(E), gateSum: new Float64Array(E),
-    reapSum: new Float64Array(E), easyEpSum: new Float64Array(E), outputSum: new Float64Array(E * H),
-    logitSample: new Float32Array(0), logitSampleRows: 0,
+    layer,
+    numExperts: E,
+    hidden: H,
+    tokens: 0,
+    count: new Float64Array(E),
+    probMass: new Float64Array(E),
+    gateSum: new Float64Array(E),
+    reapSum: new Float64Array(E),
+    easyEpSum: new Float64Array(E),
+    outputSum: new Float64Array(E * H),
+    logitSample: new Float32Array(0),
+    logitSampleRows: 0,
   };
 }
 
@@ -63,10 +71,15 @@ export async function collectStats(model: Model, windows: readonly Int32Array[],
       const s = at(info.layer.index);
       const { routing: r, slotNorm, residualIn: a, residualOut: b } = info;
       for (let t = 0; t < r.T; t++) {
-        let ab = 0, aa = 0, bb = 0;
+        let ab = 0,
+          aa = 0,
+          bb = 0;
         for (let j = 0; j < H; j++) {
-          const x = a[t * H + j]!, y = b[t * H + j]!;
-          ab += x * y; aa += x * x; bb += y * y;
+          const x = a[t * H + j]!,
+            y = b[t * H + j]!;
+          ab += x * y;
+          aa += x * x;
+          bb += y * y;
         }
         const cos = aa > 0 && bb > 0 ? ab / Math.sqrt(aa * bb) : 1;
         const contrib = Math.max(1 - cos, 0);
@@ -85,7 +98,14 @@ export async function collectStats(model: Model, windows: readonly Int32Array[],
   await streamModel(model, windows, hooks, { ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) });
   const tokens = windows.reduce((a, w) => a + w.length, 0);
   return {
-    version: STATS_VERSION, family: v.family, numLayers: v.layers.length, numExperts: E, topK: v.dims.topK, hidden: H,
-    tokens, runs: 1, layers: [...layers.values()].sort((x, y) => x.layer - y.layer),
+    version: STATS_VERSION,
+    family: v.family,
+    numLayers: v.layers.length,
+    numExperts: E,
+    topK: v.dims.topK,
+    hidden: H,
+    tokens,
+    runs: 1,
+    layers: [...layers.values()].sort((x, y) => x.layer - y.layer),
   };
 }

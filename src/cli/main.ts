@@ -25,7 +25,9 @@ function packageVersion(): string {
 
 export function buildProgram(): Command {
   const program = new Command('moe')
-    .description('Make Mixture-of-Experts language models smaller: prune, merge, quantize and decompose experts in Hugging Face safetensors checkpoints, streamed layer by layer.')
+    .description(
+      'Make Mixture-of-Experts language models smaller: prune, merge, quantize and decompose experts in Hugging Face safetensors checkpoints, streamed layer by layer.',
+    )
     .version(packageVersion(), '-V, --version')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();

@@ -30,7 +30,6 @@ export function number(flag: string) {
 
 export const mib = (bytes: number): string => `${(bytes / 2 ** 20).toFixed(2)} MiB`;
 
-
 /** `--shard i/n` (0-based): this job's share of work split n ways, as a CI matrix or an indexed job hands it out. */
 export function shard(flag: string) {
   return (v: string): ShardSpec => {

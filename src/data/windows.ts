@@ -72,7 +72,9 @@ function tokenContent(v: unknown): string | null | undefined {
 function idOfToken(tokJson: Record<string, unknown>, content: string): number | undefined {
   const added = tokJson['added_tokens'];
   if (Array.isArray(added)) {
-    for (const a of added) if (a && typeof a === 'object' && (a as { content?: unknown }).content === content && typeof (a as { id?: unknown }).id === 'number') return (a as { id: number }).id;
+    for (const a of added)
+      if (a && typeof a === 'object' && (a as { content?: unknown }).content === content && typeof (a as { id?: unknown }).id === 'number')
+        return (a as { id: number }).id;
   }
   const vocab = (tokJson['model'] as { vocab?: unknown } | undefined)?.vocab;
   if (vocab && typeof vocab === 'object' && !Array.isArray(vocab)) {
@@ -154,7 +156,8 @@ export function encodeLines(tokenizer: Pick<Tokenizer, 'encode'>, lines: readonl
 /** Consecutive windows of seqLen from a token stream, each fed with BOS in front when there is one. */
 export function cutWindows(stream: Int32Array, seqLen: number, bos: number | null, maxTokens?: number, what = 'data'): Int32Array[] {
   if (!Number.isInteger(seqLen) || seqLen < 2) fail('Usage', `--seq-len must be an integer >= 2, got ${seqLen}`);
-  if (maxTokens !== undefined && (!Number.isInteger(maxTokens) || maxTokens <= 0)) fail('Usage', `the token limit (--max-tokens / --calib-tokens) must be a positive integer, got ${maxTokens}`);
+  if (maxTokens !== undefined && (!Number.isInteger(maxTokens) || maxTokens <= 0))
+    fail('Usage', `the token limit (--max-tokens / --calib-tokens) must be a positive integer, got ${maxTokens}`);
   let n = Math.floor(stream.length / seqLen);
   if (n === 0) fail('InvalidData', `${what}: ${stream.length} tokens is fewer than one window of ${seqLen} (use more text or a smaller --seq-len)`);
   if (maxTokens !== undefined) {
@@ -198,7 +201,11 @@ export async function loadWindowSet(modelDir: string, file: string, opts: Window
   const stream = encodeLines(tokenizer, lines);
   const windows = cutWindows(stream, seqLen, bos, opts.maxTokens, `data file ${file}`);
   return {
-    windows, seqLen, bos, streamTokens: stream.length, lines: lines.length,
+    windows,
+    seqLen,
+    bos,
+    streamTokens: stream.length,
+    lines: lines.length,
     scoredTokens: windows.length * (bos === null ? seqLen - 1 : seqLen),
   };
 }

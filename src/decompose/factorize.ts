@@ -82,7 +82,15 @@ function splitSqrt(sv: Svd, k: number): { A: Float64Array; SVt: Float64Array } {
 }
 
 /** Plain SVD (weight space) or whitened SVD-LLM (activation space) of one linear. */
-export function factorizeLinear(W: Float64Array, m: number, n: number, G?: Float64Array, engine?: Engine, maxRank?: number, opts: FactorizeOptions = {}): Factorization {
+export function factorizeLinear(
+  W: Float64Array,
+  m: number,
+  n: number,
+  G?: Float64Array,
+  engine?: Engine,
+  maxRank?: number,
+  opts: FactorizeOptions = {},
+): Factorization {
   const white = G ? whitening(G, n) : undefined;
   const M = white ? matmul(W, white.L, m, n, n, { engine }) : W;
   const sv = truncatedSvd(M, m, n, engine, maxRank, opts);
@@ -111,7 +119,15 @@ export interface SharedFactorization extends Omit<Factorization, 'factors'> {
   factors(k: number): { shared: Float64Array; perExpert: Float64Array[]; k: number };
 }
 
-export function factorizeSharedInput(Ws: Float64Array[], m: number, n: number, Gsum?: Float64Array, engine?: Engine, maxRank?: number, opts: FactorizeOptions = {}): SharedFactorization {
+export function factorizeSharedInput(
+  Ws: Float64Array[],
+  m: number,
+  n: number,
+  Gsum?: Float64Array,
+  engine?: Engine,
+  maxRank?: number,
+  opts: FactorizeOptions = {},
+): SharedFactorization {
   const E = Ws.length;
   const white = Gsum ? whitening(Gsum, n) : undefined;
   const M = new Float64Array(E * m * n);
@@ -144,7 +160,15 @@ export function factorizeSharedInput(Ws: Float64Array[], m: number, n: number, G
  * block keep its own whitening (the error splits into one term per expert), so no common Gram is needed:
  * the shared U comes from [W_1 L_1 | ... | W_E L_E] and B_j = U_k^T W_j is each expert's projection.
  */
-export function factorizeSharedOutput(Ws: Float64Array[], m: number, n: number, Gs?: (Float64Array | undefined)[], engine?: Engine, maxRank?: number, opts: FactorizeOptions = {}): SharedFactorization {
+export function factorizeSharedOutput(
+  Ws: Float64Array[],
+  m: number,
+  n: number,
+  Gs?: (Float64Array | undefined)[],
+  engine?: Engine,
+  maxRank?: number,
+  opts: FactorizeOptions = {},
+): SharedFactorization {
   const E = Ws.length;
   const cols = E * n;
   const M = new Float64Array(m * cols);

@@ -85,12 +85,21 @@ export function lowRankSection(config: HFConfig, where = 'config.json'): LowRank
   const raw = config.moe as Record<string, unknown> | undefined;
   let out: LowRankSection | null = null;
   if (raw !== undefined && raw !== null && typeof raw === 'object' && raw.format === LOWRANK_FORMAT) {
-    if (raw.version !== LOWRANK_VERSION) fail('InvalidConfig', `${where}: moe-lowrank version ${String(raw.version)} is not supported (this build reads ${LOWRANK_VERSION})`);
+    if (raw.version !== LOWRANK_VERSION)
+      fail('InvalidConfig', `${where}: moe-lowrank version ${String(raw.version)} is not supported (this build reads ${LOWRANK_VERSION})`);
     const mods = raw.modules;
     if (mods === null || typeof mods !== 'object' || Array.isArray(mods)) fail('InvalidConfig', `${where}: moe.modules must be an object`);
     for (const [name, m] of Object.entries(mods as Record<string, unknown>)) {
       const mm = m as Partial<LowRankModule> | null;
-      if (!mm || typeof mm !== 'object' || !Number.isInteger(mm.rank) || (mm.rank as number) < 0 || typeof mm.u !== 'string' || typeof mm.v !== 'string' || (mm.base !== undefined && typeof mm.base !== 'string')) {
+      if (
+        !mm ||
+        typeof mm !== 'object' ||
+        !Number.isInteger(mm.rank) ||
+        (mm.rank as number) < 0 ||
+        typeof mm.u !== 'string' ||
+        typeof mm.v !== 'string' ||
+        (mm.base !== undefined && typeof mm.base !== 'string')
+      ) {
         fail('InvalidConfig', `${where}: moe.modules['${name}'] must be {rank, u, v, base?}`);
       }
     }
@@ -130,7 +139,8 @@ export async function loadLowRank(ckpt: Checkpoint, ref: LinearRef, mod: LowRank
     }
   }
   const w = Float32Array.from(acc);
-  for (let i = 0; i < w.length; i++) if (!Number.isFinite(w[i]!)) fail('NonFinite', `${ckpt.dir}: low-rank factors of '${ref.tensor}' give a non-finite weight`);
+  for (let i = 0; i < w.length; i++)
+    if (!Number.isFinite(w[i]!)) fail('NonFinite', `${ckpt.dir}: low-rank factors of '${ref.tensor}' give a non-finite weight`);
   return { out: m, in: n, w };
 }
 

@@ -52,7 +52,15 @@ function withBias(y: tf.Tensor2D, b?: Float32Array): tf.Tensor2D {
 }
 
 /** Gram matrices of one expert on its routed rows (x [T, H], f32), scaled by 1/scale. */
-export function expertGrams(x: Float32Array, H: number, rows: readonly number[], w: SwiGLUWeights, act: ActivationSpec, scale: number, wantMid: boolean): ExpertGrams {
+export function expertGrams(
+  x: Float32Array,
+  H: number,
+  rows: readonly number[],
+  w: SwiGLUWeights,
+  act: ActivationSpec,
+  scale: number,
+  wantMid: boolean,
+): ExpertGrams {
   const Tj = rows.length;
   if (Tj === 0) return { tokens: 0 };
   const xj = new Float32Array(Tj * H);

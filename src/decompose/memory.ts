@@ -101,7 +101,10 @@ export function decomposeMemory(model: Model, shapes: readonly UnitShape[], rank
   }
   if (o.grams) {
     // gate/up share the input Gram [H, H]; down has its own [I, I]
-    parts.push({ label: "one layer's Gram matrices (float64)", bytes: maxOver((l) => l.E * ((l.proj.get('gate')?.n ?? 0) ** 2 + (l.proj.get('down')?.n ?? 0) ** 2) * F64) });
+    parts.push({
+      label: "one layer's Gram matrices (float64)",
+      bytes: maxOver((l) => l.E * ((l.proj.get('gate')?.n ?? 0) ** 2 + (l.proj.get('down')?.n ?? 0) ** 2) * F64),
+    });
   }
   const whitened = mode !== 'svd';
   const work = shapes.reduce((a, u) => Math.max(a, unitWorkspaceBytes(u, whitened)), 0);
@@ -109,7 +112,10 @@ export function decomposeMemory(model: Model, shapes: readonly UnitShape[], rank
   parts.push({ label: 'allocation churn not yet collected (fitted: 6 x the unit workspace + 80 MiB)', bytes: CHURN_PER_WORKSPACE * work + CHURN_BASE_BYTES });
   if (o.scoring) parts.push({ label: "every unit's truncation spectrum (score pass)", bytes: shapes.reduce((a, u) => a + (u.maxRank + 1) * F64, 0) });
   if (o.writing) {
-    parts.push({ label: "one layer's factors at the planned ranks (float64)", bytes: maxOver((l) => l.units.reduce((a, u, i) => a + unitParams(u, l.ranks[i]!), 0) * F64) });
+    parts.push({
+      label: "one layer's factors at the planned ranks (float64)",
+      bytes: maxOver((l) => l.units.reduce((a, u, i) => a + unitParams(u, l.ranks[i]!), 0) * F64),
+    });
     // the new tensor's float32 copy (and, materialised, its float64 product) next to its encoded bytes
     const copies = o.largestNew.elems * (F32 + (o.materialize ? F64 : 0));
     parts.push({ label: 'the writer (one tensor in flight)', bytes: writerBytes(ckpt, o.largestNew.bytes) + copies });

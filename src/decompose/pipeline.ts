@@ -39,7 +39,17 @@ import { LayerHandoff } from './handoff.js';
 import { decomposeMemory } from './memory.js';
 import { budgetOf, checkRatio, planLoss, planRanks, uniformPlan, uniformRank, unitParams, type AllocLoss, type RankPlan } from './plan.js';
 import { planRecord, planSettings, validatePlan, windowsDigest, type DecomposePlan } from './planfile.js';
-import { applyUnit, layerUnits, layerUnitShapes, summarize, type AppliedUnit, type ExpertFactors, type ScoreOptions, type UnitShape, type UnitSummary } from './units.js';
+import {
+  applyUnit,
+  layerUnits,
+  layerUnitShapes,
+  summarize,
+  type AppliedUnit,
+  type ExpertFactors,
+  type ScoreOptions,
+  type UnitShape,
+  type UnitSummary,
+} from './units.js';
 import { factorKey, largestNewTensor, writeDecomposed, type FactorSlot } from './write.js';
 
 export const DEFAULT_MODE: DecomposeMode = 'whitened';
@@ -137,22 +147,24 @@ export function validateRequest(req: DecomposeRequest): DecomposeMode {
   checkRatio(req.ratio);
   if (req.calib && req.stats) fail('Usage', 'give --calib FILE or --stats DIR, not both');
   if (req.stats) fail('Usage', 'decompose needs the Gram matrices of routed activations, which saved statistics do not hold: give --calib FILE');
-  if (mode !== 'svd' && !req.calib && !req.windows && !req.grams) fail('Usage', `--mode ${mode} whitens by the activations each expert sees: give calibration text (--calib FILE), or use --mode svd`);
-  if (req.calibTokens !== undefined && (!Number.isInteger(req.calibTokens) || req.calibTokens <= 0)) fail('Usage', `--calib-tokens must be a positive integer, got ${req.calibTokens}`);
+  if (mode !== 'svd' && !req.calib && !req.windows && !req.grams)
+    fail('Usage', `--mode ${mode} whitens by the activations each expert sees: give calibration text (--calib FILE), or use --mode svd`);
+  if (req.calibTokens !== undefined && (!Number.isInteger(req.calibTokens) || req.calibTokens <= 0))
+    fail('Usage', `--calib-tokens must be a positive integer, got ${req.calibTokens}`);
   if (req.seed !== undefined && (!Number.isInteger(req.seed) || req.seed < 0)) fail('Usage', `--seed must be a non-negative whole number, got ${req.seed}`);
-  if (req.plan && req.savePlan) fail('Usage', 'give --plan FILE (apply a saved plan) or --save-plan FILE (save this run\'s plan), not both');
+  if (req.plan && req.savePlan) fail('Usage', "give --plan FILE (apply a saved plan) or --save-plan FILE (save this run's plan), not both");
   if (req.shard && !req.plan && !req.uniform) {
-    fail('Usage', '--shard needs --plan FILE: ranks are allocated over all layers at once, so compute the plan once (--save-plan FILE, e.g. with --dry-run) and give it to every job; or use --uniform');
+    fail(
+      'Usage',
+      '--shard needs --plan FILE: ranks are allocated over all layers at once, so compute the plan once (--save-plan FILE, e.g. with --dry-run) and give it to every job; or use --uniform',
+    );
   }
   if (!req.dryRun && !req.out) fail('Usage', '--out DIR is required (or use --dry-run)');
   return mode;
 }
 
 /** Where the apply and score passes get each MoE layer's experts and Grams. */
-type LayerSource =
-  | { kind: 'forward'; windows: readonly Int32Array[] }
-  | { kind: 'grams'; layers: LayerGrams[]; tokens: number }
-  | { kind: 'weights' };
+type LayerSource = { kind: 'forward'; windows: readonly Int32Array[] } | { kind: 'grams'; layers: LayerGrams[]; tokens: number } | { kind: 'weights' };
 
 /** Visit one MoE layer: its experts (float32, as loaded) and, when calibrated, its Grams; both fetched on demand. */
 type LayerVisit = (layer: number, experts: () => Promise<SwiGLUWeights[]>, grams: () => LayerGrams | undefined) => Promise<void>;
@@ -172,25 +184,45 @@ async function loadExperts(model: Model, layer: number): Promise<SwiGLUWeights[]
 async function walkLayers(model: Model, src: LayerSource, visit: LayerVisit, last?: number): Promise<number> {
   if (src.kind === 'forward') {
     let tokens = 0;
-    await streamModel(model, src.windows, {
-      async onMoeLayer(input: MoeLayerInput) {
-        tokens = input.T;
-        await visit(input.layer.index, async () => input.experts, () => layerGrams(input, model.view.forward.activation, true));
+    await streamModel(
+      model,
+      src.windows,
+      {
+        async onMoeLayer(input: MoeLayerInput) {
+          tokens = input.T;
+          await visit(
+            input.layer.index,
+            async () => input.experts,
+            () => layerGrams(input, model.view.forward.activation, true),
+          );
+        },
       },
-    }, { stopAfterLayer: last ?? model.view.moeLayers[model.view.moeLayers.length - 1] });
+      { stopAfterLayer: last ?? model.view.moeLayers[model.view.moeLayers.length - 1] },
+    );
     return tokens;
   }
   if (src.kind === 'grams') {
     const layers = src.layers.map((g) => g.layer);
-    if (layers.join(',') !== model.view.moeLayers.join(',')) fail('InvalidStats', `the Gram matrices cover layers ${layers.join(', ')}, the model's MoE layers are ${model.view.moeLayers.join(', ')}`);
+    if (layers.join(',') !== model.view.moeLayers.join(','))
+      fail('InvalidStats', `the Gram matrices cover layers ${layers.join(', ')}, the model's MoE layers are ${model.view.moeLayers.join(', ')}`);
     for (const g of src.layers) {
       const layer = model.view.layers[g.layer];
-      if (!layer || layer.block.kind !== 'moe' || layer.block.experts.length !== g.experts.length) fail('InvalidStats', `Gram matrices of layer ${g.layer} do not match the model`);
-      await visit(g.layer, () => loadExperts(model, g.layer), () => g);
+      if (!layer || layer.block.kind !== 'moe' || layer.block.experts.length !== g.experts.length)
+        fail('InvalidStats', `Gram matrices of layer ${g.layer} do not match the model`);
+      await visit(
+        g.layer,
+        () => loadExperts(model, g.layer),
+        () => g,
+      );
     }
     return src.tokens;
   }
-  for (const l of model.view.moeLayers) await visit(l, () => loadExperts(model, l), () => undefined);
+  for (const l of model.view.moeLayers)
+    await visit(
+      l,
+      () => loadExperts(model, l),
+      () => undefined,
+    );
   return 0;
 }
 
@@ -221,13 +253,22 @@ export function modelUnitShapes(model: Model, opts: ScoreOptions): UnitShape[] {
 
 function checkUnit(u: UnitSummary, shape: UnitShape | undefined): UnitShape {
   if (!shape || shape.maxRank !== u.maxRank || shape.m !== u.m || shape.n !== u.n) {
-    fail('ComputeError', `internal: unit ${u.id} factorised to rank ${u.maxRank} [${u.m}, ${u.n}], planned from shapes as ${shape ? `rank ${shape.maxRank} [${shape.m}, ${shape.n}]` : 'absent'}`);
+    fail(
+      'ComputeError',
+      `internal: unit ${u.id} factorised to rank ${u.maxRank} [${u.m}, ${u.n}], planned from shapes as ${shape ? `rank ${shape.maxRank} [${shape.m}, ${shape.n}]` : 'absent'}`,
+    );
   }
   return shape;
 }
 
 /** Score: every unit's truncation spectrum, one unit's factorisation alive at a time; only the summaries are kept. */
-async function scorePass(model: Model, src: LayerSource, shapes: ReadonlyMap<string, UnitShape>, opts: ScoreOptions, progress?: Progress): Promise<{ units: UnitSummary[]; tokens: number }> {
+async function scorePass(
+  model: Model,
+  src: LayerSource,
+  shapes: ReadonlyMap<string, UnitShape>,
+  opts: ScoreOptions,
+  progress?: Progress,
+): Promise<{ units: UnitSummary[]; tokens: number }> {
   const units: UnitSummary[] = [];
   let done = 0;
   const total = model.view.moeLayers.length;
@@ -254,8 +295,14 @@ interface AppliedSummary {
  * while the pass waits; at most one layer of factors is alive.
  */
 async function applyAndWrite(
-  model: Model, req: DecomposeRequest, mode: DecomposeMode, src: LayerSource, shapes: readonly UnitShape[], ranks: readonly number[],
-  opts: ScoreOptions, shard: ShardSpec | undefined,
+  model: Model,
+  req: DecomposeRequest,
+  mode: DecomposeMode,
+  src: LayerSource,
+  shapes: readonly UnitShape[],
+  ranks: readonly number[],
+  opts: ScoreOptions,
+  shard: ShardSpec | undefined,
 ): Promise<{ units: AppliedSummary[]; tokens: number; output: { tensors: number; bytes: number } }> {
   const byId = new Map(shapes.map((u, i) => [u.id, { shape: u, rank: ranks[i]! }]));
   const own = (layer: number) => !shard || shardOwner(layer, shard.count) === shard.index;
@@ -263,7 +310,9 @@ async function applyAndWrite(
   const units: AppliedSummary[] = [];
   const ownLayers = model.view.moeLayers.filter(own);
   let done = 0;
-  const phase = req.progress?.phase(`apply + write: ${req.out}${req.materialize ? ' (dense)' : ''}${shard ? ` (shard ${shard.index}/${shard.count}: layers ${ownLayers.join(', ')})` : ''}`);
+  const phase = req.progress?.phase(
+    `apply + write: ${req.out}${req.materialize ? ' (dense)' : ''}${shard ? ` (shard ${shard.index}/${shard.count}: layers ${ownLayers.join(', ')})` : ''}`,
+  );
   const walk = (visit: LayerVisit) => (ownLayers.length ? walkLayers(model, src, visit, ownLayers[ownLayers.length - 1]) : Promise.resolve(0));
   const apply = walk(async (layer, experts, grams) => {
     if (!own(layer)) return;
@@ -278,29 +327,41 @@ async function applyAndWrite(
     handoff.publish(layer, factors);
     phase?.tick(++done, ownLayers.length, 'layers');
     await handoff.released(layer);
-  }).then((tokens) => {
-    handoff.close();
-    return tokens;
-  }, (e: unknown) => {
-    handoff.fail(e);
-    throw e;
-  });
+  }).then(
+    (tokens) => {
+      handoff.close();
+      return tokens;
+    },
+    (e: unknown) => {
+      handoff.fail(e);
+      throw e;
+    },
+  );
   const slots = factorSlots(shapes, ranks);
   const write = writeDecomposed(model, slots, (l) => handoff.take(l), {
-    out: req.out!, force: req.force, mode, ratio: req.ratio, materialize: req.materialize,
+    out: req.out!,
+    force: req.force,
+    mode,
+    ratio: req.ratio,
+    materialize: req.materialize,
     shard,
-  }).then((r) => {
-    handoff.finish();
-    return r;
-  }, (e: unknown) => {
-    handoff.fail(e);
-    throw e;
-  });
+  }).then(
+    (r) => {
+      handoff.finish();
+      return r;
+    },
+    (e: unknown) => {
+      handoff.fail(e);
+      throw e;
+    },
+  );
   const [a, w] = await Promise.allSettled([apply, write]);
   // the first failure is the cause; the other side fails with the same error through the handoff
   if (a.status === 'rejected') throw a.reason;
   if (w.status === 'rejected') throw w.reason;
-  phase?.succeed(`apply + write: ${done} layers, ${w.value.tensors} tensors, ${(w.value.bytes / 2 ** 20).toFixed(1)} MiB${shard ? ` (shard ${shard.index}/${shard.count})` : ''}`);
+  phase?.succeed(
+    `apply + write: ${done} layers, ${w.value.tensors} tensors, ${(w.value.bytes / 2 ** 20).toFixed(1)} MiB${shard ? ` (shard ${shard.index}/${shard.count})` : ''}`,
+  );
   return { units, tokens: a.value, output: { tensors: w.value.tensors, bytes: w.value.bytes } };
 }
 
@@ -311,7 +372,10 @@ export function factorSlots(shapes: readonly UnitShape[], ranks: readonly number
     const rank = ranks[i]!;
     for (const expert of u.experts) {
       slots.push({
-        layer: u.layer, expert, proj: u.proj, rank,
+        layer: u.layer,
+        expert,
+        proj: u.proj,
+        rank,
         ...(u.kind === 'shared-input' ? { shared: 'v' as const } : u.kind === 'shared-output' ? { shared: 'u' as const } : {}),
         ...(u.kind === 'delta' ? { base: true } : {}),
       });
@@ -322,8 +386,16 @@ export function factorSlots(shapes: readonly UnitShape[], ranks: readonly number
 
 function unitReport(shape: UnitShape, rank: number, ratio: number, unit?: UnitSummary, applied?: AppliedSummary['applied']): UnitReport {
   const r: UnitReport = {
-    id: shape.id, layer: shape.layer, proj: shape.proj, kind: shape.kind, experts: shape.experts, shape: [shape.m, shape.n],
-    rank, uniformRank: uniformRank(shape, ratio), params: unitParams(shape, rank), dense: shape.dense,
+    id: shape.id,
+    layer: shape.layer,
+    proj: shape.proj,
+    kind: shape.kind,
+    experts: shape.experts,
+    shape: [shape.m, shape.n],
+    rank,
+    uniformRank: uniformRank(shape, ratio),
+    params: unitParams(shape, rank),
+    dense: shape.dense,
   };
   if (unit) {
     if (unit.tokens) r.tokens = unit.tokens;
@@ -344,13 +416,19 @@ export async function decompose(req: DecomposeRequest): Promise<DecomposeReport>
   const model = await openModel(req.model);
   try {
     if (model.view.expertLayout !== 'per-expert') {
-      fail('UnsupportedArchitecture', `moe decompose handles per-expert weight layouts; ${model.view.family} stores experts fused in 3-D tensors (not supported yet)`);
+      fail(
+        'UnsupportedArchitecture',
+        `moe decompose handles per-expert weight layouts; ${model.view.family} stores experts fused in 3-D tensors (not supported yet)`,
+      );
     }
     if (model.view.moeLayers.length === 0) fail('InvalidConfig', `${req.model} has no MoE layers to decompose`);
     // checked before the calibration pass, so an impossible budget fails in the first second, not after minutes
     const E = model.view.dims.numExperts;
     if (mode === 'base-delta' && req.ratio * E < 1) {
-      fail('ImpossibleBudget', `--ratio ${req.ratio} is below what the base experts alone need in base-delta mode (one dense expert per layer of ${E}): use a ratio above ${(1 / E).toFixed(3)}`);
+      fail(
+        'ImpossibleBudget',
+        `--ratio ${req.ratio} is below what the base experts alone need in base-delta mode (one dense expert per layer of ${E}): use a ratio above ${(1 / E).toFixed(3)}`,
+      );
     }
     const seed = req.seed ?? DEFAULT_SVD_SEED;
     const opts: ScoreOptions = { mode, engine: req.engine, ratio: req.ratio, seed, randomizedAbove: req.randomizedAbove };
@@ -392,7 +470,8 @@ export async function decompose(req: DecomposeRequest): Promise<DecomposeReport>
       const r = await scorePass(model, src, shapeById, opts, req.progress);
       scored = r.units;
       if (r.tokens) calibration.tokens = r.tokens;
-      if (scored.length !== shapes.length || scored.some((u, i) => u.id !== shapes[i]!.id)) fail('ComputeError', 'internal: the score pass visited other units than planned from shapes');
+      if (scored.length !== shapes.length || scored.some((u, i) => u.id !== shapes[i]!.id))
+        fail('ComputeError', 'internal: the score pass visited other units than planned from shapes');
       const planPhase = req.progress?.phase(`plan: ranks for ${scored.length} units at ratio ${req.ratio}${req.uniform ? ' (uniform)' : ''}`);
       const plan: RankPlan = await planRanks(scored, req.ratio, !!req.uniform, req.allocSeconds, req.allocLoss);
       planPhase?.succeed(`plan: ${plan.params} of ${plan.dense} expert parameters (${(plan.params / plan.dense).toFixed(4)}), ${plan.solver}`);
@@ -417,8 +496,13 @@ export async function decompose(req: DecomposeRequest): Promise<DecomposeReport>
     // the estimate is the real run's (a dry run predicts the run it plans): it scores unless ranks come from a plan
     // file or from shapes (--uniform), and it writes
     const memory = decomposeMemory(model, shapes, ranks, mode, {
-      calibrated: src.kind === 'forward', grams: src.kind !== 'weights', tokens: calibration.tokens, seqLen,
-      scoring: !req.plan && !req.uniform, writing: true, materialize: !!req.materialize,
+      calibrated: src.kind === 'forward',
+      grams: src.kind !== 'weights',
+      tokens: calibration.tokens,
+      seqLen,
+      scoring: !req.plan && !req.uniform,
+      writing: true,
+      materialize: !!req.materialize,
       largestNew: largestNewTensor(model, factorSlots(shapes, ranks), { mode, ratio: req.ratio, materialize: req.materialize }),
     });
 
@@ -439,7 +523,11 @@ export async function decompose(req: DecomposeRequest): Promise<DecomposeReport>
       : shapes.map((u, i) => unitReport(u, ranks[i]!, req.ratio, scoredById.get(u.id)));
     let plannedLoss = planned.loss;
     if (plannedLoss === undefined && applied && applied.length === shapes.length) {
-      plannedLoss = planLoss(applied.map((a) => a.unit), applied.map((a) => a.applied.rank), req.allocLoss);
+      plannedLoss = planLoss(
+        applied.map((a) => a.unit),
+        applied.map((a) => a.applied.rank),
+        req.allocLoss,
+      );
     }
 
     const report: DecomposeReport = {
@@ -459,7 +547,15 @@ export async function decompose(req: DecomposeRequest): Promise<DecomposeReport>
       calibration,
       params: { expertBefore: dense, expertAfter: params, budget, achievedRatio: params / dense },
       ...(plannedLoss !== undefined ? { plannedLoss } : {}),
-      ...(req.shard && writing ? { shard: { index: req.shard.index, count: req.shard.count, layers: model.view.moeLayers.filter((l) => shardOwner(l, req.shard!.count) === req.shard!.index) } } : {}),
+      ...(req.shard && writing
+        ? {
+            shard: {
+              index: req.shard.index,
+              count: req.shard.count,
+              layers: model.view.moeLayers.filter((l) => shardOwner(l, req.shard!.count) === req.shard!.index),
+            },
+          }
+        : {}),
       units,
       ...(output ? { output } : {}),
       memory,

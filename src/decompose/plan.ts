@@ -87,7 +87,8 @@ export function rankLadder(u: RankShape, ratio: number): number[] {
 }
 
 export function checkRatio(ratio: unknown): number {
-  if (typeof ratio !== 'number' || !Number.isFinite(ratio) || ratio <= 0 || ratio > 1) fail('Usage', `--ratio must be a number in (0, 1] (the fraction of expert parameters kept), got ${String(ratio)}`);
+  if (typeof ratio !== 'number' || !Number.isFinite(ratio) || ratio <= 0 || ratio > 1)
+    fail('Usage', `--ratio must be a number in (0, 1] (the fraction of expert parameters kept), got ${String(ratio)}`);
   return ratio;
 }
 
@@ -103,7 +104,11 @@ export function budgetOf(units: readonly RankShape[], ratio: number): { budget: 
   const dense = units.reduce((a, u) => a + u.dense, 0);
   const fixed = units.reduce((a, u) => a + u.fixed, 0);
   const budget = Math.floor(ratio * dense);
-  if (fixed > budget) fail('ImpossibleBudget', `--ratio ${ratio} keeps ${budget} expert parameters but the shared base experts alone need ${fixed}: use a ratio above ${(fixed / dense).toFixed(3)}`);
+  if (fixed > budget)
+    fail(
+      'ImpossibleBudget',
+      `--ratio ${ratio} keeps ${budget} expert parameters but the shared base experts alone need ${fixed}: use a ratio above ${(fixed / dense).toFixed(3)}`,
+    );
   return { budget, dense, fixed };
 }
 
@@ -129,7 +134,13 @@ export function planLoss(units: readonly RankUnit[], ranks: readonly number[], a
   return units.reduce((a, u, i) => a + weights[i]! * u.tail[Math.min(ranks[i]!, u.tail.length - 1)]!, 0);
 }
 
-export async function planRanks(units: readonly RankUnit[], ratio: number, uniform: boolean, allocSeconds = DEFAULT_ALLOC_SECONDS, allocLoss: AllocLoss = 'absolute'): Promise<RankPlan> {
+export async function planRanks(
+  units: readonly RankUnit[],
+  ratio: number,
+  uniform: boolean,
+  allocSeconds = DEFAULT_ALLOC_SECONDS,
+  allocLoss: AllocLoss = 'absolute',
+): Promise<RankPlan> {
   if (uniform) {
     const plan = uniformPlan(units, ratio);
     return { ...plan, loss: planLoss(units, plan.ranks, allocLoss) };
@@ -147,5 +158,14 @@ export async function planRanks(units: readonly RankUnit[], ratio: number, unifo
   const ranks = res.choice.map((c, i) => ladders[i]![c]!);
   const params = fixed + units.reduce((a, u, i) => a + ranks[i]! * u.perRank, 0);
   if (params > budget) fail('ComputeError', `internal: allocation spends ${params} parameters over the budget ${budget}`);
-  return { ranks, params, budget, dense, loss: units.reduce((a, u, i) => a + lossOf(u, ranks[i]!), 0), solver: 'knapsack', optimal: res.optimal, solveMs: res.solveMs };
+  return {
+    ranks,
+    params,
+    budget,
+    dense,
+    loss: units.reduce((a, u, i) => a + lossOf(u, ranks[i]!), 0),
+    solver: 'knapsack',
+    optimal: res.optimal,
+    solveMs: res.solveMs,
+  };
 }

@@ -76,9 +76,12 @@ export function planRecord(shapes: readonly UnitShape[], ranks: readonly number[
  */
 export function validatePlan(raw: unknown, path: string, shapes: readonly UnitShape[], ratio: number): DecomposePlan & { list: number[] } {
   const p = raw as Partial<DecomposePlan> | null;
-  if (!p || typeof p !== 'object' || !p.ranks || typeof p.ranks !== 'object' || Array.isArray(p.ranks)) fail('InvalidData', `${path}: the plan has no 'ranks' object`);
-  if (p.solver !== 'uniform' && p.solver !== 'knapsack') fail('InvalidData', `${path}: the plan's solver must be 'uniform' or 'knapsack', got ${JSON.stringify(p.solver)}`);
-  if (typeof p.optimal !== 'boolean' || typeof p.solveMs !== 'number' || (p.loss !== undefined && typeof p.loss !== 'number')) fail('InvalidData', `${path}: the plan's optimal, solveMs or loss field is malformed`);
+  if (!p || typeof p !== 'object' || !p.ranks || typeof p.ranks !== 'object' || Array.isArray(p.ranks))
+    fail('InvalidData', `${path}: the plan has no 'ranks' object`);
+  if (p.solver !== 'uniform' && p.solver !== 'knapsack')
+    fail('InvalidData', `${path}: the plan's solver must be 'uniform' or 'knapsack', got ${JSON.stringify(p.solver)}`);
+  if (typeof p.optimal !== 'boolean' || typeof p.solveMs !== 'number' || (p.loss !== undefined && typeof p.loss !== 'number'))
+    fail('InvalidData', `${path}: the plan's optimal, solveMs or loss field is malformed`);
   const ranks = p.ranks as Record<string, unknown>;
   const ids = new Set(shapes.map((u) => u.id));
   const extra = Object.keys(ranks).find((id) => !ids.has(id));
@@ -87,11 +90,19 @@ export function validatePlan(raw: unknown, path: string, shapes: readonly UnitSh
     if (!(u.id in ranks)) fail('InvalidData', `${path}: unit '${u.id}' has no rank (the plan covers ${Object.keys(ranks).length} of ${shapes.length} units)`);
     const k = ranks[u.id];
     const cap = rankCap(u);
-    if (typeof k !== 'number' || !Number.isInteger(k) || k < 0 || k > cap) fail('InvalidData', `${path}: unit '${u.id}' has rank ${JSON.stringify(k)}, expected a whole number in [0, ${cap}]`);
+    if (typeof k !== 'number' || !Number.isInteger(k) || k < 0 || k > cap)
+      fail('InvalidData', `${path}: unit '${u.id}' has rank ${JSON.stringify(k)}, expected a whole number in [0, ${cap}]`);
     return k;
   });
   const { budget, fixed } = budgetOf(shapes, ratio);
   const params = fixed + shapes.reduce((a, u, i) => a + unitParams(u, list[i]!) - u.fixed, 0);
   if (params > budget) fail('InvalidData', `${path}: the plan keeps ${params} expert parameters, over the budget of ${budget} at --ratio ${ratio}`);
-  return { ranks: p.ranks as Record<string, number>, solver: p.solver, optimal: p.optimal, solveMs: p.solveMs, ...(p.loss !== undefined ? { loss: p.loss } : {}), list };
+  return {
+    ranks: p.ranks as Record<string, number>,
+    solver: p.solver,
+    optimal: p.optimal,
+    solveMs: p.solveMs,
+    ...(p.loss !== undefined ? { loss: p.loss } : {}),
+    list,
+  };
 }

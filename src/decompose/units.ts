@@ -12,8 +12,16 @@
 import type { Engine } from '../../kernels/linalg/matmul.js';
 import type { SwiGLUWeights } from '../runtime/api.js';
 import {
-  activationError2, compose, factorizeLinear, factorizeSharedInput, factorizeSharedOutput, factorRank, frequencyWeightedBase,
-  type Factorization, type FactorizeOptions, type SharedFactorization,
+  activationError2,
+  compose,
+  factorizeLinear,
+  factorizeSharedInput,
+  factorizeSharedOutput,
+  factorRank,
+  frequencyWeightedBase,
+  type Factorization,
+  type FactorizeOptions,
+  type SharedFactorization,
 } from './factorize.js';
 import type { DecomposeMode } from './format.js';
 import type { LayerGrams } from './grams.js';
@@ -120,9 +128,17 @@ export function layerUnitShapes(layer: number, E: number, shape: (proj: Proj) =>
       const maxRank = factorRank(m, n, ladderTop(m + n, m * n, fixed, opts.ratio), opts);
       for (let j = 0; j < E; j++) {
         out.push({
-          ...common, id: `L${layer}.e${j}.${proj}`, kind: delta ? 'delta' : 'expert', experts: [j], maxRank,
+          ...common,
+          id: `L${layer}.e${j}.${proj}`,
+          kind: delta ? 'delta' : 'expert',
+          experts: [j],
+          maxRank,
           // the base is paid once per layer x projection; spread over its experts so uniform ranks stay equal
-          perRank: m + n, dense: m * n, fixed, weight: 1, minRank: delta ? 0 : 1,
+          perRank: m + n,
+          dense: m * n,
+          fixed,
+          weight: 1,
+          minRank: delta ? 0 : 1,
         });
       }
     } else {
@@ -130,9 +146,16 @@ export function layerUnitShapes(layer: number, E: number, shape: (proj: Proj) =>
       const perRank = sharedIn ? n + E * m : m + E * n;
       const [rows, cols] = sharedIn ? [E * m, n] : [m, E * n];
       out.push({
-        ...common, id: `L${layer}.shared.${proj}`, kind: sharedIn ? 'shared-input' : 'shared-output',
-        experts: Array.from({ length: E }, (_, j) => j), maxRank: factorRank(rows, cols, ladderTop(perRank, E * m * n, 0, opts.ratio), opts),
-        perRank, dense: E * m * n, fixed: 0, weight: 1, minRank: 1,
+        ...common,
+        id: `L${layer}.shared.${proj}`,
+        kind: sharedIn ? 'shared-input' : 'shared-output',
+        experts: Array.from({ length: E }, (_, j) => j),
+        maxRank: factorRank(rows, cols, ladderTop(perRank, E * m * n, 0, opts.ratio), opts),
+        perRank,
+        dense: E * m * n,
+        fixed: 0,
+        weight: 1,
+        minRank: 1,
       });
     }
   }
@@ -165,19 +188,37 @@ export function* layerUnits(layer: number, experts: readonly SwiGLUWeights[], gr
         const G = measureG(j);
         const fact = factorizeLinear(W, m, n, whiten ? G : undefined, opts.engine, ladderTop(m + n, m * n, 0, opts.ratio), fo);
         yield {
-          ...mine[j]!, tokens: tokens && [tokens[j]!], weights: [W], grams: G && [G], fact, tail: fact.tail, maxRank: fact.maxRank,
-          ridge: fact.ridge, weight: whiten ? 1 : freqWeight(j),
+          ...mine[j]!,
+          tokens: tokens && [tokens[j]!],
+          weights: [W],
+          grams: G && [G],
+          fact,
+          tail: fact.tail,
+          maxRank: fact.maxRank,
+          ridge: fact.ridge,
+          weight: whiten ? 1 : freqWeight(j),
         };
       }
     } else if (opts.mode === 'base-delta') {
-      const base = frequencyWeightedBase(experts.map((w) => w[proj].w), tokens ?? new Array<number>(E).fill(1), m * n);
+      const base = frequencyWeightedBase(
+        experts.map((w) => w[proj].w),
+        tokens ?? new Array<number>(E).fill(1),
+        m * n,
+      );
       for (let j = 0; j < E; j++) {
         const W = W64(j);
         const G = measureG(j);
         const delta = W.map((v, i) => v - base[i]!);
         const fact = factorizeLinear(delta, m, n, G, opts.engine, ladderTop(m + n, m * n, (m * n) / E, opts.ratio), fo);
         yield {
-          ...mine[j]!, tokens: tokens && [tokens[j]!], weights: [W], grams: G && [G], base, fact, tail: fact.tail, maxRank: fact.maxRank,
+          ...mine[j]!,
+          tokens: tokens && [tokens[j]!],
+          weights: [W],
+          grams: G && [G],
+          base,
+          fact,
+          tail: fact.tail,
+          maxRank: fact.maxRank,
           ridge: fact.ridge,
         };
       }

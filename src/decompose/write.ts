@@ -72,7 +72,11 @@ export function expertRef(model: Model, f: Pick<ExpertFactors, 'layer' | 'expert
 
 /** Factors stay in the weights' float dtype (F32/F16/BF16, also when the input is itself factored); FP8 and MXFP4 inputs get bf16. */
 function outputDtype(model: Model, ref: LinearRef): Dtype {
-  const dtypes = new Set(linearTensors(model.ckpt, ref).filter((t) => model.ckpt.has(t)).map((t) => model.ckpt.dtype(t)));
+  const dtypes = new Set(
+    linearTensors(model.ckpt, ref)
+      .filter((t) => model.ckpt.has(t))
+      .map((t) => model.ckpt.dtype(t)),
+  );
   if (dtypes.size === 1) {
     const d = [...dtypes][0]!;
     if (d === 'F32' || d === 'F16' || d === 'BF16' || d === 'F64') return d;
@@ -95,7 +99,12 @@ function product(f: ExpertFactors, m: number, n: number): Float32Array {
 }
 
 /** Plan the replacement tensors and the `moe` config section for a set of factored linears. */
-export function planReplacements(model: Model, slots: readonly FactorSlot[], opts: Pick<WriteOptions, 'materialize' | 'mode' | 'ratio'>, take?: TakeLayer): {
+export function planReplacements(
+  model: Model,
+  slots: readonly FactorSlot[],
+  opts: Pick<WriteOptions, 'materialize' | 'mode' | 'ratio'>,
+  take?: TakeLayer,
+): {
   removed: Map<string, NewTensor[]>;
   section: LowRankSection;
 } {
@@ -116,7 +125,8 @@ export function planReplacements(model: Model, slots: readonly FactorSlot[], opt
     const factors = async (): Promise<ExpertFactors> => {
       if (!take) fail('ComputeError', 'internal: a dry-run write plan has no factors');
       const got = (await take(f.layer)).get(factorKey(f.expert, f.proj));
-      if (!got || got.rank !== k) fail('ComputeError', `internal: layer ${f.layer} expert ${f.expert} ${f.proj}: factors ${got ? `of rank ${got.rank}` : 'missing'}, planned rank ${k}`);
+      if (!got || got.rank !== k)
+        fail('ComputeError', `internal: layer ${f.layer} expert ${f.expert} ${f.proj}: factors ${got ? `of rank ${got.rank}` : 'missing'}, planned rank ${k}`);
       return got;
     };
     const add = (name: string, shape: number[], data: (x: ExpertFactors) => Float32Array) => {
@@ -148,7 +158,11 @@ export function planReplacements(model: Model, slots: readonly FactorSlot[], opt
 }
 
 /** The largest tensor the plan makes, in elements and in bytes of its dtype (for memory estimates). */
-export function largestNewTensor(model: Model, slots: readonly FactorSlot[], opts: Pick<WriteOptions, 'materialize' | 'mode' | 'ratio'>): { elems: number; bytes: number } {
+export function largestNewTensor(
+  model: Model,
+  slots: readonly FactorSlot[],
+  opts: Pick<WriteOptions, 'materialize' | 'mode' | 'ratio'>,
+): { elems: number; bytes: number } {
   let elems = 0;
   let bytes = 0;
   for (const fresh of planReplacements(model, slots, opts).removed.values()) {
@@ -165,13 +179,21 @@ export async function writeDecomposed(model: Model, slots: readonly FactorSlot[]
   const { removed, section } = planReplacements(model, slots, opts, take);
   const fates = new Map<string, TensorFate>();
   for (const [name, fresh] of removed) {
-    fates.set(name, fresh.length === 0 ? { kind: 'drop' } : {
-      kind: 'replace',
-      tensors: fresh.map((t) => ({ spec: t.spec, produce: async () => fromF32(await t.data(), t.spec.dtype) })),
-    });
+    fates.set(
+      name,
+      fresh.length === 0
+        ? { kind: 'drop' }
+        : {
+            kind: 'replace',
+            tensors: fresh.map((t) => ({ spec: t.spec, produce: async () => fromF32(await t.data(), t.spec.dtype) })),
+          },
+    );
   }
   const res = await rewriteCheckpoint(model, { fates, config: { moe: opts.materialize ? null : section } }, opts.out, {
-    force: opts.force, dryRun: opts.dryRun, shard: opts.shard, onProgress: opts.onProgress,
+    force: opts.force,
+    dryRun: opts.dryRun,
+    shard: opts.shard,
+    onProgress: opts.onProgress,
   });
   // a shard's part: the tensors of its layers (the plan's whole list is in its moe-shard.json)
   const shard = opts.shard;

@@ -73,7 +73,8 @@ async function sameTokenizer(a: string, b: string): Promise<boolean> {
 }
 
 function checkSameShape(a: Model, b: Model): void {
-  if (a.view.dims.vocab !== b.view.dims.vocab) fail('InvalidConfig', `--base has a vocabulary of ${b.view.dims.vocab}, the model ${a.view.dims.vocab}: they cannot be compared token by token`);
+  if (a.view.dims.vocab !== b.view.dims.vocab)
+    fail('InvalidConfig', `--base has a vocabulary of ${b.view.dims.vocab}, the model ${a.view.dims.vocab}: they cannot be compared token by token`);
 }
 
 /** beta per layer from calibration text: the median of w2/w1 of every MoE layer's routing. */
@@ -90,7 +91,7 @@ export async function skipBetas(model: Model, windows: Int32Array[]): Promise<nu
 function skipHook(model: Model, beta: number[] | number, tally: { slots: number; skipped: number }): StreamHooks['onRouting'] {
   const renorm = model.view.routing.normalize;
   return (layer: number, r: Routing) => {
-    const b = typeof beta === 'number' ? beta : beta[layer] ?? 0;
+    const b = typeof beta === 'number' ? beta : (beta[layer] ?? 0);
     const s = applySkip(r, b, renorm);
     tally.slots += r.T * r.k;
     tally.skipped += s.skipped;
@@ -100,15 +101,21 @@ function skipHook(model: Model, beta: number[] | number, tally: { slots: number;
 
 export async function evaluate(req: EvalRequest): Promise<EvalReport> {
   const started = Date.now();
-  if (req.skip !== undefined && req.skip !== 'auto' && !(req.skip >= 0 && req.skip <= 1)) fail('Usage', `--skip must be 'auto' or a beta in [0, 1], got ${req.skip}`);
-  if (req.skip === 'auto' && !req.calib) fail('Usage', "--skip auto estimates beta on calibration text: give --calib FILE (or a fixed --skip BETA)");
+  if (req.skip !== undefined && req.skip !== 'auto' && !(req.skip >= 0 && req.skip <= 1))
+    fail('Usage', `--skip must be 'auto' or a beta in [0, 1], got ${req.skip}`);
+  if (req.skip === 'auto' && !req.calib) fail('Usage', '--skip auto estimates beta on calibration text: give --calib FILE (or a fixed --skip BETA)');
   const model = await openModel(req.model);
   let base: Model | undefined;
   try {
     const p = req.progress;
     const ph = p?.phase('tokenizing');
-    const set: WindowSet = await loadWindowSet(req.model, req.data, { ...(req.seqLen !== undefined ? { seqLen: req.seqLen } : {}), ...(req.maxTokens !== undefined ? { maxTokens: req.maxTokens } : {}) });
-    ph?.succeed(`tokenized ${set.lines} lines: ${set.streamTokens} tokens -> ${set.windows.length} windows of ${set.seqLen}${set.bos === null ? ' (no BOS)' : ` (+BOS ${set.bos})`}`);
+    const set: WindowSet = await loadWindowSet(req.model, req.data, {
+      ...(req.seqLen !== undefined ? { seqLen: req.seqLen } : {}),
+      ...(req.maxTokens !== undefined ? { maxTokens: req.maxTokens } : {}),
+    });
+    ph?.succeed(
+      `tokenized ${set.lines} lines: ${set.streamTokens} tokens -> ${set.windows.length} windows of ${set.seqLen}${set.bos === null ? ' (no BOS)' : ` (+BOS ${set.bos})`}`,
+    );
 
     let skip: SkipReport | undefined;
     const hooks: StreamHooks = {};
@@ -116,7 +123,10 @@ export async function evaluate(req: EvalRequest): Promise<EvalReport> {
     if (req.skip !== undefined) {
       let beta: number[] | number = req.skip === 'auto' ? 0 : req.skip;
       if (req.skip === 'auto') {
-        const cal = await loadWindowSet(req.model, req.calib!, { seqLen: set.seqLen, ...(req.calibTokens !== undefined ? { maxTokens: req.calibTokens } : {}) });
+        const cal = await loadWindowSet(req.model, req.calib!, {
+          seqLen: set.seqLen,
+          ...(req.calibTokens !== undefined ? { maxTokens: req.calibTokens } : {}),
+        });
         const pc = p?.phase('skip: beta per layer on calibration text');
         beta = await skipBetas(model, cal.windows);
         pc?.succeed(`skip: beta per layer ${beta.map((b) => b.toFixed(3)).join(' ')}`);
@@ -136,18 +146,29 @@ export async function evaluate(req: EvalRequest): Promise<EvalReport> {
     if (req.base) {
       base = await openModel(req.base);
       checkSameShape(model, base);
-      if (!(await sameTokenizer(req.model, req.base))) p?.warn(`--base ${req.base} has a different tokenizer.json: both models read the evaluated model's tokens`);
+      if (!(await sameTokenizer(req.model, req.base)))
+        p?.warn(`--base ${req.base} has a different tokenizer.json: both models read the evaluated model's tokens`);
       const rb = await run(base, 'base', {});
       const rm = await run(model, 'model', hooks);
       const ps = p?.phase('scoring: lm_head, KL, top-1');
-      const s = await scoreHeads([{ model: base, hidden: rb.hidden! }, { model, hidden: rm.hidden! }], set.windows);
+      const s = await scoreHeads(
+        [
+          { model: base, hidden: rb.hidden! },
+          { model, hidden: rm.hidden! },
+        ],
+        set.windows,
+      );
       ps?.succeed();
       const ppl = Math.exp(s.nll[1]! / s.scored);
       const pplBase = Math.exp(s.nll[0]! / s.scored);
       report = baseReport(req, set, s.nll[1]!, s.scored, started);
       report.base = {
-        model: req.base, perplexity: pplBase, perplexityDelta: ppl - pplBase, perplexityRatio: ppl / pplBase,
-        meanKl: s.kl! / s.scored, top1Agreement: s.top1Agree! / s.scored,
+        model: req.base,
+        perplexity: pplBase,
+        perplexityDelta: ppl - pplBase,
+        perplexityRatio: ppl / pplBase,
+        meanKl: s.kl! / s.scored,
+        top1Agreement: s.top1Agree! / s.scored,
       };
     } else {
       const rm = await run(model, 'model', hooks);
@@ -176,7 +197,16 @@ function baseReport(req: EvalRequest, set: WindowSet, nll: number, scored: numbe
   const mean = nll / scored;
   if (!Number.isFinite(mean)) fail('NonFinite', `the model's log-likelihood is not finite (NaN or Inf in the weights or activations)`);
   return {
-    model: req.model, data: req.data, perplexity: Math.exp(mean), tokens: scored, meanNll: mean, seqLen: set.seqLen,
-    windows: set.windows.length, bos: set.bos, backend: activeBackend() ?? 'none', seconds: (Date.now() - started) / 1000, tokensPerSecond: 0,
+    model: req.model,
+    data: req.data,
+    perplexity: Math.exp(mean),
+    tokens: scored,
+    meanNll: mean,
+    seqLen: set.seqLen,
+    windows: set.windows.length,
+    bos: set.bos,
+    backend: activeBackend() ?? 'none',
+    seconds: (Date.now() - started) / 1000,
+    tokensPerSecond: 0,
   };
 }

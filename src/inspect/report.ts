@@ -52,7 +52,10 @@ export interface InspectReport {
 export function withBackend(r: InspectReport, b: BackendReport): InspectReport {
   const chosen = b.candidates.find((c) => c.name === b.chosen);
   // with an explicit --backend, usable candidates above it were passed over by request, not skipped
-  const skipped = b.candidates.slice(0, chosen ? b.candidates.indexOf(chosen) : b.candidates.length).filter((c) => !c.available).map((c) => `${c.name}: ${c.reason}`);
+  const skipped = b.candidates
+    .slice(0, chosen ? b.candidates.indexOf(chosen) : b.candidates.length)
+    .filter((c) => !c.available)
+    .map((c) => `${c.name}: ${c.reason}`);
   const reason = (chosen ? chosen.reason : 'no usable backend') + (skipped.length ? `; skipped ${skipped.join('; ')}` : '');
   return { ...r, backend: { chosen: b.chosen, reason, candidates: b.candidates } };
 }
@@ -110,8 +113,7 @@ export function inspectModel(model: Model): InspectReport {
   }
   const nMoe = view.moeLayers.length;
   const E = view.dims.numExperts;
-  const sharedCount = view.dims.sharedIntermediate === 0 ? 0
-    : typeof view.config.n_shared_experts === 'number' ? view.config.n_shared_experts : 1;
+  const sharedCount = view.dims.sharedIntermediate === 0 ? 0 : typeof view.config.n_shared_experts === 'number' ? view.config.n_shared_experts : 1;
   return {
     model: model.dir,
     family: view.family,
@@ -191,22 +193,44 @@ export function formatReport(r: InspectReport): string {
   const rows: [string, string][] = [
     ['model', r.model],
     ['family', `${r.family}${r.architectures.length ? ` (${r.architectures.join(', ')})` : ''}`],
-    ['layers', `${r.layers.total}: ${r.layers.moe} MoE, ${r.layers.dense} dense${r.layers.dense ? ` (layer${r.layers.dense > 1 ? 's' : ''} ${r.layers.denseLayers.join(', ')})` : ''}`],
-    ['experts', `${r.experts.routed} routed per MoE layer (intermediate ${r.experts.intermediate}), top-${r.experts.topK}, ` +
-      `${r.experts.shared ? `${r.experts.shared} shared (intermediate ${r.experts.sharedIntermediate})` : 'no shared expert'}; ${r.experts.layout} tensors`],
+    [
+      'layers',
+      `${r.layers.total}: ${r.layers.moe} MoE, ${r.layers.dense} dense${r.layers.dense ? ` (layer${r.layers.dense > 1 ? 's' : ''} ${r.layers.denseLayers.join(', ')})` : ''}`,
+    ],
+    [
+      'experts',
+      `${r.experts.routed} routed per MoE layer (intermediate ${r.experts.intermediate}), top-${r.experts.topK}, ` +
+        `${r.experts.shared ? `${r.experts.shared} shared (intermediate ${r.experts.sharedIntermediate})` : 'no shared expert'}; ${r.experts.layout} tensors`,
+    ],
     ['routing', describeRouting(r.routing)],
-    ['attention', `${r.attention.kind.toUpperCase()}, ${r.attention.heads} heads / ${r.attention.kvHeads} kv, head dim ${r.attention.headDim}; hidden ${r.hidden}, vocab ${r.vocab}`],
+    [
+      'attention',
+      `${r.attention.kind.toUpperCase()}, ${r.attention.heads} heads / ${r.attention.kvHeads} kv, head dim ${r.attention.headDim}; hidden ${r.hidden}, vocab ${r.vocab}`,
+    ],
     ['parameters', `${fmtCount(r.params.total)} total`],
     ['  routed experts', `${fmtCount(r.params.routedExperts)} (${pct(r.params.routedExperts)})`],
     ['  shared experts', `${fmtCount(r.params.sharedExperts)} (${pct(r.params.sharedExperts)})`],
     ['  other', `${fmtCount(r.params.nonExpert)} (${pct(r.params.nonExpert)})`],
-    ...(r.params.extraLayers ? [['  beyond last layer', `${fmtCount(r.params.extraLayers)} (${pct(r.params.extraLayers)}; multi-token prediction, not active)`] as [string, string]] : []),
+    ...(r.params.extraLayers
+      ? [['  beyond last layer', `${fmtCount(r.params.extraLayers)} (${pct(r.params.extraLayers)}; multi-token prediction, not active)`] as [string, string]]
+      : []),
     ['  active per token', `${fmtCount(r.params.activePerToken)} (${pct(r.params.activePerToken)})`],
-    ['bytes', `${fmtBytes(r.bytes.total)}: ${Object.entries(r.bytes.byDtype).sort((a, b) => b[1] - a[1]).map(([d, b]) => `${d} ${fmtBytes(b)}`).join(', ')}`],
+    [
+      'bytes',
+      `${fmtBytes(r.bytes.total)}: ${Object.entries(r.bytes.byDtype)
+        .sort((a, b) => b[1] - a[1])
+        .map(([d, b]) => `${d} ${fmtBytes(b)}`)
+        .join(', ')}`,
+    ],
     ['shards', describeShards(r.shards)],
   ];
   if (Object.keys(r.formats).length) {
-    rows.push(['stored as', `${Object.entries(r.formats).map(([f, n]) => `${f} (${n} linears)`).join(', ')}; parameters count the dense weights these represent, bytes what is stored`]);
+    rows.push([
+      'stored as',
+      `${Object.entries(r.formats)
+        .map(([f, n]) => `${f} (${n} linears)`)
+        .join(', ')}; parameters count the dense weights these represent, bytes what is stored`,
+    ]);
   }
   if (r.backend) rows.push(['backend', `${r.backend.chosen} — ${r.backend.reason}`]);
   const w = Math.max(...rows.map(([k]) => k.length));

@@ -15,8 +15,16 @@ import { quote, SafetensorsFile, type TensorInfo } from './safetensors.js';
 
 /** Files copied unchanged from an input checkpoint to every output. */
 export const PASSTHROUGH_FILES = [
-  'tokenizer.json', 'tokenizer_config.json', 'tokenizer.model', 'special_tokens_map.json', 'vocab.json',
-  'merges.txt', 'generation_config.json', 'added_tokens.json', 'chat_template.jinja', 'chat_template.json',
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'tokenizer.model',
+  'special_tokens_map.json',
+  'vocab.json',
+  'merges.txt',
+  'generation_config.json',
+  'added_tokens.json',
+  'chat_template.jinja',
+  'chat_template.json',
 ];
 
 export type HFConfig = Record<string, unknown> & { model_type?: string; architectures?: string[] };
@@ -147,7 +155,7 @@ export class Checkpoint {
     const shardPaths: string[] = [];
     if (hasIndex) {
       const idx = await readJsonFile(indexPath, MAX_INDEX_BYTES, 'safetensors index', 'InvalidIndex');
-      const wm = (idx !== null && typeof idx === 'object' && !Array.isArray(idx)) ? (idx as { weight_map?: unknown }).weight_map : undefined;
+      const wm = idx !== null && typeof idx === 'object' && !Array.isArray(idx) ? (idx as { weight_map?: unknown }).weight_map : undefined;
       if (wm === null || typeof wm !== 'object' || Array.isArray(wm)) fail('InvalidIndex', `${indexPath}: missing weight_map object`);
       const seenShards = new Set<string>();
       for (const [name, file] of Object.entries(wm as Record<string, unknown>)) {
@@ -165,7 +173,11 @@ export class Checkpoint {
       fail('MissingFile', `${dir}: no model.safetensors or model.safetensors.index.json`);
     }
     const ckpt = new Checkpoint(
-      dir, config as HFConfig, weightMap, new Map(), generationConfig,
+      dir,
+      config as HFConfig,
+      weightMap,
+      new Map(),
+      generationConfig,
       PASSTHROUGH_FILES.filter((f) => present.has(f)),
     );
     const infos = ckpt.infos as Map<string, TensorInfo>;
@@ -280,7 +292,10 @@ export class Checkpoint {
     const count = ss.reduce((a, d) => a * d, 1);
     const okShape = ss.length === 2 ? ss[0] === want[0] && ss[1] === want[1] : count === want[0]! * want[1]!;
     if (!okShape) {
-      fail('InvalidData', `${this.dir}: ${quote(scaleName)} has shape ${quote(ss)}, expected ${quote(want)} for a ${rows}x${cols} weight in ${block[0]}x${block[1]} blocks`);
+      fail(
+        'InvalidData',
+        `${this.dir}: ${quote(scaleName)} has shape ${quote(ss)}, expected ${quote(want)} for a ${rows}x${cols} weight in ${block[0]}x${block[1]} blocks`,
+      );
     }
     return { dtype: t.dtype, shape: t.shape, blockScale: { scaleName, scaleSuffix: suffix, block, scaleShape: ss } };
   }
@@ -339,7 +354,10 @@ export class Checkpoint {
     const bs = b.shape;
     const ss = s.shape;
     if (!okDtypes || bs.length < 2 || bs[bs.length - 1] !== 16 || ss.length !== bs.length - 1 || !ss.every((d, i) => d === bs[i])) {
-      fail('InvalidData', `${this.dir}: MXFP4 ${quote(base)} needs U8 blocks [..., G, 16] and scales [..., G]; got ${b.dtype}${quote(bs)} and ${s.dtype}${quote(ss)}`);
+      fail(
+        'InvalidData',
+        `${this.dir}: MXFP4 ${quote(base)} needs U8 blocks [..., G, 16] and scales [..., G]; got ${b.dtype}${quote(bs)} and ${s.dtype}${quote(ss)}`,
+      );
     }
     const G = ss[ss.length - 1]!;
     const rows = ss.slice(0, -1).reduce((a, d) => a * d, 1);

@@ -1,13 +1,22 @@
 /** Safetensors dtypes and conversions to and from float32. */
 import { fail } from '../errors.js';
 
-export const DTYPES = [
-  'F64', 'F32', 'F16', 'BF16', 'I64', 'I32', 'I16', 'I8', 'U8', 'BOOL', 'F8_E4M3', 'F8_E5M2',
-] as const;
+export const DTYPES = ['F64', 'F32', 'F16', 'BF16', 'I64', 'I32', 'I16', 'I8', 'U8', 'BOOL', 'F8_E4M3', 'F8_E5M2'] as const;
 export type Dtype = (typeof DTYPES)[number];
 
 export const DTYPE_BYTES: Record<Dtype, number> = {
-  F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1, F8_E4M3: 1, F8_E5M2: 1,
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U8: 1,
+  BOOL: 1,
+  F8_E4M3: 1,
+  F8_E5M2: 1,
 };
 
 export function isDtype(s: unknown): s is Dtype {
@@ -38,9 +47,7 @@ export function f16BitsToF32(h: number): number {
  * and a chosen overflow result. Works on the bits so it never double-rounds through float64 and costs a few
  * integer operations per element.
  */
-function narrowFloat(
-  x: number, mantBits: number, bias: number, signBit: number, maxCode: number, overflowCode: number, nanCode: number,
-): number {
+function narrowFloat(x: number, mantBits: number, bias: number, signBit: number, maxCode: number, overflowCode: number, nanCode: number): number {
   const sign = x >>> 31 ? signBit : 0;
   const a = x & 0x7fffffff;
   if (a > 0x7f800000) return sign | nanCode;
@@ -165,22 +172,42 @@ export function decodeInto(bytes: Uint8Array, dtype: Dtype, out: Float32Array, a
   if (!Number.isInteger(n)) fail('TensorInvalidInfo', `byte length ${bytes.byteLength} is not a multiple of ${dtype} size`);
   if (at + n > out.length) fail('ComputeError', `decodeInto: ${n} values do not fit at ${at} in ${out.length}`);
   switch (dtype) {
-    case 'F32': out.set(view(Float32Array, bytes, 4), at); return;
-    case 'F64': out.set(view(Float64Array, bytes, 8), at); return;
-    case 'F16': decodeByTable(view(Uint16Array, bytes, 2), (f16Table ??= tableFor(f16BitsToF32, 65536)), out, at); return;
-    case 'BF16': decodeBf16(view(Uint16Array, bytes, 2), out, at); return;
-    case 'F8_E4M3': decodeByTable(bytes, (e4m3Table ??= tableFor(e4m3ToF32, 256)), out, at); return;
-    case 'F8_E5M2': decodeByTable(bytes, (e5m2Table ??= tableFor(e5m2ToF32, 256)), out, at); return;
+    case 'F32':
+      out.set(view(Float32Array, bytes, 4), at);
+      return;
+    case 'F64':
+      out.set(view(Float64Array, bytes, 8), at);
+      return;
+    case 'F16':
+      decodeByTable(view(Uint16Array, bytes, 2), (f16Table ??= tableFor(f16BitsToF32, 65536)), out, at);
+      return;
+    case 'BF16':
+      decodeBf16(view(Uint16Array, bytes, 2), out, at);
+      return;
+    case 'F8_E4M3':
+      decodeByTable(bytes, (e4m3Table ??= tableFor(e4m3ToF32, 256)), out, at);
+      return;
+    case 'F8_E5M2':
+      decodeByTable(bytes, (e5m2Table ??= tableFor(e5m2ToF32, 256)), out, at);
+      return;
     case 'I64': {
       const v = view(BigInt64Array, bytes, 8);
       for (let i = 0; i < n; i++) out[at + i] = Number(v[i]!);
       return;
     }
-    case 'I32': decodeInts(view(Int32Array, bytes, 4), out, at); return;
-    case 'I16': decodeInts(view(Int16Array, bytes, 2), out, at); return;
-    case 'I8': decodeInts(new Int8Array(bytes.buffer, bytes.byteOffset, n), out, at); return;
+    case 'I32':
+      decodeInts(view(Int32Array, bytes, 4), out, at);
+      return;
+    case 'I16':
+      decodeInts(view(Int16Array, bytes, 2), out, at);
+      return;
+    case 'I8':
+      decodeInts(new Int8Array(bytes.buffer, bytes.byteOffset, n), out, at);
+      return;
     case 'U8':
-    case 'BOOL': decodeInts(bytes, out, at); return;
+    case 'BOOL':
+      decodeInts(bytes, out, at);
+      return;
   }
 }
 
@@ -193,7 +220,6 @@ export function toF32(bytes: Uint8Array, dtype: Dtype): Float32Array {
   return out;
 }
 
-
 function bitsOf(values: Float32Array): Uint32Array {
   return new Uint32Array(values.buffer, values.byteOffset, values.length);
 }
@@ -202,8 +228,10 @@ function bitsOf(values: Float32Array): Uint32Array {
 export function fromF32(values: Float32Array, dtype: Dtype): Uint8Array {
   const n = values.length;
   switch (dtype) {
-    case 'F32': return new Uint8Array(values.buffer.slice(values.byteOffset, values.byteOffset + values.byteLength));
-    case 'F64': return new Uint8Array(Float64Array.from(values).buffer);
+    case 'F32':
+      return new Uint8Array(values.buffer.slice(values.byteOffset, values.byteOffset + values.byteLength));
+    case 'F64':
+      return new Uint8Array(Float64Array.from(values).buffer);
     case 'F16': {
       const out = new Uint16Array(n);
       const src = bitsOf(values);
@@ -228,11 +256,17 @@ export function fromF32(values: Float32Array, dtype: Dtype): Uint8Array {
       for (let i = 0; i < n; i++) out[i] = narrowFloat(src[i]!, 2, 15, 0x80, 0x7b, 0x7c, 0x7f);
       return out;
     }
-    case 'I64': return new Uint8Array(BigInt64Array.from(values, (x) => BigInt(Number.isFinite(x) ? Math.round(x) : 0)).buffer);
-    case 'I32': return new Uint8Array(Int32Array.from(values, Math.round).buffer);
-    case 'I16': return new Uint8Array(Int16Array.from(values, Math.round).buffer);
-    case 'I8': return new Uint8Array(Int8Array.from(values, Math.round).buffer);
-    case 'U8': return Uint8Array.from(values, Math.round);
-    case 'BOOL': return Uint8Array.from(values, (x) => (x ? 1 : 0));
+    case 'I64':
+      return new Uint8Array(BigInt64Array.from(values, (x) => BigInt(Number.isFinite(x) ? Math.round(x) : 0)).buffer);
+    case 'I32':
+      return new Uint8Array(Int32Array.from(values, Math.round).buffer);
+    case 'I16':
+      return new Uint8Array(Int16Array.from(values, Math.round).buffer);
+    case 'I8':
+      return new Uint8Array(Int8Array.from(values, Math.round).buffer);
+    case 'U8':
+      return Uint8Array.from(values, Math.round);
+    case 'BOOL':
+      return Uint8Array.from(values, (x) => (x ? 1 : 0));
   }
 }

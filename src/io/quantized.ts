@@ -15,7 +15,11 @@ export const FP8_BLOCK = 128;
  * the scale rows [scaleRow0, ...) of the [ceil(rows/br), ceil(cols/bc)] scale grid.
  */
 export function applyBlockScales(
-  values: Float32Array, from: number, cols: number, scaleInv: Float32Array, scaleRow0: number,
+  values: Float32Array,
+  from: number,
+  cols: number,
+  scaleInv: Float32Array,
+  scaleRow0: number,
   block: readonly [number, number] = [FP8_BLOCK, FP8_BLOCK],
 ): Float32Array {
   const [br, bc] = block;
@@ -45,7 +49,10 @@ export function applyBlockScales(
  * edited FP8 checkpoint is written back in its own format and no larger than its input.
  */
 export function quantizeFp8Blocks(
-  values: Float32Array, rows: number, cols: number, block: number | readonly [number, number] = FP8_BLOCK,
+  values: Float32Array,
+  rows: number,
+  cols: number,
+  block: number | readonly [number, number] = FP8_BLOCK,
 ): { bytes: Uint8Array; scaleInv: Float32Array; scaleShape: [number, number] } {
   if (values.length !== rows * cols) fail('ComputeError', `quantizeFp8Blocks: ${values.length} values for a ${rows}x${cols} weight`);
   const [br, bc] = typeof block === 'number' ? [block, block] : block;
@@ -79,7 +86,11 @@ export function quantizeFp8Blocks(
 
 /** Inverse of quantizeFp8Blocks (for tests and tools that hold both tensors in memory). */
 export function dequantizeFp8Blocks(
-  bytes: Uint8Array, scaleInv: Float32Array, rows: number, cols: number, block: number | readonly [number, number] = FP8_BLOCK,
+  bytes: Uint8Array,
+  scaleInv: Float32Array,
+  rows: number,
+  cols: number,
+  block: number | readonly [number, number] = FP8_BLOCK,
 ): Float32Array {
   if (bytes.length !== rows * cols) fail('InvalidData', `FP8 weight has ${bytes.length} elements, expected ${rows}x${cols}`);
   const [br, bc] = typeof block === 'number' ? [block, block] : block;
@@ -183,5 +194,8 @@ export function encodeAsStored(name: string, format: StoredFormat, values: Float
   if (format.dtype !== 'F8_E4M3') fail('ComputeError', `tensor ${name}: re-quantizing ${format.dtype} with scales is not supported (F8_E4M3 is)`);
   specsAsStored(name, format, shape);
   const q = quantizeFp8Blocks(values, shape[0]!, shape[1]!, effectiveBlock(bs, shape).block);
-  return [{ name, bytes: q.bytes }, { name: name + (bs.scaleSuffix ?? '_scale_inv'), bytes: new Uint8Array(q.scaleInv.buffer) }];
+  return [
+    { name, bytes: q.bytes },
+    { name: name + (bs.scaleSuffix ?? '_scale_inv'), bytes: new Uint8Array(q.scaleInv.buffer) },
+  ];
 }

@@ -55,7 +55,8 @@ function nestingDepth(b: Uint8Array, limit: number): number {
   for (let i = 0; i < b.length; i++) {
     const c = b[i]!;
     if (inString) {
-      if (c === 0x5c) i++; // skip the escaped character
+      if (c === 0x5c)
+        i++; // skip the escaped character
       else if (c === 0x22) inString = false;
     } else if (c === 0x22) inString = true;
     else if (c === 0x7b || c === 0x5b) {
@@ -136,12 +137,18 @@ export function parseHeader(headerBytes: Uint8Array, fileSize: number, where = '
   let cursor = dataStart;
   for (const t of tensors) {
     if (t.begin !== cursor) {
-      fail('InvalidOffset', `${where}: tensor ${quote(t.name)} starts at data offset ${t.begin - dataStart}, expected ${cursor - dataStart} (tensors overlap or leave a gap)`);
+      fail(
+        'InvalidOffset',
+        `${where}: tensor ${quote(t.name)} starts at data offset ${t.begin - dataStart}, expected ${cursor - dataStart} (tensors overlap or leave a gap)`,
+      );
     }
     cursor = t.end;
   }
   if (cursor !== fileSize) {
-    fail('MetadataIncompleteBuffer', `${where}: data area is ${fileSize - dataStart} bytes but tensors cover ${cursor - dataStart} (file truncated or has trailing bytes)`);
+    fail(
+      'MetadataIncompleteBuffer',
+      `${where}: data area is ${fileSize - dataStart} bytes but tensors cover ${cursor - dataStart} (file truncated or has trailing bytes)`,
+    );
   }
   return { tensors: new Map(tensors.map((t) => [t.name, t])), metadata, dataStart };
 }
@@ -297,7 +304,8 @@ export function encodeHeader(tensors: readonly PendingTensor[], metadata: Record
   const pad = (8 - (Buffer.byteLength(json) % 8)) % 8;
   json += ' '.repeat(pad);
   const body = Buffer.from(json, 'utf8');
-  if (body.byteLength > MAX_HEADER_BYTES) fail('OutputError', `safetensors header would be ${body.byteLength} bytes, over the ${MAX_HEADER_BYTES}-byte limit readers enforce`);
+  if (body.byteLength > MAX_HEADER_BYTES)
+    fail('OutputError', `safetensors header would be ${body.byteLength} bytes, over the ${MAX_HEADER_BYTES}-byte limit readers enforce`);
   const out = new Uint8Array(8 + body.byteLength);
   new DataView(out.buffer).setBigUint64(0, BigInt(body.byteLength), true);
   out.set(body, 8);

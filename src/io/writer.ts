@@ -148,7 +148,10 @@ export class CheckpointWriter {
     });
     w.resumed = [...w.slots.values()].filter((s) => s.filled === s.byteLength).length;
     // the journal from here on lists exactly what this plan has written
-    const keepLines = [...w.slots].filter(([, s]) => s.filled === s.byteLength).map(([n]) => n + '\n').join('');
+    const keepLines = [...w.slots]
+      .filter(([, s]) => s.filled === s.byteLength)
+      .map(([n]) => n + '\n')
+      .join('');
     await writeFile(join(dir, JOURNAL_FILE), keepLines);
     w.journal = await open(join(dir, JOURNAL_FILE), 'a');
     return w;

@@ -163,6 +163,7 @@ export function permuteUnits(w: SwiGLUWeights, perm: Int32Array): SwiGLUWeights 
 
 function checkSameShape(a: SwiGLUWeights, b: SwiGLUWeights): void {
   for (const k of ['gate', 'up', 'down'] as const) {
-    if (a[k].out !== b[k].out || a[k].in !== b[k].in) fail('ComputeError', `cannot merge experts of different shapes (${k}: ${a[k].out}x${a[k].in} vs ${b[k].out}x${b[k].in})`);
+    if (a[k].out !== b[k].out || a[k].in !== b[k].in)
+      fail('ComputeError', `cannot merge experts of different shapes (${k}: ${a[k].out}x${a[k].in} vs ${b[k].out}x${b[k].in})`);
   }
 }

@@ -101,7 +101,12 @@ export function groupHierarchical(sig: LayerSignals, n: number): ExpertGroup[] {
     clusters[bi] = [...clusters[bi], ...clusters[bj]];
     clusters = clusters.filter((_, k) => k !== bj);
   }
-  return finish(clusters.map((members) => ({ anchor: members.reduce((a, b) => (sig.count[b] > sig.count[a] || (sig.count[b] === sig.count[a] && b < a) ? b : a)), members })));
+  return finish(
+    clusters.map((members) => ({
+      anchor: members.reduce((a, b) => (sig.count[b] > sig.count[a] || (sig.count[b] === sig.count[a] && b < a) ? b : a)),
+      members,
+    })),
+  );
 }
 
 export function groupSaliency(sig: LayerSignals, n: number): ExpertGroup[] {

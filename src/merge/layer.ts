@@ -86,7 +86,12 @@ export interface GroupContext {
 
 /** One member's permutation onto the anchor (null: averaged as stored) and its alignment report. */
 function alignMember(
-  anchor: SwiGLUWeights, member: SwiGLUWeights, g: ExpertGroup, k: number, align: MergeChoices['align'], ctx: GroupContext,
+  anchor: SwiGLUWeights,
+  member: SwiGLUWeights,
+  g: ExpertGroup,
+  k: number,
+  align: MergeChoices['align'],
+  ctx: GroupContext,
   tokens: { value?: { x: Float32Array; T: number } },
 ): { perm: Int32Array | null; alignment: GroupReport['alignment'][number] } {
   if (ctx.applied) return { perm: ctx.applied.perms[k] ?? null, alignment: ctx.applied.alignment[k] ?? null };
@@ -120,8 +125,11 @@ class GroupMerge {
   private readonly tokens = {};
 
   constructor(
-    private readonly g: ExpertGroup, private readonly anchor: SwiGLUWeights, private readonly weights: number[],
-    private readonly align: MergeChoices['align'], private readonly ctx: GroupContext,
+    private readonly g: ExpertGroup,
+    private readonly anchor: SwiGLUWeights,
+    private readonly weights: number[],
+    private readonly align: MergeChoices['align'],
+    private readonly ctx: GroupContext,
   ) {
     this.avg.add(anchor, weights[0]);
   }
@@ -145,7 +153,11 @@ class GroupMerge {
  * lazily (the write of a planned merge). Equal, bit for bit, to mergeGroup on the same experts.
  */
 export async function mergeGroupStreamed(
-  g: ExpertGroup, load: (j: number) => Promise<SwiGLUWeights>, weights: number[], align: MergeChoices['align'], ctx: GroupContext,
+  g: ExpertGroup,
+  load: (j: number) => Promise<SwiGLUWeights>,
+  weights: number[],
+  align: MergeChoices['align'],
+  ctx: GroupContext,
 ): Promise<MergedGroup> {
   checkGroupInput(g, weights, align, ctx);
   const m = new GroupMerge(g, await load(g.anchor), weights, align, ctx);

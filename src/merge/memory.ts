@@ -39,7 +39,10 @@ export function mergeMemory(model: Model, m: MergeMemoryInput): MemoryEstimate {
   const merged = Math.max(0, ...m.plan.layers.map((l) => l.groups.filter((g) => g.members.length > 1).length));
   // signatures [I, 3H] of anchor and member and a transposed copy in JS, the backend's copies of one signature chunk,
   // the transposed signatures and the I x I product, the product read back (float32) and the similarity (float64)
-  const weightAlign: MemoryPart = { label: 'weight alignment: unit signatures of two experts with their tensor-backend copies, the I x I similarity (float32 product and float64 copy)', bytes: 5 * X + 12 * I * I };
+  const weightAlign: MemoryPart = {
+    label: 'weight alignment: unit signatures of two experts with their tensor-backend copies, the I x I similarity (float32 product and float64 copy)',
+    bytes: 5 * X + 12 * I * I,
+  };
 
   let pass: MemoryEstimate | undefined;
   if (m.pass) {
@@ -48,13 +51,16 @@ export function mergeMemory(model: Model, m: MergeMemoryInput): MemoryEstimate {
     const parts = streamedPassParts(ckpt, view, T, S, true);
     parts.push({ label: `merged experts of one layer handed to the pass (${merged} groups of more than one member)`, bytes: merged * X });
     parts.push({ label: 'one group being merged: the float64 running sum and a permuted member', bytes: 3 * X });
-    parts.push({ label: 'layer statistics: one expert\'s routed inputs, activations and outputs', bytes: 2 * Math.ceil((T * k) / E) * (2 * H + 3 * I) * F32 });
+    parts.push({ label: "layer statistics: one expert's routed inputs, activations and outputs", bytes: 2 * Math.ceil((T * k) / E) * (2 * H + 3 * I) * F32 });
     if (m.choices.align === 'weights') parts.push(weightAlign);
     if (m.choices.align === 'activations') {
       const Ta = Math.min(T, m.alignTokens);
       // per expert: activations read back and a transposed copy (JS), gate/up/activation tensors in the backend;
       // the transposed gate and up weights (JS and backend); the I x I product as for weight alignment
-      parts.push({ label: `activation alignment: two experts' activations on ${Ta} tokens (with transposed and tensor-backend copies), the I x I similarity`, bytes: 11 * Ta * I * F32 + Ta * H * F32 + 1.5 * X + 12 * I * I });
+      parts.push({
+        label: `activation alignment: two experts' activations on ${Ta} tokens (with transposed and tensor-backend copies), the I x I similarity`,
+        bytes: 11 * Ta * I * F32 + Ta * H * F32 + 1.5 * X + 12 * I * I,
+      });
     }
     if (m.choices.router === 'fit') {
       const Tf = Math.min(T, m.fitTokens);
@@ -73,7 +79,7 @@ export function mergeMemory(model: Model, m: MergeMemoryInput): MemoryEstimate {
   ];
   const alignAtWrite = m.choices.align === 'weights' && m.plan.layers.some((l) => l.groups.some((g) => g.members.length > 1 && !g.perms));
   if (alignAtWrite) write.push(weightAlign);
-  if (fused) write.push({ label: 'fused layout: the layer\'s new experts until its stacked tensors are written', bytes: N * X });
+  if (fused) write.push({ label: "fused layout: the layer's new experts until its stacked tensors are written", bytes: N * X });
   const w = estimatePeak(write);
   return pass && pass.peakBytes > w.peakBytes ? pass : w;
 }

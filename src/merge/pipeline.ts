@@ -44,8 +44,18 @@ import { checkSavedPlan, layerReport, serializePlan, shardDecisions, type MergeP
 import { mergeRouter, type RouterWeights } from './router.js';
 import { signalsFromInput, signalsFromStats } from './signals.js';
 import {
-  ALIGN_METHODS, GROUPING_METHODS, MERGE_OPTION_DEFAULTS, ROUTER_METHODS, WEIGHTING_METHODS,
-  type AlignMethod, type ExpertGroup, type GroupingMethod, type LayerReport, type MergeChoices, type RouterMethod, type WeightingMethod,
+  ALIGN_METHODS,
+  GROUPING_METHODS,
+  MERGE_OPTION_DEFAULTS,
+  ROUTER_METHODS,
+  WEIGHTING_METHODS,
+  type AlignMethod,
+  type ExpertGroup,
+  type GroupingMethod,
+  type LayerReport,
+  type MergeChoices,
+  type RouterMethod,
+  type WeightingMethod,
 } from './types.js';
 
 export interface MergeRequest {
@@ -121,13 +131,20 @@ export function validateRequest(req: MergeRequest): MergeChoices {
   if (req.plan && req.savePlan) fail('Usage', 'give --plan FILE (apply a saved plan) or --save-plan FILE, not both');
   if (req.plan && (req.calib || req.stats)) fail('Usage', '--plan applies a saved plan: --calib and --stats are not used with it');
   if (req.calib && req.stats) fail('Usage', 'give --calib FILE or --stats DIR, not both');
-  if (!req.calib && !req.stats && !req.plan) fail('Usage', `merging is data-driven (grouping ${choices.grouping} reads routing statistics): give calibration text (--calib FILE), saved statistics (--stats DIR) or a saved plan (--plan FILE)`);
+  if (!req.calib && !req.stats && !req.plan)
+    fail(
+      'Usage',
+      `merging is data-driven (grouping ${choices.grouping} reads routing statistics): give calibration text (--calib FILE), saved statistics (--stats DIR) or a saved plan (--plan FILE)`,
+    );
   if (req.stats && !req.dryRun) {
     if (choices.align === 'activations') fail('Usage', '--align activations needs calibration hidden states: give --calib FILE (--stats is not enough)');
     if (choices.router === 'fit') fail('Usage', '--router fit needs calibration hidden states: give --calib FILE (--stats is not enough)');
   }
   if (req.shard && req.calib) {
-    fail('Usage', '--shard needs --plan FILE or --stats DIR: with --calib each layer is merged on the output of the merged layers before it, so one run must plan them all (--calib FILE --dry-run --save-plan FILE, then every job --plan FILE)');
+    fail(
+      'Usage',
+      '--shard needs --plan FILE or --stats DIR: with --calib each layer is merged on the output of the merged layers before it, so one run must plan them all (--calib FILE --dry-run --save-plan FILE, then every job --plan FILE)',
+    );
   }
   if (!req.dryRun && !req.out) fail('Usage', '--out DIR is required (or use --dry-run)');
   return choices;
@@ -143,7 +160,10 @@ export function checkGroups(view: ModelView, n: number): void {
   if (n < k) fail('Usage', `--groups ${n} is fewer than the ${k} experts each token is routed to (num_experts_per_tok); use at least ${k}`);
   const g = view.routing.groups;
   if (g && g.nGroup > 1 && g.topkGroup < g.nGroup) {
-    fail('UnsupportedArchitecture', `${view.family}: merging under group-limited routing (n_group ${g.nGroup}, topk_group ${g.topkGroup}) is not supported; merged groups would cross routing groups`);
+    fail(
+      'UnsupportedArchitecture',
+      `${view.family}: merging under group-limited routing (n_group ${g.nGroup}, topk_group ${g.topkGroup}) is not supported; merged groups would cross routing groups`,
+    );
   }
 }
 
@@ -161,7 +181,10 @@ export function runningEdit(experts: SwiGLUWeights[], router: RouterWeights, E: 
   const pad = (v: Float32Array | undefined) => (v ? Float32Array.from({ length: E }, (_, i) => (i < N ? v[i] : 0)) : undefined);
   const bias = pad(router.bias) ?? new Float32Array(E);
   const padded = { experts: Array.from({ length: E }, (_, i) => experts[i < N ? i : 0]), router: { w, bias, correctionBias: pad(router.correctionBias) } };
-  return maskedEdit(padded, Array.from({ length: N }, (_, i) => i));
+  return maskedEdit(
+    padded,
+    Array.from({ length: N }, (_, i) => i),
+  );
 }
 
 /**
@@ -183,8 +206,13 @@ async function planSequential(model: Model, req: MergeRequest, choices: MergeCho
       const signals = signalsFromInput(input, expert);
       const m: MergedLayer = mergeLayer(
         {
-          layer: input.layer.index, experts: input.experts, router: input.router, signals, rule: view.routing,
-          calib: { x: input.x, T: input.T, logits: input.logits, routing: input.routing }, activation: view.forward.activation,
+          layer: input.layer.index,
+          experts: input.experts,
+          router: input.router,
+          signals,
+          rule: view.routing,
+          calib: { x: input.x, T: input.T, logits: input.logits, routing: input.routing },
+          activation: view.forward.activation,
         },
         choices,
         opts,
@@ -205,7 +233,8 @@ async function planSequential(model: Model, req: MergeRequest, choices: MergeCho
 
 function statsFor(stats: CalibStats, layer: number, E: number) {
   const ls = stats.layers.find((s) => s.layer === layer);
-  if (!ls || ls.numExperts !== E) fail('InvalidStats', `calibration statistics do not match the model: layer ${layer} ${ls ? `has ${ls.numExperts} experts, the model ${E}` : 'is missing'}`);
+  if (!ls || ls.numExperts !== E)
+    fail('InvalidStats', `calibration statistics do not match the model: layer ${layer} ${ls ? `has ${ls.numExperts} experts, the model ${E}` : 'is missing'}`);
   return ls;
 }
 
@@ -220,7 +249,12 @@ function planFromStats(model: Model, stats: CalibStats, choices: MergeChoices): 
     checkPartition(groups, E, choices.groups);
     layers.push({
       layer: layer.index,
-      groups: groups.map((g) => ({ anchor: g.anchor, members: g.members, weights: memberWeights(choices.weighting, g.members, signals), alignment: g.members.map(() => null) })),
+      groups: groups.map((g) => ({
+        anchor: g.anchor,
+        members: g.members,
+        weights: memberWeights(choices.weighting, g.members, signals),
+        alignment: g.members.map(() => null),
+      })),
       router: { method: choices.router },
     });
   }
@@ -233,7 +267,13 @@ function planFromStats(model: Model, stats: CalibStats, choices: MergeChoices): 
  * alignment computed now) and averaged, so memory stays bounded by one group. A shard's writer never calls the
  * producers of other shards' layers, so each job aligns only its own layers.
  */
-async function planEdit(model: Model, plan: MergePlan, choices: MergeChoices, reports: LayerReport[], progress?: Progress): Promise<{ edit: ExpertEditPlan; finish(): void }> {
+async function planEdit(
+  model: Model,
+  plan: MergePlan,
+  choices: MergeChoices,
+  reports: LayerReport[],
+  progress?: Progress,
+): Promise<{ edit: ExpertEditPlan; finish(): void }> {
   const view = model.view;
   const H = view.dims.hidden;
   let produced = 0;
@@ -269,9 +309,15 @@ async function planEdit(model: Model, plan: MergePlan, choices: MergeChoices, re
 /** Everything that shapes the plan or how it is applied: a plan is refused under other values (src/model/planfile.ts). */
 export function planSettings(choices: MergeChoices, req: Pick<MergeRequest, 'fitSteps' | 'fitTokens' | 'alignTokens'>): Record<string, unknown> {
   return {
-    groups: choices.groups, grouping: choices.grouping, weighting: choices.weighting, align: choices.align, router: choices.router,
+    groups: choices.groups,
+    grouping: choices.grouping,
+    weighting: choices.weighting,
+    align: choices.align,
+    router: choices.router,
     ...(choices.align === 'activations' ? { alignTokens: req.alignTokens ?? MERGE_OPTION_DEFAULTS.alignTokens } : {}),
-    ...(choices.router === 'fit' ? { fitSteps: req.fitSteps ?? MERGE_OPTION_DEFAULTS.fitSteps, fitTokens: req.fitTokens ?? MERGE_OPTION_DEFAULTS.fitTokens } : {}),
+    ...(choices.router === 'fit'
+      ? { fitSteps: req.fitSteps ?? MERGE_OPTION_DEFAULTS.fitSteps, fitTokens: req.fitTokens ?? MERGE_OPTION_DEFAULTS.fitTokens }
+      : {}),
   };
 }
 
@@ -308,7 +354,10 @@ export async function merge(req: MergeRequest): Promise<MergeReport> {
     }
     if (req.savePlan) {
       if (plan.mode === 'stats' && (choices.align === 'activations' || choices.router === 'fit')) {
-        fail('Usage', `a plan from --stats cannot hold ${choices.align === 'activations' ? 'activation alignment' : 'fitted router rows'} (they need calibration hidden states): plan with --calib FILE`);
+        fail(
+          'Usage',
+          `a plan from --stats cannot hold ${choices.align === 'activations' ? 'activation alignment' : 'fitted router rows'} (they need calibration hidden states): plan with --calib FILE`,
+        );
       }
       await savePlan(req.savePlan, 'merge', model.ckpt, settings, serializePlan(plan));
     }
@@ -321,7 +370,10 @@ export async function merge(req: MergeRequest): Promise<MergeReport> {
       await initBackend();
       const { edit, finish } = await planEdit(model, plan, choices, layers, req.progress);
       const phase = req.progress?.phase(`writing ${req.out}`);
-      await writeExpertEdit(model, edit, req.out!, { force: req.force, ...(req.shard ? { shard: { ...req.shard, plan: shardDecisions(plan, choices) } } : {}) });
+      await writeExpertEdit(model, edit, req.out!, {
+        force: req.force,
+        ...(req.shard ? { shard: { ...req.shard, plan: shardDecisions(plan, choices) } } : {}),
+      });
       finish();
       phase?.succeed(`wrote ${req.out}${req.shard ? ` (shard ${req.shard.index}/${req.shard.count})` : ''}`);
       // a shard holds part of the checkpoint: its sizes stay the plan's prediction
@@ -347,8 +399,11 @@ export async function merge(req: MergeRequest): Promise<MergeReport> {
       layers,
       sizes: { before, after, predicted },
       memory: mergeMemory(model, {
-        choices, plan, ...(pass ? { pass } : {}),
-        alignTokens: req.alignTokens ?? MERGE_OPTION_DEFAULTS.alignTokens, fitTokens: req.fitTokens ?? MERGE_OPTION_DEFAULTS.fitTokens,
+        choices,
+        plan,
+        ...(pass ? { pass } : {}),
+        alignTokens: req.alignTokens ?? MERGE_OPTION_DEFAULTS.alignTokens,
+        fitTokens: req.fitTokens ?? MERGE_OPTION_DEFAULTS.fitTokens,
       }),
       seconds: (Date.now() - started) / 1000,
     };

@@ -67,7 +67,13 @@ export interface SavedMergePlan {
 
 const b64 = (a: Int32Array | Float32Array): string => Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('base64');
 
-function fromB64<T extends Int32Array | Float32Array>(s: unknown, make: (b: ArrayBuffer, n: number) => T, n: number, what: string, bad: (why: string) => never): T {
+function fromB64<T extends Int32Array | Float32Array>(
+  s: unknown,
+  make: (b: ArrayBuffer, n: number) => T,
+  n: number,
+  what: string,
+  bad: (why: string) => never,
+): T {
   if (typeof s !== 'string') bad(`${what} is not a base64 string`);
   const buf = Buffer.from(s as string, 'base64');
   if (buf.byteLength !== n * 4) bad(`${what} holds ${buf.byteLength / 4} values, expected ${n}`);
@@ -83,17 +89,22 @@ export function serializePlan(plan: MergePlan): SavedMergePlan {
     layers: plan.layers.map((l) => ({
       layer: l.layer,
       groups: l.groups.map((g) => ({
-        anchor: g.anchor, members: g.members, weights: g.weights, alignment: g.alignment,
+        anchor: g.anchor,
+        members: g.members,
+        weights: g.weights,
+        alignment: g.alignment,
         ...(g.perms ? { perms: g.perms.map((p) => (p ? b64(p) : null)) } : {}),
       })),
       router: l.router,
-      ...(l.rows ? {
-        rows: {
-          w: b64(l.rows.w),
-          ...(l.rows.bias ? { bias: b64(l.rows.bias) } : {}),
-          ...(l.rows.correctionBias ? { correctionBias: b64(l.rows.correctionBias) } : {}),
-        },
-      } : {}),
+      ...(l.rows
+        ? {
+            rows: {
+              w: b64(l.rows.w),
+              ...(l.rows.bias ? { bias: b64(l.rows.bias) } : {}),
+              ...(l.rows.correctionBias ? { correctionBias: b64(l.rows.correctionBias) } : {}),
+            },
+          }
+        : {}),
     })),
   };
 }
@@ -157,10 +168,12 @@ export function checkSavedPlan(view: ModelView, raw: unknown, choices: MergeChoi
       }
       const sum = (weights as number[]).reduce((a, b) => a + b, 0);
       if (Math.abs(sum - 1) > 1e-9) at(`group ${gi}: member weights sum to ${sum}, not 1`);
-      const alignment = Array.isArray(gRaw.alignment) && gRaw.alignment.length === members.length ? (gRaw.alignment as GroupReport['alignment']) : members.map(() => null);
+      const alignment =
+        Array.isArray(gRaw.alignment) && gRaw.alignment.length === members.length ? (gRaw.alignment as GroupReport['alignment']) : members.map(() => null);
       const g: PlannedGroup = { anchor: members[0]!, members, weights: weights as number[], alignment };
       if (gRaw.perms !== undefined) {
-        if (!Array.isArray(gRaw.perms) || gRaw.perms.length !== members.length || gRaw.perms[0] !== null) at(`group ${gi}: perms must list one entry per member, null for the anchor`);
+        if (!Array.isArray(gRaw.perms) || gRaw.perms.length !== members.length || gRaw.perms[0] !== null)
+          at(`group ${gi}: perms must list one entry per member, null for the anchor`);
         g.perms = (gRaw.perms as unknown[]).map((p, k) => {
           if (p === null) return null;
           const perm = fromB64(p, (b, n) => new Int32Array(b, 0, n), I, `group ${gi}, member ${members[k]}: the permutation`, at);
@@ -189,7 +202,10 @@ export function checkSavedPlan(view: ModelView, raw: unknown, choices: MergeChoi
         return a;
       };
       const rows: RouterWeights = { w: floats(rr.w, N * H, 'rows') };
-      for (const [key, ref] of [['bias', block.router.bias], ['correctionBias', block.router.correctionBias]] as const) {
+      for (const [key, ref] of [
+        ['bias', block.router.bias],
+        ['correctionBias', block.router.correctionBias],
+      ] as const) {
         if (ref && rr[key] === undefined) at(`the model's router has a ${key === 'bias' ? 'bias' : 'selection bias'}; the plan's rows lack it`);
         if (!ref && rr[key] !== undefined) at(`the plan has a router ${key} this model's router does not have`);
         if (ref) rows[key] = floats(rr[key], N, key);
@@ -222,5 +238,9 @@ export function shardDecisions(plan: MergePlan, choices: MergeChoices): unknown 
 
 /** The report's view of a planned layer (no permutations or rows). */
 export function layerReport(l: PlannedLayer): LayerReport {
-  return { layer: l.layer, groups: l.groups.map((g) => ({ anchor: g.anchor, members: g.members, weights: g.weights, alignment: g.alignment })), router: l.router };
+  return {
+    layer: l.layer,
+    groups: l.groups.map((g) => ({ anchor: g.anchor, members: g.members, weights: g.weights, alignment: g.alignment })),
+    router: l.router,
+  };
 }

@@ -164,7 +164,14 @@ function subsample(data: RouterFitData, H: number, E: number, maxTokens: number)
 }
 
 /** Mean KL between group-summed old scores and the scores of `router` on the data. */
-export function routerKL(router: RouterWeights, groups: readonly ExpertGroup[], data: RouterFitData, H: number, E: number, rule: Pick<RoutingRule, 'score'>): number {
+export function routerKL(
+  router: RouterWeights,
+  groups: readonly ExpertGroup[],
+  data: RouterFitData,
+  H: number,
+  E: number,
+  rule: Pick<RoutingRule, 'score'>,
+): number {
   const kind = scoreKind(rule);
   const N = groups.length;
   const P = groupTargets(data.logits, data.T, E, groups, kind);
@@ -243,10 +250,11 @@ export function mergeRouter(
       if (step === steps) break;
       // dKL/dR = G^T X: [N, T] x [T, H]
       gb.fill(0);
-      for (let t = 0; t < T; t++) for (let g = 0; g < N; g++) {
-        gzT[g * T + t] = gz[t * N + g];
-        gb[g] += gz[t * N + g];
-      }
+      for (let t = 0; t < T; t++)
+        for (let g = 0; g < N; g++) {
+          gzT[g * T + t] = gz[t * N + g];
+          gb[g] += gz[t * N + g];
+        }
       const gRt = tf.tidy(() => tf.matMul(tf.tensor2d(gzT, [N, T]), xt));
       const gR = gRt.dataSync() as Float32Array;
       gRt.dispose();

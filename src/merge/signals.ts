@@ -29,7 +29,10 @@ export function signalsFromStats(ls: LayerStats): LayerSignals {
  * One layer's signals measured on the hidden states the hook sees: counts and gates from the routing, expert
  * outputs on their routed tokens (REAP saliency, mean output), and the router logits of all tokens.
  */
-export function signalsFromInput(input: Pick<MoeLayerInput, 'T' | 'hidden' | 'x' | 'logits' | 'routing' | 'experts'>, expert: (w: SwiGLUWeights, x: Float32Array, T: number) => Float32Array): LayerSignals {
+export function signalsFromInput(
+  input: Pick<MoeLayerInput, 'T' | 'hidden' | 'x' | 'logits' | 'routing' | 'experts'>,
+  expert: (w: SwiGLUWeights, x: Float32Array, T: number) => Float32Array,
+): LayerSignals {
   const { T, hidden: H, routing } = input;
   const E = input.experts.length;
   const k = routing.k;
@@ -66,4 +69,3 @@ export function signalsFromInput(input: Pick<MoeLayerInput, 'T' | 'hidden' | 'x'
   }
   return { numExperts: E, hidden: H, count, saliency, meanOutput, logitSample: input.logits, logitRows: T };
 }
-

@@ -56,7 +56,8 @@ function applyLayerTypes(view: ModelView, cfg: ConfigReader, defaultWindow?: num
   }
   types.slice(0, view.layers.length).forEach((t, i) => {
     if (t === 'sliding_attention') view.layers[i]!.slidingWindow = cfg.int('sliding_window', defaultWindow);
-    else if (t !== 'full_attention') fail('InvalidConfig', `${cfg.where}: layer_types[${i}] = ${JSON.stringify(t)} (expected sliding_attention or full_attention)`);
+    else if (t !== 'full_attention')
+      fail('InvalidConfig', `${cfg.where}: layer_types[${i}] = ${JSON.stringify(t)} (expected sliding_attention or full_attention)`);
   });
   return true;
 }
@@ -88,7 +89,8 @@ const minimax: FamilyHooks = {
 /** Ernie 4.5: use_bias puts a bias on every linear, experts included, which the expert templates do not describe. */
 const ernie: FamilyHooks = {
   adjust(_view, cfg) {
-    if (cfg.flag('use_bias', false)) fail('UnsupportedArchitecture', `${cfg.where}: ernie4_5_moe with use_bias=true (biases on every expert linear) is not supported`);
+    if (cfg.flag('use_bias', false))
+      fail('UnsupportedArchitecture', `${cfg.where}: ernie4_5_moe with use_bias=true (biases on every expert linear) is not supported`);
   },
 };
 

@@ -44,12 +44,7 @@ export interface LinearFormat {
 const registered: LinearFormat[] = [];
 
 export function registerLinearFormat(format: LinearFormat): () => void;
-export function registerLinearFormat(
-  detect: LinearFormat['detect'],
-  load: LinearFormat['load'],
-  tensors?: LinearFormat['tensors'],
-  name?: string,
-): () => void;
+export function registerLinearFormat(detect: LinearFormat['detect'], load: LinearFormat['load'], tensors?: LinearFormat['tensors'], name?: string): () => void;
 export function registerLinearFormat(
   a: LinearFormat | LinearFormat['detect'],
   load?: LinearFormat['load'],
@@ -125,7 +120,10 @@ async function readBias(ckpt: Checkpoint, ref: LinearRef): Promise<Float32Array 
 
 function checkShape(ckpt: Checkpoint, ref: LinearRef, lin: Linear, how: string): Linear {
   if (lin.out !== ref.outFeatures || lin.in !== ref.inFeatures || lin.w.length !== lin.out * lin.in) {
-    fail('InvalidShape', `${ckpt.dir}: '${ref.tensor}'${ref.expert !== undefined ? ` expert ${ref.expert}` : ''} (${how}) is [${lin.out}, ${lin.in}], the config says [${ref.outFeatures}, ${ref.inFeatures}]`);
+    fail(
+      'InvalidShape',
+      `${ckpt.dir}: '${ref.tensor}'${ref.expert !== undefined ? ` expert ${ref.expert}` : ''} (${how}) is [${lin.out}, ${lin.in}], the config says [${ref.outFeatures}, ${ref.inFeatures}]`,
+    );
   }
   if (lin.b && lin.b.length !== lin.out) fail('InvalidShape', `${ckpt.dir}: bias '${ref.bias}' has ${lin.b.length} values, expected ${lin.out}`);
   return lin;
@@ -225,5 +223,3 @@ export async function loadRouter(ckpt: Checkpoint, refs: RouterRefs): Promise<{ 
   if (refs.correctionBias) out.correctionBias = await readAll(ckpt, refs.correctionBias);
   return out;
 }
-
-

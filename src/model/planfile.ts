@@ -33,7 +33,9 @@ export function modelFingerprint(ckpt: Checkpoint): string {
     const i = ckpt.info(n);
     return [n, i.dtype, i.shape];
   });
-  return createHash('sha256').update(JSON.stringify({ config: ckpt.config, tensors })).digest('hex');
+  return createHash('sha256')
+    .update(JSON.stringify({ config: ckpt.config, tensors }))
+    .digest('hex');
 }
 
 /** Write atomically (temporary file, then rename): a killed job never leaves half a plan for the others to read. */

@@ -15,7 +15,9 @@ let byType: Map<string, Architecture> | undefined;
 
 function load(): Map<string, Architecture> {
   const out = new Map<string, Architecture>();
-  for (const f of readdirSync(ARCH_DIR).filter((n) => n.endsWith('.json')).sort()) {
+  for (const f of readdirSync(ARCH_DIR)
+    .filter((n) => n.endsWith('.json'))
+    .sort()) {
     const path = join(ARCH_DIR, f);
     const parsed = ArchitectureSchema.safeParse(JSON.parse(readFileSync(path, 'utf8')));
     // a broken family file is a bug in moe, not a user error: fail loudly with the field path

@@ -122,13 +122,14 @@ export async function rewriteCheckpoint(model: Model, plan: RewritePlan, out: st
   names.sort((a, b) => a.layer - b.layer || a.i - b.i);
   const added = [...(plan.added ?? [])];
   const entries: Entry[] = [];
-  const pushNew = (t: NewTensor) => entries.push({
-    planned: { name: t.spec.name, dtype: t.spec.dtype, shape: t.spec.shape, bytes: bytesOf(t.spec), origin: 'new' },
-    write: async (w) => {
-      const b = await t.produce();
-      await w.write(t.spec.name, b);
-    },
-  });
+  const pushNew = (t: NewTensor) =>
+    entries.push({
+      planned: { name: t.spec.name, dtype: t.spec.dtype, shape: t.spec.shape, bytes: bytesOf(t.spec), origin: 'new' },
+      write: async (w) => {
+        const b = await t.produce();
+        await w.write(t.spec.name, b);
+      },
+    });
   const flushAdded = (upTo: number) => {
     for (let k = 0; k < added.length; ) {
       const a = added[k]!;
@@ -182,7 +183,10 @@ export async function rewriteCheckpoint(model: Model, plan: RewritePlan, out: st
   const dir = await OutputDir.create(out, { force: opts.force, inputDir: model.dir });
   let writer: Awaited<ReturnType<OutputDir['openWriter']>> | undefined;
   try {
-    writer = await dir.openWriter(planned.filter(mine).map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })), opts.maxShardBytes ? { maxShardBytes: opts.maxShardBytes } : undefined);
+    writer = await dir.openWriter(
+      planned.filter(mine).map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })),
+      opts.maxShardBytes ? { maxShardBytes: opts.maxShardBytes } : undefined,
+    );
     const w = writer;
     await opts.onOpen?.({ dir: dir.staging, isWritten: (n) => w.isWritten(n) });
     for (let k = 0; k < entries.length; k++) {
@@ -194,7 +198,16 @@ export async function rewriteCheckpoint(model: Model, plan: RewritePlan, out: st
     result.shards = await writer.finalize();
     if (shard) {
       const tensors = planned.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, ...(t.source ? { source: t.source } : {}) }));
-      const manifest: ShardManifest = { format: 'moe-shard', version: 1, index: shard.index, count: shard.count, digest: planDigest(tensors, config, shard.plan), config, tensors, ...(shard.plan !== undefined ? { plan: shard.plan } : {}) };
+      const manifest: ShardManifest = {
+        format: 'moe-shard',
+        version: 1,
+        index: shard.index,
+        count: shard.count,
+        digest: planDigest(tensors, config, shard.plan),
+        config,
+        tensors,
+        ...(shard.plan !== undefined ? { plan: shard.plan } : {}),
+      };
       await dir.writeJson(SHARD_MANIFEST, manifest);
     }
     await dir.writeConfig(config);
@@ -265,16 +278,22 @@ function resolveWeights(src: Extract<ExpertSource, { weights: unknown }>): Promi
 }
 
 /** Validate the plan against the model and decide the output expert count, top-k and group keys. */
-function checkExpertPlan(view: ModelView, plan: ExpertEditPlan, opts: ExpertEditOptions): { E2: number; topK: number; groups?: { nGroup: number; topkGroup: number }; edits: Map<number, LayerExpertEdit> } {
+function checkExpertPlan(
+  view: ModelView,
+  plan: ExpertEditPlan,
+  opts: ExpertEditOptions,
+): { E2: number; topK: number; groups?: { nGroup: number; topkGroup: number }; edits: Map<number, LayerExpertEdit> } {
   const E = view.dims.numExperts;
   const H = view.dims.hidden;
   const edits = new Map<number, LayerExpertEdit>();
   for (const le of plan.layers) {
-    if (!view.moeLayers.includes(le.layer)) fail('Usage', `layer ${le.layer} is not a MoE layer of this ${view.family} model (MoE layers: ${view.moeLayers.join(', ')})`);
+    if (!view.moeLayers.includes(le.layer))
+      fail('Usage', `layer ${le.layer} is not a MoE layer of this ${view.family} model (MoE layers: ${view.moeLayers.join(', ')})`);
     if (edits.has(le.layer)) fail('Usage', `layer ${le.layer} is edited twice`);
     if (le.experts.length === 0) fail('Usage', `layer ${le.layer}: at least one expert must remain`);
     for (const s of le.experts) {
-      if ('from' in s && (!Number.isInteger(s.from) || s.from < 0 || s.from >= E)) fail('Usage', `layer ${le.layer}: expert ${s.from} does not exist (the model has ${E})`);
+      if ('from' in s && (!Number.isInteger(s.from) || s.from < 0 || s.from >= E))
+        fail('Usage', `layer ${le.layer}: expert ${s.from} does not exist (the model has ${E})`);
     }
     const allFrom = le.experts.every((s) => 'from' in s);
     if (!allFrom && !le.router) fail('Usage', `layer ${le.layer}: new expert weights need new router rows (router.w [${le.experts.length}, ${H}])`);
@@ -292,12 +311,16 @@ function checkExpertPlan(view: ModelView, plan: ExpertEditPlan, opts: ExpertEdit
   const E2 = counts[0] ?? E;
   const odd = view.moeLayers.find((_, i) => counts[i] !== E2);
   if (odd !== undefined) {
-    fail('Usage', `every MoE layer must have the same number of experts (stock loaders read one '${view.numExpertsKey}'): layer ${view.moeLayers[0]} has ${E2}, layer ${odd} has ${counts[view.moeLayers.indexOf(odd)]}`);
+    fail(
+      'Usage',
+      `every MoE layer must have the same number of experts (stock loaders read one '${view.numExpertsKey}'): layer ${view.moeLayers[0]} has ${E2}, layer ${odd} has ${counts[view.moeLayers.indexOf(odd)]}`,
+    );
   }
   let topK = plan.topK ?? view.dims.topK;
   if (!Number.isInteger(topK) || topK < 1) fail('Usage', `top-k must be a positive integer, got ${topK}`);
   if (topK > E2) {
-    if (!opts.clampTopK || plan.topK !== undefined) fail('Usage', `${E2} experts cannot serve top-k ${topK}: keep at least ${topK} experts or lower '${view.topKKey}'`);
+    if (!opts.clampTopK || plan.topK !== undefined)
+      fail('Usage', `${E2} experts cannot serve top-k ${topK}: keep at least ${topK} experts or lower '${view.topKKey}'`);
     topK = E2;
   }
 
@@ -307,32 +330,48 @@ function checkExpertPlan(view: ModelView, plan: ExpertEditPlan, opts: ExpertEdit
     return { E2, topK, edits };
   }
   const groupOf = (s: ExpertSource): number | undefined => ('from' in s ? Math.floor(s.from / (E / g.nGroup)) : s.group);
-  const membershipOk = (nGroup: number) => [...edits.values()].every((le) =>
-    le.experts.every((s, i) => groupOf(s) === Math.floor(i / (E2 / nGroup))));
+  const membershipOk = (nGroup: number) => [...edits.values()].every((le) => le.experts.every((s, i) => groupOf(s) === Math.floor(i / (E2 / nGroup))));
   let groups = plan.groups;
   if (!groups) {
     if (E2 % g.nGroup === 0 && membershipOk(g.nGroup)) groups = { nGroup: g.nGroup, topkGroup: g.topkGroup };
     else {
-      fail('Usage', `group-limited routing (n_group ${g.nGroup}, topk_group ${g.topkGroup}): the experts kept must fill every group equally, in group order; ` +
-        `keep the same number from each group (new experts must name their group), or flatten the groups with {nGroup: 1, topkGroup: 1} (this changes routing)`);
+      fail(
+        'Usage',
+        `group-limited routing (n_group ${g.nGroup}, topk_group ${g.topkGroup}): the experts kept must fill every group equally, in group order; ` +
+          `keep the same number from each group (new experts must name their group), or flatten the groups with {nGroup: 1, topkGroup: 1} (this changes routing)`,
+      );
     }
   }
-  if (!Number.isInteger(groups.nGroup) || groups.nGroup < 1 || !Number.isInteger(groups.topkGroup) || groups.topkGroup < 1 || groups.topkGroup > groups.nGroup) {
+  if (
+    !Number.isInteger(groups.nGroup) ||
+    groups.nGroup < 1 ||
+    !Number.isInteger(groups.topkGroup) ||
+    groups.topkGroup < 1 ||
+    groups.topkGroup > groups.nGroup
+  ) {
     fail('Usage', `invalid expert groups: n_group ${groups.nGroup}, topk_group ${groups.topkGroup}`);
   }
   if (groups.nGroup > 1) {
     if (groups.nGroup !== g.nGroup) fail('Usage', `n_group can stay ${g.nGroup} or become 1 (flattened), not ${groups.nGroup}`);
     if (E2 % groups.nGroup !== 0) fail('Usage', `${E2} experts do not split into ${groups.nGroup} equal groups`);
-    if (!membershipOk(groups.nGroup)) fail('Usage', `with n_group ${groups.nGroup} each group of the output must be filled from the same input group, in order (${E2 / groups.nGroup} per group)`);
-    if (g.groupScore === 'top2sum' && E2 / groups.nGroup < 2) fail('Usage', `group scores sum each group's top-2 experts: keep at least 2 per group (${2 * groups.nGroup} experts)`);
-    if (groups.topkGroup * (E2 / groups.nGroup) < topK) fail('Usage', `topk_group ${groups.topkGroup} groups of ${E2 / groups.nGroup} experts cannot supply top-k ${topK}`);
+    if (!membershipOk(groups.nGroup))
+      fail(
+        'Usage',
+        `with n_group ${groups.nGroup} each group of the output must be filled from the same input group, in order (${E2 / groups.nGroup} per group)`,
+      );
+    if (g.groupScore === 'top2sum' && E2 / groups.nGroup < 2)
+      fail('Usage', `group scores sum each group's top-2 experts: keep at least 2 per group (${2 * groups.nGroup} experts)`);
+    if (groups.topkGroup * (E2 / groups.nGroup) < topK)
+      fail('Usage', `topk_group ${groups.topkGroup} groups of ${E2 / groups.nGroup} experts cannot supply top-k ${topK}`);
   }
   return { E2, topK, groups, edits };
 }
 
 /** The common tensor-name prefix of an expert's three linears, cut at a dot ("...experts.3."). */
 function expertPrefix(refs: SwiGLURefs): string {
-  const a = refs.gate.tensor, b = refs.up.tensor, c = refs.down.tensor;
+  const a = refs.gate.tensor,
+    b = refs.up.tensor,
+    c = refs.down.tensor;
   let n = 0;
   while (n < a.length && a[n] === b[n] && a[n] === c[n]) n++;
   return a.slice(0, a.lastIndexOf('.', n - 1) + 1);
@@ -341,7 +380,8 @@ function expertPrefix(refs: SwiGLURefs): string {
 /** Encode one new float32 linear in the storage format of the input tensor it replaces. */
 function encodeLike(model: Model, ref: LinearRef, lin: Linear, outName: string): NewTensor[] {
   const { ckpt } = model;
-  if (formatOf(ckpt, ref)) fail('Usage', `'${ref.tensor}' is stored as ${formatOf(ckpt, ref)!.name}; new expert weights cannot be written in that format (dequantize first)`);
+  if (formatOf(ckpt, ref))
+    fail('Usage', `'${ref.tensor}' is stored as ${formatOf(ckpt, ref)!.name}; new expert weights cannot be written in that format (dequantize first)`);
   const st = ckpt.storage(ref.tensor);
   const [rows, cols] = [ref.outFeatures, ref.inFeatures];
   if (lin.out !== rows || lin.in !== cols) fail('Usage', `new weights for '${outName}' are [${lin.out}, ${lin.in}], expected [${rows}, ${cols}]`);
@@ -351,14 +391,23 @@ function encodeLike(model: Model, ref: LinearRef, lin: Linear, outName: string):
     const q = quantizeFp8Blocks(lin.w, rows, cols, b0);
     return [
       { spec: { name: outName, dtype: st.dtype, shape: [rows, cols] }, produce: async () => q.bytes },
-      { spec: { name: `${outName}_scale_inv`, dtype: ckpt.dtype(st.blockScale.scaleName), shape: q.scaleShape }, produce: async () => fromF32(q.scaleInv, ckpt.dtype(st.blockScale!.scaleName)) },
+      {
+        spec: { name: `${outName}_scale_inv`, dtype: ckpt.dtype(st.blockScale.scaleName), shape: q.scaleShape },
+        produce: async () => fromF32(q.scaleInv, ckpt.dtype(st.blockScale!.scaleName)),
+      },
     ];
   }
   return [{ spec: { name: outName, dtype: st.dtype, shape: [rows, cols] }, produce: async () => fromF32(lin.w, st.dtype) }];
 }
 
 /** Byte slices along dim 0 of a tensor [E, ...] for the given experts, concatenated, with new parts encoded. */
-async function stackExperts(model: Model, name: string, sources: ExpertSource[], encodeNew: (w: SwiGLUWeights) => Uint8Array, weights: (i: number) => Promise<SwiGLUWeights>): Promise<Uint8Array> {
+async function stackExperts(
+  model: Model,
+  name: string,
+  sources: ExpertSource[],
+  encodeNew: (w: SwiGLUWeights) => Uint8Array,
+  weights: (i: number) => Promise<SwiGLUWeights>,
+): Promise<Uint8Array> {
   const info = model.ckpt.info(name);
   const per = info.shape.slice(1).reduce((a, b) => a * b, 1);
   const perBytes = per * DTYPE_BYTES[info.dtype];
@@ -395,13 +444,21 @@ function fusedRows(ref: LinearRef, w: SwiGLUWeights, which: 'gateUp' | 'down', w
   return out;
 }
 
-function layerTensorsFused(model: Model, block: MoeBlock, sources: ExpertSource[], weights: (i: number) => Promise<SwiGLUWeights>): { drop: string[]; make: NewTensor[] } {
+function layerTensorsFused(
+  model: Model,
+  block: MoeBlock,
+  sources: ExpertSource[],
+  weights: (i: number) => Promise<SwiGLUWeights>,
+): { drop: string[]; make: NewTensor[] } {
   const { ckpt } = model;
   const E2 = sources.length;
   const drop: string[] = [];
   const make: NewTensor[] = [];
   const e0 = block.experts[0]!;
-  for (const [which, ref] of [['gateUp', e0.gate], ['down', e0.down]] as const) {
+  for (const [which, ref] of [
+    ['gateUp', e0.gate],
+    ['down', e0.down],
+  ] as const) {
     const outF = which === 'gateUp' ? 2 * ref.outFeatures : ref.outFeatures;
     const inF = ref.inFeatures;
     const fmt = formatOf(ckpt, ref);
@@ -438,7 +495,14 @@ function layerTensorsFused(model: Model, block: MoeBlock, sources: ExpertSource[
   return { drop, make };
 }
 
-function layerTensorsPerExpert(model: Model, layer: number, layerNames: readonly string[], block: MoeBlock, sources: ExpertSource[], weights: (i: number) => Promise<SwiGLUWeights>): { drop: string[]; make: NewTensor[] } {
+function layerTensorsPerExpert(
+  model: Model,
+  layer: number,
+  layerNames: readonly string[],
+  block: MoeBlock,
+  sources: ExpertSource[],
+  weights: (i: number) => Promise<SwiGLUWeights>,
+): { drop: string[]; make: NewTensor[] } {
   const { ckpt, view } = model;
   const arch = getArchitecture(view.family, view.family);
   const ex = arch.tensors.experts;
@@ -482,10 +546,12 @@ function layerTensorsPerExpert(model: Model, layer: number, layerNames: readonly
     const parts: NewTensor[] = [];
     for (const role of ['gate', 'up', 'down'] as const) {
       const specs = encodeSpecs(model, refs[role], outs[role].tensor);
-      specs.forEach((spec, k) => parts.push({
-        spec,
-        produce: async () => encodeLike(model, refs[role], (await get())[role], outs[role].tensor)[k]!.produce(),
-      }));
+      specs.forEach((spec, k) =>
+        parts.push({
+          spec,
+          produce: async () => encodeLike(model, refs[role], (await get())[role], outs[role].tensor)[k]!.produce(),
+        }),
+      );
     }
     const last = parts[parts.length - 1]!;
     const lastProduce = last.produce;
@@ -502,7 +568,8 @@ function layerTensorsPerExpert(model: Model, layer: number, layerNames: readonly
 /** Output specs encodeLike will produce for a linear stored like `ref` (known before the weights exist). */
 function encodeSpecs(model: Model, ref: LinearRef, outName: string): TensorSpec[] {
   const { ckpt } = model;
-  if (formatOf(ckpt, ref)) fail('Usage', `'${ref.tensor}' is stored as ${formatOf(ckpt, ref)!.name}; new expert weights cannot be written in that format (dequantize first)`);
+  if (formatOf(ckpt, ref))
+    fail('Usage', `'${ref.tensor}' is stored as ${formatOf(ckpt, ref)!.name}; new expert weights cannot be written in that format (dequantize first)`);
   const st = ckpt.storage(ref.tensor);
   const specs: TensorSpec[] = [{ name: outName, dtype: st.dtype, shape: [ref.outFeatures, ref.inFeatures] }];
   if (st.blockScale) specs.push({ name: `${outName}_scale_inv`, dtype: ckpt.dtype(st.blockScale.scaleName), shape: st.blockScale.scaleShape });
@@ -515,7 +582,11 @@ function routerTensors(model: Model, block: MoeBlock, edit: LayerExpertEdit): { 
   const E2 = edit.experts.length;
   const drop: string[] = [];
   const make: NewTensor[] = [];
-  const parts = [['w', block.router.weight], ['bias', block.router.bias], ['correctionBias', block.router.correctionBias]] as const;
+  const parts = [
+    ['w', block.router.weight],
+    ['bias', block.router.bias],
+    ['correctionBias', block.router.correctionBias],
+  ] as const;
   for (const [key, name] of parts) {
     if (!name) continue;
     const info = ckpt.info(name);
@@ -528,19 +599,20 @@ function routerTensors(model: Model, block: MoeBlock, edit: LayerExpertEdit): { 
     const per = oneRow ? 1 : info.shape.slice(1).reduce((a, b) => a * b, 1);
     drop.push(name);
     const given = edit.router?.[key];
-    if (edit.router && !given && key !== 'w') fail('Usage', `layer ${edit.layer}: the router has a ${key === 'bias' ? 'bias' : 'e_score_correction_bias'}; give router.${key} with the new rows`);
+    if (edit.router && !given && key !== 'w')
+      fail('Usage', `layer ${edit.layer}: the router has a ${key === 'bias' ? 'bias' : 'e_score_correction_bias'}; give router.${key} with the new rows`);
     make.push({
       spec: { name, dtype: info.dtype, shape: oneRow ? [1, E2] : [E2, ...info.shape.slice(1)] },
       produce: given
         ? async () => fromF32(given, info.dtype)
         : async () => {
-          const out = new Uint8Array(E2 * per * DTYPE_BYTES[info.dtype]);
-          for (let i = 0; i < E2; i++) {
-            const s = edit.experts[i] as { from: number };
-            out.set(await ckpt.readBytes(name, s.from * per, (s.from + 1) * per), i * per * DTYPE_BYTES[info.dtype]);
-          }
-          return out;
-        },
+            const out = new Uint8Array(E2 * per * DTYPE_BYTES[info.dtype]);
+            for (let i = 0; i < E2; i++) {
+              const s = edit.experts[i] as { from: number };
+              out.set(await ckpt.readBytes(name, s.from * per, (s.from + 1) * per), i * per * DTYPE_BYTES[info.dtype]);
+            }
+            return out;
+          },
     });
   }
   return { drop, make };
@@ -556,9 +628,7 @@ function escapeRe(s: string): string {
  * would load kept experts with another expert's bit-width. A key naming input expert j of an edited layer becomes
  * one key per output expert copied from j, and is dropped when j is gone (new weights carry no override).
  */
-export function renumberDynamic(
-  dynamic: Record<string, unknown>, view: ModelView, edits: ReadonlyMap<number, LayerExpertEdit>,
-): Record<string, unknown> {
+export function renumberDynamic(dynamic: Record<string, unknown>, view: ModelView, edits: ReadonlyMap<number, LayerExpertEdit>): Record<string, unknown> {
   const arch = getArchitecture(view.family, view.family);
   const ex = arch.tensors.experts;
   if (ex.layout !== 'per-expert' || view.expertLayout !== 'per-expert') return dynamic;
@@ -615,9 +685,10 @@ export async function writeExpertEdit(model: Model, plan: ExpertEditPlan, out: s
       if (!p) cache.set(i, (p = resolveWeights(s)));
       return p;
     };
-    const experts = view.expertLayout === 'fused'
-      ? layerTensorsFused(model, block, edit.experts, weights)
-      : layerTensorsPerExpert(model, l, namesByLayer.get(l) ?? [], block, edit.experts, weights);
+    const experts =
+      view.expertLayout === 'fused'
+        ? layerTensorsFused(model, block, edit.experts, weights)
+        : layerTensorsPerExpert(model, l, namesByLayer.get(l) ?? [], block, edit.experts, weights);
     if (view.expertLayout === 'fused') {
       // release the layer's new experts once its last fused tensor is written, so memory stays one layer
       let left = experts.make.length;

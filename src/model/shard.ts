@@ -45,7 +45,9 @@ export function shardOwner(layer: number, count: number): number {
 }
 
 export function planDigest(tensors: ShardManifest['tensors'], config: HFConfig, plan?: unknown): string {
-  return createHash('sha256').update(JSON.stringify({ tensors, config, plan: plan ?? null })).digest('hex');
+  return createHash('sha256')
+    .update(JSON.stringify({ tensors, config, plan: plan ?? null }))
+    .digest('hex');
 }
 
 async function readManifest(dir: string): Promise<ShardManifest> {
@@ -56,7 +58,14 @@ async function readManifest(dir: string): Promise<ShardManifest> {
     fail('InvalidData', `${dir} is not a shard of a --shard run (no readable ${SHARD_MANIFEST})`);
   }
   const m = raw as Partial<ShardManifest>;
-  if (m?.format !== 'moe-shard' || m.version !== 1 || !Array.isArray(m.tensors) || typeof m.digest !== 'string' || !Number.isInteger(m.index) || !Number.isInteger(m.count)) {
+  if (
+    m?.format !== 'moe-shard' ||
+    m.version !== 1 ||
+    !Array.isArray(m.tensors) ||
+    typeof m.digest !== 'string' ||
+    !Number.isInteger(m.index) ||
+    !Number.isInteger(m.count)
+  ) {
     fail('InvalidData', `${dir}/${SHARD_MANIFEST} is not a version-1 moe shard manifest`);
   }
   return m as ShardManifest;
@@ -70,14 +79,21 @@ export interface AssembleReport {
 }
 
 /** Join the parts of a `--shard i/n` run into one checkpoint (staged, published atomically). */
-export async function assembleShards(parts: readonly string[], out: string, opts: { force?: boolean; onProgress?(done: number, total: number): void } = {}): Promise<AssembleReport> {
+export async function assembleShards(
+  parts: readonly string[],
+  out: string,
+  opts: { force?: boolean; onProgress?(done: number, total: number): void } = {},
+): Promise<AssembleReport> {
   if (parts.length === 0) fail('Usage', 'assemble needs the shard directories of one --shard run');
   const manifests = await Promise.all(parts.map(readManifest));
   const first = manifests[0]!;
   const seen = new Map<number, string>();
   manifests.forEach((m, i) => {
     if (m.count !== first.count || m.digest !== first.digest) {
-      fail('InvalidData', `${parts[i]} is shard ${m.index}/${m.count} of a different plan than ${parts[0]} (shards must come from the same command and statistics)`);
+      fail(
+        'InvalidData',
+        `${parts[i]} is shard ${m.index}/${m.count} of a different plan than ${parts[0]} (shards must come from the same command and statistics)`,
+      );
     }
     if (seen.has(m.index)) fail('InvalidData', `shard ${m.index}/${m.count} given twice (${seen.get(m.index)} and ${parts[i]})`);
     seen.set(m.index, parts[i]!);

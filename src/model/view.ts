@@ -10,9 +10,7 @@ import { FAMILY_HOOKS } from './families.js';
 import { linearPresent } from './load.js';
 import { getArchitecture } from './registry.js';
 import type { Architecture, TensorTemplate } from './schema.js';
-import type {
-  AttentionSpec, DenseBlock, LayerView, LinearRef, ModelDims, ModelView, MoeBlock, NormRef, RopeSpec, RoutingRule, SwiGLURefs,
-} from './types.js';
+import type { AttentionSpec, DenseBlock, LayerView, LinearRef, ModelDims, ModelView, MoeBlock, NormRef, RopeSpec, RoutingRule, SwiGLURefs } from './types.js';
 
 /**
  * Sanity limits on config counts, far above any released model (DeepSeek-V3: 61 layers, 256 experts), so a
@@ -73,7 +71,8 @@ function routingRule(arch: Architecture, cfg: ConfigReader, numExperts: number, 
     if (active) {
       if (numExperts % nGroup !== 0) fail('InvalidConfig', `${cfg.where}: ${numExperts} experts do not split into ${g.nGroupKey}=${nGroup} equal groups`);
       if (topkGroup > nGroup) fail('InvalidConfig', `${cfg.where}: ${g.topkGroupKey}=${topkGroup} exceeds ${g.nGroupKey}=${nGroup}`);
-      if (topkGroup * (numExperts / nGroup) < topK) fail('InvalidConfig', `${cfg.where}: ${g.topkGroupKey}=${topkGroup} groups of ${numExperts / nGroup} experts cannot supply top-k ${topK}`);
+      if (topkGroup * (numExperts / nGroup) < topK)
+        fail('InvalidConfig', `${cfg.where}: ${g.topkGroupKey}=${topkGroup} groups of ${numExperts / nGroup} experts cannot supply top-k ${topK}`);
       rule.groups = { nGroup, topkGroup, groupScore: g.groupScore };
     }
   }
@@ -109,9 +108,10 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
   const moeLayers = moeLayerIndices(arch, cfg, layers);
   const isMoe = new Set(moeLayers);
   const hasDense = moeLayers.length < layers;
-  const sharedIntermediate = c.sharedIntermediate && t.shared && cfg.has(c.sharedIntermediate.key)
-    ? cfg.int(c.sharedIntermediate.key, undefined, false) * (c.sharedIntermediate.times ? cfg.int(c.sharedIntermediate.times, 0, false) : 1)
-    : 0;
+  const sharedIntermediate =
+    c.sharedIntermediate && t.shared && cfg.has(c.sharedIntermediate.key)
+      ? cfg.int(c.sharedIntermediate.key, undefined, false) * (c.sharedIntermediate.times ? cfg.int(c.sharedIntermediate.times, 0, false) : 1)
+      : 0;
   const dims: ModelDims = {
     hidden,
     layers,
@@ -183,12 +183,24 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
           experts.push(swiglu(ex, prefix, I, e));
         } else {
           const gu = ex.gateUp;
-          const base = { tensor: prefix + gu.tensor, expert: e, transposed: storedTransposed(ckpt, prefix + gu.tensor, gu.transposed), outFeatures: I, inFeatures: hidden,
-            ...(gu.bias ? { bias: prefix + gu.bias } : {}) };
+          const base = {
+            tensor: prefix + gu.tensor,
+            expert: e,
+            transposed: storedTransposed(ckpt, prefix + gu.tensor, gu.transposed),
+            outFeatures: I,
+            inFeatures: hidden,
+            ...(gu.bias ? { bias: prefix + gu.bias } : {}),
+          };
           const gate: LinearRef = gu.split === 'halves' ? { ...base, rows: [0, I] } : { ...base, interleave: 'even' };
           const up: LinearRef = gu.split === 'halves' ? { ...base, rows: [I, 2 * I] } : { ...base, interleave: 'odd' };
-          const down: LinearRef = { tensor: prefix + ex.down.tensor, expert: e, transposed: storedTransposed(ckpt, prefix + ex.down.tensor, ex.down.transposed), outFeatures: hidden, inFeatures: I,
-            ...(ex.down.bias ? { bias: prefix + ex.down.bias } : {}) };
+          const down: LinearRef = {
+            tensor: prefix + ex.down.tensor,
+            expert: e,
+            transposed: storedTransposed(ckpt, prefix + ex.down.tensor, ex.down.transposed),
+            outFeatures: hidden,
+            inFeatures: I,
+            ...(ex.down.bias ? { bias: prefix + ex.down.bias } : {}),
+          };
           experts.push({ gate, up, down });
         }
       }
@@ -264,7 +276,9 @@ function firstMissing(moe: number[], layers: number): string {
 /** Every tensor the view names, each with whether it is a linear weight (which may be stored quantized). */
 export function viewTensors(view: ModelView): { name: string; linear?: LinearRef }[] {
   const out: { name: string; linear?: LinearRef }[] = [];
-  const plain = (n: string | undefined) => { if (n) out.push({ name: n }); };
+  const plain = (n: string | undefined) => {
+    if (n) out.push({ name: n });
+  };
   const sw = (s: SwiGLURefs) => {
     for (const r of [s.gate, s.up, s.down]) {
       out.push({ name: r.tensor, linear: r });
@@ -273,21 +287,30 @@ export function viewTensors(view: ModelView): { name: string; linear?: LinearRef
   };
   plain(view.embed);
   for (const l of view.layers) {
-    plain(l.inputNorm.weight); plain(l.inputNorm.bias);
+    plain(l.inputNorm.weight);
+    plain(l.inputNorm.bias);
     for (const [role, n] of Object.entries(l.attention.tensors)) {
       if (role.endsWith('_proj') || role === 'kv_a_proj_with_mqa') out.push({ name: n, linear: { tensor: n, outFeatures: 0, inFeatures: 0 } });
       else plain(n);
     }
-    plain(l.postAttnNorm.weight); plain(l.postAttnNorm.bias);
+    plain(l.postAttnNorm.weight);
+    plain(l.postAttnNorm.bias);
     if (l.block.kind === 'dense') sw(l.block.mlp);
     else {
-      plain(l.block.router.weight); plain(l.block.router.bias); plain(l.block.router.correctionBias);
+      plain(l.block.router.weight);
+      plain(l.block.router.bias);
+      plain(l.block.router.correctionBias);
       for (const e of l.block.experts) sw(e);
-      if (l.block.shared) { sw(l.block.shared); plain(l.block.shared.gateWeight); }
+      if (l.block.shared) {
+        sw(l.block.shared);
+        plain(l.block.shared.gateWeight);
+      }
     }
   }
-  plain(view.finalNorm.weight); plain(view.finalNorm.bias);
-  plain(view.lmHead); plain(view.forward.lmHeadBias);
+  plain(view.finalNorm.weight);
+  plain(view.finalNorm.bias);
+  plain(view.lmHead);
+  plain(view.forward.lmHeadBias);
   return out;
 }
 
@@ -302,7 +325,10 @@ export function checkTensorsPresent(ckpt: Checkpoint, view: ModelView): void {
     if (!ok) missing.push(name);
   }
   if (missing.length) {
-    fail('TensorNotFound', `${ckpt.dir}: ${view.family} checkpoint is missing tensor '${missing[0]}'${missing.length > 1 ? ` (and ${missing.length - 1} more)` : ''}`);
+    fail(
+      'TensorNotFound',
+      `${ckpt.dir}: ${view.family} checkpoint is missing tensor '${missing[0]}'${missing.length > 1 ? ` (and ${missing.length - 1} more)` : ''}`,
+    );
   }
   // the router's rows are the experts: a config that disagrees with them would route to experts that do not exist
   const E = view.dims.numExperts;
@@ -310,7 +336,10 @@ export function checkTensorsPresent(ckpt: Checkpoint, view: ModelView): void {
     if (l.block.kind !== 'moe') continue;
     const s = ckpt.shape(l.block.router.weight);
     if (s.length !== 2 || s[0] !== E || s[1] !== view.dims.hidden) {
-      fail('InvalidConfig', `${ckpt.dir}: config says ${view.numExpertsKey}=${E}, hidden_size=${view.dims.hidden} but router '${l.block.router.weight}' is [${s.join(', ')}]`);
+      fail(
+        'InvalidConfig',
+        `${ckpt.dir}: config says ${view.numExpertsKey}=${E}, hidden_size=${view.dims.hidden} but router '${l.block.router.weight}' is [${s.join(', ')}]`,
+      );
     }
   }
 }

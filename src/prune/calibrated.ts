@@ -19,12 +19,21 @@ import { selectByReconstruction, type ReconstructDeps } from './reconstruct.js';
 export async function calibrationStats(model: Model, req: PruneRequest): Promise<CalibStats> {
   if (req.calib) await initBackend(req.backend);
   return resolveCalibration({
-    model, calib: req.calib, calibTokens: req.calibTokens, stats: req.stats, progress: req.progress,
+    model,
+    calib: req.calib,
+    calibTokens: req.calibTokens,
+    stats: req.stats,
+    progress: req.progress,
     ...(req.seqLen !== undefined ? { seqLen: req.seqLen } : {}),
   });
 }
 
-export async function planByReconstruction(model: Model, req: PruneRequest, keep: number, groups: PrunePlan['groups']): Promise<{ layers: LayerReport[]; tokens: number }> {
+export async function planByReconstruction(
+  model: Model,
+  req: PruneRequest,
+  keep: number,
+  groups: PrunePlan['groups'],
+): Promise<{ layers: LayerReport[]; tokens: number }> {
   await initBackend(req.backend);
   const windows = await loadWindows(model.dir, req.calib!, {
     ...(req.calibTokens !== undefined ? { maxTokens: req.calibTokens } : {}),

@@ -86,7 +86,8 @@ export const PRUNE_METHODS: readonly PruneMethod[] = [
   },
   {
     name: 'reconstruct',
-    description: "kept set minimising ‖F(X) − F_S(X)‖_F of the MoE block output, routing redone among kept experts (exact for few subsets, else beam search seeded by REAP)",
+    description:
+      'kept set minimising ‖F(X) − F_S(X)‖_F of the MoE block output, routing redone among kept experts (exact for few subsets, else beam search seeded by REAP)',
     paper: 'https://arxiv.org/abs/2402.14800',
     requiresCalibration: true,
     kind: 'forward',

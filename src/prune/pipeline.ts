@@ -108,7 +108,14 @@ export function validateRequest(req: PruneRequest): PruneMethod {
 }
 
 /** Score every MoE layer with a statistics-based method (or the random baseline) and keep the best. */
-function planFromScores(model: Model, method: PruneMethod, keep: number, groups: PrunePlan['groups'], stats: CalibStats | undefined, seed: number): LayerReport[] {
+function planFromScores(
+  model: Model,
+  method: PruneMethod,
+  keep: number,
+  groups: PrunePlan['groups'],
+  stats: CalibStats | undefined,
+  seed: number,
+): LayerReport[] {
   const byLayer = new Map(stats?.layers.map((s) => [s.layer, s]) ?? []);
   const rng = seededRandom(seed);
   const out: LayerReport[] = [];
@@ -116,7 +123,11 @@ function planFromScores(model: Model, method: PruneMethod, keep: number, groups:
     if (layer.block.kind !== 'moe') continue;
     const E = layer.block.experts.length;
     const ls = byLayer.get(layer.index);
-    if (stats && (!ls || ls.numExperts !== E)) fail('InvalidStats', `calibration statistics do not match the model: layer ${layer.index} ${ls ? `has ${ls.numExperts} experts, the model ${E}` : 'is missing'}`);
+    if (stats && (!ls || ls.numExperts !== E))
+      fail(
+        'InvalidStats',
+        `calibration statistics do not match the model: layer ${layer.index} ${ls ? `has ${ls.numExperts} experts, the model ${E}` : 'is missing'}`,
+      );
     const scores = method.score!(ls, { numExperts: E, rng });
     out.push(layerPlan(layer.index, scores, keptFromScores(scores, keep, groups)));
   }
@@ -133,22 +144,24 @@ function checkSavedPlan(view: Model['view'], raw: unknown, keep: number, groups:
     if (byLayer.has(l.layer)) bad(`layer ${l.layer} is planned twice`);
     byLayer.set(l.layer, l);
   }
-  const out = view.layers.filter((layer) => layer.block.kind === 'moe').map((layer) => {
-    const l = byLayer.get(layer.index) ?? bad(`MoE layer ${layer.index} has no kept set`);
-    byLayer.delete(layer.index);
-    const E = layer.block.kind === 'moe' ? layer.block.experts.length : 0;
-    const kept = l.kept;
-    if (kept.length !== keep || new Set(kept).size !== keep || kept.some((j) => !Number.isInteger(j) || j < 0 || j >= E)) {
-      bad(`layer ${layer.index} must keep ${keep} distinct experts of 0..${E - 1}, the plan keeps [${kept.join(' ')}]`);
-    }
-    if (groups) {
-      const per = new Map<number, number>();
-      for (const j of kept) per.set(Math.floor(j / groups.groupSize), (per.get(Math.floor(j / groups.groupSize)) ?? 0) + 1);
-      if ([...per.values()].some((c) => c !== groups.perGroup)) bad(`layer ${layer.index} does not keep ${groups.perGroup} experts in each expert group`);
-    }
-    const scores = Array.isArray(l.scores) && l.scores.length === E && l.scores.every((x) => typeof x === 'number') ? l.scores : new Array<number>(E).fill(0);
-    return { ...l, ...layerPlan(layer.index, scores, kept) };
-  });
+  const out = view.layers
+    .filter((layer) => layer.block.kind === 'moe')
+    .map((layer) => {
+      const l = byLayer.get(layer.index) ?? bad(`MoE layer ${layer.index} has no kept set`);
+      byLayer.delete(layer.index);
+      const E = layer.block.kind === 'moe' ? layer.block.experts.length : 0;
+      const kept = l.kept;
+      if (kept.length !== keep || new Set(kept).size !== keep || kept.some((j) => !Number.isInteger(j) || j < 0 || j >= E)) {
+        bad(`layer ${layer.index} must keep ${keep} distinct experts of 0..${E - 1}, the plan keeps [${kept.join(' ')}]`);
+      }
+      if (groups) {
+        const per = new Map<number, number>();
+        for (const j of kept) per.set(Math.floor(j / groups.groupSize), (per.get(Math.floor(j / groups.groupSize)) ?? 0) + 1);
+        if ([...per.values()].some((c) => c !== groups.perGroup)) bad(`layer ${layer.index} does not keep ${groups.perGroup} experts in each expert group`);
+      }
+      const scores = Array.isArray(l.scores) && l.scores.length === E && l.scores.every((x) => typeof x === 'number') ? l.scores : new Array<number>(E).fill(0);
+      return { ...l, ...layerPlan(layer.index, scores, kept) };
+    });
   if (byLayer.size) bad(`layer ${[...byLayer.keys()][0]} is not an MoE layer of this model`);
   return out;
 }
@@ -166,7 +179,11 @@ async function estimateMemory(model: Model, req: PruneRequest, method: PruneMeth
   const parts = streamedPassParts(model.ckpt, model.view, tokens, S, forward);
   // reconstruct evaluates every expert on its token sample; REAP keeps per-slot output norms
   const { RECONSTRUCT_DEFAULTS } = await import('./reconstruct.js');
-  if (forward) parts.push({ label: 'reconstruct: every expert\'s output on the token sample', bytes: Math.min(tokens, req.reconstruct?.maxTokens ?? RECONSTRUCT_DEFAULTS.maxTokens) * (E + 2) * H * 4 });
+  if (forward)
+    parts.push({
+      label: "reconstruct: every expert's output on the token sample",
+      bytes: Math.min(tokens, req.reconstruct?.maxTokens ?? RECONSTRUCT_DEFAULTS.maxTokens) * (E + 2) * H * 4,
+    });
   return maxEstimate(write, estimatePeak(parts));
 }
 
@@ -224,7 +241,11 @@ export async function prune(req: PruneRequest): Promise<PruneReport> {
       };
     } else {
       const phase = req.progress?.phase(`writing ${req.out}`);
-      await writeExpertEdit(model, edit, req.out!, { force: req.force, shard: req.shard && { ...req.shard, plan: layers.map((l) => [l.layer, l.kept]) }, onProgress: (d, t) => phase?.tick(d, t, 'tensors') });
+      await writeExpertEdit(model, edit, req.out!, {
+        force: req.force,
+        shard: req.shard && { ...req.shard, plan: layers.map((l) => [l.layer, l.kept]) },
+        onProgress: (d, t) => phase?.tick(d, t, 'tensors'),
+      });
       phase?.succeed(`wrote ${req.out}${req.shard ? ` (shard ${req.shard.index}/${req.shard.count})` : ''}`);
       // a shard holds part of the checkpoint: its sizes stay the plan's prediction
       if (req.shard) after = predictedSizes(model.ckpt, view, before, new Map(layers.map((l) => [l.layer, l.removed])));

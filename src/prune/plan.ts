@@ -57,17 +57,26 @@ export function checkKeep(view: ModelView, keep: number): { groups?: GroupPlan }
   if (keep % g.nGroup === 0) {
     const perGroup = keep / g.nGroup;
     if (g.groupScore === 'top2sum' && perGroup < 2) {
-      fail('Usage', `cannot keep ${keep} experts: group-limited routing scores each of the ${g.nGroup} groups by its top-2 experts, so every group needs at least 2 (keep at least ${2 * g.nGroup})`);
+      fail(
+        'Usage',
+        `cannot keep ${keep} experts: group-limited routing scores each of the ${g.nGroup} groups by its top-2 experts, so every group needs at least 2 (keep at least ${2 * g.nGroup})`,
+      );
     }
     if (perGroup * g.topkGroup < k) {
-      fail('Usage', `cannot keep ${keep} experts: with ${perGroup} per group and topk_group ${g.topkGroup} a token can reach only ${perGroup * g.topkGroup} experts, fewer than top-k ${k}`);
+      fail(
+        'Usage',
+        `cannot keep ${keep} experts: with ${perGroup} per group and topk_group ${g.topkGroup} a token can reach only ${perGroup * g.topkGroup} experts, fewer than top-k ${k}`,
+      );
     }
     return { groups: { nGroup: g.nGroup, topkGroup: g.topkGroup, perGroup, groupSize } };
   }
   if (g.topkGroup >= g.nGroup) {
     return { groups: { nGroup: 1, topkGroup: 1, perGroup: keep, groupSize: E } };
   }
-  return fail('Usage', `cannot keep ${keep} experts: group-limited routing (n_group ${g.nGroup}, topk_group ${g.topkGroup}) needs the same count in every group, so keep a multiple of ${g.nGroup}`);
+  return fail(
+    'Usage',
+    `cannot keep ${keep} experts: group-limited routing (n_group ${g.nGroup}, topk_group ${g.topkGroup}) needs the same count in every group, so keep a multiple of ${g.nGroup}`,
+  );
 }
 
 /** Highest scores first; ties go to the lower index so plans are deterministic. */
@@ -87,7 +96,11 @@ export function keptFromScores(scores: ArrayLike<number>, keep: number, groups?:
       kept.push(...topIndices(scores, members, groups.perGroup));
     }
   } else {
-    kept = topIndices(scores, Array.from({ length: E }, (_, j) => j), keep);
+    kept = topIndices(
+      scores,
+      Array.from({ length: E }, (_, j) => j),
+      keep,
+    );
   }
   return kept.sort((a, b) => a - b);
 }

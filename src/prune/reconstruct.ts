@@ -264,7 +264,11 @@ export async function selectByReconstruction(
   // leaves them uneven)
   const looRule: RoutingRule = { ...rule, groups: undefined };
   const scores = new Float64Array(E);
-  for (let j = 0; j < E; j++) scores[j] = lr.error(all.filter((i) => i !== j), looRule);
+  for (let j = 0; j < E; j++)
+    scores[j] = lr.error(
+      all.filter((i) => i !== j),
+      looRule,
+    );
 
   let best: number[] = [];
   let bestErr = Infinity;
@@ -300,7 +304,10 @@ export async function selectByReconstruction(
           if (!next.has(kk)) next.set(kk, { s: cand, e: errOf(cand) });
         }
       }
-      beam = [...next.values()].sort((a, b) => a.e - b.e).slice(0, o.beam).map((v) => v.s);
+      beam = [...next.values()]
+        .sort((a, b) => a.e - b.e)
+        .slice(0, o.beam)
+        .map((v) => v.s);
     }
     best = beam[0];
     bestErr = errOf(best);

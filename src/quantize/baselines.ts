@@ -18,7 +18,8 @@ function expertPattern(view: ModelView, layer: number, expert: number): string {
 
 /** True bits per weight of the routed experts when `high` experts per layer take `hi` bits and the rest `lo`. */
 export function mixBpw(view: ModelView, high: number, lo: QuantBits, hi: QuantBits, groupSize: number): number {
-  let bits = 0, params = 0;
+  let bits = 0,
+    params = 0;
   for (const l of view.moeLayers) {
     const b = view.layers[l]!.block;
     if (b.kind !== 'moe') continue;
@@ -37,7 +38,13 @@ export function mixBpw(view: ModelView, high: number, lo: QuantBits, hi: QuantBi
  * layer at `hi`, the rest at `lo`), and that bpw. The baseline is never smaller than the allocation it is
  * compared with.
  */
-export function uniformMix(view: ModelView, targetBpw: number, lo: QuantBits, hi: QuantBits, groupSize: number): { override: string[]; bpw: number; high: number } {
+export function uniformMix(
+  view: ModelView,
+  targetBpw: number,
+  lo: QuantBits,
+  hi: QuantBits,
+  groupSize: number,
+): { override: string[]; bpw: number; high: number } {
   const E = view.dims.numExperts;
   let high = 0;
   while (high < E && mixBpw(view, high, lo, hi, groupSize) < targetBpw - 1e-12) high++;

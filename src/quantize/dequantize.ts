@@ -47,20 +47,36 @@ export async function dequantizeCheckpoint(req: DequantizeRequest): Promise<Dequ
       const inF = ckpt.shape(`${m}.g_idx`)[0]!;
       fates.set(`${m}.qweight`, {
         kind: 'replace',
-        tensors: [{
-          spec: { name: `${m}.weight`, dtype, shape: [out, inF] },
-          produce: async () => fromF32(dequantizeLinear(await readGptq(ckpt, m, out, inF)), dtype),
-        }],
+        tensors: [
+          {
+            spec: { name: `${m}.weight`, dtype, shape: [out, inF] },
+            produce: async () => fromF32(dequantizeLinear(await readGptq(ckpt, m, out, inF)), dtype),
+          },
+        ],
       });
       for (const s of ['qzeros', 'scales', 'g_idx']) fates.set(`${m}.${s}`, { kind: 'drop' });
     }
     const ph = req.dryRun ? undefined : req.progress?.phase(`writing ${req.out}`);
     const res = await rewriteCheckpoint(model, { fates, config: { quantization_config: null } }, req.out ?? '(dry run)', {
-      dryRun: !!req.dryRun, force: !!req.force, onProgress: (d, t) => ph?.tick(d, t, 'tensors'),
+      dryRun: !!req.dryRun,
+      force: !!req.force,
+      onProgress: (d, t) => ph?.tick(d, t, 'tensors'),
     });
     ph?.succeed(`wrote ${req.out}`);
-    const beforeBytes = ckpt.tensorNames.reduce((a, n) => { const i = ckpt.info(n); return a + (i.end - i.begin); }, 0);
-    return { tool: 'moe dequantize', model: req.model, ...(req.out ? { out: req.out } : {}), dtype, modules: modules.length, beforeBytes, afterBytes: res.totalBytes, dryRun: !!req.dryRun };
+    const beforeBytes = ckpt.tensorNames.reduce((a, n) => {
+      const i = ckpt.info(n);
+      return a + (i.end - i.begin);
+    }, 0);
+    return {
+      tool: 'moe dequantize',
+      model: req.model,
+      ...(req.out ? { out: req.out } : {}),
+      dtype,
+      modules: modules.length,
+      beforeBytes,
+      afterBytes: res.totalBytes,
+      dryRun: !!req.dryRun,
+    };
   } finally {
     await model.ckpt.close();
   }

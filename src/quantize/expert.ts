@@ -48,7 +48,7 @@ export function activate(g: Float32Array, u: Float32Array, a: ActivationSpec): F
     for (let k = 0; k < h.length; k++) {
       const x = Math.min(g[k]!, a.limit);
       const y = Math.max(-a.limit, Math.min(a.limit, u[k]!));
-      h[k] = (y + 1) * x / (1 + Math.exp(-a.alpha * x));
+      h[k] = ((y + 1) * x) / (1 + Math.exp(-a.alpha * x));
     }
   }
   return h;
@@ -101,7 +101,16 @@ function withWeight(lin: Linear, w: Float32Array): Linear {
  * @param downPx a prepared Hessian for down's inputs to use instead of the one from the quantized gate/up
  *   (scoring shares one from the full-precision gate/up across all widths)
  */
-export function quantizeMlp(w: SwiGLUWeights, x: Float32Array, n: number, bits: ProjBits, s: QuantSettings, act: ActivationSpec, px?: GptqPrepared, downPx?: GptqPrepared): ExpertQuant {
+export function quantizeMlp(
+  w: SwiGLUWeights,
+  x: Float32Array,
+  n: number,
+  bits: ProjBits,
+  s: QuantSettings,
+  act: ActivationSpec,
+  px?: GptqPrepared,
+  downPx?: GptqPrepared,
+): ExpertQuant {
   const useGptq = s.method === 'gptq' && n >= s.minTokens;
   const fallback = s.method === 'gptq' && !useGptq;
   const quant: Partial<Record<Proj, QuantizedLinear>> = {};
@@ -132,7 +141,12 @@ export function quantizeMlp(w: SwiGLUWeights, x: Float32Array, n: number, bits: 
 /** The same expert with down quantized at another width (gate/up and down's Hessian reused). */
 export function requantizeDown(q: ExpertQuant, w: SwiGLUWeights, bits: QuantBits, s: QuantSettings): ExpertQuant {
   const down = quantOne(w.down, bits, s, q.downPrep);
-  return { quant: { ...q.quant, down }, deq: { ...q.deq, down: withWeight(w.down, dequantize(down)) }, fallback: q.fallback, ...(q.downPrep ? { downPrep: q.downPrep } : {}) };
+  return {
+    quant: { ...q.quant, down },
+    deq: { ...q.deq, down: withWeight(w.down, dequantize(down)) },
+    fallback: q.fallback,
+    ...(q.downPrep ? { downPrep: q.downPrep } : {}),
+  };
 }
 
 /** Sum over tokens of g_t^2 ||f_q(x_t) - f(x_t)||^2: the MoE block's output error from this expert alone. */

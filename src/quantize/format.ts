@@ -62,7 +62,12 @@ export function inferSpec(ckpt: Checkpoint, module: string, out: number, inF: nu
 
 export async function readGptq(ckpt: Checkpoint, module: string, out: number, inF: number): Promise<QuantizedLinear> {
   const spec = inferSpec(ckpt, module, out, inF);
-  for (const [s, d] of [['qweight', 'I32'], ['qzeros', 'I32'], ['scales', 'F16'], ['g_idx', 'I32']] as const) {
+  for (const [s, d] of [
+    ['qweight', 'I32'],
+    ['qzeros', 'I32'],
+    ['scales', 'F16'],
+    ['g_idx', 'I32'],
+  ] as const) {
     if (ckpt.dtype(`${module}.${s}`) !== d) fail('InvalidShape', `${ckpt.dir}: GPTQ tensor '${module}.${s}' is ${ckpt.dtype(`${module}.${s}`)}, expected ${d}`);
   }
   const t: GptqTensors = {
@@ -107,7 +112,11 @@ export interface ModuleQuant {
  * another width gets an exact "+:" override (experts whose three projections agree get one key for the expert);
  * unquantized linears get "-:" exclusions.
  */
-export function quantizationConfig(mods: readonly ModuleQuant[], unquantized: readonly string[], spec: { groupSize: number; sym: boolean; actOrder: boolean; damp: number }): Record<string, unknown> {
+export function quantizationConfig(
+  mods: readonly ModuleQuant[],
+  unquantized: readonly string[],
+  spec: { groupSize: number; sym: boolean; actOrder: boolean; damp: number },
+): Record<string, unknown> {
   const count = new Map<number, number>();
   for (const m of mods) count.set(m.bits, (count.get(m.bits) ?? 0) + 1);
   const base = [...count].sort((a, b) => b[1] - a[1] || b[0] - a[0])[0]?.[0] ?? 4;

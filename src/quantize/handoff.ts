@@ -31,8 +31,14 @@ function deferred(): Deferred {
   const d: Deferred = {
     promise,
     settled: false,
-    resolve: () => { d.settled = true; res(); },
-    reject: (e) => { d.settled = true; rej(e); },
+    resolve: () => {
+      d.settled = true;
+      res();
+    },
+    reject: (e) => {
+      d.settled = true;
+      rej(e);
+    },
   };
   return d;
 }

@@ -70,13 +70,20 @@ export function quantizeMemory(i: QuantizeMemoryInput): MemoryEstimate {
   const { ckpt, view } = model;
   const { hidden: H, topK } = view.dims;
   const passParts = i.tokens > 0 ? streamedPassParts(ckpt, view, i.tokens, i.seqLen, true) : [];
-  const routedCopy: MemoryPart = { label: `calibration tokens copied per routed expert (top-${topK} x ${i.tokens} x ${H} float32)`, bytes: topK * i.tokens * H * F32 };
+  const routedCopy: MemoryPart = {
+    label: `calibration tokens copied per routed expert (top-${topK} x ${i.tokens} x ${H} float32)`,
+    bytes: topK * i.tokens * H * F32,
+  };
   const mlp = decisions.filter((d) => d.cls === 'expert' || d.cls === 'shared');
 
   const phases: MemoryEstimate[] = [];
   if (i.scoring && i.tokens > 0) {
     const parts = [...passParts, routedCopy];
-    if (i.method === 'gptq') parts.push({ label: 'GPTQ scoring: float64 Hessians, Cholesky factor and inverse of the largest input, prepared factor of the other', bytes: gptqWorkingSet(mlp.filter((d) => d.bits !== 'keep')) });
+    if (i.method === 'gptq')
+      parts.push({
+        label: 'GPTQ scoring: float64 Hessians, Cholesky factor and inverse of the largest input, prepared factor of the other',
+        bytes: gptqWorkingSet(mlp.filter((d) => d.bits !== 'keep')),
+      });
     phases.push(estimatePeak(parts));
   }
 
@@ -100,7 +107,7 @@ export function quantizeMemory(i: QuantizeMemoryInput): MemoryEstimate {
       deq = Math.max(deq, q);
     }
     parts.push({ label: 'one layer of packed GPTQ output waiting for the writer', bytes: packed });
-    if (i.sequential) parts.push({ label: 'the layer\'s dequantized experts handed back to the stream (float32)', bytes: deq });
+    if (i.sequential) parts.push({ label: "the layer's dequantized experts handed back to the stream (float32)", bytes: deq });
     // resume state: the hidden states after the last layer are copied and saved while the next layer runs
     parts.push({ label: `resume state: one copy of the hidden states being saved (${i.tokens} x ${H} float32)`, bytes: i.tokens * H * F32 });
   }
@@ -115,7 +122,11 @@ export function quantizeMemory(i: QuantizeMemoryInput): MemoryEstimate {
       newLargest = Math.max(newLargest, s.shape.reduce((a, x) => a * x, 1) * DTYPE_BYTES[s.dtype]);
     }
   }
-  if (rtnLargest > 0) parts.push({ label: 'round-to-nearest at write time of the largest such linear (weights, codes and the tensor backend\'s intermediates)', bytes: rtnLargest * RTN_BYTES_PER_WEIGHT });
+  if (rtnLargest > 0)
+    parts.push({
+      label: "round-to-nearest at write time of the largest such linear (weights, codes and the tensor backend's intermediates)",
+      bytes: rtnLargest * RTN_BYTES_PER_WEIGHT,
+    });
   parts.push({ label: 'the writer: one tensor or copy piece in flight', bytes: writerBytes(ckpt, newLargest) });
   phases.push(estimatePeak(parts));
   return maxEstimate(...phases);

@@ -38,7 +38,19 @@ import { streamModel } from '../runtime/stream.js';
 import { allocate, type AllocResult, type AllocUnit } from '../alloc/knapsack.js';
 import { quantizeRtn } from '../../kernels/quant/rtn.js';
 import { QUANT_BITS, type QuantBits } from '../../kernels/quant/types.js';
-import { activate, linearT, mlpForward, outputError, prepareInput, quantizeMlp, requantizeDown, type ExpertQuant, type Method, type ProjBits, type QuantSettings } from './expert.js';
+import {
+  activate,
+  linearT,
+  mlpForward,
+  outputError,
+  prepareInput,
+  quantizeMlp,
+  requantizeDown,
+  type ExpertQuant,
+  type Method,
+  type ProjBits,
+  type QuantSettings,
+} from './expert.js';
 import { gptqTensorBytes, gptqTensorSpecs, quantizationConfig, registerGptqFormat } from './format.js';
 import { compile, decide, linearBytesAt, parseOverride, type LinearDecision, type Proj } from './plan.js';
 import { LayerHandoff, type WriterInfo } from './handoff.js';
@@ -150,8 +162,21 @@ export function validateRequest(req: QuantizeRequest) {
   const beta = req.beta ?? 1.5;
   /** everything that shapes the plan or its application: a saved plan is refused under other values */
   const planSettings = {
-    bits: req.bits, method, granularity, candidates, denseBits, groupSize, sym: settings.sym, actOrder: settings.actOrder, damp,
-    overrides: req.override ?? [], ignores: req.ignore ?? [], mixedDown, minTokens, alpha, beta,
+    bits: req.bits,
+    method,
+    granularity,
+    candidates,
+    denseBits,
+    groupSize,
+    sym: settings.sym,
+    actOrder: settings.actOrder,
+    damp,
+    overrides: req.override ?? [],
+    ignores: req.ignore ?? [],
+    mixedDown,
+    minTokens,
+    alpha,
+    beta,
   };
   return { method, granularity, candidates, denseBits, groupSize, overrides, ignores, settings, mixedDown, alpha, beta, sequential, planSettings };
 }
@@ -177,7 +202,9 @@ export function buildUnits(decisions: readonly LinearDecision[], granularity: 'e
   for (const [id, ds] of groups) {
     const free = ds.filter((d) => d.bits === 'alloc');
     const fixed = ds.filter((d) => d.bits !== 'alloc');
-    const widths = free.length ? candidates.filter((b) => free.every((d) => (d.ref.inFeatures * b) % 32 === 0 && (d.ref.outFeatures * b) % 32 === 0)) : [candidates[0]!];
+    const widths = free.length
+      ? candidates.filter((b) => free.every((d) => (d.ref.inFeatures * b) % 32 === 0 && (d.ref.outFeatures * b) % 32 === 0))
+      : [candidates[0]!];
     if (widths.length === 0) fail('Usage', `unit ${id}: no candidate width can pack its shapes`);
     const uniform = (b: QuantBits): UnitOption => ({ label: `${b}`, bits: Object.fromEntries(free.map((d) => [d.proj!, b])) });
     const options: UnitOption[] = [];
@@ -265,7 +292,13 @@ export async function quantize(req: QuantizeRequest): Promise<QuantizeReport> {
 async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof validateRequest>, t0: number): Promise<QuantizeReport> {
   const { view, ckpt } = model;
   if (view.moeLayers.length === 0) fail('UnsupportedArchitecture', `${req.model} has no MoE layers: nothing to allocate`);
-  const decisions = decide(view, ckpt, { denseBits: v.denseBits, candidates: v.candidates, groupSize: v.groupSize, overrides: v.overrides, ignores: v.ignores });
+  const decisions = decide(view, ckpt, {
+    denseBits: v.denseBits,
+    candidates: v.candidates,
+    groupSize: v.groupSize,
+    overrides: v.overrides,
+    ignores: v.ignores,
+  });
   const expertDecisions = decisions.filter((d) => d.cls === 'expert');
   const units = buildUnits(decisions, v.granularity, v.candidates, v.mixedDown);
   const expertParams = expertDecisions.reduce((a, d) => a + d.params, 0);
@@ -278,7 +311,10 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
   const minBpw = (constBits + costs.reduce((a, c) => a + Math.min(...c), 0)) / expertParams;
   const maxBpw = (constBits + costs.reduce((a, c) => a + Math.max(...c), 0)) / expertParams;
   if (minBpw > req.bits + 1e-12) {
-    fail('ImpossibleBudget', `--bits ${req.bits} is below the smallest true size of the routed experts with --candidates ${v.candidates.join(',')}: ${minBpw.toFixed(4)} bpw (largest ${maxBpw.toFixed(4)})`);
+    fail(
+      'ImpossibleBudget',
+      `--bits ${req.bits} is below the smallest true size of the routed experts with --candidates ${v.candidates.join(',')}: ${minBpw.toFixed(4)} bpw (largest ${maxBpw.toFixed(4)})`,
+    );
   }
   const finalBitsOf = (choice: readonly number[]) => {
     const chosen = new Map<string, QuantBits | 'keep'>();
@@ -286,7 +322,7 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
       const b = u.options[choice[i]!]!;
       for (const d of u.free) chosen.set(d.tensor, b.bits[d.proj!]!);
     });
-    return (d: LinearDecision): QuantBits | 'keep' => (d.bits === 'alloc' ? chosen.get(d.tensor) ?? 'keep' : d.bits);
+    return (d: LinearDecision): QuantBits | 'keep' => (d.bits === 'alloc' ? (chosen.get(d.tensor) ?? 'keep') : d.bits);
   };
 
   // with one width per unit there is nothing to choose: no scores, no plan needed
@@ -297,16 +333,26 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
     loaded = { plan, choice: checkPlan(req.plan, plan, { units, decisions, finalBits: finalBitsOf }) };
   }
   if (req.shard && needScores && !loaded) {
-    fail('Usage', `--shard: the widths are chosen by scores over all layers (--candidates ${v.candidates.join(',')}); compute the plan once with --save-plan FILE (with --dry-run it writes nothing else) and give every job --plan FILE`);
+    fail(
+      'Usage',
+      `--shard: the widths are chosen by scores over all layers (--candidates ${v.candidates.join(',')}); compute the plan once with --save-plan FILE (with --dry-run it writes nothing else) and give every job --plan FILE`,
+    );
   }
   if (!loaded && needScores && !req.calib && (!req.dryRun || req.savePlan)) {
-    fail('Usage', `choosing bits among --candidates ${v.candidates.join(',')} needs calibration text to measure errors: give --calib FILE, or one candidate width with --method rtn`);
+    fail(
+      'Usage',
+      `choosing bits among --candidates ${v.candidates.join(',')} needs calibration text to measure errors: give --calib FILE, or one candidate width with --method rtn`,
+    );
   }
   let scoring = !loaded && needScores && !!req.calib;
   // the MoE layers whose routed/shared experts GPTQ quantizes in the apply pass (this shard's only)
   const mine = (layer: number) => !req.shard || shardOwner(layer, req.shard.count) === req.shard.index;
-  const gptqLayersOf = (fb: (d: LinearDecision) => QuantBits | 'keep') => v.method !== 'gptq' ? [] : [...new Set(decisions
-    .filter((d) => (d.cls === 'expert' || d.cls === 'shared') && mine(d.layer) && fb(d) !== 'keep').map((d) => d.layer))].sort((a, b) => a - b);
+  const gptqLayersOf = (fb: (d: LinearDecision) => QuantBits | 'keep') =>
+    v.method !== 'gptq'
+      ? []
+      : [...new Set(decisions.filter((d) => (d.cls === 'expert' || d.cls === 'shared') && mine(d.layer) && fb(d) !== 'keep').map((d) => d.layer))].sort(
+          (a, b) => a - b,
+        );
 
   const progress = req.progress;
   let windows: Int32Array[] | undefined;
@@ -316,7 +362,10 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
   await initBackend(req.backend ?? 'auto');
   // round-to-nearest needs no activations: calibration is read only to score, or for GPTQ
   if (req.calib && (scoring || v.method === 'gptq')) {
-    const set = await loadWindowSet(req.model, req.calib, { ...(req.seqLen ? { seqLen: req.seqLen } : {}), maxTokens: req.calibTokens ?? DEFAULT_CALIB_TOKENS });
+    const set = await loadWindowSet(req.model, req.calib, {
+      ...(req.seqLen ? { seqLen: req.seqLen } : {}),
+      maxTokens: req.calibTokens ?? DEFAULT_CALIB_TOKENS,
+    });
     windows = set.windows;
     calibTokens = windows.reduce((a, w) => a + w.length, 0);
     seqLen = windows[0]?.length ?? 0;
@@ -325,9 +374,16 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
   let planKey: string | undefined;
   let planResumed = false;
   if (scoring && windows && req.out && !req.dryRun) {
-    planKey = resumeKey({
-      format: 'moe-quantize-plan', version: 1, model: modelFingerprint(ckpt), settings: v.planSettings, solverTimeLimit: req.solverTimeLimit ?? null,
-    }, windows);
+    planKey = resumeKey(
+      {
+        format: 'moe-quantize-plan',
+        version: 1,
+        model: modelFingerprint(ckpt),
+        settings: v.planSettings,
+        solverTimeLimit: req.solverTimeLimit ?? null,
+      },
+      windows,
+    );
     const staged = await loadStagedPlan<QuantizePlan>(stagingDirFor(req.out), planKey);
     if (staged) {
       try {
@@ -348,52 +404,60 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
   if (windows && scoring) {
     const ph = progress?.phase('scoring units at each candidate width');
     const L = view.layers.length;
-    await streamModel(model, windows, {
-      onMoeLayer: (inp) => {
-        const imp = importance(inp, v.alpha, v.beta);
-        const routed = routedTokens(inp);
-        const li = inp.layer.index;
-        inp.experts.forEach((w, e) => {
-          const r = routed[e]!;
-          if (r.n === 0) return;
-          const exp = expertDecisions.filter((d) => d.layer === li && d.expert === e);
-          const ref = mlpForward(w, r.x, r.n, act);
-          const gptq = v.method === 'gptq' && r.n >= v.settings.minTokens;
-          const hx = gptq ? prepareInput(r.x, r.n, w.gate.in, v.settings) : undefined;
-          // scoring takes down's Hessian from the full-precision gate/up, once for all widths (its Cholesky is
-          // the costliest step); the apply pass uses the quantized gate/up as GPTQ's true-sequential order does
-          const hd = gptq ? prepareInput(activate(linearT(r.x, r.n, w.gate), linearT(r.x, r.n, w.up), act), r.n, w.down.in, v.settings) : undefined;
-          const scale = imp[e]! / r.n;
-          if (v.granularity === 'expert') {
-            const ui = unitIndex.get(`L${li}.E${e}`);
-            if (ui === undefined) return;
-            // options differing only in down's width share the gate/up quantization and down's Hessian
-            const done = new Map<string, ExpertQuant>();
-            units[ui]!.options.forEach((b, oi) => {
-              const pb = projBits(exp, (d) => (d.bits === 'alloc' ? b.bits[d.proj!]! : (d.bits as QuantBits | 'keep')));
-              const key = `${pb.gate}/${pb.up}`;
-              const prev = done.get(key);
-              const q = prev && pb.down !== 'keep' && prev.quant.down ? requantizeDown(prev, w, pb.down, v.settings) : quantizeMlp(w, r.x, r.n, pb, v.settings, act, hx, hd);
-              if (!prev) done.set(key, q);
-              losses[ui]![oi] = scale * outputError(ref, q.deq, r.x, r.n, r.gates, act);
-            });
-          } else {
-            for (const p of PROJS) {
-              const ui = unitIndex.get(`L${li}.${p}`);
-              if (ui === undefined) continue;
-              const d = exp.find((x) => x.proj === p)!;
-              if (d.bits !== 'alloc') continue;
+    await streamModel(
+      model,
+      windows,
+      {
+        onMoeLayer: (inp) => {
+          const imp = importance(inp, v.alpha, v.beta);
+          const routed = routedTokens(inp);
+          const li = inp.layer.index;
+          inp.experts.forEach((w, e) => {
+            const r = routed[e]!;
+            if (r.n === 0) return;
+            const exp = expertDecisions.filter((d) => d.layer === li && d.expert === e);
+            const ref = mlpForward(w, r.x, r.n, act);
+            const gptq = v.method === 'gptq' && r.n >= v.settings.minTokens;
+            const hx = gptq ? prepareInput(r.x, r.n, w.gate.in, v.settings) : undefined;
+            // scoring takes down's Hessian from the full-precision gate/up, once for all widths (its Cholesky is
+            // the costliest step); the apply pass uses the quantized gate/up as GPTQ's true-sequential order does
+            const hd = gptq ? prepareInput(activate(linearT(r.x, r.n, w.gate), linearT(r.x, r.n, w.up), act), r.n, w.down.in, v.settings) : undefined;
+            const scale = imp[e]! / r.n;
+            if (v.granularity === 'expert') {
+              const ui = unitIndex.get(`L${li}.E${e}`);
+              if (ui === undefined) return;
+              // options differing only in down's width share the gate/up quantization and down's Hessian
+              const done = new Map<string, ExpertQuant>();
               units[ui]!.options.forEach((b, oi) => {
-                const pb: ProjBits = { gate: 'keep', up: 'keep', down: 'keep' };
-                pb[p] = b.bits[p]!;
-                const q = quantizeMlp(w, r.x, r.n, pb, v.settings, act, hx, hd);
-                losses[ui]![oi]! += scale * outputError(ref, q.deq, r.x, r.n, r.gates, act);
+                const pb = projBits(exp, (d) => (d.bits === 'alloc' ? b.bits[d.proj!]! : (d.bits as QuantBits | 'keep')));
+                const key = `${pb.gate}/${pb.up}`;
+                const prev = done.get(key);
+                const q =
+                  prev && pb.down !== 'keep' && prev.quant.down
+                    ? requantizeDown(prev, w, pb.down, v.settings)
+                    : quantizeMlp(w, r.x, r.n, pb, v.settings, act, hx, hd);
+                if (!prev) done.set(key, q);
+                losses[ui]![oi] = scale * outputError(ref, q.deq, r.x, r.n, r.gates, act);
               });
+            } else {
+              for (const p of PROJS) {
+                const ui = unitIndex.get(`L${li}.${p}`);
+                if (ui === undefined) continue;
+                const d = exp.find((x) => x.proj === p)!;
+                if (d.bits !== 'alloc') continue;
+                units[ui]!.options.forEach((b, oi) => {
+                  const pb: ProjBits = { gate: 'keep', up: 'keep', down: 'keep' };
+                  pb[p] = b.bits[p]!;
+                  const q = quantizeMlp(w, r.x, r.n, pb, v.settings, act, hx, hd);
+                  losses[ui]![oi]! += scale * outputError(ref, q.deq, r.x, r.n, r.gates, act);
+                });
+              }
             }
-          }
-        });
+          });
+        },
       },
-    }, { onProgress: (l) => ph?.tick(l, L, 'layers') });
+      { onProgress: (l) => ph?.tick(l, L, 'layers') },
+    );
     ph?.succeed(`scored ${units.length} units x ${v.candidates.length} widths`);
   }
   const scoreMs = performance.now() - tScore;
@@ -403,14 +467,24 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
   let scored: boolean;
   if (loaded) {
     const s = loaded.plan.solver;
-    alloc = { choice: loaded.choice, cost: loaded.choice.reduce((a, k, i) => a + costs[i]![k]!, 0), loss: s.loss, solveMs: s.solveMs, optimal: s.optimal, gap: s.gap };
+    alloc = {
+      choice: loaded.choice,
+      cost: loaded.choice.reduce((a, k, i) => a + costs[i]![k]!, 0),
+      loss: s.loss,
+      solveMs: s.solveMs,
+      optimal: s.optimal,
+      gap: s.gap,
+    };
     scored = loaded.plan.scored;
     loaded.plan.units.forEach((u) => {
       const i = unitIndex.get(u.id)!;
       units[i]!.options.forEach((o, oi) => (losses[i]![oi] = u.losses?.[o.label] ?? 0));
     });
   } else {
-    const allocUnits: AllocUnit[] = units.map((u, i) => ({ id: u.id, options: u.options.map((b, oi) => ({ cost: costs[i]![oi]!, loss: losses[i]![oi]!, label: b.label })) }));
+    const allocUnits: AllocUnit[] = units.map((u, i) => ({
+      id: u.id,
+      options: u.options.map((b, oi) => ({ cost: costs[i]![oi]!, loss: losses[i]![oi]!, label: b.label })),
+    }));
     alloc = await allocate(allocUnits, budget, {
       describeCost: (c) => `${((c + constBits) / expertParams).toFixed(4)} bpw`,
       ...(req.solverTimeLimit ? { timeLimitSec: req.solverTimeLimit } : {}),
@@ -421,7 +495,11 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
   const finalBits = finalBitsOf(alloc.choice);
   const planFile: QuantizePlan = {
     scored,
-    units: units.map((u, i) => ({ id: u.id, choice: u.options[alloc.choice[i]!]!.label, ...(scored ? { losses: Object.fromEntries(u.options.map((o, oi) => [o.label, losses[i]![oi]!])) } : {}) })),
+    units: units.map((u, i) => ({
+      id: u.id,
+      choice: u.options[alloc.choice[i]!]!.label,
+      ...(scored ? { losses: Object.fromEntries(u.options.map((o, oi) => [o.label, losses[i]![oi]!])) } : {}),
+    })),
     linears: Object.fromEntries(decisions.map((d) => [d.tensor, finalBits(d)])),
     solver: { optimal: alloc.optimal, gap: alloc.gap, loss: alloc.loss, solveMs: alloc.solveMs },
   };
@@ -429,7 +507,16 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
 
   const gptqLayers = windows ? gptqLayersOf(finalBits) : [];
   const memory = quantizeMemory({
-    model, decisions, finalBits, groupSize: gs, method: v.method, tokens: calibTokens, seqLen, scoring, applyLayers: gptqLayers, sequential: v.sequential,
+    model,
+    decisions,
+    finalBits,
+    groupSize: gs,
+    method: v.method,
+    tokens: calibTokens,
+    seqLen,
+    scoring,
+    applyLayers: gptqLayers,
+    sequential: v.sequential,
   });
 
   // ---- apply and write, concurrently: the writer takes each layer's packed tensors as the pass produces them
@@ -460,7 +547,10 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
         await handoff.ready(d.layer);
       }
       const have = packed.get(d.tensor);
-      return have ?? gptqTensorBytes(quantizeRtn((await loadLinear(ckpt, d.ref)).w, d.ref.outFeatures, d.ref.inFeatures, { bits: b, groupSize: gs, sym: v.settings.sym }));
+      return (
+        have ??
+        gptqTensorBytes(quantizeRtn((await loadLinear(ckpt, d.ref)).w, d.ref.outFeatures, d.ref.inFeatures, { bits: b, groupSize: gs, sym: v.settings.sym }))
+      );
     };
     const tensors: NewTensor[] = specs.map((spec, k) => ({
       spec,
@@ -496,10 +586,19 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
       const lastLayer = gptqLayers[gptqLayers.length - 1]!;
       // resume (a killed run restarted with the same command): the hidden states after the last layer whose
       // tensors are all written, keyed by everything that determines the pass
-      const key = resumeKey({
-        format: 'moe-quantize-apply', version: 1, model: modelFingerprint(ckpt), settings: v.planSettings, sequential: v.sequential,
-        linears: planFile.linears, layers: gptqLayers, shard: req.shard ? [req.shard.index, req.shard.count] : null,
-      }, windows);
+      const key = resumeKey(
+        {
+          format: 'moe-quantize-apply',
+          version: 1,
+          model: modelFingerprint(ckpt),
+          settings: v.planSettings,
+          sequential: v.sequential,
+          linears: planFile.linears,
+          layers: gptqLayers,
+          shard: req.shard ? [req.shard.index, req.shard.count] : null,
+        },
+        windows,
+      );
       const H = view.dims.hidden;
       let writer: WriterInfo | undefined;
       let saving: Promise<void> = Promise.resolve();
@@ -526,40 +625,45 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
           saving.catch(() => {});
         },
       };
-      await streamModel(model, windows, {
-        onMoeLayer: async (inp) => {
-          const li = inp.layer.index;
-          if (!gptqLayer.has(li)) return;
-          // backpressure: the previous layers' packed tensors are written (and released) first
-          await handoff.writerAt(li);
-          await saving;
-          // tensors a killed earlier run already wrote are not handed over (the writer skips them)
-          const set = (tensor: string, q: Uint8Array[]) => {
-            if (!passTensors.get(tensor)?.names.every((n) => writer!.isWritten(n))) packed.set(tensor, q);
-          };
-          const routed = routedTokens(inp);
-          const experts: SwiGLUWeights[] = inp.experts.map((w, e) => {
-            const exp = expertDecisions.filter((d) => d.layer === li && d.expert === e);
-            const pb = projBits(exp, finalBits);
-            const r = routed[e]!;
-            const q = quantizeMlp(w, r.x, r.n, pb, v.settings, act);
-            if (q.fallback) fallbacks.push({ layer: li, expert: e, tokens: r.n });
-            for (const d of exp) if (q.quant[d.proj!]) set(d.tensor, gptqTensorBytes(q.quant[d.proj!]!));
-            return q.deq;
-          });
-          let shared: SwiGLUWeights | undefined;
-          if (inp.shared) {
-            const sd = decisions.filter((d) => d.cls === 'shared' && d.layer === li);
-            const pb = projBits(sd, finalBits);
-            const q = quantizeMlp(inp.shared, inp.x, inp.T, pb, v.settings, act);
-            for (const d of sd) if (q.quant[d.proj!]) set(d.tensor, gptqTensorBytes(q.quant[d.proj!]!));
-            shared = q.deq;
-          }
-          handoff.produced(li);
-          // sequential: later layers see the quantized experts; otherwise the full-precision ones
-          if (v.sequential) return { experts, ...(shared ? { shared } : {}) };
+      await streamModel(
+        model,
+        windows,
+        {
+          onMoeLayer: async (inp) => {
+            const li = inp.layer.index;
+            if (!gptqLayer.has(li)) return;
+            // backpressure: the previous layers' packed tensors are written (and released) first
+            await handoff.writerAt(li);
+            await saving;
+            // tensors a killed earlier run already wrote are not handed over (the writer skips them)
+            const set = (tensor: string, q: Uint8Array[]) => {
+              if (!passTensors.get(tensor)?.names.every((n) => writer!.isWritten(n))) packed.set(tensor, q);
+            };
+            const routed = routedTokens(inp);
+            const experts: SwiGLUWeights[] = inp.experts.map((w, e) => {
+              const exp = expertDecisions.filter((d) => d.layer === li && d.expert === e);
+              const pb = projBits(exp, finalBits);
+              const r = routed[e]!;
+              const q = quantizeMlp(w, r.x, r.n, pb, v.settings, act);
+              if (q.fallback) fallbacks.push({ layer: li, expert: e, tokens: r.n });
+              for (const d of exp) if (q.quant[d.proj!]) set(d.tensor, gptqTensorBytes(q.quant[d.proj!]!));
+              return q.deq;
+            });
+            let shared: SwiGLUWeights | undefined;
+            if (inp.shared) {
+              const sd = decisions.filter((d) => d.cls === 'shared' && d.layer === li);
+              const pb = projBits(sd, finalBits);
+              const q = quantizeMlp(inp.shared, inp.x, inp.T, pb, v.settings, act);
+              for (const d of sd) if (q.quant[d.proj!]) set(d.tensor, gptqTensorBytes(q.quant[d.proj!]!));
+              shared = q.deq;
+            }
+            handoff.produced(li);
+            // sequential: later layers see the quantized experts; otherwise the full-precision ones
+            if (v.sequential) return { experts, ...(shared ? { shared } : {}) };
+          },
         },
-      }, { stopAfterLayer: lastLayer, checkpoint });
+        { stopAfterLayer: lastLayer, checkpoint },
+      );
       await saving;
       handoff.closeProduction();
       applyMs = performance.now() - tApply;
@@ -581,7 +685,16 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
       writeMs = performance.now() - tApply;
       return r;
     };
-    const [a, w] = await Promise.allSettled([apply().catch((e) => { handoff.abort(e); throw e; }), write().catch((e) => { handoff.abort(e); throw e; })]);
+    const [a, w] = await Promise.allSettled([
+      apply().catch((e) => {
+        handoff.abort(e);
+        throw e;
+      }),
+      write().catch((e) => {
+        handoff.abort(e);
+        throw e;
+      }),
+    ]);
     if (a.status === 'rejected' || w.status === 'rejected') {
       ph?.fail();
       // the side that failed first; the other one only saw the hand-off released with the same error
@@ -594,12 +707,32 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
 
   attachLosses(units, losses);
   const report = buildReport({
-    req, model, decisions, units, alloc, finalBits, groupSize: gs, outBytes: res.totalBytes, fallbacks, calibTokens,
-    expertParams, scoreMs, applyMs, writeMs, seconds: (performance.now() - t0) / 1000, method: v.method, granularity: v.granularity,
-    candidates: v.candidates, denseBits: v.denseBits, scored, sequential: v.sequential, memory,
+    req,
+    model,
+    decisions,
+    units,
+    alloc,
+    finalBits,
+    groupSize: gs,
+    outBytes: res.totalBytes,
+    fallbacks,
+    calibTokens,
+    expertParams,
+    scoreMs,
+    applyMs,
+    writeMs,
+    seconds: (performance.now() - t0) / 1000,
+    method: v.method,
+    granularity: v.granularity,
+    candidates: v.candidates,
+    denseBits: v.denseBits,
+    scored,
+    sequential: v.sequential,
+    memory,
     ...(!req.dryRun && windows && gptqLayers.length ? { resumedAfterLayer: resumedAfter } : {}),
     ...(planResumed ? { resumedPlan: true } : {}),
-    ...(req.plan ? { planLoaded: req.plan } : {}), ...(req.savePlan ? { planSaved: req.savePlan } : {}),
+    ...(req.plan ? { planLoaded: req.plan } : {}),
+    ...(req.savePlan ? { planSaved: req.savePlan } : {}),
   });
   if (!req.dryRun && req.out) await writeFile(join(req.out, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
   return report;

@@ -109,8 +109,15 @@ export function decide(view: ModelView, ckpt: Checkpoint, opts: PlanOptions): Li
   return collectLinears(view, ckpt).map(({ ref, cls, layer, expert, proj }) => {
     const module = moduleOf(ref.tensor);
     const base = {
-      tensor: ref.tensor, module, ref, cls, layer, params: ref.outFeatures * ref.inFeatures, inputBytes: storedBytes(ckpt, ref),
-      ...(expert !== undefined ? { expert } : {}), ...(proj ? { proj } : {}),
+      tensor: ref.tensor,
+      module,
+      ref,
+      cls,
+      layer,
+      params: ref.outFeatures * ref.inFeatures,
+      inputBytes: storedBytes(ckpt, ref),
+      ...(expert !== undefined ? { expert } : {}),
+      ...(proj ? { proj } : {}),
     };
     const fusedOrOdd = ref.expert !== undefined || !!ref.rows || !!ref.interleave || !!ref.transposed || !ref.tensor.endsWith('.weight');
     if (fusedOrOdd) return { ...base, bits: 'keep' as const, reason: 'fused or transposed layout: GPTQ addresses one 2-D module per linear' };

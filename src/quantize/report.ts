@@ -102,7 +102,10 @@ export function buildReport(r: ReportInput): QuantizeReport {
     const b = finalBits(d);
     return b === 'keep' ? d.inputBytes : linearBytesAt(d.ref.outFeatures, d.ref.inFeatures, b, gs);
   };
-  const beforeBytes = model.ckpt.tensorNames.reduce((a, n) => { const i = model.ckpt.info(n); return a + (i.end - i.begin); }, 0);
+  const beforeBytes = model.ckpt.tensorNames.reduce((a, n) => {
+    const i = model.ckpt.info(n);
+    return a + (i.end - i.begin);
+  }, 0);
   const classes = new Map<LinearClass | 'other', ClassSize>();
   const add = (cls: LinearClass | 'other', params: number, b: number, a: number) => {
     const c = classes.get(cls) ?? { cls, tensors: 0, params: 0, beforeBytes: 0, afterBytes: 0, bpw: 0 };
@@ -119,19 +122,30 @@ export function buildReport(r: ReportInput): QuantizeReport {
   }
   const allParams = model.ckpt.tensorNames.reduce((a, n) => a + model.ckpt.shape(n).reduce((x, y) => x * y, 1), 0);
   const linParams = decisions.reduce((a, d) => a + d.params, 0);
-  classes.set('other', { cls: 'other', tensors: model.ckpt.tensorNames.length - decisions.length, params: allParams - linParams, beforeBytes: beforeBytes - linBefore, afterBytes: r.outBytes - [...classes.values()].reduce((a, c) => a + c.afterBytes, 0), bpw: 0 });
+  classes.set('other', {
+    cls: 'other',
+    tensors: model.ckpt.tensorNames.length - decisions.length,
+    params: allParams - linParams,
+    beforeBytes: beforeBytes - linBefore,
+    afterBytes: r.outBytes - [...classes.values()].reduce((a, c) => a + c.afterBytes, 0),
+    bpw: 0,
+  });
   for (const c of classes.values()) c.bpw = c.params ? (c.afterBytes * 8) / c.params : 0;
   const expert = classes.get('expert');
   const nonExp = [...classes.values()].filter((c) => c.cls !== 'expert' && c.cls !== 'other');
   const nonExpParams = nonExp.reduce((a, c) => a + c.params, 0);
-  const bitMap = model.view.layers.filter((l) => l.block.kind === 'moe').map((l) => {
-    const n = l.block.kind === 'moe' ? l.block.experts.length : 0;
-    const experts = Array.from({ length: n }, (_, e) => (['gate', 'up', 'down'] as const).map((p) => {
-      const d = decisions.find((x) => x.cls === 'expert' && x.layer === l.index && x.expert === e && x.proj === p);
-      return d ? finalBits(d) : 'keep';
-    }));
-    return { layer: l.index, experts };
-  });
+  const bitMap = model.view.layers
+    .filter((l) => l.block.kind === 'moe')
+    .map((l) => {
+      const n = l.block.kind === 'moe' ? l.block.experts.length : 0;
+      const experts = Array.from({ length: n }, (_, e) =>
+        (['gate', 'up', 'down'] as const).map((p) => {
+          const d = decisions.find((x) => x.cls === 'expert' && x.layer === l.index && x.expert === e && x.proj === p);
+          return d ? finalBits(d) : 'keep';
+        }),
+      );
+      return { layer: l.index, experts };
+    });
   return {
     tool: 'moe quantize',
     model: r.req.model,
@@ -148,9 +162,12 @@ export function buildReport(r: ReportInput): QuantizeReport {
     actOrder: !!r.req.actOrder,
     calibration: {
       tokens: r.calibTokens,
-      hessians: r.method !== 'gptq' ? 'none: round-to-nearest needs no activations'
-        : r.sequential ? 'per expert from the tokens routed to it; sequential: layer l sees activations from the already-quantized experts and shared experts of layers < l (attention and dense MLPs: round-to-nearest, full precision in the calibration stream)'
-          : 'per expert from the tokens routed to it; not sequential: every layer sees the full-precision model\'s activations (attention and dense MLPs: round-to-nearest)',
+      hessians:
+        r.method !== 'gptq'
+          ? 'none: round-to-nearest needs no activations'
+          : r.sequential
+            ? 'per expert from the tokens routed to it; sequential: layer l sees activations from the already-quantized experts and shared experts of layers < l (attention and dense MLPs: round-to-nearest, full precision in the calibration stream)'
+            : "per expert from the tokens routed to it; not sequential: every layer sees the full-precision model's activations (attention and dense MLPs: round-to-nearest)",
     },
     bitMap,
     units: r.units.map((u, i) => ({
@@ -194,25 +211,43 @@ const mib = (b: number) => `${(b / MiB).toFixed(2)} MiB`;
 /** llama-quantize-style summary: per tensor class `a MiB -> b MiB` and BPW, then totals and warnings. */
 export function summaryTable(rep: QuantizeReport): string {
   const lines: string[] = [];
-  lines.push(`${rep.dryRun ? 'plan' : 'quantized'}: ${rep.family}, ${rep.method}, --bits ${rep.targetBits} (${rep.granularity} units, candidates ${rep.candidates.join('/')}), dense ${rep.denseBits} bits, group ${rep.groupSize}`);
+  lines.push(
+    `${rep.dryRun ? 'plan' : 'quantized'}: ${rep.family}, ${rep.method}, --bits ${rep.targetBits} (${rep.granularity} units, candidates ${rep.candidates.join('/')}), dense ${rep.denseBits} bits, group ${rep.groupSize}`,
+  );
   for (const l of rep.bitMap) {
     lines.push(`  layer ${String(l.layer).padStart(2)}: ${l.experts.map((e) => (new Set(e).size === 1 ? String(e[0]) : e.join('/'))).join(' ')}`);
   }
   lines.push('  class        tensors        params                 size              BPW');
   for (const c of rep.sizes.classes) {
     if (c.tensors === 0) continue;
-    lines.push(`  ${c.cls.padEnd(10)} ${String(c.tensors).padStart(8)} ${String(c.params).padStart(13)}  ${mib(c.beforeBytes).padStart(12)} -> ${mib(c.afterBytes).padStart(12)}  ${c.bpw.toFixed(4)}`);
+    lines.push(
+      `  ${c.cls.padEnd(10)} ${String(c.tensors).padStart(8)} ${String(c.params).padStart(13)}  ${mib(c.beforeBytes).padStart(12)} -> ${mib(c.afterBytes).padStart(12)}  ${c.bpw.toFixed(4)}`,
+    );
   }
   lines.push(`  model size = ${mib(rep.sizes.beforeBytes)}, quant size = ${mib(rep.sizes.afterBytes)}${rep.dryRun ? ' (planned)' : ''}`);
-  lines.push(`  true bpw: routed experts ${rep.bpw.experts.toFixed(4)} (target ${rep.targetBits}), other linears ${rep.bpw.nonExperts.toFixed(4)}, all linears ${rep.bpw.linears.toFixed(4)}, whole model ${rep.bpw.model.toFixed(4)}`);
-  lines.push(`  allocation: ${rep.solver.units} units, ${rep.solver.solveMs.toFixed(0)} ms, ${rep.solver.optimal ? 'optimal' : `not proven optimal (gap <= ${rep.solver.gap.toExponential(2)})`}${rep.scored || rep.solver.units === 0 ? '' : rep.units.every((u) => Object.keys(u.losses).length === 1) ? ' (one width per unit: nothing to score)' : ' (no calibration: losses unknown, cheapest widths shown)'}`);
+  lines.push(
+    `  true bpw: routed experts ${rep.bpw.experts.toFixed(4)} (target ${rep.targetBits}), other linears ${rep.bpw.nonExperts.toFixed(4)}, all linears ${rep.bpw.linears.toFixed(4)}, whole model ${rep.bpw.model.toFixed(4)}`,
+  );
+  lines.push(
+    `  allocation: ${rep.solver.units} units, ${rep.solver.solveMs.toFixed(0)} ms, ${rep.solver.optimal ? 'optimal' : `not proven optimal (gap <= ${rep.solver.gap.toExponential(2)})`}${rep.scored || rep.solver.units === 0 ? '' : rep.units.every((u) => Object.keys(u.losses).length === 1) ? ' (one width per unit: nothing to score)' : ' (no calibration: losses unknown, cheapest widths shown)'}`,
+  );
   if (rep.plan?.loaded) lines.push(`  plan: ${rep.plan.loaded} (no scoring pass, no allocation)`);
   if (rep.plan?.saved) lines.push(`  plan saved to ${rep.plan.saved}`);
-  if (rep.shard) lines.push(`  shard ${rep.shard.index}/${rep.shard.count}: layers l with l % ${rep.shard.count} = ${rep.shard.index}${rep.shard.index === 0 ? ', embeddings and head' : ''} (join the parts with moe assemble)`);
+  if (rep.shard)
+    lines.push(
+      `  shard ${rep.shard.index}/${rep.shard.count}: layers l with l % ${rep.shard.count} = ${rep.shard.index}${rep.shard.index === 0 ? ', embeddings and head' : ''} (join the parts with moe assemble)`,
+    );
   if (rep.resumedPlan) lines.push('  resumed: the plan a killed run of this command had scored (no scoring pass)');
-  if (rep.resumedAfterLayer !== undefined && rep.resumedAfterLayer >= 0) lines.push(`  resumed: a killed run had finished layers 0-${rep.resumedAfterLayer}; GPTQ and the forward pass continued from layer ${rep.resumedAfterLayer + 1}`);
-  if (rep.method === 'gptq') lines.push(`  GPTQ Hessians: ${rep.sequential ? 'sequential (through the quantized earlier layers)' : 'not sequential (full-precision activations)'}`);
+  if (rep.resumedAfterLayer !== undefined && rep.resumedAfterLayer >= 0)
+    lines.push(
+      `  resumed: a killed run had finished layers 0-${rep.resumedAfterLayer}; GPTQ and the forward pass continued from layer ${rep.resumedAfterLayer + 1}`,
+    );
+  if (rep.method === 'gptq')
+    lines.push(`  GPTQ Hessians: ${rep.sequential ? 'sequential (through the quantized earlier layers)' : 'not sequential (full-precision activations)'}`);
   lines.push(`  ${formatEstimate(rep.memory)}`);
-  if (rep.fallbacks.length) lines.push(`  warning: ${rep.fallbacks.length} experts had fewer tokens than --min-tokens and used round-to-nearest: ${rep.fallbacks.map((f) => `L${f.layer}.E${f.expert}(${f.tokens})`).join(' ')}`);
+  if (rep.fallbacks.length)
+    lines.push(
+      `  warning: ${rep.fallbacks.length} experts had fewer tokens than --min-tokens and used round-to-nearest: ${rep.fallbacks.map((f) => `L${f.layer}.E${f.expert}(${f.tokens})`).join(' ')}`,
+    );
   return lines.join('\n');
 }

@@ -34,7 +34,8 @@ export interface PlanTarget {
 export function checkPlan(path: string, raw: unknown, t: PlanTarget): number[] {
   const bad = (why: string): never => fail('InvalidData', `${path}: ${why}`);
   const p = raw as Partial<QuantizePlan> | null;
-  if (!p || typeof p !== 'object' || !Array.isArray(p.units) || !p.linears || typeof p.linears !== 'object' || !p.solver) bad('not a quantize plan (units, linears and solver expected)');
+  if (!p || typeof p !== 'object' || !Array.isArray(p.units) || !p.linears || typeof p.linears !== 'object' || !p.solver)
+    bad('not a quantize plan (units, linears and solver expected)');
   const byId = new Map<string, { choice: string }>();
   for (const u of p!.units!) {
     if (!u || typeof u.id !== 'string' || typeof u.choice !== 'string') bad('a unit entry lacks its id or choice');

@@ -73,14 +73,15 @@ export const STAGE_SCHEMAS = {
 export type StageKind = keyof typeof STAGE_SCHEMAS;
 export const STAGE_KINDS = Object.keys(STAGE_SCHEMAS) as StageKind[];
 
-const StageEntry = z
-  .record(z.string(), z.unknown())
-  .superRefine((entry, ctx) => {
-    const keys = Object.keys(entry);
-    if (keys.length !== 1 || !(STAGE_KINDS as string[]).includes(keys[0]!)) {
-      ctx.addIssue({ code: 'custom', message: `each stage is an object with exactly one key among ${STAGE_KINDS.join(', ')} (got ${keys.join(', ') || 'none'})` });
-    }
-  });
+const StageEntry = z.record(z.string(), z.unknown()).superRefine((entry, ctx) => {
+  const keys = Object.keys(entry);
+  if (keys.length !== 1 || !(STAGE_KINDS as string[]).includes(keys[0]!)) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `each stage is an object with exactly one key among ${STAGE_KINDS.join(', ')} (got ${keys.join(', ') || 'none'})`,
+    });
+  }
+});
 
 export const RecipeSchema = z
   .object({
@@ -91,10 +92,7 @@ export const RecipeSchema = z
     seed: z.number().int().nonnegative().optional(),
     backend: z.enum(['auto', 'tensorflow', 'wasm', 'cpu']).optional(),
     stages: z.array(StageEntry).nonempty(),
-    eval: z
-      .object({ data: z.string(), seq_len: positiveInt.optional(), max_tokens: positiveInt.optional() })
-      .strict()
-      .optional(),
+    eval: z.object({ data: z.string(), seq_len: positiveInt.optional(), max_tokens: positiveInt.optional() }).strict().optional(),
   })
   .strict();
 

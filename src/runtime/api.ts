@@ -156,9 +156,4 @@ export interface StreamResult {
  * Windows are the token sequences as fed to the model (BOS included when the tokenizer has one), all of one length.
  * With scoreLogits, position i's logits are scored against token i+1 of the same window.
  */
-export type StreamModel = (
-  model: Model,
-  windows: readonly Int32Array[],
-  hooks?: StreamHooks,
-  opts?: StreamOptions,
-) => Promise<StreamResult>;
+export type StreamModel = (model: Model, windows: readonly Int32Array[], hooks?: StreamHooks, opts?: StreamOptions) => Promise<StreamResult>;

@@ -94,9 +94,18 @@ const SCORE_BUDGET = 16 * 1024 * 1024;
  * and the host-side gathers cost O(S * heads * d), nothing next to the products.
  */
 export function attentionCore(
-  q: Float32Array, k: Float32Array, v: Float32Array,
-  B: number, S: number, heads: number, kvHeads: number, dq: number, dv: number,
-  scale: number, window?: number, sinks?: Float32Array,
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  B: number,
+  S: number,
+  heads: number,
+  kvHeads: number,
+  dq: number,
+  dv: number,
+  scale: number,
+  window?: number,
+  sinks?: Float32Array,
 ): Float32Array {
   const g = heads / kvHeads;
   const mask = maskFor(S, window);

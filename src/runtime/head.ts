@@ -85,13 +85,22 @@ export async function scoreHeads(inputs: readonly HeadInput[], windows: readonly
 
   for (let v0 = 0; v0 < V; v0 += VOCAB_CHUNK) {
     const vc = Math.min(VOCAB_CHUNK, V - v0);
-    const heads = await Promise.all(inputs.map(async (inp) => {
-      const Hm = inp.model.view.dims.hidden;
-      const w = await inp.model.ckpt.readF32(headTensor(inp.model), v0 * Hm, (v0 + vc) * Hm);
-      const biasName = inp.model.view.forward.lmHeadBias;
-      const b = biasName ? await inp.model.ckpt.readF32(biasName, v0, v0 + vc) : undefined;
-      return { w, wt: tf.tidy(() => tf.transpose(tf.tensor2d(w, [vc, Hm]))) as tf.Tensor2D, b: b ? tf.tensor1d(b) : undefined, bHost: b, div: inp.model.view.forward.logitsDivisor, Hm };
-    }));
+    const heads = await Promise.all(
+      inputs.map(async (inp) => {
+        const Hm = inp.model.view.dims.hidden;
+        const w = await inp.model.ckpt.readF32(headTensor(inp.model), v0 * Hm, (v0 + vc) * Hm);
+        const biasName = inp.model.view.forward.lmHeadBias;
+        const b = biasName ? await inp.model.ckpt.readF32(biasName, v0, v0 + vc) : undefined;
+        return {
+          w,
+          wt: tf.tidy(() => tf.transpose(tf.tensor2d(w, [vc, Hm]))) as tf.Tensor2D,
+          b: b ? tf.tensor1d(b) : undefined,
+          bHost: b,
+          div: inp.model.view.forward.logitsDivisor,
+          Hm,
+        };
+      }),
+    );
     try {
       for (let p0 = 0; p0 < P; p0 += TOKEN_CHUNK) {
         const pc = Math.min(TOKEN_CHUNK, P - p0);

@@ -91,9 +91,10 @@ export function writerBytes(ckpt: Checkpoint, largestNewTensorBytes = 0): number
 
 /** `tensorBackend: false` for commands that never start tfjs (a data-free prune, a plan applied by copying). */
 export function estimatePeak(parts: MemoryPart[], opts: { tensorBackend?: boolean } = {}): MemoryEstimate {
-  const base = opts.tensorBackend === false
-    ? { label: 'runtime (node)', bytes: RUNTIME_BASE_BYTES }
-    : { label: 'runtime (node + tfjs)', bytes: RUNTIME_BASE_BYTES + TENSOR_BACKEND_BYTES };
+  const base =
+    opts.tensorBackend === false
+      ? { label: 'runtime (node)', bytes: RUNTIME_BASE_BYTES }
+      : { label: 'runtime (node + tfjs)', bytes: RUNTIME_BASE_BYTES + TENSOR_BACKEND_BYTES };
   const all = [base, ...parts.filter((p) => p.bytes > 0)];
   all.sort((a, b) => b.bytes - a.bytes);
   return { peakBytes: all.reduce((a, p) => a + p.bytes, 0), parts: all.map((p) => ({ label: p.label, bytes: Math.round(p.bytes) })) };
@@ -110,7 +111,10 @@ export function streamedPassParts(ckpt: Checkpoint, view: ModelView, tokens: num
   return [
     { label: `largest layer's weights in float32${allExperts ? ' (all experts at once)' : ''}`, bytes: layer },
     { label: 'the same weights in the tensor backend while a kernel runs', bytes: layer },
-    { label: `forward pass over ${tokens} calibration tokens (hidden states, attention scores, expert activations)`, bytes: forwardBytes(view, tokens, seqLen) },
+    {
+      label: `forward pass over ${tokens} calibration tokens (hidden states, attention scores, expert activations)`,
+      bytes: forwardBytes(view, tokens, seqLen),
+    },
   ];
 }
 

@@ -36,7 +36,11 @@ function topkInto(v: Float64Array | Float32Array, off: number, n: number, k: num
       const x = v[off + j]!;
       if (x > bv || (best < 0 && x === bv)) {
         let taken = false;
-        for (let p = 0; p < s; p++) if (out[outOff + p] === j) { taken = true; break; }
+        for (let p = 0; p < s; p++)
+          if (out[outOff + p] === j) {
+            taken = true;
+            break;
+          }
         if (taken) continue;
         best = j;
         bv = x;
@@ -46,8 +50,15 @@ function topkInto(v: Float64Array | Float32Array, off: number, n: number, k: num
       // all remaining are NaN: take the first unused index so the routing stays well formed
       for (let j = 0; j < n; j++) {
         let taken = false;
-        for (let p = 0; p < s; p++) if (out[outOff + p] === j) { taken = true; break; }
-        if (!taken) { best = j; break; }
+        for (let p = 0; p < s; p++)
+          if (out[outOff + p] === j) {
+            taken = true;
+            break;
+          }
+        if (!taken) {
+          best = j;
+          break;
+        }
       }
     }
     out[outOff + s] = best;
@@ -70,13 +81,7 @@ function softmaxRow(src: Float32Array, off: number, n: number, dst: Float64Array
  * Route T tokens. `logits` is [T, E] (router bias, where the family has one, already added).
  * `correctionBias` [E] is used for selection only when rule.selectionBias.
  */
-export function route(
-  rule: RoutingRule,
-  logits: Float32Array,
-  T: number,
-  E: number,
-  correctionBias?: Float32Array,
-): RouteResult {
+export function route(rule: RoutingRule, logits: Float32Array, T: number, E: number, correctionBias?: Float32Array): RouteResult {
   const k = rule.topK;
   if (k < 1 || k > E) throw new RangeError(`top-k ${k} must be in [1, ${E}]`);
   const probs = new Float32Array(T * E);
@@ -151,7 +156,10 @@ export function route(
         for (let s = 0; s < k; s++) m = Math.max(m, w[t * k + s]!);
         let z = 0;
         const ex = new Float64Array(k);
-        for (let s = 0; s < k; s++) { ex[s] = Math.exp(w[t * k + s]! - m); z += ex[s]!; }
+        for (let s = 0; s < k; s++) {
+          ex[s] = Math.exp(w[t * k + s]! - m);
+          z += ex[s]!;
+        }
         for (let s = 0; s < k; s++) w[t * k + s] = ex[s]! / z;
       } else {
         for (let s = 0; s < k; s++) w[t * k + s] = 1 / (1 + Math.exp(-w[t * k + s]!));
@@ -183,7 +191,10 @@ function sparsemixerRow(logits: Float32Array, off: number, E: number, k: number,
     let arg = -1;
     for (let j = 0; j < E; j++) {
       const v = j === first ? -Infinity : logits[off + j]!;
-      if (v > m) { m = v; arg = j; }
+      if (v > m) {
+        m = v;
+        arg = j;
+      }
     }
     let z = 0;
     for (let j = 0; j < E; j++) {

@@ -32,10 +32,12 @@ export async function embedTokens(model: Model, windows: readonly Int32Array[]):
   // token positions grouped by id
   const ids = new Int32Array(T);
   let p = 0;
-  for (const w of windows) for (const id of w) {
-    if (!Number.isInteger(id) || id < 0 || id >= V) fail('InvalidData', `token id ${id} is outside the model's vocabulary of ${V} (tokenizer and model do not match)`);
-    ids[p++] = id;
-  }
+  for (const w of windows)
+    for (const id of w) {
+      if (!Number.isInteger(id) || id < 0 || id >= V)
+        fail('InvalidData', `token id ${id} is outside the model's vocabulary of ${V} (tokenizer and model do not match)`);
+      ids[p++] = id;
+    }
   const order = Int32Array.from({ length: T }, (_, i) => i).sort((a, b) => ids[a]! - ids[b]!);
   const name = model.view.embed;
   let i = 0;
@@ -149,12 +151,7 @@ function ropeStyle(model: Model): 'half' | 'interleaved' {
   return model.view.rope.style;
 }
 
-export async function streamModel(
-  model: Model,
-  windows: readonly Int32Array[],
-  hooks: StreamHooks = {},
-  opts: StreamOptions = {},
-): Promise<StreamResult> {
+export async function streamModel(model: Model, windows: readonly Int32Array[], hooks: StreamHooks = {}, opts: StreamOptions = {}): Promise<StreamResult> {
   const v = model.view;
   if (!activeBackend()) await initBackend('auto');
   if (windows.length === 0) fail('InvalidData', 'no token windows to run');
@@ -172,7 +169,10 @@ export async function streamModel(
   const last = opts.stopAfterLayer !== undefined ? Math.min(opts.stopAfterLayer, L - 1) : L - 1;
   const restored = opts.checkpoint ? await opts.checkpoint.restore() : undefined;
   if (restored && (!Number.isInteger(restored.after) || restored.after < -1 || restored.after >= last || restored.hidden.length !== T * H)) {
-    fail('ComputeError', `internal: a restored forward-pass state (after layer ${restored.after}, ${restored.hidden.length} values) does not fit this pass (${L} layers, [${T}, ${H}])`);
+    fail(
+      'ComputeError',
+      `internal: a restored forward-pass state (after layer ${restored.after}, ${restored.hidden.length} values) does not fit this pass (${L} layers, [${T}, ${H}])`,
+    );
   }
   const start = restored ? restored.after + 1 : 0;
   const h = restored ? restored.hidden : await embedTokens(model, windows);
@@ -188,9 +188,19 @@ export async function streamModel(
     const li = hooks.onLinearInput;
     if (li) li({ layer: layer.index, role: 'attention.in', x: xa, rows: T, cols: H, r0: 0 });
     const shape: AttentionShape = {
-      heads: v.dims.heads, kvHeads: v.dims.kvHeads, headDim: v.dims.headDim, rope: tables, ropeStyle: style, spec: v.attention,
+      heads: v.dims.heads,
+      kvHeads: v.dims.kvHeads,
+      headDim: v.dims.headDim,
+      rope: tables,
+      ropeStyle: style,
+      spec: v.attention,
       ...(layer.slidingWindow !== undefined ? { window: layer.slidingWindow } : {}),
-      ...(li ? { onOInput: (a: Float32Array, rows: number, r0: number) => li({ layer: layer.index, role: 'attention.o_proj.in', x: a, rows, cols: a.length / rows, r0 }) } : {}),
+      ...(li
+        ? {
+            onOInput: (a: Float32Array, rows: number, r0: number) =>
+              li({ layer: layer.index, role: 'attention.o_proj.in', x: a, rows, cols: a.length / rows, r0 }),
+          }
+        : {}),
     };
     let a: Float32Array;
     try {
@@ -204,8 +214,13 @@ export async function streamModel(
     const x = applyNorm(h, H, n2, xa);
     const block = layer.block;
     if (block.kind === 'dense') {
-      const y = swiglu(await loadSwiGLU(model.ckpt, block.mlp), x, T, act,
-        li ? (a, rows, r0) => li({ layer: layer.index, role: 'mlp.down.in', x: a, rows, cols: a.length / rows, r0 }) : undefined);
+      const y = swiglu(
+        await loadSwiGLU(model.ckpt, block.mlp),
+        x,
+        T,
+        act,
+        li ? (a, rows, r0) => li({ layer: layer.index, role: 'mlp.down.in', x: a, rows, cols: a.length / rows, r0 }) : undefined,
+      );
       addScaled(h, y, r);
     } else {
       const E = block.experts.length;
@@ -223,8 +238,16 @@ export async function streamModel(
         experts = [];
         for (const e of block.experts) experts.push(await loadSwiGLU(model.ckpt, e));
         const input: MoeLayerInput = {
-          layer, T, hidden: H, x, logits, probs: routed.probs, routing: routed.routing, experts,
-          ...(shared ? { shared } : {}), router,
+          layer,
+          T,
+          hidden: H,
+          x,
+          logits,
+          probs: routed.probs,
+          routing: routed.routing,
+          experts,
+          ...(shared ? { shared } : {}),
+          router,
         };
         const edit: MoeLayerEdit | void = await hooks.onMoeLayer(input);
         if (edit) {
@@ -244,15 +267,27 @@ export async function streamModel(
       routing = hooks.onRouting?.(layer.index, routing, logits, routed.probs) ?? routing;
       const loaded = experts;
       const res = await moeBlock(
-        x, T, H, routing,
+        x,
+        T,
+        H,
+        routing,
         (e) => (loaded ? loaded[e]! : loadSwiGLU(model.ckpt, block.experts[e]!)),
-        E, act,
+        E,
+        act,
         shared ? { w: shared, ...(shared.gateWeight ? { gate: shared.gateWeight } : {}) } : undefined,
         hooks.onExpertOutput ? (o) => hooks.onExpertOutput!(layer.index, o.expert, o.tokens, o.slots, o.out) : undefined,
-        li ? (e, a, rows, tokens, r0) => li({
-          layer: layer.index, role: e < 0 ? 'shared.down.in' : 'experts.down.in', x: a, rows, cols: a.length / rows, r0,
-          ...(e >= 0 ? { expert: e, tokens: tokens! } : {}),
-        }) : undefined,
+        li
+          ? (e, a, rows, tokens, r0) =>
+              li({
+                layer: layer.index,
+                role: e < 0 ? 'shared.down.in' : 'experts.down.in',
+                x: a,
+                rows,
+                cols: a.length / rows,
+                r0,
+                ...(e >= 0 ? { expert: e, tokens: tokens! } : {}),
+              })
+          : undefined,
       );
       expertCalls += res.calls;
       expertSlots += T * routing.k;

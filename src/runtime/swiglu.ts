@@ -35,7 +35,15 @@ function stack(a: Linear, b: Linear): Linear {
 export function uploadSwiGLU(w: SwiGLUWeights): DeviceSwiGLU {
   const gateUp = upload(stack(w.gate, w.up));
   const down = upload(w.down);
-  return { gateUp, inter: w.gate.out, down, dispose: () => { gateUp.dispose(); down.dispose(); } };
+  return {
+    gateUp,
+    inter: w.gate.out,
+    down,
+    dispose: () => {
+      gateUp.dispose();
+      down.dispose();
+    },
+  };
 }
 
 function act(g: tf.Tensor2D, u: tf.Tensor2D, a: ActivationSpec): tf.Tensor2D {
@@ -49,7 +57,14 @@ function act(g: tf.Tensor2D, u: tf.Tensor2D, a: ActivationSpec): tf.Tensor2D {
 /** `onDownInput` receives the down projection's input act(gate x) * up x, chunk by chunk (rows r0 ..). */
 export type DownInputSink = (a: Float32Array, rows: number, r0: number) => void;
 
-export function swigluDevice(w: DeviceSwiGLU, x: Float32Array, T: number, activation: ActivationSpec, out?: Float32Array, onDownInput?: DownInputSink): Float32Array {
+export function swigluDevice(
+  w: DeviceSwiGLU,
+  x: Float32Array,
+  T: number,
+  activation: ActivationSpec,
+  out?: Float32Array,
+  onDownInput?: DownInputSink,
+): Float32Array {
   const H = w.down.out;
   const y = out ?? new Float32Array(T * H);
   const step = swigluRowsPerChunk(w.inter);

@@ -4,7 +4,7 @@ import { MoeError } from '../../src/errors.js';
 
 function lcg(seed: number): () => number {
   let s = seed;
-  return () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
+  return () => (s = (s * 1103515245 + 12345) % 2147483648) / 2147483648;
 }
 
 /** Bit-allocation-shaped instances: cost grows with bits, loss falls roughly geometrically, importance varies. */
@@ -70,7 +70,12 @@ describe('allocate (multiple-choice knapsack on GLPK)', () => {
   });
 
   it('drops dominated options only', () => {
-    const keep = paretoOptions([{ cost: 2, loss: 5 }, { cost: 3, loss: 6 }, { cost: 4, loss: 1 }, { cost: 1, loss: 9 }]);
+    const keep = paretoOptions([
+      { cost: 2, loss: 5 },
+      { cost: 3, loss: 6 },
+      { cost: 4, loss: 1 },
+      { cost: 1, loss: 9 },
+    ]);
     expect(keep).toEqual([3, 0, 2]);
   });
 });

@@ -32,7 +32,8 @@ function expertOut(w: SwiGLUWeights, x: Float32Array, t: number, H: number): Flo
   const I = w.gate.out;
   const a = new Float64Array(I);
   for (let i = 0; i < I; i++) {
-    let g = 0, u = 0;
+    let g = 0,
+      u = 0;
     for (let j = 0; j < H; j++) {
       g += w.gate.w[i * H + j]! * x[t * H + j]!;
       u += w.up.w[i * H + j]! * x[t * H + j]!;
@@ -77,15 +78,23 @@ describe('collectStats', () => {
     const inputs = new Map<number, MoeLayerInput>();
     const after = new Map<number, Float32Array>();
     await streamModel(model, windows, {
-      onMoeLayer(inp) { inputs.set(inp.layer.index, { ...inp, x: inp.x.slice() }); },
-      onLayerOutput(l, _b, h) { after.set(l, h.slice()); },
+      onMoeLayer(inp) {
+        inputs.set(inp.layer.index, { ...inp, x: inp.x.slice() });
+      },
+      onLayerOutput(l, _b, h) {
+        after.set(l, h.slice());
+      },
     });
     expect(stats.layers.map((l) => l.layer)).toEqual(model.view.moeLayers);
     for (const ls of stats.layers) {
       const inp = inputs.get(ls.layer)!;
       const T = inp.T;
       expect(ls.tokens).toBe(T);
-      const count = new Float64Array(E), gate = new Float64Array(E), reap = new Float64Array(E), easy = new Float64Array(E), mass = new Float64Array(E);
+      const count = new Float64Array(E),
+        gate = new Float64Array(E),
+        reap = new Float64Array(E),
+        easy = new Float64Array(E),
+        mass = new Float64Array(E);
       const outSum = new Float64Array(E * H);
       const hOut = after.get(ls.layer)!;
       for (let t = 0; t < T; t++) {
@@ -98,10 +107,15 @@ describe('collectStats', () => {
           for (let j = 0; j < H; j++) y[j]! += inp.routing.w[t * k + s]! * f[j]!;
         }
         // residual before the block = layer output - block output
-        let ab = 0, aa = 0, bb = 0;
+        let ab = 0,
+          aa = 0,
+          bb = 0;
         for (let j = 0; j < H; j++) {
-          const b = hOut[t * H + j]!, a0 = b - y[j]!;
-          ab += a0 * b; aa += a0 * a0; bb += b * b;
+          const b = hOut[t * H + j]!,
+            a0 = b - y[j]!;
+          ab += a0 * b;
+          aa += a0 * a0;
+          bb += b * b;
         }
         const contrib = Math.max(0, 1 - ab / Math.sqrt(aa * bb));
         for (let s = 0; s < k; s++) {
@@ -202,7 +216,21 @@ describe('artifact', () => {
 describe('moe calibrate', () => {
   it('writes an artifact, sums artifacts with --merge, and --grams writes X^T X of routed tokens after printing its size', async () => {
     const a1 = join(root, 'c1');
-    const r1 = await runCommand(registerCalibrate, ['calibrate', '--model', dirA, '--data', data, '--out', a1, '--seq-len', '8', '--grams', '--quiet', '--backend', 'wasm']);
+    const r1 = await runCommand(registerCalibrate, [
+      'calibrate',
+      '--model',
+      dirA,
+      '--data',
+      data,
+      '--out',
+      a1,
+      '--seq-len',
+      '8',
+      '--grams',
+      '--quiet',
+      '--backend',
+      'wasm',
+    ]);
     expect(r1.code).toBe(0);
     const H = model.view.dims.hidden;
     const printed = Number(/--grams will write ([\d.]+) MiB/.exec(r1.err)![1]);
@@ -236,8 +264,12 @@ describe('moe calibrate', () => {
           // down_proj input of expert 0: silu(gate x) * up x
           const act = new Float64Array(I);
           for (let i = 0; i < I; i++) {
-            let gg = 0, uu = 0;
-            for (let j = 0; j < H; j++) { gg += w.gate.w[i * H + j]! * inp.x[t * H + j]!; uu += w.up.w[i * H + j]! * inp.x[t * H + j]!; }
+            let gg = 0,
+              uu = 0;
+            for (let j = 0; j < H; j++) {
+              gg += w.gate.w[i * H + j]! * inp.x[t * H + j]!;
+              uu += w.up.w[i * H + j]! * inp.x[t * H + j]!;
+            }
             act[i] = (gg / (1 + Math.exp(-gg))) * uu;
           }
           for (let a = 0; a < I; a++) for (let b = 0; b < I; b++) gd[a * I + b]! += act[a]! * act[b]!;
@@ -277,7 +309,20 @@ describe('moe calibrate --shard (data-parallel calibration)', () => {
     const parts = [0, 1, 2].map((i) => join(root, `shard-${i}`));
     expect((await runCommand(registerCalibrate, ['calibrate', '--model', dirA, '--data', data, '--out', whole, '--seq-len', '8', '--quiet'])).code).toBe(0);
     for (const [i, p] of parts.entries()) {
-      const r = await runCommand(registerCalibrate, ['calibrate', '--model', dirA, '--data', data, '--out', p, '--seq-len', '8', '--shard', `${i}/3`, '--quiet']);
+      const r = await runCommand(registerCalibrate, [
+        'calibrate',
+        '--model',
+        dirA,
+        '--data',
+        data,
+        '--out',
+        p,
+        '--seq-len',
+        '8',
+        '--shard',
+        `${i}/3`,
+        '--quiet',
+      ]);
       expect(r.code).toBe(0);
     }
     const merged = join(root, 'shard-merged');

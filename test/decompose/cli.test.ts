@@ -5,7 +5,6 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../../src/cli/main.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
 
-
 let dir: string;
 let model: string;
 

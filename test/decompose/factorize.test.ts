@@ -2,7 +2,12 @@ import { describe, expect, it } from 'vitest';
 import { gram, matmul } from '../../kernels/linalg/matmul.js';
 import { gaussian } from '../../kernels/linalg/svd.js';
 import {
-  activationError2, compose, factorizeLinear, factorizeSharedInput, factorizeSharedOutput, frequencyWeightedBase,
+  activationError2,
+  compose,
+  factorizeLinear,
+  factorizeSharedInput,
+  factorizeSharedOutput,
+  frequencyWeightedBase,
 } from '../../src/decompose/factorize.js';
 
 const relErr = (a: Float64Array, b: Float64Array) => {

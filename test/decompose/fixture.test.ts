@@ -43,18 +43,23 @@ beforeAll(async () => {
 
 /** units of the first two MoE layers scored on calibration Grams, measured on held-out Grams */
 function units(mode: 'svd' | 'whitened'): ScoredUnit[] {
-  return calib.slice(0, 2).flatMap((g, i) => scoreLayer(g.layer, experts.get(g.layer)!, g, { mode }).map((u) => {
-    const h = held[i]!;
-    const heldGrams = u.experts.map((j) => (u.proj === 'down' ? h.experts[j]!.mid : h.experts[j]!.input) ?? new Float64Array(u.n * u.n));
-    return { ...u, grams: heldGrams };
-  }));
+  return calib.slice(0, 2).flatMap((g, i) =>
+    scoreLayer(g.layer, experts.get(g.layer)!, g, { mode }).map((u) => {
+      const h = held[i]!;
+      const heldGrams = u.experts.map((j) => (u.proj === 'down' ? h.experts[j]!.mid : h.experts[j]!.input) ?? new Float64Array(u.n * u.n));
+      return { ...u, grams: heldGrams };
+    }),
+  );
 }
 
 describe.skipIf(!have)('trained fixture', () => {
   it('whitened beats plain SVD in held-out activation space at 0.8 and 0.6 (uniform ranks)', async () => {
     white = units('whitened');
     const plain = units('svd');
-    for (const [ratio, uniform] of [[0.8, true], [0.6, true]] as const) {
+    for (const [ratio, uniform] of [
+      [0.8, true],
+      [0.6, true],
+    ] as const) {
       {
         const err = async (us: ScoredUnit[]) => {
           const plan = await planRanks(us, ratio, uniform, 2);

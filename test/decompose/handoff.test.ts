@@ -18,20 +18,26 @@ async function run(layers: number[], wanted: number[], opts: { applyFails?: numb
       expect(h.alive).toBeLessThanOrEqual(1);
       await h.released(l);
     }
-  })().then(() => h.close(), (e) => {
-    h.fail(e);
-    throw e;
-  });
+  })().then(
+    () => h.close(),
+    (e) => {
+      h.fail(e);
+      throw e;
+    },
+  );
   const write = (async () => {
     for (const l of wanted) {
       await tick();
       if (opts.writerFails === l) throw new Error(`writer failed at ${l}`);
       for (let t = 0; t < 3; t++) got.push(((await h.take(l)) as unknown as Map<string, { layer: number }>).get('layer')!.layer);
     }
-  })().then(() => h.finish(), (e) => {
-    h.fail(e);
-    throw e;
-  });
+  })().then(
+    () => h.finish(),
+    (e) => {
+      h.fail(e);
+      throw e;
+    },
+  );
   const [a, w] = await Promise.allSettled([apply, write]);
   return { a, w, got, maxAlive: h.maxAlive };
 }

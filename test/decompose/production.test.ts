@@ -19,7 +19,11 @@ let model: string;
 let other: string;
 let wide: string;
 const windows = Array.from({ length: 6 }, (_, w) => Int32Array.from({ length: 24 }, (_, i) => (w * 31 + i * 7 + ((i * i) % 5)) % 64));
-const exists = (p: string) => stat(p).then(() => true, () => false);
+const exists = (p: string) =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
 
 const contents = outputFiles;
 
@@ -89,7 +93,9 @@ describe('--save-plan / --plan', () => {
     const tooBig = await broken('too-big.json', (r) => (r['L0.e0.gate'] = 17));
     const negative = await broken('negative.json', (r) => (r['L0.e0.gate'] = -1));
     const extra = await broken('extra.json', (r) => (r['L7.e0.gate'] = 3));
-    const overBudget = await broken('over.json', (r) => { for (const k of Object.keys(r)) r[k] = 10; });
+    const overBudget = await broken('over.json', (r) => {
+      for (const k of Object.keys(r)) r[k] = 10;
+    });
     await expect(decompose({ ...base, model, dryRun: true, plan: missing })).rejects.toThrow(/'L1.e2.up' has no rank/);
     await expect(decompose({ ...base, model, dryRun: true, plan: tooBig })).rejects.toThrow(/'L0.e0.gate' has rank 17, expected a whole number in \[0, 10\]/);
     await expect(decompose({ ...base, model, dryRun: true, plan: negative })).rejects.toThrow(/rank -1/);

@@ -28,8 +28,15 @@ function layerInput(): MoeLayerInput {
     idx[t * K + 1] = t % 25 === 0 ? 3 : (idx[t * K]! + 1) % 3;
   }
   return {
-    layer: { index: 0 } as LayerView, T, hidden: H, x, logits: new Float32Array(T * E), probs: new Float32Array(T * E),
-    routing: { T, k: K, idx, w }, experts, router: { w: new Float32Array(E * H) },
+    layer: { index: 0 } as LayerView,
+    T,
+    hidden: H,
+    x,
+    logits: new Float32Array(T * E),
+    probs: new Float32Array(T * E),
+    routing: { T, k: K, idx, w },
+    experts,
+    router: { w: new Float32Array(E * H) },
   };
 }
 

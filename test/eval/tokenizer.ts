@@ -8,7 +8,9 @@ export async function writeWordTokenizer(dir: string, opts: { bos?: string | nul
   const vocab: Record<string, number> = { '<unk>': 0, '<s>': 1, '</s>': 2 };
   WORDS.forEach((w, i) => (vocab[w] = i + 3));
   const tok = {
-    version: '1.0', truncation: null, padding: null,
+    version: '1.0',
+    truncation: null,
+    padding: null,
     added_tokens: [
       { id: 0, content: '<unk>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true },
       { id: 1, content: '<s>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true },

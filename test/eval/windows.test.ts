@@ -6,8 +6,12 @@ import { cutWindows, loadWindowSet, resolveBos, splitLines } from '../../src/dat
 import { writeWordTokenizer } from './tokenizer.js';
 
 let root: string;
-beforeAll(async () => { root = await mkdtemp(join(tmpdir(), 'moe-win-')); });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'moe-win-'));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
 describe('windowing convention', () => {
   it('splits lines: trailing CR removed, blank lines skipped, other text verbatim', () => {
@@ -17,8 +21,16 @@ describe('windowing convention', () => {
   it('cuts consecutive windows, drops the partial one, prepends BOS, honours max tokens', () => {
     const s = Int32Array.from({ length: 10 }, (_, i) => 100 + i);
     const w = cutWindows(s, 3, 1);
-    expect(w.map((x) => Array.from(x))).toEqual([[1, 100, 101, 102], [1, 103, 104, 105], [1, 106, 107, 108]]);
-    expect(cutWindows(s, 3, null).map((x) => Array.from(x))).toEqual([[100, 101, 102], [103, 104, 105], [106, 107, 108]]);
+    expect(w.map((x) => Array.from(x))).toEqual([
+      [1, 100, 101, 102],
+      [1, 103, 104, 105],
+      [1, 106, 107, 108],
+    ]);
+    expect(cutWindows(s, 3, null).map((x) => Array.from(x))).toEqual([
+      [100, 101, 102],
+      [103, 104, 105],
+      [106, 107, 108],
+    ]);
     expect(cutWindows(s, 3, 1, 7).length).toBe(2);
     expect(() => cutWindows(s, 11, 1)).toThrow(/fewer than one window/);
     expect(() => cutWindows(s, 3, 1, 2)).toThrow(/token limit 2 .* is less than one window/);

@@ -35,42 +35,87 @@ function validHeader(r: Rand): { header: Record<string, unknown>; dataBytes: num
   return { header, dataBytes: off };
 }
 
-const NUMBER_POOL = ['-1', '0', '1', '3', '4294967296', '9007199254740991', '9007199254740993', '1e15', '1e308', '1.5', '-0', 'null', '"7"', '[]', '{}', 'true', '18446744073709551615', '2e-300'];
+const NUMBER_POOL = [
+  '-1',
+  '0',
+  '1',
+  '3',
+  '4294967296',
+  '9007199254740991',
+  '9007199254740993',
+  '1e15',
+  '1e308',
+  '1.5',
+  '-0',
+  'null',
+  '"7"',
+  '[]',
+  '{}',
+  'true',
+  '18446744073709551615',
+  '2e-300',
+];
 const TOKENS = ['{', '}', '[', ']', '"', ':', ',', '\\', '\\u0000', '\u00ff', 'dtype', '__metadata__', 'data_offsets', '\n'];
 
 /** One mutation of header text, chosen among text-level and JSON-level edits. */
 function mutateText(r: Rand, text: string, header: Record<string, unknown>): string {
   switch (int(r, 8)) {
-    case 0: { // numeric edit
+    case 0: {
+      // numeric edit
       const nums = [...text.matchAll(/-?\d+(\.\d+)?(e-?\d+)?/g)];
       if (!nums.length) return text + '1';
       const m = pick(r, nums);
       return text.slice(0, m.index) + pick(r, NUMBER_POOL) + text.slice(m.index! + m[0].length);
     }
-    case 1: { // delete a span
+    case 1: {
+      // delete a span
       const a = int(r, text.length);
       return text.slice(0, a) + text.slice(a + 1 + int(r, 8));
     }
-    case 2: { // insert a structural token
+    case 2: {
+      // insert a structural token
       const a = int(r, text.length + 1);
       return text.slice(0, a) + pick(r, TOKENS) + text.slice(a);
     }
-    case 3: { // duplicate a span
+    case 3: {
+      // duplicate a span
       const a = int(r, text.length);
       const b = Math.min(text.length, a + 1 + int(r, 40));
       return text.slice(0, b) + text.slice(a, b) + text.slice(b);
     }
-    case 4: { // truncate
+    case 4: {
+      // truncate
       return text.slice(0, int(r, text.length));
     }
-    default: { // JSON-level: valid JSON, hostile semantics
+    default: {
+      // JSON-level: valid JSON, hostile semantics
       const h = structuredClone(header) as Record<string, Record<string, unknown>>;
       const names = Object.keys(h).filter((k) => k !== '__metadata__');
       const t = h[pick(r, names)]!;
       const field = pick(r, ['dtype', 'shape', 'data_offsets', 'extra']);
       const value = pick(r, [
-        undefined, null, 'F32', 'f32', 'F4', 'Q4_K', 7, [], [1], [0, 0], [-1, 4], [4, 0], [1, 2, 3], [2 ** 53, 2 ** 53 + 8],
-        [1e15], [1e15, 1e15], ['2'], [0.5, 1], { a: 1 }, 'x'.repeat(200), [2 ** 31, 2 ** 31], [1, NaN],
+        undefined,
+        null,
+        'F32',
+        'f32',
+        'F4',
+        'Q4_K',
+        7,
+        [],
+        [1],
+        [0, 0],
+        [-1, 4],
+        [4, 0],
+        [1, 2, 3],
+        [2 ** 53, 2 ** 53 + 8],
+        [1e15],
+        [1e15, 1e15],
+        ['2'],
+        [0.5, 1],
+        { a: 1 },
+        'x'.repeat(200),
+        [2 ** 31, 2 ** 31],
+        [1, NaN],
       ]);
       if (value === undefined) delete t[field];
       else t[field] = value;
@@ -116,7 +161,8 @@ describe('fuzz: safetensors headers', () => {
       let text = JSON.stringify(header);
       for (let k = 1 + int(r, 3); k > 0; k--) text = mutateText(r, text, header);
       let bytes: Uint8Array = Buffer.from(text, 'utf8');
-      if (r() < 0.15) { // raw bit flips, which also break UTF-8
+      if (r() < 0.15) {
+        // raw bit flips, which also break UTF-8
         bytes = Uint8Array.from(bytes);
         for (let k = 1 + int(r, 4); k > 0; k--) if (bytes.length) bytes[int(r, bytes.length)]! ^= 1 << int(r, 8);
       }
@@ -129,7 +175,16 @@ describe('fuzz: safetensors headers', () => {
     // generous bounds: "no hang" is the property, and the CI machine may be busy
     expect(worst).toBeLessThan(1000);
     // the mutations reach many distinct checks (a fuzzer that only hits JSON errors tests little)
-    for (const c of ['ok', 'InvalidHeader', 'InvalidHeaderDeserialization', 'UnknownDtype', 'InvalidShape', 'InvalidOffset', 'TensorInvalidInfo', 'MetadataIncompleteBuffer']) {
+    for (const c of [
+      'ok',
+      'InvalidHeader',
+      'InvalidHeaderDeserialization',
+      'UnknownDtype',
+      'InvalidShape',
+      'InvalidOffset',
+      'TensorInvalidInfo',
+      'MetadataIncompleteBuffer',
+    ]) {
       expect(codes.get(c) ?? 0, `${c} in ${JSON.stringify([...codes])}`).toBeGreaterThan(10);
     }
   });
@@ -143,9 +198,10 @@ describe('fuzz: safetensors headers', () => {
       const { header, dataBytes } = validHeader(r);
       let text = JSON.stringify(header);
       if (r() < 0.8) text = mutateText(r, text, header);
-      const lengthOverride = r() < 0.25
-        ? pick(r, [0n, 1n, 7n, BigInt(Buffer.byteLength(text) + 1), BigInt(Buffer.byteLength(text) - 1), 2n ** 32n, 100_000_001n, 2n ** 63n, 2n ** 64n - 1n])
-        : undefined;
+      const lengthOverride =
+        r() < 0.25
+          ? pick(r, [0n, 1n, 7n, BigInt(Buffer.byteLength(text) + 1), BigInt(Buffer.byteLength(text) - 1), 2n ** 32n, 100_000_001n, 2n ** 63n, 2n ** 64n - 1n])
+          : undefined;
       const dataLen = r() < 0.8 ? dataBytes : int(r, dataBytes + 8);
       let file = rawSafetensors(text, dataLen, lengthOverride);
       if (r() < 0.1) file = file.subarray(0, int(r, file.length));
@@ -181,10 +237,27 @@ describe('fuzz: sharded index files', () => {
     // two valid shards shared by every case
     const shardA = rawSafetensors({ a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] } }, 8);
     const shardB = rawSafetensors({ b: { dtype: 'U8', shape: [3], data_offsets: [0, 3] }, c: { dtype: 'I8', shape: [1], data_offsets: [3, 4] } }, 4);
-    const valid = { metadata: { total_size: 12 }, weight_map: { a: 'model-00001-of-00002.safetensors', b: 'model-00002-of-00002.safetensors', c: 'model-00002-of-00002.safetensors' } };
+    const valid = {
+      metadata: { total_size: 12 },
+      weight_map: { a: 'model-00001-of-00002.safetensors', b: 'model-00002-of-00002.safetensors', c: 'model-00002-of-00002.safetensors' },
+    };
     const VALUES = [
-      '../model-00001-of-00002.safetensors', '/etc/passwd', '', 'sub/../../x', 'nope.safetensors', 'config.json', '.',
-      'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', null, 3, [], {}, 'a\u0000b', '..\\..\\x', 'sub',
+      '../model-00001-of-00002.safetensors',
+      '/etc/passwd',
+      '',
+      'sub/../../x',
+      'nope.safetensors',
+      'config.json',
+      '.',
+      'model-00001-of-00002.safetensors',
+      'model-00002-of-00002.safetensors',
+      null,
+      3,
+      [],
+      {},
+      'a\u0000b',
+      '..\\..\\x',
+      'sub',
     ];
     const codes = new Map<string, number>();
     for (let i = 0; i < 300; i++) {

@@ -13,8 +13,18 @@ import { CheckpointWriter, type TensorSpec } from '../../src/io/writer.js';
 import { seededRandom as rng } from '../../kernels/random.js';
 
 export const FAMILIES = [
-  'mixtral', 'qwen2_moe', 'qwen3_moe', 'olmoe', 'deepseek_v2', 'deepseek_v3', 'granitemoe', 'gpt_oss', 'phimoe',
-  'glm4_moe', 'minimax_m2', 'ernie4_5_moe',
+  'mixtral',
+  'qwen2_moe',
+  'qwen3_moe',
+  'olmoe',
+  'deepseek_v2',
+  'deepseek_v3',
+  'granitemoe',
+  'gpt_oss',
+  'phimoe',
+  'glm4_moe',
+  'minimax_m2',
+  'ernie4_5_moe',
 ] as const;
 export type Family = (typeof FAMILIES)[number];
 
@@ -51,7 +61,11 @@ export interface TinyCheckpoint {
 
 export async function makeTinyCheckpoint(family: Family, dir: string, opts: TinyOptions = {}): Promise<TinyCheckpoint> {
   const rand = rng(opts.seed ?? 1);
-  const H = 32, heads = 4, kv = 2, hd = 8, V = 64;
+  const H = 32,
+    heads = 4,
+    kv = 2,
+    hd = 8,
+    V = 64;
   const E = opts.experts ?? 4;
   const L = opts.layers ?? 3;
   const K = opts.topK ?? 2;
@@ -85,39 +99,116 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
   const normW = (name: string, n: number) => put(name, [n], randn(n, 0.05, 1));
 
   const base: Record<string, unknown> = {
-    hidden_size: H, num_hidden_layers: L, num_attention_heads: heads, num_key_value_heads: kv, vocab_size: V,
-    max_position_embeddings: 128, rms_norm_eps: 1e-6, rope_theta: 10000, tie_word_embeddings: false,
+    hidden_size: H,
+    num_hidden_layers: L,
+    num_attention_heads: heads,
+    num_key_value_heads: kv,
+    vocab_size: V,
+    max_position_embeddings: 128,
+    rms_norm_eps: 1e-6,
+    rope_theta: 10000,
+    tie_word_embeddings: false,
     torch_dtype: dtype === 'BF16' ? 'bfloat16' : 'float32',
   };
   let config: Record<string, unknown>;
   let isMoe: (l: number) => boolean = () => true;
   switch (family) {
     case 'mixtral':
-      config = { ...base, model_type: 'mixtral', architectures: ['MixtralForCausalLM'], intermediate_size: I, num_local_experts: E, num_experts_per_tok: K, sliding_window: null, router_jitter_noise: 0 };
+      config = {
+        ...base,
+        model_type: 'mixtral',
+        architectures: ['MixtralForCausalLM'],
+        intermediate_size: I,
+        num_local_experts: E,
+        num_experts_per_tok: K,
+        sliding_window: null,
+        router_jitter_noise: 0,
+      };
       break;
     case 'phimoe':
-      config = { ...base, model_type: 'phimoe', architectures: ['PhimoeForCausalLM'], intermediate_size: I, num_local_experts: E, num_experts_per_tok: K, attention_bias: true, lm_head_bias: false, router_jitter_noise: 0.01, input_jitter_noise: 0.01, sliding_window: null };
+      config = {
+        ...base,
+        model_type: 'phimoe',
+        architectures: ['PhimoeForCausalLM'],
+        intermediate_size: I,
+        num_local_experts: E,
+        num_experts_per_tok: K,
+        attention_bias: true,
+        lm_head_bias: false,
+        router_jitter_noise: 0.01,
+        input_jitter_noise: 0.01,
+        sliding_window: null,
+      };
       break;
     case 'qwen2_moe':
-      config = { ...base, model_type: 'qwen2_moe', architectures: ['Qwen2MoeForCausalLM'], intermediate_size: DI, moe_intermediate_size: I, shared_expert_intermediate_size: SI, num_experts: E, num_experts_per_tok: K, decoder_sparse_step: 1, mlp_only_layers: [0], norm_topk_prob: false };
+      config = {
+        ...base,
+        model_type: 'qwen2_moe',
+        architectures: ['Qwen2MoeForCausalLM'],
+        intermediate_size: DI,
+        moe_intermediate_size: I,
+        shared_expert_intermediate_size: SI,
+        num_experts: E,
+        num_experts_per_tok: K,
+        decoder_sparse_step: 1,
+        mlp_only_layers: [0],
+        norm_topk_prob: false,
+      };
       isMoe = (l) => l !== 0;
       break;
     case 'qwen3_moe':
-      config = { ...base, model_type: 'qwen3_moe', architectures: ['Qwen3MoeForCausalLM'], head_dim: hd, intermediate_size: DI, moe_intermediate_size: I, num_experts: E, num_experts_per_tok: K, decoder_sparse_step: 1, mlp_only_layers: [0], norm_topk_prob: true, attention_bias: false };
+      config = {
+        ...base,
+        model_type: 'qwen3_moe',
+        architectures: ['Qwen3MoeForCausalLM'],
+        head_dim: hd,
+        intermediate_size: DI,
+        moe_intermediate_size: I,
+        num_experts: E,
+        num_experts_per_tok: K,
+        decoder_sparse_step: 1,
+        mlp_only_layers: [0],
+        norm_topk_prob: true,
+        attention_bias: false,
+      };
       isMoe = (l) => l !== 0;
       break;
     case 'olmoe':
-      config = { ...base, model_type: 'olmoe', architectures: ['OlmoeForCausalLM'], intermediate_size: I, num_experts: E, num_experts_per_tok: K, norm_topk_prob: false, clip_qkv: null };
+      config = {
+        ...base,
+        model_type: 'olmoe',
+        architectures: ['OlmoeForCausalLM'],
+        intermediate_size: I,
+        num_experts: E,
+        num_experts_per_tok: K,
+        norm_topk_prob: false,
+        clip_qkv: null,
+      };
       break;
     case 'deepseek_v2':
     case 'deepseek_v3': {
       const v3 = family === 'deepseek_v3';
       config = {
-        ...base, model_type: family, architectures: [v3 ? 'DeepseekV3ForCausalLM' : 'DeepseekV2ForCausalLM'],
-        intermediate_size: DI, moe_intermediate_size: I, n_routed_experts: E, n_shared_experts: 1, num_experts_per_tok: K,
-        first_k_dense_replace: 1, moe_layer_freq: 1, n_group: 2, topk_group: 1, routed_scaling_factor: 1.5,
-        topk_method: v3 ? 'noaux_tc' : 'group_limited_greedy', norm_topk_prob: v3,
-        q_lora_rank: v3 ? 16 : null, kv_lora_rank: 16, qk_nope_head_dim: 8, qk_rope_head_dim: 4, v_head_dim: 8,
+        ...base,
+        model_type: family,
+        architectures: [v3 ? 'DeepseekV3ForCausalLM' : 'DeepseekV2ForCausalLM'],
+        intermediate_size: DI,
+        moe_intermediate_size: I,
+        n_routed_experts: E,
+        n_shared_experts: 1,
+        num_experts_per_tok: K,
+        first_k_dense_replace: 1,
+        moe_layer_freq: 1,
+        n_group: 2,
+        topk_group: 1,
+        routed_scaling_factor: 1.5,
+        topk_method: v3 ? 'noaux_tc' : 'group_limited_greedy',
+        norm_topk_prob: v3,
+        q_lora_rank: v3 ? 16 : null,
+        kv_lora_rank: 16,
+        qk_nope_head_dim: 8,
+        qk_rope_head_dim: 4,
+        v_head_dim: 8,
         ...(v3 ? { scoring_func: 'sigmoid', rope_interleave: true } : {}),
       };
       if (dtype === 'FP8') config.quantization_config = { quant_method: 'fp8', fmt: 'e4m3', activation_scheme: 'dynamic', weight_block_size: [block, block] };
@@ -126,34 +217,98 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
     }
     case 'glm4_moe':
       config = {
-        ...base, model_type: 'glm4_moe', architectures: ['Glm4MoeForCausalLM'], head_dim: hd, intermediate_size: DI, moe_intermediate_size: I,
-        n_routed_experts: E, n_shared_experts: 1, num_experts_per_tok: K, first_k_dense_replace: 1, n_group: 1, topk_group: 1,
-        routed_scaling_factor: 2.5, norm_topk_prob: true, partial_rotary_factor: 0.5, use_qk_norm: true, attention_bias: true, num_nextn_predict_layers: 0,
+        ...base,
+        model_type: 'glm4_moe',
+        architectures: ['Glm4MoeForCausalLM'],
+        head_dim: hd,
+        intermediate_size: DI,
+        moe_intermediate_size: I,
+        n_routed_experts: E,
+        n_shared_experts: 1,
+        num_experts_per_tok: K,
+        first_k_dense_replace: 1,
+        n_group: 1,
+        topk_group: 1,
+        routed_scaling_factor: 2.5,
+        norm_topk_prob: true,
+        partial_rotary_factor: 0.5,
+        use_qk_norm: true,
+        attention_bias: true,
+        num_nextn_predict_layers: 0,
       };
       isMoe = (l) => l >= 1;
       break;
     case 'ernie4_5_moe':
       config = {
-        ...base, model_type: 'ernie4_5_moe', architectures: ['Ernie4_5_MoeForCausalLM'], intermediate_size: DI, moe_intermediate_size: I,
-        moe_num_experts: E, moe_k: K, moe_num_shared_experts: 2, moe_layer_start_index: 1, moe_layer_end_index: -1, moe_layer_interval: 1,
-        moe_norm_min: 1e-12, use_bias: false, rope_theta: 500000,
+        ...base,
+        model_type: 'ernie4_5_moe',
+        architectures: ['Ernie4_5_MoeForCausalLM'],
+        intermediate_size: DI,
+        moe_intermediate_size: I,
+        moe_num_experts: E,
+        moe_k: K,
+        moe_num_shared_experts: 2,
+        moe_layer_start_index: 1,
+        moe_layer_end_index: -1,
+        moe_layer_interval: 1,
+        moe_norm_min: 1e-12,
+        use_bias: false,
+        rope_theta: 500000,
       };
       isMoe = (l) => l >= 1;
       break;
     case 'minimax_m2':
       config = {
-        ...base, model_type: 'minimax_m2', architectures: ['MiniMaxM2ForCausalLM'], head_dim: hd, intermediate_size: I, num_local_experts: E,
-        num_experts_per_tok: K, scoring_func: 'sigmoid', use_routing_bias: true, use_qk_norm: true, qk_norm_type: 'per_layer', rotary_dim: 4,
+        ...base,
+        model_type: 'minimax_m2',
+        architectures: ['MiniMaxM2ForCausalLM'],
+        head_dim: hd,
+        intermediate_size: I,
+        num_local_experts: E,
+        num_experts_per_tok: K,
+        scoring_func: 'sigmoid',
+        use_routing_bias: true,
+        use_qk_norm: true,
+        qk_norm_type: 'per_layer',
+        rotary_dim: 4,
       };
       break;
     case 'granitemoe':
-      config = { ...base, model_type: 'granitemoe', architectures: ['GraniteMoeForCausalLM'], intermediate_size: I, num_local_experts: E, num_experts_per_tok: K, embedding_multiplier: 12, residual_multiplier: 0.22, attention_multiplier: 0.0078125, logits_scaling: 6, attention_bias: false };
+      config = {
+        ...base,
+        model_type: 'granitemoe',
+        architectures: ['GraniteMoeForCausalLM'],
+        intermediate_size: I,
+        num_local_experts: E,
+        num_experts_per_tok: K,
+        embedding_multiplier: 12,
+        residual_multiplier: 0.22,
+        attention_multiplier: 0.0078125,
+        logits_scaling: 6,
+        attention_bias: false,
+      };
       break;
     case 'gpt_oss':
       config = {
-        ...base, model_type: 'gpt_oss', architectures: ['GptOssForCausalLM'], head_dim: hd, intermediate_size: I, num_local_experts: E, num_experts_per_tok: K,
-        layer_types: Array.from({ length: L }, (_, l) => (l % 2 === 0 ? 'sliding_attention' : 'full_attention')), sliding_window: 4, swiglu_limit: 7, attention_bias: true,
-        ...(opts.mxfp4 ? { quantization_config: { quant_method: 'mxfp4', modules_to_not_convert: ['model.layers.*.self_attn', 'model.layers.*.mlp.router', 'model.embed_tokens', 'lm_head'] } } : {}),
+        ...base,
+        model_type: 'gpt_oss',
+        architectures: ['GptOssForCausalLM'],
+        head_dim: hd,
+        intermediate_size: I,
+        num_local_experts: E,
+        num_experts_per_tok: K,
+        layer_types: Array.from({ length: L }, (_, l) => (l % 2 === 0 ? 'sliding_attention' : 'full_attention')),
+        sliding_window: 4,
+        swiglu_limit: 7,
+        attention_bias: true,
+        ...(opts.mxfp4
+          ? {
+              quantization_config: {
+                quant_method: 'mxfp4',
+                modules_to_not_convert: ['model.layers.*.self_attn', 'model.layers.*.mlp.router', 'model.embed_tokens', 'lm_head'],
+              },
+            }
+          : {}),
       };
       break;
   }
@@ -248,8 +403,18 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
         if (opts.mxfp4) {
           const mx = (name: string, rows: number, cols: number) => {
             const n = E * rows * (cols / 32);
-            raw(`${name}_blocks`, [E, rows, cols / 32, 16], 'U8', Uint8Array.from({ length: n * 16 }, () => Math.floor(rand() * 256)));
-            raw(`${name}_scales`, [E, rows, cols / 32], 'U8', Uint8Array.from({ length: n }, () => 118 + Math.floor(rand() * 6)));
+            raw(
+              `${name}_blocks`,
+              [E, rows, cols / 32, 16],
+              'U8',
+              Uint8Array.from({ length: n * 16 }, () => Math.floor(rand() * 256)),
+            );
+            raw(
+              `${name}_scales`,
+              [E, rows, cols / 32],
+              'U8',
+              Uint8Array.from({ length: n }, () => 118 + Math.floor(rand() * 6)),
+            );
           };
           mx(`${p}mlp.experts.gate_up_proj`, 2 * I, H);
           mx(`${p}mlp.experts.down_proj`, H, I);
@@ -300,7 +465,11 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
 
   await mkdir(dir, { recursive: true });
   await writeFile(`${dir}/config.json`, JSON.stringify(config, null, 2));
-  const w = await CheckpointWriter.create(dir, out.map((o) => o.spec), opts.maxShardBytes ? { maxShardBytes: opts.maxShardBytes } : {});
+  const w = await CheckpointWriter.create(
+    dir,
+    out.map((o) => o.spec),
+    opts.maxShardBytes ? { maxShardBytes: opts.maxShardBytes } : {},
+  );
   for (const o of out) await w.write(o.spec.name, o.bytes);
   await w.finalize();
   return { dir, config, tensors: out.map((o) => o.spec) };

@@ -1,7 +1,17 @@
 import { describe, expect, it } from 'vitest';
 import {
-  bf16BitsToF32, DTYPES, e4m3ToF32, e5m2ToF32, f16BitsToF32, f32ToBf16Bits, f32ToE4m3, f32ToE5m2, f32ToF16Bits,
-  fromF32, toF32, type Dtype,
+  bf16BitsToF32,
+  DTYPES,
+  e4m3ToF32,
+  e5m2ToF32,
+  f16BitsToF32,
+  f32ToBf16Bits,
+  f32ToE4m3,
+  f32ToE5m2,
+  f32ToF16Bits,
+  fromF32,
+  toF32,
+  type Dtype,
 } from '../../src/io/dtype.js';
 import { seededRandom as rng } from '../../kernels/random.js';
 
@@ -160,8 +170,10 @@ describe('array conversions', () => {
   const special = Float32Array.of(0, -0, 1, -1.5, 65504, 1e-7, 3.1415927, -448, 1e30, -1e-30, Infinity, -Infinity, NaN);
   it('array encoders agree with the scalar ones for every float dtype', () => {
     const cases: [Dtype, (v: number) => number, (b: number) => number][] = [
-      ['F16', f32ToF16Bits, f16BitsToF32], ['BF16', f32ToBf16Bits, bf16BitsToF32],
-      ['F8_E4M3', f32ToE4m3, e4m3ToF32], ['F8_E5M2', f32ToE5m2, e5m2ToF32],
+      ['F16', f32ToF16Bits, f16BitsToF32],
+      ['BF16', f32ToBf16Bits, bf16BitsToF32],
+      ['F8_E4M3', f32ToE4m3, e4m3ToF32],
+      ['F8_E5M2', f32ToE5m2, e5m2ToF32],
     ];
     for (const [d, enc, dec] of cases) {
       const bytes = fromF32(special, d);

@@ -38,8 +38,14 @@ export function validFile(): { header: Record<string, unknown>; bytes: Uint8Arra
 }
 
 export const MIXTRAL_CONFIG = {
-  model_type: 'mixtral', architectures: ['MixtralForCausalLM'], hidden_size: 8, num_hidden_layers: 1,
-  num_local_experts: 2, num_experts_per_tok: 1, intermediate_size: 4, vocab_size: 16,
+  model_type: 'mixtral',
+  architectures: ['MixtralForCausalLM'],
+  hidden_size: 8,
+  num_hidden_layers: 1,
+  num_local_experts: 2,
+  num_experts_per_tok: 1,
+  intermediate_size: 4,
+  vocab_size: 16,
 };
 
 /** A checkpoint directory whose model.safetensors is `file`. */
@@ -49,4 +55,3 @@ export function writeCheckpointDir(dir: string, file: Uint8Array, config: unknow
   writeFileSync(join(dir, 'model.safetensors'), file);
   return dir;
 }
-

@@ -18,7 +18,12 @@ const entry = join(tmp.dir, 'cli-entry.mjs');
 beforeAll(async () => {
   await build({
     entryPoints: [fileURLToPath(new URL('./cli-entry.ts', import.meta.url))],
-    bundle: true, platform: 'node', format: 'esm', target: 'node20', outfile: entry, logLevel: 'silent',
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    outfile: entry,
+    logLevel: 'silent',
   });
 });
 afterAll(() => tmp.cleanup());
@@ -34,7 +39,10 @@ interface Case {
 
 const { header: H, bytes: VALID } = validFile();
 const data32 = VALID.subarray(VALID.byteLength - 32);
-const withHeader = (h: unknown, data: Uint8Array | number = data32) => (dir: string) => writeCheckpointDir(dir, rawSafetensors(h, data));
+const withHeader =
+  (h: unknown, data: Uint8Array | number = data32) =>
+  (dir: string) =>
+    writeCheckpointDir(dir, rawSafetensors(h, data));
 
 function shardedDir(dir: string, weightMap: Record<string, unknown> | string, shard: Uint8Array = VALID): string {
   mkdirSync(dir, { recursive: true });
@@ -45,16 +53,34 @@ function shardedDir(dir: string, weightMap: Record<string, unknown> | string, sh
 }
 
 const CASES: Case[] = [
-  { name: 'truncated file', code: 'MetadataIncompleteBuffer', make: (d) => writeCheckpointDir(d, VALID.subarray(0, VALID.byteLength - 4)), message: /truncated/ },
+  {
+    name: 'truncated file',
+    code: 'MetadataIncompleteBuffer',
+    make: (d) => writeCheckpointDir(d, VALID.subarray(0, VALID.byteLength - 4)),
+    message: /truncated/,
+  },
   { name: 'trailing bytes', code: 'MetadataIncompleteBuffer', make: (d) => writeCheckpointDir(d, Buffer.concat([VALID, Buffer.alloc(3)])) },
   { name: 'file shorter than the length prefix', code: 'HeaderTooSmall', make: (d) => writeCheckpointDir(d, VALID.subarray(0, 5)) },
   { name: 'header length larger than the file', code: 'InvalidHeaderLength', make: (d) => writeCheckpointDir(d, rawSafetensors(H, data32, 10_000n)) },
   { name: 'header length 2^60', code: 'HeaderTooLarge', make: (d) => writeCheckpointDir(d, rawSafetensors(H, data32, 2n ** 60n)) },
   { name: 'header length 2^64-1', code: 'HeaderTooLarge', make: (d) => writeCheckpointDir(d, rawSafetensors(H, data32, 2n ** 64n - 1n)) },
-  { name: 'header not UTF-8', code: 'InvalidHeader', make: (d) => { const b = rawSafetensors(H, data32); b[10] = 0xff; return writeCheckpointDir(d, b); } },
+  {
+    name: 'header not UTF-8',
+    code: 'InvalidHeader',
+    make: (d) => {
+      const b = rawSafetensors(H, data32);
+      b[10] = 0xff;
+      return writeCheckpointDir(d, b);
+    },
+  },
   { name: 'header not JSON', code: 'InvalidHeaderDeserialization', make: withHeader('{"a": {"dtype": "F32",\n\n "shape": [2, 3}') },
   { name: 'header a JSON array', code: 'InvalidHeaderDeserialization', make: withHeader([1, 2]) },
-  { name: 'overlapping offsets', code: 'InvalidOffset', make: withHeader({ ...H, b: { dtype: 'BF16', shape: [4], data_offsets: [20, 28] } }, 28), message: /overlap/ },
+  {
+    name: 'overlapping offsets',
+    code: 'InvalidOffset',
+    make: withHeader({ ...H, b: { dtype: 'BF16', shape: [4], data_offsets: [20, 28] } }, 28),
+    message: /overlap/,
+  },
   { name: 'offsets out of range', code: 'InvalidOffset', make: withHeader({ ...H, b: { dtype: 'BF16', shape: [4], data_offsets: [1000, 1008] } }) },
   { name: 'negative offset', code: 'InvalidOffset', make: withHeader({ ...H, b: { dtype: 'BF16', shape: [4], data_offsets: [-8, 0] } }) },
   { name: 'end before begin', code: 'InvalidOffset', make: withHeader({ ...H, b: { dtype: 'BF16', shape: [0], data_offsets: [32, 24] } }) },
@@ -62,20 +88,63 @@ const CASES: Case[] = [
   { name: 'shape product overflow', code: 'InvalidShape', make: withHeader({ a: { dtype: 'F32', shape: [1e15, 1e15], data_offsets: [0, 24] } }) },
   { name: 'fractional dimension', code: 'InvalidShape', make: withHeader({ a: { dtype: 'F32', shape: [2.5], data_offsets: [0, 10] } }) },
   { name: 'unknown dtype', code: 'UnknownDtype', make: withHeader({ ...H, b: { dtype: 'F4', shape: [4], data_offsets: [24, 32] } }), message: /"F4"/ },
-  { name: 'shape/length mismatch', code: 'TensorInvalidInfo', make: withHeader({ ...H, a: { dtype: 'F32', shape: [2, 4], data_offsets: [0, 24] } }), message: /32 bytes but its offsets span 24/ },
-  { name: 'shard path with ../', code: 'UnsafePath', make: (d) => shardedDir(d, { a: '../model-00001-of-00001.safetensors', b: 'model-00001-of-00001.safetensors' }) },
+  {
+    name: 'shape/length mismatch',
+    code: 'TensorInvalidInfo',
+    make: withHeader({ ...H, a: { dtype: 'F32', shape: [2, 4], data_offsets: [0, 24] } }),
+    message: /32 bytes but its offsets span 24/,
+  },
+  {
+    name: 'shard path with ../',
+    code: 'UnsafePath',
+    make: (d) => shardedDir(d, { a: '../model-00001-of-00001.safetensors', b: 'model-00001-of-00001.safetensors' }),
+  },
   { name: 'shard path hidden ../', code: 'UnsafePath', make: (d) => shardedDir(d, { a: 'sub/../../x.safetensors' }) },
   { name: 'absolute shard path', code: 'UnsafePath', make: (d) => shardedDir(d, { a: '/etc/passwd' }) },
   { name: 'index without weight_map', code: 'InvalidIndex', make: (d) => shardedDir(d, '{"metadata": {}}') },
   { name: 'index not JSON', code: 'InvalidIndex', make: (d) => shardedDir(d, '{"weight_map": ') },
-  { name: 'index maps a tensor the shard lacks', code: 'InvalidIndex', make: (d) => shardedDir(d, { a: 'model-00001-of-00001.safetensors', zz: 'model-00001-of-00001.safetensors' }) },
+  {
+    name: 'index maps a tensor the shard lacks',
+    code: 'InvalidIndex',
+    make: (d) => shardedDir(d, { a: 'model-00001-of-00001.safetensors', zz: 'model-00001-of-00001.safetensors' }),
+  },
   { name: 'index names a missing shard', code: 'MissingFile', make: (d) => shardedDir(d, { a: 'model-00002-of-00002.safetensors' }) },
-  { name: 'no weights', code: 'MissingFile', make: (d) => { mkdirSync(d); writeFileSync(join(d, 'config.json'), '{}'); return d; } },
-  { name: 'config.json missing', code: 'MissingFile', make: (d) => { mkdirSync(d); writeFileSync(join(d, 'model.safetensors'), VALID); return d; } },
+  {
+    name: 'no weights',
+    code: 'MissingFile',
+    make: (d) => {
+      mkdirSync(d);
+      writeFileSync(join(d, 'config.json'), '{}');
+      return d;
+    },
+  },
+  {
+    name: 'config.json missing',
+    code: 'MissingFile',
+    make: (d) => {
+      mkdirSync(d);
+      writeFileSync(join(d, 'model.safetensors'), VALID);
+      return d;
+    },
+  },
   { name: 'config.json not JSON', code: 'InvalidConfig', make: (d) => writeCheckpointDir(d, VALID, '{"model_type": mixtral}') },
   { name: 'config.json not an object', code: 'InvalidConfig', make: (d) => writeCheckpointDir(d, VALID, '[]') },
-  { name: 'generation_config.json not JSON', code: 'InvalidConfig', make: (d) => { writeCheckpointDir(d, VALID); writeFileSync(join(d, 'generation_config.json'), '{"eos_token_id": 2,'); return d; } },
-  { name: 'config.json missing keys', code: 'InvalidConfig', keys: 'hidden_size,num_local_experts', make: (d) => writeCheckpointDir(d, VALID, { model_type: 'mixtral', hidden_size: 8 }), message: /missing required key 'num_local_experts'/ },
+  {
+    name: 'generation_config.json not JSON',
+    code: 'InvalidConfig',
+    make: (d) => {
+      writeCheckpointDir(d, VALID);
+      writeFileSync(join(d, 'generation_config.json'), '{"eos_token_id": 2,');
+      return d;
+    },
+  },
+  {
+    name: 'config.json missing keys',
+    code: 'InvalidConfig',
+    keys: 'hidden_size,num_local_experts',
+    make: (d) => writeCheckpointDir(d, VALID, { model_type: 'mixtral', hidden_size: 8 }),
+    message: /missing required key 'num_local_experts'/,
+  },
   { name: 'config.json key of the wrong type', code: 'InvalidConfig', keys: 'hidden_size', make: (d) => writeCheckpointDir(d, VALID, { hidden_size: '8' }) },
 ];
 
@@ -94,7 +163,10 @@ describe('hostile checkpoints through the library', () => {
     it(c.name, async () => {
       const dir = c.make(join(tmp.dir, `lib-${c.name.replace(/\W+/g, '_')}`));
       const t0 = performance.now();
-      const err = await openAndRead(dir, c.keys).then(() => undefined, (e: unknown) => e);
+      const err = await openAndRead(dir, c.keys).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(performance.now() - t0).toBeLessThan(3000);
       expect(isMoeError(err), String(err)).toBe(true);
       if (!isMoeError(err)) return;
@@ -117,15 +189,23 @@ describe('hostile checkpoints through the library', () => {
 
 describe('hostile checkpoints through a CLI process', () => {
   it('each exits non-zero with one stderr line, no stack trace, small RSS', async () => {
-    const base = spawnSync(process.execPath, [entry, writeCheckpointDir(join(tmp.dir, 'cli-valid'), VALID)], { encoding: 'utf8', env: { ...process.env, MOE_REPORT_RSS: '1' } });
+    const base = spawnSync(process.execPath, [entry, writeCheckpointDir(join(tmp.dir, 'cli-valid'), VALID)], {
+      encoding: 'utf8',
+      env: { ...process.env, MOE_REPORT_RSS: '1' },
+    });
     expect(base.status).toBe(0);
     expect(base.stdout).toMatch(/tensors 2/);
     const results = await mapLimit(CASES, 4, (c) => runCli(c.make(join(tmp.dir, `cli-${c.name.replace(/\W+/g, '_')}`)), c.keys));
     CASES.forEach((c, i) => {
       const r = results[i]!;
       const lines = r.stderr.trimEnd().split('\n');
-      expect({ name: c.name, status: r.status, lines: lines.length, prefix: lines[0]!.startsWith('moe: '), stack: /\n\s+at /.test(r.stderr) })
-        .toEqual({ name: c.name, status: ExitCode.badInput, lines: 1, prefix: true, stack: false });
+      expect({ name: c.name, status: r.status, lines: lines.length, prefix: lines[0]!.startsWith('moe: '), stack: /\n\s+at /.test(r.stderr) }).toEqual({
+        name: c.name,
+        status: ExitCode.badInput,
+        lines: 1,
+        prefix: true,
+        stack: false,
+      });
       const rss = Number(/maxrss_kb (\d+)/.exec(r.stdout)?.[1]);
       // a Node process idles at ~50 MB; any allocation sized by a hostile header (GBs) would show here
       expect(rss).toBeLessThan(200_000);
@@ -140,16 +220,30 @@ describe('hostile checkpoints through `moe inspect`', () => {
   it('exits 3 with one line and no stack trace', async () => {
     const cases: Case[] = [
       ...CASES.filter((c) => picked.includes(c.name)),
-      { name: 'mixtral config missing num_local_experts', code: 'InvalidConfig', make: (d) => { const { num_local_experts: _, ...rest } = MIXTRAL_CONFIG; return writeCheckpointDir(d, VALID, rest); } },
+      {
+        name: 'mixtral config missing num_local_experts',
+        code: 'InvalidConfig',
+        make: (d) => {
+          const { num_local_experts: _, ...rest } = MIXTRAL_CONFIG;
+          return writeCheckpointDir(d, VALID, rest);
+        },
+      },
     ];
     expect(cases.length).toBe(picked.length + 1);
     const inspectEntry = fileURLToPath(new URL('./inspect-entry.ts', import.meta.url));
-    const results = await mapLimit(cases, 4, (c) => runProcess(['--import', 'tsx', inspectEntry, 'inspect', '--model', c.make(join(tmp.dir, `inspect-${c.name.replace(/\W+/g, '_')}`)), '--no-probe']));
+    const results = await mapLimit(cases, 4, (c) =>
+      runProcess(['--import', 'tsx', inspectEntry, 'inspect', '--model', c.make(join(tmp.dir, `inspect-${c.name.replace(/\W+/g, '_')}`)), '--no-probe']),
+    );
     cases.forEach((c, i) => {
       const r = results[i]!;
       const lines = r.stderr.trimEnd().split('\n');
-      expect({ name: c.name, status: r.status, lines: lines.length, prefix: lines[0]!.startsWith('moe: '), stack: /\n\s+at /.test(r.stderr) })
-        .toEqual({ name: c.name, status: ExitCode.badInput, lines: 1, prefix: true, stack: false });
+      expect({ name: c.name, status: r.status, lines: lines.length, prefix: lines[0]!.startsWith('moe: '), stack: /\n\s+at /.test(r.stderr) }).toEqual({
+        name: c.name,
+        status: ExitCode.badInput,
+        lines: 1,
+        prefix: true,
+        stack: false,
+      });
     });
     expect(results.at(-1)!.stderr).toMatch(/num_local_experts/);
   });
@@ -174,12 +268,14 @@ function runProcess(args: string[]): Promise<{ status: number | null; stdout: st
 async function mapLimit<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
   const out: R[] = new Array(items.length);
   let next = 0;
-  await Promise.all(Array.from({ length: limit }, async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]!);
-    }
-  }));
+  await Promise.all(
+    Array.from({ length: limit }, async () => {
+      while (next < items.length) {
+        const i = next++;
+        out[i] = await fn(items[i]!);
+      }
+    }),
+  );
   return out;
 }
 
@@ -193,7 +289,9 @@ describe('direct API edges', () => {
   it('deeply nested JSON is refused before parsing, and never overflows the stack in a message', () => {
     const deep = '{"a": {"dtype": "F32", "shape": ' + '['.repeat(200_000) + ']'.repeat(200_000) + ', "data_offsets": [0, 0]}}';
     const t0 = performance.now();
-    expect(() => parseHeader(Buffer.from(deep), 8 + deep.length)).toThrowError(expect.objectContaining({ code: 'InvalidHeaderDeserialization', message: expect.stringContaining('nests deeper') }));
+    expect(() => parseHeader(Buffer.from(deep), 8 + deep.length)).toThrowError(
+      expect.objectContaining({ code: 'InvalidHeaderDeserialization', message: expect.stringContaining('nests deeper') }),
+    );
     expect(performance.now() - t0).toBeLessThan(2000);
     // at the depth limit it parses, and the invalid shape is quoted without recursion trouble
     const ok = '{"a": {"dtype": "F32", "shape": ' + '['.repeat(14) + ']'.repeat(14) + ', "data_offsets": [0, 0]}}';

@@ -24,6 +24,11 @@ async function main(argv: string[]): Promise<number> {
 }
 
 main(process.argv).then(
-  (code) => { process.exitCode = code; },
-  (err) => { console.error(`moe: internal error: ${err && err.stack ? err.stack : err}`); process.exitCode = 70; },
+  (code) => {
+    process.exitCode = code;
+  },
+  (err) => {
+    console.error(`moe: internal error: ${err && err.stack ? err.stack : err}`);
+    process.exitCode = 70;
+  },
 );

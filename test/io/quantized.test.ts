@@ -57,16 +57,23 @@ describe('Checkpoint dequantizes FP8 weights with weight_scale_inv on read', () 
   it('readF32 (whole and any element range) = code * block scale; storage() reports the format', async () => {
     const dir = join(tmp.dir, 'fp8');
     mkdirSync(dir);
-    writeFileSync(join(dir, 'config.json'), JSON.stringify({ model_type: 'deepseek_v3', quantization_config: { quant_method: 'fp8', weight_block_size: [128, 128] } }));
+    writeFileSync(
+      join(dir, 'config.json'),
+      JSON.stringify({ model_type: 'deepseek_v3', quantization_config: { quant_method: 'fp8', weight_block_size: [128, 128] } }),
+    );
     const rows = 260;
     const cols = 130;
     const v = gaussian(rows * cols, 3, 0.05);
     const q = quantizeFp8Blocks(v, rows, cols);
-    const w = await CheckpointWriter.create(dir, [
-      { name: 'l.weight', dtype: 'F8_E4M3', shape: [rows, cols] },
-      { name: 'l.weight_scale_inv', dtype: 'F32', shape: q.scaleShape },
-      { name: 'norm.weight', dtype: 'BF16', shape: [4] },
-    ], { maxShardBytes: 20_000 });
+    const w = await CheckpointWriter.create(
+      dir,
+      [
+        { name: 'l.weight', dtype: 'F8_E4M3', shape: [rows, cols] },
+        { name: 'l.weight_scale_inv', dtype: 'F32', shape: q.scaleShape },
+        { name: 'norm.weight', dtype: 'BF16', shape: [4] },
+      ],
+      { maxShardBytes: 20_000 },
+    );
     await w.write('l.weight', q.bytes);
     await w.write('l.weight_scale_inv', new Uint8Array(q.scaleInv.buffer));
     await w.write('norm.weight', fromF32(Float32Array.of(1, 2, 3, 4), 'BF16'));
@@ -84,7 +91,12 @@ describe('Checkpoint dequantizes FP8 weights with weight_scale_inv on read', () 
     // spot value computed by hand: code * scale of its block
     const i = 200 * cols + 129; // row 200 (block row 1), col 129 (block col 1)
     expect(full[i]).toBe(Math.fround(e4m3ToF32(q.bytes[i]!) * q.scaleInv[3]!));
-    for (const [a, b] of [[0, 10], [127 * cols + 120, 129 * cols + 5], [255 * cols, rows * cols], [130 * cols, 131 * cols]]) {
+    for (const [a, b] of [
+      [0, 10],
+      [127 * cols + 120, 129 * cols + 5],
+      [255 * cols, rows * cols],
+      [130 * cols, 131 * cols],
+    ]) {
       expect([...(await ck.readF32('l.weight', a, b))]).toEqual([...expected.subarray(a, b)]);
     }
     // raw bytes are the stored codes
@@ -139,7 +151,9 @@ describe('writing an edited FP8 checkpoint back in its own format', () => {
     writeFileSync(join(dst, 'config.json'), JSON.stringify(ck.config));
     const specs = [...specsAsStored('e.weight', st, [128, cols]), ...specsAsStored('b.bias', ck.storage('b.bias'), [128])];
     expect(specs.map((s) => [s.name, s.dtype, s.shape])).toEqual([
-      ['e.weight', 'F8_E4M3', [128, cols]], ['e.weight_scale_inv', 'F32', [2, 2]], ['b.bias', 'BF16', [128]],
+      ['e.weight', 'F8_E4M3', [128, cols]],
+      ['e.weight_scale_inv', 'F32', [2, 2]],
+      ['b.bias', 'BF16', [128]],
     ]);
     const out = await CheckpointWriter.create(dst, specs);
     for (const t of encodeAsStored('e.weight', st, kept, [128, cols])) await out.write(t.name, t.bytes);
@@ -192,10 +206,19 @@ describe('compressed-tensors FP8 (weight_scale per tensor / per channel)', () =>
     expect(row3[5]).toBe(Math.fround(e4m3ToF32(perRow.bytes[3 * cols + 5]!) * perRow.scaleInv[3]!));
     expect([...(await ck.readF32('t.weight'))]).toEqual([...dequantizeFp8Blocks(perTensor.bytes, perTensor.scaleInv, rows, cols, [rows, cols])]);
     // an edit that drops rows keeps per-channel [r, 1] and per-tensor [] scales
-    expect(specsAsStored('c2.weight', ck.storage('c.weight'), [4, cols]).map((t) => [t.name, t.shape])).toEqual([['c2.weight', [4, cols]], ['c2.weight_scale', [4, 1]]]);
-    expect(specsAsStored('t2.weight', ck.storage('t.weight'), [4, cols]).map((t) => [t.name, t.shape])).toEqual([['t2.weight', [4, cols]], ['t2.weight_scale', []]]);
+    expect(specsAsStored('c2.weight', ck.storage('c.weight'), [4, cols]).map((t) => [t.name, t.shape])).toEqual([
+      ['c2.weight', [4, cols]],
+      ['c2.weight_scale', [4, 1]],
+    ]);
+    expect(specsAsStored('t2.weight', ck.storage('t.weight'), [4, cols]).map((t) => [t.name, t.shape])).toEqual([
+      ['t2.weight', [4, cols]],
+      ['t2.weight_scale', []],
+    ]);
     const enc = encodeAsStored('t2.weight', ck.storage('t.weight'), v.slice(0, 4 * cols), [4, cols]);
-    expect(enc.map((t) => [t.name, t.bytes.length])).toEqual([['t2.weight', 4 * cols], ['t2.weight_scale', 4]]);
+    expect(enc.map((t) => [t.name, t.bytes.length])).toEqual([
+      ['t2.weight', 4 * cols],
+      ['t2.weight_scale', 4],
+    ]);
     await ck.close();
   });
 });

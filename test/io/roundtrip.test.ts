@@ -56,7 +56,9 @@ describe('write then read', () => {
       expect(ck.shape(s.name)).toEqual(s.shape);
       expect(Buffer.from(await ck.readBytes(s.name)).equals(Buffer.from(data.get(s.name)!))).toBe(true);
       const f = await ck.readF32(s.name);
-      expect(Buffer.from(new Uint8Array(f.buffer, f.byteOffset, f.byteLength)).equals(Buffer.from(new Uint8Array(toF32(data.get(s.name)!, s.dtype).buffer)))).toBe(true);
+      expect(
+        Buffer.from(new Uint8Array(f.buffer, f.byteOffset, f.byteLength)).equals(Buffer.from(new Uint8Array(toF32(data.get(s.name)!, s.dtype).buffer))),
+      ).toBe(true);
     }
     // header: 8-byte aligned data area and __metadata__ {"format":"pt"}
     const file = readFileSync(join(dir, 'model.safetensors'));
@@ -71,7 +73,9 @@ describe('write then read', () => {
     const dir = join(tmp.dir, 'sharded');
     const specs = specsForAllDtypes();
     const data = await writeAll(dir, specs, 200);
-    const files = readdirSync(dir).filter((f) => f.endsWith('.safetensors')).sort();
+    const files = readdirSync(dir)
+      .filter((f) => f.endsWith('.safetensors'))
+      .sort();
     const planned = planShards(specs, 200);
     expect(files.length).toBe(planned.length);
     expect(files.length).toBeGreaterThan(3);
@@ -139,7 +143,10 @@ describe('write then read', () => {
     const { mkdirSync, writeFileSync } = await import('node:fs');
     mkdirSync(dir);
     writeFileSync(join(dir, 'config.json'), '{}');
-    const w = await CheckpointWriter.create(dir, [{ name: 'e', dtype: 'U8', shape: [3, 4] }, { name: 'f', dtype: 'I32', shape: [2] }]);
+    const w = await CheckpointWriter.create(dir, [
+      { name: 'e', dtype: 'U8', shape: [3, 4] },
+      { name: 'f', dtype: 'I32', shape: [2] },
+    ]);
     await w.writePart('e', 8, Uint8Array.of(9, 10, 11, 12));
     await w.writePart('e', 0, Uint8Array.of(1, 2, 3, 4, 5, 6, 7, 8));
     await expect(w.finalize()).rejects.toMatchObject({ code: 'OutputError', message: expect.stringContaining('"f"') });
@@ -155,8 +162,12 @@ describe('write then read', () => {
   });
 
   it('rejects invalid plans', async () => {
-    await expect(CheckpointWriter.create(tmp.dir, [{ name: 'a', dtype: 'F32', shape: [1] }, { name: 'a', dtype: 'F32', shape: [1] }]))
-      .rejects.toMatchObject({ code: 'OutputError' });
+    await expect(
+      CheckpointWriter.create(tmp.dir, [
+        { name: 'a', dtype: 'F32', shape: [1] },
+        { name: 'a', dtype: 'F32', shape: [1] },
+      ]),
+    ).rejects.toMatchObject({ code: 'OutputError' });
     await expect(CheckpointWriter.create(tmp.dir, [{ name: 'a', dtype: 'F32', shape: [-1] }])).rejects.toMatchObject({ code: 'OutputError' });
     await expect(CheckpointWriter.create(tmp.dir, [{ name: '__metadata__', dtype: 'F32', shape: [1] }])).rejects.toMatchObject({ code: 'OutputError' });
   });

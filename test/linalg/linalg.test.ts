@@ -39,11 +39,12 @@ describe('matmul', () => {
     const ref = matmul(A, B, m, k, n, { engine: 'f64' });
     // direct triple loop as the reference for the reference
     let e = 0;
-    for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) {
-      let s = 0;
-      for (let p = 0; p < k; p++) s += A[i * k + p]! * B[p * n + j]!;
-      e = Math.max(e, Math.abs(s - ref[i * n + j]!));
-    }
+    for (let i = 0; i < m; i++)
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let p = 0; p < k; p++) s += A[i * k + p]! * B[p * n + j]!;
+        e = Math.max(e, Math.abs(s - ref[i * n + j]!));
+      }
     expect(e).toBeLessThan(1e-12);
     expect(maxAbsDiff(matmul(A, B, m, k, n, { engine: 'tf' }), ref)).toBeLessThan(1e-4);
     const At = transpose(A, m, k);
@@ -150,7 +151,10 @@ describe('symmetric eigendecomposition', () => {
 });
 
 describe('svd', () => {
-  for (const [m, n] of [[48, 32], [32, 48]] as const) {
+  for (const [m, n] of [
+    [48, 32],
+    [32, 48],
+  ] as const) {
     it(`gram route ${m}x${n}: full rank reproduces M, orthonormal factors, exact tail energies`, () => {
       const M = gaussian(m * n, 11 + m);
       const sv = svd(M, m, n, { engine: 'f64' });

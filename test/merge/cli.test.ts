@@ -9,7 +9,6 @@ import { makeTinyCheckpoint } from '../helpers/families.js';
 import { rng } from './synthetic.js';
 import { runMoe } from '../helpers/cli.js';
 
-
 let root: string;
 let model: string;
 let calib: string;
@@ -28,7 +27,11 @@ afterAll(async () => {
 
 const run = (...args: string[]) => runMoe(['merge', ...args]);
 
-const exists = (p: string) => stat(p).then(() => true, () => false);
+const exists = (p: string) =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
 
 describe('moe merge CLI', () => {
   it('--json prints the report; the output has the merged expert count', async () => {
@@ -45,7 +48,22 @@ describe('moe merge CLI', () => {
   });
 
   it('--dry-run prints one line per layer with the groups', async () => {
-    const r = await run('--model', model, '--groups', '4', '--calib', calib, '--calib-tokens', '128', '--seq-len', '32', '--grouping', 'hierarchical', '--dry-run', '--quiet');
+    const r = await run(
+      '--model',
+      model,
+      '--groups',
+      '4',
+      '--calib',
+      calib,
+      '--calib-tokens',
+      '128',
+      '--seq-len',
+      '32',
+      '--grouping',
+      'hierarchical',
+      '--dry-run',
+      '--quiet',
+    );
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^plan: mixtral, 8 -> 4 experts per layer/);
     expect(r.stdout.match(/^ {2}layer \d+: /gm)!.length).toBeGreaterThan(0);

@@ -73,6 +73,15 @@ describe('grouping', () => {
     expect(() => groupExperts('msmoe', sig, 0)).toThrow(/between 1/);
     expect(() => groupExperts('msmoe', { ...sig, logitSample: undefined, logitRows: 0 }, 4)).toThrow(/router-logit samples/);
     expect(() => groupExperts('hierarchical', { ...sig, meanOutput: undefined }, 4)).toThrow(/mean expert outputs/);
-    expect(() => checkPartition([{ anchor: 0, members: [0, 1] }, { anchor: 1, members: [1] }], 2, 2)).toThrow(/two groups/);
+    expect(() =>
+      checkPartition(
+        [
+          { anchor: 0, members: [0, 1] },
+          { anchor: 1, members: [1] },
+        ],
+        2,
+        2,
+      ),
+    ).toThrow(/two groups/);
   });
 });

@@ -47,7 +47,10 @@ describe('mergeLayer', () => {
         for (const routerMethod of ['anchor', 'mean'] as const) {
           const choices: MergeChoices = { groups: 2, grouping: 'msmoe', align, weighting, router: routerMethod };
           const m = mergeLayer({ layer: 0, experts, router: { w: router }, signals: sig, rule: softmax, calib }, choices);
-          expect(m.groups.map((g) => g.members)).toEqual([[0, 1, 4], [2, 3]]);
+          expect(m.groups.map((g) => g.members)).toEqual([
+            [0, 1, 4],
+            [2, 3],
+          ]);
           expect(expertDiff(m.experts[0], A)).toBe(0);
           expect(expertDiff(m.experts[1], B)).toBe(0);
           const after = moeForward(m.experts, m.router.w, x, T, 1);
@@ -57,7 +60,7 @@ describe('mergeLayer', () => {
     }
   });
 
-  it('permuting a member\'s hidden units does not change the merged expert with alignment on, and does without', () => {
+  it("permuting a member's hidden units does not change the merged expert with alignment on, and does without", () => {
     const r = rng(2);
     const A = randomExpert(H, I, r);
     // a member that is a noisy copy of A, so alignment has a real (not degenerate) best matching

@@ -39,8 +39,10 @@ async function mergeTiny(family: Family) {
       const router = await loadRouter(model.ckpt, layer.block.router);
       const x = randomArray(64 * H, r);
       const signals = measureSignals(experts, router.w, x, 64, 2);
-      const m = mergeLayer({ layer: layer.index, experts, router, signals, rule: model.view.routing, activation: model.view.forward.activation },
-        { groups: 3, grouping: 'hierarchical', align: 'weights', weighting: 'frequency', router: 'mean' });
+      const m = mergeLayer(
+        { layer: layer.index, experts, router, signals, rule: model.view.routing, activation: model.view.forward.activation },
+        { groups: 3, grouping: 'hierarchical', align: 'weights', weighting: 'frequency', router: 'mean' },
+      );
       merged.set(layer.index, m.experts);
       const sources: ExpertSource[] = m.groups.map((g, i) => (g.members.length === 1 ? { from: g.anchor } : { weights: m.experts[i] }));
       edits.push({ layer: layer.index, experts: sources, router: m.router });

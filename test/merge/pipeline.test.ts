@@ -18,7 +18,11 @@ let root: string;
 let model: string;
 let calib: string;
 let stats: string;
-const exists = (p: string) => stat(p).then(() => true, () => false);
+const exists = (p: string) =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
 
 beforeAll(async () => {
   await initBackend('wasm');

@@ -24,7 +24,11 @@ let model: string;
 let other: string;
 let calib: string;
 let stats: string;
-const exists = (p: string) => stat(p).then(() => true, () => false);
+const exists = (p: string) =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
 
 beforeAll(async () => {
   await initBackend('wasm');
@@ -87,7 +91,22 @@ describe('merge plans', () => {
 
   it('a plan of another model or other flags is refused with a non-zero exit and one line', async () => {
     const plan = join(root, 'cli.plan.json');
-    const ok = await runMoe(['merge', '--model', model, '--calib', calib, '--calib-tokens', '256', '--seq-len', '32', ...seqCli, '--dry-run', '--quiet', '--save-plan', plan]);
+    const ok = await runMoe([
+      'merge',
+      '--model',
+      model,
+      '--calib',
+      calib,
+      '--calib-tokens',
+      '256',
+      '--seq-len',
+      '32',
+      ...seqCli,
+      '--dry-run',
+      '--quiet',
+      '--save-plan',
+      plan,
+    ]);
     expect(ok.code).toBe(0);
     expect(ok.stdout).toMatch(/^plan: mixtral, 8 -> 4 experts per layer/);
     expect(ok.stdout).toMatch(/^estimated peak memory \d+ MiB: /m);
@@ -108,14 +127,34 @@ describe('merge plans', () => {
 
     const cases: Array<[string, string[], RegExp, number]> = [
       ['another model', ['--model', other, ...seqCli, '--plan', plan], /computed for a different model/, ExitCode.badInput],
-      ['another grouping', ['--model', model, ...seqCli.slice(0, 2), '--grouping', 'hierarchical', ...seqCli.slice(4), '--plan', plan], /computed with grouping = "msmoe", this command has "hierarchical"/, ExitCode.usage],
-      ['another group count', ['--model', model, '--groups', '5', ...seqCli.slice(2), '--plan', plan], /computed with groups = 4, this command has 5/, ExitCode.usage],
+      [
+        'another grouping',
+        ['--model', model, ...seqCli.slice(0, 2), '--grouping', 'hierarchical', ...seqCli.slice(4), '--plan', plan],
+        /computed with grouping = "msmoe", this command has "hierarchical"/,
+        ExitCode.usage,
+      ],
+      [
+        'another group count',
+        ['--model', model, '--groups', '5', ...seqCli.slice(2), '--plan', plan],
+        /computed with groups = 4, this command has 5/,
+        ExitCode.usage,
+      ],
       ['default fit steps', ['--model', model, ...seqCli.slice(0, -2), '--plan', plan], /computed with fitSteps = 40, this command has 300/, ExitCode.usage],
       ['an expert in two groups', ['--model', model, ...seqCli, '--plan', bad], /layer 1: expert \d+ is in groups 0 and 1/, ExitCode.badInput],
-      ['activation alignment without permutations', ['--model', model, ...seqCli, '--plan', noPerms], /layer 0: group 1: activation alignment is data-dependent/, ExitCode.badInput],
+      [
+        'activation alignment without permutations',
+        ['--model', model, ...seqCli, '--plan', noPerms],
+        /layer 0: group 1: activation alignment is data-dependent/,
+        ExitCode.badInput,
+      ],
       ['a plan with calibration', ['--model', model, ...seqCli, '--plan', plan, '--calib', calib], /--calib and --stats are not used with it/, ExitCode.usage],
       ['no such plan', ['--model', model, ...seqCli, '--plan', join(root, 'nope.json')], /cannot read the plan/, ExitCode.badInput],
-      ['a --stats plan with activation alignment', ['--model', model, ...seqCli, '--stats', stats, '--dry-run', '--save-plan', join(root, 'never.json')], /a plan from --stats cannot hold activation alignment/, ExitCode.usage],
+      [
+        'a --stats plan with activation alignment',
+        ['--model', model, ...seqCli, '--stats', stats, '--dry-run', '--save-plan', join(root, 'never.json')],
+        /a plan from --stats cannot hold activation alignment/,
+        ExitCode.usage,
+      ],
     ];
     for (const [what, args, msg, code] of cases) {
       const out = join(root, `refused-${what.replace(/\W+/g, '-')}`);

@@ -61,7 +61,16 @@ describe('router after merging', () => {
   it('fits a bias when the router has one', () => {
     const d = data(4, 300);
     const bias = randomArray(E, rng(5));
-    const res = mergeRouter('fit', { w: d.w, bias }, groups, H, E, { score: 'softmax' }, { ...d, logits: d.logits.map((v, i) => v + bias[i % E]) }, { steps: 100 });
+    const res = mergeRouter(
+      'fit',
+      { w: d.w, bias },
+      groups,
+      H,
+      E,
+      { score: 'softmax' },
+      { ...d, logits: d.logits.map((v, i) => v + bias[i % E]) },
+      { steps: 100 },
+    );
     expect(res.router.bias!.length).toBe(4);
     expect(res.kl!).toBeLessThan(res.klMean!);
   });

@@ -4,13 +4,27 @@ import type { RoutingRule } from '../../src/model/types.js';
 import { route } from '../../src/runtime/routing.js';
 import { randomArray, randomExpert, rng, routerLogits } from './synthetic.js';
 
-const rule = (score: RoutingRule['score'], afterTopk: RoutingRule['afterTopk']): RoutingRule => ({ score, afterTopk, selectionBias: false, topK: 2, normalize: score === 'softmax', scale: 1 });
+const rule = (score: RoutingRule['score'], afterTopk: RoutingRule['afterTopk']): RoutingRule => ({
+  score,
+  afterTopk,
+  selectionBias: false,
+  topK: 2,
+  normalize: score === 'softmax',
+  scale: 1,
+});
 
 describe('running edit of a merged layer', () => {
-  for (const [score, after] of [['softmax', 'none'], ['sigmoid', 'none'], ['none', 'softmax']] as const) {
+  for (const [score, after] of [
+    ['softmax', 'none'],
+    ['sigmoid', 'none'],
+    ['none', 'softmax'],
+  ] as const) {
     it(`${score}: routes exactly as the N-expert router does (spare slots never chosen, same weights)`, () => {
       const r = rng(7);
-      const H = 8, E = 8, N = 5, T = 50;
+      const H = 8,
+        E = 8,
+        N = 5,
+        T = 50;
       const experts = Array.from({ length: N }, () => randomExpert(H, 4, r));
       const w = randomArray(N * H, r);
       const bias = randomArray(N, r);

@@ -31,10 +31,18 @@ describe('signals', () => {
 
   it('from saved statistics: sums become means, a never-routed expert gets zeros', () => {
     const ls: LayerStats = {
-      layer: 3, numExperts: 2, hidden: 2, tokens: 10,
-      count: Float64Array.from([4, 0]), probMass: new Float64Array(2), gateSum: new Float64Array(2),
-      reapSum: Float64Array.from([2, 0]), easyEpSum: new Float64Array(2), outputSum: Float64Array.from([4, 8, 0, 0]),
-      logitSample: new Float32Array(4), logitSampleRows: 2,
+      layer: 3,
+      numExperts: 2,
+      hidden: 2,
+      tokens: 10,
+      count: Float64Array.from([4, 0]),
+      probMass: new Float64Array(2),
+      gateSum: new Float64Array(2),
+      reapSum: Float64Array.from([2, 0]),
+      easyEpSum: new Float64Array(2),
+      outputSum: Float64Array.from([4, 8, 0, 0]),
+      logitSample: new Float32Array(4),
+      logitSampleRows: 2,
     };
     const s = signalsFromStats(ls);
     expect(Array.from(s.saliency)).toEqual([0.5, 0]);

@@ -65,11 +65,12 @@ export function expertForward(e: SwiGLUWeights, x: Float32Array, xo: number): Fl
 
 export function routerLogits(router: Float32Array, E: number, x: Float32Array, T: number, H: number): Float32Array {
   const z = new Float32Array(T * E);
-  for (let t = 0; t < T; t++) for (let e = 0; e < E; e++) {
-    let s = 0;
-    for (let h = 0; h < H; h++) s += router[e * H + h] * x[t * H + h];
-    z[t * E + e] = s;
-  }
+  for (let t = 0; t < T; t++)
+    for (let e = 0; e < E; e++) {
+      let s = 0;
+      for (let h = 0; h < H; h++) s += router[e * H + h] * x[t * H + h];
+      z[t * E + e] = s;
+    }
   return z;
 }
 
@@ -83,7 +84,10 @@ export function moeForward(experts: readonly SwiGLUWeights[], router: Float32Arr
   const w = new Float32Array(T * k);
   for (let t = 0; t < T; t++) {
     const row = Array.from(logits.subarray(t * E, (t + 1) * E));
-    const order = row.map((_, i) => i).sort((a, b) => row[b] - row[a] || a - b).slice(0, k);
+    const order = row
+      .map((_, i) => i)
+      .sort((a, b) => row[b] - row[a] || a - b)
+      .slice(0, k);
     const mx = Math.max(...row);
     const ex = row.map((v) => Math.exp(v - mx));
     const sel = order.map((i) => ex[i]);
@@ -108,16 +112,18 @@ export function measureSignals(experts: readonly SwiGLUWeights[], router: Float3
   const count = new Float64Array(E);
   const reap = new Float64Array(E);
   const out = new Float64Array(E * H);
-  for (let t = 0; t < T; t++) for (let j = 0; j < k; j++) {
-    const e = f.routing.idx[t * k + j];
-    const y = expertForward(experts[e], x, t * H);
-    count[e]++;
-    reap[e] += f.routing.w[t * k + j] * Math.hypot(...y);
-    for (let h = 0; h < H; h++) out[e * H + h] += y[h];
-  }
-  for (let e = 0; e < E; e++) if (count[e] > 0) {
-    reap[e] /= count[e];
-    for (let h = 0; h < H; h++) out[e * H + h] /= count[e];
-  }
+  for (let t = 0; t < T; t++)
+    for (let j = 0; j < k; j++) {
+      const e = f.routing.idx[t * k + j];
+      const y = expertForward(experts[e], x, t * H);
+      count[e]++;
+      reap[e] += f.routing.w[t * k + j] * Math.hypot(...y);
+      for (let h = 0; h < H; h++) out[e * H + h] += y[h];
+    }
+  for (let e = 0; e < E; e++)
+    if (count[e] > 0) {
+      reap[e] /= count[e];
+      for (let h = 0; h < H; h++) out[e * H + h] /= count[e];
+    }
   return { numExperts: E, hidden: H, count, saliency: reap, meanOutput: out, logitSample: f.logits, logitRows: T };
 }

@@ -23,7 +23,9 @@ afterAll(async () => {
  * scales are not parameters, an MXFP4 block byte holds two.
  */
 function independentCounts(tensors: TensorSpec[], E: number, K: number) {
-  let total = 0, routed = 0, shared = 0;
+  let total = 0,
+    routed = 0,
+    shared = 0;
   for (const t of tensors) {
     if (t.name.endsWith('_scale_inv') || t.name.endsWith('_scales')) continue;
     const n = t.shape.reduce((a, b) => a * b, 1) * (t.name.endsWith('_blocks') ? 2 : 1);
@@ -59,7 +61,10 @@ describe.each(CASES)('inspect %s', (label, family, opts) => {
       expect(r.params.routedExperts).toBeGreaterThan(0);
       expect(r.experts).toMatchObject({ routed: E, topK: K });
       expect(r.layers.moe + r.layers.dense).toBe(3);
-      const bytes = tiny.tensors.reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1) * ({ F32: 4, BF16: 2, U8: 1, F8_E4M3: 1 } as Record<string, number>)[t.dtype]!, 0);
+      const bytes = tiny.tensors.reduce(
+        (a, t) => a + t.shape.reduce((x, y) => x * y, 1) * ({ F32: 4, BF16: 2, U8: 1, F8_E4M3: 1 } as Record<string, number>)[t.dtype]!,
+        0,
+      );
       expect(r.bytes.total).toBe(bytes);
       expect(Object.values(r.bytes.byDtype).reduce((a, b) => a + b, 0)).toBe(bytes);
       expect(r.shards.reduce((a, s) => a + s.bytes, 0)).toBe(bytes);
@@ -93,7 +98,9 @@ describe('inspect with a multi-token-prediction layer', () => {
     const all = independentCounts(tiny.tensors, 4, 2);
     expect(r.params.extraLayers).toBe(layer2);
     expect(r.params.total).toBe(all.total);
-    const routedInView = tiny.tensors.filter((t) => /^model\.layers\.1\.mlp\.experts\./.test(t.name)).reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);
+    const routedInView = tiny.tensors
+      .filter((t) => /^model\.layers\.1\.mlp\.experts\./.test(t.name))
+      .reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);
     expect(r.params.routedExperts).toBe(routedInView);
     expect(r.params.activePerToken).toBeCloseTo(all.total - layer2 - routedInView / 2, 6);
   });
@@ -103,7 +110,10 @@ describe('moe inspect on the command line', () => {
   const bin = join(process.cwd(), 'bin/moe.js');
   beforeAll(async () => {
     // the CLI runs from dist: rebuild when the sources this test exercises are newer than the build
-    const built = await stat('dist/src/inspect/report.js').then((s) => s.mtimeMs, () => 0);
+    const built = await stat('dist/src/inspect/report.js').then(
+      (s) => s.mtimeMs,
+      () => 0,
+    );
     const srcs = ['src/inspect/report.ts', 'src/cli/commands/inspect.ts', 'src/model/view.ts', 'src/model/load.ts'];
     const newest = Math.max(...(await Promise.all(srcs.map((s) => stat(s).then((x) => x.mtimeMs)))));
     if (newest > built) await run('npx', ['tsc', '-p', '.']).catch(() => undefined);
@@ -115,7 +125,21 @@ describe('moe inspect on the command line', () => {
     const { stdout } = await run('node', [bin, 'inspect', '--model', dir, '--json', '--no-probe']);
     const r = JSON.parse(stdout);
     expect(Object.keys(r.params)).toEqual(['total', 'routedExperts', 'sharedExperts', 'nonExpert', 'extraLayers', 'activePerToken']);
-    expect(Object.keys(r)).toEqual(['model', 'family', 'architectures', 'layers', 'experts', 'routing', 'attention', 'hidden', 'vocab', 'params', 'bytes', 'shards', 'formats']);
+    expect(Object.keys(r)).toEqual([
+      'model',
+      'family',
+      'architectures',
+      'layers',
+      'experts',
+      'routing',
+      'attention',
+      'hidden',
+      'vocab',
+      'params',
+      'bytes',
+      'shards',
+      'formats',
+    ]);
     expect(r.family).toBe('mixtral');
     expect(r.params.total).toBe(independentCounts(tiny.tensors, 4, 2).total);
   });
@@ -131,7 +155,10 @@ describe('moe inspect on the command line', () => {
   });
 
   async function failing(dir: string): Promise<{ code: number; stderr: string }> {
-    const e = await run('node', [bin, 'inspect', '--model', dir, '--json']).then(() => undefined, (x: { code: number; stderr: string }) => x);
+    const e = await run('node', [bin, 'inspect', '--model', dir, '--json']).then(
+      () => undefined,
+      (x: { code: number; stderr: string }) => x,
+    );
     expect(e).toBeDefined();
     return e!;
   }

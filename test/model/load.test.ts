@@ -32,7 +32,13 @@ function f32Tensor(name: string, shape: number[], values: Float32Array): NewTens
 }
 
 /** Replace a fused-layout fixture's expert tensors with the given per-expert weights, laid out as `build` says. */
-async function withExperts(src: string, out: string, experts: SwiGLUWeights[][], build: (l: number, ws: SwiGLUWeights[]) => NewTensor[], dropNames: (l: number) => string[]): Promise<Model> {
+async function withExperts(
+  src: string,
+  out: string,
+  experts: SwiGLUWeights[][],
+  build: (l: number, ws: SwiGLUWeights[]) => NewTensor[],
+  dropNames: (l: number) => string[],
+): Promise<Model> {
   const m = await openModel(src);
   const fates = new Map();
   for (const l of m.view.moeLayers) {
@@ -49,19 +55,27 @@ describe('fused and per-expert layouts give the same matrices', () => {
     await makeTinyCheckpoint('mixtral', join(root, 'mix'), { seed: 7 });
     await makeTinyCheckpoint('granitemoe', join(root, 'gr-src'), { seed: 8 });
     const mix = await openModel(join(root, 'mix'));
-    const E = 4, I = 16, H = 32;
+    const E = 4,
+      I = 16,
+      H = 32;
     const ref = await Promise.all([0, 1, 2].map((l) => expertsOf(mix, l)));
-    const gr = await withExperts(join(root, 'gr-src'), join(root, 'gr'), ref, (l, ws) => {
-      const gu = new Float32Array(E * 2 * I * H);
-      const down = new Float32Array(E * H * I);
-      ws.forEach((w, e) => {
-        gu.set(w.gate.w, e * 2 * I * H);
-        gu.set(w.up.w, e * 2 * I * H + I * H);
-        down.set(w.down.w, e * H * I);
-      });
-      const p = `model.layers.${l}.block_sparse_moe.`;
-      return [f32Tensor(`${p}input_linear.weight`, [E, 2 * I, H], gu), f32Tensor(`${p}output_linear.weight`, [E, H, I], down)];
-    }, (l) => [`model.layers.${l}.block_sparse_moe.input_linear.weight`, `model.layers.${l}.block_sparse_moe.output_linear.weight`]);
+    const gr = await withExperts(
+      join(root, 'gr-src'),
+      join(root, 'gr'),
+      ref,
+      (l, ws) => {
+        const gu = new Float32Array(E * 2 * I * H);
+        const down = new Float32Array(E * H * I);
+        ws.forEach((w, e) => {
+          gu.set(w.gate.w, e * 2 * I * H);
+          gu.set(w.up.w, e * 2 * I * H + I * H);
+          down.set(w.down.w, e * H * I);
+        });
+        const p = `model.layers.${l}.block_sparse_moe.`;
+        return [f32Tensor(`${p}input_linear.weight`, [E, 2 * I, H], gu), f32Tensor(`${p}output_linear.weight`, [E, H, I], down)];
+      },
+      (l) => [`model.layers.${l}.block_sparse_moe.input_linear.weight`, `model.layers.${l}.block_sparse_moe.output_linear.weight`],
+    );
     for (const l of [0, 2]) {
       const got = await expertsOf(gr, l);
       for (let e = 0; e < E; e++) {
@@ -79,29 +93,41 @@ describe('fused and per-expert layouts give the same matrices', () => {
     await makeTinyCheckpoint('mixtral', join(root, 'mix32'), { seed: 9, intermediate: 32 });
     await makeTinyCheckpoint('gpt_oss', join(root, 'oss-src'), { seed: 10 });
     const mix = await openModel(join(root, 'mix32'));
-    const E = 4, I = 32, H = 32;
+    const E = 4,
+      I = 32,
+      H = 32;
     const ref = await Promise.all([0, 1, 2].map((l) => expertsOf(mix, l)));
     const gateBias = (l: number, e: number, i: number) => l * 1000 + e * 100 + i;
     const upBias = (l: number, e: number, i: number) => -(l * 1000 + e * 100 + i);
-    const oss = await withExperts(join(root, 'oss-src'), join(root, 'oss'), ref, (l, ws) => {
-      const gu = new Float32Array(E * H * 2 * I);
-      const gub = new Float32Array(E * 2 * I);
-      const down = new Float32Array(E * I * H);
-      ws.forEach((w, e) => {
-        for (let i = 0; i < I; i++) {
-          for (let h = 0; h < H; h++) {
-            // stored [in, out]: element (h, 2i) is gate row i, (h, 2i+1) up row i
-            gu[e * H * 2 * I + h * 2 * I + 2 * i] = w.gate.w[i * H + h]!;
-            gu[e * H * 2 * I + h * 2 * I + 2 * i + 1] = w.up.w[i * H + h]!;
-            down[e * I * H + i * H + h] = w.down.w[h * I + i]!;
+    const oss = await withExperts(
+      join(root, 'oss-src'),
+      join(root, 'oss'),
+      ref,
+      (l, ws) => {
+        const gu = new Float32Array(E * H * 2 * I);
+        const gub = new Float32Array(E * 2 * I);
+        const down = new Float32Array(E * I * H);
+        ws.forEach((w, e) => {
+          for (let i = 0; i < I; i++) {
+            for (let h = 0; h < H; h++) {
+              // stored [in, out]: element (h, 2i) is gate row i, (h, 2i+1) up row i
+              gu[e * H * 2 * I + h * 2 * I + 2 * i] = w.gate.w[i * H + h]!;
+              gu[e * H * 2 * I + h * 2 * I + 2 * i + 1] = w.up.w[i * H + h]!;
+              down[e * I * H + i * H + h] = w.down.w[h * I + i]!;
+            }
+            gub[e * 2 * I + 2 * i] = gateBias(l, e, i);
+            gub[e * 2 * I + 2 * i + 1] = upBias(l, e, i);
           }
-          gub[e * 2 * I + 2 * i] = gateBias(l, e, i);
-          gub[e * 2 * I + 2 * i + 1] = upBias(l, e, i);
-        }
-      });
-      const p = `model.layers.${l}.mlp.experts.`;
-      return [f32Tensor(`${p}gate_up_proj`, [E, H, 2 * I], gu), f32Tensor(`${p}gate_up_proj_bias`, [E, 2 * I], gub), f32Tensor(`${p}down_proj`, [E, I, H], down)];
-    }, (l) => ['gate_up_proj', 'gate_up_proj_bias', 'down_proj'].map((n) => `model.layers.${l}.mlp.experts.${n}`));
+        });
+        const p = `model.layers.${l}.mlp.experts.`;
+        return [
+          f32Tensor(`${p}gate_up_proj`, [E, H, 2 * I], gu),
+          f32Tensor(`${p}gate_up_proj_bias`, [E, 2 * I], gub),
+          f32Tensor(`${p}down_proj`, [E, I, H], down),
+        ];
+      },
+      (l) => ['gate_up_proj', 'gate_up_proj_bias', 'down_proj'].map((n) => `model.layers.${l}.mlp.experts.${n}`),
+    );
     for (const l of [0, 1, 2]) {
       const got = await expertsOf(oss, l);
       for (let e = 0; e < E; e++) {
@@ -120,7 +146,9 @@ describe('a per-expert checkpoint restacked in the transformers-v5 fused layout'
   it('loads the same matrices, and the view switches to the fused layout', async () => {
     await makeTinyCheckpoint('qwen3_moe', join(root, 'q3'), { seed: 11 });
     const src = await openModel(join(root, 'q3'));
-    const E = 4, I = 16, H = 32;
+    const E = 4,
+      I = 16,
+      H = 32;
     const ref = new Map<number, SwiGLUWeights[]>();
     const fates = new Map();
     for (const l of src.view.moeLayers) {
@@ -134,10 +162,20 @@ describe('a per-expert checkpoint restacked in the transformers-v5 fused layout'
         down.set(w.down.w, e * H * I);
       });
       const names = moeBlock(src, l).experts.flatMap((x) => [x.gate.tensor, x.up.tensor, x.down.tensor]);
-      names.forEach((n, k) => fates.set(n, k > 0 ? { kind: 'drop' } : { kind: 'replace', tensors: [
-        f32Tensor(`model.layers.${l}.mlp.experts.gate_up_proj`, [E, 2 * I, H], gu),
-        f32Tensor(`model.layers.${l}.mlp.experts.down_proj`, [E, H, I], down),
-      ] }));
+      names.forEach((n, k) =>
+        fates.set(
+          n,
+          k > 0
+            ? { kind: 'drop' }
+            : {
+                kind: 'replace',
+                tensors: [
+                  f32Tensor(`model.layers.${l}.mlp.experts.gate_up_proj`, [E, 2 * I, H], gu),
+                  f32Tensor(`model.layers.${l}.mlp.experts.down_proj`, [E, H, I], down),
+                ],
+              },
+        ),
+      );
     }
     await rewriteCheckpoint(src, { fates }, join(root, 'q3-fused'));
     await src.ckpt.close();
@@ -205,10 +243,12 @@ describe('quantized on-disk forms', () => {
   });
 
   it('encodeMxfp4 round-trips values on the FP4 grid exactly and bounds the error of others', () => {
-    const rows = 3, cols = 64;
+    const rows = 3,
+      cols = 64;
     // each 32-group: FP4 grid values times one power of two per group (max 6 * 2^k, so the scale is exactly 2^k)
     const grid = new Float32Array(rows * cols);
-    for (let g = 0; g < rows * 2; g++) for (let j = 0; j < 32; j++) grid[g * 32 + j] = [0, 0.5, 1, 1.5, 2, 3, 4, 6][j % 8]! * (j % 3 ? 1 : -1) * 2 ** (g - 2) + 0;
+    for (let g = 0; g < rows * 2; g++)
+      for (let j = 0; j < 32; j++) grid[g * 32 + j] = [0, 0.5, 1, 1.5, 2, 3, 4, 6][j % 8]! * (j % 3 ? 1 : -1) * 2 ** (g - 2) + 0;
     const { blocks, scales } = encodeMxfp4(grid, rows, cols);
     expect(decodeMxfp4(blocks, scales)).toEqual(grid);
     const noisy = Float32Array.from({ length: rows * cols }, (_, i) => Math.sin(i * 1.3) * 0.37);
@@ -253,9 +293,13 @@ describe('registerLinearFormat', () => {
     const stem = target.slice(0, -'.weight'.length);
     const A = Float32Array.from({ length: 3 * 32 }, (_, i) => Math.cos(i)); // [r=3, in=32]
     const B = Float32Array.from({ length: 16 * 3 }, (_, i) => Math.sin(i)); // [out=16, r=3]
-    await rewriteCheckpoint(src, {
-      fates: new Map([[target, { kind: 'replace', tensors: [f32Tensor(`${stem}.lr_a`, [3, 32], A), f32Tensor(`${stem}.lr_b`, [16, 3], B)] }]]),
-    }, join(root, 'lr'));
+    await rewriteCheckpoint(
+      src,
+      {
+        fates: new Map([[target, { kind: 'replace', tensors: [f32Tensor(`${stem}.lr_a`, [3, 32], A), f32Tensor(`${stem}.lr_b`, [16, 3], B)] }]]),
+      },
+      join(root, 'lr'),
+    );
     await src.ckpt.close();
 
     const before = await openModel(join(root, 'lr')).catch((x: unknown) => x);
@@ -269,7 +313,8 @@ describe('registerLinearFormat', () => {
         const b = await ckpt.readF32(`${s}.lr_b`);
         const r = a.length / ref.inFeatures;
         const w = new Float32Array(ref.outFeatures * ref.inFeatures);
-        for (let o = 0; o < ref.outFeatures; o++) for (let i = 0; i < ref.inFeatures; i++) for (let k = 0; k < r; k++) w[o * ref.inFeatures + i] += b[o * r + k]! * a[k * ref.inFeatures + i]!;
+        for (let o = 0; o < ref.outFeatures; o++)
+          for (let i = 0; i < ref.inFeatures; i++) for (let k = 0; k < r; k++) w[o * ref.inFeatures + i] += b[o * r + k]! * a[k * ref.inFeatures + i]!;
         return { out: ref.outFeatures, in: ref.inFeatures, w };
       },
       (_ckpt, ref) => [ref.tensor.replace(/\.weight$/, '.lr_a'), ref.tensor.replace(/\.weight$/, '.lr_b')],
@@ -282,7 +327,9 @@ describe('registerLinearFormat', () => {
       expect(got.w[5 * 32 + 7]).toBeCloseTo(B[15]! * A[7]! + B[16]! * A[39]! + B[17]! * A[71]!, 6);
       expect(linearTensors(m.ckpt, ref)).toEqual([`${stem}.lr_a`, `${stem}.lr_b`]);
       // other linears still load as plain tensors
-      expect((await loadLinear(m.ckpt, moeBlock(m, 1).experts[1]!.gate)).w).toEqual(await m.ckpt.readF32('model.layers.1.block_sparse_moe.experts.1.w1.weight'));
+      expect((await loadLinear(m.ckpt, moeBlock(m, 1).experts[1]!.gate)).w).toEqual(
+        await m.ckpt.readF32('model.layers.1.block_sparse_moe.experts.1.w1.weight'),
+      );
       await m.ckpt.close();
     } finally {
       unregister();

@@ -30,7 +30,10 @@ async function fixture(name: string, family: Family, opts: TinyOptions = {}): Pr
 }
 
 async function expectUsage(p: Promise<unknown>, msg: RegExp): Promise<void> {
-  const e = await p.then(() => undefined, (x: unknown) => x);
+  const e = await p.then(
+    () => undefined,
+    (x: unknown) => x,
+  );
   expect(e).toBeInstanceOf(MoeError);
   expect((e as MoeError).message).toMatch(msg);
 }
@@ -90,7 +93,12 @@ describe.each(VARIANTS)('removing experts from %s', (label, family, opts) => {
           if (!name) continue;
           // ernie keeps its correction bias as one row [1, E]
           const oneRow = m.ckpt.shape(name)[0] === 1 && key !== 'weight';
-          const per = oneRow ? 1 : m.ckpt.shape(name).slice(1).reduce((a, b) => a * b, 1);
+          const per = oneRow
+            ? 1
+            : m.ckpt
+                .shape(name)
+                .slice(1)
+                .reduce((a, b) => a * b, 1);
           const parts = await Promise.all(kept.map((j) => m.ckpt.readBytes(name, j * per, (j + 1) * per)));
           expect(eq(await o.ckpt.readBytes(name), Buffer.concat(parts))).toBe(true);
           expect(o.ckpt.shape(name)).toEqual(oneRow ? [1, kept.length] : [kept.length, ...m.ckpt.shape(name).slice(1)]);
@@ -147,12 +155,22 @@ describe('new expert weights in the input format', () => {
     ['mixtral bf16', 'mixtral', { dtype: 'BF16' }, (g, w) => expect(g).toEqual(toF32(fromF32(w, 'BF16'), 'BF16'))],
     ['granitemoe fused', 'granitemoe', {}, (g, w) => expect(g).toEqual(w)],
     ['gpt_oss fused in-major', 'gpt_oss', {}, (g, w) => expect(g).toEqual(w)],
-    ['gpt_oss mxfp4', 'gpt_oss', { mxfp4: true }, (g, w) => {
-      for (let i = 0; i < w.length; i++) expect(Math.abs(g[i]! - w[i]!)).toBeLessThanOrEqual(0.3 / 6 + 1e-6);
-    }],
-    ['deepseek_v3 fp8', 'deepseek_v3', { experts: 8, dtype: 'FP8' }, (g, w) => {
-      for (let i = 0; i < w.length; i++) expect(Math.abs(g[i]! - w[i]!)).toBeLessThanOrEqual(0.3 / 16);
-    }],
+    [
+      'gpt_oss mxfp4',
+      'gpt_oss',
+      { mxfp4: true },
+      (g, w) => {
+        for (let i = 0; i < w.length; i++) expect(Math.abs(g[i]! - w[i]!)).toBeLessThanOrEqual(0.3 / 6 + 1e-6);
+      },
+    ],
+    [
+      'deepseek_v3 fp8',
+      'deepseek_v3',
+      { experts: 8, dtype: 'FP8' },
+      (g, w) => {
+        for (let i = 0; i < w.length; i++) expect(Math.abs(g[i]! - w[i]!)).toBeLessThanOrEqual(0.3 / 16);
+      },
+    ],
   ];
   it.each(cases)('%s', async (label, family, opts, check) => {
     const tag = `new-${label.replace(/\W/g, '_')}`;
@@ -162,12 +180,18 @@ describe('new expert weights in the input format', () => {
     const E2 = E === 8 ? 4 : 2;
     const fresh = randomSwiGLU(I, H, 5, hasBias);
     const layer = m.view.moeLayers[m.view.moeLayers.length - 1]!;
-    const router = { w: Float32Array.from({ length: E2 * H }, (_, i) => i / 100), ...(hasBias ? { bias: Float32Array.from({ length: E2 }, (_, i) => i) } : {}),
-      ...(family === 'deepseek_v3' ? { correctionBias: Float32Array.from({ length: E2 }, (_, i) => -i) } : {}) };
+    const router = {
+      w: Float32Array.from({ length: E2 * H }, (_, i) => i / 100),
+      ...(hasBias ? { bias: Float32Array.from({ length: E2 }, (_, i) => i) } : {}),
+      ...(family === 'deepseek_v3' ? { correctionBias: Float32Array.from({ length: E2 }, (_, i) => -i) } : {}),
+    };
     // the new expert takes slot 1 (deepseek: slot 1 of group 0)
-    const experts: ExpertSource[] = E === 8 ? [{ from: 0 }, { weights: fresh, group: 0 }, { from: 4 }, { from: 5 }] : [{ from: 3 }, { weights: async () => fresh }];
+    const experts: ExpertSource[] =
+      E === 8 ? [{ from: 0 }, { weights: fresh, group: 0 }, { from: 4 }, { from: 5 }] : [{ from: 3 }, { weights: async () => fresh }];
     const plan: ExpertEditPlan = {
-      layers: m.view.moeLayers.map((l) => (l === layer ? { layer: l, experts, router } : { layer: l, experts: experts.map((s, i) => ('from' in s ? s : { from: i })) })),
+      layers: m.view.moeLayers.map((l) =>
+        l === layer ? { layer: l, experts, router } : { layer: l, experts: experts.map((s, i) => ('from' in s ? s : { from: i })) },
+      ),
     };
     await writeExpertEdit(m, plan, join(root, `out-${tag}`));
     const o = await openModel(join(root, `out-${tag}`));
@@ -175,7 +199,10 @@ describe('new expert weights in the input format', () => {
       const got = await loadSwiGLU(o.ckpt, block(o, layer).experts[1]!);
       for (const r of ['gate', 'up', 'down'] as const) {
         check(got[r].w, fresh[r].w);
-        if (hasBias) expect(got[r].b).toEqual(toF32(fromF32(fresh[r].b!, o.ckpt.dtype(block(o, layer).experts[1]![r].bias!)), o.ckpt.dtype(block(o, layer).experts[1]![r].bias!)));
+        if (hasBias)
+          expect(got[r].b).toEqual(
+            toF32(fromF32(fresh[r].b!, o.ckpt.dtype(block(o, layer).experts[1]![r].bias!)), o.ckpt.dtype(block(o, layer).experts[1]![r].bias!)),
+          );
       }
       const kept = await loadSwiGLU(o.ckpt, block(o, layer).experts[0]!);
       expect(kept.down.w).toEqual((await loadSwiGLU(m.ckpt, block(m, layer).experts[E === 8 ? 0 : 3]!)).down.w);
@@ -221,11 +248,20 @@ describe('plan checks', () => {
   it('refuses unequal expert counts across layers, a top-k above the count, bad indices and missing router rows', async () => {
     const m = await fixture('checks', 'mixtral');
     const out = join(root, 'checks-out');
-    await expectUsage(writeExpertEdit(m, { layers: [{ layer: 0, experts: [{ from: 0 }, { from: 1 }] }] }, out), /same number of experts.*layer 0 has 2, layer 1 has 4/);
+    await expectUsage(
+      writeExpertEdit(m, { layers: [{ layer: 0, experts: [{ from: 0 }, { from: 1 }] }] }, out),
+      /same number of experts.*layer 0 has 2, layer 1 has 4/,
+    );
     const one = { layers: m.view.moeLayers.map((layer) => ({ layer, experts: [{ from: 2 }] })) };
     await expectUsage(writeExpertEdit(m, one, out), /1 experts cannot serve top-k 2/);
-    await expectUsage(writeExpertEdit(m, { layers: m.view.moeLayers.map((layer) => ({ layer, experts: [{ from: 0 }, { from: 4 }] })) }, out), /expert 4 does not exist/);
-    await expectUsage(writeExpertEdit(m, { layers: m.view.moeLayers.map((layer) => ({ layer, experts: [{ from: 0 }, { weights: randomSwiGLU(16, 32, 1) }] })) }, out), /new expert weights need new router rows/);
+    await expectUsage(
+      writeExpertEdit(m, { layers: m.view.moeLayers.map((layer) => ({ layer, experts: [{ from: 0 }, { from: 4 }] })) }, out),
+      /expert 4 does not exist/,
+    );
+    await expectUsage(
+      writeExpertEdit(m, { layers: m.view.moeLayers.map((layer) => ({ layer, experts: [{ from: 0 }, { weights: randomSwiGLU(16, 32, 1) }] })) }, out),
+      /new expert weights need new router rows/,
+    );
     await expect(stat(out)).rejects.toThrow();
     const r = await writeExpertEdit(m, one, out, { clampTopK: true });
     expect(r.topK).toBe(1);
@@ -328,9 +364,13 @@ describe('rewriteCheckpoint', () => {
     const out = join(root, 'general-out');
     const fates = new Map([
       ['model.layers.1.self_attn.q_norm.weight', { kind: 'drop' as const }],
-      ['model.layers.0.self_attn.k_norm.weight', { kind: 'replace' as const, tensors: [
-        { spec: { name: 'model.layers.0.self_attn.k_norm.scale', dtype: 'F32' as const, shape: [2] }, produce: async () => bytes([1, 2]) },
-      ] }],
+      [
+        'model.layers.0.self_attn.k_norm.weight',
+        {
+          kind: 'replace' as const,
+          tensors: [{ spec: { name: 'model.layers.0.self_attn.k_norm.scale', dtype: 'F32' as const, shape: [2] }, produce: async () => bytes([1, 2]) }],
+        },
+      ],
     ]);
     const added = [
       { layer: 1, tensor: { spec: { name: 'model.layers.1.extra', dtype: 'F32' as const, shape: [1] }, produce: async () => bytes([7]) } },

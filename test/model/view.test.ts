@@ -19,12 +19,25 @@ afterAll(async () => {
 
 /** Layers the generator writes dense, per family (its own rule, not the data file's). */
 const DENSE: Record<Family, number[]> = {
-  mixtral: [], qwen2_moe: [0], qwen3_moe: [0], olmoe: [], deepseek_v2: [0], deepseek_v3: [0], granitemoe: [], gpt_oss: [], phimoe: [],
-  glm4_moe: [0], minimax_m2: [], ernie4_5_moe: [0],
+  mixtral: [],
+  qwen2_moe: [0],
+  qwen3_moe: [0],
+  olmoe: [],
+  deepseek_v2: [0],
+  deepseek_v3: [0],
+  granitemoe: [],
+  gpt_oss: [],
+  phimoe: [],
+  glm4_moe: [0],
+  minimax_m2: [],
+  ernie4_5_moe: [0],
 };
 
 async function expectMoeError(p: Promise<unknown>, code: string, msg: RegExp): Promise<void> {
-  const e = await p.then(() => undefined, (x: unknown) => x);
+  const e = await p.then(
+    () => undefined,
+    (x: unknown) => x,
+  );
   expect(e).toBeInstanceOf(MoeError);
   expect((e as MoeError).code).toBe(code);
   expect((e as MoeError).message).toMatch(msg);
@@ -139,7 +152,9 @@ describe('family conventions in the view', () => {
   });
 
   it('deepseek_v3: sigmoid + correction bias, top-2-sum groups, renormalized with eps, q_lora, YaRN mscale', async () => {
-    const v = await view('deepseek_v3', { config: { rope_scaling: { type: 'yarn', factor: 40, mscale: 1, mscale_all_dim: 1, original_max_position_embeddings: 4096 } } });
+    const v = await view('deepseek_v3', {
+      config: { rope_scaling: { type: 'yarn', factor: 40, mscale: 1, mscale_all_dim: 1, original_max_position_embeddings: 4096 } },
+    });
     const b = v.layers[2]!.block as MoeBlock;
     expect(b.router.correctionBias).toBe('model.layers.2.mlp.gate.e_score_correction_bias');
     expect(v.routing).toMatchObject({ score: 'sigmoid', selectionBias: true, normalize: true, normEps: 1e-20, scale: 1.5, groups: { groupScore: 'top2sum' } });

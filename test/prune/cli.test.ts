@@ -9,7 +9,6 @@ import { writeWordTokenizer, wordLines } from '../eval/tokenizer.js';
 import { seededRandom } from '../../kernels/random.js';
 import { runMoe } from '../helpers/cli.js';
 
-
 let root: string;
 let model: string;
 beforeAll(async () => {
@@ -23,19 +22,63 @@ afterAll(async () => {
 
 const run = (...args: string[]) => runMoe(['prune', ...args]);
 
-const exists = (p: string) => stat(p).then(() => true, () => false);
+const exists = (p: string) =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
 
 describe('moe prune: bad requests', () => {
   const cases: Array<[string, () => string[], RegExp, number]> = [
-    ['keep more than exist', () => ['--model', model, '--out', join(root, 'o1'), '--keep', '99', '--method', 'random'], /cannot keep 99 experts: the model has \d+/, ExitCode.usage],
-    ['keep fewer than top-k', () => ['--model', model, '--out', join(root, 'o2'), '--keep', '1', '--method', 'random'], /fewer than the 2 each token is routed to/, ExitCode.usage],
-    ['data-driven method without calibration', () => ['--model', model, '--out', join(root, 'o3'), '--keep', '2'], /reap is data-driven: give calibration text/, ExitCode.usage],
-    ['reconstruct with saved statistics only', () => ['--model', model, '--out', join(root, 'o4'), '--keep', '2', '--method', 'reconstruct', '--stats', root], /--stats is not enough/, ExitCode.usage],
-    ['neither --keep nor --ratio', () => ['--model', model, '--out', join(root, 'o5'), '--method', 'random'], /exactly one of --keep N or --ratio R/, ExitCode.usage],
-    ['--ratio out of range', () => ['--model', model, '--out', join(root, 'o6'), '--ratio', '1.5', '--method', 'random'], /--ratio must be in \(0, 1\]/, ExitCode.usage],
-    ['--keep not a number', () => ['--model', model, '--out', join(root, 'o7'), '--keep', 'four', '--method', 'random'], /--keep must be a whole number/, ExitCode.usage],
+    [
+      'keep more than exist',
+      () => ['--model', model, '--out', join(root, 'o1'), '--keep', '99', '--method', 'random'],
+      /cannot keep 99 experts: the model has \d+/,
+      ExitCode.usage,
+    ],
+    [
+      'keep fewer than top-k',
+      () => ['--model', model, '--out', join(root, 'o2'), '--keep', '1', '--method', 'random'],
+      /fewer than the 2 each token is routed to/,
+      ExitCode.usage,
+    ],
+    [
+      'data-driven method without calibration',
+      () => ['--model', model, '--out', join(root, 'o3'), '--keep', '2'],
+      /reap is data-driven: give calibration text/,
+      ExitCode.usage,
+    ],
+    [
+      'reconstruct with saved statistics only',
+      () => ['--model', model, '--out', join(root, 'o4'), '--keep', '2', '--method', 'reconstruct', '--stats', root],
+      /--stats is not enough/,
+      ExitCode.usage,
+    ],
+    [
+      'neither --keep nor --ratio',
+      () => ['--model', model, '--out', join(root, 'o5'), '--method', 'random'],
+      /exactly one of --keep N or --ratio R/,
+      ExitCode.usage,
+    ],
+    [
+      '--ratio out of range',
+      () => ['--model', model, '--out', join(root, 'o6'), '--ratio', '1.5', '--method', 'random'],
+      /--ratio must be in \(0, 1\]/,
+      ExitCode.usage,
+    ],
+    [
+      '--keep not a number',
+      () => ['--model', model, '--out', join(root, 'o7'), '--keep', 'four', '--method', 'random'],
+      /--keep must be a whole number/,
+      ExitCode.usage,
+    ],
     ['out == model', () => ['--model', model, '--out', model, '--keep', '2', '--method', 'random'], /--out must differ from --model/, ExitCode.output],
-    ['missing model', () => ['--model', join(root, 'nope'), '--out', join(root, 'o8'), '--keep', '2', '--method', 'random'], /model directory not found/, ExitCode.badInput],
+    [
+      'missing model',
+      () => ['--model', join(root, 'nope'), '--out', join(root, 'o8'), '--keep', '2', '--method', 'random'],
+      /model directory not found/,
+      ExitCode.badInput,
+    ],
   ];
   it.each(cases)('%s', async (_name, args, msg, code) => {
     const r = await run(...args());
@@ -68,7 +111,22 @@ describe('moe prune: dry run and JSON', () => {
     await writeWordTokenizer(model);
     const r = seededRandom(2);
     await writeFile(calib, wordLines(30, r, 10).join('\n') + '\n');
-    const res = await run('--model', model, '--keep', '4', '--method', 'reconstruct', '--calib', calib, '--seq-len', '32', '--dry-run', '--json', '--backend', 'wasm');
+    const res = await run(
+      '--model',
+      model,
+      '--keep',
+      '4',
+      '--method',
+      'reconstruct',
+      '--calib',
+      calib,
+      '--seq-len',
+      '32',
+      '--dry-run',
+      '--json',
+      '--backend',
+      'wasm',
+    );
     expect(res.code).toBe(0);
     const rep = JSON.parse(res.stdout);
     for (const l of rep.layers) {
@@ -99,7 +157,10 @@ describe('moe prune: dry run and JSON', () => {
   });
 
   it('--seed changes the random choice, the same seed repeats it', async () => {
-    const plan = async (seed: string) => JSON.parse((await run('--model', model, '--keep', '4', '--method', 'random', '--seed', seed, '--dry-run', '--json')).stdout).layers.map((l: { kept: number[] }) => l.kept);
+    const plan = async (seed: string) =>
+      JSON.parse((await run('--model', model, '--keep', '4', '--method', 'random', '--seed', seed, '--dry-run', '--json')).stdout).layers.map(
+        (l: { kept: number[] }) => l.kept,
+      );
     expect(await plan('1')).toEqual(await plan('1'));
     expect(await plan('1')).not.toEqual(await plan('2'));
   });

@@ -47,7 +47,9 @@ describe('prune plan files', () => {
     expect(await outputFiles(applied)).toEqual(await outputFiles(scored));
     const parts = [0, 1].map((i) => join(root, `part-${i}`));
     for (const [i, p] of parts.entries()) {
-      expect((await runMoe(['prune', '--model', MODEL, '--keep', '6', '--method', 'reap', '--plan', plan, '--out', p, '--shard', `${i}/2`, '--quiet'])).code).toBe(0);
+      expect(
+        (await runMoe(['prune', '--model', MODEL, '--keep', '6', '--method', 'reap', '--plan', plan, '--out', p, '--shard', `${i}/2`, '--quiet'])).code,
+      ).toBe(0);
     }
     const joined = join(root, 'joined');
     expect((await runMoe(['assemble', ...parts, '--out', joined, '--quiet'])).code).toBe(0);

@@ -42,7 +42,12 @@ describe('keep count checks', () => {
     // max-scored groups (V2): 1 per group, 2 groups reachable, top-3 impossible
     expect(usageError(() => checkKeep(view(16, 3, { nGroup: 4, topkGroup: 2, groupScore: 'max' }), 4))).toMatch(/reach only 2/);
     // topk_group == n_group selects every group: rewriting to one group routes identically
-    expect(checkKeep(view(16, 2, { nGroup: 4, topkGroup: 4, groupScore: 'top2sum' }), 6).groups).toEqual({ nGroup: 1, topkGroup: 1, perGroup: 6, groupSize: 16 });
+    expect(checkKeep(view(16, 2, { nGroup: 4, topkGroup: 4, groupScore: 'top2sum' }), 6).groups).toEqual({
+      nGroup: 1,
+      topkGroup: 1,
+      perGroup: 6,
+      groupSize: 16,
+    });
   });
 });
 

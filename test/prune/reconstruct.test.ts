@@ -17,7 +17,10 @@ function refRoute(rule: RoutingRule, logits: Float32Array, T: number, E: number)
     const ex = row.map((v) => Math.exp(v - m));
     const z = ex.reduce((a, b) => a + b, 0);
     const p = ex.map((v) => v / z);
-    const order = p.map((_, j) => j).sort((a, b) => p[b] - p[a] || a - b).slice(0, k);
+    const order = p
+      .map((_, j) => j)
+      .sort((a, b) => p[b] - p[a] || a - b)
+      .slice(0, k);
     const s = order.reduce((a, j) => a + p[j], 0);
     order.forEach((j, i) => {
       idx[t * k + i] = j;
@@ -72,14 +75,22 @@ function layerInput(opts: { E: number; H: number; I: number; T: number; rule: Ro
   }
   const x = randn(rng, T * H);
   const logits = new Float32Array(T * E);
-  for (let t = 0; t < T; t++) for (let j = 0; j < E; j++) {
-    let s = 0;
-    for (let h = 0; h < H; h++) s += routerW[j * H + h] * x[t * H + h];
-    logits[t * E + j] = s;
-  }
+  for (let t = 0; t < T; t++)
+    for (let j = 0; j < E; j++) {
+      let s = 0;
+      for (let h = 0; h < H; h++) s += routerW[j * H + h] * x[t * H + h];
+      logits[t * E + j] = s;
+    }
   const { routing } = refRoute(opts.rule, logits, T, E);
   return {
-    layer: { index: 0 } as LayerView, T, hidden: H, x, logits, probs: new Float32Array(T * E), routing, experts,
+    layer: { index: 0 } as LayerView,
+    T,
+    hidden: H,
+    x,
+    logits,
+    probs: new Float32Array(T * E),
+    routing,
+    experts,
     router: { w: routerW },
   };
 }
@@ -94,14 +105,15 @@ function directError(inp: MoeLayerInput, rule: RoutingRule, kept: number[]): num
   const { routing: rs } = refRoute(rule, sub, T, kept.length);
   let num = 0;
   let den = 0;
-  for (let t = 0; t < T; t++) for (let h = 0; h < H; h++) {
-    let f = 0;
-    let fs = 0;
-    for (let s = 0; s < inp.routing.k; s++) f += inp.routing.w[t * inp.routing.k + s] * outs[inp.routing.idx[t * inp.routing.k + s]][t * H + h];
-    for (let s = 0; s < rs.k; s++) fs += rs.w[t * rs.k + s] * outs[kept[rs.idx[t * rs.k + s]]][t * H + h];
-    num += (f - fs) ** 2;
-    den += f * f;
-  }
+  for (let t = 0; t < T; t++)
+    for (let h = 0; h < H; h++) {
+      let f = 0;
+      let fs = 0;
+      for (let s = 0; s < inp.routing.k; s++) f += inp.routing.w[t * inp.routing.k + s] * outs[inp.routing.idx[t * inp.routing.k + s]][t * H + h];
+      for (let s = 0; s < rs.k; s++) fs += rs.w[t * rs.k + s] * outs[kept[rs.idx[t * rs.k + s]]][t * H + h];
+      num += (f - fs) ** 2;
+      den += f * f;
+    }
   return num / den;
 }
 
@@ -120,11 +132,19 @@ describe('reconstruction-loss selection', () => {
     expect(binomial(5, 6)).toBe(0);
   });
 
-  for (const [name, rule] of [['renormalised top-k', mixtral], ['un-normalised top-k', olmoe]] as const) {
+  for (const [name, rule] of [
+    ['renormalised top-k', mixtral],
+    ['un-normalised top-k', olmoe],
+  ] as const) {
     it(`the Gram-matrix error equals the directly computed block-output error (${name})`, async () => {
       const inp = layerInput({ E: 6, H: 5, I: 7, T: 40, rule, seed: 3 });
       const lr = await LayerReconstruction.build(inp, rule, deps, 4096);
-      for (const kept of [[0, 1, 2, 3, 4, 5], [0, 2, 4], [1, 2, 3, 5], [0, 1]]) {
+      for (const kept of [
+        [0, 1, 2, 3, 4, 5],
+        [0, 2, 4],
+        [1, 2, 3, 5],
+        [0, 1],
+      ]) {
         const direct = directError(inp, rule, kept);
         expect(lr.error(kept)).toBeCloseTo(direct, 5);
       }

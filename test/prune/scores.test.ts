@@ -8,9 +8,18 @@ function layerStats(over: Partial<LayerStats>): LayerStats {
   const E = 4;
   const z = () => new Float64Array(E);
   return {
-    layer: 0, numExperts: E, hidden: 2, tokens: 10,
-    count: z(), probMass: z(), gateSum: z(), reapSum: z(), easyEpSum: z(), outputSum: new Float64Array(E * 2),
-    logitSample: new Float32Array(0), logitSampleRows: 0,
+    layer: 0,
+    numExperts: E,
+    hidden: 2,
+    tokens: 10,
+    count: z(),
+    probMass: z(),
+    gateSum: z(),
+    reapSum: z(),
+    easyEpSum: z(),
+    outputSum: new Float64Array(E * 2),
+    logitSample: new Float32Array(0),
+    logitSampleRows: 0,
     ...over,
   };
 }

@@ -44,10 +44,11 @@ function surgeryTensors(view: ModelView): Set<string> {
     if (l.block.kind !== 'moe') continue;
     const r = l.block.router;
     for (const n of [r.weight, r.bias, r.correctionBias]) if (n) s.add(n);
-    for (const e of l.block.experts) for (const ref of [e.gate, e.up, e.down]) {
-      s.add(ref.tensor);
-      if (ref.bias) s.add(ref.bias);
-    }
+    for (const e of l.block.experts)
+      for (const ref of [e.gate, e.up, e.down]) {
+        s.add(ref.tensor);
+        if (ref.bias) s.add(ref.bias);
+      }
   }
   return s;
 }

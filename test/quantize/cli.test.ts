@@ -45,7 +45,12 @@ describe('moe quantize CLI', () => {
       expect(r.code).toBe(code);
       expect(r.stderr).toMatch(re);
       expect(r.stderr.trim().split('\n')).toHaveLength(1);
-      expect(await stat(join(root, 'o')).then(() => true, () => false)).toBe(false);
+      expect(
+        await stat(join(root, 'o')).then(
+          () => true,
+          () => false,
+        ),
+      ).toBe(false);
     });
   }
 

@@ -13,25 +13,27 @@ function correlatedInputs(n: number, inF: number, seed: number): Float32Array {
   const k = 16;
   const z = randn(n * k, r);
   const mix = randn(k * inF, r);
-  const colScale = Float32Array.from({ length: inF }, (_, i) => 0.2 + 3 * ((i * 37) % 11) / 11);
+  const colScale = Float32Array.from({ length: inF }, (_, i) => 0.2 + (3 * ((i * 37) % 11)) / 11);
   const noise = randn(n * inF, r, 0.1);
   const x = new Float32Array(n * inF);
-  for (let t = 0; t < n; t++) for (let i = 0; i < inF; i++) {
-    let s = noise[t * inF + i]!;
-    for (let a = 0; a < k; a++) s += z[t * k + a]! * mix[a * inF + i]!;
-    x[t * inF + i] = s * colScale[i]!;
-  }
+  for (let t = 0; t < n; t++)
+    for (let i = 0; i < inF; i++) {
+      let s = noise[t * inF + i]!;
+      for (let a = 0; a < k; a++) s += z[t * k + a]! * mix[a * inF + i]!;
+      x[t * inF + i] = s * colScale[i]!;
+    }
   return x;
 }
 
 /** ||X (W - Wq)^T||^2: the output error GPTQ minimises. */
 function outputError(x: Float32Array, n: number, w: Float32Array, wq: Float32Array, out: number, inF: number): number {
   let e = 0;
-  for (let t = 0; t < n; t++) for (let o = 0; o < out; o++) {
-    let s = 0;
-    for (let i = 0; i < inF; i++) s += x[t * inF + i]! * (w[o * inF + i]! - wq[o * inF + i]!);
-    e += s * s;
-  }
+  for (let t = 0; t < n; t++)
+    for (let o = 0; o < out; o++) {
+      let s = 0;
+      for (let i = 0; i < inF; i++) s += x[t * inF + i]! * (w[o * inF + i]! - wq[o * inF + i]!);
+      e += s * s;
+    }
   return e;
 }
 
@@ -40,30 +42,34 @@ describe('upperCholeskyOfInverse', () => {
     const n = 5;
     const a = randn(n * n, rng(3));
     const h = new Float64Array(n * n);
-    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) {
-      let s = i === j ? 0.5 : 0;
-      for (let k = 0; k < n; k++) s += a[i * n + k]! * a[j * n + k]!;
-      h[i * n + j] = s;
-    }
+    for (let i = 0; i < n; i++)
+      for (let j = 0; j < n; j++) {
+        let s = i === j ? 0.5 : 0;
+        for (let k = 0; k < n; k++) s += a[i * n + k]! * a[j * n + k]!;
+        h[i * n + j] = s;
+      }
     const u = upperCholeskyOfInverse(h, n)!;
     // (U^T U) H = I
-    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) {
-      let s = 0;
-      for (let k = 0; k < n; k++) {
-        let uu = 0;
-        for (let m = 0; m < n; m++) uu += u[m * n + i]! * u[m * n + k]!;
-        s += uu * h[k * n + j]!;
+    for (let i = 0; i < n; i++)
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let k = 0; k < n; k++) {
+          let uu = 0;
+          for (let m = 0; m < n; m++) uu += u[m * n + i]! * u[m * n + k]!;
+          s += uu * h[k * n + j]!;
+        }
+        expect(s).toBeCloseTo(i === j ? 1 : 0, 8);
+        if (j < i) expect(u[i * n + j]).toBe(0);
       }
-      expect(s).toBeCloseTo(i === j ? 1 : 0, 8);
-      if (j < i) expect(u[i * n + j]).toBe(0);
-    }
     const neg = new Float64Array([1, 2, 2, 1]);
     expect(upperCholeskyOfInverse(neg, 2)).toBeUndefined();
   });
 });
 
 describe('GPTQ vs round-to-nearest on correlated inputs', () => {
-  const out = 48, inF = 256, n = 1024;
+  const out = 48,
+    inF = 256,
+    n = 1024;
   const x = correlatedInputs(n, inF, 11);
   const w = randn(out * inF, rng(12), 0.05);
   const h = new Float64Array(inF * inF);
@@ -105,7 +111,10 @@ describe('GPTQ vs round-to-nearest on correlated inputs', () => {
 
   it('zeroes dead input columns and still quantizes', () => {
     const h2 = Float64Array.from(h);
-    for (let j = 0; j < inF; j++) { h2[5 * inF + j] = 0; h2[j * inF + 5] = 0; }
+    for (let j = 0; j < inF; j++) {
+      h2[5 * inF + j] = 0;
+      h2[j * inF + 5] = 0;
+    }
     const g = gptqQuantize(w, out, inF, h2, { bits: 4, groupSize: 128, sym: false });
     const d = dequantize(g.quant);
     for (let o = 0; o < out; o++) expect(Math.abs(d[o * inF + 5]!)).toBeLessThanOrEqual(g.quant.scales[o]! / 2 + 1e-9);

@@ -28,7 +28,15 @@ afterAll(async () => {
 });
 
 const base = (out: string, extra: Partial<QuantizeRequest> = {}): QuantizeRequest => ({
-  model, out: join(root, out), bits: 4, calib, calibTokens: 512, seqLen: 32, groupSize: 32, minTokens: 8, ...extra,
+  model,
+  out: join(root, out),
+  bits: 4,
+  calib,
+  calibTokens: 512,
+  seqLen: 32,
+  groupSize: 32,
+  minTokens: 8,
+  ...extra,
 });
 
 describe('moe quantize on a tiny Mixtral', () => {
@@ -52,7 +60,10 @@ describe('moe quantize on a tiny Mixtral', () => {
             const b = pb[k] as number;
             expect(bitsForModule(cfg, m)).toBe(b);
             const [o, i] = w === 'w2' ? [32, 64] : [64, 32];
-            const stored = ['qweight', 'qzeros', 'scales', 'g_idx'].reduce((a, s) => { const inf = ckpt.info(`${m}.${s}`); return a + inf.end - inf.begin; }, 0);
+            const stored = ['qweight', 'qzeros', 'scales', 'g_idx'].reduce((a, s) => {
+              const inf = ckpt.info(`${m}.${s}`);
+              return a + inf.end - inf.begin;
+            }, 0);
             expect(stored).toBe(gptqBytes(o, i, { bits: b as 2 | 3 | 4 | 8, groupSize: 32, sym: false }));
             bits += stored * 8;
             params += o * i;
@@ -84,8 +95,12 @@ describe('moe quantize on a tiny Mixtral', () => {
       const ref = layer.block.experts[2]!.down;
       const a = await loadLinear(q.ckpt, ref);
       const b = await loadLinear(o.ckpt, ref);
-      let num = 0, den = 0;
-      for (let k = 0; k < a.w.length; k++) { num += (a.w[k]! - b.w[k]!) ** 2; den += b.w[k]! ** 2; }
+      let num = 0,
+        den = 0;
+      for (let k = 0; k < a.w.length; k++) {
+        num += (a.w[k]! - b.w[k]!) ** 2;
+        den += b.w[k]! ** 2;
+      }
       expect(num / den).toBeLessThan(0.2);
       expect(num).toBeGreaterThan(0);
     } finally {
@@ -113,7 +128,9 @@ describe('moe quantize on a tiny Mixtral', () => {
   });
 
   it('applies --override and --ignore before the allocation and says why', async () => {
-    const rep = await quantize(base('ov', { bits: 8, override: ['experts\\.0\\.=8'], ignore: ['layers\\.1\\.block_sparse_moe\\.experts\\.3\\.w2'], dryRun: true, out: undefined }));
+    const rep = await quantize(
+      base('ov', { bits: 8, override: ['experts\\.0\\.=8'], ignore: ['layers\\.1\\.block_sparse_moe\\.experts\\.3\\.w2'], dryRun: true, out: undefined }),
+    );
     const d0 = rep.decisions.find((d) => d.tensor === 'model.layers.0.block_sparse_moe.experts.0.w1.weight')!;
     expect(d0.bits).toBe(8);
     expect(d0.reason).toMatch(/--override/);
@@ -123,7 +140,7 @@ describe('moe quantize on a tiny Mixtral', () => {
     expect(rep.bitMap[0]!.experts[0]).toEqual([8, 8, 8]);
   });
 
-  it('--granularity layer: every expert of a layer shares each projection\'s width', async () => {
+  it("--granularity layer: every expert of a layer shares each projection's width", async () => {
     const rep = await quantize(base('lay', { granularity: 'layer', bits: 4.5, method: 'rtn' }));
     expect(rep.solver.units).toBe(6);
     for (const l of rep.bitMap) for (let k = 0; k < 3; k++) expect(new Set(l.experts.map((e) => e[k])).size).toBe(1);

@@ -25,7 +25,9 @@ afterAll(async () => {
 describe('plan', () => {
   it('decides ignore before override before class defaults, with shape fallback', () => {
     const ds = decide(m.view, m.ckpt, {
-      denseBits: 3, candidates: [2, 3, 4], groupSize: 32,
+      denseBits: 3,
+      candidates: [2, 3, 4],
+      groupSize: 32,
       overrides: [parseOverride('layers\\.0\\..*experts\\.0\\.=8'), parseOverride('experts=2')],
       ignores: [compile('layers\\.1\\..*experts\\.3\\.w2', '--ignore')],
     });

@@ -29,13 +29,25 @@ afterAll(async () => {
 });
 
 const base = (out: string | undefined, extra: Partial<QuantizeRequest> = {}): QuantizeRequest => ({
-  model, ...(out ? { out: join(root, out) } : {}), bits: 4, calib, calibTokens: 512, seqLen: 32, groupSize: 32, minTokens: 8, ...extra,
+  model,
+  ...(out ? { out: join(root, out) } : {}),
+  bits: 4,
+  calib,
+  calibTokens: 512,
+  seqLen: 32,
+  groupSize: 32,
+  minTokens: 8,
+  ...extra,
 });
 /** the same flags on the command line */
 const flags = ['--model', '', '--bits', '4', '--calib-tokens', '512', '--seq-len', '32', '--group-size', '32', '--min-tokens', '8', '--quiet'];
 const cli = (...args: string[]) => runMoe(['quantize', ...flags.map((f) => (f === '' ? model : f)), ...args]);
 
-const exists = (p: string) => stat(p).then(() => true, () => false);
+const exists = (p: string) =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
 
 describe('plan files', () => {
   it('--plan writes byte for byte what the run that saved the plan wrote, without scoring; --dry-run saves the same plan', async () => {
@@ -91,7 +103,11 @@ describe('plan files', () => {
       expect(r.stderr, what).toMatch(re);
       expect(r.stderr.trim().split('\n'), what).toHaveLength(1);
     }
-    for (const [path, re] of [[badWidth, /unit L0\.E0: '5' is not one of its options \(2, 2\+down3, 3, 3\+down4, 4\)/], [missing, /no choice for unit L2\.E3/], [linear, /linear .*experts\.0\.w1\.weight has \d bits, but its unit's choice/]] as const) {
+    for (const [path, re] of [
+      [badWidth, /unit L0\.E0: '5' is not one of its options \(2, 2\+down3, 3, 3\+down4, 4\)/],
+      [missing, /no choice for unit L2\.E3/],
+      [linear, /linear .*experts\.0\.w1\.weight has \d bits, but its unit's choice/],
+    ] as const) {
       const r = await cli('--calib', calib, '--plan', path, '--out', join(root, 'x'));
       expect(r.code).toBe(ExitCode.badInput);
       expect(r.stderr).toMatch(re);

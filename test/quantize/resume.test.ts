@@ -17,7 +17,11 @@ import { makeQuantizeModel } from './word-model.js';
 let root: string;
 let model: string;
 let calib: string;
-const exists = (p: string) => stat(p).then(() => true, () => false);
+const exists = (p: string) =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'moe-quantize-resume-'));
@@ -36,8 +40,29 @@ async function tensorNames(dir: string): Promise<string[]> {
 
 describe('moe quantize killed mid-apply, then the same command again', () => {
   it('resumes the GPTQ pass after the last finished layer and writes the same bytes as an uninterrupted run', async () => {
-    const args = (out: string) => ['quantize', '--model', model, '--bits', '3.5', '--calib', calib, '--calib-tokens', '512', '--seq-len', '32',
-      '--group-size', '32', '--min-tokens', '8', '--backend', 'wasm', '--out', out, '--json', '--quiet'];
+    const args = (out: string) => [
+      'quantize',
+      '--model',
+      model,
+      '--bits',
+      '3.5',
+      '--calib',
+      calib,
+      '--calib-tokens',
+      '512',
+      '--seq-len',
+      '32',
+      '--group-size',
+      '32',
+      '--min-tokens',
+      '8',
+      '--backend',
+      'wasm',
+      '--out',
+      out,
+      '--json',
+      '--quiet',
+    ];
     const reference = join(root, 'reference');
     const ref = spawnMoe(args(reference));
     expect(ref.status, ref.stderr).toBe(0);

@@ -18,7 +18,11 @@ import { spawnMoe } from '../helpers/cli.js';
 
 let root: string;
 let model: string;
-const exists = (p: string) => stat(p).then(() => true, () => false);
+const exists = (p: string) =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'moe-kill-'));
@@ -51,7 +55,10 @@ describe('kill -9 mid-write, then the same command again', () => {
   it('moe run resumes a recipe: finished stages are reused, the killed stage continues', async () => {
     const recipe = join(root, 'chain.yaml');
     const out = join(root, 'chain-out');
-    await writeFile(recipe, `model: ./mixtral\nout: ./chain-out\nseed: 5\nstages:\n  - prune: { keep: 6, method: random }\n  - decompose: { ratio: 0.5, mode: svd, uniform: true }\n`);
+    await writeFile(
+      recipe,
+      `model: ./mixtral\nout: ./chain-out\nseed: 5\nstages:\n  - prune: { keep: 6, method: random }\n  - decompose: { ratio: 0.5, mode: svd, uniform: true }\n`,
+    );
     // stage 1 writes every input tensor but the 3 layers x 2 removed experts x 3 projections; 4 writes later is inside stage 2
     const stage1Tensors = (await tensorCount(model)) - 3 * 2 * 3;
     const killed = spawnMoe(['run', recipe, '--quiet'], { MOE_TEST_KILL_AFTER_WRITES: String(stage1Tensors + 4) });

@@ -12,7 +12,11 @@ import { runMoe } from '../helpers/cli.js';
 
 let root: string;
 let model: string;
-const exists = (p: string) => stat(p).then(() => true, () => false);
+const exists = (p: string) =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'moe-recipe-'));
@@ -53,7 +57,10 @@ describe('recipe schema', () => {
 describe('moe run', () => {
   it('chains prune -> decompose and publishes only the last stage', async () => {
     const recipe = join(root, 'chain.yaml');
-    await writeFile(recipe, `model: ./mixtral\nout: ./chain-out\nseed: 3\nstages:\n  - prune: { keep: 4, method: random }\n  - decompose: { ratio: 0.5, mode: svd, uniform: true }\n`);
+    await writeFile(
+      recipe,
+      `model: ./mixtral\nout: ./chain-out\nseed: 3\nstages:\n  - prune: { keep: 4, method: random }\n  - decompose: { ratio: 0.5, mode: svd, uniform: true }\n`,
+    );
     const report = await runRecipe({ recipe });
     expect(report.stages.map((s) => s.kind)).toEqual(['prune', 'decompose']);
     const out = join(root, 'chain-out');
@@ -69,7 +76,10 @@ describe('moe run', () => {
 
   it('refuses to resume a run directory left by a different recipe', async () => {
     const a = join(root, 'a.yaml');
-    await writeFile(a, `model: ./mixtral\nout: ./ab-out\nstages:\n  - prune: { keep: 6, method: random }\n  - decompose: { ratio: 0.6, mode: whitened, calib: ./missing.txt }\n`);
+    await writeFile(
+      a,
+      `model: ./mixtral\nout: ./ab-out\nstages:\n  - prune: { keep: 6, method: random }\n  - decompose: { ratio: 0.6, mode: whitened, calib: ./missing.txt }\n`,
+    );
     await expect(runRecipe({ recipe: a })).rejects.toThrow();
     const b = join(root, 'b.yaml');
     await writeFile(b, `model: ./mixtral\nout: ./ab-out\nstages:\n  - prune: { keep: 5, method: random }\n`);
@@ -78,7 +88,10 @@ describe('moe run', () => {
 
   it('a dry run plans the first stage with its memory estimate and writes nothing', async () => {
     const recipe = join(root, 'dry.yaml');
-    await writeFile(recipe, `model: ./mixtral\nout: ./dry-out\nstages:\n  - prune: { keep: 6, method: random }\n  - quantize: { bits: 4.5, method: rtn, candidates: [4] }\n`);
+    await writeFile(
+      recipe,
+      `model: ./mixtral\nout: ./dry-out\nstages:\n  - prune: { keep: 6, method: random }\n  - quantize: { bits: 4.5, method: rtn, candidates: [4] }\n`,
+    );
     const before = (await readdir(root)).sort();
     const r = await runMoe(['run', recipe, '--dry-run']);
     expect(r.code, r.stderr).toBe(0);
@@ -89,7 +102,9 @@ describe('moe run', () => {
   it('reports a bad recipe as one line and exit code 2 on the command line', () => {
     const bad = join(root, 'bad.yaml');
     return writeFile(bad, 'stages:\n  - prune: { keep: 2, ratio: 0.5 }\n').then(() => {
-      const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/entry.ts', 'run', bad, '--model', model, '--out', join(root, 'x')], { encoding: 'utf8' });
+      const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/entry.ts', 'run', bad, '--model', model, '--out', join(root, 'x')], {
+        encoding: 'utf8',
+      });
       expect(r.status).toBe(2);
       expect(r.stderr.trim().split('\n')).toHaveLength(1);
       expect(r.stderr).toMatch(/^moe: .*exactly one of keep or ratio/);

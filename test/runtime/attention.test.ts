@@ -7,7 +7,18 @@ beforeAll(async () => {
 });
 
 /** naive attention for one window: query head j uses kv head floor(j / g) */
-function naive(q: Float32Array, k: Float32Array, v: Float32Array, S: number, h: number, kvh: number, d: number, scale: number, window?: number, sinks?: Float32Array): Float64Array {
+function naive(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  S: number,
+  h: number,
+  kvh: number,
+  d: number,
+  scale: number,
+  window?: number,
+  sinks?: Float32Array,
+): Float64Array {
   const g = h / kvh;
   const out = new Float64Array(S * h * d);
   for (let i = 0; i < S; i++) {
@@ -36,14 +47,22 @@ function naive(q: Float32Array, k: Float32Array, v: Float32Array, S: number, h: 
 
 describe('attention core', () => {
   it('GQA head mapping, causal + sliding mask, sinks, several windows', () => {
-    const B = 2, S = 7, h = 6, kvh = 2, d = 4;
+    const B = 2,
+      S = 7,
+      h = 6,
+      kvh = 2,
+      d = 4;
     let seed = 5;
     const r = () => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 8) / 2 ** 23 - 1;
     const q = Float32Array.from({ length: B * S * h * d }, r);
     const k = Float32Array.from({ length: B * S * kvh * d }, r);
     const v = Float32Array.from({ length: B * S * kvh * d }, r);
     const sinks = Float32Array.from({ length: h }, r);
-    for (const [window, sk] of [[undefined, undefined], [3, undefined], [3, sinks]] as const) {
+    for (const [window, sk] of [
+      [undefined, undefined],
+      [3, undefined],
+      [3, sinks],
+    ] as const) {
       const got = attentionCore(q, k, v, B, S, h, kvh, d, d, 0.5, window, sk);
       for (let b = 0; b < B; b++) {
         const want = naive(q.subarray(b * S * h * d), k.subarray(b * S * kvh * d), v.subarray(b * S * kvh * d), S, h, kvh, d, 0.5, window, sk);

@@ -30,10 +30,16 @@ describe('streamModel checkpoint', () => {
       const windows = [0, 1].map((n) => Int32Array.from({ length: 7 }, (_, i) => (i * 13 + n * 5 + 1) % V));
       const saved = new Map<number, Float32Array>();
       const layersSeen: number[] = [];
-      const full = await streamModel(model, windows, { onMoeLayer: (inp) => void layersSeen.push(inp.layer.index) }, {
-        scoreLogits: true, returnHidden: true,
-        checkpoint: { restore: async () => undefined, save: async (l, h) => void saved.set(l, h.slice()) },
-      });
+      const full = await streamModel(
+        model,
+        windows,
+        { onMoeLayer: (inp) => void layersSeen.push(inp.layer.index) },
+        {
+          scoreLogits: true,
+          returnHidden: true,
+          checkpoint: { restore: async () => undefined, save: async (l, h) => void saved.set(l, h.slice()) },
+        },
+      );
       // saved after every layer but the last
       expect([...saved.keys()]).toEqual([0, 1, 2]);
       expect(layersSeen).toEqual([0, 1, 2, 3]);
@@ -43,10 +49,17 @@ describe('streamModel checkpoint', () => {
         const seen: number[] = [];
         const progress: number[] = [];
         const saves: number[] = [];
-        const r = await streamModel(model, windows, { onMoeLayer: (inp) => void seen.push(inp.layer.index) }, {
-          scoreLogits: true, returnHidden: true, onProgress: (l) => progress.push(l),
-          checkpoint: { restore: async () => ({ after: k, hidden: saved.get(k)!.slice() }), save: async (l) => void saves.push(l) },
-        });
+        const r = await streamModel(
+          model,
+          windows,
+          { onMoeLayer: (inp) => void seen.push(inp.layer.index) },
+          {
+            scoreLogits: true,
+            returnHidden: true,
+            onProgress: (l) => progress.push(l),
+            checkpoint: { restore: async () => ({ after: k, hidden: saved.get(k)!.slice() }), save: async (l) => void saves.push(l) },
+          },
+        );
         expect(seen).toEqual([0, 1, 2, 3].filter((l) => l > k));
         expect(progress).toEqual([1, 2, 3, 4]);
         expect(saves).toEqual([1, 2].filter((l) => l > k));
@@ -57,8 +70,14 @@ describe('streamModel checkpoint', () => {
       const stopSaves: number[] = [];
       await streamModel(model, windows, {}, { stopAfterLayer: 2, checkpoint: { restore: async () => undefined, save: async (l) => void stopSaves.push(l) } });
       expect(stopSaves).toEqual([0, 1]);
-      await expect(streamModel(model, windows, {}, { stopAfterLayer: 2, checkpoint: { restore: async () => ({ after: 2, hidden: saved.get(2)! }), save: async () => {} } }))
-        .rejects.toThrow(/does not fit this pass/);
+      await expect(
+        streamModel(
+          model,
+          windows,
+          {},
+          { stopAfterLayer: 2, checkpoint: { restore: async () => ({ after: 2, hidden: saved.get(2)! }), save: async () => {} } },
+        ),
+      ).rejects.toThrow(/does not fit this pass/);
     } finally {
       await model.ckpt.close();
     }

@@ -23,7 +23,20 @@ function windowsOf(seed: number, n: number, S: number, V: number): Int32Array[] 
   return Array.from({ length: n }, () => Int32Array.from({ length: S }, next));
 }
 
-const FAMS: Family[] = ['mixtral', 'qwen2_moe', 'qwen3_moe', 'olmoe', 'deepseek_v2', 'deepseek_v3', 'granitemoe', 'gpt_oss', 'phimoe', 'glm4_moe', 'minimax_m2', 'ernie4_5_moe'];
+const FAMS: Family[] = [
+  'mixtral',
+  'qwen2_moe',
+  'qwen3_moe',
+  'olmoe',
+  'deepseek_v2',
+  'deepseek_v3',
+  'granitemoe',
+  'gpt_oss',
+  'phimoe',
+  'glm4_moe',
+  'minimax_m2',
+  'ernie4_5_moe',
+];
 
 describe('layer-streamed forward equals an independent all-in-memory forward', () => {
   for (const fam of FAMS) {

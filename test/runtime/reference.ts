@@ -62,7 +62,11 @@ function softmax(x: number[]): number[] {
 }
 
 function topk(x: number[], k: number): number[] {
-  return x.map((v, i) => [v, i] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, k).map((p) => p[1]);
+  return x
+    .map((v, i) => [v, i] as const)
+    .sort((a, b) => b[0] - a[0] || a[1] - b[1])
+    .slice(0, k)
+    .map((p) => p[1]);
 }
 
 function mlp(m: RefModel, p: string, x: Vec, H: number, I: number, names: [string, string, string]): Vec {
@@ -120,20 +124,32 @@ export function refForward(m: RefModel, ids: number[]): { hidden: Vec[]; logits:
   let h: Vec[] = ids.map((id) => Float64Array.from(emb.subarray(id * H, (id + 1) * H), (v) => v * embMul));
   const mla = fam.startsWith('deepseek');
   const resMul: number = fam === 'granitemoe' ? c.residual_multiplier : 1;
-  const norm = (x: Vec, name: string): Vec => (fam === 'phimoe' ? layerNorm(x, get(m, name + '.weight'), get(m, name + '.bias'), eps) : rms(x, get(m, name + '.weight'), eps));
+  const norm = (x: Vec, name: string): Vec =>
+    fam === 'phimoe' ? layerNorm(x, get(m, name + '.weight'), get(m, name + '.bias'), eps) : rms(x, get(m, name + '.weight'), eps);
   for (let l = 0; l < c.num_hidden_layers; l++) {
     const p = `model.layers.${l}.`;
     const xs = h.map((x) => norm(x, p + 'input_layernorm'));
     // ---- attention: per-token q, k, v
-    const qs: Vec[] = [], ks: Vec[] = [], vs: Vec[] = [];
-    let dq = hd, dv = hd, kvh = nkv, scale = fam === 'granitemoe' ? c.attention_multiplier : 1 / Math.sqrt(hd);
+    const qs: Vec[] = [],
+      ks: Vec[] = [],
+      vs: Vec[] = [];
+    let dq = hd,
+      dv = hd,
+      kvh = nkv,
+      scale = fam === 'granitemoe' ? c.attention_multiplier : 1 / Math.sqrt(hd);
     const window: number | undefined = fam === 'gpt_oss' && c.layer_types[l] === 'sliding_attention' ? c.sliding_window : undefined;
     const sinks = fam === 'gpt_oss' ? get(m, p + 'self_attn.sinks') : undefined;
     for (let i = 0; i < S; i++) {
       const x = xs[i]!;
       if (mla) {
-        const nope: number = c.qk_nope_head_dim, rp: number = c.qk_rope_head_dim, vd: number = c.v_head_dim, kvl: number = c.kv_lora_rank;
-        dq = nope + rp; dv = vd; kvh = nh; scale = 1 / Math.sqrt(dq);
+        const nope: number = c.qk_nope_head_dim,
+          rp: number = c.qk_rope_head_dim,
+          vd: number = c.v_head_dim,
+          kvl: number = c.kv_lora_rank;
+        dq = nope + rp;
+        dv = vd;
+        kvh = nh;
+        scale = 1 / Math.sqrt(dq);
         let q: Vec;
         if (c.q_lora_rank) {
           const qa = rms(mv(get(m, p + 'self_attn.q_a_proj.weight'), x, c.q_lora_rank, H), get(m, p + 'self_attn.q_a_layernorm.weight'), 1e-6);
@@ -146,13 +162,16 @@ export function refForward(m: RefModel, ids: number[]): { hidden: Vec[]; logits:
         const style = fam === 'deepseek_v3' ? 'v3' : 'interleaved';
         for (let j = 0; j < nh; j++) rope(q, j * dq + nope, rp, i, theta, style);
         rope(krot, 0, rp, i, theta, style);
-        const k = new Float64Array(nh * dq), v = new Float64Array(nh * vd);
+        const k = new Float64Array(nh * dq),
+          v = new Float64Array(nh * vd);
         for (let j = 0; j < nh; j++) {
           for (let a = 0; a < nope; a++) k[j * dq + a] = kv[j * (nope + vd) + a]!;
           for (let a = 0; a < rp; a++) k[j * dq + nope + a] = krot[a]!;
           for (let a = 0; a < vd; a++) v[j * vd + a] = kv[j * (nope + vd) + nope + a]!;
         }
-        qs.push(q); ks.push(k); vs.push(v);
+        qs.push(q);
+        ks.push(k);
+        vs.push(v);
         continue;
       }
       const bias = (n: string) => m.t.get(p + `self_attn.${n}.bias`);
@@ -164,7 +183,8 @@ export function refForward(m: RefModel, ids: number[]): { hidden: Vec[]; logits:
         k = rms(k, get(m, p + 'self_attn.k_norm.weight'), eps);
       }
       if (fam === 'qwen3_moe' || fam === 'glm4_moe') {
-        const qn = get(m, p + 'self_attn.q_norm.weight'), kn = get(m, p + 'self_attn.k_norm.weight');
+        const qn = get(m, p + 'self_attn.q_norm.weight'),
+          kn = get(m, p + 'self_attn.k_norm.weight');
         for (let j = 0; j < nh; j++) q.set(rms(q.slice(j * hd, (j + 1) * hd), qn, eps), j * hd);
         for (let j = 0; j < nkv; j++) k.set(rms(k.slice(j * hd, (j + 1) * hd), kn, eps), j * hd);
       }
@@ -172,7 +192,9 @@ export function refForward(m: RefModel, ids: number[]): { hidden: Vec[]; logits:
       const st = fam === 'ernie4_5_moe' ? 'interleaved' : 'half';
       for (let j = 0; j < nh; j++) rope(q, j * hd, hd, i, theta, st, rd);
       for (let j = 0; j < nkv; j++) rope(k, j * hd, hd, i, theta, st, rd);
-      qs.push(q); ks.push(k); vs.push(v);
+      qs.push(q);
+      ks.push(k);
+      vs.push(v);
     }
     const g = nh / kvh;
     const attnOut: Vec[] = [];
@@ -218,7 +240,10 @@ export function refForward(m: RefModel, ids: number[]): { hidden: Vec[]; logits:
         // sigmoid; select on s + e_score_correction_bias; weights = s, renormalised (GLM + 1e-20); x scale
         const s = logits.map(sigmoid);
         const b = get(m, p + (fam === 'glm4_moe' ? 'mlp.gate.e_score_correction_bias' : 'block_sparse_moe.e_score_correction_bias'));
-        chosen = topk(s.map((v, e) => v + b[e]!), K);
+        chosen = topk(
+          s.map((v, e) => v + b[e]!),
+          K,
+        );
         weights = chosen.map((e) => s[e]!);
         const z = weights.reduce((a2, b2) => a2 + b2, 0) + (fam === 'glm4_moe' ? 1e-20 : 0);
         weights = weights.map((w) => (w / z) * (fam === 'glm4_moe' ? c.routed_scaling_factor : 1));
@@ -226,15 +251,22 @@ export function refForward(m: RefModel, ids: number[]): { hidden: Vec[]; logits:
         // softmax; select on p + bias; weights = p / max(sum, moe_norm_min)
         const pr = softmax(logits);
         const b = get(m, p + 'mlp.moe_statics.e_score_correction_bias');
-        chosen = topk(pr.map((v, e) => v + b[e]!), K);
+        chosen = topk(
+          pr.map((v, e) => v + b[e]!),
+          K,
+        );
         weights = chosen.map((e) => pr[e]!);
-        const z = Math.max(weights.reduce((a2, b2) => a2 + b2, 0), c.moe_norm_min);
+        const z = Math.max(
+          weights.reduce((a2, b2) => a2 + b2, 0),
+          c.moe_norm_min,
+        );
         weights = weights.map((w) => w / z);
       } else if (fam === 'deepseek_v3') {
         const s = logits.map(sigmoid);
         const b = get(m, p + 'mlp.gate.e_score_correction_bias');
         let sc = s.map((v, e) => v + b[e]!);
-        const ng: number = c.n_group, gs = E / ng;
+        const ng: number = c.n_group,
+          gs = E / ng;
         const gScore = Array.from({ length: ng }, (_, gi) => {
           const grp = sc.slice(gi * gs, (gi + 1) * gs).sort((a2, b2) => b2 - a2);
           return grp[0]! + grp[1]!;
@@ -252,7 +284,8 @@ export function refForward(m: RefModel, ids: number[]): { hidden: Vec[]; logits:
         const pr = softmax(logits);
         let sc = pr;
         if (fam === 'deepseek_v2' && c.topk_method === 'group_limited_greedy') {
-          const ng: number = c.n_group, gs = E / ng;
+          const ng: number = c.n_group,
+            gs = E / ng;
           const gScore = Array.from({ length: ng }, (_, gi) => Math.max(...pr.slice(gi * gs, (gi + 1) * gs)));
           const keep = new Set(topk(gScore, c.topk_group));
           sc = pr.map((v, e) => (keep.has(Math.floor(e / gs)) ? v : 0));
@@ -269,7 +302,8 @@ export function refForward(m: RefModel, ids: number[]): { hidden: Vec[]; logits:
       const y = new Float64Array(H);
       const I: number = c.moe_intermediate_size ?? c.intermediate_size;
       chosen.forEach((e, s) => {
-        const names: [string, string, string] = moeName === 'block_sparse_moe.' ? ['w1.weight', 'w3.weight', 'w2.weight'] : ['gate_proj.weight', 'up_proj.weight', 'down_proj.weight'];
+        const names: [string, string, string] =
+          moeName === 'block_sparse_moe.' ? ['w1.weight', 'w3.weight', 'w2.weight'] : ['gate_proj.weight', 'up_proj.weight', 'down_proj.weight'];
         const f = mlp(m, `${p}${moeName}experts.${e}.`, x, H, I, names);
         for (let a = 0; a < H; a++) y[a]! += weights[s]! * f[a]!;
       });

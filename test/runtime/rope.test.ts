@@ -2,14 +2,22 @@ import { describe, expect, it } from 'vitest';
 import { rmsNorm } from '../../src/runtime/ops.js';
 import { applyRope, ropeFrequencies, ropeTables } from '../../src/runtime/rope.js';
 
-const spec = (style: 'half' | 'interleaved', rotaryDim: number, scaling?: Record<string, unknown>) => ({ style, theta: 10000, rotaryDim, ...(scaling ? { scaling } : {}) });
+const spec = (style: 'half' | 'interleaved', rotaryDim: number, scaling?: Record<string, unknown>) => ({
+  style,
+  theta: 10000,
+  rotaryDim,
+  ...(scaling ? { scaling } : {}),
+});
 
 describe('RoPE', () => {
   it('half-split rotates (i, i+d/2); interleaved rotates (2i, 2i+1)', () => {
     const d = 4;
     const t = ropeTables(spec('half', d), 3, 128);
     // inverse frequencies 1 and 0.01; position 2
-    const c0 = Math.cos(2), s0 = Math.sin(2), c1 = Math.cos(0.02), s1 = Math.sin(0.02);
+    const c0 = Math.cos(2),
+      s0 = Math.sin(2),
+      c1 = Math.cos(0.02),
+      s1 = Math.sin(0.02);
     const x = Float32Array.from([0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]); // rows at positions 0, 1, 2 (one head)
     const h = x.slice();
     applyRope(h, 3, 1, d, 3, t, 'half');
@@ -38,11 +46,15 @@ describe('RoPE', () => {
     for (const style of ['half', 'interleaved'] as const) {
       const d = 8;
       const t = ropeTables(spec(style, d), 16, 128);
-      const q = Float32Array.from({ length: 16 * d }, (_, i) => Math.sin(i % d + 1));
+      const q = Float32Array.from({ length: 16 * d }, (_, i) => Math.sin((i % d) + 1));
       const k = Float32Array.from({ length: 16 * d }, (_, i) => Math.cos(2 * (i % d) + 1));
       applyRope(q, 16, 1, d, 16, t, style);
       applyRope(k, 16, 1, d, 16, t, style);
-      const dot = (i: number, j: number) => { let s = 0; for (let a = 0; a < d; a++) s += q[i * d + a]! * k[j * d + a]!; return s; };
+      const dot = (i: number, j: number) => {
+        let s = 0;
+        for (let a = 0; a < d; a++) s += q[i * d + a]! * k[j * d + a]!;
+        return s;
+      };
       expect(dot(5, 2)).toBeCloseTo(dot(13, 10), 4);
       expect(dot(5, 2)).not.toBeCloseTo(dot(5, 4), 2);
     }
@@ -53,13 +65,19 @@ describe('RoPE', () => {
     const plain = ropeFrequencies(spec('half', d), 4096).invFreq;
     const lin = ropeFrequencies(spec('half', d, { rope_type: 'linear', factor: 4 }), 4096).invFreq;
     expect(lin[5]! * 4).toBeCloseTo(plain[5]!, 12);
-    const y = ropeFrequencies(spec('half', d, { type: 'yarn', factor: 40, original_max_position_embeddings: 4096, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 0 }), 163840);
+    const y = ropeFrequencies(
+      spec('half', d, { type: 'yarn', factor: 40, original_max_position_embeddings: 4096, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 0 }),
+      163840,
+    );
     expect(y.attentionScaling).toBeCloseTo(0.1 * Math.log(40) + 1, 10);
     expect(y.invFreq[0]).toBeCloseTo(plain[0]!, 12); // fastest dims extrapolate
     expect(y.invFreq[d / 2 - 1]! * 40).toBeCloseTo(plain[d / 2 - 1]!, 12); // slowest interpolate
     const ds = ropeFrequencies(spec('half', d, { type: 'yarn', factor: 40, original_max_position_embeddings: 4096, mscale: 1, mscale_all_dim: 1 }), 163840);
     expect(ds.attentionScaling).toBe(1); // deepseek: mscale / mscale_all_dim
-    const l3 = ropeFrequencies(spec('half', d, { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 }), 131072).invFreq;
+    const l3 = ropeFrequencies(
+      spec('half', d, { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 }),
+      131072,
+    ).invFreq;
     expect(l3[0]).toBe(plain[0]);
     expect(l3[d / 2 - 1]! * 8).toBeCloseTo(plain[d / 2 - 1]!, 12);
     expect(() => ropeFrequencies(spec('half', d, { type: 'mystery' }), 10)).toThrow(/not supported/);

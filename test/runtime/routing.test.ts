@@ -53,12 +53,22 @@ describe('routing rules on hand-made logits', () => {
   it('deepseek v3: sigmoid, bias for selection only, group score = sum of top-2, renormalise + eps, x scale', () => {
     const l = [0.5, 0.4, -1, -1, 0.45, 0.44, 0.43, 0.42];
     const bias = f32([0, 0, 0, 0, 0, 0, 0.3, 0.3]);
-    const rule: RoutingRule = { score: 'sigmoid', afterTopk: 'none', selectionBias: true, topK: 2, normalize: true, normEps: 1e-20, scale: 2.5, groups: { nGroup: 4, topkGroup: 1, groupScore: 'top2sum' } };
+    const rule: RoutingRule = {
+      score: 'sigmoid',
+      afterTopk: 'none',
+      selectionBias: true,
+      topK: 2,
+      normalize: true,
+      normEps: 1e-20,
+      scale: 2.5,
+      groups: { nGroup: 4, topkGroup: 1, groupScore: 'top2sum' },
+    };
     const r = route(rule, f32(l), 1, 8, bias);
     // biased group sums: g0 .62+.60, g1 ~.54, g2 .61+.61, g3 .91+.90 -> only g3 survives
     expect(Array.from(r.routing.idx)).toEqual([6, 7]);
     // weights are the unbiased sigmoids, renormalised, x 2.5
-    const s6 = sig(0.43), s7 = sig(0.42);
+    const s6 = sig(0.43),
+      s7 = sig(0.42);
     expect(r.routing.w[0]).toBeCloseTo((2.5 * s6) / (s6 + s7), 6);
     expect(r.routing.w[1]).toBeCloseTo((2.5 * s7) / (s6 + s7), 6);
     expect(r.probs[0]).toBeCloseTo(sig(0.5), 6);
@@ -77,7 +87,15 @@ describe('routing rules on hand-made logits', () => {
   it('dropped groups are masked to 0.0 (HF masked_fill), so a negative biased score in a kept group can lose to a masked expert', () => {
     const l = [0, 0, 0, 0];
     const bias = f32([-1, -0.9, 0.2, 0.1]);
-    const rule: RoutingRule = { score: 'sigmoid', afterTopk: 'none', selectionBias: true, topK: 2, normalize: false, scale: 1, groups: { nGroup: 2, topkGroup: 1, groupScore: 'top2sum' } };
+    const rule: RoutingRule = {
+      score: 'sigmoid',
+      afterTopk: 'none',
+      selectionBias: true,
+      topK: 2,
+      normalize: false,
+      scale: 1,
+      groups: { nGroup: 2, topkGroup: 1, groupScore: 'top2sum' },
+    };
     // biased: [-0.5, -0.4, 0.7, 0.6]; group1 kept; masked group0 -> [0, 0, .7, .6]
     const r = route(rule, f32(l), 1, 4, bias);
     expect(Array.from(r.routing.idx)).toEqual([2, 3]);

@@ -11,11 +11,14 @@ export function registerAssemble(program: Command): void {
     .option('--force', 'replace an existing --out')
     .option('--json', 'print the JSON report on stdout')
     .option('--quiet', 'no progress output')
-    .addHelpText('after', `
+    .addHelpText(
+      'after',
+      `
 Example (a CI matrix of 4 jobs sharing one statistics artifact):
   moe calibrate --model M --data calib.txt --out stats            # or --shard i/n per job, then --merge
   moe prune --model M --stats stats --keep 6 --out part-$I --shard $I/4   # job I = 0..3
-  moe assemble part-0 part-1 part-2 part-3 --out M-pruned`)
+  moe assemble part-0 part-1 part-2 part-3 --out M-pruned`,
+    )
     .action(async (parts: string[], o: Record<string, any>) => {
       const progress = createProgress({ quiet: o.quiet, json: o.json });
       const ph = progress.phase(`assembling ${parts.length} shards into ${o.out}`);

@@ -17,7 +17,13 @@ const gib = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `
 
 function summary(s: CalibStats, out: string): object {
   return {
-    out, family: s.family, tokens: s.tokens, runs: s.runs, layers: s.layers.length, numExperts: s.numExperts, topK: s.topK,
+    out,
+    family: s.family,
+    tokens: s.tokens,
+    runs: s.runs,
+    layers: s.layers.length,
+    numExperts: s.numExperts,
+    topK: s.topK,
     frequency: s.layers.map((l) => ({ layer: l.layer, count: Array.from(l.count) })),
   };
 }
@@ -25,14 +31,16 @@ function summary(s: CalibStats, out: string): object {
 export function registerCalibrate(program: Command): void {
   program
     .command('calibrate')
-    .description('one forward pass over calibration text -> reusable per-expert statistics (--stats DIR for prune/merge/quantize/decompose); --merge sums artifacts of several runs')
+    .description(
+      'one forward pass over calibration text -> reusable per-expert statistics (--stats DIR for prune/merge/quantize/decompose); --merge sums artifacts of several runs',
+    )
     .option('--model <dir>', 'checkpoint directory')
     .option('--data <file>', 'calibration text, one document or sentence per line (same windowing as moe eval)')
     .requiredOption('--out <dir>', 'artifact directory to write')
     .option('--seq-len <n>', 'tokens per window', count('--seq-len'), 256)
     .option('--max-tokens <n>', 'use only the first windows up to this many tokens', count('--max-tokens'))
-    .option('--shard <i/n>', 'data-parallel calibration: use windows i, i+n, i+2n, ... (sum the shards\' artifacts with --merge)', shard('--shard'))
-    .option('--grams', 'also write X^T X of every expert\'s routed inputs (prints the total size first)')
+    .option('--shard <i/n>', "data-parallel calibration: use windows i, i+n, i+2n, ... (sum the shards' artifacts with --merge)", shard('--shard'))
+    .option('--grams', "also write X^T X of every expert's routed inputs (prints the total size first)")
     .option('--merge <dirs...>', 'sum the statistics of these artifacts (runs over different text) into --out')
     .option('--backend <name>', 'tensor backend: auto | tensorflow | wasm | cpu', parseBackendOption, 'auto')
     .option('--force', 'replace an existing --out')
@@ -48,8 +56,16 @@ export function registerCalibrate(program: Command): void {
         for (const d of o.merge as string[]) all.push(await loadStats(d));
         const sum = sumStats(all);
         const withGrams = [];
-        for (const d of o.merge as string[]) if (await stat(join(d, 'grams')).then(() => true, () => false)) withGrams.push(d);
-        if (withGrams.length) progress.warn(`Gram matrices are not summed by --merge (present in ${withGrams.join(', ')}); the output holds the statistics only`);
+        for (const d of o.merge as string[])
+          if (
+            await stat(join(d, 'grams')).then(
+              () => true,
+              () => false,
+            )
+          )
+            withGrams.push(d);
+        if (withGrams.length)
+          progress.warn(`Gram matrices are not summed by --merge (present in ${withGrams.join(', ')}); the output holds the statistics only`);
         await saveStats(sum, o.out, { force: !!o.force });
         if (o.json) process.stdout.write(JSON.stringify(summary(sum, o.out), null, 2) + '\n');
         else if (!o.quiet) process.stdout.write(`summed ${all.length} artifacts (${sum.runs} runs, ${sum.tokens} tokens) into ${o.out}\n`);
@@ -67,12 +83,16 @@ export function registerCalibrate(program: Command): void {
           set.windows = set.windows.filter((_, w) => w % n === index);
           if (set.windows.length === 0) fail('Usage', `--shard ${index}/${n} gets no window: the data has fewer than ${n} windows of ${set.seqLen} tokens`);
         }
-        progress.info(`calibration: ${set.windows.length} windows of ${set.seqLen} tokens${set.bos === null ? '' : ' (+BOS)'}, ${model.view.moeLayers.length} MoE layers`);
+        progress.info(
+          `calibration: ${set.windows.length} windows of ${set.seqLen} tokens${set.bos === null ? '' : ' (+BOS)'}, ${model.view.moeLayers.length} MoE layers`,
+        );
         let writer: ReturnType<typeof gramWriter> | undefined;
         if (o.grams) {
           const bytes = gramBytes(model);
           // printed before any work: for Mixtral-8x7B this is hundreds of GB
-          process.stderr.write(`--grams will write ${gib(bytes)} of float64 Gram matrices (attention, router/shared inputs, each expert's gate/up and down_proj inputs, over ${model.view.layers.length} layers)\n`);
+          process.stderr.write(
+            `--grams will write ${gib(bytes)} of float64 Gram matrices (attention, router/shared inputs, each expert's gate/up and down_proj inputs, over ${model.view.layers.length} layers)\n`,
+          );
           gramsTmp = join(dirname(resolve(o.out)), `.moe-grams-${basename(resolve(o.out))}-${process.pid}`);
           await rm(gramsTmp, { recursive: true, force: true });
           writer = gramWriter(model, gramsTmp);

@@ -23,7 +23,9 @@ export function summary(r: DecomposeReport): string {
     lines.push(`  layer ${layer}: ranks ${parts.join(' ')}${err}`);
   }
   const p = r.params;
-  lines.push(`expert params ${p.expertBefore} -> ${p.expertAfter} (ratio ${p.achievedRatio.toFixed(4)}, budget ${p.budget})${r.output ? `; wrote ${r.output.tensors} tensors, ${(r.output.bytes / 2 ** 20).toFixed(2)} MiB` : ''}`);
+  lines.push(
+    `expert params ${p.expertBefore} -> ${p.expertAfter} (ratio ${p.achievedRatio.toFixed(4)}, budget ${p.budget})${r.output ? `; wrote ${r.output.tensors} tensors, ${(r.output.bytes / 2 ** 20).toFixed(2)} MiB` : ''}`,
+  );
   if (r.plan?.saved) lines.push(`plan saved to ${r.plan.saved}`);
   if (r.dryRun) lines.push(formatEstimate(r.memory));
   return lines.join('\n');
@@ -36,7 +38,11 @@ export function registerDecompose(program: Command): void {
     .requiredOption('--model <dir>', 'input checkpoint directory')
     .option('--out <dir>', 'output checkpoint directory')
     .requiredOption('--ratio <r>', 'fraction of expert parameters kept, in (0, 1]', number('--ratio'))
-    .addOption(new Option('--mode <mode>', 'svd (plain), whitened (SVD-LLM, per expert), shared-input, shared-output, base-delta (D²-MoE)').choices([...MODES]).default(DEFAULT_MODE))
+    .addOption(
+      new Option('--mode <mode>', 'svd (plain), whitened (SVD-LLM, per expert), shared-input, shared-output, base-delta (D²-MoE)')
+        .choices([...MODES])
+        .default(DEFAULT_MODE),
+    )
     .option('--uniform', 'the same parameter fraction in every linear, k = floor(m n R / (m + n)), instead of allocating ranks by truncation loss')
     .option('--materialize', 'write dense weights in the input dtype (an ordinary checkpoint of the family) instead of factors')
     .option('--calib <file>', 'calibration text (needed by every mode but svd)')
@@ -45,7 +51,11 @@ export function registerDecompose(program: Command): void {
     .option('--seed <n>', 'seed of the randomized SVD (used for matrices above 2048 on both sides)', wholeNumber('--seed'), DEFAULT_SVD_SEED)
     .option('--save-plan <file>', 'save the rank plan (rank per unit, tied to this model and these flags); works with --dry-run')
     .option('--plan <file>', 'apply a saved rank plan: no scoring, no allocation (same model and flags as the run that saved it)')
-    .option('--shard <i/n>', 'layer-parallel job i of n: factorise and write only layers l with l % n = i (join the parts with moe assemble); needs --plan unless --uniform', shard('--shard'))
+    .option(
+      '--shard <i/n>',
+      'layer-parallel job i of n: factorise and write only layers l with l % n = i (join the parts with moe assemble); needs --plan unless --uniform',
+      shard('--shard'),
+    )
     .option('--backend <name>', 'tensor backend: auto | tensorflow | wasm | cpu', parseBackendOption, 'auto')
     .option('--alloc-seconds <s>', 'time limit of the rank allocation solver', number('--alloc-seconds'))
     .option('--dry-run', 'print the plan and the estimated peak memory, write nothing (no factorisation at the planned ranks)')
@@ -57,9 +67,23 @@ export function registerDecompose(program: Command): void {
       const { initBackend } = await import('../../runtime/backend.js');
       await initBackend(o.backend);
       const report = await decompose({
-        model: o.model, out: o.out, ratio: o.ratio, mode: o.mode, uniform: !!o.uniform, materialize: !!o.materialize,
-        calib: o.calib, calibTokens: o.calibTokens, stats: o.stats, force: !!o.force, dryRun: !!o.dryRun, allocSeconds: o.allocSeconds,
-        seed: o.seed, plan: o.plan, savePlan: o.savePlan, shard: o.shard, progress,
+        model: o.model,
+        out: o.out,
+        ratio: o.ratio,
+        mode: o.mode,
+        uniform: !!o.uniform,
+        materialize: !!o.materialize,
+        calib: o.calib,
+        calibTokens: o.calibTokens,
+        stats: o.stats,
+        force: !!o.force,
+        dryRun: !!o.dryRun,
+        allocSeconds: o.allocSeconds,
+        seed: o.seed,
+        plan: o.plan,
+        savePlan: o.savePlan,
+        shard: o.shard,
+        progress,
       });
       if (o.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
       else if (!o.quiet || o.dryRun) process.stdout.write(summary(report) + '\n');

@@ -16,7 +16,11 @@ export function registerDequantize(program: Command): void {
     .action(async (o: Record<string, any>) => {
       const progress = createProgress({ quiet: o.quiet, json: o.json });
       const r = await dequantizeCheckpoint({
-        model: o.model, out: o.out, force: !!o.force, dryRun: !!o.dryRun, progress,
+        model: o.model,
+        out: o.out,
+        force: !!o.force,
+        dryRun: !!o.dryRun,
+        progress,
         ...(o.dtype ? { dtype: o.dtype === 'f16' ? 'F16' : 'BF16' } : {}),
       });
       if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');

@@ -13,14 +13,20 @@ function skipArg(v: string): number | 'auto' {
 }
 
 function summary(r: EvalReport): string {
-  const lines = [`perplexity ${r.perplexity.toFixed(4)} over ${r.tokens} tokens (${r.windows} windows of ${r.seqLen}${r.bos === null ? ', no BOS' : `, BOS ${r.bos}`}; ${r.tokensPerSecond.toFixed(0)} tokens/s on ${r.backend})`];
+  const lines = [
+    `perplexity ${r.perplexity.toFixed(4)} over ${r.tokens} tokens (${r.windows} windows of ${r.seqLen}${r.bos === null ? ', no BOS' : `, BOS ${r.bos}`}; ${r.tokensPerSecond.toFixed(0)} tokens/s on ${r.backend})`,
+  ];
   if (r.base) {
     const b = r.base;
-    lines.push(`base perplexity ${b.perplexity.toFixed(4)}: delta ${b.perplexityDelta >= 0 ? '+' : ''}${b.perplexityDelta.toFixed(4)} (x${b.perplexityRatio.toFixed(4)}), mean KL(base||model) ${b.meanKl.toFixed(5)} nats/token, top-1 agreement ${(100 * b.top1Agreement).toFixed(2)}%`);
+    lines.push(
+      `base perplexity ${b.perplexity.toFixed(4)}: delta ${b.perplexityDelta >= 0 ? '+' : ''}${b.perplexityDelta.toFixed(4)} (x${b.perplexityRatio.toFixed(4)}), mean KL(base||model) ${b.meanKl.toFixed(5)} nats/token, top-1 agreement ${(100 * b.top1Agreement).toFixed(2)}%`,
+    );
   }
   if (r.skip) {
     const beta = typeof r.skip.beta === 'number' ? r.skip.beta.toFixed(3) : `per layer [${r.skip.beta.map((b) => b.toFixed(3)).join(' ')}]`;
-    lines.push(`dynamic skipping (beta ${beta}): ${r.skip.skipped} of ${r.skip.slots} expert calls skipped (${(100 * r.skip.savedFraction).toFixed(2)}% saved)`);
+    lines.push(
+      `dynamic skipping (beta ${beta}): ${r.skip.skipped} of ${r.skip.slots} expert calls skipped (${(100 * r.skip.savedFraction).toFixed(2)}% saved)`,
+    );
   }
   return lines.join('\n');
 }
@@ -28,7 +34,9 @@ function summary(r: EvalReport): string {
 export function registerEval(program: Command): void {
   program
     .command('eval')
-    .description('perplexity on a text file (lines tokenized alone, one stream, windows of --seq-len fed as [BOS]+window); with --base: delta, KL, top-1 agreement')
+    .description(
+      'perplexity on a text file (lines tokenized alone, one stream, windows of --seq-len fed as [BOS]+window); with --base: delta, KL, top-1 agreement',
+    )
     .requiredOption('--model <dir>', 'checkpoint directory')
     .requiredOption('--data <file>', 'text file, one document or sentence per line')
     .option('--seq-len <n>', 'tokens per window', count('--seq-len'), 256)
@@ -44,9 +52,15 @@ export function registerEval(program: Command): void {
       const progress = createProgress({ quiet: o.quiet, json: o.json });
       await initBackend(o.backend);
       const report = await evaluate({
-        model: o.model, data: o.data, seqLen: o.seqLen, maxTokens: o.maxTokens, base: o.base,
+        model: o.model,
+        data: o.data,
+        seqLen: o.seqLen,
+        maxTokens: o.maxTokens,
+        base: o.base,
         ...(o.skip !== undefined ? { skip: skipArg(o.skip) } : {}),
-        calib: o.calib, calibTokens: o.calibTokens, progress,
+        calib: o.calib,
+        calibTokens: o.calibTokens,
+        progress,
       });
       if (o.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
       else process.stdout.write(summary(report) + '\n');

@@ -9,7 +9,9 @@ import { describeBackends, parseBackendOption, type BackendChoice } from '../../
 export function registerInspect(program: Command): void {
   program
     .command('inspect')
-    .description('describe a checkpoint: family, dense/MoE layers, experts, routing, parameters (total, experts, active per token), bytes by dtype, shards, compute backend')
+    .description(
+      'describe a checkpoint: family, dense/MoE layers, experts, routing, parameters (total, experts, active per token), bytes by dtype, shards, compute backend',
+    )
     .requiredOption('--model <dir>', 'checkpoint directory (config.json + safetensors)')
     .option('--json', 'print one JSON object (stable keys, for CI)')
     .option('--backend <name>', 'which backend to describe: auto, tensorflow, wasm or cpu', parseBackendOption, 'auto' as BackendChoice)

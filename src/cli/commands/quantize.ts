@@ -14,12 +14,21 @@ const collect = (v: string, prev: string[] = []) => [...prev, v];
 export function registerQuantize(program: Command): void {
   program
     .command('quantize')
-    .description('mixed-precision GPTQ: a bit-width per expert chosen by one 0/1 program so the routed experts meet --bits true bits per weight; GPTQ-format output')
+    .description(
+      'mixed-precision GPTQ: a bit-width per expert chosen by one 0/1 program so the routed experts meet --bits true bits per weight; GPTQ-format output',
+    )
     .requiredOption('--model <dir>', 'input checkpoint directory')
     .option('--out <dir>', 'output checkpoint directory')
     .requiredOption('--bits <b>', 'target true bits per weight of the routed experts (every stored byte counted)', number('--bits'))
     .addOption(new Option('--method <m>', 'quantizer').choices(['gptq', 'rtn']).default('gptq'))
-    .addOption(new Option('--granularity <g>', 'allocation unit: expert, or layer (all experts of a layer\'s projection share bits: what vLLM fused MoE and GGUF can serve)').choices(['expert', 'layer']).default('expert'))
+    .addOption(
+      new Option(
+        '--granularity <g>',
+        "allocation unit: expert, or layer (all experts of a layer's projection share bits: what vLLM fused MoE and GGUF can serve)",
+      )
+        .choices(['expert', 'layer'])
+        .default('expert'),
+    )
     .option('--candidates <list>', 'bit-widths the allocation may choose', intList('--candidates'), [2, 3, 4])
     .option('--dense-bits <b>', 'bits of attention, dense MLP and shared-expert linears', count('--dense-bits'), 4)
     .option('--group-size <n>', 'input columns per scale group: 128, 64 or 32', count('--group-size'), 128)
@@ -35,10 +44,23 @@ export function registerQuantize(program: Command): void {
     .option('--seq-len <n>', 'calibration window length in tokens', count('--seq-len'))
     .option('--solver-time-limit <s>', 'allocation solver time limit in seconds (default 20)', number('--solver-time-limit'))
     .option('--backend <name>', 'tensor backend: auto | tensorflow | wasm | cpu', parseBackendOption, 'auto')
-    .option('--save-plan <file>', 'write the plan (every unit\'s width, every linear\'s bits, scores) to FILE after the allocation; with --dry-run nothing else is written')
-    .option('--plan <file>', 'apply a plan saved by --save-plan (same model and flags): no scoring pass, no allocation; with the same --calib the output is byte-identical to the saving run\'s')
-    .option('--shard <i/n>', 'layer-parallel job i of n: quantize and write only layers l with l % n = i (join the parts with moe assemble); needs --plan when widths are chosen by scores; implies --no-sequential for GPTQ', shard('--shard'))
-    .option('--no-sequential', 'GPTQ Hessians from the full-precision model\'s activations instead of through the already-quantized earlier layers (layers independent; what --shard does)')
+    .option(
+      '--save-plan <file>',
+      "write the plan (every unit's width, every linear's bits, scores) to FILE after the allocation; with --dry-run nothing else is written",
+    )
+    .option(
+      '--plan <file>',
+      "apply a plan saved by --save-plan (same model and flags): no scoring pass, no allocation; with the same --calib the output is byte-identical to the saving run's",
+    )
+    .option(
+      '--shard <i/n>',
+      'layer-parallel job i of n: quantize and write only layers l with l % n = i (join the parts with moe assemble); needs --plan when widths are chosen by scores; implies --no-sequential for GPTQ',
+      shard('--shard'),
+    )
+    .option(
+      '--no-sequential',
+      "GPTQ Hessians from the full-precision model's activations instead of through the already-quantized earlier layers (layers independent; what --shard does)",
+    )
     .option('--dry-run', 'print the plan (fates, allocation when --calib is given, sizes) and the estimated peak memory, write nothing')
     .option('--force', 'replace an existing --out')
     .option('--json', 'print the JSON report on stdout')
@@ -46,11 +68,33 @@ export function registerQuantize(program: Command): void {
     .action(async (o: Record<string, any>) => {
       const progress = createProgress({ quiet: o.quiet, json: o.json });
       const report = await quantize({
-        model: o.model, out: o.out, bits: o.bits, method: o.method, granularity: o.granularity, candidates: o.candidates,
-        denseBits: o.denseBits, groupSize: o.groupSize, sym: !!o.sym, actOrder: !!o.actOrder, damp: o.damp, minTokens: o.minTokens,
-        override: o.override ?? [], ignore: o.ignore ?? [], calib: o.calib, calibTokens: o.calibTokens, seqLen: o.seqLen,
-        mixedDown: o.mixedDown !== false, solverTimeLimit: o.solverTimeLimit, backend: o.backend, dryRun: !!o.dryRun, force: !!o.force, progress,
-        savePlan: o.savePlan, plan: o.plan, shard: o.shard, sequential: o.sequential !== false,
+        model: o.model,
+        out: o.out,
+        bits: o.bits,
+        method: o.method,
+        granularity: o.granularity,
+        candidates: o.candidates,
+        denseBits: o.denseBits,
+        groupSize: o.groupSize,
+        sym: !!o.sym,
+        actOrder: !!o.actOrder,
+        damp: o.damp,
+        minTokens: o.minTokens,
+        override: o.override ?? [],
+        ignore: o.ignore ?? [],
+        calib: o.calib,
+        calibTokens: o.calibTokens,
+        seqLen: o.seqLen,
+        mixedDown: o.mixedDown !== false,
+        solverTimeLimit: o.solverTimeLimit,
+        backend: o.backend,
+        dryRun: !!o.dryRun,
+        force: !!o.force,
+        progress,
+        savePlan: o.savePlan,
+        plan: o.plan,
+        shard: o.shard,
+        sequential: o.sequential !== false,
       });
       if (o.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
       else if (!o.quiet || o.dryRun) {

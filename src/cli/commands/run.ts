@@ -28,7 +28,9 @@ export function registerRun(program: Command): void {
     .option('--force', 'replace an existing output')
     .option('--json', 'print the JSON report on stdout')
     .option('--quiet', 'no progress output')
-    .addHelpText('after', `
+    .addHelpText(
+      'after',
+      `
 Example recipe (paths relative to the recipe file):
   model: ./mixtral
   out: ./mixtral-6e-2.5bit
@@ -39,7 +41,8 @@ Example recipe (paths relative to the recipe file):
     - quantize: { bits: 2.5 }
   eval: { data: ./heldout.txt }
 
-A killed run restarted with the same command skips the stages it already finished.`)
+A killed run restarted with the same command skips the stages it already finished.`,
+    )
     .action(async (recipe: string, o: Record<string, any>) => {
       const progress = createProgress({ quiet: o.quiet, json: o.json });
       const report = await runRecipe({ recipe, model: o.model, out: o.out, force: !!o.force, dryRun: !!o.dryRun, progress });
