@@ -58,7 +58,7 @@ export function groupParams(xmin: number, xmax: number, bits: number, sym: boole
 
 export function quantizeValue(w: number, scale: number, zero: number, mq: number): number {
   const q = roundHalfEven(w / scale) + zero;
-  return q < 0 ? 0 : q > mq ? mq : q;
+  return q < 0 ? 0 : Math.min(q, mq);
 }
 
 /**

@@ -44,7 +44,7 @@ export interface ModelTokenizer {
 }
 
 async function readJson(path: string, what: string, optional: boolean): Promise<Record<string, unknown> | undefined> {
-  let st;
+  let st: Awaited<ReturnType<typeof stat>>;
   try {
     st = await stat(path);
   } catch {
@@ -180,7 +180,7 @@ export function cutWindows(stream: Int32Array, seqLen: number, bos: number | nul
 }
 
 export async function readTextFile(file: string): Promise<string> {
-  let st;
+  let st: Awaited<ReturnType<typeof stat>>;
   try {
     st = await stat(file);
   } catch {

@@ -207,7 +207,7 @@ async function walkLayers(model: Model, src: LayerSource, visit: LayerVisit, las
       fail('InvalidStats', `the Gram matrices cover layers ${layers.join(', ')}, the model's MoE layers are ${model.view.moeLayers.join(', ')}`);
     for (const g of src.layers) {
       const layer = model.view.layers[g.layer];
-      if (!layer || layer.block.kind !== 'moe' || layer.block.experts.length !== g.experts.length)
+      if (layer?.block.kind !== 'moe' || layer.block.experts.length !== g.experts.length)
         fail('InvalidStats', `Gram matrices of layer ${g.layer} do not match the model`);
       await visit(
         g.layer,

@@ -64,7 +64,7 @@ export interface WriteResult {
 
 export function expertRef(model: Model, f: Pick<ExpertFactors, 'layer' | 'expert' | 'proj'>): LinearRef {
   const layer = model.view.layers[f.layer];
-  if (!layer || layer.block.kind !== 'moe') fail('ComputeError', `internal: layer ${f.layer} is not an MoE layer`);
+  if (layer?.block.kind !== 'moe') fail('ComputeError', `internal: layer ${f.layer} is not an MoE layer`);
   const refs = layer.block.experts[f.expert];
   if (!refs) fail('ComputeError', `internal: layer ${f.layer} has no expert ${f.expert}`);
   return refs[f.proj];

@@ -49,7 +49,7 @@ export function safeShardPath(dir: string, name: unknown): string {
 }
 
 export async function readJsonFile(path: string, maxBytes: number, what: string, code: ErrorCode = 'InvalidConfig'): Promise<unknown> {
-  let st;
+  let st: Awaited<ReturnType<typeof stat>>;
   try {
     st = await stat(path);
   } catch {
@@ -127,7 +127,7 @@ export class Checkpoint {
   ) {}
 
   static async open(dir: string): Promise<Checkpoint> {
-    let st;
+    let st: Awaited<ReturnType<typeof stat>>;
     try {
       st = await stat(dir);
     } catch {

@@ -711,7 +711,7 @@ export async function writeExpertEdit(model: Model, plan: ExpertEditPlan, out: s
   for (const k of arch.config.numExpertsAliases) if (k in ckpt.config) config[k] = E2;
   for (const k of arch.config.topKAliases) if (k in ckpt.config) config[k] = topK;
   const qc = ckpt.config.quantization_config as Record<string, unknown> | undefined;
-  if (qc && qc.dynamic && typeof qc.dynamic === 'object' && !Array.isArray(qc.dynamic)) {
+  if (qc?.dynamic && typeof qc.dynamic === 'object' && !Array.isArray(qc.dynamic)) {
     config.quantization_config = { ...qc, dynamic: renumberDynamic(qc.dynamic as Record<string, unknown>, view, edits) };
   }
   Object.assign(config, plan.config);

@@ -72,7 +72,7 @@ export class LayerReconstruction {
     /** [T, E, E] Gram matrices (float32, as the matmul gives them; sums are accumulated in float64) */
     private readonly gram: Float32Array,
     /** [T, E] original block weights (dense) */
-    private readonly w0: Float64Array,
+    readonly w0: Float64Array,
     /** [T, k] the same, sparse: experts and weights */
     private readonly idx0: Int32Array,
     private readonly wv0: Float64Array,

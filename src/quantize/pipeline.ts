@@ -578,7 +578,7 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
   if (req.dryRun) res = await rewriteCheckpoint(model, rewritePlan, req.out ?? '(dry run)', { dryRun: true });
   else {
     const tApply = performance.now();
-    const L = view.layers.length;
+    const _L = view.layers.length;
     const what = gptqLayers.length ? `quantizing experts (gptq, ${v.sequential ? 'sequential' : 'not sequential'}) and writing` : 'quantizing and writing';
     const ph = progress?.phase(`${what} ${req.out}${req.shard ? ` (shard ${req.shard.index}/${req.shard.count})` : ''}`);
     const apply = async () => {

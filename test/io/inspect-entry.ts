@@ -28,7 +28,7 @@ main(process.argv).then(
     process.exitCode = code;
   },
   (err) => {
-    console.error(`moe: internal error: ${err && err.stack ? err.stack : err}`);
+    console.error(`moe: internal error: ${err?.stack ? err.stack : err}`);
     process.exitCode = 70;
   },
 );

@@ -227,7 +227,15 @@ describe('lazy new weights', () => {
       const plan: ExpertEditPlan = {
         layers: m.view.moeLayers.map((layer) => ({
           layer,
-          experts: [{ from: 0 }, { weights: async () => (calls++, randomSwiGLU(I, H, layer)) }],
+          experts: [
+            { from: 0 },
+            {
+              weights: async () => {
+                calls++;
+                return randomSwiGLU(I, H, layer);
+              },
+            },
+          ],
           router: { w: new Float32Array(2 * H) },
         })),
       };

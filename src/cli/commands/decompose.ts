@@ -1,4 +1,4 @@
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { createProgress } from '../progress.js';
 import { MODES } from '../../decompose/format.js';
 import { DEFAULT_MODE, decompose, type DecomposeReport } from '../../decompose/pipeline.js';

@@ -1,4 +1,4 @@
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { dequantizeCheckpoint } from '../../quantize/dequantize.js';
 import { createProgress } from '../progress.js';
 

@@ -1,4 +1,4 @@
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { DEFAULTS, merge, type MergeReport } from '../../merge/pipeline.js';
 import { ALIGN_METHODS, GROUPING_METHODS, ROUTER_METHODS, WEIGHTING_METHODS } from '../../merge/types.js';
 import { createProgress } from '../progress.js';

@@ -1,4 +1,4 @@
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { createProgress } from '../progress.js';
 import { parseBackendOption } from '../../runtime/backend.js';
 import { methodNames, PRUNE_METHODS } from '../../prune/methods.js';

@@ -1,4 +1,4 @@
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { parseBackendOption } from '../../runtime/backend.js';
 import { DEFAULT_CALIB_TOKENS, DEFAULT_MIN_TOKENS, quantize } from '../../quantize/pipeline.js';
 import { summaryTable } from '../../quantize/report.js';
