@@ -28,6 +28,8 @@ import type { LinearRef, NormRef, RouterRefs, SwiGLURefs } from './types.js';
  * - `tensors(ckpt, ref)`: every on-disk tensor name this linear occupies (weight, scales, zeros, factors ...), so
  *   surgery can copy an expert byte for byte under a new index and inspect can attribute bytes. Default:
  *   `[ref.tensor]`.
+ * - `storesBias`: the format keeps the linear's bias itself (load returns it), so `ref.bias` need not exist
+ *   (GPTQModel's per-expert modules of fused gpt_oss experts carry `<module>.bias`).
  *
  * Formats registered later are tried first; the built-in MXFP4 format comes last, then a plain tensor read
  * (which dequantizes FP8 block-scaled weights through Checkpoint.readF32). registerLinearFormat returns a
@@ -39,6 +41,7 @@ export interface LinearFormat {
   detect(ckpt: Checkpoint, ref: LinearRef): boolean;
   load(ckpt: Checkpoint, ref: LinearRef): Promise<Linear>;
   tensors?(ckpt: Checkpoint, ref: LinearRef): string[];
+  storesBias?: boolean;
 }
 
 const registered: LinearFormat[] = [];
