@@ -109,7 +109,6 @@ export const REPORT_FILE = 'moe-quantize-report.json';
 export const DEFAULT_CANDIDATES: QuantBits[] = [2, 3, 4];
 export const DEFAULT_CALIB_TOKENS = 8192;
 export const DEFAULT_MIN_TOKENS = 32;
-const PROJS: Proj[] = ['gate', 'up', 'down'];
 
 export interface Unit {
   id: string;
