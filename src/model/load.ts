@@ -181,6 +181,21 @@ export function linearTensors(ckpt: Checkpoint, ref: LinearRef): string[] {
   return scale ? [ref.tensor, scale] : [ref.tensor];
 }
 
+/**
+ * How an expert linear is stored, in words, for reports: the tensors it is read from and what reading does (MXFP4
+ * blocks are dequantized to float32; FP8 blocks scaled; fused slices read one expert at a time).
+ */
+export function describeStorage(ckpt: Checkpoint, ref: LinearRef, prefix = ''): string {
+  const names = linearTensors(ckpt, ref).filter((t) => ckpt.has(t));
+  const rel = names.map((n) => (n.startsWith(prefix) ? n.slice(prefix.length) : n)).join(', ');
+  const fmt = formatOf(ckpt, ref);
+  if (fmt?.name === 'mxfp4') return `MXFP4 (${rel}): dequantized on read to float32 (E2M1 codes x 2^(scale - 127) per 32 inputs)`;
+  if (fmt) return `${fmt.name} (${rel})`;
+  const dtypes = [...new Set(names.map((n) => ckpt.dtype(n)))].join('/');
+  const fused = ref.expert !== undefined ? `fused 3-D ${dtypes} tensor (${rel}), one expert's slice read at a time` : `${dtypes} (${rel})`;
+  return names.length > 1 ? `${fused}, block-scaled, dequantized on read` : fused;
+}
+
 // ---- public loaders -------------------------------------------------------------------------------------------
 
 export async function loadLinear(ckpt: Checkpoint, ref: LinearRef): Promise<Linear> {

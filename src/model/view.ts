@@ -157,7 +157,15 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
     const p0 = fillTemplate(t.layerPrefix, moeLayers[0]);
     const perExpert0 = p0 + fillTemplate(ex.gate, undefined, 0);
     const fused = p0 + alt.experts.gateUp.tensor;
-    if (!linearPresent(ckpt, { tensor: perExpert0 }) && (ckpt.has(fused) || ckpt.has(`${fused}_blocks`))) {
+    // the fused tensor itself, or a stored form of its expert 0 gate slice (low-rank factors of a fused input)
+    const gate0: LinearRef = {
+      tensor: fused,
+      expert: 0,
+      outFeatures: I,
+      inFeatures: hidden,
+      ...(alt.experts.gateUp.split === 'halves' ? { rows: [0, I] as const } : { interleave: 'even' as const }),
+    };
+    if (!linearPresent(ckpt, { tensor: perExpert0 }) && (ckpt.has(fused) || ckpt.has(`${fused}_blocks`) || linearPresent(ckpt, gate0))) {
       ex = alt.experts;
       if (alt.router) routerWeight = alt.router.weight;
     }

@@ -27,7 +27,7 @@ import { fail } from '../errors.js';
 import type { Checkpoint } from '../io/checkpoint.js';
 import { fromF32, type Dtype } from '../io/dtype.js';
 import type { TensorSpec } from '../io/writer.js';
-import { linearTensors, loadLinear, registerLinearFormat, selectRows, type LinearFormat } from '../model/load.js';
+import { describeStorage, linearTensors, loadLinear, registerLinearFormat, selectRows, type LinearFormat } from '../model/load.js';
 import type { NewTensor, TensorFate } from '../model/rewrite.js';
 import { getArchitecture } from '../model/registry.js';
 import type { LayerView, LinearRef, ModelView } from '../model/types.js';
@@ -351,13 +351,8 @@ export function fusedModuleWrites<D extends FusedDecision>(
 export function describeFusedExperts(ckpt: Checkpoint, view: ModelView, layout: FusedGptqLayout): { read: string; written: string } {
   const layer = view.layers[view.moeLayers[0]!]!;
   if (layer.block.kind !== 'moe') fail('ComputeError', 'internal: not a MoE layer');
-  const ref = layer.block.experts[0]!.gate;
-  const stored = linearTensors(ckpt, ref).filter((t) => ckpt.has(t));
-  const mx = !ckpt.has(ref.tensor) && stored.some((t) => t.endsWith('_blocks'));
   const relative = (n: string) => n.slice(layer.prefix.length);
-  const read = mx
-    ? `MXFP4 (${stored.map(relative).join(', ')} ...): dequantized on read to float32 (E2M1 codes x 2^(scale - 127) per 32 inputs), then quantized from those values`
-    : `fused 3-D ${stored.map((t) => ckpt.dtype(t)).join('/')} tensors (${stored.map(relative).join(', ')} ...), one expert's slice read at a time`;
+  const read = `${describeStorage(ckpt, layer.block.experts[0]!.gate, layer.prefix)}, then quantized from those values`;
   const t = layout.target(layer, 0, 'gate');
   const d = layout.target(layer, 0, 'down');
   const written =
