@@ -136,19 +136,29 @@ export const PIPELINE_CASES: GoldenCase[] = [
 export const FAMILY_CASES: GoldenCase[] = (['qwen2_moe', 'deepseek_v3', 'gpt_oss', 'granitemoe', 'glm4_moe'] as Family[])
   .flatMap((family) => [
     { name: `${family}-prune-random`, family, steps: [['prune', ...FM, '--keep', '4', '--method', 'random', '--seed', '1', '--out', '$W/out']] },
-    // quantize and decompose refuse fused 3-D experts today (gpt_oss, granitemoe)
-    ...(family === 'gpt_oss' || family === 'granitemoe'
-      ? []
-      : [
-          {
-            name: `${family}-quantize-rtn`,
-            family,
-            steps: [['quantize', ...FM, '--bits', '7', '--candidates', '4', '--method', 'rtn', '--group-size', '32', '--out', '$W/out']],
-          },
-          { name: `${family}-decompose-svd`, family, steps: [['decompose', ...FM, '--ratio', '0.5', '--mode', 'svd', '--uniform', '--out', '$W/out']] },
-        ]),
+    {
+      name: `${family}-quantize-rtn`,
+      family,
+      steps: [['quantize', ...FM, '--bits', '7', '--candidates', '4', '--method', 'rtn', '--group-size', '32', '--out', '$W/out']],
+    },
+    { name: `${family}-decompose-svd`, family, steps: [['decompose', ...FM, '--ratio', '0.5', '--mode', 'svd', '--uniform', '--out', '$W/out']] },
   ])
   .concat([
+    // fused 3-D experts: GPTQ as GPTQModel's per-expert modules and back; dense fused tensors from factors
+    {
+      name: 'gpt_oss-quantize-gptq-dequantize',
+      family: 'gpt_oss',
+      calib: true,
+      steps: [
+        ['quantize', ...FM, '--bits', '3.6', '--group-size', '32', '--min-tokens', '4', '--calib', '$W/calib.txt', '--seq-len', '32', '--out', '$W/q'],
+        ['dequantize', '--model', '$W/q', '--out', '$W/out'],
+      ],
+    },
+    {
+      name: 'granitemoe-decompose-materialize',
+      family: 'granitemoe',
+      steps: [['decompose', ...FM, '--ratio', '0.5', '--mode', 'svd', '--uniform', '--materialize', '--out', '$W/out']],
+    },
     // merge within routing groups (group-limited routing: n_group 2, topk_group 1)
     {
       name: 'deepseek_v3-merge-groups',
