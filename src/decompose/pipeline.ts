@@ -52,7 +52,7 @@ import {
   type UnitShape,
   type UnitSummary,
 } from './units.js';
-import { factorKey, largestNewTensor, writeDecomposed, type FactorSlot } from './write.js';
+import { describeFusedExperts, factorKey, largestNewTensor, writeDecomposed, type FactorSlot } from './write.js';
 
 export { DEFAULT_MODE };
 export const REPORT_FILE = 'moe-decompose-report.json';
@@ -125,6 +125,8 @@ export interface DecomposeReport {
   output?: { tensors: number; bytes: number };
   /** estimated peak memory (src/runtime/memory.ts), from shapes and the plan */
   memory: MemoryEstimate;
+  /** experts stored fused in 3-D tensors (gpt_oss, granitemoe, transformers-5 layouts): what was read, what is written */
+  fusedExperts?: { read: string; written: string };
   seconds: number;
 }
 
@@ -387,12 +389,6 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
   const model = await openModel(req.model);
   try {
     checkModelOptions(req, model.view);
-    if (model.view.expertLayout !== 'per-expert') {
-      fail(
-        'UnsupportedArchitecture',
-        `moe decompose handles per-expert weight layouts; ${model.view.family} stores experts fused in 3-D tensors (not supported yet)`,
-      );
-    }
     if (model.view.moeLayers.length === 0) fail('InvalidConfig', `${req.model} has no MoE layers to decompose`);
     // checked before the calibration pass, so an impossible budget fails in the first second, not after minutes
     const E = model.view.dims.numExperts;
@@ -502,6 +498,7 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
       );
     }
 
+    const fusedExperts = describeFusedExperts(model, !!req.materialize);
     const report: DecomposeReport = {
       tool: 'moe decompose',
       mode,
@@ -531,6 +528,7 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
       units,
       ...(output ? { output } : {}),
       memory,
+      ...(fusedExperts ? { fusedExperts } : {}),
       seconds: 0,
     };
     report.seconds = (Date.now() - started) / 1000;

@@ -3,6 +3,7 @@ import { z } from 'zod';
 // the on-disk linear formats other pipelines write, so inspect describes their outputs too
 import '../../decompose/format.js';
 import '../../quantize/format.js';
+import '../../quantize/fused.js';
 import { formatReport, inspectModel, withBackend } from '../../inspect/report.js';
 import { openModel } from '../../model/open.js';
 import { registerCommand } from '../../pipeline/cli.js';
