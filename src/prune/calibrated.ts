@@ -11,12 +11,12 @@ import { initBackend } from '../runtime/backend.js';
 import { route } from '../runtime/routing.js';
 import { streamModel } from '../runtime/stream.js';
 import { swiglu } from '../runtime/swiglu.js';
-import type { LayerReport, PruneRequest } from './pipeline.js';
+import type { LayerReport, PruneRun } from './pipeline.js';
 import { maskedEdit } from './mask.js';
 import { layerPlan, prunedRule, type PrunePlan } from './plan.js';
 import { selectByReconstruction, type ReconstructDeps } from './reconstruct.js';
 
-export async function calibrationStats(model: Model, req: PruneRequest): Promise<CalibStats> {
+export async function calibrationStats(model: Model, req: PruneRun): Promise<CalibStats> {
   if (req.calib) await initBackend(req.backend);
   return resolveCalibration({
     model,
@@ -30,7 +30,7 @@ export async function calibrationStats(model: Model, req: PruneRequest): Promise
 
 export async function planByReconstruction(
   model: Model,
-  req: PruneRequest,
+  req: PruneRun,
   keep: number,
   groups: PrunePlan['groups'],
 ): Promise<{ layers: LayerReport[]; tokens: number }> {

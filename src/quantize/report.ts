@@ -5,6 +5,7 @@
  */
 import type { AllocResult } from '../alloc/knapsack.js';
 import { linearTensors } from '../model/load.js';
+import type { Granularity } from './methods.js';
 import type { Model } from '../model/open.js';
 import { formatEstimate, type MemoryEstimate } from '../runtime/memory.js';
 import type { QuantBits } from '../../kernels/quant/types.js';
@@ -28,7 +29,7 @@ export interface QuantizeReport {
   dryRun: boolean;
   family: string;
   method: string;
-  granularity: 'expert' | 'layer';
+  granularity: Granularity;
   candidates: number[];
   targetBits: number;
   denseBits: number;
@@ -85,7 +86,7 @@ export interface ReportInput {
   writeMs: number;
   seconds: number;
   method: string;
-  granularity: 'expert' | 'layer';
+  granularity: Granularity;
   candidates: number[];
   denseBits: number;
   scored: boolean;
