@@ -50,7 +50,7 @@ import {
   type UnitShape,
   type UnitSummary,
 } from './units.js';
-import { factorKey, largestNewTensor, writeDecomposed, type FactorSlot } from './write.js';
+import { describeFusedExperts, factorKey, largestNewTensor, writeDecomposed, type FactorSlot } from './write.js';
 
 export const DEFAULT_MODE: DecomposeMode = 'whitened';
 export const REPORT_FILE = 'moe-decompose-report.json';
@@ -138,6 +138,8 @@ export interface DecomposeReport {
   output?: { tensors: number; bytes: number };
   /** estimated peak memory (src/runtime/memory.ts), from shapes and the plan */
   memory: MemoryEstimate;
+  /** experts stored fused in 3-D tensors (gpt_oss, granitemoe, transformers-5 layouts): what was read, what is written */
+  fusedExperts?: { read: string; written: string };
   seconds: number;
 }
 
@@ -415,12 +417,6 @@ export async function decompose(req: DecomposeRequest): Promise<DecomposeReport>
   if (req.out && !req.dryRun) await checkOutputTarget(req.out, { force: req.force, inputDir: req.model });
   const model = await openModel(req.model);
   try {
-    if (model.view.expertLayout !== 'per-expert') {
-      fail(
-        'UnsupportedArchitecture',
-        `moe decompose handles per-expert weight layouts; ${model.view.family} stores experts fused in 3-D tensors (not supported yet)`,
-      );
-    }
     if (model.view.moeLayers.length === 0) fail('InvalidConfig', `${req.model} has no MoE layers to decompose`);
     // checked before the calibration pass, so an impossible budget fails in the first second, not after minutes
     const E = model.view.dims.numExperts;
@@ -530,6 +526,7 @@ export async function decompose(req: DecomposeRequest): Promise<DecomposeReport>
       );
     }
 
+    const fusedExperts = describeFusedExperts(model, !!req.materialize);
     const report: DecomposeReport = {
       tool: 'moe decompose',
       mode,
@@ -559,6 +556,7 @@ export async function decompose(req: DecomposeRequest): Promise<DecomposeReport>
       units,
       ...(output ? { output } : {}),
       memory,
+      ...(fusedExperts ? { fusedExperts } : {}),
       seconds: 0,
     };
     report.seconds = (Date.now() - started) / 1000;

@@ -7,7 +7,8 @@
 import { fail } from '../errors.js';
 import { DTYPE_BYTES, fromF32, type Dtype } from '../io/dtype.js';
 import type { TensorSpec } from '../io/writer.js';
-import { linearTensors } from '../model/load.js';
+import { describeStorage, linearTensors, transpose } from '../model/load.js';
+import { getArchitecture } from '../model/registry.js';
 import type { Model } from '../model/open.js';
 import { layerOfTensor, rewriteCheckpoint, type TensorFate } from '../model/rewrite.js';
 import { shardOwner, type ShardSpec } from '../model/shard.js';
@@ -98,6 +99,53 @@ function product(f: ExpertFactors, m: number, n: number): Float32Array {
   return Float32Array.from(out);
 }
 
+/**
+ * A layer's fused expert tensor rebuilt dense (--materialize): per expert the product of each linear it holds
+ * (gate and up of gate_up, interleaved or halves as the ref says; down alone), in the family's stored layout
+ * (transposed where the family's data file says in-major: gpt_oss), dtype of the factors' output.
+ */
+function fusedDense(model: Model, layer: number, ref: LinearRef, dtype: Dtype, take: TakeLayer | undefined): NewTensor {
+  const block = model.view.layers[layer]!.block;
+  if (block.kind !== 'moe') fail('ComputeError', `internal: layer ${layer} is not an MoE layer`);
+  const E = block.experts.length;
+  const packed = !!(ref.rows || ref.interleave);
+  const projs: Proj[] = packed ? ['gate', 'up'] : ['down'];
+  const m = ref.outFeatures;
+  const n = ref.inFeatures;
+  const rows = m * projs.length;
+  const ex = getArchitecture(model.view.family, model.view.family).tensors;
+  // stored orientation of the dense form (MXFP4 blocks are out-major, the family's float tensors may be in-major)
+  const fusedSpec = ex.experts.layout === 'fused' ? ex.experts : ex.fusedAlternative?.experts;
+  const transposed = packed ? !!fusedSpec?.gateUp.transposed : !!fusedSpec?.down.transposed;
+  return {
+    spec: { name: ref.tensor, dtype, shape: transposed ? [E, n, rows] : [E, rows, n] },
+    data: async () => {
+      if (!take) fail('ComputeError', 'internal: a dry-run write plan has no factors');
+      const lf = await take(layer);
+      const out = new Float32Array(E * rows * n);
+      for (let e = 0; e < E; e++) {
+        const parts = projs.map((p) => {
+          const x = lf.get(factorKey(e, p));
+          if (!x) fail('ComputeError', `internal: layer ${layer} expert ${e} ${p}: factors missing`);
+          return product(x, m, n);
+        });
+        let w: Float32Array;
+        if (parts.length === 1) w = parts[0]!;
+        else {
+          w = new Float32Array(rows * n);
+          for (let r = 0; r < m; r++) {
+            const [g, u] = ref.interleave ? [2 * r, 2 * r + 1] : [r, m + r];
+            w.set(parts[0]!.subarray(r * n, (r + 1) * n), g * n);
+            w.set(parts[1]!.subarray(r * n, (r + 1) * n), u * n);
+          }
+        }
+        out.set(transposed ? transpose(w, rows, n) : w, e * rows * n);
+      }
+      return out;
+    },
+  };
+}
+
 /** Plan the replacement tensors and the `moe` config section for a set of factored linears. */
 export function planReplacements(
   model: Model,
@@ -113,8 +161,9 @@ export function planReplacements(
   const section: LowRankSection = { format: LOWRANK_FORMAT, version: LOWRANK_VERSION, mode: opts.mode, ratio: opts.ratio, modules: {} };
   for (const f of slots) {
     const ref = expertRef(model, f);
-    if (ref.expert !== undefined || ref.rows || ref.interleave || ref.transposed) {
-      fail('UnsupportedArchitecture', `moe decompose writes per-expert 2-D expert weights; '${ref.tensor}' is a fused expert tensor (not supported yet)`);
+    const fused = ref.expert !== undefined;
+    if (!fused && (ref.rows || ref.interleave || ref.transposed)) {
+      fail('UnsupportedArchitecture', `moe decompose writes 2-D expert weights or fused 3-D expert tensors; '${ref.tensor}' is neither`);
     }
     const old = linearTensors(model.ckpt, ref);
     const dtype = outputDtype(model, ref);
@@ -134,15 +183,24 @@ export function planReplacements(
       made.add(name);
       fresh.push({ spec: { name, dtype, shape }, data: async () => data(await factors()) });
     };
-    if (opts.materialize) {
+    if (opts.materialize && fused) {
+      // the whole fused tensor of the layer, every expert's product in the family's stored layout
+      const t = fusedDense(model, f.layer, ref, dtype, take);
+      if (!made.has(t.spec.name)) {
+        made.add(t.spec.name);
+        fresh.push(t);
+      }
+    } else if (opts.materialize) {
       add(ref.tensor, [m, n], (x) => product(x, m, n));
     } else {
-      const prefix = factorNames.expertsPrefix(ref.tensor);
-      const proj = stemOf(ref.tensor).split('.').pop()!;
+      // per-expert names: the linear's own; for a slice of a fused tensor, the tensor's stem + expert + part
+      const own = fused ? `${stemOf(ref.tensor)}.${ref.expert}${ref.rows || ref.interleave ? `.${f.proj}` : ''}.weight` : ref.tensor;
+      const prefix = fused ? stemOf(ref.tensor) : factorNames.expertsPrefix(ref.tensor);
+      const proj = fused ? f.proj : stemOf(ref.tensor).split('.').pop()!;
       const mod: LowRankModule = {
         rank: k,
-        u: f.shared === 'u' ? factorNames.sharedOut(prefix, proj) : factorNames.u(ref.tensor),
-        v: f.shared === 'v' ? factorNames.sharedIn(prefix, proj) : factorNames.v(ref.tensor),
+        u: f.shared === 'u' ? factorNames.sharedOut(prefix, proj) : factorNames.u(own),
+        v: f.shared === 'v' ? factorNames.sharedIn(prefix, proj) : factorNames.v(own),
       };
       if (f.base) mod.base = factorNames.base(prefix, proj);
       section.modules[moduleKey(ref)] = mod;
@@ -189,7 +247,13 @@ export async function writeDecomposed(model: Model, slots: readonly FactorSlot[]
           },
     );
   }
-  const res = await rewriteCheckpoint(model, { fates, config: { moe: opts.materialize ? null : section } }, opts.out, {
+  const config: Record<string, unknown> = { moe: opts.materialize ? null : section };
+  // gpt_oss MXFP4 experts were read dequantized and are written as factors (or dense bf16): once no MXFP4 tensor is
+  // left, the mxfp4 quantization_config would make loaders look for blocks that are gone
+  const qc = model.ckpt.config.quantization_config as { quant_method?: unknown } | undefined;
+  if (qc?.quant_method === 'mxfp4' && model.ckpt.tensorNames.filter((t) => t.endsWith('_blocks')).every((t) => removed.has(t)))
+    config.quantization_config = null;
+  const res = await rewriteCheckpoint(model, { fates, config }, opts.out, {
     force: opts.force,
     dryRun: opts.dryRun,
     shard: opts.shard,
@@ -199,4 +263,20 @@ export async function writeDecomposed(model: Model, slots: readonly FactorSlot[]
   const shard = opts.shard;
   const mine = shard ? res.tensors.filter((t) => shardOwner(layerOfTensor(model.view, t.name), shard.count) === shard.index) : res.tensors;
   return { tensors: mine.length, bytes: mine.reduce((a, t) => a + t.bytes, 0), section: opts.materialize ? undefined : section };
+}
+
+/** What a fused checkpoint's experts were read as and are written as (undefined for per-expert layouts), for the report. */
+export function describeFusedExperts(model: Model, materialize: boolean): { read: string; written: string } | undefined {
+  const { view, ckpt } = model;
+  if (view.expertLayout !== 'fused' || view.moeLayers.length === 0) return undefined;
+  const layer = view.layers[view.moeLayers[0]!]!;
+  if (layer.block.kind !== 'moe') return undefined;
+  const ref = layer.block.experts[0]!.gate;
+  const stem = stemOf(ref.tensor).slice(layer.prefix.length);
+  return {
+    read: describeStorage(ckpt, ref, layer.prefix),
+    written: materialize
+      ? `dense fused tensors in the family's layout (${ref.tensor.slice(layer.prefix.length)} [E, ...]), biases copied`
+      : `factors per expert slice (${stem}.<e>.<gate|up>.weight_u/_v, shared bases ${stem}.shared_basis_*), listed in config.json moe.modules; biases copied`,
+  };
 }

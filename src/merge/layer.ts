@@ -8,7 +8,7 @@ import type { ActivationSpec, RoutingRule } from '../model/types.js';
 import type { Routing, SwiGLUWeights } from '../runtime/api.js';
 import { activationSimilarity, alignFromSimilarity, permuteUnits, weightSimilarity } from './align.js';
 import { ExpertAverager, memberWeights } from './combine.js';
-import { checkPartition, groupExperts } from './grouping.js';
+import { checkPartition, groupExperts, routingGroupProblem } from './grouping.js';
 import { mergeRouter, type RouterFitOptions, type RouterWeights } from './router.js';
 import { MERGE_OPTION_DEFAULTS, type ExpertGroup, type GroupReport, type LayerReport, type LayerSignals, type MergeChoices } from './types.js';
 
@@ -32,6 +32,8 @@ export interface MergeLayerInput {
   calib?: LayerCalibration;
   /** a fixed plan (e.g. from a dry run); otherwise grouped by choices.grouping */
   groups?: ExpertGroup[];
+  /** group-limited routing: the layer's routing groups (mergeRoutingGroups), which every merged group stays inside */
+  routingGroups?: number;
 }
 
 export interface MergeLayerOptions {
@@ -189,8 +191,10 @@ export function mergeLayer(input: MergeLayerInput, choices: MergeChoices, opts: 
   const E = experts.length;
   const H = signals.hidden;
   if (signals.numExperts !== E) fail('InvalidStats', `layer ${input.layer}: statistics describe ${signals.numExperts} experts, the model has ${E}`);
-  const groups = input.groups ?? groupExperts(choices.grouping, signals, choices.groups);
+  const groups = input.groups ?? groupExperts(choices.grouping, signals, choices.groups, input.routingGroups);
   checkPartition(groups, E, choices.groups);
+  const crossing = routingGroupProblem(groups, E, input.routingGroups ?? 1);
+  if (crossing) fail('ComputeError', `layer ${input.layer}: merge plan breaks group-limited routing: ${crossing}`);
   if (choices.align === 'activations' && !input.calib) fail('Usage', '--align activations needs calibration hidden states (--calib FILE)');
 
   const merged: SwiGLUWeights[] = [];

@@ -37,7 +37,7 @@ import type { MemoryEstimate } from '../runtime/memory.js';
 import { streamModel } from '../runtime/stream.js';
 import { swiglu } from '../runtime/swiglu.js';
 import { memberWeights } from './combine.js';
-import { checkPartition, groupExperts } from './grouping.js';
+import { checkGroupCount, checkPartition, groupExperts, mergeRoutingGroups, routingGroupOf } from './grouping.js';
 import { mergeGroupStreamed, mergeLayer, type MergedLayer, type MergeLayerOptions } from './layer.js';
 import { mergeMemory } from './memory.js';
 import { checkSavedPlan, layerReport, serializePlan, shardDecisions, type MergePlan, type PlanMode, type PlannedLayer } from './plan.js';
@@ -158,13 +158,8 @@ export function checkGroups(view: ModelView, n: number): void {
   if (n > E) fail('Usage', `--groups ${n} is more than the ${E} experts per layer`);
   if (n < 1) fail('Usage', `--groups must be at least 1, got ${n}`);
   if (n < k) fail('Usage', `--groups ${n} is fewer than the ${k} experts each token is routed to (num_experts_per_tok); use at least ${k}`);
-  const g = view.routing.groups;
-  if (g && g.nGroup > 1 && g.topkGroup < g.nGroup) {
-    fail(
-      'UnsupportedArchitecture',
-      `${view.family}: merging under group-limited routing (n_group ${g.nGroup}, topk_group ${g.topkGroup}) is not supported; merged groups would cross routing groups`,
-    );
-  }
+  // group-limited routing: merged within each routing group, the same count per group
+  checkGroupCount(n, E, view.routing, view.family);
 }
 
 const routerRows = (r: RouterWeights): RouterWeights => ({ w: r.w, bias: r.bias, correctionBias: r.correctionBias });
@@ -172,18 +167,30 @@ const routerRows = (r: RouterWeights): RouterWeights => ({ w: r.w, bias: r.bias,
 /**
  * The merged layer as the running forward pass sees it: the runtime keeps a layer's expert count during a pass,
  * so the N merged experts come first and the E - N spare slots are masked with a -inf router bias (the pruning
- * pipeline's mask, which routes exactly as the N-expert checkpoint does).
+ * pipeline's mask, which routes exactly as the N-expert checkpoint does). Under group-limited routing
+ * (`routingGroups` > 1) each routing group keeps its E / routingGroups slots: its N / routingGroups merged experts
+ * first, its spare slots masked, so group scores and the group choice are those of the merged checkpoint.
  */
-export function runningEdit(experts: SwiGLUWeights[], router: RouterWeights, E: number, H: number): MoeLayerEdit {
+export function runningEdit(experts: SwiGLUWeights[], router: RouterWeights, E: number, H: number, routingGroups = 1): MoeLayerEdit {
   const N = experts.length;
+  const size = E / routingGroups;
+  const per = N / routingGroups;
+  // merged expert i -> its slot in the E-slot layer
+  const slotOf = (i: number) => Math.floor(i / per) * size + (i % per);
+  const source = new Int32Array(E).fill(-1);
+  for (let i = 0; i < N; i++) source[slotOf(i)] = i;
   const w = new Float32Array(E * H);
-  w.set(router.w);
-  const pad = (v: Float32Array | undefined) => (v ? Float32Array.from({ length: E }, (_, i) => (i < N ? v[i] : 0)) : undefined);
+  for (let i = 0; i < N; i++) w.set(router.w.subarray(i * H, (i + 1) * H), slotOf(i) * H);
+  const pad = (v: Float32Array | undefined) => (v ? Float32Array.from(source, (i) => (i >= 0 ? v[i]! : 0)) : undefined);
   const bias = pad(router.bias) ?? new Float32Array(E);
-  const padded = { experts: Array.from({ length: E }, (_, i) => experts[i < N ? i : 0]), router: { w, bias, correctionBias: pad(router.correctionBias) } };
+  const padded = {
+    experts: Array.from(source, (i) => experts[Math.max(i, 0)]!),
+    router: { w, bias, correctionBias: pad(router.correctionBias) },
+  };
   return maskedEdit(
     padded,
-    Array.from({ length: N }, (_, i) => i),
+    Array.from({ length: N }, (_, i) => slotOf(i)),
+    routingGroups > 1 ? size : undefined,
   );
 }
 
@@ -200,6 +207,7 @@ async function planSequential(model: Model, req: MergeRequest, choices: MergeCho
   const phase = req.progress?.phase(`merge: ${view.moeLayers.length} MoE layers, sequentially on calibration text`);
   const H = view.dims.hidden;
   const expert = (w: SwiGLUWeights, x: Float32Array, T: number) => swiglu(w, x, T, view.forward.activation);
+  const routingGroups = mergeRoutingGroups(view.routing);
   await streamModel(model, windows, {
     onMoeLayer(input: MoeLayerInput) {
       plan.tokens = input.T;
@@ -213,6 +221,7 @@ async function planSequential(model: Model, req: MergeRequest, choices: MergeCho
           rule: view.routing,
           calib: { x: input.x, T: input.T, logits: input.logits, routing: input.routing },
           activation: view.forward.activation,
+          routingGroups,
         },
         choices,
         opts,
@@ -224,7 +233,7 @@ async function planSequential(model: Model, req: MergeRequest, choices: MergeCho
         ...(choices.router === 'fit' ? { rows: routerRows(m.router) } : {}),
       });
       phase?.tick(plan.layers.length, view.moeLayers.length, 'layers');
-      return runningEdit(m.experts, m.router, input.experts.length, H);
+      return runningEdit(m.experts, m.router, input.experts.length, H, routingGroups);
     },
   });
   phase?.succeed(`merge: ${plan.layers.length} layers planned`);
@@ -245,7 +254,7 @@ function planFromStats(model: Model, stats: CalibStats, choices: MergeChoices): 
     if (layer.block.kind !== 'moe') continue;
     const E = layer.block.experts.length;
     const signals = signalsFromStats(statsFor(stats, layer.index, E));
-    const groups = groupExperts(choices.grouping, signals, choices.groups);
+    const groups = groupExperts(choices.grouping, signals, choices.groups, mergeRoutingGroups(model.view.routing));
     checkPartition(groups, E, choices.groups);
     layers.push({
       layer: layer.index,
@@ -280,6 +289,7 @@ async function planEdit(
   const total = plan.layers.reduce((a, l) => a + l.groups.filter((g) => g.members.length > 1).length, 0);
   const phase = progress?.phase('merge: aligning and averaging groups while writing');
   const layers: LayerExpertEdit[] = [];
+  const routingGroups = mergeRoutingGroups(view.routing);
   for (const [li, l] of plan.layers.entries()) {
     const block = view.layers[l.layer]!.block as MoeBlock;
     const E = block.experts.length;
@@ -288,6 +298,8 @@ async function planEdit(
     const experts: ExpertSource[] = l.groups.map((g, gi) => {
       if (g.members.length === 1) return { from: g.anchor };
       return {
+        // under group-limited routing the merged expert stays in its members' routing group
+        ...(routingGroups > 1 ? { group: routingGroupOf(g.anchor, E, routingGroups) } : {}),
         weights: async () => {
           const load = (j: number) => loadSwiGLU(model.ckpt, block.experts[j]!);
           const applied = g.perms ? { perms: g.perms, alignment: g.alignment } : undefined;
@@ -301,8 +313,10 @@ async function planEdit(
     layers.push({ layer: l.layer, experts, router });
   }
   const g = view.routing.groups;
-  // a group limit that selects every group is a no-op: the merged model routes identically without groups
-  const edit: ExpertEditPlan = { layers, groups: g && g.nGroup > 1 ? { nGroup: 1, topkGroup: 1 } : undefined };
+  // group-limited routing keeps its n_group / topk_group (each routing group merged to the same count); a group
+  // limit that selects every group is a no-op: the merged model routes identically without groups
+  const groups = !g || g.nGroup <= 1 ? undefined : routingGroups > 1 ? { nGroup: g.nGroup, topkGroup: g.topkGroup } : { nGroup: 1, topkGroup: 1 };
+  const edit: ExpertEditPlan = { layers, groups };
   return { edit, finish: () => phase?.succeed(`merge: ${plan.layers.length} layers, ${produced} merged groups`) };
 }
 

@@ -22,6 +22,7 @@
 import { createHash } from 'node:crypto';
 import { fail } from '../errors.js';
 import type { ModelView, MoeBlock } from '../model/types.js';
+import { mergeRoutingGroups, routingGroupProblem } from './grouping.js';
 import type { RouterWeights } from './router.js';
 import type { GroupReport, LayerReport, MergeChoices } from './types.js';
 
@@ -113,7 +114,7 @@ const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'obj
 
 /**
  * A loaded plan, checked in detail against this model and these choices: every MoE layer exactly once, N groups
- * that partition its experts with the anchor first, weights that are a distribution over the members, a
+ * that partition its experts with the anchor first (inside one routing group each, under group-limited routing), weights that are a distribution over the members, a
  * permutation of 0..I-1 for every merged member when the alignment needs one, router rows of the right shape when
  * the router was fitted. Every problem is one line naming the file and the layer.
  */
@@ -190,6 +191,8 @@ export function checkSavedPlan(view: ModelView, raw: unknown, choices: MergeChoi
       }
       return g;
     });
+    const crossing = routingGroupProblem(groups, E, mergeRoutingGroups(view.routing));
+    if (crossing) at(`the groups break group-limited routing: ${crossing}`);
     const router = isObject(raw!.router) ? (raw!.router as LayerReport['router']) : at('router is missing');
     if (router.method !== choices.router) at(`router rows are '${router.method}', this command has --router ${choices.router}`);
     const planned: PlannedLayer = { layer: L, groups, router };

@@ -28,6 +28,8 @@ import type { LinearRef, NormRef, RouterRefs, SwiGLURefs } from './types.js';
  * - `tensors(ckpt, ref)`: every on-disk tensor name this linear occupies (weight, scales, zeros, factors ...), so
  *   surgery can copy an expert byte for byte under a new index and inspect can attribute bytes. Default:
  *   `[ref.tensor]`.
+ * - `storesBias`: the format keeps the linear's bias itself (load returns it), so `ref.bias` need not exist
+ *   (GPTQModel's per-expert modules of fused gpt_oss experts carry `<module>.bias`).
  *
  * Formats registered later are tried first; the built-in MXFP4 format comes last, then a plain tensor read
  * (which dequantizes FP8 block-scaled weights through Checkpoint.readF32). registerLinearFormat returns a
@@ -39,6 +41,7 @@ export interface LinearFormat {
   detect(ckpt: Checkpoint, ref: LinearRef): boolean;
   load(ckpt: Checkpoint, ref: LinearRef): Promise<Linear>;
   tensors?(ckpt: Checkpoint, ref: LinearRef): string[];
+  storesBias?: boolean;
 }
 
 const registered: LinearFormat[] = [];
@@ -176,6 +179,21 @@ export function linearTensors(ckpt: Checkpoint, ref: LinearRef): string[] {
   if (f) return f.tensors?.(ckpt, ref) ?? [ref.tensor];
   const scale = ckpt.has(ref.tensor) ? ckpt.storage(ref.tensor).blockScale?.scaleName : undefined;
   return scale ? [ref.tensor, scale] : [ref.tensor];
+}
+
+/**
+ * How an expert linear is stored, in words, for reports: the tensors it is read from and what reading does (MXFP4
+ * blocks are dequantized to float32; FP8 blocks scaled; fused slices read one expert at a time).
+ */
+export function describeStorage(ckpt: Checkpoint, ref: LinearRef, prefix = ''): string {
+  const names = linearTensors(ckpt, ref).filter((t) => ckpt.has(t));
+  const rel = names.map((n) => (n.startsWith(prefix) ? n.slice(prefix.length) : n)).join(', ');
+  const fmt = formatOf(ckpt, ref);
+  if (fmt?.name === 'mxfp4') return `MXFP4 (${rel}): dequantized on read to float32 (E2M1 codes x 2^(scale - 127) per 32 inputs)`;
+  if (fmt) return `${fmt.name} (${rel})`;
+  const dtypes = [...new Set(names.map((n) => ckpt.dtype(n)))].join('/');
+  const fused = ref.expert !== undefined ? `fused 3-D ${dtypes} tensor (${rel}), one expert's slice read at a time` : `${dtypes} (${rel})`;
+  return names.length > 1 ? `${fused}, block-scaled, dequantized on read` : fused;
 }
 
 // ---- public loaders -------------------------------------------------------------------------------------------

@@ -465,6 +465,12 @@ function layerTensorsFused(
     const weightTensors = linearTensors(ckpt, ref);
     for (const name of weightTensors) {
       const info = ckpt.info(name);
+      // a format that stores each expert as its own module (GPTQModel's layout of fused experts) has no expert axis
+      if (info.shape[0] !== block.experts.length)
+        fail(
+          'Usage',
+          `'${ref.tensor}' is stored per expert as ${fmt?.name ?? 'separate tensors'} ('${name}'); edit the experts before quantizing, or dequantize first`,
+        );
       drop.push(name);
       let encode: (w: SwiGLUWeights) => Uint8Array;
       if (fmt?.name === 'mxfp4') {

@@ -7,7 +7,7 @@ import { fail } from '../errors.js';
 import type { Checkpoint, HFConfig } from '../io/checkpoint.js';
 import { ConfigReader } from './config.js';
 import { FAMILY_HOOKS } from './families.js';
-import { linearPresent } from './load.js';
+import { formatOf, linearPresent } from './load.js';
 import { getArchitecture } from './registry.js';
 import type { Architecture, TensorTemplate } from './schema.js';
 import type { AttentionSpec, DenseBlock, LayerView, LinearRef, ModelDims, ModelView, MoeBlock, NormRef, RopeSpec, RoutingRule, SwiGLURefs } from './types.js';
@@ -157,7 +157,15 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
     const p0 = fillTemplate(t.layerPrefix, moeLayers[0]);
     const perExpert0 = p0 + fillTemplate(ex.gate, undefined, 0);
     const fused = p0 + alt.experts.gateUp.tensor;
-    if (!linearPresent(ckpt, { tensor: perExpert0 }) && (ckpt.has(fused) || ckpt.has(`${fused}_blocks`))) {
+    // the fused tensor itself, or a stored form of its expert 0 gate slice (low-rank factors of a fused input)
+    const gate0: LinearRef = {
+      tensor: fused,
+      expert: 0,
+      outFeatures: I,
+      inFeatures: hidden,
+      ...(alt.experts.gateUp.split === 'halves' ? { rows: [0, I] as const } : { interleave: 'even' as const }),
+    };
+    if (!linearPresent(ckpt, { tensor: perExpert0 }) && (ckpt.has(fused) || ckpt.has(`${fused}_blocks`) || linearPresent(ckpt, gate0))) {
       ex = alt.experts;
       if (alt.router) routerWeight = alt.router.weight;
     }
@@ -274,15 +282,15 @@ function firstMissing(moe: number[], layers: number): string {
 }
 
 /** Every tensor the view names, each with whether it is a linear weight (which may be stored quantized). */
-export function viewTensors(view: ModelView): { name: string; linear?: LinearRef }[] {
-  const out: { name: string; linear?: LinearRef }[] = [];
+export function viewTensors(view: ModelView): { name: string; linear?: LinearRef; biasOf?: LinearRef }[] {
+  const out: { name: string; linear?: LinearRef; biasOf?: LinearRef }[] = [];
   const plain = (n: string | undefined) => {
     if (n) out.push({ name: n });
   };
   const sw = (s: SwiGLURefs) => {
     for (const r of [s.gate, s.up, s.down]) {
       out.push({ name: r.tensor, linear: r });
-      if (r.bias) plain(r.bias);
+      if (r.bias) out.push({ name: r.bias, biasOf: r });
     }
   };
   plain(view.embed);
@@ -318,10 +326,11 @@ export function viewTensors(view: ModelView): { name: string; linear?: LinearRef
 export function checkTensorsPresent(ckpt: Checkpoint, view: ModelView): void {
   const missing: string[] = [];
   const seen = new Set<string>();
-  for (const { name, linear } of viewTensors(view)) {
+  for (const { name, linear, biasOf } of viewTensors(view)) {
     if (seen.has(name)) continue;
     seen.add(name);
-    const ok = linear ? linearPresent(ckpt, linear) : ckpt.has(name);
+    // a bias may live inside the linear's stored form (formats with storesBias)
+    const ok = linear ? linearPresent(ckpt, linear) : ckpt.has(name) || (biasOf !== undefined && !!formatOf(ckpt, biasOf)?.storesBias);
     if (!ok) missing.push(name);
   }
   if (missing.length) {

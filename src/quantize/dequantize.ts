@@ -1,14 +1,19 @@
 /**
  * `moe dequantize`: a GPTQ checkpoint back to a dense BF16/F16 checkpoint of the same family, for tools that
  * cannot read GPTQ. Every `<module>.qweight/qzeros/scales/g_idx` quadruple becomes `<module>.weight`; all other
- * tensors are copied byte for byte; quantization_config is removed.
+ * tensors are copied byte for byte; quantization_config is removed. Families whose experts are fused 3-D tensors
+ * (gpt_oss, granitemoe: quantized as GPTQModel's per-expert modules, see fused.ts) get their fused tensors back,
+ * in the family's own layout, with the module biases stacked into the fused bias tensors.
  */
 import { fail } from '../errors.js';
-import { fromF32 } from '../io/dtype.js';
-import { openModel } from '../model/open.js';
-import { rewriteCheckpoint, type TensorFate } from '../model/rewrite.js';
+import { fromF32, type Dtype } from '../io/dtype.js';
+import { loadLinear, transpose, formatOf } from '../model/load.js';
+import { openModel, type Model } from '../model/open.js';
+import { rewriteCheckpoint, type NewTensor, type TensorFate } from '../model/rewrite.js';
+import type { LinearRef } from '../model/types.js';
 import { dequantize as dequantizeLinear } from '../../kernels/quant/rtn.js';
 import { GPTQ_SUFFIXES, readGptq, registerGptqFormat } from './format.js';
+import { FUSED_GPTQ_FORMAT, gptqModuleOfFusedRef, registerFusedGptqFormat, stackRows } from './fused.js';
 import type { Progress } from '../cli/progress.js';
 
 export interface DequantizeRequest {
@@ -31,16 +36,81 @@ export interface DequantizeReport {
   dryRun: boolean;
 }
 
+/**
+ * The fused expert tensors of a GPTQModel-layout checkpoint, rebuilt: per MoE layer and fused tensor (gate_up,
+ * down) every expert's dense rows in the stored order (interleaved or halves, transposed where the family stores
+ * in-major), stacked [E, ...], plus the fused bias from the module biases. Returns the fates of the module tensors
+ * (the first of each fused tensor's replaced by it, the rest dropped) and the modules handled.
+ */
+function fusedFates(model: Model, dtype: Dtype): { fates: Map<string, TensorFate>; modules: Set<string> } {
+  const { ckpt, view } = model;
+  const fates = new Map<string, TensorFate>();
+  const modules = new Set<string>();
+  for (const layer of view.layers) {
+    if (layer.block.kind !== 'moe') continue;
+    const experts = layer.block.experts;
+    for (const which of ['gateUp', 'down'] as const) {
+      const refsOf = (e: number): LinearRef[] => (which === 'down' ? [experts[e]!.down] : [experts[e]!.gate, experts[e]!.up]);
+      const r0 = refsOf(0)[0]!;
+      if (formatOf(ckpt, r0) !== FUSED_GPTQ_FORMAT) continue;
+      const mods = experts.map((_, e) => gptqModuleOfFusedRef(ckpt, refsOf(e)[0]!)!);
+      const names = mods.flatMap((m) => [...GPTQ_SUFFIXES, 'weight', 'bias'].map((s) => `${m}.${s}`).filter((n) => ckpt.has(n)));
+      const E = experts.length;
+      const rows = r0.outFeatures * refsOf(0).length;
+      const inF = r0.inFeatures;
+      const split = r0.interleave ? 'interleaved' : 'halves';
+      const shape = r0.transposed ? [E, inF, rows] : [E, rows, inF];
+      const made: NewTensor[] = [
+        {
+          spec: { name: r0.tensor, dtype, shape },
+          produce: async () => {
+            const out = new Float32Array(E * rows * inF);
+            for (let e = 0; e < E; e++) {
+              const ws = await Promise.all(refsOf(e).map(async (r) => (await loadLinear(ckpt, r)).w));
+              const m = stackRows(ws, r0.outFeatures, inF, split);
+              out.set(r0.transposed ? transpose(m, rows, inF) : m, e * rows * inF);
+            }
+            return fromF32(out, dtype);
+          },
+        },
+      ];
+      if (r0.bias) {
+        const bdt = ckpt.dtype(`${mods[0]}.bias`);
+        made.push({
+          spec: { name: r0.bias, dtype: bdt, shape: [E, rows] },
+          produce: async () => {
+            const parts = await Promise.all(mods.map((m) => ckpt.readBytes(`${m}.bias`)));
+            const out = new Uint8Array(parts.reduce((a, p) => a + p.byteLength, 0));
+            let o = 0;
+            for (const p of parts) {
+              out.set(p, o);
+              o += p.byteLength;
+            }
+            return out;
+          },
+        });
+      }
+      fates.set(names[0]!, { kind: 'replace', tensors: made });
+      for (const n of names.slice(1)) fates.set(n, { kind: 'drop' });
+      for (const m of mods) modules.add(m);
+    }
+  }
+  return { fates, modules };
+}
+
 export async function dequantizeCheckpoint(req: DequantizeRequest): Promise<DequantizeReport> {
   if (!req.dryRun && !req.out) fail('Usage', 'give --out DIR (or --dry-run)');
   registerGptqFormat();
+  registerFusedGptqFormat();
   const model = await openModel(req.model);
   try {
     const { ckpt } = model;
     const dtype = req.dtype ?? (ckpt.config['torch_dtype'] === 'float16' ? 'F16' : 'BF16');
-    const modules = ckpt.tensorNames.filter((n) => n.endsWith('.qweight')).map((n) => n.slice(0, -'.qweight'.length));
-    if (modules.length === 0) fail('InvalidData', `${req.model} has no GPTQ tensors (*.qweight): nothing to dequantize`);
-    const fates = new Map<string, TensorFate>();
+    const all = ckpt.tensorNames.filter((n) => n.endsWith('.qweight')).map((n) => n.slice(0, -'.qweight'.length));
+    if (all.length === 0) fail('InvalidData', `${req.model} has no GPTQ tensors (*.qweight): nothing to dequantize`);
+    const fused = fusedFates(model, dtype);
+    const fates = fused.fates;
+    const modules = all.filter((m) => !fused.modules.has(m));
     for (const m of modules) {
       for (const s of GPTQ_SUFFIXES) if (!ckpt.has(`${m}.${s}`)) fail('InvalidData', `${req.model}: GPTQ module '${m}' has no ${s}`);
       const out = ckpt.shape(`${m}.qweight`)[1]!;
@@ -72,7 +142,7 @@ export async function dequantizeCheckpoint(req: DequantizeRequest): Promise<Dequ
       model: req.model,
       ...(req.out ? { out: req.out } : {}),
       dtype,
-      modules: modules.length,
+      modules: all.length,
       beforeBytes,
       afterBytes: res.totalBytes,
       dryRun: !!req.dryRun,

@@ -14,7 +14,7 @@ import type { Model } from '../model/open.js';
 import { estimatePeak, maxEstimate, streamedPassParts, writerBytes, type MemoryEstimate, type MemoryPart } from '../runtime/memory.js';
 import type { QuantBits } from '../../kernels/quant/types.js';
 import { gptqTensorSpecs } from './format.js';
-import { linearBytesAt, type LinearDecision } from './plan.js';
+import { decisionBytesAt, type LinearDecision } from './plan.js';
 
 const F32 = 4;
 const F64 = 8;
@@ -100,7 +100,7 @@ export function quantizeMemory(i: QuantizeMemoryInput): MemoryEstimate {
       let q = 0;
       for (const d of applied) {
         if (d.layer !== l) continue;
-        p += linearBytesAt(d.ref.outFeatures, d.ref.inFeatures, finalBits(d) as QuantBits, gs);
+        p += decisionBytesAt(d, finalBits(d) as QuantBits, gs);
         q += d.params * F32;
       }
       packed = Math.max(packed, p);

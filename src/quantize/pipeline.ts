@@ -37,7 +37,7 @@ import { initBackend, type BackendChoice } from '../runtime/backend.js';
 import { streamModel } from '../runtime/stream.js';
 import { allocate, type AllocResult, type AllocUnit } from '../alloc/knapsack.js';
 import { quantizeRtn } from '../../kernels/quant/rtn.js';
-import { QUANT_BITS, type QuantBits } from '../../kernels/quant/types.js';
+import { QUANT_BITS, type QuantBits, type QuantizedLinear } from '../../kernels/quant/types.js';
 import {
   activate,
   linearT,
@@ -52,7 +52,8 @@ import {
   type QuantSettings,
 } from './expert.js';
 import { gptqTensorBytes, gptqTensorSpecs, quantizationConfig, registerGptqFormat } from './format.js';
-import { compile, decide, linearBytesAt, parseOverride, type LinearDecision, type Proj } from './plan.js';
+import { describeFusedExperts, fusedGptqLayout, fusedModuleWrites } from './fused.js';
+import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, type Proj } from './plan.js';
 import { LayerHandoff, type WriterInfo } from './handoff.js';
 import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from './resume.js';
 import { quantizeMemory } from './memory.js';
@@ -108,7 +109,6 @@ export const REPORT_FILE = 'moe-quantize-report.json';
 export const DEFAULT_CANDIDATES: QuantBits[] = [2, 3, 4];
 export const DEFAULT_CALIB_TOKENS = 8192;
 export const DEFAULT_MIN_TOKENS = 32;
-const PROJS: Proj[] = ['gate', 'up', 'down'];
 
 export interface Unit {
   id: string;
@@ -181,8 +181,7 @@ export function validateRequest(req: QuantizeRequest) {
   return { method, granularity, candidates, denseBits, groupSize, overrides, ignores, settings, mixedDown, alpha, beta, sequential, planSettings };
 }
 
-const linBytes = (d: LinearDecision, b: QuantBits | 'keep', gs: number) =>
-  b === 'keep' ? d.inputBytes : linearBytesAt(d.ref.outFeatures, d.ref.inFeatures, b, gs);
+const linBytes = (d: LinearDecision, b: QuantBits | 'keep', gs: number) => decisionBytesAt(d, b, gs);
 
 /**
  * Allocation units and their width assignments. An expert unit may take each candidate width uniformly, or a
@@ -194,7 +193,9 @@ export function buildUnits(decisions: readonly LinearDecision[], granularity: 'e
   const experts = decisions.filter((d) => d.cls === 'expert');
   const groups = new Map<string, LinearDecision[]>();
   for (const d of experts) {
-    const key = granularity === 'expert' ? `L${d.layer}.E${d.expert}` : `L${d.layer}.${d.proj}`;
+    // layer granularity: gate and up packed into one GPTQ module (fused gate_up) are one unit, as one width
+    const proj = d.fused?.pack && d.proj !== 'down' ? 'gate_up' : d.proj;
+    const key = granularity === 'expert' ? `L${d.layer}.E${d.expert}` : `L${d.layer}.${proj}`;
     if (!groups.has(key)) groups.set(key, []);
     groups.get(key)!.push(d);
   }
@@ -399,6 +400,14 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
   // ---- score
   const losses: number[][] = units.map((u) => u.options.map(() => 0));
   const unitIndex = new Map(units.map((u, i) => [u.id, i]));
+  // layer granularity: each layer's units in order, and the unit each free linear belongs to
+  const layerUnits = new Map<number, number[]>();
+  const unitOf = new Map<string, number>();
+  units.forEach((u, i) => {
+    if (u.expert !== undefined) return;
+    layerUnits.set(u.layer, [...(layerUnits.get(u.layer) ?? []), i]);
+    for (const d of u.free) unitOf.set(d.tensor, i);
+  });
   const act = view.forward.activation;
   const tScore = performance.now();
   if (windows && scoring) {
@@ -440,14 +449,13 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
                 losses[ui]![oi] = scale * outputError(ref, q.deq, r.x, r.n, r.gates, act);
               });
             } else {
-              for (const p of PROJS) {
-                const ui = unitIndex.get(`L${li}.${p}`);
-                if (ui === undefined) continue;
-                const d = exp.find((x) => x.proj === p)!;
-                if (d.bits !== 'alloc') continue;
+              for (const ui of layerUnits.get(li) ?? []) {
+                // this expert's linears the unit sets (one projection, or gate and up of a packed gate_up)
+                const ds = exp.filter((x) => x.bits === 'alloc' && unitOf.get(x.tensor) === ui);
+                if (ds.length === 0) continue;
                 units[ui]!.options.forEach((b, oi) => {
                   const pb: ProjBits = { gate: 'keep', up: 'keep', down: 'keep' };
-                  pb[p] = b.bits[p]!;
+                  for (const d of ds) pb[d.proj!] = b.bits[d.proj!]!;
                   const q = quantizeMlp(w, r.x, r.n, pb, v.settings, act, hx, hd);
                   losses[ui]![oi]! += scale * outputError(ref, q.deq, r.x, r.n, r.gates, act);
                 });
@@ -529,8 +537,49 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
   const passTensors = new Map<string, { layer: number; names: string[] }>();
   const modQuant: { module: string; bits: QuantBits }[] = [];
   const unquantized: string[] = [];
-  for (const layer of view.layers) if (layer.block.kind === 'moe') unquantized.push(layer.block.router.weight.replace(/\.weight$/, ''));
+  // fused experts: written as the family's per-expert GPTQ modules (fused.ts), each from the pass's quantized parts
+  const packedQuant = new Map<string, QuantizedLinear>();
+  const fusedLayout = view.expertLayout === 'fused' ? fusedGptqLayout(view) : undefined;
+  for (const layer of view.layers) {
+    if (layer.block.kind !== 'moe') continue;
+    const router = layer.block.router.weight;
+    // transformers-5 mixtral keeps its router at mlp.gate; the per-expert GPTQ layout has it at block_sparse_moe.gate
+    const renamed = fusedLayout && !('refuse' in fusedLayout) ? fusedLayout.routerName(layer) : undefined;
+    if (renamed) {
+      const info = ckpt.info(router);
+      fates.set(router, {
+        kind: 'replace',
+        tensors: [{ spec: { name: renamed, dtype: info.dtype, shape: info.shape }, produce: () => ckpt.readBytes(router) }],
+      });
+    }
+    unquantized.push((renamed ?? router).replace(/\.weight$/, ''));
+  }
+  const fusedWrites = fusedModuleWrites(decisions, {
+    ckpt,
+    finalBits,
+    groupSize: gs,
+    sym: v.settings.sym,
+    fromPass: async (d) => {
+      if (!gptqLayer.has(d.layer)) return undefined;
+      handoff.reached(d.layer);
+      await handoff.ready(d.layer);
+      return packedQuant.get(d.tensor);
+    },
+    release: (parts) => {
+      for (const d of parts) packedQuant.delete(d.tensor);
+    },
+  });
+  for (const [name, fate] of fusedWrites.fates) fates.set(name, fate);
+  for (const m of fusedWrites.modules) {
+    if (m.bits === 'keep') {
+      unquantized.push(m.module);
+      continue;
+    }
+    modQuant.push({ module: m.module, bits: m.bits });
+    if (gptqLayer.has(m.layer)) for (const d of m.parts) passTensors.set(d.tensor, { layer: m.layer, names: m.names });
+  }
   for (const d of decisions) {
+    if (d.fused) continue;
     const b = finalBits(d);
     if (b === 'keep') {
       unquantized.push(d.module);
@@ -646,7 +695,14 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
               const r = routed[e]!;
               const q = quantizeMlp(w, r.x, r.n, pb, v.settings, act);
               if (q.fallback) fallbacks.push({ layer: li, expert: e, tokens: r.n });
-              for (const d of exp) if (q.quant[d.proj!]) set(d.tensor, gptqTensorBytes(q.quant[d.proj!]!));
+              for (const d of exp) {
+                const ql = q.quant[d.proj!];
+                if (!ql) continue;
+                // a slice of fused experts: its module packs it with its sibling (gate with up) when written
+                if (d.fused) {
+                  if (!passTensors.get(d.tensor)?.names.every((n) => writer!.isWritten(n))) packedQuant.set(d.tensor, ql);
+                } else set(d.tensor, gptqTensorBytes(ql));
+              }
               return q.deq;
             });
             let shared: SwiGLUWeights | undefined;
@@ -733,6 +789,7 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
     ...(planResumed ? { resumedPlan: true } : {}),
     ...(req.plan ? { planLoaded: req.plan } : {}),
     ...(req.savePlan ? { planSaved: req.savePlan } : {}),
+    ...(fusedLayout && !('refuse' in fusedLayout) ? { fusedExperts: describeFusedExperts(ckpt, view, fusedLayout) } : {}),
   });
   if (!req.dryRun && req.out) await writeFile(join(req.out, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
   return report;

@@ -8,16 +8,20 @@
 import { fail } from '../errors.js';
 import type { Checkpoint } from '../io/checkpoint.js';
 import { DTYPE_BYTES } from '../io/dtype.js';
+import { linearTensors } from '../model/load.js';
 import type { LinearRef, ModelView, SwiGLURefs } from '../model/types.js';
 import { gptqBytes } from '../../kernels/quant/pack.js';
 import { QUANT_BITS, type QuantBits, type QuantSpec } from '../../kernels/quant/types.js';
 import { moduleOf } from './format.js';
+import { fusedGptqLayout, type FusedTarget } from './fused.js';
 
 export type LinearClass = 'expert' | 'shared' | 'attention' | 'dense';
 export type Proj = 'gate' | 'up' | 'down';
 
 export interface LinearDecision {
+  /** the input weight tensor; for an expert slice of a fused tensor a key naming the slice (`<tensor>[e].gate`) */
   tensor: string;
+  /** GPTQ module the linear is written as (gate and up of a fused gate_up share one) */
   module: string;
   ref: LinearRef;
   cls: LinearClass;
@@ -31,6 +35,8 @@ export interface LinearDecision {
   params: number;
   /** bytes as stored in the input */
   inputBytes: number;
+  /** expert slice of a fused 3-D tensor: where the GPTQ output puts it (src/quantize/fused.ts) */
+  fused?: FusedTarget;
 }
 
 export interface Override {
@@ -65,10 +71,27 @@ export function linearBytesAt(out: number, inF: number, bits: QuantBits, groupSi
   return gptqBytes(out, inF, { bits, groupSize, sym: false } as QuantSpec);
 }
 
+/**
+ * Bytes a decision's linear occupies in the output at `bits`: its own GPTQ tensors, or its share of a packed
+ * module's (gate and up of a fused gate_up are one module of twice the rows: one g_idx between them).
+ */
+export function decisionBytesAt(d: Pick<LinearDecision, 'ref' | 'inputBytes' | 'fused'>, bits: QuantBits | 'keep', groupSize: number): number {
+  if (bits === 'keep') return d.inputBytes;
+  const of = d.fused?.pack?.of ?? 1;
+  return linearBytesAt(d.ref.outFeatures * of, d.ref.inFeatures, bits, groupSize) / of;
+}
+
+/** Stored bytes of a linear; for an expert slice of a fused tensor, its share of the tensors (any stored form: MXFP4 too). */
 function storedBytes(ckpt: Checkpoint, ref: LinearRef): number {
+  if (ref.expert !== undefined) {
+    const names = linearTensors(ckpt, ref).filter((t) => ckpt.has(t));
+    if (names.length === 0) return ref.outFeatures * ref.inFeatures * 2;
+    const bytes = names.reduce((a, t) => a + ckpt.info(t).end - ckpt.info(t).begin, 0);
+    return bytes / ckpt.shape(names[0]!)[0]! / (ref.rows || ref.interleave ? 2 : 1);
+  }
   if (!ckpt.has(ref.tensor)) return ref.outFeatures * ref.inFeatures * 2;
   const info = ckpt.info(ref.tensor);
-  if (ref.expert !== undefined || ref.rows || ref.interleave) return ref.outFeatures * ref.inFeatures * DTYPE_BYTES[info.dtype];
+  if (ref.rows || ref.interleave) return ref.outFeatures * ref.inFeatures * DTYPE_BYTES[info.dtype];
   return info.end - info.begin;
 }
 
@@ -106,10 +129,14 @@ export function collectLinears(view: ModelView, ckpt: Checkpoint): { ref: Linear
 }
 
 export function decide(view: ModelView, ckpt: Checkpoint, opts: PlanOptions): LinearDecision[] {
+  // experts fused in 3-D tensors are written as the per-expert modules GPTQModel defines for the family, or refused
+  const fusedLayout = view.expertLayout === 'fused' ? fusedGptqLayout(view) : undefined;
+  if (fusedLayout && 'refuse' in fusedLayout) fail('UnsupportedArchitecture', `cannot quantize: ${fusedLayout.refuse}`);
   return collectLinears(view, ckpt).map(({ ref, cls, layer, expert, proj }) => {
-    const module = moduleOf(ref.tensor);
+    const fused = fusedLayout && !('refuse' in fusedLayout) && ref.expert !== undefined ? fusedLayout.target(view.layers[layer]!, expert!, proj!) : undefined;
+    const module = fused ? fused.module : moduleOf(ref.tensor);
     const base = {
-      tensor: ref.tensor,
+      tensor: fused ? `${ref.tensor}[${expert}].${proj}` : ref.tensor,
       module,
       ref,
       cls,
@@ -118,9 +145,10 @@ export function decide(view: ModelView, ckpt: Checkpoint, opts: PlanOptions): Li
       inputBytes: storedBytes(ckpt, ref),
       ...(expert !== undefined ? { expert } : {}),
       ...(proj ? { proj } : {}),
+      ...(fused ? { fused } : {}),
     };
-    const fusedOrOdd = ref.expert !== undefined || !!ref.rows || !!ref.interleave || !!ref.transposed || !ref.tensor.endsWith('.weight');
-    if (fusedOrOdd) return { ...base, bits: 'keep' as const, reason: 'fused or transposed layout: GPTQ addresses one 2-D module per linear' };
+    const odd = !fused && (ref.expert !== undefined || !!ref.rows || !!ref.interleave || !!ref.transposed || !ref.tensor.endsWith('.weight'));
+    if (odd) return { ...base, bits: 'keep' as const, reason: 'fused or transposed layout: GPTQ addresses one 2-D module per linear' };
     const ign = opts.ignores.find((r) => r.test(module));
     if (ign) return { ...base, bits: 'keep' as const, reason: `--ignore ${ign.source}` };
     const ov = opts.overrides.find((o) => o.pattern.test(module));

@@ -8,7 +8,7 @@ import type { Model } from '../model/open.js';
 import { formatEstimate, type MemoryEstimate } from '../runtime/memory.js';
 import type { QuantBits } from '../../kernels/quant/types.js';
 import type { LinearClass, LinearDecision } from './plan.js';
-import { linearBytesAt } from './plan.js';
+import { decisionBytesAt } from './plan.js';
 import type { QuantizeRequest, Unit } from './pipeline.js';
 
 export interface ClassSize {
@@ -62,6 +62,8 @@ export interface QuantizeReport {
   resumedAfterLayer?: number;
   /** the plan a killed earlier run of the same command had scored was reused from the staging directory (no scoring) */
   resumedPlan?: boolean;
+  /** experts stored fused in 3-D tensors (gpt_oss, granitemoe, transformers-5 layouts): what was read, what is written */
+  fusedExperts?: { read: string; written: string };
   seconds: number;
 }
 
@@ -92,6 +94,7 @@ export interface ReportInput {
   planSaved?: string;
   resumedAfterLayer?: number;
   resumedPlan?: boolean;
+  fusedExperts?: { read: string; written: string };
 }
 
 const MiB = 2 ** 20;
@@ -100,7 +103,7 @@ export function buildReport(r: ReportInput): QuantizeReport {
   const { model, decisions, finalBits, groupSize: gs } = r;
   const after = (d: LinearDecision) => {
     const b = finalBits(d);
-    return b === 'keep' ? d.inputBytes : linearBytesAt(d.ref.outFeatures, d.ref.inFeatures, b, gs);
+    return decisionBytesAt(d, b, gs);
   };
   const beforeBytes = model.ckpt.tensorNames.reduce((a, n) => {
     const i = model.ckpt.info(n);
@@ -193,6 +196,7 @@ export function buildReport(r: ReportInput): QuantizeReport {
     memory: r.memory,
     ...(r.resumedAfterLayer !== undefined ? { resumedAfterLayer: r.resumedAfterLayer } : {}),
     ...(r.resumedPlan ? { resumedPlan: true } : {}),
+    ...(r.fusedExperts ? { fusedExperts: r.fusedExperts } : {}),
     seconds: r.seconds,
   };
 }
@@ -242,6 +246,7 @@ export function summaryTable(rep: QuantizeReport): string {
     lines.push(
       `  resumed: a killed run had finished layers 0-${rep.resumedAfterLayer}; GPTQ and the forward pass continued from layer ${rep.resumedAfterLayer + 1}`,
     );
+  if (rep.fusedExperts) lines.push(`  fused experts: read as ${rep.fusedExperts.read}; written as ${rep.fusedExperts.written}`);
   if (rep.method === 'gptq')
     lines.push(`  GPTQ Hessians: ${rep.sequential ? 'sequential (through the quantized earlier layers)' : 'not sequential (full-precision activations)'}`);
   lines.push(`  ${formatEstimate(rep.memory)}`);

@@ -9,11 +9,13 @@
  * --out (or, for calibrate, --out too).
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, readdir } from 'node:fs/promises';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { expect } from 'vitest';
+import { seededRandom } from '../../kernels/random.js';
+import { wordLines, writeWordTokenizer } from '../eval/tokenizer.js';
 import { runMoe } from '../helpers/cli.js';
-import { makeTinyCheckpoint, type Family } from '../helpers/families.js';
+import { makeTinyCheckpoint, type Family, type TinyOptions } from '../helpers/families.js';
 
 export const MODEL = 'test/fixtures/tiny-mixtral';
 const CALIB = 'test/fixtures/text/calib.txt';
@@ -24,8 +26,12 @@ const STATS = ['--stats', '$W/stats'];
 
 export interface GoldenCase {
   name: string;
-  /** tiny random family checkpoint written to $W/model first (data-free commands only: no tokenizer) */
+  /** tiny random family checkpoint written to $W/model first (data-free commands only, unless `calib`) */
   family?: Family;
+  /** fixture options beyond the default (seed 11, 8 experts), e.g. config keys */
+  fixture?: TinyOptions;
+  /** the family checkpoint also gets a word tokenizer, and $W/calib.txt random-word calibration text */
+  calib?: boolean;
   steps: string[][];
 }
 
@@ -127,25 +133,75 @@ export const PIPELINE_CASES: GoldenCase[] = [
 ];
 
 /** Data-free commands on tiny random checkpoints of families with their own features (groups, shared experts, fused experts). */
-export const FAMILY_CASES: GoldenCase[] = (['qwen2_moe', 'deepseek_v3', 'gpt_oss', 'granitemoe', 'glm4_moe'] as Family[]).flatMap((family) => [
-  { name: `${family}-prune-random`, family, steps: [['prune', ...FM, '--keep', '4', '--method', 'random', '--seed', '1', '--out', '$W/out']] },
-  // quantize and decompose refuse fused 3-D experts today (gpt_oss, granitemoe)
-  ...(family === 'gpt_oss' || family === 'granitemoe'
-    ? []
-    : [
-        {
-          name: `${family}-quantize-rtn`,
-          family,
-          steps: [['quantize', ...FM, '--bits', '7', '--candidates', '4', '--method', 'rtn', '--group-size', '32', '--out', '$W/out']],
-        },
-        { name: `${family}-decompose-svd`, family, steps: [['decompose', ...FM, '--ratio', '0.5', '--mode', 'svd', '--uniform', '--out', '$W/out']] },
-      ]),
-]);
+export const FAMILY_CASES: GoldenCase[] = (['qwen2_moe', 'deepseek_v3', 'gpt_oss', 'granitemoe', 'glm4_moe'] as Family[])
+  .flatMap((family) => [
+    { name: `${family}-prune-random`, family, steps: [['prune', ...FM, '--keep', '4', '--method', 'random', '--seed', '1', '--out', '$W/out']] },
+    {
+      name: `${family}-quantize-rtn`,
+      family,
+      steps: [['quantize', ...FM, '--bits', '7', '--candidates', '4', '--method', 'rtn', '--group-size', '32', '--out', '$W/out']],
+    },
+    { name: `${family}-decompose-svd`, family, steps: [['decompose', ...FM, '--ratio', '0.5', '--mode', 'svd', '--uniform', '--out', '$W/out']] },
+  ])
+  .concat([
+    // fused 3-D experts: GPTQ as GPTQModel's per-expert modules and back; dense fused tensors from factors
+    {
+      name: 'gpt_oss-quantize-gptq-dequantize',
+      family: 'gpt_oss',
+      calib: true,
+      steps: [
+        ['quantize', ...FM, '--bits', '3.6', '--group-size', '32', '--min-tokens', '4', '--calib', '$W/calib.txt', '--seq-len', '32', '--out', '$W/q'],
+        ['dequantize', '--model', '$W/q', '--out', '$W/out'],
+      ],
+    },
+    {
+      name: 'granitemoe-decompose-materialize',
+      family: 'granitemoe',
+      steps: [['decompose', ...FM, '--ratio', '0.5', '--mode', 'svd', '--uniform', '--materialize', '--out', '$W/out']],
+    },
+    // merge within routing groups (group-limited routing: n_group 2, topk_group 1)
+    {
+      name: 'deepseek_v3-merge-groups',
+      family: 'deepseek_v3',
+      calib: true,
+      steps: [['merge', ...FM, '--groups', '4', '--calib', '$W/calib.txt', '--seq-len', '32', '--out', '$W/out']],
+    },
+    {
+      name: 'glm4_moe-merge-groups-saliency-fit',
+      family: 'glm4_moe',
+      fixture: { config: { n_group: 2, topk_group: 1 } },
+      calib: true,
+      steps: [
+        [
+          'merge',
+          ...FM,
+          '--groups',
+          '6',
+          '--grouping',
+          'saliency',
+          '--router',
+          'fit',
+          '--fit-steps',
+          '10',
+          '--calib',
+          '$W/calib.txt',
+          '--seq-len',
+          '32',
+          '--out',
+          '$W/out',
+        ],
+      ],
+    },
+  ]);
 
 /** Run one case in `work` and return `file -> sha256` of its output (reports left out). */
 export async function runCase(c: GoldenCase, work: string): Promise<Record<string, string>> {
   await mkdir(work, { recursive: true });
-  if (c.family) await makeTinyCheckpoint(c.family, join(work, 'model'), { seed: 11, experts: 8 });
+  if (c.family) await makeTinyCheckpoint(c.family, join(work, 'model'), { seed: 11, experts: 8, ...c.fixture });
+  if (c.calib) {
+    await writeWordTokenizer(join(work, 'model'));
+    await writeFile(join(work, 'calib.txt'), wordLines(48, seededRandom(5)).join('\n') + '\n');
+  }
   let out = '';
   for (const step of c.steps) {
     const args = step.map((a) => a.replaceAll('$W', work));

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 // the on-disk linear formats other pipelines write, so inspect describes their outputs too
 import '../../decompose/format.js';
 import '../../quantize/format.js';
+import '../../quantize/fused.js';
 import { formatReport, inspectModel, withBackend } from '../../inspect/report.js';
 import { openModel } from '../../model/open.js';
 import { describeBackends, parseBackendOption, type BackendChoice } from '../../runtime/backend.js';
