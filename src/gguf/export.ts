@@ -13,7 +13,8 @@ import { fromF32 } from '../io/dtype.js';
 import { OutputDir } from '../io/output.js';
 import { openModel, type Model } from '../model/open.js';
 import { archMetadata, ggufArchOf, ggufTensors, type GgufSourceTensor, type TensorClass } from './arch.js';
-import { GGML_QUANTIZATION_VERSION, LLAMA_FTYPE, ggmlTensorBytes, kv, type GgmlType, type GgufValue } from './format.js';
+import { GGML_QUANTIZATION_VERSION, GGML_TYPES, LLAMA_FTYPE, ggmlTensorBytes, kv, type GgmlType, type GgufValue } from './format.js';
+import { KQUANT_TYPES, quantizeMatrix, type KQuantType } from '../../kernels/ggml/kquants.js';
 import { readGgufTokenizer, tokenizerMetadata } from './tokenizer.js';
 import { writeGguf, type GgufWriteTensor } from './writer.js';
 
@@ -29,6 +30,70 @@ const floatEncoders: Partial<Record<GgmlType, GgmlEncoder>> = {
   F16: (v) => fromF32(v, 'F16'),
   BF16: (v) => fromF32(v, 'BF16'),
 };
+
+/** Round-to-nearest-on-the-grid block quantization (importance-weighted when an importance matrix is given). */
+export function blockEncoders(imatrix?: (t: GgufSourceTensor) => Float32Array | undefined): Partial<Record<GgmlType, GgmlEncoder>> {
+  const enc: Partial<Record<GgmlType, GgmlEncoder>> = {};
+  for (const type of KQUANT_TYPES) {
+    enc[type] = (v, ne, t) => {
+      const n = ne[0]!;
+      const im = imatrix?.(t);
+      if (!im || im.length === n) return quantizeMatrix(type, v, v.length / n, n, im);
+      // one importance vector per expert of a 3-D tensor [n, out, E]
+      const per = n * ne[1]!;
+      const E = v.length / per;
+      if (im.length !== n * E) fail('InvalidStats', `${t.name}: importance matrix of ${im.length} values, expected ${n} or ${n} x ${E}`);
+      const out = new Uint8Array(ggmlTensorBytes(type, ne));
+      const eb = out.length / E;
+      for (let e = 0; e < E; e++) out.set(quantizeMatrix(type, v.subarray(e * per, (e + 1) * per), ne[1]!, n, im.subarray(e * n, (e + 1) * n)), e * eb);
+      return out;
+    };
+  }
+  return enc;
+}
+
+/**
+ * The type llama-quantize falls back to when a tensor's rows are not whole blocks of the requested type
+ * (llama-quant.cpp tensor_type_fallback): 256-wide k-quants and IQ types go to a 32-wide type, or F16 when even
+ * that does not fit.
+ */
+export function llamaFallback(type: GgmlType, ne0: number): GgmlType {
+  if (ne0 % GGML_TYPES[type].block === 0) return type;
+  const map: Partial<Record<GgmlType, GgmlType>> = {
+    IQ1_S: 'IQ4_NL',
+    IQ1_M: 'IQ4_NL',
+    IQ2_XXS: 'IQ4_NL',
+    IQ2_XS: 'IQ4_NL',
+    IQ2_S: 'IQ4_NL',
+    IQ3_XXS: 'IQ4_NL',
+    IQ3_S: 'IQ4_NL',
+    IQ4_XS: 'IQ4_NL',
+    Q2_K: 'Q4_0',
+    Q3_K: 'Q4_0',
+    TQ1_0: 'Q4_0',
+    TQ2_0: 'Q4_0',
+    Q4_K: 'Q5_0',
+    Q5_K: 'Q5_1',
+    Q6_K: 'Q8_0',
+  };
+  const f = map[type] ?? type;
+  return ne0 % GGML_TYPES[f].block === 0 ? f : 'F16';
+}
+
+/** The types this project encodes. */
+export const WRITABLE_TYPES: readonly GgmlType[] = ['F32', 'F16', 'BF16', ...KQUANT_TYPES];
+
+/**
+ * A type we can write for a tensor whose rows (ne0 values) the requested type may not fit: llama.cpp's own
+ * fallback when we implement it, else Q8_0 for a quantized target (when rows are whole 32-blocks), else F16.
+ */
+export function fittingType(type: GgmlType, ne0: number): { type: GgmlType; reason: string } {
+  if (ne0 % GGML_TYPES[type].block === 0) return { type, reason: 'requested type' };
+  const ll = llamaFallback(type, ne0);
+  if (WRITABLE_TYPES.includes(ll)) return { type: ll, reason: `rows of ${ne0} are not whole ${type} blocks: llama.cpp's fallback ${ll}` };
+  const ours: GgmlType = ne0 % 32 === 0 ? 'Q8_0' : 'F16';
+  return { type: ours, reason: `rows of ${ne0} are not whole ${type} blocks: llama.cpp's fallback is ${ll} (not implemented here), written as ${ours}` };
+}
 
 export interface GgufPlanEntry {
   tensor: GgufSourceTensor;
@@ -163,7 +228,10 @@ export async function writeModelGguf(
 export interface GgufExportRequest {
   model: string;
   out: string;
-  type?: FloatType;
+  /** F32/F16/BF16, or one block type for every matrix (llama-quantize --pure); rows that do not fit take a fallback */
+  type?: FloatType | KQuantType;
+  /** importance per input column, by GGUF tensor name (for experts: one vector shared by the experts, or E of them) */
+  imatrix?: ReadonlyMap<string, Float32Array>;
   force?: boolean;
   progress?: Progress;
   name?: string;
@@ -181,19 +249,20 @@ export interface GgufExportReport {
   seconds: number;
 }
 
-/** Unquantized export: every 2-D+ tensor at F16, BF16 or F32. */
+/** Export with one type for every matrix: F16, BF16 or F32 (no quantization), or a block type (round to grid). */
 export async function exportGguf(req: GgufExportRequest): Promise<GgufExportReport> {
   const t0 = performance.now();
   const type = req.type ?? 'F16';
-  if (!['F32', 'F16', 'BF16'].includes(type)) fail('Usage', `GGUF float export type must be F32, F16 or BF16 (got ${type})`);
+  if (!WRITABLE_TYPES.includes(type)) fail('Usage', `GGUF export type must be one of ${WRITABLE_TYPES.join(', ')} (got ${type})`);
   const model = await openModel(req.model);
   try {
-    const plan = planTensors(model, { fileType: type });
+    const plan = planTensors(model, { fileType: type, typeOf: (t) => fittingType(type, t.ne[0]!) });
     const dir = await OutputDir.create(req.out, { force: !!req.force, inputDir: req.model });
     try {
       const ph = req.progress?.phase(`writing ${req.out}/${GGUF_FILE}`);
       const { fileBytes, tokenizerNote } = await writeModelGguf(model, dir.path(GGUF_FILE), plan, {
         fileType: type,
+        encoders: blockEncoders((t) => req.imatrix?.get(t.name)),
         ...(req.name ? { name: req.name } : {}),
         onTensor: (d, n) => ph?.tick(d, n, 'tensors'),
       });
