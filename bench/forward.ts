@@ -1,113 +1,125 @@
 /**
- * Forward-pass throughput on a Mixtral-shaped model (hidden 256, 4 layers, 8 experts of 512, top-2, 8 heads / 2 kv,
- * vocab 32000), one thread: tokens/s of the calibration forward (no lm_head) and of eval (with the streamed
- * lm_head), peak RSS, and the achieved matmul FLOP rate as a ratio of the same backend's plain matmul rate measured
- * here (the baseline: how close the forward comes to the backend's own speed).
+ * Forward-pass throughput against llama.cpp on the same model and windows, whole process each, paired and
+ * interleaved (the machine is shared: every round runs every contender back to back, and the load average is
+ * printed beside each round).
  *
- *   npx tsx bench/forward.ts [--windows 16] [--seq-len 256] [--backend auto|wasm|cpu] [--vocab 32000]
+ * Model: Mixtral-shaped, hidden 256, 4 layers, 8 experts of 512, top-2, 8 heads / 2 kv heads, vocab 4096 (shaped
+ * like the issue's held-out model), synthetic F16 weights, written once as safetensors and as an F16 GGUF
+ * (bench/llama/gguf.ts). Windows: 32 x 256 seeded random token ids = 8,192 tokens, logits at every position.
+ *
+ * Contenders per round: moe at 1 and at N threads (bench/forward-child.mjs on the compiled dist/), llama.cpp at 1
+ * and N threads (node-llama-cpp 3.21.1, bench/llama/run.mjs). Printed: the median over rounds of wall seconds
+ * (spawn to exit) and CPU seconds, the 2-thread speed-up (wall, paired per round), and moe's per-thread
+ * throughput relative to llama.cpp's at one thread (tokens per wall second, and per CPU second, which is what a
+ * loaded machine still measures).
+ *
+ *   npm run build && npm ci --prefix bench/llama --ignore-scripts --omit=optional
+ *   npx tsx bench/forward.ts [--rounds 5] [--threads 2] [--work bench/out/forward] [--no-llama]
  */
-import * as tf from '@tensorflow/tfjs-core';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { loadavg, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { loadavg } from 'node:os';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { openModel } from '../src/model/open.js';
-import { initBackend, type BackendChoice } from '../src/runtime/backend.js';
-import { streamModel } from '../src/runtime/stream.js';
 import { makeSynthetic } from './make-synthetic.js';
+import { writeMixtralGguf } from './llama/gguf.js';
 
 const { values } = parseArgs({
   options: {
-    windows: { type: 'string', default: '16' },
-    'seq-len': { type: 'string', default: '256' },
-    backend: { type: 'string', default: 'auto' },
-    vocab: { type: 'string', default: '32000' },
+    rounds: { type: 'string', default: '5' },
+    threads: { type: 'string', default: '2' },
+    work: { type: 'string', default: 'bench/out/forward' },
+    'no-llama': { type: 'boolean', default: false },
   },
 });
-const N = Number(values.windows);
-const S = Number(values['seq-len']);
-const V = Number(values.vocab);
-const H = 256,
-  I = 512,
-  E = 8,
-  L = 4,
-  K = 2,
-  heads = 8,
-  kvHeads = 2;
+const ROUNDS = Number(values.rounds);
+const NT = Number(values.threads);
+const work = resolve(values.work!);
+const S = 256;
+const N = 32;
+const shape = { hidden: 256, intermediate: 512, experts: 8, layers: 4, heads: 8, kvHeads: 2, vocab: 4096 };
 
-function matmulRate(m: number, k: number, n: number, transposeB = false): { wall: number; cpu: number } {
-  const a = tf.randomNormal([m, k]) as tf.Tensor2D;
-  const b = tf.randomNormal(transposeB ? [n, k] : [k, n]) as tf.Tensor2D;
-  // (a tidy must not return the typed array: tfjs would walk its every element looking for tensors)
-  const once = () => {
-    const c = tf.matMul(a, b, false, transposeB);
-    c.dataSync();
-    c.dispose();
-  };
-  for (let i = 0; i < 3; i++) once();
-  const it = 20;
-  const u0 = process.cpuUsage();
-  const t0 = performance.now();
-  for (let i = 0; i < it; i++) once();
-  const s = (performance.now() - t0) / 1000;
-  const u = process.cpuUsage(u0);
-  a.dispose();
-  b.dispose();
-  const flops = 2 * m * k * n * it;
-  return { wall: flops / s / 1e9, cpu: flops / ((u.user + u.system) / 1e6) / 1e9 };
+await mkdir(work, { recursive: true });
+const dir = join(work, 'model');
+const gguf = join(work, 'model-f16.gguf');
+const tokens = join(work, 'windows.bin');
+if (!existsSync(join(dir, 'config.json'))) await makeSynthetic({ out: dir, ...shape, dtype: 'F16', quiet: true, force: true });
+if (!existsSync(gguf)) {
+  const m = await openModel(dir);
+  await writeMixtralGguf(m, gguf);
+  await m.ckpt.close();
+}
+let seed = 1;
+const ids = Int32Array.from({ length: N * S }, () => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 8) % shape.vocab);
+await writeFile(tokens, Buffer.from(ids.buffer));
+
+interface Run {
+  wall: number;
+  cpu: number;
+  evalS: number;
+  meanNll?: number;
 }
 
-const dir = await mkdtemp(join(tmpdir(), 'moe-bench-fwd-'));
-try {
-  await makeSynthetic({ out: join(dir, 'm'), hidden: H, intermediate: I, experts: E, layers: L, heads, kvHeads, vocab: V, dtype: 'F32', quiet: true });
-  const backend = await initBackend(values.backend as BackendChoice);
-  const model = await openModel(join(dir, 'm'));
-  let seed = 1;
-  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 8) % V;
-  const windows = Array.from({ length: N }, () => Int32Array.from({ length: S + 1 }, rnd));
-  const T = N * (S + 1);
-  // warm-up (wasm tier-up, first-use kernel setup)
-  await streamModel(model, windows.slice(0, 1));
-  // CPU seconds as well as wall seconds: on a shared machine the process gets a fraction of a core, and tokens per
-  // CPU-second is the per-thread rate (the forward is single-threaded)
-  const cpu = () => {
-    const u = process.cpuUsage();
-    return (u.user + u.system) / 1e6;
-  };
-  const c0 = cpu();
+function child(args: string[], cwd?: string): Run {
   const t0 = performance.now();
-  await streamModel(model, windows);
-  const fwd = (performance.now() - t0) / 1000;
-  const fwdCpu = cpu() - c0;
-  const c1 = cpu();
-  const t1 = performance.now();
-  const ev = await streamModel(model, windows, {}, { scoreLogits: true });
-  const evs = (performance.now() - t1) / 1000;
-  const evCpu = cpu() - c1;
-  // matmul flops per token of one layer: q,k,v,o + router + k experts x 3 projections; attention scores + values
-  const hd = H / heads;
-  const layerFlops = 2 * (H * heads * hd + 2 * H * kvHeads * hd + heads * hd * H + E * H + K * 3 * H * I) + (2 * 2 * heads * hd * (S + 1)) / 2;
-  const fwdFlops = L * layerFlops * T;
-  const rate = matmulRate(4096, 256, 512);
-  const rateT = matmulRate(4096, 256, 512, true);
-  const achievedCpu = fwdFlops / fwdCpu / 1e9;
-  const rss = process.resourceUsage().maxRSS / 1024;
-  console.log(`backend ${backend}; ${N} windows x ${S + 1} tokens = ${T} tokens; H ${H}, ${L} layers, ${E} experts of ${I}, top-${K}, vocab ${V}`);
+  const r = spawnSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 64 << 20, ...(cwd ? { cwd } : {}) });
+  const wall = (performance.now() - t0) / 1000;
+  const line = r.stdout.trim().split('\n').pop() ?? '';
+  if (r.status !== 0 || !line.startsWith('{')) throw new Error(`${args.join(' ')} failed (${r.status}): ${r.stderr.slice(-2000)}`);
+  return { wall, ...JSON.parse(line) };
+}
+
+const ours = (t: number) => child([resolve('bench/forward-child.mjs'), dir, tokens, String(S), String(t)]);
+const llamaDir = resolve('bench/llama');
+const haveLlama = !values['no-llama'] && existsSync(join(llamaDir, 'node_modules', 'node-llama-cpp'));
+if (!values['no-llama'] && !haveLlama) console.log('llama.cpp: not installed (npm ci --prefix bench/llama --ignore-scripts --omit=optional); moe only');
+const llama = (t: number) => child([join(llamaDir, 'run.mjs'), gguf, tokens, String(S), String(t)], llamaDir);
+
+const contenders: [string, () => Run][] = [
+  ['moe x1', () => ours(1)],
+  [`moe x${NT}`, () => ours(NT)],
+  ...(haveLlama
+    ? ([
+        ['llama.cpp x1', () => llama(1)],
+        [`llama.cpp x${NT}`, () => llama(NT)],
+      ] as [string, () => Run][])
+    : []),
+];
+const results = new Map<string, Run[]>(contenders.map(([n]) => [n, []]));
+console.log(
+  `model: H ${shape.hidden}, ${shape.layers} layers, ${shape.experts} experts of ${shape.intermediate}, top-2, vocab ${shape.vocab}; ${N} windows x ${S} = ${N * S} tokens, logits at every position`,
+);
+for (let r = 0; r < ROUNDS; r++) {
+  // rotate the order so no contender always runs first (or last) in a round
+  const order = contenders.map((_, i) => contenders[(i + r) % contenders.length]!);
+  const line: string[] = [];
+  for (const [name, run] of order) {
+    const x = run();
+    results.get(name)!.push(x);
+    line.push(`${name} ${x.wall.toFixed(2)} s wall / ${x.cpu.toFixed(2)} s CPU${x.meanNll !== undefined ? ` (mean NLL ${x.meanNll.toFixed(6)})` : ''}`);
+  }
+  console.log(`round ${r + 1}: ${line.join('; ')}; load average ${loadavg()[0]!.toFixed(2)}`);
+}
+const median = (a: number[]) => {
+  const s = [...a].sort((x, y) => x - y);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+const T = N * S;
+for (const [name] of contenders) {
+  const rs = results.get(name)!;
+  const w = median(rs.map((x) => x.wall));
+  const c = median(rs.map((x) => x.cpu));
   console.log(
-    `calibration forward: ${(T / fwdCpu).toFixed(0)} tokens per CPU-second (per thread; target >= 1300), wall ${(T / fwd).toFixed(0)} tokens/s (${fwd.toFixed(2)} s wall, ${fwdCpu.toFixed(2)} s CPU); ${achievedCpu.toFixed(2)} GFLOP per CPU-second in matmuls`,
+    `${name.padEnd(14)} median ${w.toFixed(2)} s wall (${(T / w).toFixed(0)} tokens/s), ${c.toFixed(2)} s CPU (${(T / c).toFixed(0)} tokens per CPU-second)`,
   );
+}
+const paired = (a: string, b: string, f: (x: Run, y: Run) => number) => median(results.get(a)!.map((x, i) => f(x, results.get(b)![i]!)));
+console.log(`moe ${NT} threads vs 1 (wall, paired per round): ${paired('moe x1', `moe x${NT}`, (x, y) => x.wall / y.wall).toFixed(2)}x (target >= 1.8x)`);
+if (haveLlama) {
+  console.log(`llama.cpp ${NT} threads vs 1 (wall, paired): ${paired('llama.cpp x1', `llama.cpp x${NT}`, (x, y) => x.wall / y.wall).toFixed(2)}x`);
   console.log(
-    `eval (forward + lm_head ${V}): ${(ev.scored / evCpu).toFixed(0)} scored tokens per CPU-second, wall ${(ev.scored / evs).toFixed(0)} tokens/s; ppl ${Math.exp(ev.nll / ev.scored).toFixed(1)}`,
+    `moe per-thread throughput / llama.cpp's (1 thread each, paired): ${paired('llama.cpp x1', 'moe x1', (l, m) => l.wall / m.wall).toFixed(2)} by wall time, ${paired('llama.cpp x1', 'moe x1', (l, m) => l.cpu / m.cpu).toFixed(2)} by CPU time (target >= 0.35)`,
   );
-  console.log(
-    `baseline: plain ${backend} matmul [4096x256]x[256x512] ${rate.cpu.toFixed(2)} GFLOP per CPU-second (wall ${rate.wall.toFixed(2)} GFLOP/s); the forward reaches ${(achievedCpu / rate.cpu).toFixed(2)} of it (with transposeB, as the forward first did: ${rateT.cpu.toFixed(2)})`,
-  );
-  console.log(
-    `peak RSS ${rss.toFixed(0)} MB; load average ${loadavg()
-      .map((x) => x.toFixed(1))
-      .join(' ')} on this machine during the run (other jobs share the cores)`,
-  );
-  await model.ckpt.close();
-} finally {
-  await rm(dir, { recursive: true, force: true });
 }

@@ -19,11 +19,11 @@
  * Mixtral-8x7B in float32), and --plan / --shard jobs need the forward pass anyway.
  */
 import { writeFile } from 'node:fs/promises';
+import type { z } from 'zod';
 import { join } from 'node:path';
 import type { Engine } from '../../kernels/linalg/matmul.js';
 import type { Progress } from '../cli/progress.js';
 import { fail } from '../errors.js';
-import { checkOutputTarget } from '../io/output.js';
 import { loadSwiGLU } from '../model/load.js';
 import { openModel, type Model } from '../model/open.js';
 import { loadWindows } from '../data/windows.js';
@@ -32,12 +32,15 @@ import { shardOwner, type ShardSpec } from '../model/shard.js';
 import type { MoeLayerInput, SwiGLUWeights } from '../runtime/api.js';
 import type { MemoryEstimate } from '../runtime/memory.js';
 import { streamModel } from '../runtime/stream.js';
-import { DEFAULT_SVD_SEED } from '../../kernels/linalg/svd.js';
-import { MODES, type DecomposeMode } from './format.js';
+import type { DecomposeMode } from './format.js';
 import { layerGrams, type LayerGrams } from './grams.js';
 import { LayerHandoff } from './handoff.js';
 import { decomposeMemory } from './memory.js';
-import { budgetOf, checkRatio, planLoss, planRanks, uniformPlan, uniformRank, unitParams, type AllocLoss, type RankPlan } from './plan.js';
+import { type DECOMPOSE_OPTIONS, DECOMPOSE_SPEC, DEFAULT_MODE, type DecomposeOptions } from './options.js';
+import { setThreads } from '../runtime/pool.js';
+import { initBackend } from '../runtime/backend.js';
+import { checkModelOptions, parseOptions, prepare } from '../pipeline/validate.js';
+import { budgetOf, planLoss, planRanks, uniformPlan, uniformRank, unitParams, type AllocLoss, type RankPlan } from './plan.js';
 import { planRecord, planSettings, validatePlan, windowsDigest, type DecomposePlan } from './planfile.js';
 import {
   applyUnit,
@@ -52,42 +55,27 @@ import {
 } from './units.js';
 import { describeFusedExperts, factorKey, largestNewTensor, writeDecomposed, type FactorSlot } from './write.js';
 
-export const DEFAULT_MODE: DecomposeMode = 'whitened';
+export { DEFAULT_MODE };
 export const REPORT_FILE = 'moe-decompose-report.json';
 
-export interface DecomposeRequest {
-  model: string;
-  out?: string;
-  ratio: number;
-  mode?: DecomposeMode;
-  uniform?: boolean;
-  materialize?: boolean;
-  calib?: string;
-  calibTokens?: number;
+/**
+ * What a caller gives: the options (src/decompose/options.ts, the same for the command line and recipes) plus,
+ * for library callers, calibration already in hand and the solver's finer knobs.
+ */
+export type DecomposeRequest = z.input<typeof DECOMPOSE_OPTIONS> & {
   /** calibration already tokenized (programmatic use, e.g. chained stages); takes the place of --calib */
   windows?: Int32Array[];
   /** Gram matrices already collected (collectGrams) for this model: no forward pass (comparing modes and ratios) */
   grams?: { layers: LayerGrams[]; tokens: number };
-  stats?: string;
-  force?: boolean;
-  dryRun?: boolean;
   engine?: Engine;
-  /** time limit of the rank allocation solver (seconds) */
-  allocSeconds?: number;
   /** how unit losses are scaled before allocation (default 'absolute') */
   allocLoss?: AllocLoss;
-  /** seed of the randomized SVD's gaussian sketch (default 1) */
-  seed?: number;
-  /** apply this saved plan (--plan FILE): no score pass, no allocation */
-  plan?: string;
-  /** save the plan (--save-plan FILE), also with --dry-run */
-  savePlan?: string;
-  /** layer-parallel job i of n: factorise and write only layers l with l % n == i (join with `moe assemble`) */
-  shard?: ShardSpec;
   /** smaller-side dimension above which the randomized SVD is used (default 2048; tests lower it) */
   randomizedAbove?: number;
   progress?: Progress;
-}
+};
+/** The request after validation: every option resolved. */
+export type DecomposeRun = DecomposeOptions & Omit<DecomposeRequest, keyof DecomposeOptions>;
 
 export interface UnitReport {
   id: string;
@@ -143,26 +131,9 @@ export interface DecomposeReport {
   seconds: number;
 }
 
+/** Flag-level checks, before any file is opened (the options' schema and checkDecompose); returns the mode. */
 export function validateRequest(req: DecomposeRequest): DecomposeMode {
-  const mode = req.mode ?? DEFAULT_MODE;
-  if (!MODES.includes(mode)) fail('Usage', `--mode must be one of ${MODES.join(', ')}; got '${String(mode)}'`);
-  checkRatio(req.ratio);
-  if (req.calib && req.stats) fail('Usage', 'give --calib FILE or --stats DIR, not both');
-  if (req.stats) fail('Usage', 'decompose needs the Gram matrices of routed activations, which saved statistics do not hold: give --calib FILE');
-  if (mode !== 'svd' && !req.calib && !req.windows && !req.grams)
-    fail('Usage', `--mode ${mode} whitens by the activations each expert sees: give calibration text (--calib FILE), or use --mode svd`);
-  if (req.calibTokens !== undefined && (!Number.isInteger(req.calibTokens) || req.calibTokens <= 0))
-    fail('Usage', `--calib-tokens must be a positive integer, got ${req.calibTokens}`);
-  if (req.seed !== undefined && (!Number.isInteger(req.seed) || req.seed < 0)) fail('Usage', `--seed must be a non-negative whole number, got ${req.seed}`);
-  if (req.plan && req.savePlan) fail('Usage', "give --plan FILE (apply a saved plan) or --save-plan FILE (save this run's plan), not both");
-  if (req.shard && !req.plan && !req.uniform) {
-    fail(
-      'Usage',
-      '--shard needs --plan FILE: ranks are allocated over all layers at once, so compute the plan once (--save-plan FILE, e.g. with --dry-run) and give it to every job; or use --uniform',
-    );
-  }
-  if (!req.dryRun && !req.out) fail('Usage', '--out DIR is required (or use --dry-run)');
-  return mode;
+  return parseOptions(DECOMPOSE_SPEC, req).mode;
 }
 
 /** Where the apply and score passes get each MoE layer's experts and Grams. */
@@ -298,7 +269,7 @@ interface AppliedSummary {
  */
 async function applyAndWrite(
   model: Model,
-  req: DecomposeRequest,
+  req: DecomposeRun,
   mode: DecomposeMode,
   src: LayerSource,
   shapes: readonly UnitShape[],
@@ -411,12 +382,15 @@ function unitReport(shape: UnitShape, rank: number, ratio: number, unit?: UnitSu
   return r;
 }
 
-export async function decompose(req: DecomposeRequest): Promise<DecomposeReport> {
+export async function decompose(request: DecomposeRequest): Promise<DecomposeReport> {
   const started = Date.now();
-  const mode = validateRequest(req);
-  if (req.out && !req.dryRun) await checkOutputTarget(req.out, { force: req.force, inputDir: req.model });
+  const req: DecomposeRun = await prepare(DECOMPOSE_SPEC, request);
+  const mode = req.mode;
+  await initBackend(req.backend);
+  if (req.threads !== undefined) await setThreads(req.threads);
   const model = await openModel(req.model);
   try {
+    checkModelOptions(req, model.view);
     if (model.view.moeLayers.length === 0) fail('InvalidConfig', `${req.model} has no MoE layers to decompose`);
     // checked before the calibration pass, so an impossible budget fails in the first second, not after minutes
     const E = model.view.dims.numExperts;
@@ -426,7 +400,7 @@ export async function decompose(req: DecomposeRequest): Promise<DecomposeReport>
         `--ratio ${req.ratio} is below what the base experts alone need in base-delta mode (one dense expert per layer of ${E}): use a ratio above ${(1 / E).toFixed(3)}`,
       );
     }
-    const seed = req.seed ?? DEFAULT_SVD_SEED;
+    const seed = req.seed;
     const opts: ScoreOptions = { mode, engine: req.engine, ratio: req.ratio, seed, randomizedAbove: req.randomizedAbove };
 
     // where layers come from: precollected Grams, a calibration forward pass, or the weights alone
@@ -439,7 +413,7 @@ export async function decompose(req: DecomposeRequest): Promise<DecomposeReport>
       calibration = { source: 'calib', path: req.calib ?? '(Grams)', tokens: req.grams.tokens };
       digest = `grams:${req.grams.tokens}`;
     } else if (req.calib || req.windows) {
-      const windows = req.windows ?? (await loadWindows(model.dir, req.calib!, { maxTokens: req.calibTokens }));
+      const windows = req.windows ?? (await loadWindows(model.dir, req.calib!, { maxTokens: req.calibTokens, seqLen: req.seqLen }));
       src = { kind: 'forward', windows };
       calibration = { source: 'calib', path: req.calib ?? '(windows)', tokens: windows.reduce((a, w) => a + w.length, 0) };
       digest = windowsDigest(windows);

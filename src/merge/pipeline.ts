@@ -16,75 +16,41 @@
  * l with l % n = i; it needs --stats or --plan, because a sequential plan is one pass through all layers.
  */
 import { writeFile } from 'node:fs/promises';
+import type { z } from 'zod';
 import { join } from 'node:path';
 import { resolveCalibration } from '../calibrate/resolve.js';
 import type { CalibStats } from '../calibrate/types.js';
 import type { Progress } from '../cli/progress.js';
 import { loadWindows } from '../data/windows.js';
 import { fail } from '../errors.js';
-import { checkOutputTarget } from '../io/output.js';
 import { loadRouter, loadSwiGLU } from '../model/load.js';
 import { openModel, type Model } from '../model/open.js';
 import { loadPlan, savePlan } from '../model/planfile.js';
 import { writeExpertEdit, type ExpertEditPlan, type ExpertSource, type LayerExpertEdit } from '../model/rewrite.js';
-import type { ShardSpec } from '../model/shard.js';
 import type { ModelView, MoeBlock } from '../model/types.js';
 import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from '../prune/sizes.js';
+import { setThreads } from '../runtime/pool.js';
 import { initBackend } from '../runtime/backend.js';
 import { maskedEdit } from '../prune/mask.js';
 import type { MoeLayerEdit, MoeLayerInput, SwiGLUWeights } from '../runtime/api.js';
 import type { MemoryEstimate } from '../runtime/memory.js';
 import { streamModel } from '../runtime/stream.js';
 import { swiglu } from '../runtime/swiglu.js';
+import { checkModelOptions, parseOptions, prepare } from '../pipeline/validate.js';
 import { memberWeights } from './combine.js';
 import { checkGroupCount, checkPartition, groupExperts, mergeRoutingGroups, routingGroupOf } from './grouping.js';
 import { mergeGroupStreamed, mergeLayer, type MergedLayer, type MergeLayerOptions } from './layer.js';
 import { mergeMemory } from './memory.js';
+import { DEFAULTS, type MERGE_OPTIONS, MERGE_SPEC, type MergeOptions } from './options.js';
 import { checkSavedPlan, layerReport, serializePlan, shardDecisions, type MergePlan, type PlanMode, type PlannedLayer } from './plan.js';
 import { mergeRouter, type RouterWeights } from './router.js';
 import { signalsFromInput, signalsFromStats } from './signals.js';
-import {
-  ALIGN_METHODS,
-  GROUPING_METHODS,
-  MERGE_OPTION_DEFAULTS,
-  ROUTER_METHODS,
-  WEIGHTING_METHODS,
-  type AlignMethod,
-  type ExpertGroup,
-  type GroupingMethod,
-  type LayerReport,
-  type MergeChoices,
-  type RouterMethod,
-  type WeightingMethod,
-} from './types.js';
+import { MERGE_OPTION_DEFAULTS, type ExpertGroup, type LayerReport, type MergeChoices } from './types.js';
 
-export interface MergeRequest {
-  model: string;
-  out?: string;
-  groups: number;
-  grouping?: string;
-  align?: string;
-  weighting?: string;
-  router?: string;
-  calib?: string;
-  calibTokens?: number;
-  /** calibration window length (default: the data module's) */
-  seqLen?: number;
-  stats?: string;
-  /** write the plan to this file (src/model/planfile.ts); with dryRun, only the plan */
-  savePlan?: string;
-  /** apply a saved plan instead of planning (no calibration needed) */
-  plan?: string;
-  /** layer-parallel job i of n: write only this shard's layers (join the parts with `moe assemble`) */
-  shard?: ShardSpec;
-  force?: boolean;
-  dryRun?: boolean;
-  /** router fit: Adam steps and token cap; activation alignment: token cap per group */
-  fitSteps?: number;
-  fitTokens?: number;
-  alignTokens?: number;
-  progress?: Progress;
-}
+/** What a caller gives: the options (src/merge/options.ts, the same for the command line and recipes) plus progress. */
+export type MergeRequest = z.input<typeof MERGE_OPTIONS> & { progress?: Progress };
+/** The request after validation: every option resolved. */
+type MergeRun = MergeOptions & { progress?: Progress };
 
 export interface MergeReport {
   tool: 'moe merge';
@@ -110,45 +76,14 @@ export interface MergeReport {
 }
 
 export const REPORT_FILE = 'moe-merge-report.json';
-export const DEFAULTS = { grouping: 'msmoe', align: 'weights', weighting: 'frequency', router: 'mean' } as const;
+export { DEFAULTS };
 
-function oneOf<T extends string>(flag: string, value: string | undefined, allowed: readonly T[], dflt: T): T {
-  const v = value ?? dflt;
-  if (!(allowed as readonly string[]).includes(v)) fail('Usage', `${flag} must be one of ${allowed.join(', ')}; got '${v}'`);
-  return v as T;
-}
-
-/** Flag-level checks, before any file is opened. */
+/** Flag-level checks, before any file is opened (the options' schema and checkMerge); returns the choices. */
 export function validateRequest(req: MergeRequest): MergeChoices {
-  const choices: MergeChoices = {
-    groups: req.groups,
-    grouping: oneOf<GroupingMethod>('--grouping', req.grouping, GROUPING_METHODS, DEFAULTS.grouping),
-    align: oneOf<AlignMethod>('--align', req.align, ALIGN_METHODS, DEFAULTS.align),
-    weighting: oneOf<WeightingMethod>('--weighting', req.weighting, WEIGHTING_METHODS, DEFAULTS.weighting),
-    router: oneOf<RouterMethod>('--router', req.router, ROUTER_METHODS, DEFAULTS.router),
-  };
-  if (!Number.isInteger(req.groups)) fail('Usage', `--groups must be a whole number of experts per layer, got ${req.groups}`);
-  if (req.plan && req.savePlan) fail('Usage', 'give --plan FILE (apply a saved plan) or --save-plan FILE, not both');
-  if (req.plan && (req.calib || req.stats)) fail('Usage', '--plan applies a saved plan: --calib and --stats are not used with it');
-  if (req.calib && req.stats) fail('Usage', 'give --calib FILE or --stats DIR, not both');
-  if (!req.calib && !req.stats && !req.plan)
-    fail(
-      'Usage',
-      `merging is data-driven (grouping ${choices.grouping} reads routing statistics): give calibration text (--calib FILE), saved statistics (--stats DIR) or a saved plan (--plan FILE)`,
-    );
-  if (req.stats && !req.dryRun) {
-    if (choices.align === 'activations') fail('Usage', '--align activations needs calibration hidden states: give --calib FILE (--stats is not enough)');
-    if (choices.router === 'fit') fail('Usage', '--router fit needs calibration hidden states: give --calib FILE (--stats is not enough)');
-  }
-  if (req.shard && req.calib) {
-    fail(
-      'Usage',
-      '--shard needs --plan FILE or --stats DIR: with --calib each layer is merged on the output of the merged layers before it, so one run must plan them all (--calib FILE --dry-run --save-plan FILE, then every job --plan FILE)',
-    );
-  }
-  if (!req.dryRun && !req.out) fail('Usage', '--out DIR is required (or use --dry-run)');
-  return choices;
+  return choicesOf(parseOptions(MERGE_SPEC, req));
 }
+
+const choicesOf = (o: MergeOptions): MergeChoices => ({ groups: o.groups, grouping: o.grouping, align: o.align, weighting: o.weighting, router: o.router });
 
 /** Model-level checks: a merged checkpoint must load in stock tools and route top-k among N experts. */
 export function checkGroups(view: ModelView, n: number): void {
@@ -201,7 +136,7 @@ export function runningEdit(experts: SwiGLUWeights[], router: RouterWeights, E: 
  * kept: the write produces them again from the plan, group by group, so memory stays about one layer instead of
  * growing with every merged layer until the write.
  */
-async function planSequential(model: Model, req: MergeRequest, choices: MergeChoices, opts: MergeLayerOptions, windows: Int32Array[]): Promise<MergePlan> {
+async function planSequential(model: Model, req: MergeRun, choices: MergeChoices, opts: MergeLayerOptions, windows: Int32Array[]): Promise<MergePlan> {
   const view = model.view;
   const plan: MergePlan = { mode: 'sequential', tokens: 0, layers: [] };
   const phase = req.progress?.phase(`merge: ${view.moeLayers.length} MoE layers, sequentially on calibration text`);
@@ -335,13 +270,14 @@ export function planSettings(choices: MergeChoices, req: Pick<MergeRequest, 'fit
   };
 }
 
-export async function merge(req: MergeRequest): Promise<MergeReport> {
+export async function merge(request: MergeRequest): Promise<MergeReport> {
   const started = Date.now();
-  const choices = validateRequest(req);
-  if (req.out && !req.dryRun) await checkOutputTarget(req.out, { force: req.force, inputDir: req.model });
+  const req: MergeRun = await prepare(MERGE_SPEC, request);
+  const choices = choicesOf(req);
   const model = await openModel(req.model);
   try {
     const view = model.view;
+    checkModelOptions(req, view);
     checkGroups(view, choices.groups);
     const opts: MergeLayerOptions = { maxAlignTokens: req.alignTokens, routerFit: { steps: req.fitSteps, maxTokens: req.fitTokens } };
     const E = view.dims.numExperts;
@@ -355,13 +291,14 @@ export async function merge(req: MergeRequest): Promise<MergeReport> {
       plan = checkSavedPlan(view, await loadPlan<unknown>(req.plan, 'merge', model.ckpt, settings), choices, req.plan);
       source = 'plan';
     } else if (req.stats) {
-      const stats = await resolveCalibration({ model, stats: req.stats, progress: req.progress });
+      const stats = await resolveCalibration({ model, stats: req.stats, ...(req.progress ? { progress: req.progress } : {}) });
       if (stats.numExperts !== E) fail('InvalidStats', `calibration statistics describe ${stats.numExperts} experts per layer, the model has ${E}`);
       plan = planFromStats(model, stats, choices);
       source = 'stats';
     } else {
-      await initBackend();
-      const windows = await loadWindows(model.dir, req.calib!, { maxTokens: req.calibTokens, ...(req.seqLen !== undefined ? { seqLen: req.seqLen } : {}) });
+      await initBackend(req.backend);
+      if (req.threads !== undefined) await setThreads(req.threads);
+      const windows = await loadWindows(model.dir, req.calib!, { maxTokens: req.calibTokens, seqLen: req.seqLen });
       pass = { tokens: windows.reduce((a, w) => a + w.length, 0), seqLen: windows[0]?.length ?? 0 };
       plan = await planSequential(model, req, choices, opts, windows);
       source = 'calib';
@@ -381,7 +318,7 @@ export async function merge(req: MergeRequest): Promise<MergeReport> {
     let after = predictedSizes(model.ckpt, view, before, removed);
     let predicted = true;
     if (!req.dryRun) {
-      await initBackend();
+      await initBackend(req.backend);
       const { edit, finish } = await planEdit(model, plan, choices, layers, req.progress);
       const phase = req.progress?.phase(`writing ${req.out}`);
       await writeExpertEdit(model, edit, req.out!, {

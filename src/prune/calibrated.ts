@@ -7,17 +7,19 @@ import { resolveCalibration } from '../calibrate/resolve.js';
 import type { CalibStats } from '../calibrate/types.js';
 import { loadWindows } from '../data/windows.js';
 import type { Model } from '../model/open.js';
+import { setThreads } from '../runtime/pool.js';
 import { initBackend } from '../runtime/backend.js';
 import { route } from '../runtime/routing.js';
 import { streamModel } from '../runtime/stream.js';
 import { swiglu } from '../runtime/swiglu.js';
-import type { LayerReport, PruneRequest } from './pipeline.js';
+import type { LayerReport, PruneRun } from './pipeline.js';
 import { maskedEdit } from './mask.js';
 import { layerPlan, prunedRule, type PrunePlan } from './plan.js';
 import { selectByReconstruction, type ReconstructDeps } from './reconstruct.js';
 
-export async function calibrationStats(model: Model, req: PruneRequest): Promise<CalibStats> {
+export async function calibrationStats(model: Model, req: PruneRun): Promise<CalibStats> {
   if (req.calib) await initBackend(req.backend);
+  if (req.calib && req.threads !== undefined) await setThreads(req.threads);
   return resolveCalibration({
     model,
     calib: req.calib,
@@ -30,11 +32,12 @@ export async function calibrationStats(model: Model, req: PruneRequest): Promise
 
 export async function planByReconstruction(
   model: Model,
-  req: PruneRequest,
+  req: PruneRun,
   keep: number,
   groups: PrunePlan['groups'],
 ): Promise<{ layers: LayerReport[]; tokens: number }> {
   await initBackend(req.backend);
+  if (req.threads !== undefined) await setThreads(req.threads);
   const windows = await loadWindows(model.dir, req.calib!, {
     ...(req.calibTokens !== undefined ? { maxTokens: req.calibTokens } : {}),
     ...(req.seqLen !== undefined ? { seqLen: req.seqLen } : {}),

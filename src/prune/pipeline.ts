@@ -6,50 +6,34 @@
  * pruned, so layer l is fitted to what it will really receive.
  */
 import { writeFile } from 'node:fs/promises';
+import type { z } from 'zod';
 import { join } from 'node:path';
 import type { CalibStats } from '../calibrate/types.js';
 import type { Progress } from '../cli/progress.js';
 import { fail } from '../errors.js';
-import { checkOutputTarget } from '../io/output.js';
 import { openModel, type Model } from '../model/open.js';
 import { writeExpertEdit, type ExpertEditPlan } from '../model/rewrite.js';
-import type { ShardSpec } from '../model/shard.js';
 import { getMethod, type PruneMethod } from './methods.js';
 import { checkKeep, keepFromRatio, keptFromScores, layerPlan, type LayerPlan, type PrunePlan } from './plan.js';
 import type { ReconstructOptions } from './reconstruct.js';
-import type { BackendChoice } from '../runtime/backend.js';
 import { seededRandom } from '../../kernels/random.js';
 import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from './sizes.js';
 import { loadPlan, savePlan } from '../model/planfile.js';
 import { estimatePeak, maxEstimate, streamedPassParts, writerBytes, type MemoryEstimate } from '../runtime/memory.js';
-import { DEFAULT_SEQ_LEN } from '../data/windows.js';
+import { checkModelOptions, parseOptions, prepare } from '../pipeline/validate.js';
+import { DEFAULT_METHOD, type PRUNE_OPTIONS, PRUNE_SPEC, RECONSTRUCT_DEFAULTS, type PruneOptions } from './options.js';
 
-export interface PruneRequest {
-  model: string;
-  out?: string;
-  keep?: number;
-  ratio?: number;
-  method?: string;
-  calib?: string;
-  calibTokens?: number;
-  /** calibration window length (tokens) */
-  seqLen?: number;
-  stats?: string;
-  seed?: number;
-  force?: boolean;
-  dryRun?: boolean;
-  /** tensor backend for data-driven methods (auto | tensorflow | wasm | cpu) */
-  backend?: BackendChoice;
-  /** reconstruct: tokens sampled per layer, subset-enumeration limit, beam width */
-  reconstruct?: ReconstructOptions;
-  /** layer-parallel job i of n: write only this shard's layers (join the parts with `moe assemble`) */
-  shard?: ShardSpec;
-  /** write the kept sets to this plan file (src/model/planfile.ts) */
-  savePlan?: string;
-  /** apply the kept sets of a saved plan instead of scoring (every --shard job of one run gives the same file) */
-  plan?: string;
+/**
+ * What a caller gives: the options (src/prune/options.ts, the same for the command line and recipes) plus, for
+ * library callers, progress and the reconstruct search's finer knobs.
+ */
+export type PruneRequest = z.input<typeof PRUNE_OPTIONS> & {
   progress?: Progress;
-}
+  /** reconstruct: tokens sampled per layer, subset-enumeration limit, beam width (--sample-tokens / --beam win) */
+  reconstruct?: ReconstructOptions;
+};
+/** The request after validation: every option resolved. */
+export type PruneRun = PruneOptions & Omit<PruneRequest, keyof PruneOptions>;
 
 export interface LayerReport extends LayerPlan {
   /** reconstruct: relative output error of the kept set on the token sample, and how it was found */
@@ -79,32 +63,16 @@ export interface PruneReport {
   seconds: number;
 }
 
-export const DEFAULT_METHOD = 'reap';
+export { DEFAULT_METHOD };
 export const REPORT_FILE = 'moe-prune-report.json';
 
-/** Flag-level checks, before any file is opened. */
+/** Flag-level checks, before any file is opened (the options' schema and checkPrune); returns the method. */
 export function validateRequest(req: PruneRequest): PruneMethod {
-  const method = getMethod(req.method ?? DEFAULT_METHOD);
-  if ((req.keep === undefined) === (req.ratio === undefined)) fail('Usage', 'give exactly one of --keep N or --ratio R');
-  if (req.calib && req.stats) fail('Usage', 'give --calib FILE or --stats DIR, not both');
-  if (req.plan && req.savePlan) fail('Usage', 'give --plan FILE (apply a saved plan) or --save-plan FILE, not both');
-  if (req.plan && (req.calib || req.stats)) fail('Usage', '--plan applies saved kept sets: --calib and --stats are not used with it');
-  if (req.plan) {
-    if (!req.dryRun && !req.out) fail('Usage', '--out DIR is required (or use --dry-run)');
-    return method;
-  }
-  if (method.requiresCalibration && !req.calib && !req.stats) {
-    fail('Usage', `method ${method.name} is data-driven: give calibration text (--calib FILE) or saved statistics (--stats DIR)`);
-  }
-  if (method.kind === 'forward' && !req.calib) {
-    fail('Usage', `method ${method.name} re-runs the forward pass on calibration hidden states: give --calib FILE (--stats is not enough)`);
-  }
-  if (!req.dryRun && !req.out) fail('Usage', '--out DIR is required (or use --dry-run)');
-  if (req.seed !== undefined && !Number.isInteger(req.seed)) fail('Usage', `--seed must be an integer, got ${req.seed}`);
+  const o = parseOptions(PRUNE_SPEC, req);
   for (const [k, v] of Object.entries(req.reconstruct ?? {})) {
     if (v !== undefined && (!Number.isInteger(v) || v < 1)) fail('Usage', `reconstruct option ${k} must be a positive whole number, got ${v}`);
   }
-  return method;
+  return getMethod(o.method);
 }
 
 /** Score every MoE layer with a statistics-based method (or the random baseline) and keep the best. */
@@ -170,15 +138,14 @@ function checkSavedPlan(view: Model['view'], raw: unknown, keep: number, groups:
  * Peak memory: the scoring pass (calibration forward, or reconstruct's whole-layer hook) or the write, whichever is
  * larger. `tokens`: the calibration tokens the scoring pass ran on (the text is not tokenized a second time).
  */
-async function estimateMemory(model: Model, req: PruneRequest, method: PruneMethod, tokens: number): Promise<MemoryEstimate> {
+async function estimateMemory(model: Model, req: PruneRun, method: PruneMethod, tokens: number): Promise<MemoryEstimate> {
   const write = estimatePeak([{ label: 'writer: one tensor copy in flight', bytes: writerBytes(model.ckpt) }], { tensorBackend: !!req.calib && !req.plan });
-  if (req.plan || !req.calib || method.kind === 'none') return write;
-  const S = req.seqLen ?? DEFAULT_SEQ_LEN;
+  if (req.plan || !req.calib || method.needs === 'none') return write;
+  const S = req.seqLen;
   const { hidden: H, numExperts: E } = model.view.dims;
-  const forward = method.kind === 'forward';
+  const forward = method.needs === 'sequential';
   const parts = streamedPassParts(model.ckpt, model.view, tokens, S, forward);
   // reconstruct evaluates every expert on its token sample; REAP keeps per-slot output norms
-  const { RECONSTRUCT_DEFAULTS } = await import('./reconstruct.js');
   if (forward)
     parts.push({
       label: "reconstruct: every expert's output on the token sample",
@@ -187,26 +154,38 @@ async function estimateMemory(model: Model, req: PruneRequest, method: PruneMeth
   return maxEstimate(write, estimatePeak(parts));
 }
 
-export async function prune(req: PruneRequest): Promise<PruneReport> {
+export async function prune(request: PruneRequest): Promise<PruneReport> {
   const started = Date.now();
-  const method = validateRequest(req);
-  if (req.out) await checkOutputTarget(req.out, { force: req.force, inputDir: req.model });
+  const o = await prepare(PRUNE_SPEC, request);
+  validateRequest(request);
+  const method = getMethod(o.method);
+  // --sample-tokens / --beam are the command line's spelling of the search's options (a library caller may give
+  // the whole ReconstructOptions instead; the flags win when given)
+  const req: PruneRun = {
+    ...o,
+    reconstruct: {
+      ...request.reconstruct,
+      ...(request.sampleTokens !== undefined ? { maxTokens: o.sampleTokens } : {}),
+      ...(request.beam !== undefined ? { beam: o.beam } : {}),
+    },
+  };
   const model = await openModel(req.model);
   try {
     const view = model.view;
+    checkModelOptions(req, view);
     const E = view.dims.numExperts;
     const keep = req.keep ?? keepFromRatio(req.ratio!, E);
     const { groups } = checkKeep(view, keep);
-    const seed = req.seed ?? 0;
+    const seed = req.seed;
 
     let layers: LayerReport[];
     let calibration: PruneReport['calibration'] = { source: 'none', tokens: 0 };
     // the plan depends on the method and the kept count; the text it was scored on is the plan's own business
-    const settings = { method: method.name, keep, ...(method.kind === 'none' ? { seed } : {}) };
+    const settings = { method: method.name, keep, ...(method.needs === 'none' ? { seed } : {}) };
     if (req.plan) {
       layers = checkSavedPlan(view, await loadPlan<LayerReport[]>(req.plan, 'prune', model.ckpt, settings), keep, groups, req.plan);
       calibration = { source: 'plan', path: req.plan, tokens: 0 };
-    } else if (method.kind === 'forward') {
+    } else if (method.needs === 'sequential') {
       // the runtime (tfjs) is loaded only for data-driven methods
       const { planByReconstruction } = await import('./calibrated.js');
       const r = await planByReconstruction(model, req, keep, groups);
@@ -214,7 +193,7 @@ export async function prune(req: PruneRequest): Promise<PruneReport> {
       calibration = { source: 'calib', path: req.calib, tokens: r.tokens };
     } else {
       let stats: CalibStats | undefined;
-      if (method.kind === 'stats') {
+      if (method.needs === 'stats') {
         const { calibrationStats } = await import('./calibrated.js');
         stats = await calibrationStats(model, req);
         calibration = { source: req.stats ? 'stats' : 'calib', path: req.stats ?? req.calib, tokens: stats.tokens };
@@ -265,7 +244,7 @@ export async function prune(req: PruneRequest): Promise<PruneReport> {
       numExperts: E,
       keep,
       topK: view.routing.topK,
-      seed: method.kind === 'none' ? seed : undefined,
+      seed: method.needs === 'none' ? seed : undefined,
       groups,
       calibration,
       layers,

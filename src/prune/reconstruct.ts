@@ -14,6 +14,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { fail } from '../errors.js';
 import type { RoutingRule } from '../model/types.js';
 import type { MoeLayerInput, Routing, SwiGLUWeights } from '../runtime/api.js';
+import { RECONSTRUCT_DEFAULTS } from './options.js';
 import type { GroupPlan } from './plan.js';
 
 /** The runtime functions this search needs (injected: pure code here, the runtime's routing and expert kernels). */
@@ -40,7 +41,7 @@ export interface ReconstructOptions {
   swapRounds?: number;
 }
 
-export const RECONSTRUCT_DEFAULTS = { maxTokens: 2048, exactLimit: 5000, beam: 2, searchTokens: 512, swapRounds: 1 } as const;
+export { RECONSTRUCT_DEFAULTS };
 
 export interface ReconstructResult {
   kept: number[];

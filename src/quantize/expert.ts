@@ -11,9 +11,10 @@ import type { Linear, SwiGLUWeights } from '../runtime/api.js';
 import { accumulateHessian, gptqQuantize, prepareGptq, type GptqPrepared } from '../../kernels/quant/gptq.js';
 import { dequantize, quantizeRtn } from '../../kernels/quant/rtn.js';
 import type { QuantBits, QuantizedLinear } from '../../kernels/quant/types.js';
+import type { Method } from './methods.js';
 import type { Proj } from './plan.js';
 
-export type Method = 'gptq' | 'rtn';
+export type { Method };
 
 export interface QuantSettings {
   method: Method;

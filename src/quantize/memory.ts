@@ -10,6 +10,7 @@
  *   writer, round-to-nearest of the largest linear quantized at write time, and the writer's tensor in flight.
  */
 import { DTYPE_BYTES } from '../io/dtype.js';
+import type { Method } from './methods.js';
 import type { Model } from '../model/open.js';
 import { estimatePeak, maxEstimate, streamedPassParts, writerBytes, type MemoryEstimate, type MemoryPart } from '../runtime/memory.js';
 import type { QuantBits } from '../../kernels/quant/types.js';
@@ -39,7 +40,7 @@ export interface QuantizeMemoryInput {
   decisions: readonly LinearDecision[];
   finalBits: (d: LinearDecision) => QuantBits | 'keep';
   groupSize: number;
-  method: 'gptq' | 'rtn';
+  method: Method;
   /** calibration tokens and window length of the forward passes */
   tokens: number;
   seqLen: number;

@@ -22,22 +22,24 @@
  *   layer of output is in memory. --shard i/n writes only layers l % n == i plus a manifest for moe assemble.
  */
 import { writeFile } from 'node:fs/promises';
+import type { z } from 'zod';
 import { join } from 'node:path';
 import type { Progress } from '../cli/progress.js';
 import { loadWindowSet } from '../data/windows.js';
 import { fail } from '../errors.js';
-import { checkOutputTarget, stagingDirFor } from '../io/output.js';
+import { stagingDirFor } from '../io/output.js';
 import { loadLinear } from '../model/load.js';
 import { openModel, type Model } from '../model/open.js';
 import { savePlan, loadPlan, modelFingerprint } from '../model/planfile.js';
 import { layerOfTensor, rewriteCheckpoint, type NewTensor, type RewriteResult, type TensorFate } from '../model/rewrite.js';
-import { shardOwner, type ShardSpec } from '../model/shard.js';
+import { shardOwner } from '../model/shard.js';
 import type { MoeLayerInput, StreamCheckpoint, SwiGLUWeights } from '../runtime/api.js';
-import { initBackend, type BackendChoice } from '../runtime/backend.js';
+import { setThreads } from '../runtime/pool.js';
+import { initBackend } from '../runtime/backend.js';
 import { streamModel } from '../runtime/stream.js';
 import { allocate, type AllocResult, type AllocUnit } from '../alloc/knapsack.js';
 import { quantizeRtn } from '../../kernels/quant/rtn.js';
-import { QUANT_BITS, type QuantBits, type QuantizedLinear } from '../../kernels/quant/types.js';
+import type { QuantBits, QuantizedLinear } from '../../kernels/quant/types.js';
 import {
   activate,
   linearT,
@@ -47,7 +49,6 @@ import {
   quantizeMlp,
   requantizeDown,
   type ExpertQuant,
-  type Method,
   type ProjBits,
   type QuantSettings,
 } from './expert.js';
@@ -59,56 +60,25 @@ import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStaged
 import { quantizeMemory } from './memory.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
 import { checkPlan, type QuantizePlan } from './saved.js';
+import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, type QUANTIZE_OPTIONS, QUANTIZE_SPEC, type QuantizeOptions } from './options.js';
+import { DEFAULT_CALIB_TOKENS } from '../pipeline/fields.js';
+import { checkModelOptions, parseOptions, prepare } from '../pipeline/validate.js';
 
-export interface QuantizeRequest {
-  model: string;
-  out?: string;
-  /** target true bits per weight of the routed experts */
-  bits: number;
-  method?: Method;
-  granularity?: 'expert' | 'layer';
-  candidates?: number[];
-  denseBits?: number;
-  groupSize?: number;
-  sym?: boolean;
-  actOrder?: boolean;
-  damp?: number;
-  /** REGEX=BITS */
-  override?: string[];
-  ignore?: string[];
-  calib?: string;
-  calibTokens?: number;
-  seqLen?: number;
-  minTokens?: number;
-  /** MC-MoE exponents */
+/**
+ * What a caller gives: the options (src/quantize/options.ts, the same for the command line and recipes) plus, for
+ * library callers, progress and MC-MoE's importance exponents.
+ */
+export type QuantizeRequest = z.input<typeof QUANTIZE_OPTIONS> & {
+  progress?: Progress;
+  /** MC-MoE exponents of the importance f^alpha * w^beta (default 1 and 1.5) */
   alpha?: number;
   beta?: number;
-  /** expert units may also take a width with down_proj one candidate higher (default true) */
-  mixedDown?: boolean;
-  /** allocation solver time limit, seconds */
-  solverTimeLimit?: number;
-  backend?: BackendChoice;
-  dryRun?: boolean;
-  force?: boolean;
-  progress?: Progress;
-  seed?: number;
-  /** write the plan (every unit's choice, every linear's width) to this file after the allocation */
-  savePlan?: string;
-  /** apply a plan saved by --save-plan: no scoring pass, no allocation */
-  plan?: string;
-  /** layer-parallel job i of n: quantize and write only layers l with l % n == i (join with `moe assemble`) */
-  shard?: ShardSpec;
-  /**
-   * GPTQ's Hessians of layer l from activations through the already-quantized layers < l (default true). false:
-   * from the full-precision model's activations, so layers do not depend on each other (--shard implies it).
-   */
-  sequential?: boolean;
-}
+};
+/** The request after validation: every option resolved. */
+export type QuantizeRun = QuantizeOptions & Omit<QuantizeRequest, keyof QuantizeOptions>;
 
 export const REPORT_FILE = 'moe-quantize-report.json';
-export const DEFAULT_CANDIDATES: QuantBits[] = [2, 3, 4];
-export const DEFAULT_CALIB_TOKENS = 8192;
-export const DEFAULT_MIN_TOKENS = 32;
+export { DEFAULT_CALIB_TOKENS, DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS };
 
 export interface Unit {
   id: string;
@@ -130,34 +100,19 @@ export interface UnitOption {
   bits: Partial<Record<Proj, QuantBits>>;
 }
 
-function bitsOk(v: number, flag: string): QuantBits {
-  if (!QUANT_BITS.includes(v as QuantBits)) fail('Usage', `${flag} must be one of ${QUANT_BITS.join(', ')} (got ${v})`);
-  return v as QuantBits;
+/** Flag-level checks (the options' schema and checkQuantize) and what the run derives from the options. */
+export function validateRequest(request: QuantizeRequest) {
+  return derive(parseOptions(QUANTIZE_SPEC, request));
 }
 
-export function validateRequest(req: QuantizeRequest) {
-  if (!Number.isFinite(req.bits) || req.bits <= 0) fail('Usage', `--bits must be a positive number (got ${req.bits})`);
-  const method = req.method ?? 'gptq';
-  if (method !== 'gptq' && method !== 'rtn') fail('Usage', `--method must be gptq or rtn (got ${method})`);
-  const granularity = req.granularity ?? 'expert';
-  if (granularity !== 'expert' && granularity !== 'layer') fail('Usage', `--granularity must be expert or layer (got ${granularity})`);
-  const candidates = [...new Set((req.candidates ?? DEFAULT_CANDIDATES).map((b) => bitsOk(b, '--candidates')))].sort((a, b) => a - b);
-  const denseBits = bitsOk(req.denseBits ?? 4, '--dense-bits');
-  const groupSize = req.groupSize ?? 128;
-  if (![32, 64, 128].includes(groupSize)) fail('Usage', `--group-size must be 32, 64 or 128 (got ${groupSize})`);
-  const damp = req.damp ?? 0.01;
-  if (!(damp > 0 && damp < 1)) fail('Usage', `--damp must be in (0, 1) (got ${damp})`);
-  const minTokens = req.minTokens ?? DEFAULT_MIN_TOKENS;
-  if (!Number.isInteger(minTokens) || minTokens < 0) fail('Usage', `--min-tokens must be a whole number >= 0 (got ${minTokens})`);
-  if (!req.dryRun && !req.out) fail('Usage', 'give --out DIR (or --dry-run)');
-  if (!req.calib && !req.dryRun && method === 'gptq') fail('Usage', 'GPTQ needs calibration text for its Hessians: give --calib FILE (or --method rtn)');
-  if (req.plan && req.savePlan) fail('Usage', 'give --plan FILE (apply a saved plan) or --save-plan FILE (write one), not both');
-  const overrides = (req.override ?? []).map(parseOverride);
-  const ignores = (req.ignore ?? []).map((r) => compile(r, '--ignore'));
-  const mixedDown = req.mixedDown ?? true;
-  const settings: QuantSettings = { method, groupSize, sym: !!req.sym, damp, actOrder: !!req.actOrder, minTokens };
+function derive(req: QuantizeRun) {
+  const { method, granularity, denseBits, groupSize, damp, minTokens, mixedDown } = req;
+  const candidates = [...new Set(req.candidates)].sort((a, b) => a - b);
+  const overrides = req.override.map(parseOverride);
+  const ignores = req.ignore.map((r) => compile(r, '--ignore'));
+  const settings: QuantSettings = { method, groupSize, sym: req.sym, damp, actOrder: req.actOrder, minTokens };
   // layers of a shard job must not depend on other jobs' quantized layers
-  const sequential = method === 'gptq' && !req.shard && req.sequential !== false;
+  const sequential = method === 'gptq' && !req.shard && req.sequential;
   const alpha = req.alpha ?? 1;
   const beta = req.beta ?? 1.5;
   /** everything that shapes the plan or its application: a saved plan is refused under other values */
@@ -171,8 +126,8 @@ export function validateRequest(req: QuantizeRequest) {
     sym: settings.sym,
     actOrder: settings.actOrder,
     damp,
-    overrides: req.override ?? [],
-    ignores: req.ignore ?? [],
+    overrides: req.override,
+    ignores: req.ignore,
     mixedDown,
     minTokens,
     alpha,
@@ -277,20 +232,21 @@ function projBits(exp: readonly LinearDecision[], choose: (d: LinearDecision) =>
   return pb;
 }
 
-export async function quantize(req: QuantizeRequest): Promise<QuantizeReport> {
+export async function quantize(request: QuantizeRequest): Promise<QuantizeReport> {
   const t0 = performance.now();
-  const v = validateRequest(req);
+  const req: QuantizeRun = await prepare(QUANTIZE_SPEC, request);
+  const v = derive(req);
   registerGptqFormat();
   const model = await openModel(req.model);
   try {
-    if (req.out && !req.dryRun) await checkOutputTarget(req.out, { force: !!req.force, inputDir: req.model });
+    checkModelOptions(req, model.view);
     return await run(model, req, v, t0);
   } finally {
     await model.ckpt.close();
   }
 }
 
-async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof validateRequest>, t0: number): Promise<QuantizeReport> {
+async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>, t0: number): Promise<QuantizeReport> {
   const { view, ckpt } = model;
   if (view.moeLayers.length === 0) fail('UnsupportedArchitecture', `${req.model} has no MoE layers: nothing to allocate`);
   const decisions = decide(view, ckpt, {
@@ -339,10 +295,17 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
       `--shard: the widths are chosen by scores over all layers (--candidates ${v.candidates.join(',')}); compute the plan once with --save-plan FILE (with --dry-run it writes nothing else) and give every job --plan FILE`,
     );
   }
-  if (!loaded && needScores && !req.calib && (!req.dryRun || req.savePlan)) {
+  // a dry run refuses what the real run refuses (it predicts that run)
+  if (!loaded && needScores && !req.calib) {
     fail(
       'Usage',
       `choosing bits among --candidates ${v.candidates.join(',')} needs calibration text to measure errors: give --calib FILE, or one candidate width with --method rtn`,
+    );
+  }
+  if (needScores && req.bits > maxBpw + 1e-12) {
+    fail(
+      'ImpossibleBudget',
+      `--bits ${req.bits} is above the largest true size of the routed experts with --candidates ${v.candidates.join(',')}: ${maxBpw.toFixed(4)} bpw (every unit at its widest); give --bits at most that, or wider --candidates`,
     );
   }
   let scoring = !loaded && needScores && !!req.calib;
@@ -360,13 +323,11 @@ async function run(model: Model, req: QuantizeRequest, v: ReturnType<typeof vali
   let calibTokens = 0;
   let seqLen = 0;
   // kernels run on tfjs with or without calibration (round-to-nearest at write time too)
-  await initBackend(req.backend ?? 'auto');
+  await initBackend(req.backend);
+  if (req.threads !== undefined) await setThreads(req.threads);
   // round-to-nearest needs no activations: calibration is read only to score, or for GPTQ
   if (req.calib && (scoring || v.method === 'gptq')) {
-    const set = await loadWindowSet(req.model, req.calib, {
-      ...(req.seqLen ? { seqLen: req.seqLen } : {}),
-      maxTokens: req.calibTokens ?? DEFAULT_CALIB_TOKENS,
-    });
+    const set = await loadWindowSet(req.model, req.calib, { seqLen: req.seqLen, maxTokens: req.calibTokens });
     windows = set.windows;
     calibTokens = windows.reduce((a, w) => a + w.length, 0);
     seqLen = windows[0]?.length ?? 0;

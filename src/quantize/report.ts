@@ -4,6 +4,7 @@
  * RTN fallbacks; and a llama-quantize-style summary table per tensor class.
  */
 import type { AllocResult } from '../alloc/knapsack.js';
+import type { Granularity } from './methods.js';
 import type { Model } from '../model/open.js';
 import { formatEstimate, type MemoryEstimate } from '../runtime/memory.js';
 import type { QuantBits } from '../../kernels/quant/types.js';
@@ -27,7 +28,7 @@ export interface QuantizeReport {
   dryRun: boolean;
   family: string;
   method: string;
-  granularity: 'expert' | 'layer';
+  granularity: Granularity;
   candidates: number[];
   targetBits: number;
   denseBits: number;
@@ -84,7 +85,7 @@ export interface ReportInput {
   writeMs: number;
   seconds: number;
   method: string;
-  granularity: 'expert' | 'layer';
+  granularity: Granularity;
   candidates: number[];
   denseBits: number;
   scored: boolean;

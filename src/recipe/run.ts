@@ -13,13 +13,21 @@ import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promise
 import { basename, dirname, join, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { Progress } from '../cli/progress.js';
-import { fail } from '../errors.js';
+import { fail, isMoeError, MoeError } from '../errors.js';
 import { checkOutputTarget, pathExists } from '../io/output.js';
-import { parseRecipe, type Recipe, type RecipeStage, type StageKind } from './schema.js';
-import { STAGE_RUNNERS, type StageContext } from './stages.js';
+import { openModel } from '../model/open.js';
+import { PIPELINES } from '../pipeline/registry.js';
+import { schemaOptions } from '../pipeline/schema.js';
+import { checkModelOptions, checkPath, checkPaths, parseOptions } from '../pipeline/validate.js';
+import { parseRecipe, type Recipe, type RecipeStage, type StageKind, stageRequestOf } from './schema.js';
+import { runStage, type StageContext } from './stages.js';
 
 export const RUN_REPORT_FILE = 'moe-run-report.json';
-const STATE_VERSION = 1;
+/**
+ * 2: every finished stage records the digest of the recipe up to it, so a recipe changed in a later stage keeps
+ * the finished earlier ones. 1 (one digest of the whole recipe) is still read: reused when the recipe is unchanged.
+ */
+const STATE_VERSION = 2;
 
 export interface RunRequest {
   recipe: string;
@@ -34,6 +42,8 @@ export interface RunRequest {
 interface StageRecord {
   index: number;
   kind: StageKind;
+  /** digest of the model, the recipe's defaults and stages 0..index (version 2) */
+  digest?: string;
   dir: string;
   report: unknown;
   seconds: number;
@@ -41,7 +51,8 @@ interface StageRecord {
 
 interface RunState {
   version: number;
-  digest: string;
+  /** version 1: digest of the whole recipe */
+  digest?: string;
   model: string;
   completed: StageRecord[];
 }
@@ -85,6 +96,46 @@ function digestOf(recipe: Recipe, model: string): string {
   return createHash('sha256').update(JSON.stringify({ recipe, model })).digest('hex').slice(0, 16);
 }
 
+/** What stage i's output depends on: the model, the recipe's defaults and stages 0..i (not later stages, not eval). */
+function stageDigest(recipe: Recipe, model: string, i: number): string {
+  const { stages, eval: _eval, out: _out, ...defaults } = recipe;
+  return createHash('sha256')
+    .update(JSON.stringify({ defaults, stages: stages.slice(0, i + 1), model }))
+    .digest('hex')
+    .slice(0, 16);
+}
+
+/** Prefix a stage's error with where it is in the recipe, keeping its code (and so its exit status). */
+function inStage(recipePath: string, i: number, kind: StageKind, e: unknown): unknown {
+  return isMoeError(e) ? new MoeError(e.code, `${recipePath}: stages[${i}].${kind}: ${e.message}`) : e;
+}
+
+/**
+ * Every stage checked as its real run will check it, before the first one starts: options, ranges and
+ * combinations (already by parseRecipe), the input paths each stage names, and the options that depend on the model
+ * but not on what earlier stages do to it (calibration windows within its positions). What depends on the data of
+ * earlier stages (an achievable budget after a prune) is checked at the start of that stage, before its work.
+ */
+async function validateStages(recipePath: string, recipe: Recipe, model: string): Promise<void> {
+  const m = await openModel(model);
+  try {
+    for (let i = 0; i < recipe.stages.length; i++) {
+      const stage = recipe.stages[i]!;
+      const d = PIPELINES[stage.kind];
+      try {
+        const o = parseOptions(d, stageRequestOf(recipe, stage, model, '(stage output)', false));
+        await checkPaths(schemaOptions(d.options), o as Record<string, unknown>);
+        checkModelOptions(o as { seqLen?: unknown }, m.view);
+      } catch (e) {
+        throw inStage(recipePath, i, stage.kind, e);
+      }
+    }
+  } finally {
+    await m.ckpt.close();
+  }
+  if (recipe.eval) await checkPath('data', recipe.eval.data);
+}
+
 export function runDirFor(out: string): string {
   const target = resolve(out);
   return join(dirname(target), `.moe-run-${basename(target)}`);
@@ -126,7 +177,9 @@ export async function runRecipe(req: RunRequest): Promise<RunReport> {
     eval: recipe.eval && { ...recipe.eval, data: relativeTo(req.recipe, recipe.eval.data)! },
   };
 
-  if (!req.dryRun) await checkOutputTarget(out, { force: req.force, inputDir: model });
+  // the output target and every stage, before anything runs (a dry run says what the real run would refuse)
+  await checkOutputTarget(out, { force: req.force, inputDir: model });
+  await validateStages(req.recipe, resolved, model);
   const ctx = (stage: RecipeStage, index: number, input: string, stageOut: string | undefined): StageContext => ({
     recipe: resolved,
     stage,
@@ -141,7 +194,12 @@ export async function runRecipe(req: RunRequest): Promise<RunReport> {
     // later stages read the previous stage's output, which a dry run does not write: plan the first stage on the
     // real input and validate the rest against their schemas (already done by loadRecipe)
     const first = resolved.stages[0]!;
-    const report = await STAGE_RUNNERS[first.kind](ctx(first, 0, model, undefined));
+    let report: unknown;
+    try {
+      report = await runStage(ctx(first, 0, model, undefined));
+    } catch (e) {
+      throw inStage(req.recipe, 0, first.kind, e);
+    }
     return {
       tool: 'moe run',
       recipe: req.recipe,
@@ -164,13 +222,24 @@ export async function runRecipe(req: RunRequest): Promise<RunReport> {
   }
 
   const runDir = runDirFor(out);
-  const digest = digestOf(resolved, resolve(model));
+  const digests = resolved.stages.map((_, i) => stageDigest(resolved, resolve(model), i));
   await mkdir(runDir, { recursive: true });
   let state = await readState(runDir);
-  if (state && state.digest !== digest) {
-    fail('OutputExists', `${runDir} holds an unfinished run of a different recipe or model; remove it to start over`);
+  if (state && state.version === 1) {
+    // a run directory of the previous version: its stages are reused only when the recipe is the same
+    if (state.digest !== digestOf(resolved, resolve(model))) {
+      fail(
+        'OutputExists',
+        `${runDir} holds an unfinished run of a different recipe or model (run state version 1, from an earlier moe); remove it to start over`,
+      );
+    }
+    state = { version: STATE_VERSION, model: state.model, completed: state.completed.map((r) => ({ ...r, digest: digests[r.index] })) };
+  } else if (state && state.version !== STATE_VERSION) {
+    fail('OutputExists', `${runDir} holds a run state of version ${state.version}, which this moe does not read; remove it to start over`);
+  } else if (state && state.model !== resolve(model)) {
+    fail('OutputExists', `${runDir} holds an unfinished run of a different model (${state.model}); remove it to start over`);
   }
-  state ??= { version: STATE_VERSION, digest, model: resolve(model), completed: [] };
+  state ??= { version: STATE_VERSION, model: resolve(model), completed: [] };
   // a stage killed mid-write left only its own staging directory: clear those, the stage reruns
   for (const entry of await readdir(runDir)) {
     if (entry.startsWith('.moe-staging-')) await rm(join(runDir, entry), { recursive: true, force: true });
@@ -182,7 +251,8 @@ export async function runRecipe(req: RunRequest): Promise<RunReport> {
   for (let i = 0; i < resolved.stages.length; i++) {
     const stage = resolved.stages[i]!;
     const dir = join(runDir, `stage-${i + 1}-${stage.kind}`);
-    const done = state.completed.find((r) => r.index === i);
+    // a finished stage is reused when nothing it depends on changed (a later stage's options may have)
+    const done = state.completed.find((r) => r.index === i && r.digest === digests[i]);
     if (done && (await pathExists(dir))) {
       req.progress?.info(`stage ${i + 1}/${resolved.stages.length} ${stage.kind}: already complete, reusing ${dir}`);
       records.push({ index: i, kind: stage.kind, report: done.report, seconds: done.seconds, resumed: true });
@@ -195,9 +265,14 @@ export async function runRecipe(req: RunRequest): Promise<RunReport> {
     await rm(dir, { recursive: true, force: true });
     req.progress?.info(`stage ${i + 1}/${resolved.stages.length}: ${stage.kind}`);
     const t0 = Date.now();
-    const report = await STAGE_RUNNERS[stage.kind](ctx(stage, i, input, dir));
+    let report: unknown;
+    try {
+      report = await runStage(ctx(stage, i, input, dir));
+    } catch (e) {
+      throw inStage(req.recipe, i, stage.kind, e);
+    }
     const seconds = (Date.now() - t0) / 1000;
-    state.completed.push({ index: i, kind: stage.kind, dir, report, seconds });
+    state.completed.push({ index: i, kind: stage.kind, digest: digests[i]!, dir, report, seconds });
     await writeState(runDir, state);
     records.push({ index: i, kind: stage.kind, report, seconds, resumed: false });
     input = dir;

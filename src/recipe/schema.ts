@@ -1,77 +1,17 @@
 /**
- * Recipes: a YAML or JSON file that chains compression stages, e.g. prune -> quantize. One strict schema
- * (unknown keys are errors, cross-field rules say what to do) so a typo in a CI recipe fails in the first
- * second rather than after an hour of calibration.
+ * Recipes: a YAML or JSON file that chains compression stages, e.g. prune -> quantize. The stages' schemas are
+ * generated from the pipelines' descriptors (src/pipeline/recipe.ts): a stage takes its command's options in
+ * snake_case, validated by the same schema and the same combination checks as the command line, with the same
+ * messages, so a typo or an out-of-range value in any stage fails in the first second, before any stage runs.
  */
 import { z } from 'zod';
+import { isMoeError } from '../errors.js';
+import { BACKENDS, common, field, int } from '../pipeline/fields.js';
+import { parseStage, stageRequest } from '../pipeline/recipe.js';
+import { PIPELINES, STAGE_KINDS, type StageKind } from '../pipeline/registry.js';
+import { parseOptions } from '../pipeline/validate.js';
 
-const positiveInt = z.number().int().positive();
-const ratio = z.number().gt(0).lt(1);
-
-const common = {
-  calib: z.string().optional(),
-  calib_tokens: positiveInt.optional(),
-  stats: z.string().optional(),
-  backend: z.enum(['auto', 'tensorflow', 'wasm', 'cpu']).optional(),
-};
-
-export const PruneStage = z
-  .object({
-    keep: positiveInt.optional(),
-    ratio: ratio.optional(),
-    method: z.string().optional(),
-    seed: z.number().int().nonnegative().optional(),
-    ...common,
-  })
-  .strict()
-  .refine((s) => (s.keep === undefined) !== (s.ratio === undefined), 'prune: give exactly one of keep or ratio');
-
-export const MergeStage = z
-  .object({
-    groups: positiveInt,
-    grouping: z.string().optional(),
-    align: z.string().optional(),
-    weighting: z.string().optional(),
-    router: z.string().optional(),
-    ...common,
-  })
-  .strict();
-
-export const QuantizeStage = z
-  .object({
-    bits: z.number().positive().max(16),
-    method: z.enum(['gptq', 'rtn']).optional(),
-    granularity: z.enum(['expert', 'layer']).optional(),
-    candidates: z.array(positiveInt).nonempty().optional(),
-    dense_bits: positiveInt.optional(),
-    group_size: positiveInt.optional(),
-    sym: z.boolean().optional(),
-    act_order: z.boolean().optional(),
-    override: z.array(z.string()).optional(),
-    ignore: z.array(z.string()).optional(),
-    ...common,
-  })
-  .strict();
-
-export const DecomposeStage = z
-  .object({
-    ratio,
-    mode: z.string().optional(),
-    uniform: z.boolean().optional(),
-    seed: z.number().int().nonnegative().optional(),
-    materialize: z.boolean().optional(),
-    ...common,
-  })
-  .strict();
-
-export const STAGE_SCHEMAS = {
-  prune: PruneStage,
-  merge: MergeStage,
-  quantize: QuantizeStage,
-  decompose: DecomposeStage,
-} as const;
-export type StageKind = keyof typeof STAGE_SCHEMAS;
-export const STAGE_KINDS = Object.keys(STAGE_SCHEMAS) as StageKind[];
+export { STAGE_KINDS, type StageKind };
 
 const StageEntry = z.record(z.string(), z.unknown()).superRefine((entry, ctx) => {
   const keys = Object.keys(entry);
@@ -83,21 +23,27 @@ const StageEntry = z.record(z.string(), z.unknown()).superRefine((entry, ctx) =>
   }
 });
 
+/** Recipe-level defaults every stage that has the option takes unless it sets its own. */
 export const RecipeSchema = z
   .object({
     model: z.string().optional(),
     out: z.string().optional(),
-    calib: z.string().optional(),
-    calib_tokens: positiveInt.optional(),
-    seed: z.number().int().nonnegative().optional(),
-    backend: z.enum(['auto', 'tensorflow', 'wasm', 'cpu']).optional(),
+    calib: common.calib(),
+    calib_tokens: int(1).optional(),
+    seq_len: int(2).optional(),
+    seed: field(z.number().int().nonnegative().optional(), { help: 'seed of the stages that take one', arg: 'n' }),
+    backend: z.enum(BACKENDS).optional(),
     stages: z.array(StageEntry).nonempty(),
-    eval: z.object({ data: z.string(), seq_len: positiveInt.optional(), max_tokens: positiveInt.optional() }).strict().optional(),
+    eval: z
+      .object({ data: z.string(), seq_len: int(2).optional(), max_tokens: int(1).optional() })
+      .strict()
+      .optional(),
   })
   .strict();
 
 export interface RecipeStage {
   kind: StageKind;
+  /** as written in the recipe (snake_case keys, no defaults filled in) */
   options: Record<string, unknown>;
 }
 
@@ -106,38 +52,59 @@ export interface Recipe {
   out?: string;
   calib?: string;
   calibTokens?: number;
+  seqLen?: number;
   seed?: number;
-  backend?: 'auto' | 'tensorflow' | 'wasm' | 'cpu';
+  backend?: (typeof BACKENDS)[number];
   stages: RecipeStage[];
   eval?: { data: string; seqLen?: number; maxTokens?: number };
 }
 
-/** Validate a parsed recipe object; the error names the first offending path. */
+/** The recipe-level values a stage takes as its defaults (in the commands' spelling). */
+export function recipeDefaults(r: Recipe): Record<string, unknown> {
+  return { calib: r.calib, calibTokens: r.calibTokens, seqLen: r.seqLen, seed: r.seed, backend: r.backend };
+}
+
+/**
+ * A stage's request as its pipeline gets it in a real run: its options over the recipe's defaults, with the
+ * checkpoint it reads and the one it writes (placeholders when only the combinations are checked).
+ */
+export function stageRequestOf(recipe: Recipe, stage: RecipeStage, input: string, out: string | undefined, dryRun: boolean): Record<string, unknown> {
+  return { ...stageRequest(PIPELINES[stage.kind], stage.options, recipeDefaults(recipe)), model: input, out, dryRun, force: false };
+}
+
+/** Validate a parsed recipe object: structure, every stage's options and their combinations; the error names where. */
 export function parseRecipe(raw: unknown): { ok: true; recipe: Recipe } | { ok: false; message: string } {
   const top = RecipeSchema.safeParse(raw);
   if (!top.success) return { ok: false, message: firstIssue(top.error) };
-  const stages: RecipeStage[] = [];
-  for (let i = 0; i < top.data.stages.length; i++) {
-    const entry = top.data.stages[i]!;
-    const kind = Object.keys(entry)[0] as StageKind;
-    const parsed = STAGE_SCHEMAS[kind].safeParse(entry[kind] ?? {});
-    if (!parsed.success) return { ok: false, message: `stages[${i}].${kind}: ${firstIssue(parsed.error)}` };
-    stages.push({ kind, options: parsed.data as Record<string, unknown> });
-  }
   const r = top.data;
-  return {
-    ok: true,
-    recipe: {
-      model: r.model,
-      out: r.out,
-      calib: r.calib,
-      calibTokens: r.calib_tokens,
-      seed: r.seed,
-      backend: r.backend,
-      stages,
-      eval: r.eval && { data: r.eval.data, seqLen: r.eval.seq_len, maxTokens: r.eval.max_tokens },
-    },
+  const recipe: Recipe = {
+    model: r.model,
+    out: r.out,
+    calib: r.calib,
+    calibTokens: r.calib_tokens,
+    seqLen: r.seq_len,
+    seed: r.seed,
+    backend: r.backend,
+    stages: [],
+    eval: r.eval && { data: r.eval.data, seqLen: r.eval.seq_len, maxTokens: r.eval.max_tokens },
   };
+  for (let i = 0; i < r.stages.length; i++) {
+    const entry = r.stages[i]!;
+    const kind = Object.keys(entry)[0] as StageKind;
+    const where = `stages[${i}].${kind}`;
+    const parsed = parseStage(PIPELINES[kind], entry[kind] ?? {});
+    if (!parsed.ok) return { ok: false, message: `${where}: ${parsed.message}` };
+    const stage: RecipeStage = { kind, options: parsed.options };
+    // the combinations, exactly as the stage's real run checks them (its input and output are the runner's)
+    try {
+      parseOptions(PIPELINES[kind], stageRequestOf(recipe, stage, '(input checkpoint)', '(stage output)', false));
+    } catch (e) {
+      if (isMoeError(e)) return { ok: false, message: `${where}: ${e.message}` };
+      throw e;
+    }
+    recipe.stages.push(stage);
+  }
+  return { ok: true, recipe };
 }
 
 function firstIssue(err: z.ZodError): string {

@@ -5,7 +5,9 @@
  * kept (online log-sum-exp), so a 150k vocabulary costs no more memory than a 32k one.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { Model } from '../model/open.js';
+import { openModel, type Model } from '../model/open.js';
+import { activeBackend } from './backend.js';
+import { getPool, runTasks } from './pool.js';
 
 const VOCAB_CHUNK = 8192;
 const TOKEN_CHUNK = 2048;
@@ -57,16 +59,52 @@ function logaddexp(a: number, b: number): number {
 /**
  * Score the next-token predictions of one model, or of a base and a model on the same windows (base first).
  */
-export async function scoreHeads(inputs: readonly HeadInput[], windows: readonly Int32Array[]): Promise<HeadScores> {
-  if (inputs.length < 1 || inputs.length > 2) throw new RangeError('scoreHeads takes one model or a base and a model');
-  const { rows, targets } = scoredPositions(windows);
-  const P = rows.length;
-  const V = inputs[0]!.model.view.dims.vocab;
-  const H = inputs[0]!.model.view.dims.hidden;
-  for (const inp of inputs) {
-    if (inp.model.view.dims.vocab !== V) throw new RangeError(`vocabularies differ (${inp.model.view.dims.vocab} vs ${V})`);
+/** Per-position scores of P positions (hidden rows hs[m] [P, H], next tokens `targets`) against each model's head. */
+export interface HeadRange {
+  lse: Float64Array[];
+  tgt: Float64Array[];
+  amax: Int32Array[];
+  klA: Float64Array;
+}
+
+export interface HeadRangeTask {
+  dirs: string[];
+  hs: Float32Array[];
+  targets: Int32Array;
+}
+
+const opened = new Map<string, Promise<Model>>();
+
+/** scoreRange on a worker: the models are opened there (once per directory). */
+export async function headRangeTask(t: HeadRangeTask): Promise<HeadRange> {
+  const models = await Promise.all(
+    t.dirs.map((d) => {
+      let m = opened.get(d);
+      if (!m) opened.set(d, (m = openModel(d)));
+      return m;
+    }),
+  );
+  return scoreRange(models, t.hs, t.targets);
+}
+
+export const HEAD_MODULE = import.meta.url;
+
+function concatF64(parts: Float64Array[], n: number): Float64Array {
+  const o = new Float64Array(n);
+  let off = 0;
+  for (const q of parts) {
+    o.set(q, off);
+    off += q.length;
   }
-  const M = inputs.length;
+  return o;
+}
+
+/** The vocabulary loop: head chunks read once, every position's running log-sum-exp, target logit and argmax. */
+export async function scoreRange(models: readonly Model[], hs: readonly Float32Array[], targets: Int32Array): Promise<HeadRange> {
+  const P = targets.length;
+  const M = models.length;
+  const V = models[0]!.view.dims.vocab;
+  const inputs = models.map((model) => ({ model }));
   // per model and position: running log-sum-exp, target logit, argmax and its logit
   const lse = inputs.map(() => new Float64Array(P).fill(-Infinity));
   const tgt = inputs.map(() => new Float64Array(P));
@@ -74,15 +112,6 @@ export async function scoreHeads(inputs: readonly HeadInput[], windows: readonly
   const vmax = inputs.map(() => new Float64Array(P).fill(-Infinity));
   // KL accumulator: A = sum_v exp(l_b - LSE_b) (l_b - l_m), combined across chunks with the running LSE_b
   const klA = new Float64Array(P);
-  // gather scored rows once per model (contiguous, so token chunks are plain slices)
-  const hs = inputs.map((inp) => {
-    const h = inp.hidden;
-    const Hm = inp.model.view.dims.hidden;
-    const g = new Float32Array(P * Hm);
-    for (let p = 0; p < P; p++) g.set(h.subarray(rows[p]! * Hm, (rows[p]! + 1) * Hm), p * Hm);
-    return g;
-  });
-
   for (let v0 = 0; v0 < V; v0 += VOCAB_CHUNK) {
     const vc = Math.min(VOCAB_CHUNK, V - v0);
     const heads = await Promise.all(
@@ -166,10 +195,78 @@ export async function scoreHeads(inputs: readonly HeadInput[], windows: readonly
       }
     }
   }
+  return { lse, tgt, amax, klA };
+}
+
+export async function scoreHeads(inputs: readonly HeadInput[], windows: readonly Int32Array[]): Promise<HeadScores> {
+  if (inputs.length < 1 || inputs.length > 2) throw new RangeError('scoreHeads takes one model or a base and a model');
+  const { rows, targets } = scoredPositions(windows);
+  const P = rows.length;
+  const V = inputs[0]!.model.view.dims.vocab;
+  for (const inp of inputs) {
+    if (inp.model.view.dims.vocab !== V) throw new RangeError(`vocabularies differ (${inp.model.view.dims.vocab} vs ${V})`);
+  }
   for (let p = 0; p < P; p++) {
     const t = targets[p]!;
     if (t < 0 || t >= V) throw new RangeError(`token id ${t} is outside the vocabulary of ${V}`);
   }
+  const M = inputs.length;
+  // gather scored rows once per model (contiguous, so token chunks are plain slices)
+  const hs = inputs.map((inp) => {
+    const h = inp.hidden;
+    const Hm = inp.model.view.dims.hidden;
+    const g = new Float32Array(P * Hm);
+    for (let p = 0; p < P; p++) g.set(h.subarray(rows[p]! * Hm, (rows[p]! + 1) * Hm), p * Hm);
+    return g;
+  });
+  const models = inputs.map((i) => i.model);
+  // every position's scores are its own (rows of one product, row-wise reductions), so ranges of positions run on
+  // the pool's workers, each reading the head itself, and the sums below run in position order either way
+  const pool = await getPool(activeBackend() ?? 'auto');
+  let r: HeadRange;
+  if (pool && P >= 2 * TOKEN_CHUNK) {
+    const per = Math.ceil(P / pool.size / TOKEN_CHUNK) * TOKEN_CHUNK;
+    const ranges: [number, number][] = [];
+    for (let p0 = 0; p0 < P; p0 += per) ranges.push([p0, Math.min(P, p0 + per)]);
+    const parts = await runTasks<HeadRangeTask, HeadRange>(
+      activeBackend()!,
+      HEAD_MODULE,
+      'headRangeTask',
+      ranges.map(([p0, p1]) => ({
+        dirs: models.map((m) => m.dir),
+        hs: hs.map((h, m) => h.slice(p0 * models[m]!.view.dims.hidden, p1 * models[m]!.view.dims.hidden)),
+        targets: targets.slice(p0, p1),
+      })),
+    );
+    r = {
+      lse: models.map((_, m) =>
+        concatF64(
+          parts.map((q) => q.lse[m]!),
+          P,
+        ),
+      ),
+      tgt: models.map((_, m) =>
+        concatF64(
+          parts.map((q) => q.tgt[m]!),
+          P,
+        ),
+      ),
+      amax: models.map((_, m) => {
+        const o = new Int32Array(P);
+        let off = 0;
+        for (const q of parts) {
+          o.set(q.amax[m]!, off);
+          off += q.amax[m]!.length;
+        }
+        return o;
+      }),
+      klA: concatF64(
+        parts.map((q) => q.klA),
+        P,
+      ),
+    };
+  } else r = await scoreRange(models, hs, targets);
+  const { lse, tgt, amax, klA } = r;
   const nll = inputs.map((_, m) => {
     let s = 0;
     for (let p = 0; p < P; p++) s += lse[m]![p]! - tgt[m]![p]!;
@@ -186,6 +283,5 @@ export async function scoreHeads(inputs: readonly HeadInput[], windows: readonly
     res.kl = kl;
     res.top1Agree = agree;
   }
-  void H;
   return res;
 }

@@ -8,6 +8,17 @@
 import type { ActivationSpec } from '../model/types.js';
 import type { Routing, SwiGLUWeights } from './api.js';
 import { swiglu } from './swiglu.js';
+import type { ExpertResult } from './tasks.js';
+
+/**
+ * Runs expert MLPs somewhere else (the worker pool): `run(e, w, x, n)` for expert e (-1: the shared expert) with
+ * its tokens x [n, in]. Experts run concurrently; their outputs are combined in expert order, as without a runner.
+ */
+export interface ExpertRunner {
+  run(e: number, w: SwiGLUWeights, x: Float32Array, n: number, wantDown: boolean): Promise<ExpertResult>;
+  /** experts started ahead of the one being combined */
+  window: number;
+}
 
 export interface ExpertOutput {
   expert: number;
@@ -59,18 +70,51 @@ export async function moeBlock(
   onExpertOutput?: (o: ExpertOutput) => void,
   /** down-projection inputs: expert index (-1 = shared expert), rows (token indices for routed experts) */
   onDownInput?: (expert: number, a: Float32Array, rows: number, tokens: Int32Array | null, r0: number) => void,
+  runner?: ExpertRunner,
 ): Promise<MoeBlockResult> {
   const y = new Float32Array(T * H);
   const slotNorm = new Float32Array(T * routing.k);
   const groups = tokensPerExpert(routing, E);
   let calls = 0;
+  const gather = (e: number): Float32Array => {
+    const { tokens } = groups[e]!;
+    const n = tokens.length;
+    const xe = new Float32Array(n * H);
+    for (let i = 0; i < n; i++) xe.set(x.subarray(tokens[i]! * H, (tokens[i]! + 1) * H), i * H);
+    return xe;
+  };
+  // with a runner, experts run ahead of the in-order combine by up to runner.window (bounding the weights and
+  // outputs alive at once); without one, one at a time
+  const pending: (Promise<ExpertResult> | undefined)[] = [];
+  let next = 0;
+  const startNext = () => {
+    while (runner && next < E && next < pendingLimit) {
+      const e = next++;
+      const n = groups[e]!.tokens.length;
+      const p = n ? (async () => runner.run(e, await expert(e), gather(e), n, !!onDownInput))() : undefined;
+      p?.catch(() => undefined); // awaited in order below; a failure must not surface as unhandled first
+      pending[e] = p;
+    }
+  };
+  let pendingLimit = runner ? runner.window : 0;
+  const sharedRun = runner && shared ? runner.run(-1, shared.w, x, T, !!onDownInput) : undefined;
+  sharedRun?.catch(() => undefined);
+  startNext();
   for (let e = 0; e < E; e++) {
     const { tokens, slots } = groups[e]!;
     const n = tokens.length;
     if (n === 0) continue;
-    const xe = new Float32Array(n * H);
-    for (let i = 0; i < n; i++) xe.set(x.subarray(tokens[i]! * H, (tokens[i]! + 1) * H), i * H);
-    const out = swiglu(await expert(e), xe, n, activation, onDownInput ? (a, rows, r0) => onDownInput(e, a, rows, tokens, r0) : undefined);
+    let out: Float32Array;
+    if (runner) {
+      pendingLimit = e + 1 + runner.window;
+      startNext();
+      const r = (await pending[e])!;
+      pending[e] = undefined;
+      if (onDownInput) for (const c of r.down!) onDownInput(e, c.a, c.rows, tokens, c.r0);
+      out = r.out;
+    } else {
+      out = swiglu(await expert(e), gather(e), n, activation, onDownInput ? (a, rows, r0) => onDownInput(e, a, rows, tokens, r0) : undefined);
+    }
     calls += n;
     for (let i = 0; i < n; i++) {
       const t = tokens[i]!;
@@ -88,7 +132,12 @@ export async function moeBlock(
     onExpertOutput?.({ expert: e, tokens, slots, out });
   }
   if (shared) {
-    const s = swiglu(shared.w, x, T, activation, onDownInput ? (a, rows, r0) => onDownInput(-1, a, rows, null, r0) : undefined);
+    let s: Float32Array;
+    if (sharedRun) {
+      const r = await sharedRun;
+      if (onDownInput) for (const c of r.down!) onDownInput(-1, c.a, c.rows, null, c.r0);
+      s = r.out;
+    } else s = swiglu(shared.w, x, T, activation, onDownInput ? (a, rows, r0) => onDownInput(-1, a, rows, null, r0) : undefined);
     for (let t = 0; t < T; t++) {
       let g = 1;
       if (shared.gate) {

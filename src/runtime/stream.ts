@@ -15,7 +15,9 @@ import { fail } from '../errors.js';
 import type { Linear, MoeLayerEdit, StreamModel, MoeLayerInput, Routing, StreamHooks, StreamOptions, StreamResult, SwiGLUWeights } from './api.js';
 import { attention, type AttentionShape, type AttentionWeights } from './attention.js';
 import { scoreHeads } from './head.js';
-import { moeBlock } from './moe.js';
+import { moeBlock, type ExpertRunner } from './moe.js';
+import { getPool } from './pool.js';
+import { TASKS_MODULE, type ExpertResult, type ExpertTask } from './tasks.js';
 import { applyNorm, linear, upload, type NormWeights } from './ops.js';
 import { ropeTables } from './rope.js';
 import { route } from './routing.js';
@@ -179,6 +181,22 @@ export async function streamModel(model: Model, windows: readonly Int32Array[], 
   if (restored) for (let l = 0; l < start; l++) opts.onProgress?.(l + 1, L);
   let expertCalls = 0;
   let expertSlots = 0;
+  // with more than one thread, each layer's experts run on the worker pool (weights are copied: they may be the
+  // hook's own arrays)
+  const pool = await getPool(activeBackend()!);
+  const runner: ExpertRunner | undefined = pool
+    ? {
+        window: 2 * pool.size,
+        // a routed expert's gathered tokens are its own copy and move; the shared expert reads the block input x
+        run: (e, w, x, n, down) =>
+          pool.run<ExpertResult>(
+            TASKS_MODULE,
+            'expertForward',
+            { w, x, n, activation: act, down } satisfies ExpertTask,
+            e >= 0 ? [x.buffer as ArrayBuffer] : [],
+          ),
+      }
+    : undefined;
   for (const layer of start ? v.layers.slice(start) : v.layers) {
     const before = hooks.onLayerOutput ? h.slice() : undefined;
     // ---- attention
@@ -288,6 +306,7 @@ export async function streamModel(model: Model, windows: readonly Int32Array[], 
                 ...(e >= 0 ? { expert: e, tokens: tokens! } : {}),
               })
           : undefined,
+        runner,
       );
       expertCalls += res.calls;
       expertSlots += T * routing.k;

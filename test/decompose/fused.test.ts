@@ -66,7 +66,7 @@ describe('decompose of fused experts', () => {
       await writeWordTokenizer(src);
       // uniform ranks where the knapsack is slow to prove (base-delta's rank-0 option) or not the point (svd)
       const uniform = mode === 'svd' || mode === 'base-delta';
-      const req = { model: src, ratio: 0.6, mode, uniform, ...(mode === 'svd' ? {} : { calib, calibTokens: 512 }) };
+      const req = { model: src, ratio: 0.6, mode, uniform, ...(mode === 'svd' ? {} : { calib, calibTokens: 512, seqLen: 32 }) };
       const lowOut = join(root, `${name}-lr`);
       const rep = await decompose({ ...req, out: lowOut });
       expect(rep.fusedExperts?.read).toMatch('mxfp4' in opts ? /^MXFP4/ : /^fused 3-D F32 tensor/);

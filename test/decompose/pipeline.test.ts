@@ -114,7 +114,10 @@ describe('moe decompose --mode svd (weights only)', () => {
     await expect(decompose({ model, ratio: 0.5, mode: 'svd' })).rejects.toThrow(/--out/);
     await expect(decompose({ model, ratio: 0.5, mode: 'svd', out: join(dir, 'svd-uniform') })).rejects.toThrow(/exists/);
     await expect(decompose({ model, ratio: 0.5, mode: 'svd', stats: dir, dryRun: true })).rejects.toThrow(/Gram/);
-    // 4 experts: the base alone is a quarter of the expert parameters; refused before any calibration work
-    await expect(decompose({ model, ratio: 0.2, mode: 'base-delta', calib: join(dir, 'missing.txt'), dryRun: true })).rejects.toThrow(/base experts alone/);
+    // 4 experts: the base alone is a quarter of the expert parameters; refused before any calibration work (the
+    // calibration "text" is the model's config.json: it would fail to cut into windows if it were read)
+    await expect(decompose({ model, ratio: 0.2, mode: 'base-delta', calib: join(model, 'config.json'), seqLen: 32, dryRun: true })).rejects.toThrow(
+      /base experts alone/,
+    );
   });
 });

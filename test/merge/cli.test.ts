@@ -70,8 +70,8 @@ describe('moe merge CLI', () => {
   });
 
   const bad: Array<[string, string[], RegExp, number]> = [
-    ['more groups than experts', ['--groups', '12', '--calib', 'x'], /--groups 12 is more than the 8 experts/, ExitCode.usage],
-    ['fewer groups than top-k', ['--groups', '1', '--stats', 'x'], /fewer than the 2 experts each token is routed to/, ExitCode.usage],
+    ['more groups than experts', ['--groups', '12', '--calib', 'CALIB', '--seq-len', '32'], /--groups 12 is more than the 8 experts/, ExitCode.usage],
+    ['fewer groups than top-k', ['--groups', '1', '--calib', 'CALIB', '--seq-len', '32'], /fewer than the 2 experts each token is routed to/, ExitCode.usage],
     ['no calibration', ['--groups', '4'], /give calibration text \(--calib FILE\), saved statistics/, ExitCode.usage],
     ['fit from stats', ['--groups', '4', '--stats', 'x', '--router', 'fit'], /--router fit needs calibration hidden states/, ExitCode.usage],
     ['non-integer groups', ['--groups', 'four', '--calib', 'x'], /--groups must be a whole number/, ExitCode.usage],
@@ -79,7 +79,7 @@ describe('moe merge CLI', () => {
   ];
   for (const [what, args, msg, code] of bad) {
     it(`${what}: one line on stderr, exit ${code}`, async () => {
-      const r = await run('--model', model, '--out', join(root, 'bad'), ...args);
+      const r = await run('--model', model, '--out', join(root, 'bad'), ...args.map((a) => (a === 'CALIB' ? calib : a)));
       expect(r.code).toBe(code);
       expect(r.stderr).toMatch(msg);
       expect(r.stderr.trim().split('\n')).toHaveLength(1);
@@ -90,6 +90,6 @@ describe('moe merge CLI', () => {
   it('an unknown --align value is a usage error', async () => {
     const r = await run('--model', model, '--out', join(root, 'bad'), '--groups', '4', '--calib', calib, '--align', 'magic');
     expect(r.code).toBe(ExitCode.usage);
-    expect(r.stderr).toMatch(/Allowed choices are none, weights, activations/);
+    expect(r.stderr).toMatch(/^moe: --align must be one of none, weights, activations, got 'magic'\n$/);
   });
 });

@@ -246,7 +246,7 @@ describe('merge on group-limited families', () => {
 
   it('a count that is not a valid multiple of n_group is refused with exit 2, naming the nearest valid counts', async () => {
     for (const family of FAMILIES) {
-      const r = await runMoe(['merge', '--model', join(root, family), '--groups', '5', '--calib', calib, '--out', join(root, 'never')]);
+      const r = await runMoe(['merge', '--model', join(root, family), '--groups', '5', '--calib', calib, '--seq-len', '32', '--out', join(root, 'never')]);
       expect(r.code).toBe(ExitCode.usage);
       expect(r.stderr).toMatch(/^moe: --groups 5 must be a multiple of n_group 2: .* nearest valid: 4 or 6\n$/);
     }

@@ -150,9 +150,9 @@ describe('merge plans', () => {
       ['a plan with calibration', ['--model', model, ...seqCli, '--plan', plan, '--calib', calib], /--calib and --stats are not used with it/, ExitCode.usage],
       ['no such plan', ['--model', model, ...seqCli, '--plan', join(root, 'nope.json')], /cannot read the plan/, ExitCode.badInput],
       [
-        'a --stats plan with activation alignment',
+        'a --stats dry run with activation alignment (refused as the real run is)',
         ['--model', model, ...seqCli, '--stats', stats, '--dry-run', '--save-plan', join(root, 'never.json')],
-        /a plan from --stats cannot hold activation alignment/,
+        /--align activations needs calibration hidden states: give --calib FILE/,
         ExitCode.usage,
       ],
     ];

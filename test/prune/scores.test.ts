@@ -65,7 +65,7 @@ describe('pruning scores from calibration statistics', () => {
     const names = PRUNE_METHODS.map((m) => m.name);
     expect(new Set(names).size).toBe(names.length);
     expect(names).toEqual(expect.arrayContaining(['reap', 'frequency', 'gate-mass', 'easy-ep', 'reconstruct', 'random']));
-    for (const m of PRUNE_METHODS) expect(m.requiresCalibration).toBe(m.name !== 'random');
+    for (const m of PRUNE_METHODS) expect(m.needs !== 'none').toBe(m.name !== 'random');
     try {
       getMethod('magnitude');
       expect.unreachable();

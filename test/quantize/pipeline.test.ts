@@ -129,7 +129,7 @@ describe('moe quantize on a tiny Mixtral', () => {
 
   it('applies --override and --ignore before the allocation and says why', async () => {
     const rep = await quantize(
-      base('ov', { bits: 8, override: ['experts\\.0\\.=8'], ignore: ['layers\\.1\\.block_sparse_moe\\.experts\\.3\\.w2'], dryRun: true, out: undefined }),
+      base('ov', { bits: 7, override: ['experts\\.0\\.=8'], ignore: ['layers\\.1\\.block_sparse_moe\\.experts\\.3\\.w2'], dryRun: true, out: undefined }),
     );
     const d0 = rep.decisions.find((d) => d.tensor === 'model.layers.0.block_sparse_moe.experts.0.w1.weight')!;
     expect(d0.bits).toBe(8);

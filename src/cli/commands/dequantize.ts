@@ -1,32 +1,37 @@
-import { type Command, Option } from 'commander';
-import { dequantizeCheckpoint } from '../../quantize/dequantize.js';
-import { createProgress } from '../progress.js';
+import { z } from 'zod';
+import { command } from '../../pipeline/descriptor.js';
+import { common, field } from '../../pipeline/fields.js';
+import { prepare } from '../../pipeline/validate.js';
 
-export function registerDequantize(program: Command): void {
-  program
-    .command('dequantize')
-    .description('write a dense BF16/F16 checkpoint of the same family from a GPTQ checkpoint, for tools that cannot read GPTQ')
-    .requiredOption('--model <dir>', 'GPTQ checkpoint directory')
-    .option('--out <dir>', 'output checkpoint directory')
-    .addOption(new Option('--dtype <t>', 'output dtype of the dequantized weights').choices(['bf16', 'f16']))
-    .option('--dry-run', 'print what would be written')
-    .option('--force', 'replace an existing --out')
-    .option('--json', 'print the JSON report on stdout')
-    .option('--quiet', 'no progress output')
-    .action(async (o: Record<string, any>) => {
-      const progress = createProgress({ quiet: o.quiet, json: o.json });
-      const r = await dequantizeCheckpoint({
-        model: o.model,
-        out: o.out,
-        force: !!o.force,
-        dryRun: !!o.dryRun,
-        progress,
-        ...(o.dtype ? { dtype: o.dtype === 'f16' ? 'F16' : 'BF16' } : {}),
-      });
-      if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
-      else if (!o.quiet || o.dryRun) {
-        const mib = (b: number) => `${(b / 2 ** 20).toFixed(2)} MiB`;
-        process.stdout.write(`${r.dryRun ? 'plan' : 'dequantized'}: ${r.modules} GPTQ modules -> ${r.dtype}; ${mib(r.beforeBytes)} -> ${mib(r.afterBytes)}\n`);
-      }
+const DEQUANTIZE_OPTIONS = z.object({
+  model: common.model('GPTQ checkpoint directory'),
+  out: common.out(),
+  dtype: field(z.enum(['bf16', 'f16']).optional(), { help: 'output dtype of the dequantized weights', arg: 't', defaultText: "the input's torch_dtype" }),
+  dryRun: common.dryRun('print what would be written'),
+  force: common.force(),
+});
+
+const mib = (b: number) => `${(b / 2 ** 20).toFixed(2)} MiB`;
+
+export const DEQUANTIZE_COMMAND = command({
+  name: 'dequantize',
+  summary: 'write a dense BF16/F16 checkpoint of the same family from a GPTQ checkpoint, for tools that cannot read GPTQ',
+  options: DEQUANTIZE_OPTIONS,
+  examples: ['moe dequantize --model ./mixtral-2.5bit --out ./mixtral-2.5bit-bf16'],
+  async run(raw, { progress }) {
+    const o = await prepare({ options: DEQUANTIZE_OPTIONS }, raw);
+    const { dequantizeCheckpoint } = await import('../../quantize/dequantize.js');
+    return dequantizeCheckpoint({
+      model: o.model,
+      ...(o.out !== undefined ? { out: o.out } : {}),
+      force: o.force,
+      dryRun: o.dryRun,
+      ...(progress ? { progress } : {}),
+      ...(o.dtype ? { dtype: o.dtype === 'f16' ? 'F16' : 'BF16' } : {}),
     });
-}
+  },
+  print: (r, o) =>
+    !o.quiet || o.dryRun
+      ? `${r.dryRun ? 'plan' : 'dequantized'}: ${r.modules} GPTQ modules -> ${r.dtype}; ${mib(r.beforeBytes)} -> ${mib(r.afterBytes)}`
+      : undefined,
+});

@@ -1,15 +1,35 @@
-import type { Command } from 'commander';
+import { z } from 'zod';
 import { fail } from '../../errors.js';
-import { evaluate, type EvalReport } from '../../eval/perplexity.js';
-import { initBackend, parseBackendOption } from '../../runtime/backend.js';
-import { createProgress } from '../progress.js';
-import { count } from '../options.js';
+import type { EvalReport } from '../../eval/perplexity.js';
+import { command } from '../../pipeline/descriptor.js';
+import { common, DEFAULT_SEQ_LEN, field, int } from '../../pipeline/fields.js';
+import { prepare } from '../../pipeline/validate.js';
 
 function skipArg(v: string): number | 'auto' {
   if (v === 'auto') return 'auto';
   const n = Number(v);
   if (v.trim() === '' || !Number.isFinite(n) || n < 0 || n > 1) fail('Usage', `--skip must be 'auto' or a beta in [0, 1], got '${v}'`);
   return n;
+}
+
+const EVAL_OPTIONS = z.object({
+  model: common.model('checkpoint directory'),
+  data: field(z.string().min(1), { help: 'text file, one document or sentence per line', arg: 'file', path: 'data' }),
+  seqLen: field(int(2).default(DEFAULT_SEQ_LEN), { help: 'tokens per window', arg: 'n' }),
+  maxTokens: field(int(1).optional(), { help: 'score only the first windows up to this many tokens', arg: 'n', defaultText: 'the whole file' }),
+  base: field(z.string().min(1).optional(), { help: 'base checkpoint to compare against (same tokenizer)', arg: 'dir' }),
+  skip: field(z.string().optional(), {
+    help: "dynamic expert skipping: drop a token's weaker experts when w < beta * w_max; 'auto' = median w2/w1 per layer on --calib",
+    arg: 'beta',
+  }),
+  calib: common.calib('calibration text for --skip auto'),
+  calibTokens: field(int(1).optional(), { help: 'calibration tokens for --skip auto', arg: 'n', defaultText: 'the whole file' }),
+  backend: common.backend(),
+  threads: common.threads(),
+});
+
+function checkEval(o: z.output<typeof EVAL_OPTIONS>): void {
+  if (o.skip !== undefined) skipArg(o.skip);
 }
 
 function summary(r: EvalReport): string {
@@ -31,38 +51,32 @@ function summary(r: EvalReport): string {
   return lines.join('\n');
 }
 
-export function registerEval(program: Command): void {
-  program
-    .command('eval')
-    .description(
-      'perplexity on a text file (lines tokenized alone, one stream, windows of --seq-len fed as [BOS]+window); with --base: delta, KL, top-1 agreement',
-    )
-    .requiredOption('--model <dir>', 'checkpoint directory')
-    .requiredOption('--data <file>', 'text file, one document or sentence per line')
-    .option('--seq-len <n>', 'tokens per window', count('--seq-len'), 256)
-    .option('--max-tokens <n>', 'score only the first windows up to this many tokens', count('--max-tokens'))
-    .option('--base <dir>', 'base checkpoint to compare against (same tokenizer)')
-    .option('--skip <beta>', "dynamic expert skipping: drop a token's weaker experts when w < beta * w_max; 'auto' = median w2/w1 per layer on --calib")
-    .option('--calib <file>', 'calibration text for --skip auto')
-    .option('--calib-tokens <n>', 'calibration tokens for --skip auto', count('--calib-tokens'))
-    .option('--backend <name>', 'tensor backend: auto | tensorflow | wasm | cpu', parseBackendOption, 'auto')
-    .option('--json', 'print the JSON report on stdout')
-    .option('--quiet', 'no progress output')
-    .action(async (o: Record<string, any>) => {
-      const progress = createProgress({ quiet: o.quiet, json: o.json });
-      await initBackend(o.backend);
-      const report = await evaluate({
-        model: o.model,
-        data: o.data,
-        seqLen: o.seqLen,
-        maxTokens: o.maxTokens,
-        base: o.base,
-        ...(o.skip !== undefined ? { skip: skipArg(o.skip) } : {}),
-        calib: o.calib,
-        calibTokens: o.calibTokens,
-        progress,
-      });
-      if (o.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
-      else process.stdout.write(summary(report) + '\n');
+export const EVAL_COMMAND = command({
+  name: 'eval',
+  summary: 'perplexity on a text file (lines tokenized alone, one stream, windows of --seq-len fed as [BOS]+window); with --base: delta, KL, top-1 agreement',
+  options: EVAL_OPTIONS,
+  check: checkEval,
+  examples: [
+    'moe eval --model ./mixtral-2.5bit --base ./mixtral --data heldout.txt --seq-len 128 --max-tokens 16384',
+    'moe eval --model ./mixtral --data heldout.txt --skip auto --calib calib.txt   # dynamic expert skipping',
+  ],
+  async run(raw, { progress }) {
+    const o = await prepare({ options: EVAL_OPTIONS, check: checkEval }, raw);
+    const { initBackend } = await import('../../runtime/backend.js');
+    const { evaluate } = await import('../../eval/perplexity.js');
+    await initBackend(o.backend);
+    if (o.threads !== undefined) await (await import('../../runtime/pool.js')).setThreads(o.threads);
+    return evaluate({
+      model: o.model,
+      data: o.data,
+      seqLen: o.seqLen,
+      ...(o.maxTokens !== undefined ? { maxTokens: o.maxTokens } : {}),
+      ...(o.base !== undefined ? { base: o.base } : {}),
+      ...(o.skip !== undefined ? { skip: skipArg(o.skip) } : {}),
+      ...(o.calib !== undefined ? { calib: o.calib } : {}),
+      ...(o.calibTokens !== undefined ? { calibTokens: o.calibTokens } : {}),
+      ...(progress ? { progress } : {}),
     });
-}
+  },
+  print: summary,
+});

@@ -1,7 +1,16 @@
-import type { Command } from 'commander';
-import { createProgress } from '../progress.js';
+import { z } from 'zod';
+import { command } from '../../pipeline/descriptor.js';
+import { common, field } from '../../pipeline/fields.js';
+import { parseOptions } from '../../pipeline/validate.js';
+import type { RunReport } from '../../recipe/run.js';
 import { formatEstimate, type MemoryEstimate } from '../../runtime/memory.js';
-import { runRecipe, type RunReport } from '../../recipe/run.js';
+
+const RUN_OPTIONS = z.object({
+  model: field(z.string().min(1).optional(), { help: 'input checkpoint (overrides the recipe)', arg: 'dir', recipe: false }),
+  out: field(z.string().min(1).optional(), { help: 'output checkpoint (overrides the recipe)', arg: 'dir', recipe: false }),
+  dryRun: common.dryRun('validate every stage as the real run will (options, ranges, combinations, paths, output) and plan the first, write nothing'),
+  force: common.force('replace an existing output'),
+});
 
 function summary(r: RunReport): string {
   const lines = [`${r.dryRun ? 'plan' : 'ran'} ${r.stages.length} stage(s): ${r.model} -> ${r.out} (${r.seconds.toFixed(1)}s)`];
@@ -17,36 +26,34 @@ function summary(r: RunReport): string {
   return lines.join('\n');
 }
 
-export function registerRun(program: Command): void {
-  program
-    .command('run')
-    .description('run a recipe: chained stages (e.g. prune -> quantize), resumable, one report')
-    .argument('<recipe>', 'recipe file (.yaml, .yml or .json)')
-    .option('--model <dir>', 'input checkpoint (overrides the recipe)')
-    .option('--out <dir>', 'output checkpoint (overrides the recipe)')
-    .option('--dry-run', 'validate the whole recipe and plan the first stage, write nothing')
-    .option('--force', 'replace an existing output')
-    .option('--json', 'print the JSON report on stdout')
-    .option('--quiet', 'no progress output')
-    .addHelpText(
-      'after',
-      `
-Example recipe (paths relative to the recipe file):
+export const RUN_COMMAND = command({
+  name: 'run',
+  summary: 'run a recipe: chained stages (e.g. prune -> quantize), resumable, one report',
+  args: [{ name: 'recipe', help: 'recipe file (.yaml, .yml or .json)' }],
+  options: RUN_OPTIONS,
+  examples: ['moe run recipe.yaml', 'moe run recipe.yaml --dry-run    # every stage validated before anything runs'],
+  notes: `Example recipe (paths relative to the recipe file; a stage takes the options of its command, snake_case):
   model: ./mixtral
   out: ./mixtral-6e-2.5bit
   calib: ./calib.txt
   calib_tokens: 16384
   stages:
     - prune: { ratio: 0.75, method: reap }
-    - quantize: { bits: 2.5 }
+    - quantize: { bits: 2.5, group_size: 64 }
   eval: { data: ./heldout.txt }
 
 A killed run restarted with the same command skips the stages it already finished.`,
-    )
-    .action(async (recipe: string, o: Record<string, any>) => {
-      const progress = createProgress({ quiet: o.quiet, json: o.json });
-      const report = await runRecipe({ recipe, model: o.model, out: o.out, force: !!o.force, dryRun: !!o.dryRun, progress });
-      if (o.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
-      else if (!o.quiet) process.stdout.write(summary(report) + '\n');
+  async run(raw, { args, progress }) {
+    const o = parseOptions({ options: RUN_OPTIONS }, raw);
+    const { runRecipe } = await import('../../recipe/run.js');
+    return runRecipe({
+      recipe: args[0]!,
+      ...(o.model !== undefined ? { model: o.model } : {}),
+      ...(o.out !== undefined ? { out: o.out } : {}),
+      force: o.force,
+      dryRun: o.dryRun,
+      ...(progress ? { progress } : {}),
     });
-}
+  },
+  print: (r, o) => (o.quiet ? undefined : summary(r)),
+});

@@ -1,0 +1,75 @@
+/**
+ * The options of `moe merge`, declared once (src/pipeline/fields.ts): the command line, recipe stages and library
+ * calls are all validated by this schema and `checkMerge`.
+ */
+import { z } from 'zod';
+import { fail } from '../errors.js';
+import type { OptionSpec } from '../pipeline/descriptor.js';
+import { common, field, int } from '../pipeline/fields.js';
+import { ALIGNS, find, ROUTERS } from './methods.js';
+import { ALIGN_METHODS, GROUPING_METHODS, MERGE_OPTION_DEFAULTS, ROUTER_METHODS, WEIGHTING_METHODS } from './types.js';
+
+export const DEFAULTS = { grouping: 'msmoe', align: 'weights', weighting: 'frequency', router: 'mean' } as const;
+
+export const MERGE_OPTIONS = z.object({
+  model: common.model(),
+  out: common.out(),
+  groups: field(int(1), { help: 'experts per MoE layer after merging', arg: 'n' }),
+  grouping: field(z.enum(GROUPING_METHODS).default(DEFAULTS.grouping), { help: 'how experts are grouped (see Grouping below)', arg: 'm' }),
+  align: field(z.enum(ALIGN_METHODS).default(DEFAULTS.align), {
+    help: "permute members' hidden units onto the anchor before averaging (see Alignment below)",
+    arg: 'm',
+  }),
+  weighting: field(z.enum(WEIGHTING_METHODS).default(DEFAULTS.weighting), { help: 'member weights in the average (see Weighting below)', arg: 'm' }),
+  router: field(z.enum(ROUTER_METHODS).default(DEFAULTS.router), { help: 'new router row per group (see Router rows below)', arg: 'm' }),
+  calib: common.calib('calibration text: sequential merging in one forward pass, each layer measured through the merged layers before it'),
+  calibTokens: common.calibTokens(),
+  seqLen: common.seqLen(),
+  stats: common.stats('saved calibration statistics of the unmerged model (moe calibrate --out); no hidden states, so no activation alignment or router fit'),
+  fitSteps: field(int(1).default(MERGE_OPTION_DEFAULTS.fitSteps), { help: 'router fit: optimisation steps', arg: 'n' }),
+  fitTokens: field(int(1).default(MERGE_OPTION_DEFAULTS.fitTokens), { help: 'router fit: calibration tokens per layer', arg: 'n' }),
+  alignTokens: field(int(1).default(MERGE_OPTION_DEFAULTS.alignTokens), { help: 'activation alignment: routed tokens per group', arg: 'n' }),
+  backend: common.backend(),
+  threads: common.threads(),
+  savePlan: common.savePlan(
+    'also write the plan (groups, member weights, permutations and fitted router rows computed from data) to this file; with --dry-run only the plan',
+  ),
+  plan: common.plan(
+    'apply a saved plan (--save-plan) instead of planning: no calibration needed; give the same --groups/--grouping/--align/--weighting/--router (and fit/align options) as the run that saved it',
+  ),
+  shard: common.shard(
+    'layer-parallel job i of n: write only layers l with l % n = i (join the parts with moe assemble); needs --plan or --stats, the same in every job',
+  ),
+  dryRun: common.dryRun('print the plan and the estimated peak memory, write no checkpoint (with --calib this runs the sequential pass)'),
+  force: common.force(),
+});
+
+export type MergeOptions = z.output<typeof MERGE_OPTIONS>;
+
+/** Combinations, before any file is read. */
+export function checkMerge(o: MergeOptions): void {
+  if (o.plan && o.savePlan) fail('Usage', 'give --plan FILE (apply a saved plan) or --save-plan FILE, not both');
+  if (o.plan && (o.calib || o.stats)) fail('Usage', '--plan applies a saved plan: --calib and --stats are not used with it');
+  if (o.calib && o.stats) fail('Usage', 'give --calib FILE or --stats DIR, not both');
+  if (!o.calib && !o.stats && !o.plan)
+    fail(
+      'Usage',
+      `merging is data-driven (grouping ${o.grouping} reads routing statistics): give calibration text (--calib FILE), saved statistics (--stats DIR) or a saved plan (--plan FILE)`,
+    );
+  if (o.stats) {
+    // a dry run refuses what the real run refuses: it predicts that run
+    if (find(ALIGNS, o.align)?.needs === 'sequential')
+      fail('Usage', `--align ${o.align} needs calibration hidden states: give --calib FILE (--stats is not enough)`);
+    if (find(ROUTERS, o.router)?.needs === 'sequential')
+      fail('Usage', `--router ${o.router} needs calibration hidden states: give --calib FILE (--stats is not enough)`);
+  }
+  if (o.shard && o.calib) {
+    fail(
+      'Usage',
+      '--shard needs --plan FILE or --stats DIR: with --calib each layer is merged on the output of the merged layers before it, so one run must plan them all (--calib FILE --dry-run --save-plan FILE, then every job --plan FILE)',
+    );
+  }
+  if (!o.dryRun && !o.out) fail('Usage', '--out DIR is required (or use --dry-run)');
+}
+
+export const MERGE_SPEC: OptionSpec<typeof MERGE_OPTIONS> = { options: MERGE_OPTIONS, check: checkMerge };

@@ -1,0 +1,61 @@
+/**
+ * The options of `moe prune`, declared once (src/pipeline/fields.ts): the command line, recipe stages and
+ * library calls are all validated by this schema and `checkPrune`.
+ */
+import { z } from 'zod';
+import { fail } from '../errors.js';
+import type { OptionSpec } from '../pipeline/descriptor.js';
+import { common, field, int } from '../pipeline/fields.js';
+import { getMethod, PRUNE_METHODS } from './methods.js';
+
+export const DEFAULT_METHOD = 'reap';
+/** reconstruct's search: tokens sampled per layer, exhaustive-search limit, beam width, ... (src/prune/reconstruct.ts) */
+export const RECONSTRUCT_DEFAULTS = { maxTokens: 2048, exactLimit: 5000, beam: 2, searchTokens: 512, swapRounds: 1 } as const;
+
+const names = PRUNE_METHODS.map((m) => m.name) as [string, ...string[]];
+
+export const PRUNE_OPTIONS = z.object({
+  model: common.model(),
+  out: common.out(),
+  keep: field(int(1).optional(), { help: 'experts kept per MoE layer (or --ratio)', arg: 'n' }),
+  ratio: field(z.number().gt(0).max(1).optional(), { help: 'fraction of experts kept, round(R x experts) (0.75 removes a quarter)', arg: 'r' }),
+  method: field(z.enum(names).default(DEFAULT_METHOD), { help: 'expert score (see Methods below)', arg: 'name' }),
+  calib: common.calib('calibration text, one document or sentence per line (data-driven methods)'),
+  calibTokens: common.calibTokens(),
+  seqLen: common.seqLen(),
+  stats: common.stats(),
+  seed: field(z.number().int().default(0), { help: 'seed of --method random', arg: 'n' }),
+  sampleTokens: field(int(1).default(RECONSTRUCT_DEFAULTS.maxTokens), { help: 'reconstruct: calibration tokens sampled per layer', arg: 'n' }),
+  beam: field(int(1).default(RECONSTRUCT_DEFAULTS.beam), { help: 'reconstruct: beam width when subsets are too many to enumerate', arg: 'n' }),
+  backend: common.backend('tensor backend for data-driven methods'),
+  threads: common.threads(),
+  savePlan: common.savePlan('also write the kept sets to this plan file (with --dry-run: only the plan)'),
+  plan: common.plan('apply the kept sets of a saved plan (--save-plan) instead of scoring: every --shard job of one run takes the same file'),
+  shard: common.shard(
+    'layer-parallel job i of n: write only layers l with l % n = i (join the parts with moe assemble; use the same --stats, --plan or --seed in every job)',
+  ),
+  dryRun: common.dryRun('print the plan, write nothing'),
+  force: common.force(),
+});
+
+export type PruneOptions = z.output<typeof PRUNE_OPTIONS>;
+
+/** Combinations, before any file is read. */
+export function checkPrune(o: PruneOptions): void {
+  const method = getMethod(o.method);
+  if ((o.keep === undefined) === (o.ratio === undefined)) fail('Usage', 'give exactly one of --keep N or --ratio R');
+  if (o.calib && o.stats) fail('Usage', 'give --calib FILE or --stats DIR, not both');
+  if (o.plan && o.savePlan) fail('Usage', 'give --plan FILE (apply a saved plan) or --save-plan FILE, not both');
+  if (o.plan && (o.calib || o.stats)) fail('Usage', '--plan applies saved kept sets: --calib and --stats are not used with it');
+  if (!o.plan) {
+    if (method.needs !== 'none' && !o.calib && !o.stats) {
+      fail('Usage', `method ${method.name} is data-driven: give calibration text (--calib FILE) or saved statistics (--stats DIR)`);
+    }
+    if (method.needs === 'sequential' && !o.calib) {
+      fail('Usage', `method ${method.name} re-runs the forward pass on calibration hidden states: give --calib FILE (--stats is not enough)`);
+    }
+  }
+  if (!o.dryRun && !o.out) fail('Usage', '--out DIR is required (or use --dry-run)');
+}
+
+export const PRUNE_SPEC: OptionSpec<typeof PRUNE_OPTIONS> = { options: PRUNE_OPTIONS, check: checkPrune };

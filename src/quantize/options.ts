@@ -1,0 +1,86 @@
+/**
+ * The options of `moe quantize`, declared once (src/pipeline/fields.ts): the command line, recipe stages and
+ * library calls are all validated by this schema and `checkQuantize`.
+ */
+import { z } from 'zod';
+import { QUANT_BITS, type QuantBits } from '../../kernels/quant/types.js';
+import { fail } from '../errors.js';
+import type { OptionSpec } from '../pipeline/descriptor.js';
+import { common, field, int } from '../pipeline/fields.js';
+import { GRANULARITIES, METHOD_NAMES } from './methods.js';
+import { compile, parseOverride } from './plan.js';
+
+export const DEFAULT_CANDIDATES: QuantBits[] = [2, 3, 4];
+export const DEFAULT_MIN_TOKENS = 32;
+export const GROUP_SIZES = [32, 64, 128] as const;
+const bits = () => z.literal(QUANT_BITS as [QuantBits, ...QuantBits[]]);
+
+export const QUANTIZE_OPTIONS = z.object({
+  model: common.model(),
+  out: common.out(),
+  bits: field(z.number().positive(), { help: 'target true bits per weight of the routed experts (every stored byte counted)', arg: 'b' }),
+  method: field(z.enum(METHOD_NAMES).default('gptq'), { help: 'quantizer (see Methods below)', arg: 'm' }),
+  granularity: field(z.enum(GRANULARITIES).default('expert'), {
+    help: "allocation unit: expert, or layer (all experts of a layer's projection share bits: what vLLM fused MoE and GGUF can serve)",
+    arg: 'g',
+  }),
+  candidates: field(
+    z
+      .array(bits())
+      .nonempty()
+      .default(DEFAULT_CANDIDATES as [QuantBits, ...QuantBits[]]),
+    {
+      help: 'bit-widths the allocation may choose, comma-separated',
+      arg: 'list',
+    },
+  ),
+  denseBits: field(bits().default(4), { help: 'bits of attention, dense MLP and shared-expert linears', arg: 'b' }),
+  groupSize: field(z.literal(GROUP_SIZES).default(128), { help: 'input columns per scale group', arg: 'n' }),
+  sym: field(z.boolean().default(false), { help: 'symmetric quantization (zero point fixed at 2^(bits-1))' }),
+  actOrder: field(z.boolean().default(false), {
+    help: 'GPTQ act-order (desc_act): columns by decreasing Hessian diagonal, written as g_idx',
+  }),
+  damp: field(z.number().gt(0).lt(1).default(0.01), { help: 'GPTQ damping, fraction of the mean Hessian diagonal', arg: 'f' }),
+  mixedDown: field(z.boolean().default(true), {
+    help: 'expert units take only uniform widths (by default also a width with down_proj one candidate higher)',
+  }),
+  minTokens: field(int(0).default(DEFAULT_MIN_TOKENS), { help: 'experts routed fewer calibration tokens fall back to round-to-nearest', arg: 'n' }),
+  override: field(z.array(z.string()).default([]), {
+    help: 'fixed bits for matching linear modules (repeatable; applied before the allocation)',
+    arg: 'regex=bits',
+  }),
+  ignore: field(z.array(z.string()).default([]), { help: 'leave matching linear modules unquantized (repeatable)', arg: 'regex' }),
+  calib: common.calib(),
+  calibTokens: common.calibTokens(),
+  seqLen: common.seqLen(),
+  solverTimeLimit: field(z.number().positive().optional(), { help: 'allocation solver time limit in seconds', arg: 's', defaultText: '20' }),
+  backend: common.backend(),
+  threads: common.threads(),
+  savePlan: common.savePlan(
+    "write the plan (every unit's width, every linear's bits, scores) to FILE after the allocation; with --dry-run nothing else is written",
+  ),
+  plan: common.plan(
+    "apply a plan saved by --save-plan (same model and flags): no scoring pass, no allocation; with the same --calib the output is byte-identical to the saving run's",
+  ),
+  shard: common.shard(
+    'layer-parallel job i of n: quantize and write only layers l with l % n = i (join the parts with moe assemble); needs --plan when widths are chosen by scores; implies --no-sequential for GPTQ',
+  ),
+  sequential: field(z.boolean().default(true), {
+    help: "GPTQ Hessians from the full-precision model's activations instead of through the already-quantized earlier layers (layers independent; what --shard does)",
+  }),
+  dryRun: common.dryRun('print the plan (fates, allocation, sizes) and the estimated peak memory, write nothing'),
+  force: common.force(),
+});
+
+export type QuantizeOptions = z.output<typeof QUANTIZE_OPTIONS>;
+
+/** Combinations, before any file is read. A dry run refuses what the real run refuses: it predicts that run. */
+export function checkQuantize(o: QuantizeOptions): void {
+  for (const s of o.override) parseOverride(s);
+  for (const r of o.ignore) compile(r, '--ignore');
+  if (!o.dryRun && !o.out) fail('Usage', 'give --out DIR (or --dry-run)');
+  if (!o.calib && o.method === 'gptq') fail('Usage', 'GPTQ needs calibration text for its Hessians: give --calib FILE (or --method rtn)');
+  if (o.plan && o.savePlan) fail('Usage', 'give --plan FILE (apply a saved plan) or --save-plan FILE (write one), not both');
+}
+
+export const QUANTIZE_SPEC: OptionSpec<typeof QUANTIZE_OPTIONS> = { options: QUANTIZE_OPTIONS, check: checkQuantize };

@@ -1,0 +1,222 @@
+/**
+ * Worker threads for independent work (the experts of a layer, windows, token ranges of the lm_head, per-expert
+ * GPTQ / Cholesky / SVD), each with its own tensor backend instance.
+ *
+ * A task is a named export of a module (`runTask(moduleUrl, fn, args)`): with one thread it runs inline on the
+ * caller's thread; with more, on the first idle worker, which imports the same module and initialises the same
+ * backend. Both run the same code on the same backend, so a task's result does not depend on where it ran, and
+ * callers combine results in input order (`runTasks`), never in completion order: outputs are byte-identical for
+ * any thread count.
+ *
+ * Why workers and not the wasm backend's own threaded build (XNNPACK's thread pool): that pool splits each kernel,
+ * so everything around the kernels (norms, RoPE, routing, gathers, GPTQ's column loop, the eigensolver) stays on
+ * one thread, and at small hidden sizes half the time is there. bench/forward.ts measures both.
+ */
+import { availableParallelism } from 'node:os';
+import { Worker, type TransferListItem } from 'node:worker_threads';
+import { fail, MoeError, type ErrorCode } from '../errors.js';
+
+/** what a worker needs to start: the backend to initialise (the same as the caller's) */
+export interface PoolOptions {
+  threads: number;
+  backend: string;
+}
+
+interface Pending {
+  resolve(v: unknown): void;
+  reject(e: unknown): void;
+}
+
+interface Job {
+  module: string;
+  fn: string;
+  args: unknown;
+  transfer: TransferListItem[];
+  done: Pending;
+}
+
+/** every core this process may use (what --threads should default to once the estimates carry the workers) */
+export function availableThreads(): number {
+  return Math.max(1, availableParallelism());
+}
+
+/**
+ * Thread count used when a command gets no --threads: MOE_THREADS, else 1 (not yet the cores: the memory estimates
+ * do not yet carry each worker's share).
+ */
+export function defaultThreads(): number {
+  const env = process.env['MOE_THREADS'];
+  if (env !== undefined && env !== '') return parseThreads(env, 'MOE_THREADS');
+  return 1;
+}
+
+export function parseThreads(v: string, flag = '--threads'): number {
+  if (!/^\d+$/.test(v.trim()) || Number(v) < 1) fail('Usage', `${flag} must be a whole number >= 1, got '${v}'`);
+  return Number(v);
+}
+
+let threads: number | undefined;
+let pool: WorkerPool | undefined;
+
+/** Set the thread count for this process (a command's --threads). Closes a pool of another size. */
+export async function setThreads(n: number): Promise<void> {
+  if (!Number.isInteger(n) || n < 1) fail('Usage', `--threads must be a whole number >= 1, got ${n}`);
+  if (pool && pool.size !== n) await closePool();
+  threads = n;
+}
+
+export function currentThreads(): number {
+  return threads ?? defaultThreads();
+}
+
+/**
+ * Start one worker on pool-worker: the .js file in dist, or under tsx / vitest (this module is a .ts file) the .ts
+ * file through tsx's loader, registered inside the worker (Node 20 does not carry a parent's loader hooks over).
+ */
+function startWorker(workerData: unknown): Worker {
+  const here = import.meta.url;
+  if (!here.endsWith('.ts')) return new Worker(new URL('./pool-worker.js', here), { workerData });
+  const api = import.meta.resolve('tsx/esm/api');
+  const entry = new URL('./pool-worker.ts', here).href;
+  const boot = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}); });`;
+  return new Worker(boot, { eval: true, workerData });
+}
+
+export class WorkerPool {
+  private workers: Worker[] = [];
+  private idle: Worker[] = [];
+  private queue: Job[] = [];
+  private inflight = new Map<Worker, Job>();
+  private failed: Error | undefined;
+
+  private constructor(readonly size: number) {}
+
+  static async start(opts: PoolOptions): Promise<WorkerPool> {
+    const p = new WorkerPool(opts.threads);
+    await Promise.all(
+      Array.from({ length: opts.threads }, async () => {
+        const w = startWorker({ backend: opts.backend });
+        await new Promise<void>((resolve, reject) => {
+          const onMsg = (m: { ready?: boolean; error?: string }) => {
+            w.off('error', reject);
+            if (m.ready) resolve();
+            else reject(new Error(m.error ?? 'worker failed to start'));
+          };
+          w.once('message', onMsg);
+          w.once('error', reject);
+        });
+        w.on('message', (m: { ok: boolean; result?: unknown; error?: { message: string; code?: string; moe?: boolean; stack?: string } }) => p.finish(w, m));
+        w.on('error', (e) => p.crash(w, e));
+        w.on('exit', (code) => {
+          if (code !== 0 && !p.closing) p.crash(w, new Error(`worker exited with code ${code}`));
+        });
+        w.unref();
+        p.workers.push(w);
+        p.idle.push(w);
+      }),
+    );
+    return p;
+  }
+
+  private closing = false;
+
+  run<T>(module: string, fn: string, args: unknown, transfer: TransferListItem[] = []): Promise<T> {
+    if (this.failed) return Promise.reject(this.failed);
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({ module, fn, args, transfer, done: { resolve: resolve as (v: unknown) => void, reject } });
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    while (this.idle.length && this.queue.length) {
+      const w = this.idle.shift()!;
+      const job = this.queue.shift()!;
+      this.inflight.set(w, job);
+      // a worker with a task keeps the process alive; an idle one does not
+      w.ref();
+      w.postMessage({ module: job.module, fn: job.fn, args: job.args }, job.transfer);
+    }
+  }
+
+  private finish(w: Worker, m: { ok: boolean; result?: unknown; error?: { message: string; code?: string; moe?: boolean; stack?: string } }): void {
+    const job = this.inflight.get(w);
+    if (!job) return;
+    this.inflight.delete(w);
+    w.unref();
+    this.idle.push(w);
+    if (m.ok) job.done.resolve(m.result);
+    else {
+      // a user-caused failure inside a task (a MoeError) stays one, so the CLI reports it the same way
+      const msg = m.error?.message ?? 'task failed';
+      const e: Error = m.error?.moe ? new MoeError(m.error.code as ErrorCode, msg) : new Error(msg);
+      if (m.error?.stack) e.stack = m.error.stack;
+      job.done.reject(e);
+    }
+    this.pump();
+  }
+
+  private crash(w: Worker, e: Error): void {
+    this.failed = e;
+    const job = this.inflight.get(w);
+    this.inflight.delete(w);
+    job?.done.reject(e);
+    for (const q of this.queue.splice(0)) q.done.reject(e);
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    await Promise.all(this.workers.map((w) => w.terminate()));
+    this.workers = [];
+    this.idle = [];
+  }
+}
+
+/** The process's pool for the current thread count (started on first use), or undefined with one thread. */
+export async function getPool(backend: string): Promise<WorkerPool | undefined> {
+  const n = currentThreads();
+  if (n <= 1) return undefined;
+  if (pool && pool.size === n) return pool;
+  if (pool) await closePool();
+  pool = await WorkerPool.start({ threads: n, backend });
+  return pool;
+}
+
+export async function closePool(): Promise<void> {
+  const p = pool;
+  pool = undefined;
+  await p?.close();
+}
+
+const inline = new Map<string, Record<string, (a: unknown) => unknown>>();
+
+async function runInline<T>(module: string, fn: string, args: unknown): Promise<T> {
+  let m = inline.get(module);
+  if (!m) {
+    m = (await import(module)) as Record<string, (a: unknown) => unknown>;
+    inline.set(module, m);
+  }
+  const f = m[fn];
+  if (typeof f !== 'function') throw new Error(`internal: task ${fn} is not exported by ${module}`);
+  return (await f(args)) as T;
+}
+
+/**
+ * Run `fn` of `module` on each of `argsList`, on the pool when there is one, and return the results in input
+ * order. `transfer(args)` names buffers to move instead of copy (the caller must not use them afterwards).
+ */
+export async function runTasks<A, T>(
+  backend: string,
+  module: string,
+  fn: string,
+  argsList: readonly A[],
+  transfer?: (a: A) => TransferListItem[],
+): Promise<T[]> {
+  const p = await getPool(backend);
+  if (!p) {
+    const out: T[] = [];
+    for (const a of argsList) out.push(await runInline<T>(module, fn, a));
+    return out;
+  }
+  return Promise.all(argsList.map((a) => p.run<T>(module, fn, a, transfer ? transfer(a) : [])));
+}

@@ -1,0 +1,121 @@
+/**
+ * The worker pool: tasks give the same bytes on a worker as inline, errors keep their kind, and the forward pass
+ * (experts of each layer and lm_head ranges on the pool) is byte-identical at 1 and 2 threads, as are the
+ * outputs of a command that runs it.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { isMoeError } from '../../src/errors.js';
+import { openModel } from '../../src/model/open.js';
+import { initBackend } from '../../src/runtime/backend.js';
+import { closePool, currentThreads, parseThreads, runTasks, setThreads } from '../../src/runtime/pool.js';
+import { streamModel } from '../../src/runtime/stream.js';
+import { TASKS_MODULE, type ExpertResult, type ExpertTask } from '../../src/runtime/tasks.js';
+import { runMoe } from '../helpers/cli.js';
+import { outputFiles } from '../helpers/files.js';
+
+const MODEL = 'test/fixtures/tiny-mixtral';
+const CALIB = 'test/fixtures/text/calib.txt';
+
+afterAll(async () => {
+  await setThreads(1);
+  await closePool();
+});
+
+function windows(n: number, s: number, v: number): Int32Array[] {
+  let seed = 7;
+  const r = () => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 8) % v;
+  return Array.from({ length: n }, () => Int32Array.from({ length: s }, r));
+}
+
+describe('worker pool', () => {
+  it('parses thread counts and refuses nonsense', () => {
+    expect(parseThreads('3')).toBe(3);
+    for (const bad of ['0', '-1', '1.5', 'x', '']) expect(() => parseThreads(bad)).toThrow(/--threads must be a whole number >= 1/);
+  });
+
+  it('an expert task gives the same bytes on a worker as inline, in input order', async () => {
+    await initBackend('wasm');
+    const m = await openModel(MODEL);
+    const { loadSwiGLU } = await import('../../src/model/load.js');
+    const layer = m.view.layers[0]!;
+    if (layer.block.kind !== 'moe') throw new Error('fixture layer 0 is not MoE');
+    const H = m.view.dims.hidden;
+    const tasks: ExpertTask[] = [];
+    for (let e = 0; e < 4; e++) {
+      const w = await loadSwiGLU(m.ckpt, layer.block.experts[e]!);
+      const n = 37 + 50 * e;
+      const x = Float32Array.from({ length: n * H }, (_, i) => Math.sin(i * 0.37 + e));
+      tasks.push({ w, x, n, activation: { kind: 'silu' }, down: e % 2 === 0 });
+    }
+    await setThreads(1);
+    const inline = await runTasks<ExpertTask, ExpertResult>('wasm', TASKS_MODULE, 'expertForward', tasks);
+    await setThreads(2);
+    expect(currentThreads()).toBe(2);
+    const pooled = await runTasks<ExpertTask, ExpertResult>('wasm', TASKS_MODULE, 'expertForward', tasks);
+    for (let e = 0; e < 4; e++) {
+      expect(pooled[e]!.out.length).toBe(tasks[e]!.n * H);
+      expect(Buffer.from(pooled[e]!.out.buffer).equals(Buffer.from(inline[e]!.out.buffer))).toBe(true);
+      expect(pooled[e]!.down?.length ?? 0).toBe(e % 2 === 0 ? 1 : 0);
+    }
+    await m.ckpt.close();
+  }, 120_000);
+
+  it('a MoeError inside a task stays a MoeError', async () => {
+    await setThreads(2);
+    const bad: ExpertTask = {
+      w: { gate: { out: 2, in: 3, w: new Float32Array(6) }, up: { out: 2, in: 4, w: new Float32Array(8) }, down: { out: 3, in: 2, w: new Float32Array(6) } },
+      x: new Float32Array(3),
+      n: 1,
+      activation: { kind: 'silu' },
+      down: false,
+    };
+    await expect(runTasks('wasm', TASKS_MODULE, 'expertForward', [bad])).rejects.toThrow(/take different inputs/);
+    const err = await runTasks('wasm', new URL('../../src/model/open.js', import.meta.url).href, 'openModel', ['/nonexistent-moe-model']).catch((e) => e);
+    expect(isMoeError(err)).toBe(true);
+  }, 120_000);
+
+  it('the forward pass is byte-identical at 1 and 2 threads (hidden states and NLL)', async () => {
+    await initBackend('wasm');
+    const m = await openModel(MODEL);
+    // 36 windows: 4608 scored positions, so the lm_head is split into ranges too
+    const ws = windows(36, 129, m.view.dims.vocab);
+    const run = async (t: number) => {
+      await setThreads(t);
+      return streamModel(m, ws, {}, { scoreLogits: true, returnHidden: true });
+    };
+    const a = await run(1);
+    const b = await run(2);
+    expect(b.nll).toBe(a.nll);
+    expect(b.expertCalls).toBe(a.expertCalls);
+    expect(Buffer.from(b.hidden!.buffer).equals(Buffer.from(a.hidden!.buffer))).toBe(true);
+    await m.ckpt.close();
+  }, 300_000);
+
+  it('calibrate and prune --method reap write the same bytes at --threads 1 and 2', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'moe-pool-'));
+    try {
+      const got: Record<string, string>[][] = [];
+      for (const t of [1, 2]) {
+        const outs: Record<string, string>[] = [];
+        for (const [name, args] of [
+          ['calib', ['calibrate', '--model', MODEL, '--data', CALIB, '--max-tokens', '512', '--seq-len', '128']],
+          ['reap', ['prune', '--model', MODEL, '--keep', '6', '--method', 'reap', '--calib', CALIB, '--calib-tokens', '512', '--seq-len', '128']],
+        ] as const) {
+          const out = join(root, `${name}-${t}`);
+          const r = await runMoe([...args, '--threads', String(t), '--out', out, '--quiet']);
+          expect(r.code, r.stderr).toBe(0);
+          outs.push(await outputFiles(out));
+        }
+        got.push(outs);
+      }
+      expect(Object.keys(got[0]![0]!).length).toBeGreaterThan(0);
+      expect(got[1]).toEqual(got[0]);
+      expect(currentThreads()).toBe(2);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  }, 300_000);
+});
