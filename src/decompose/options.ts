@@ -35,6 +35,7 @@ export const DECOMPOSE_OPTIONS = z.object({
     defaultText: String(DEFAULT_ALLOC_SECONDS),
   }),
   backend: common.backend(),
+  threads: common.threads(),
   savePlan: common.savePlan('save the rank plan (rank per unit, tied to this model and these flags); works with --dry-run'),
   plan: common.plan('apply a saved rank plan: no scoring, no allocation (same model and flags as the run that saved it)'),
   shard: common.shard(

@@ -37,6 +37,7 @@ import { layerGrams, type LayerGrams } from './grams.js';
 import { LayerHandoff } from './handoff.js';
 import { decomposeMemory } from './memory.js';
 import { type DECOMPOSE_OPTIONS, DECOMPOSE_SPEC, DEFAULT_MODE, type DecomposeOptions } from './options.js';
+import { setThreads } from '../runtime/pool.js';
 import { initBackend } from '../runtime/backend.js';
 import { checkModelOptions, parseOptions, prepare } from '../pipeline/validate.js';
 import { budgetOf, planLoss, planRanks, uniformPlan, uniformRank, unitParams, type AllocLoss, type RankPlan } from './plan.js';
@@ -386,6 +387,7 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
   const req: DecomposeRun = await prepare(DECOMPOSE_SPEC, request);
   const mode = req.mode;
   await initBackend(req.backend);
+  if (req.threads !== undefined) await setThreads(req.threads);
   const model = await openModel(req.model);
   try {
     checkModelOptions(req, model.view);

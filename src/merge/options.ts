@@ -30,6 +30,7 @@ export const MERGE_OPTIONS = z.object({
   fitTokens: field(int(1).default(MERGE_OPTION_DEFAULTS.fitTokens), { help: 'router fit: calibration tokens per layer', arg: 'n' }),
   alignTokens: field(int(1).default(MERGE_OPTION_DEFAULTS.alignTokens), { help: 'activation alignment: routed tokens per group', arg: 'n' }),
   backend: common.backend(),
+  threads: common.threads(),
   savePlan: common.savePlan(
     'also write the plan (groups, member weights, permutations and fitted router rows computed from data) to this file; with --dry-run only the plan',
   ),

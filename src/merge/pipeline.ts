@@ -29,6 +29,7 @@ import { loadPlan, savePlan } from '../model/planfile.js';
 import { writeExpertEdit, type ExpertEditPlan, type ExpertSource, type LayerExpertEdit } from '../model/rewrite.js';
 import type { ModelView, MoeBlock } from '../model/types.js';
 import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from '../prune/sizes.js';
+import { setThreads } from '../runtime/pool.js';
 import { initBackend } from '../runtime/backend.js';
 import { maskedEdit } from '../prune/mask.js';
 import type { MoeLayerEdit, MoeLayerInput, SwiGLUWeights } from '../runtime/api.js';
@@ -296,6 +297,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
       source = 'stats';
     } else {
       await initBackend(req.backend);
+      if (req.threads !== undefined) await setThreads(req.threads);
       const windows = await loadWindows(model.dir, req.calib!, { maxTokens: req.calibTokens, seqLen: req.seqLen });
       pass = { tokens: windows.reduce((a, w) => a + w.length, 0), seqLen: windows[0]?.length ?? 0 };
       plan = await planSequential(model, req, choices, opts, windows);

@@ -63,6 +63,8 @@ export const common = {
   seqLen: (help = 'calibration window length in tokens') => field(int(2).default(DEFAULT_SEQ_LEN), { help, arg: 'n' }),
   stats: (help = 'saved calibration statistics (moe calibrate --out)') => field(z.string().min(1).optional(), { help, arg: 'dir', path: 'stats' }),
   backend: (help = 'tensor backend') => field(z.enum(BACKENDS).default('auto'), { help, arg: 'name' }),
+  threads: (help = 'worker threads, each with its own tensor backend (outputs are byte-identical for any count)') =>
+    field(int(1).optional(), { help, arg: 'n', defaultText: 'MOE_THREADS, else 1' }),
   savePlan: (help = 'also write the plan to this file (with --dry-run: only the plan)') =>
     field(z.string().min(1).optional(), { help, arg: 'file', recipe: false }),
   plan: (help = 'apply a plan saved by --save-plan instead of planning (same model and flags as the run that saved it)') =>

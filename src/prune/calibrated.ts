@@ -7,6 +7,7 @@ import { resolveCalibration } from '../calibrate/resolve.js';
 import type { CalibStats } from '../calibrate/types.js';
 import { loadWindows } from '../data/windows.js';
 import type { Model } from '../model/open.js';
+import { setThreads } from '../runtime/pool.js';
 import { initBackend } from '../runtime/backend.js';
 import { route } from '../runtime/routing.js';
 import { streamModel } from '../runtime/stream.js';
@@ -18,6 +19,7 @@ import { selectByReconstruction, type ReconstructDeps } from './reconstruct.js';
 
 export async function calibrationStats(model: Model, req: PruneRun): Promise<CalibStats> {
   if (req.calib) await initBackend(req.backend);
+  if (req.calib && req.threads !== undefined) await setThreads(req.threads);
   return resolveCalibration({
     model,
     calib: req.calib,
@@ -35,6 +37,7 @@ export async function planByReconstruction(
   groups: PrunePlan['groups'],
 ): Promise<{ layers: LayerReport[]; tokens: number }> {
   await initBackend(req.backend);
+  if (req.threads !== undefined) await setThreads(req.threads);
   const windows = await loadWindows(model.dir, req.calib!, {
     ...(req.calibTokens !== undefined ? { maxTokens: req.calibTokens } : {}),
     ...(req.seqLen !== undefined ? { seqLen: req.seqLen } : {}),

@@ -28,6 +28,7 @@ export const PRUNE_OPTIONS = z.object({
   sampleTokens: field(int(1).default(RECONSTRUCT_DEFAULTS.maxTokens), { help: 'reconstruct: calibration tokens sampled per layer', arg: 'n' }),
   beam: field(int(1).default(RECONSTRUCT_DEFAULTS.beam), { help: 'reconstruct: beam width when subsets are too many to enumerate', arg: 'n' }),
   backend: common.backend('tensor backend for data-driven methods'),
+  threads: common.threads(),
   savePlan: common.savePlan('also write the kept sets to this plan file (with --dry-run: only the plan)'),
   plan: common.plan('apply the kept sets of a saved plan (--save-plan) instead of scoring: every --shard job of one run takes the same file'),
   shard: common.shard(

@@ -55,6 +55,7 @@ export const QUANTIZE_OPTIONS = z.object({
   seqLen: common.seqLen(),
   solverTimeLimit: field(z.number().positive().optional(), { help: 'allocation solver time limit in seconds', arg: 's', defaultText: '20' }),
   backend: common.backend(),
+  threads: common.threads(),
   savePlan: common.savePlan(
     "write the plan (every unit's width, every linear's bits, scores) to FILE after the allocation; with --dry-run nothing else is written",
   ),

@@ -34,6 +34,7 @@ import { savePlan, loadPlan, modelFingerprint } from '../model/planfile.js';
 import { layerOfTensor, rewriteCheckpoint, type NewTensor, type RewriteResult, type TensorFate } from '../model/rewrite.js';
 import { shardOwner } from '../model/shard.js';
 import type { MoeLayerInput, StreamCheckpoint, SwiGLUWeights } from '../runtime/api.js';
+import { setThreads } from '../runtime/pool.js';
 import { initBackend } from '../runtime/backend.js';
 import { streamModel } from '../runtime/stream.js';
 import { allocate, type AllocResult, type AllocUnit } from '../alloc/knapsack.js';
@@ -323,6 +324,7 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
   let seqLen = 0;
   // kernels run on tfjs with or without calibration (round-to-nearest at write time too)
   await initBackend(req.backend);
+  if (req.threads !== undefined) await setThreads(req.threads);
   // round-to-nearest needs no activations: calibration is read only to score, or for GPTQ
   if (req.calib && (scoring || v.method === 'gptq')) {
     const set = await loadWindowSet(req.model, req.calib, { seqLen: req.seqLen, maxTokens: req.calibTokens });

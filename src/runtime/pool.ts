@@ -35,14 +35,14 @@ interface Job {
   done: Pending;
 }
 
-/** every core this process may use (what `--threads` will default to once it is a common option) */
+/** every core this process may use (what --threads should default to once the estimates carry the workers) */
 export function availableThreads(): number {
   return Math.max(1, availableParallelism());
 }
 
 /**
- * Thread count used when none is set: MOE_THREADS, else 1. One thread until `--threads` is a common option of
- * every command (the engine's option descriptors) and the memory estimates carry each worker's share.
+ * Thread count used when a command gets no --threads: MOE_THREADS, else 1 (not yet the cores: the memory estimates
+ * do not yet carry each worker's share).
  */
 export function defaultThreads(): number {
   const env = process.env['MOE_THREADS'];

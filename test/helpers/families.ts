@@ -63,7 +63,8 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
   const rand = rng(opts.seed ?? 1);
   const H = 32,
     heads = 4,
-    kv = 2,
+    // `config: { num_key_value_heads: 4 }` gives multi-head attention (the tensors follow the config)
+    kv = typeof opts.config?.['num_key_value_heads'] === 'number' ? (opts.config['num_key_value_heads'] as number) : 2,
     hd = 8,
     V = 64;
   const E = opts.experts ?? 4;
@@ -154,7 +155,8 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
         mlp_only_layers: [0],
         norm_topk_prob: false,
       };
-      isMoe = (l) => l !== 0;
+      // read after opts.config is merged: `config: { mlp_only_layers: [] }` makes every layer MoE
+      isMoe = (l) => !((config['mlp_only_layers'] as number[] | undefined) ?? []).includes(l);
       break;
     case 'qwen3_moe':
       config = {
@@ -171,7 +173,7 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
         norm_topk_prob: true,
         attention_bias: false,
       };
-      isMoe = (l) => l !== 0;
+      isMoe = (l) => !((config['mlp_only_layers'] as number[] | undefined) ?? []).includes(l);
       break;
     case 'olmoe':
       config = {

@@ -94,19 +94,18 @@ describe('worker pool', () => {
     await m.ckpt.close();
   }, 300_000);
 
-  it('calibrate and prune --method reap write the same bytes at 1 and 2 threads', async () => {
+  it('calibrate and prune --method reap write the same bytes at --threads 1 and 2', async () => {
     const root = await mkdtemp(join(tmpdir(), 'moe-pool-'));
     try {
       const got: Record<string, string>[][] = [];
       for (const t of [1, 2]) {
-        await setThreads(t);
         const outs: Record<string, string>[] = [];
         for (const [name, args] of [
           ['calib', ['calibrate', '--model', MODEL, '--data', CALIB, '--max-tokens', '512', '--seq-len', '128']],
           ['reap', ['prune', '--model', MODEL, '--keep', '6', '--method', 'reap', '--calib', CALIB, '--calib-tokens', '512', '--seq-len', '128']],
         ] as const) {
           const out = join(root, `${name}-${t}`);
-          const r = await runMoe([...args, '--out', out, '--quiet']);
+          const r = await runMoe([...args, '--threads', String(t), '--out', out, '--quiet']);
           expect(r.code, r.stderr).toBe(0);
           outs.push(await outputFiles(out));
         }
@@ -114,6 +113,7 @@ describe('worker pool', () => {
       }
       expect(Object.keys(got[0]![0]!).length).toBeGreaterThan(0);
       expect(got[1]).toEqual(got[0]);
+      expect(currentThreads()).toBe(2);
     } finally {
       await rm(root, { recursive: true, force: true });
     }

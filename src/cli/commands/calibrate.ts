@@ -12,6 +12,7 @@ import type { ShardSpec } from '../../model/shard.js';
 import { command } from '../../pipeline/descriptor.js';
 import { common, DEFAULT_SEQ_LEN, field, int } from '../../pipeline/fields.js';
 import { checkModelOptions, prepare } from '../../pipeline/validate.js';
+import { setThreads } from '../../runtime/pool.js';
 import { initBackend } from '../../runtime/backend.js';
 
 const gib = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(2)} MiB`);
@@ -48,6 +49,7 @@ const CALIBRATE_OPTIONS = z.object({
     path: 'stats',
   }),
   backend: common.backend(),
+  threads: common.threads(),
   force: common.force(),
 });
 
@@ -92,6 +94,7 @@ export const CALIBRATE_COMMAND = command({
       return { summary: summary(sum, o.out), message: `summed ${all.length} artifacts (${sum.runs} runs, ${sum.tokens} tokens) into ${o.out}` };
     }
     await initBackend(o.backend);
+    if (o.threads !== undefined) await setThreads(o.threads);
     const model = await openModel(o.model!);
     let gramsTmp: string | undefined;
     try {

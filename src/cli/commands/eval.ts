@@ -25,6 +25,7 @@ const EVAL_OPTIONS = z.object({
   calib: common.calib('calibration text for --skip auto'),
   calibTokens: field(int(1).optional(), { help: 'calibration tokens for --skip auto', arg: 'n', defaultText: 'the whole file' }),
   backend: common.backend(),
+  threads: common.threads(),
 });
 
 function checkEval(o: z.output<typeof EVAL_OPTIONS>): void {
@@ -64,6 +65,7 @@ export const EVAL_COMMAND = command({
     const { initBackend } = await import('../../runtime/backend.js');
     const { evaluate } = await import('../../eval/perplexity.js');
     await initBackend(o.backend);
+    if (o.threads !== undefined) await (await import('../../runtime/pool.js')).setThreads(o.threads);
     return evaluate({
       model: o.model,
       data: o.data,
