@@ -113,10 +113,13 @@ function fusedDense(model: Model, layer: number, ref: LinearRef, dtype: Dtype, t
   const m = ref.outFeatures;
   const n = ref.inFeatures;
   const rows = m * projs.length;
-  const ex = getArchitecture(model.view.family, model.view.family).tensors;
-  // stored orientation of the dense form (MXFP4 blocks are out-major, the family's float tensors may be in-major)
-  const fusedSpec = ex.experts.layout === 'fused' ? ex.experts : ex.fusedAlternative?.experts;
-  const transposed = packed ? !!fusedSpec?.gateUp.transposed : !!fusedSpec?.down.transposed;
+  // the dense form's orientation: as stored; MXFP4 blocks (out-major, only in natively fused families) become the
+  // family's own float layout, which may be in-major (gpt_oss)
+  let transposed = !!ref.transposed;
+  if (!model.ckpt.has(ref.tensor)) {
+    const ex = getArchitecture(model.view.family, model.view.family).tensors.experts;
+    if (ex.layout === 'fused') transposed = packed ? ex.gateUp.transposed : ex.down.transposed;
+  }
   return {
     spec: { name: ref.tensor, dtype, shape: transposed ? [E, n, rows] : [E, rows, n] },
     data: async () => {

@@ -8,7 +8,9 @@
  *   down_proj[e]^T, bias = down_proj_bias[e]. The router is not quantized.
  * - granitemoe (GPTQModel definitions/granitemoe.py over Defuser's patch_parallel_experts): per expert e
  *   `block_sparse_moe.input_linear.<e>.linear` (weight = input_linear.weight[e], [2I, H], gate first half) and
- *   `block_sparse_moe.output_linear.<e>.linear` ([H, I]), no biases.
+ *   `block_sparse_moe.output_linear.<e>.linear` ([H, I]), no biases. These are the original format's names: a
+ *   checkpoint saved in transformers-5's layout (`block_sparse_moe.experts.gate_up_proj`, router at
+ *   `block_sparse_moe.router`) gets them too, with its router renamed back to `block_sparse_moe.router.layer`.
  * - the transformers-5 fused layout of per-expert families (`mlp.experts.gate_up_proj` [E, 2I, H]): GPTQModel
  *   defuses it into the family's per-expert modules, so the GPTQ tensors go under the family's own per-expert
  *   names (mixtral's router moves back to `block_sparse_moe.gate` with them); such an output is an ordinary
@@ -78,6 +80,13 @@ export function fusedGptqLayout(view: ModelView): FusedGptqLayout | { refuse: st
   const arch = getArchitecture(view.family, view.family);
   const t = arch.tensors;
   const native = GPTQMODEL_MODULES[view.family];
+  // GPTQModel's modules are named in the family's original format; a checkpoint in another saved layout (the
+  // transformers-5 one) gets its router back under the original name with them
+  const routerName = (layer: LayerView): string | undefined => {
+    if (layer.block.kind !== 'moe') return undefined;
+    const name = layer.prefix + t.router.weight;
+    return name === layer.block.router.weight ? undefined : name;
+  };
   if (t.experts.layout === 'fused') {
     if (!native)
       return {
@@ -93,7 +102,7 @@ export function fusedGptqLayout(view: ModelView): FusedGptqLayout | { refuse: st
         if (ref.bias) out.bias = { tensor: ref.bias, expert };
         return out;
       },
-      routerName: () => undefined,
+      routerName,
     };
   }
   // a per-expert family saved in the transformers-5 fused layout: back to the family's per-expert module names
@@ -105,11 +114,7 @@ export function fusedGptqLayout(view: ModelView): FusedGptqLayout | { refuse: st
       if (ref.bias) fail('UnsupportedArchitecture', `${view.family}: fused expert biases ('${ref.bias}') have no per-expert GPTQ layout`);
       return { module: moduleOf(layer.prefix + fillTemplate(ex[proj], undefined, expert)) };
     },
-    routerName(layer) {
-      if (layer.block.kind !== 'moe') return undefined;
-      const name = layer.prefix + t.router.weight;
-      return name === layer.block.router.weight ? undefined : name;
-    },
+    routerName,
   };
 }
 
