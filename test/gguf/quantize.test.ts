@@ -158,6 +158,19 @@ describe('moe quantize --format gguf', () => {
     expect(r.stderr).toMatch(/ggml type names \(q4_k\) are for --format gguf/);
   });
 
+  it('moe inspect reads the GGUF: sizes per class and type from the header, as the report has them', async () => {
+    const r = await runMoe(['inspect', '--model', out, '--json']);
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j.format).toBe('gguf');
+    expect(j.architecture).toBe('llama');
+    expect(j.metadata['llama.expert_count']).toBe(8);
+    expect(j.summary.byClass.expert.bpw).toBeCloseTo(rep.expertBpw, 12);
+    expect(j.summary.byType).toEqual(rep.summary.byType);
+    const text = await runMoe(['inspect', '--model', join(out, GGUF_FILE)]);
+    expect(text.stdout).toMatch(/expert +12 tensors .* bpw/);
+  });
+
   it('--candidates f16 writes the unquantized GGUF (no calibration, no --bits)', async () => {
     const r = await runMoe(['quantize', '--model', M, '--format', 'gguf', '--candidates', 'F16', '--out', join(dir, 'f16')]);
     expect(r.code).toBe(0);
