@@ -4,6 +4,7 @@
  * RTN fallbacks; and a llama-quantize-style summary table per tensor class.
  */
 import type { AllocResult } from '../alloc/knapsack.js';
+import { linearTensors } from '../model/load.js';
 import type { Granularity } from './methods.js';
 import type { Model } from '../model/open.js';
 import { formatEstimate, type MemoryEstimate } from '../runtime/memory.js';
@@ -124,11 +125,16 @@ export function buildReport(r: ReportInput): QuantizeReport {
     add(d.cls, d.params, d.inputBytes, after(d));
     linBefore += d.inputBytes;
   }
-  const allParams = model.ckpt.tensorNames.reduce((a, n) => a + model.ckpt.shape(n).reduce((x, y) => x * y, 1), 0);
+  // fused expert tensors hold many decisions' linears (and MXFP4 ones count bytes, not weights): counted through them
+  const fused = decisions.filter((d) => d.fused);
+  const fusedSources = new Set(fused.flatMap((d) => linearTensors(model.ckpt, d.ref)).filter((t) => model.ckpt.has(t)));
+  const allParams =
+    model.ckpt.tensorNames.filter((n) => !fusedSources.has(n)).reduce((a, n) => a + model.ckpt.shape(n).reduce((x, y) => x * y, 1), 0) +
+    fused.reduce((a, d) => a + d.params, 0);
   const linParams = decisions.reduce((a, d) => a + d.params, 0);
   classes.set('other', {
     cls: 'other',
-    tensors: model.ckpt.tensorNames.length - decisions.length,
+    tensors: model.ckpt.tensorNames.length - (decisions.length - fused.length) - fusedSources.size,
     params: allParams - linParams,
     beforeBytes: beforeBytes - linBefore,
     afterBytes: r.outBytes - [...classes.values()].reduce((a, c) => a + c.afterBytes, 0),

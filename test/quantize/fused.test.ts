@@ -265,6 +265,36 @@ describe('quantize -> dequantize of fused experts', () => {
     });
   }
 
+  it('--ignore on one expert module: written dense as <module>.weight (+ bias) among the GPTQ modules, read back exactly', async () => {
+    const src = await tiny('gptoss-ignore', 'gpt_oss');
+    const out = join(root, 'gptoss-ignore-q');
+    await quantize(request(src, out, { method: 'rtn', candidates: [4], bits: 12, calib: undefined, ignore: ['experts\\.gate_up\\.2$'] }));
+    const q = await openModel(out);
+    const input = await openModel(src);
+    try {
+      const m = 'model.layers.1.mlp.experts.gate_up.2';
+      expect(q.ckpt.has(`${m}.weight`)).toBe(true);
+      expect(q.ckpt.has(`${m}.qweight`)).toBe(false);
+      expect(q.ckpt.has(`${m}.bias`)).toBe(true);
+      expect(q.ckpt.has('model.layers.1.mlp.experts.gate_up.1.qweight')).toBe(true);
+      const qc = q.ckpt.config.quantization_config as Record<string, unknown>;
+      expect(bitsForModule(qc, m)).toBeUndefined();
+      const l = 1;
+      const qb = q.view.layers[l]!.block;
+      const ib = input.view.layers[l]!.block;
+      if (qb.kind !== 'moe' || ib.kind !== 'moe') throw new Error('not MoE');
+      for (const p of ['gate', 'up'] as const) {
+        const got = await loadLinear(q.ckpt, qb.experts[2]![p]);
+        const want = await loadLinear(input.ckpt, ib.experts[2]![p]);
+        expect(Array.from(got.w)).toEqual(Array.from(want.w));
+        expect(Array.from(got.b!)).toEqual(Array.from(want.b!));
+      }
+    } finally {
+      await q.ckpt.close();
+      await input.ckpt.close();
+    }
+  });
+
   it('layer granularity: gate and up of a packed module are one unit with one width', async () => {
     const src = await tiny('gptoss-layer', 'gpt_oss');
     const rep = await quantize(request(src, join(root, 'gptoss-layer-q'), { granularity: 'layer', bits: 3.5 }));
