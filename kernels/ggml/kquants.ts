@@ -1,11 +1,16 @@
 /**
  * llama.cpp's block quantization formats, from their definitions (ggml-common.h block structs; the decoders of
- * ggml-quants.c dequantize_row_*): Q8_0 and the k-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K.
+ * ggml-quants.c dequantize_row_*): the 32-value blocks Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (the types llama.cpp falls back to
+ * for rows that are not whole 256-blocks) and the k-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K.
  *
  * Every format here is affine per sub-block: value = dl * q - ml with dl = d * sc and ml = dmin * m, where d and
  * dmin are float16 per super-block and sc, m small integers per sub-block:
  *
  *   type  block sub  q range   sc          m       bytes  layout
+ *   Q4_0   32   32    -8..7    (d only)    -        18    d | qs[16]               (low nibbles 0..15, high 16..31)
+ *   Q4_1   32   32     0..15   (d only)    m f16    20    d | m | qs[16]           (value = d * q + m)
+ *   Q5_0   32   32   -16..15   (d only)    -        22    d | qh[4] | qs[16]       (bit j of qh: 5th bit of value j)
+ *   Q5_1   32   32     0..31   (d only)    m f16    24    d | m | qh[4] | qs[16]
  *   Q8_0   32   32  -127..127  (d only)    -        34    d | qs[32]
  *   Q2_K  256   16     0..3    4-bit       4-bit    84    scales[16] (sc | m<<4) | qs[64] | d | dmin
  *   Q3_K  256   16    -4..3    6-bit - 32  -       110    hmask[32] | qs[64] | scales[12] | d
@@ -26,7 +31,7 @@
  */
 import { f16BitsToF32, f32ToF16Bits } from '../../src/io/dtype.js';
 
-export const KQUANT_TYPES = ['Q8_0', 'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K'] as const;
+export const KQUANT_TYPES = ['Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q8_0', 'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K'] as const;
 export type KQuantType = (typeof KQUANT_TYPES)[number];
 
 interface Spec {
@@ -42,10 +47,18 @@ interface Spec {
   scMax: number;
   /** stored sub-offset maximum (affine types) */
   mMax: number;
+  /** one sub-block whose step (and offset) are stored directly as float16, no integer sub-scales (32-blocks) */
+  direct?: boolean;
+  /** the offset is a signed float16 (Q4_1, Q5_1: value = d * q + m); the k-quants store an unsigned one */
+  signedMin?: boolean;
 }
 
 export const KQUANT_SPECS: Readonly<Record<KQuantType, Spec>> = {
-  Q8_0: { block: 32, sub: 32, bytes: 34, qmin: -127, qmax: 127, affine: false, scMin: 1, scMax: 1, mMax: 0 },
+  Q4_0: { block: 32, sub: 32, bytes: 18, qmin: -8, qmax: 7, affine: false, scMin: 1, scMax: 1, mMax: 0, direct: true },
+  Q4_1: { block: 32, sub: 32, bytes: 20, qmin: 0, qmax: 15, affine: true, scMin: 1, scMax: 1, mMax: 0, direct: true, signedMin: true },
+  Q5_0: { block: 32, sub: 32, bytes: 22, qmin: -16, qmax: 15, affine: false, scMin: 1, scMax: 1, mMax: 0, direct: true },
+  Q5_1: { block: 32, sub: 32, bytes: 24, qmin: 0, qmax: 31, affine: true, scMin: 1, scMax: 1, mMax: 0, direct: true, signedMin: true },
+  Q8_0: { block: 32, sub: 32, bytes: 34, qmin: -127, qmax: 127, affine: false, scMin: 1, scMax: 1, mMax: 0, direct: true },
   Q2_K: { block: 256, sub: 16, bytes: 84, qmin: 0, qmax: 3, affine: true, scMin: 0, scMax: 15, mMax: 15 },
   Q3_K: { block: 256, sub: 16, bytes: 110, qmin: -4, qmax: 3, affine: false, scMin: -32, scMax: 31, mMax: 0 },
   Q4_K: { block: 256, sub: 32, bytes: 144, qmin: 0, qmax: 15, affine: true, scMin: 0, scMax: 63, mMax: 63 },
@@ -74,8 +87,14 @@ export function blockGrid(type: KQuantType, b: Pick<KBlock, 'd' | 'dmin' | 'sc' 
   const d = f16(b.d);
   const dmin = f16(b.dmin);
   for (let j = 0; j < n; j++) {
-    dl[j] = type === 'Q8_0' ? d : fr(d * b.sc[j]!);
-    ml[j] = s.affine ? fr(dmin * b.m[j]!) : 0;
+    if (s.direct) {
+      // Q4_1/Q5_1 add their float16 offset m: value = d * q + m = d * q - (-m)
+      dl[j] = d;
+      ml[j] = s.affine ? -dmin : 0;
+    } else {
+      dl[j] = fr(d * b.sc[j]!);
+      ml[j] = s.affine ? fr(dmin * b.m[j]!) : 0;
+    }
   }
   return { dl, ml };
 }
@@ -102,6 +121,28 @@ export function dequantizeRow(type: KQuantType, bytes: Uint8Array, n: number, ou
   for (let i = 0; i < nb; i++) {
     const o = i * s.bytes;
     switch (type) {
+      case 'Q4_0':
+      case 'Q4_1':
+      case 'Q5_0':
+      case 'Q5_1': {
+        // x * d (+ m): the product of a float16 and a 5-bit integer is exact in float32, so one rounding at most
+        const d = f16(rd16(bytes, o));
+        const one = type === 'Q4_1' || type === 'Q5_1';
+        const m = one ? f16(rd16(bytes, o + 2)) : 0;
+        const five = type === 'Q5_0' || type === 'Q5_1';
+        const qh = o + (one ? 4 : 2);
+        const qs = qh + (five ? 4 : 0);
+        const h = five ? (bytes[qh]! | (bytes[qh + 1]! << 8) | (bytes[qh + 2]! << 16) | (bytes[qh + 3]! << 24)) >>> 0 : 0;
+        const bias = one ? 0 : five ? 16 : 8;
+        for (let j = 0; j < 16; j++) {
+          const x0 = ((bytes[qs + j]! & 0xf) | (five ? ((h >>> j) << 4) & 0x10 : 0)) - bias;
+          const x1 = ((bytes[qs + j]! >> 4) | (five ? (h >>> (j + 12)) & 0x10 : 0)) - bias;
+          out[y + j] = one ? fr(x0 * d + m) : fr(x0 * d);
+          out[y + j + 16] = one ? fr(x1 * d + m) : fr(x1 * d);
+        }
+        y += 32;
+        break;
+      }
       case 'Q8_0': {
         const d = f16(rd16(bytes, o));
         for (let j = 0; j < 32; j++) out[y++] = fr(((bytes[o + 2 + j]! << 24) >> 24) * d);
@@ -216,6 +257,28 @@ function wr16(b: Uint8Array, at: number, v: number): void {
 export function packBlock(type: KQuantType, blk: KBlock, out: Uint8Array, o: number): void {
   const { q, sc, m } = blk;
   switch (type) {
+    case 'Q4_0':
+    case 'Q4_1':
+    case 'Q5_0':
+    case 'Q5_1': {
+      const one = type === 'Q4_1' || type === 'Q5_1';
+      const five = type === 'Q5_0' || type === 'Q5_1';
+      wr16(out, o, blk.d);
+      if (one) wr16(out, o + 2, blk.dmin);
+      const qh = o + (one ? 4 : 2);
+      const qs = qh + (five ? 4 : 0);
+      const bias = one ? 0 : five ? 16 : 8;
+      let h = 0;
+      for (let j = 0; j < 16; j++) {
+        const u0 = q[j]! + bias;
+        const u1 = q[j + 16]! + bias;
+        out[qs + j] = (u0 & 0xf) | ((u1 & 0xf) << 4);
+        if (u0 & 16) h |= 1 << j;
+        if (u1 & 16) h |= 1 << (j + 16);
+      }
+      if (five) for (let k = 0; k < 4; k++) out[qh + k] = (h >>> (8 * k)) & 0xff;
+      return;
+    }
     case 'Q8_0':
       wr16(out, o, blk.d);
       for (let j = 0; j < 32; j++) out[o + 2 + j] = q[j]! & 0xff;
@@ -314,8 +377,9 @@ function fitSub(x: ArrayLike<number>, w: ArrayLike<number>, o: number, n: number
     }
   }
   if (s.affine) {
-    // value = scale * q - min, q in [0, qmax]; the offset is stored unsigned: min >= 0 (the grid reaches 0 or below)
-    if (mn > 0) mn = 0;
+    // value = scale * q - min, q in [0, qmax]; the k-quants store the offset unsigned: min >= 0 (the grid reaches 0
+    // or below); Q4_1/Q5_1 store it signed
+    if (mn > 0 && !s.signedMin) mn = 0;
     if (mx === mn) return { scale: 0, min: -mn };
     let best = { scale: (mx - mn) / s.qmax, min: -mn };
     let bestErr = Infinity;
@@ -344,7 +408,7 @@ function fitSub(x: ArrayLike<number>, w: ArrayLike<number>, o: number, n: number
       if (det > 0) {
         scale = (sw * slx - sl * sx) / det;
         off = (sll * sx - sl * slx) / det; // x ~ scale * l + off
-        if (off > 0) {
+        if (off > 0 && !s.signedMin) {
           off = 0;
           scale = sll > 0 ? slx / sll : 0;
         }
@@ -417,6 +481,11 @@ export function fitBlockParams(type: KQuantType, x: ArrayLike<number>, w: ArrayL
     for (let i = o; i < o + 32; i++) amax = Math.max(amax, Math.abs(x[i]!));
     sc[0] = 1;
     return { d: toF16(amax / 127), dmin: 0, sc, m, q };
+  }
+  if (s.direct) {
+    const r = fitSub(x, w, o, s.block, s);
+    sc[0] = 1;
+    return { d: toF16(r.scale), dmin: s.affine ? toF16(-r.min) : 0, sc, m, q };
   }
   const scales = new Float64Array(nsub);
   const mins = new Float64Array(nsub);

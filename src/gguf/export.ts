@@ -16,7 +16,7 @@ import { archMetadata, ggufArchOf, ggufTensors, type GgufSourceTensor, type Tens
 import { GGML_QUANTIZATION_VERSION, GGML_TYPES, LLAMA_FTYPE, ggmlTensorBytes, kv, type GgmlType, type GgufValue } from './format.js';
 import { KQUANT_TYPES, quantizeMatrix, type KQuantType } from '../../kernels/ggml/kquants.js';
 import { readGgufTokenizer, tokenizerMetadata } from './tokenizer.js';
-import { writeGguf, type GgufWriteTensor } from './writer.js';
+import { layoutGguf, writeGguf, type GgufWriteTensor } from './writer.js';
 
 export const GGUF_FILE = 'model.gguf';
 export const GGUF_REPORT_FILE = 'moe-gguf-report.json';
@@ -233,6 +233,8 @@ export interface GgufExportRequest {
   /** importance per input column, by GGUF tensor name (for experts: one vector shared by the experts, or E of them) */
   imatrix?: ReadonlyMap<string, Float32Array>;
   force?: boolean;
+  /** plan only: the report with the exact file size, nothing written */
+  dryRun?: boolean;
   progress?: Progress;
   name?: string;
 }
@@ -257,6 +259,27 @@ export async function exportGguf(req: GgufExportRequest): Promise<GgufExportRepo
   const model = await openModel(req.model);
   try {
     const plan = planTensors(model, { fileType: type, typeOf: (t) => fittingType(type, t.ne[0]!) });
+    const reportOf = (fileBytes: number, tokenizerNote: string): GgufExportReport => ({
+      format: 'gguf',
+      model: req.model,
+      out: req.out,
+      architecture: ggufArchOf(model.view).arch,
+      fileType: type,
+      tokenizer: tokenizerNote,
+      summary: summarize(plan, GGUF_FILE, fileBytes),
+      tensors: plan.map((e) => ({ name: e.tensor.name, ne: e.tensor.ne, type: e.type, bytes: e.bytes, reason: e.reason })),
+      seconds: (performance.now() - t0) / 1000,
+    });
+    if (req.dryRun) {
+      const { metadata, tokenizerNote } = await ggufMetadata(model, type, req.name);
+      return reportOf(
+        layoutGguf(
+          metadata,
+          plan.map((e) => ({ name: e.tensor.name, type: e.type, ne: e.tensor.ne })),
+        ).totalBytes,
+        tokenizerNote,
+      );
+    }
     const dir = await OutputDir.create(req.out, { force: !!req.force, inputDir: req.model });
     try {
       const ph = req.progress?.phase(`writing ${req.out}/${GGUF_FILE}`);
@@ -267,17 +290,7 @@ export async function exportGguf(req: GgufExportRequest): Promise<GgufExportRepo
         onTensor: (d, n) => ph?.tick(d, n, 'tensors'),
       });
       ph?.succeed(`wrote ${req.out}/${GGUF_FILE}`);
-      const report: GgufExportReport = {
-        format: 'gguf',
-        model: req.model,
-        out: req.out,
-        architecture: ggufArchOf(model.view).arch,
-        fileType: type,
-        tokenizer: tokenizerNote,
-        summary: summarize(plan, GGUF_FILE, fileBytes),
-        tensors: plan.map((e) => ({ name: e.tensor.name, ne: e.tensor.ne, type: e.type, bytes: e.bytes, reason: e.reason })),
-        seconds: (performance.now() - t0) / 1000,
-      };
+      const report = reportOf(fileBytes, tokenizerNote);
       await dir.writeJson(GGUF_REPORT_FILE, report);
       await dir.publish();
       return report;

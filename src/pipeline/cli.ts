@@ -23,7 +23,10 @@ function parserOf(info: OptionInfo): ((v: string, prev: any) => any) | undefined
     case 'enum':
       return info.choices?.every((c) => typeof c === 'number') ? number(f) : undefined;
     case 'list':
-      return (v: string) => v.split(',').map((s) => count(f)(s));
+      // whole numbers; where the choices also have names (--candidates q4_k,q5_k with --format gguf), those in any case
+      return info.choices?.some((c) => typeof c === 'string')
+        ? (v: string) => v.split(',').map((s) => (/^\s*\d+\s*$/.test(s) ? count(f)(s) : s.trim().toLowerCase()))
+        : (v: string) => v.split(',').map((s) => count(f)(s));
     case 'repeat':
       return collect as (v: string) => string[];
     case 'shard':

@@ -20,3 +20,19 @@ export const METHOD_NAMES = QUANTIZERS.map((m) => m.name) as [Method, ...Method[
 
 export const GRANULARITIES = ['expert', 'layer'] as const;
 export type Granularity = (typeof GRANULARITIES)[number];
+
+/**
+ * Output formats of `moe quantize --format` (the serving engineer's registry adds compressed-tensors and the
+ * per-format byte accounting; `gguf` is src/gguf/quantize.ts, a pipeline of its own: one ggml type per tensor).
+ */
+export const OUTPUT_FORMATS = [
+  { name: 'gptq', summary: 'GPTQ v1 checkpoint as GPTQModel writes it (safetensors + quantization_config); per-expert widths', needs: 'none' },
+  {
+    name: 'gguf',
+    summary:
+      "one llama.cpp GGUF file (DIR/model.gguf) with llama.cpp's own block types, one per tensor (layer x projection for experts), GPTQ error compensation into them, plus the --tensor-type list and imatrix that make llama-quantize reproduce the choice",
+    needs: 'none',
+  },
+] as const satisfies readonly MethodDescriptor[];
+export type OutputFormat = (typeof OUTPUT_FORMATS)[number]['name'];
+export const OUTPUT_FORMAT_NAMES = OUTPUT_FORMATS.map((f) => f.name) as [OutputFormat, ...OutputFormat[]];

@@ -5,36 +5,41 @@
 import { z } from 'zod';
 import { QUANT_BITS, type QuantBits } from '../../kernels/quant/types.js';
 import { fail } from '../errors.js';
+import { GGUF_CANDIDATES, isFloatCandidate, type GgufCandidate } from '../gguf/candidates.js';
 import type { OptionSpec } from '../pipeline/descriptor.js';
 import { common, field, int } from '../pipeline/fields.js';
-import { GRANULARITIES, METHOD_NAMES } from './methods.js';
+import { GRANULARITIES, METHOD_NAMES, OUTPUT_FORMAT_NAMES } from './methods.js';
 import { compile, parseOverride } from './plan.js';
 
 export const DEFAULT_CANDIDATES: QuantBits[] = [2, 3, 4];
+export const DEFAULT_GGUF_CANDIDATES: GgufCandidate[] = ['q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'];
 export const DEFAULT_MIN_TOKENS = 32;
 export const GROUP_SIZES = [32, 64, 128] as const;
-const bits = () => z.literal(QUANT_BITS as [QuantBits, ...QuantBits[]]);
+/** a width, or (--format gguf) a ggml type name: the allocation's candidates and the dense linears' type */
+const widthOrType = () => z.literal([...QUANT_BITS, ...GGUF_CANDIDATES] as unknown as [QuantBits | GgufCandidate, ...(QuantBits | GgufCandidate)[]]);
 
 export const QUANTIZE_OPTIONS = z.object({
   model: common.model(),
   out: common.out(),
-  bits: field(z.number().positive(), { help: 'target true bits per weight of the routed experts (every stored byte counted)', arg: 'b' }),
+  bits: field(z.number().positive().optional(), {
+    help: 'target true bits per weight of the routed experts (every stored byte counted); required unless --format gguf --candidates f16|bf16|f32',
+    arg: 'b',
+  }),
   method: field(z.enum(METHOD_NAMES).default('gptq'), { help: 'quantizer (see Methods below)', arg: 'm' }),
+  format: field(z.enum(OUTPUT_FORMAT_NAMES).default('gptq'), { help: 'output format (see Formats below)', arg: 'name' }),
   granularity: field(z.enum(GRANULARITIES).default('expert'), {
     help: "allocation unit: expert, or layer (all experts of a layer's projection share bits: what vLLM fused MoE and GGUF can serve)",
     arg: 'g',
   }),
-  candidates: field(
-    z
-      .array(bits())
-      .nonempty()
-      .default(DEFAULT_CANDIDATES as [QuantBits, ...QuantBits[]]),
-    {
-      help: 'bit-widths the allocation may choose, comma-separated',
-      arg: 'list',
-    },
-  ),
-  denseBits: field(bits().default(4), { help: 'bits of attention, dense MLP and shared-expert linears', arg: 'b' }),
+  candidates: field(z.array(widthOrType()).nonempty().optional(), {
+    help: 'bit-widths the allocation may choose, comma-separated; --format gguf: ggml types (q2_k ... q8_0; 2/3/4/8 name q2_k/q3_k/q4_k/q8_0), or one of f16, bf16, f32 alone for the unquantized GGUF',
+    arg: 'list',
+    defaultText: `${DEFAULT_CANDIDATES.join(',')} (--format gguf: ${DEFAULT_GGUF_CANDIDATES.join(',')})`,
+  }),
+  denseBits: field(widthOrType().default(4), {
+    help: 'bits of attention, dense MLP and shared-expert linears (--format gguf: a ggml type, or 2/3/4/8, and the byte budget those tensors share)',
+    arg: 'b',
+  }),
   groupSize: field(z.literal(GROUP_SIZES).default(128), { help: 'input columns per scale group', arg: 'n' }),
   sym: field(z.boolean().default(false), { help: 'symmetric quantization (zero point fixed at 2^(bits-1))' }),
   actOrder: field(z.boolean().default(false), {
@@ -74,8 +79,20 @@ export const QUANTIZE_OPTIONS = z.object({
 
 export type QuantizeOptions = z.output<typeof QUANTIZE_OPTIONS>;
 
+/** The widths of a GPTQ-format run (checkQuantize refused type names and a missing --bits for it). */
+export function gptqWidths(o: QuantizeOptions): { bits: number; candidates: QuantBits[]; denseBits: QuantBits } {
+  return { bits: o.bits!, candidates: (o.candidates ?? DEFAULT_CANDIDATES) as QuantBits[], denseBits: o.denseBits as QuantBits };
+}
+
 /** Combinations, before any file is read. A dry run refuses what the real run refuses: it predicts that run. */
 export function checkQuantize(o: QuantizeOptions): void {
+  if (o.format === 'gguf') {
+    checkGgufQuantize(o);
+    return;
+  }
+  const names = [...(o.candidates ?? []), o.denseBits].filter((c) => typeof c === 'string');
+  if (names.length) fail('Usage', `ggml type names (${names.join(', ')}) are for --format gguf; --format ${o.format} takes widths ${QUANT_BITS.join(', ')}`);
+  if (o.bits === undefined) fail('Usage', 'give --bits B (target bits per weight of the routed experts)');
   for (const s of o.override) parseOverride(s);
   for (const r of o.ignore) compile(r, '--ignore');
   if (!o.dryRun && !o.out) fail('Usage', 'give --out DIR (or --dry-run)');
@@ -84,3 +101,26 @@ export function checkQuantize(o: QuantizeOptions): void {
 }
 
 export const QUANTIZE_SPEC: OptionSpec<typeof QUANTIZE_OPTIONS> = { options: QUANTIZE_OPTIONS, check: checkQuantize };
+
+/** --format gguf: llama.cpp's types, one per tensor; what GPTQ-format options have no meaning for is refused. */
+function checkGgufQuantize(o: QuantizeOptions): void {
+  const cands = o.candidates ?? DEFAULT_GGUF_CANDIDATES;
+  const floats = cands.filter(isFloatCandidate);
+  if (!o.dryRun && !o.out) fail('Usage', 'give --out DIR (or --dry-run)');
+  if (floats.length && cands.length > 1)
+    fail('Usage', `--candidates ${floats.join(',')} is the unquantized GGUF export and stands alone (got --candidates ${cands.join(',')})`);
+  if (floats.length) {
+    if (o.bits !== undefined) fail('Usage', `--bits has no meaning for the unquantized GGUF (--candidates ${floats[0]}): leave it out`);
+  } else {
+    if (o.bits === undefined)
+      fail('Usage', 'give --bits B (target bits per weight of the routed experts) or --candidates f16|bf16|f32 for the unquantized GGUF');
+    if (!o.calib && o.method === 'gptq') fail('Usage', 'GPTQ needs calibration text for its Hessians: give --calib FILE (or --method rtn)');
+  }
+  const refuse = (flag: string, why: string) => fail('Usage', `${flag} is not available with --format gguf: ${why}`);
+  if (o.shard) refuse('--shard', 'a GGUF is one file; quantize it in one job');
+  if (o.plan || o.savePlan) refuse(o.plan ? '--plan' : '--save-plan', 'GGUF plans are not saved yet (the tensor-type list in --out records the choices)');
+  if (o.actOrder) refuse('--act-order', 'a GGUF row stores its blocks in column order, with no permutation');
+  if (o.sym) refuse('--sym', 'each ggml type fixes its own grid (symmetric or with an offset); choose types with --candidates');
+  if (o.groupSize !== 128) refuse('--group-size', 'each ggml type fixes its block size (32 or 256 values)');
+  if (o.override.length || o.ignore.length) refuse(o.override.length ? '--override' : '--ignore', 'per-tensor types come from the allocation and --dense-bits');
+}

@@ -60,7 +60,7 @@ import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStaged
 import { quantizeMemory } from './memory.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
 import { checkPlan, type QuantizePlan } from './saved.js';
-import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, type QUANTIZE_OPTIONS, QUANTIZE_SPEC, type QuantizeOptions } from './options.js';
+import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, gptqWidths, type QUANTIZE_OPTIONS, QUANTIZE_SPEC, type QuantizeOptions } from './options.js';
 import { DEFAULT_CALIB_TOKENS } from '../pipeline/fields.js';
 import { checkModelOptions, parseOptions, prepare } from '../pipeline/validate.js';
 
@@ -106,8 +106,9 @@ export function validateRequest(request: QuantizeRequest) {
 }
 
 function derive(req: QuantizeRun) {
-  const { method, granularity, denseBits, groupSize, damp, minTokens, mixedDown } = req;
-  const candidates = [...new Set(req.candidates)].sort((a, b) => a - b);
+  const { method, granularity, groupSize, damp, minTokens, mixedDown } = req;
+  const { bits, candidates: given, denseBits } = gptqWidths(req);
+  const candidates = [...new Set(given)].sort((a, b) => a - b);
   const overrides = req.override.map(parseOverride);
   const ignores = req.ignore.map((r) => compile(r, '--ignore'));
   const settings: QuantSettings = { method, groupSize, sym: req.sym, damp, actOrder: req.actOrder, minTokens };
@@ -117,7 +118,7 @@ function derive(req: QuantizeRun) {
   const beta = req.beta ?? 1.5;
   /** everything that shapes the plan or its application: a saved plan is refused under other values */
   const planSettings = {
-    bits: req.bits,
+    bits,
     method,
     granularity,
     candidates,
@@ -133,7 +134,7 @@ function derive(req: QuantizeRun) {
     alpha,
     beta,
   };
-  return { method, granularity, candidates, denseBits, groupSize, overrides, ignores, settings, mixedDown, alpha, beta, sequential, planSettings };
+  return { bits, method, granularity, candidates, denseBits, groupSize, overrides, ignores, settings, mixedDown, alpha, beta, sequential, planSettings };
 }
 
 const linBytes = (d: LinearDecision, b: QuantBits | 'keep', gs: number) => decisionBytesAt(d, b, gs);
@@ -235,6 +236,11 @@ function projBits(exp: readonly LinearDecision[], choose: (d: LinearDecision) =>
 export async function quantize(request: QuantizeRequest): Promise<QuantizeReport> {
   const t0 = performance.now();
   const req: QuantizeRun = await prepare(QUANTIZE_SPEC, request);
+  if (req.format === 'gguf') {
+    // llama.cpp's block types, one per tensor: a pipeline of its own (src/gguf/quantize.ts)
+    const { quantizeGguf } = await import('../gguf/quantize.js');
+    return (await quantizeGguf(req, t0)) as unknown as QuantizeReport;
+  }
   const v = derive(req);
   registerGptqFormat();
   const model = await openModel(req.model);
@@ -263,14 +269,14 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
   // linears of routed experts not in any unit (layer granularity: fixed/kept projections) cost a constant
   const inUnits = new Set(units.flatMap((u) => [...u.free, ...u.fixed]).map((d) => d.tensor));
   const constBits = expertDecisions.filter((d) => !inUnits.has(d.tensor)).reduce((a, d) => a + 8 * linBytes(d, d.bits as QuantBits | 'keep', gs), 0);
-  const budget = req.bits * expertParams - constBits;
+  const budget = v.bits * expertParams - constBits;
   const costs = units.map((u) => u.options.map((b) => unitCostBits(u, b, gs)));
   const minBpw = (constBits + costs.reduce((a, c) => a + Math.min(...c), 0)) / expertParams;
   const maxBpw = (constBits + costs.reduce((a, c) => a + Math.max(...c), 0)) / expertParams;
-  if (minBpw > req.bits + 1e-12) {
+  if (minBpw > v.bits + 1e-12) {
     fail(
       'ImpossibleBudget',
-      `--bits ${req.bits} is below the smallest true size of the routed experts with --candidates ${v.candidates.join(',')}: ${minBpw.toFixed(4)} bpw (largest ${maxBpw.toFixed(4)})`,
+      `--bits ${v.bits} is below the smallest true size of the routed experts with --candidates ${v.candidates.join(',')}: ${minBpw.toFixed(4)} bpw (largest ${maxBpw.toFixed(4)})`,
     );
   }
   const finalBitsOf = (choice: readonly number[]) => {
@@ -302,10 +308,10 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
       `choosing bits among --candidates ${v.candidates.join(',')} needs calibration text to measure errors: give --calib FILE, or one candidate width with --method rtn`,
     );
   }
-  if (needScores && req.bits > maxBpw + 1e-12) {
+  if (needScores && v.bits > maxBpw + 1e-12) {
     fail(
       'ImpossibleBudget',
-      `--bits ${req.bits} is above the largest true size of the routed experts with --candidates ${v.candidates.join(',')}: ${maxBpw.toFixed(4)} bpw (every unit at its widest); give --bits at most that, or wider --candidates`,
+      `--bits ${v.bits} is above the largest true size of the routed experts with --candidates ${v.candidates.join(',')}: ${maxBpw.toFixed(4)} bpw (every unit at its widest); give --bits at most that, or wider --candidates`,
     );
   }
   let scoring = !loaded && needScores && !!req.calib;

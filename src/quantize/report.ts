@@ -165,7 +165,7 @@ export function buildReport(r: ReportInput): QuantizeReport {
     method: r.method,
     granularity: r.granularity,
     candidates: r.candidates,
-    targetBits: r.req.bits,
+    targetBits: r.req.bits!,
     denseBits: r.denseBits,
     groupSize: gs,
     sym: !!r.req.sym,

@@ -28,7 +28,7 @@ function mse(a: Float32Array, b: Float32Array, w?: Float32Array): number {
 describe('llama.cpp block formats', () => {
   it('bytes and bits per weight are the format definitions', () => {
     const bpw = Object.fromEntries(KQUANT_TYPES.map((t) => [t, ggmlTypeBpw(t)]));
-    expect(bpw).toEqual({ Q8_0: 8.5, Q2_K: 2.625, Q3_K: 3.4375, Q4_K: 4.5, Q5_K: 5.5, Q6_K: 6.5625 });
+    expect(bpw).toEqual({ Q4_0: 4.5, Q4_1: 5, Q5_0: 5.5, Q5_1: 6, Q8_0: 8.5, Q2_K: 2.625, Q3_K: 3.4375, Q4_K: 4.5, Q5_K: 5.5, Q6_K: 6.5625 });
     for (const t of KQUANT_TYPES) expect(quantizeMatrix(t, x, rows, n).length).toBe((rows * n * KQUANT_SPECS[t].bytes) / KQUANT_SPECS[t].block);
   });
 
@@ -39,6 +39,21 @@ describe('llama.cpp block formats', () => {
       expect(e).toBeLessThan(prev);
       prev = e;
     }
+    // the 32-blocks: a fifth bit halves the step; an offset (Q4_1, Q5_1) helps one-signed blocks
+    prev = Infinity;
+    for (const t of ['Q4_0', 'Q5_0', 'Q8_0'] as const) {
+      const e = mse(dequantizeMatrix(t, quantizeMatrix(t, x, rows, n), rows, n), x);
+      expect(e).toBeLessThan(prev);
+      prev = e;
+    }
+    const pos = x.map((v) => Math.abs(v) + 0.05);
+    for (const [a, b] of [
+      ['Q4_0', 'Q4_1'],
+      ['Q5_0', 'Q5_1'],
+    ] as const)
+      expect(mse(dequantizeMatrix(b, quantizeMatrix(b, pos, rows, n), rows, n), pos)).toBeLessThan(
+        mse(dequantizeMatrix(a, quantizeMatrix(a, pos, rows, n), rows, n), pos),
+      );
     // nearest-on-grid: no other code of the block's sub-block is closer to the value
     for (const t of KQUANT_TYPES) {
       const s = KQUANT_SPECS[t];
@@ -64,7 +79,7 @@ describe('llama.cpp block formats', () => {
 
   it('an importance matrix lowers the importance-weighted error', () => {
     const im = Float32Array.from({ length: n }, (_, i) => (i % 7 === 0 ? 50 : 0.05));
-    for (const t of ['Q2_K', 'Q3_K', 'Q4_K', 'Q6_K'] as const) {
+    for (const t of ['Q2_K', 'Q3_K', 'Q4_K', 'Q6_K', 'Q4_0', 'Q5_1'] as const) {
       const plain = dequantizeMatrix(t, quantizeMatrix(t, x, rows, n), rows, n);
       const weighted = dequantizeMatrix(t, quantizeMatrix(t, x, rows, n, im), rows, n);
       expect(mse(weighted, x, im)).toBeLessThan(mse(plain, x, im));
@@ -89,7 +104,9 @@ describe('llama.cpp block formats', () => {
     expect(llamaFallback('Q4_K', 100)).toBe('F16');
     expect(llamaFallback('Q4_K', 512)).toBe('Q4_K');
     expect(fittingType('Q6_K', 128)).toEqual({ type: 'Q8_0', reason: "rows of 128 are not whole Q6_K blocks: llama.cpp's fallback Q8_0" });
-    expect(fittingType('Q4_K', 128).type).toBe('Q8_0');
-    expect(fittingType('Q4_K', 128).reason).toMatch(/fallback is Q5_0 \(not implemented here\)/);
+    expect(fittingType('Q4_K', 128)).toEqual({ type: 'Q5_0', reason: "rows of 128 are not whole Q4_K blocks: llama.cpp's fallback Q5_0" });
+    expect(fittingType('Q5_K', 128).type).toBe('Q5_1');
+    expect(fittingType('Q3_K', 128).type).toBe('Q4_0');
+    expect(fittingType('IQ2_XS', 128).reason).toMatch(/fallback is IQ4_NL \(not implemented here\)/);
   });
 });

@@ -16,6 +16,7 @@ import { writeGguf, type GgufWriteTensor } from '../../src/gguf/writer.js';
 import { toF32 } from '../../src/io/dtype.js';
 import { KQUANT_TYPES, dequantizeMatrix, type KQuantType } from '../../kernels/ggml/kquants.js';
 import { openModel } from '../../src/model/open.js';
+import { quantize } from '../../src/quantize/pipeline.js';
 import { streamModel } from '../../src/runtime/stream.js';
 import type { Family } from '../helpers/families.js';
 import { GGUF_FAMILIES, makeGgufCheckpoint, randomWindows } from './helpers.js';
@@ -71,29 +72,63 @@ describe('llama.cpp loads our GGUF and agrees with our forward pass', () => {
     }
   });
 
-  it('every block type: llama.cpp on the quantized file agrees with llama.cpp on our decoding of it (F32 twin)', async () => {
-    // llama.cpp multiplies quantized weights by activations it quantizes to 8 bits, so agreement is ~1e-3, not exact
+  /** llama.cpp on a quantized file vs llama.cpp on its F32 twin holding our decoding of every tensor */
+  async function twinGap(file: string, windows: Int32Array[]): Promise<number> {
+    const f = await readGguf(file);
+    const twin: GgufWriteTensor[] = [];
+    for (const t of f.tensors) {
+      const b = await readGgufTensor(f, t.name);
+      const rows = t.ne.slice(1).reduce((a, c) => a * c, 1);
+      const v = (KQUANT_TYPES as readonly string[]).includes(t.type) ? dequantizeMatrix(t.type as KQuantType, b, rows, t.ne[0]!) : toF32(b, t.type as 'F32');
+      twin.push({ name: t.name, type: 'F32', ne: t.ne, produce: () => new Uint8Array(v.buffer, v.byteOffset, v.byteLength) });
+    }
+    const meta = new Map(f.metadata);
+    meta.set('general.file_type', kv.u32(0));
+    const path = `${file}.twin.gguf`;
+    await writeGguf(path, meta, twin);
+    const a = await theirs(file, windows);
+    const b = await theirs(path, windows);
+    return Math.abs(Math.exp(a - b) - 1);
+  }
+
+  it('block types: llama.cpp on the quantized file agrees with llama.cpp on our decoding of it (F32 twin)', async () => {
+    // llama.cpp multiplies quantized weights by activations it quantizes to 8 bits, so agreement is ~1e-3, not exact.
+    // One file per type; with the fixture's 128-wide rows taking llama.cpp's fallbacks these cover every decoder
+    // but Q4_K, Q5_0, Q6_K and Q8_0, which the allocated file below holds.
     const M = 'test/fixtures/tiny-mixtral';
     const { windows } = await loadWindowSet(M, 'test/fixtures/text/heldout.txt', { seqLen: 32, maxTokens: 64 });
-    for (const type of KQUANT_TYPES) {
+    const seen = new Set<string>();
+    for (const type of ['Q2_K', 'Q3_K', 'Q5_K', 'Q4_1'] as const) {
       const out = join(dir, `fixture-${type}`);
       const rep = await exportGguf({ model: M, out, type });
-      // the fixture's 128-wide rows take a fallback for the 256-wide k-quants; its 256-wide down_proj does not
+      // the fixture's 256-wide down_proj takes the type itself
       expect(rep.tensors.find((t) => t.name === 'blk.0.ffn_down_exps.weight')!.type).toBe(type);
-      const f = await readGguf(join(out, GGUF_FILE));
-      const twin: GgufWriteTensor[] = [];
-      for (const t of f.tensors) {
-        const b = await readGgufTensor(f, t.name);
-        const rows = t.ne.slice(1).reduce((a, c) => a * c, 1);
-        const v = (KQUANT_TYPES as readonly string[]).includes(t.type) ? dequantizeMatrix(t.type as KQuantType, b, rows, t.ne[0]!) : toF32(b, t.type as 'F32');
-        twin.push({ name: t.name, type: 'F32', ne: t.ne, produce: () => new Uint8Array(v.buffer, v.byteOffset, v.byteLength) });
-      }
-      const meta = new Map(f.metadata);
-      meta.set('general.file_type', kv.u32(0));
-      await writeGguf(join(out, 'twin.gguf'), meta, twin);
-      const a = await theirs(join(out, GGUF_FILE), windows);
-      const b = await theirs(join(out, 'twin.gguf'), windows);
-      expect(Math.abs(Math.exp(a - b) - 1)).toBeLessThan(5e-3);
+      for (const t of rep.tensors) seen.add(t.type);
+      expect(await twinGap(join(out, GGUF_FILE), windows), type).toBeLessThan(5e-3);
     }
+    expect([...seen].sort()).toEqual(['F32', 'Q2_K', 'Q3_K', 'Q4_0', 'Q4_1', 'Q5_1', 'Q5_K']);
+  });
+
+  it('moe quantize --format gguf (allocated types, GPTQ): llama.cpp loads it, agrees with our decoding, and stays near F16', async () => {
+    const M = 'test/fixtures/tiny-mixtral';
+    const { windows } = await loadWindowSet(M, 'test/fixtures/text/heldout.txt', { seqLen: 32, maxTokens: 64 });
+    const out = join(dir, 'allocated');
+    await quantize({
+      model: M,
+      calib: 'test/fixtures/text/calib.txt',
+      calibTokens: 512,
+      seqLen: 32,
+      bits: 5.6,
+      format: 'gguf',
+      candidates: ['q4_k', 'q6_k'],
+      out,
+    });
+    const f = await readGguf(join(out, GGUF_FILE));
+    const types = new Set(f.tensors.map((t) => t.type));
+    for (const t of ['Q4_K', 'Q5_0', 'Q6_K', 'Q8_0']) expect(types, t).toContain(t);
+    expect(await twinGap(join(out, GGUF_FILE), windows)).toBeLessThan(5e-3);
+    const f16 = join(dir, 'fixture-F16', GGUF_FILE);
+    const q = await theirs(join(out, GGUF_FILE), windows);
+    expect(Math.exp(q - (await theirs(f16, windows))) - 1).toBeLessThan(0.03);
   });
 });

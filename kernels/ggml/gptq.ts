@@ -1,0 +1,137 @@
+/**
+ * GPTQ (Frantar et al. 2022) into llama.cpp's block formats: the columns of W [out, in] (a ggml row is one output
+ * row, its blocks run along the input columns) are quantized in order and each column's error is fed back into the
+ * columns not yet quantized through the upper Cholesky factor of H^-1, exactly as kernels/quant/gptq.ts does for
+ * GPTQ's own grid. What changes is the rounding: at the first column of every format block (32 or 256 columns)
+ * the block's stored parameters (float16 d / dmin, integer sub-scales and sub-offsets) are fitted, row by row, to
+ * the error-updated values of the whole block by the format's own fit (fitBlockParams, weighted by the Hessian
+ * diagonal the way llama.cpp weights by its importance matrix), and from then on every column takes the nearest
+ * code on the grid the decoder rebuilds (nearestCode). The feedback inside a lazy batch runs on typed arrays; the
+ * update of the columns after the batch is one matrix product on tfjs.
+ *
+ * Act-order is not offered: a GGUF row's blocks are contiguous input columns, there is nowhere to store a
+ * permutation.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { fail } from '../../src/errors.js';
+import type { GptqPrepared } from '../quant/gptq.js';
+import { KQUANT_SPECS, blockGrid, fitBlockParams, nearestCode, packBlock, rowWeights, type KQuantType } from './kquants.js';
+
+export interface GgmlGptqResult {
+  /** the tensor's bytes in ggml layout (row after row) */
+  bytes: Uint8Array;
+  /** what the decoder rebuilds, [out, in] */
+  deq: Float32Array;
+  /** GPTQ's proxy loss: sum of squared errors weighted by 1/[H^-1]_ii^2, halved */
+  loss: number;
+}
+
+const fr = Math.fround;
+
+/**
+ * @param w W [out, in] row-major (a ggml tensor of ne = [in, out])
+ * @param prep the Hessian of the inputs, prepared by kernels/quant/gptq.ts prepareGptq (without act-order)
+ * @param importance per input column, for fitting each block's parameters (the Hessian diagonal); default 1
+ */
+export function gptqGgml(type: KQuantType, w: Float32Array, out: number, inF: number, prep: GptqPrepared, importance?: ArrayLike<number>): GgmlGptqResult {
+  const s = KQUANT_SPECS[type];
+  if (w.length !== out * inF) fail('InvalidShape', `GPTQ ${type}: weight has ${w.length} values, expected ${out}x${inF}`);
+  if (inF % s.block !== 0) fail('InvalidShape', `GPTQ ${type}: rows of ${inF} values are not whole blocks of ${s.block}`);
+  if (prep.inF !== inF) fail('InvalidShape', `GPTQ ${type}: Hessian is for ${prep.inF} inputs, the weight has ${inF}`);
+  if (prep.perm) fail('Usage', `GPTQ ${type}: act-order cannot be stored in a GGUF block format`);
+  const { U } = prep;
+  const nb = inF / s.block;
+  const rowBytes = nb * s.bytes;
+  const bytes = new Uint8Array(out * rowBytes);
+  const deq = new Float32Array(out * inF);
+  const Wp = Float32Array.from(w);
+  for (let i = 0; i < inF; i++) if (prep.dead[i]) for (let o = 0; o < out; o++) Wp[o * inF + i] = 0;
+  // lazy batches of whole format blocks (at least 128 columns), so a block's parameters see every feedback update
+  // from the columns before it
+  const bs = s.block * Math.max(1, Math.round(Math.max(128, s.block) / s.block));
+  const imp = new Float64Array(s.block);
+  const grids: { dl: Float32Array; ml: Float32Array }[] = new Array(out);
+  const blocks: ReturnType<typeof fitBlockParams>[] = new Array(out);
+  let loss = 0;
+
+  for (let i1 = 0; i1 < inF; i1 += bs) {
+    const i2 = Math.min(i1 + bs, inF);
+    const cnt = i2 - i1;
+    const W1 = new Float64Array(out * cnt);
+    for (let o = 0; o < out; o++) for (let j = 0; j < cnt; j++) W1[o * cnt + j] = Wp[o * inF + i1 + j]!;
+    const Err1 = new Float32Array(out * cnt);
+    for (let i = 0; i < cnt; i++) {
+      const col = i1 + i;
+      const inBlock = col % s.block;
+      if (inBlock === 0) {
+        for (let k = 0; k < s.block; k++) imp[k] = importance ? importance[col + k]! : 1;
+        for (let o = 0; o < out; o++) {
+          const x = W1.subarray(o * cnt + i, o * cnt + i + s.block);
+          const blk = fitBlockParams(type, x, rowWeights(x, s.block, s.block, imp), 0);
+          blocks[o] = blk;
+          grids[o] = blockGrid(type, blk);
+        }
+      }
+      const sub = Math.floor(inBlock / s.sub);
+      const ucol = col * inF;
+      const d = U[ucol + col]!;
+      for (let o = 0; o < out; o++) {
+        const rowOff = o * cnt;
+        const wv = W1[rowOff + i]!;
+        const g = grids[o]!;
+        const dl = g.dl[sub]!;
+        const ml = g.ml[sub]!;
+        const q = nearestCode(wv, dl, ml, s.qmin, s.qmax);
+        blocks[o]!.q[inBlock] = q;
+        const v = s.affine ? fr(fr(dl * q) - ml) : fr(dl * q);
+        deq[o * inF + col] = v;
+        const err = wv - v;
+        loss += (err * err) / (d * d) / 2;
+        const e = err / d;
+        Err1[rowOff + i] = e;
+        for (let j = i + 1; j < cnt; j++) W1[rowOff + j] -= e * U[ucol + i1 + j]!;
+        if (inBlock === s.block - 1) packBlock(type, blocks[o]!, bytes, o * rowBytes + Math.floor(col / s.block) * s.bytes);
+      }
+    }
+    if (i2 < inF) {
+      const rest = inF - i2;
+      const Ublk = new Float32Array(cnt * rest);
+      for (let a = 0; a < cnt; a++) for (let b = 0; b < rest; b++) Ublk[a * rest + b] = U[(i1 + a) * inF + i2 + b]!;
+      const upd = tf.tidy(() => tf.matMul(tf.tensor2d(Err1, [out, cnt]), tf.tensor2d(Ublk, [cnt, rest])));
+      const u = upd.dataSync() as Float32Array;
+      upd.dispose();
+      for (let o = 0; o < out; o++) for (let b = 0; b < rest; b++) Wp[o * inF + i2 + b] -= u[o * rest + b]!;
+    }
+  }
+  return { bytes, deq, loss };
+}
+
+/** tr((W_q - W) H (W_q - W)^T): the summed squared output error of the linear over the tokens H was made from. */
+export function hessianError(w: Float32Array, wq: Float32Array, out: number, inF: number, h: Float64Array): number {
+  let total = 0;
+  const d = new Float64Array(inF);
+  for (let o = 0; o < out; o++) {
+    for (let i = 0; i < inF; i++) d[i] = wq[o * inF + i]! - w[o * inF + i]!;
+    for (let i = 0; i < inF; i++) {
+      if (d[i] === 0) continue;
+      let s = 0;
+      const hr = i * inF;
+      for (let j = 0; j < inF; j++) s += h[hr + j]! * d[j]!;
+      total += d[i]! * s;
+    }
+  }
+  return total;
+}
+
+/** hessianError on tfjs: sum((dW H) * dW) as one matrix product, for large linears. */
+export function hessianErrorTf(w: Float32Array, wq: Float32Array, out: number, inF: number, h: Float64Array): number {
+  const d = new Float32Array(out * inF);
+  for (let i = 0; i < d.length; i++) d[i] = wq[i]! - w[i]!;
+  const s = tf.tidy(() => {
+    const D = tf.tensor2d(d, [out, inF]);
+    return tf.sum(tf.mul(tf.matMul(D, tf.tensor2d(Float32Array.from(h), [inF, inF])), D));
+  });
+  const v = (s.dataSync() as Float32Array)[0]!;
+  s.dispose();
+  return v;
+}
