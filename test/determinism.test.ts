@@ -60,6 +60,6 @@ describe('same flags, same bytes', () => {
       const [a, b] = await twice(name.replace(' ', '-'), args);
       expect(a).toEqual(b);
     },
-    120_000,
+    600_000,
   );
 });
