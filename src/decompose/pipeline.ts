@@ -18,9 +18,8 @@
  * alternative, spilling them to disk, would write E (H^2 + I^2) floats per layer (about 7 GB per layer of
  * Mixtral-8x7B in float32), and --plan / --shard jobs need the forward pass anyway.
  */
-import { writeFile } from 'node:fs/promises';
+import { writeReport } from '../io/output.js';
 import type { z } from 'zod';
-import { join } from 'node:path';
 import type { Engine } from '../../kernels/linalg/matmul.js';
 import type { Progress } from '../cli/progress.js';
 import { fail } from '../errors.js';
@@ -534,7 +533,7 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
       seconds: 0,
     };
     report.seconds = (Date.now() - started) / 1000;
-    if (writing) await writeFile(join(req.out!, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
+    if (writing) await writeReport(req.out!, REPORT_FILE, report);
     return report;
   } finally {
     await model.ckpt.close();

@@ -15,9 +15,8 @@
  * time), so memory is one layer during the pass and one group during the write. `--shard i/n` writes only layers
  * l with l % n = i; it needs --stats or --plan, because a sequential plan is one pass through all layers.
  */
-import { writeFile } from 'node:fs/promises';
+import { stagedPath, writeReport } from '../io/output.js';
 import type { z } from 'zod';
-import { join } from 'node:path';
 import { resolveCalibration } from '../calibrate/resolve.js';
 import type { CalibStats } from '../calibrate/types.js';
 import type { Progress } from '../cli/progress.js';
@@ -329,7 +328,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
       phase?.succeed(`wrote ${req.out}${req.shard ? ` (shard ${req.shard.index}/${req.shard.count})` : ''}`);
       // a shard holds part of the checkpoint: its sizes stay the plan's prediction
       if (!req.shard) {
-        after = await writtenSizes(req.out!);
+        after = await writtenSizes(stagedPath(req.out!));
         predicted = false;
       }
     }
@@ -358,7 +357,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
       }),
       seconds: (Date.now() - started) / 1000,
     };
-    if (!req.dryRun) await writeFile(join(req.out!, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
+    if (!req.dryRun) await writeReport(req.out!, REPORT_FILE, report);
     return report;
   } finally {
     await model.ckpt.close();

@@ -5,9 +5,8 @@
  * artifact); `reconstruct` chooses each layer's set inside a forward pass whose earlier layers are already
  * pruned, so layer l is fitted to what it will really receive.
  */
-import { writeFile } from 'node:fs/promises';
+import { stagedPath, writeReport } from '../io/output.js';
 import type { z } from 'zod';
-import { join } from 'node:path';
 import type { CalibStats } from '../calibrate/types.js';
 import type { Progress } from '../cli/progress.js';
 import { fail } from '../errors.js';
@@ -229,7 +228,7 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
       // a shard holds part of the checkpoint: its sizes stay the plan's prediction
       if (req.shard) after = predictedSizes(model.ckpt, view, before, new Map(layers.map((l) => [l.layer, l.removed])));
       else {
-        after = await writtenSizes(req.out!);
+        after = await writtenSizes(stagedPath(req.out!));
         predicted = false;
       }
     }
@@ -252,7 +251,7 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
       memory: await estimateMemory(model, req, method, calibration.tokens),
       seconds: (Date.now() - started) / 1000,
     };
-    if (!req.dryRun) await writeFile(join(req.out!, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
+    if (!req.dryRun) await writeReport(req.out!, REPORT_FILE, report);
     return report;
   } finally {
     await model.ckpt.close();

@@ -22,9 +22,8 @@
  *   pass: each layer's packed tensors are handed to the writer as they are produced (handoff.ts), so about one
  *   layer of output is in memory. --shard i/n writes only layers l % n == i plus a manifest for moe assemble.
  */
-import { writeFile } from 'node:fs/promises';
+import { writeReport } from '../io/output.js';
 import type { z } from 'zod';
-import { join } from 'node:path';
 import type { Progress } from '../cli/progress.js';
 import { loadWindowSet } from '../data/windows.js';
 import { fail } from '../errors.js';
@@ -761,6 +760,6 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
     ...(req.savePlan ? { planSaved: req.savePlan } : {}),
     ...(fusedLayout && !('refuse' in fusedLayout) ? { fusedExperts: describeFusedExperts(ckpt, view, fusedLayout) } : {}),
   });
-  if (!req.dryRun && req.out) await writeFile(join(req.out, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
+  if (!req.dryRun && req.out) await writeReport(req.out, REPORT_FILE, report);
   return report;
 }
