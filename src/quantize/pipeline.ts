@@ -2,7 +2,8 @@
  * `moe quantize`: score -> plan -> apply -> write -> report.
  *
  * - score: one calibration forward pass. At each MoE layer, every allocation unit (an expert, or with
- *   --granularity layer one projection of all the layer's experts) is quantized at every candidate width with
+ *   --granularity projection one projection of all the layer's experts, or with --granularity layer all experts
+ *   and projections of the layer) is quantized at every candidate width with
  *   the quantizer that will be applied (GPTQ from the tokens routed to the expert, or RTN), and its error is the
  *   MoE block's output error on those tokens, g^2 ||f_q(x) - f(x)||^2 averaged per routed token. MC-MoE's
  *   importance weights it: loss = f^a * w^beta * q (f = routing frequency, w = summed router probability, both
@@ -40,6 +41,7 @@ import { streamModel } from '../runtime/stream.js';
 import { allocate, type AllocResult, type AllocUnit } from '../alloc/knapsack.js';
 import { quantizeRtn } from '../../kernels/quant/rtn.js';
 import type { QuantBits, QuantizedLinear } from '../../kernels/quant/types.js';
+import type { Granularity } from './methods.js';
 import {
   activate,
   linearT,
@@ -83,9 +85,9 @@ export { DEFAULT_CALIB_TOKENS, DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS };
 export interface Unit {
   id: string;
   layer: number;
-  /** expert granularity: the expert; layer granularity: undefined */
+  /** expert granularity: the expert; projection and layer granularity: undefined */
   expert?: number;
-  /** layer granularity: the projection */
+  /** projection granularity: the projection */
   proj?: Proj;
   /** linears whose bits the unit's choice sets */
   free: LinearDecision[];
@@ -145,13 +147,13 @@ const linBytes = (d: LinearDecision, b: QuantBits | 'keep', gs: number) => decis
  * --bits closely even on models with few experts (and down_proj is the projection most sensitive to bits).
  * Widths a free linear's shape cannot pack are dropped for the unit.
  */
-export function buildUnits(decisions: readonly LinearDecision[], granularity: 'expert' | 'layer', candidates: QuantBits[], mixedDown = true): Unit[] {
+export function buildUnits(decisions: readonly LinearDecision[], granularity: Granularity, candidates: QuantBits[], mixedDown = true): Unit[] {
   const experts = decisions.filter((d) => d.cls === 'expert');
   const groups = new Map<string, LinearDecision[]>();
   for (const d of experts) {
-    // layer granularity: gate and up packed into one GPTQ module (fused gate_up) are one unit, as one width
+    // projection granularity: gate and up packed into one GPTQ module (fused gate_up) are one unit, as one width
     const proj = d.fused?.pack && d.proj !== 'down' ? 'gate_up' : d.proj;
-    const key = granularity === 'expert' ? `L${d.layer}.E${d.expert}` : `L${d.layer}.${proj}`;
+    const key = granularity === 'expert' ? `L${d.layer}.E${d.expert}` : granularity === 'projection' ? `L${d.layer}.${proj}` : `L${d.layer}`;
     if (!groups.has(key)) groups.set(key, []);
     groups.get(key)!.push(d);
   }
@@ -175,7 +177,8 @@ export function buildUnits(decisions: readonly LinearDecision[], granularity: 'e
         options.push(o);
       }
     });
-    units.push({ id, layer: ds[0]!.layer, ...(granularity === 'expert' ? { expert: ds[0]!.expert! } : { proj: ds[0]!.proj! }), free, fixed, options });
+    const at = granularity === 'expert' ? { expert: ds[0]!.expert! } : granularity === 'projection' ? { proj: ds[0]!.proj! } : {};
+    units.push({ id, layer: ds[0]!.layer, ...at, free, fixed, options });
   }
   return units;
 }
@@ -266,7 +269,7 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
   const units = buildUnits(decisions, v.granularity, v.candidates, v.mixedDown);
   const expertParams = expertDecisions.reduce((a, d) => a + d.params, 0);
   const gs = v.groupSize;
-  // linears of routed experts not in any unit (layer granularity: fixed/kept projections) cost a constant
+  // linears of routed experts not in any unit (projection/layer granularity: fixed/kept projections) cost a constant
   const inUnits = new Set(units.flatMap((u) => [...u.free, ...u.fixed]).map((d) => d.tensor));
   const constBits = expertDecisions.filter((d) => !inUnits.has(d.tensor)).reduce((a, d) => a + 8 * linBytes(d, d.bits as QuantBits | 'keep', gs), 0);
   const budget = v.bits * expertParams - constBits;
@@ -367,7 +370,7 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
   // ---- score
   const losses: number[][] = units.map((u) => u.options.map(() => 0));
   const unitIndex = new Map(units.map((u, i) => [u.id, i]));
-  // layer granularity: each layer's units in order, and the unit each free linear belongs to
+  // projection/layer granularity: each layer's units in order, and the unit each free linear belongs to
   const layerUnits = new Map<number, number[]>();
   const unitOf = new Map<string, number>();
   units.forEach((u, i) => {
