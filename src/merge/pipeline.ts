@@ -34,6 +34,7 @@ import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline } from '../pipeline/engine.js';
 import { memberWeights } from './combine.js';
 import { checkGroupCount, checkPartition, groupExperts, mergeRoutingGroups, routingGroupOf } from './grouping.js';
+import { decideTokens } from './decide.js';
 import { mergeGroupStreamed, mergeLayer, type MergedLayer, type MergeLayerOptions } from './layer.js';
 import { mergeMemory } from './memory.js';
 import { DEFAULTS, type MERGE_OPTIONS, MERGE_SPEC, type MergeOptions } from './options.js';
@@ -152,6 +153,7 @@ async function planSequential(model: Model, req: MergeRun, choices: MergeChoices
           calib: { x: input.x, T: input.T, logits: input.logits, routing: input.routing },
           activation: view.forward.activation,
           routingGroups,
+          routingRule: view.routing,
         },
         choices,
         opts,
@@ -160,7 +162,9 @@ async function planSequential(model: Model, req: MergeRun, choices: MergeChoices
         layer: input.layer.index,
         groups: m.report.groups.map((g, i) => ({ ...g, ...(choices.align !== 'none' && g.members.length > 1 ? { perms: m.perms[i] } : {}) })),
         router: m.report.router,
-        ...(choices.router === 'fit' ? { rows: routerRows(m.router) } : {}),
+        ...(m.report.decision ? { decision: m.report.decision } : {}),
+        // decided rows (a dropped group keeps its member's own row) are data-dependent like fitted ones
+        ...(choices.router === 'fit' || m.decided ? { rows: routerRows(m.router) } : {}),
       });
       phase?.tick(plan.layers.length, view.moeLayers.length, 'layers');
       return runningEdit(m.experts, m.router, input.experts.length, H, routingGroups);
@@ -226,7 +230,8 @@ async function planEdit(
     const groups: ExpertGroup[] = l.groups.map((g) => ({ anchor: g.anchor, members: g.members }));
     const router = l.rows ?? routerRows(mergeRouter(choices.router, await loadRouter(model.ckpt, block.router), groups, H, E, view.routing).router);
     const experts: ExpertSource[] = l.groups.map((g, gi) => {
-      if (g.members.length === 1) return { from: g.anchor };
+      // a group of one, or one whose other members were dropped (weight 0): the kept expert's bytes
+      if (g.members.length === 1 || (g.weights[0] === 1 && g.weights.slice(1).every((w) => w === 0))) return { from: g.anchor };
       return {
         // under group-limited routing the merged expert stays in its members' routing group
         ...(routingGroups > 1 ? { group: routingGroupOf(g.anchor, E, routingGroups) } : {}),
@@ -274,7 +279,12 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
     const choices = choicesOf(req);
     const view = model.view;
     checkGroups(view, choices.groups);
-    const opts: MergeLayerOptions = { maxAlignTokens: req.alignTokens, routerFit: { steps: req.fitSteps, maxTokens: req.fitTokens } };
+    const opts: MergeLayerOptions = {
+      maxAlignTokens: req.alignTokens,
+      routerFit: { steps: req.fitSteps, maxTokens: req.fitTokens },
+      drop: req.drop ?? (req.calib ? 'auto' : 'never'),
+      decideTokens: decideTokens(view.dims.numExperts, choices.groups, view.dims.hidden),
+    };
     const E = view.dims.numExperts;
     const before = checkpointSizes(model.ckpt, view);
     const settings = planSettings(choices, req);
