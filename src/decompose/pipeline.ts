@@ -18,6 +18,7 @@
  * alternative, spilling them to disk, would write E (H^2 + I^2) floats per layer (about 7 GB per layer of
  * Mixtral-8x7B in float32), and --plan / --shard jobs need the forward pass anyway.
  */
+import { calibFormat } from '../pipeline/fields.js';
 import { writeFile } from 'node:fs/promises';
 import type { z } from 'zod';
 import { join } from 'node:path';
@@ -413,7 +414,7 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
       calibration = { source: 'calib', path: req.calib ?? '(Grams)', tokens: req.grams.tokens };
       digest = `grams:${req.grams.tokens}`;
     } else if (req.calib || req.windows) {
-      const windows = req.windows ?? (await loadWindows(model.dir, req.calib!, { maxTokens: req.calibTokens, seqLen: req.seqLen }));
+      const windows = req.windows ?? (await loadWindows(model.dir, req.calib!, { maxTokens: req.calibTokens, seqLen: req.seqLen, format: calibFormat(req) }));
       src = { kind: 'forward', windows };
       calibration = { source: 'calib', path: req.calib ?? '(windows)', tokens: windows.reduce((a, w) => a + w.length, 0) };
       digest = windowsDigest(windows);

@@ -23,6 +23,7 @@ export const MERGE_OPTIONS = z.object({
   weighting: field(z.enum(WEIGHTING_METHODS).default(DEFAULTS.weighting), { help: 'member weights in the average (see Weighting below)', arg: 'm' }),
   router: field(z.enum(ROUTER_METHODS).default(DEFAULTS.router), { help: 'new router row per group (see Router rows below)', arg: 'm' }),
   calib: common.calib('calibration text: sequential merging in one forward pass, each layer measured through the merged layers before it'),
+  calibIds: common.calibIds(),
   calibTokens: common.calibTokens(),
   seqLen: common.seqLen(),
   stats: common.stats('saved calibration statistics of the unmerged model (moe calibrate --out); no hidden states, so no activation alignment or router fit'),

@@ -15,6 +15,7 @@
  * time), so memory is one layer during the pass and one group during the write. `--shard i/n` writes only layers
  * l with l % n = i; it needs --stats or --plan, because a sequential plan is one pass through all layers.
  */
+import { calibFormat } from '../pipeline/fields.js';
 import { writeFile } from 'node:fs/promises';
 import type { z } from 'zod';
 import { join } from 'node:path';
@@ -298,7 +299,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
     } else {
       await initBackend(req.backend);
       if (req.threads !== undefined) await setThreads(req.threads);
-      const windows = await loadWindows(model.dir, req.calib!, { maxTokens: req.calibTokens, seqLen: req.seqLen });
+      const windows = await loadWindows(model.dir, req.calib!, { maxTokens: req.calibTokens, seqLen: req.seqLen, format: calibFormat(req) });
       pass = { tokens: windows.reduce((a, w) => a + w.length, 0), seqLen: windows[0]?.length ?? 0 };
       plan = await planSequential(model, req, choices, opts, windows);
       source = 'calib';
