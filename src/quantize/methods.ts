@@ -18,7 +18,12 @@ export const QUANTIZERS = [
 export type Method = (typeof QUANTIZERS)[number]['name'];
 export const METHOD_NAMES = QUANTIZERS.map((m) => m.name) as [Method, ...Method[]];
 
-export const GRANULARITIES = ['expert', 'layer'] as const;
+/**
+ * expert: one expert (its three projections); projection: one projection of all experts of a layer (GGUF's
+ * unit; before 2026-12 this was called 'layer'); layer: all experts and all three projections of a MoE layer
+ * (vLLM's unit: one fused module, one scheme).
+ */
+export const GRANULARITIES = ['expert', 'projection', 'layer'] as const;
 export type Granularity = (typeof GRANULARITIES)[number];
 
 /**

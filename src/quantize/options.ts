@@ -28,7 +28,7 @@ export const QUANTIZE_OPTIONS = z.object({
   method: field(z.enum(METHOD_NAMES).default('gptq'), { help: 'quantizer (see Methods below)', arg: 'm' }),
   format: field(z.enum(OUTPUT_FORMAT_NAMES).default('gptq'), { help: 'output format (see Formats below)', arg: 'name' }),
   granularity: field(z.enum(GRANULARITIES).default('expert'), {
-    help: "allocation unit: expert, or layer (all experts of a layer's projection share bits: what vLLM fused MoE and GGUF can serve)",
+    help: "allocation unit: expert; projection (one projection of all experts of a layer: GGUF's unit; was 'layer' before 2026-12); layer (all experts and all three projections of a MoE layer: vLLM's fused-MoE unit)",
     arg: 'g',
   }),
   candidates: field(z.array(widthOrType()).nonempty().optional(), {

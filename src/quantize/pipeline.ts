@@ -2,7 +2,8 @@
  * `moe quantize`: score -> plan -> apply -> write -> report.
  *
  * - score: one calibration forward pass. At each MoE layer, every allocation unit (an expert, or with
- *   --granularity layer one projection of all the layer's experts) is quantized at every candidate width with
+ *   --granularity projection one projection of all the layer's experts, or with --granularity layer all experts
+ *   and projections of the layer) is quantized at every candidate width with
  *   the quantizer that will be applied (GPTQ from the tokens routed to the expert, or RTN), and its error is the
  *   MoE block's output error on those tokens, g^2 ||f_q(x) - f(x)||^2 averaged per routed token. MC-MoE's
  *   importance weights it: loss = f^a * w^beta * q (f = routing frequency, w = summed router probability, both
@@ -21,25 +22,22 @@
  *   pass: each layer's packed tensors are handed to the writer as they are produced (handoff.ts), so about one
  *   layer of output is in memory. --shard i/n writes only layers l % n == i plus a manifest for moe assemble.
  */
-import { writeFile } from 'node:fs/promises';
 import type { z } from 'zod';
-import { join } from 'node:path';
 import type { Progress } from '../cli/progress.js';
 import { loadWindowSet } from '../data/windows.js';
 import { fail } from '../errors.js';
 import { stagingDirFor } from '../io/output.js';
 import { loadLinear } from '../model/load.js';
-import { openModel, type Model } from '../model/open.js';
-import { savePlan, loadPlan, modelFingerprint } from '../model/planfile.js';
+import type { Model } from '../model/open.js';
+import { modelFingerprint } from '../model/planfile.js';
 import { layerOfTensor, rewriteCheckpoint, type NewTensor, type RewriteResult, type TensorFate } from '../model/rewrite.js';
 import { shardOwner } from '../model/shard.js';
 import type { MoeLayerInput, StreamCheckpoint, SwiGLUWeights } from '../runtime/api.js';
-import { setThreads } from '../runtime/pool.js';
-import { initBackend } from '../runtime/backend.js';
 import { streamModel } from '../runtime/stream.js';
 import { allocate, type AllocResult, type AllocUnit } from '../alloc/knapsack.js';
 import { quantizeRtn } from '../../kernels/quant/rtn.js';
 import type { QuantBits, QuantizedLinear } from '../../kernels/quant/types.js';
+import type { Granularity } from './methods.js';
 import {
   activate,
   linearT,
@@ -58,11 +56,13 @@ import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, t
 import { LayerHandoff, type WriterInfo } from './handoff.js';
 import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from './resume.js';
 import { quantizeMemory } from './memory.js';
+import { refuseQuantized, refuseQuantizedDir } from './input.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
 import { checkPlan, type QuantizePlan } from './saved.js';
 import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, gptqWidths, type QUANTIZE_OPTIONS, QUANTIZE_SPEC, type QuantizeOptions } from './options.js';
 import { DEFAULT_CALIB_TOKENS } from '../pipeline/fields.js';
-import { checkModelOptions, parseOptions, prepare } from '../pipeline/validate.js';
+import { parseOptions } from '../pipeline/validate.js';
+import { runPipeline, type PipelineRun } from '../pipeline/engine.js';
 
 /**
  * What a caller gives: the options (src/quantize/options.ts, the same for the command line and recipes) plus, for
@@ -83,9 +83,9 @@ export { DEFAULT_CALIB_TOKENS, DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS };
 export interface Unit {
   id: string;
   layer: number;
-  /** expert granularity: the expert; layer granularity: undefined */
+  /** expert granularity: the expert; projection and layer granularity: undefined */
   expert?: number;
-  /** layer granularity: the projection */
+  /** projection granularity: the projection */
   proj?: Proj;
   /** linears whose bits the unit's choice sets */
   free: LinearDecision[];
@@ -145,13 +145,13 @@ const linBytes = (d: LinearDecision, b: QuantBits | 'keep', gs: number) => decis
  * --bits closely even on models with few experts (and down_proj is the projection most sensitive to bits).
  * Widths a free linear's shape cannot pack are dropped for the unit.
  */
-export function buildUnits(decisions: readonly LinearDecision[], granularity: 'expert' | 'layer', candidates: QuantBits[], mixedDown = true): Unit[] {
+export function buildUnits(decisions: readonly LinearDecision[], granularity: Granularity, candidates: QuantBits[], mixedDown = true): Unit[] {
   const experts = decisions.filter((d) => d.cls === 'expert');
   const groups = new Map<string, LinearDecision[]>();
   for (const d of experts) {
-    // layer granularity: gate and up packed into one GPTQ module (fused gate_up) are one unit, as one width
+    // projection granularity: gate and up packed into one GPTQ module (fused gate_up) are one unit, as one width
     const proj = d.fused?.pack && d.proj !== 'down' ? 'gate_up' : d.proj;
-    const key = granularity === 'expert' ? `L${d.layer}.E${d.expert}` : `L${d.layer}.${proj}`;
+    const key = granularity === 'expert' ? `L${d.layer}.E${d.expert}` : granularity === 'projection' ? `L${d.layer}.${proj}` : `L${d.layer}`;
     if (!groups.has(key)) groups.set(key, []);
     groups.get(key)!.push(d);
   }
@@ -175,7 +175,8 @@ export function buildUnits(decisions: readonly LinearDecision[], granularity: 'e
         options.push(o);
       }
     });
-    units.push({ id, layer: ds[0]!.layer, ...(granularity === 'expert' ? { expert: ds[0]!.expert! } : { proj: ds[0]!.proj! }), free, fixed, options });
+    const at = granularity === 'expert' ? { expert: ds[0]!.expert! } : granularity === 'projection' ? { proj: ds[0]!.proj! } : {};
+    units.push({ id, layer: ds[0]!.layer, ...at, free, fixed, options });
   }
   return units;
 }
@@ -233,26 +234,34 @@ function projBits(exp: readonly LinearDecision[], choose: (d: LinearDecision) =>
   return pb;
 }
 
+const QUANTIZE_PIPELINE = {
+  tool: 'quantize',
+  spec: QUANTIZE_SPEC,
+  reportFile: REPORT_FILE,
+  checkModel: (model: Model, o: { model: string }) => refuseQuantized(model.ckpt.config, o.model),
+} as const;
+
 export async function quantize(request: QuantizeRequest): Promise<QuantizeReport> {
   const t0 = performance.now();
-  const req: QuantizeRun = await prepare(QUANTIZE_SPEC, request);
-  if (req.format === 'gguf') {
+  let v: ReturnType<typeof derive>;
+  return runPipeline(QUANTIZE_PIPELINE, request, (r) => run(r, v, t0), {
     // llama.cpp's block types, one per tensor: a pipeline of its own (src/gguf/quantize.ts)
-    const { quantizeGguf } = await import('../gguf/quantize.js');
-    return (await quantizeGguf(req, t0)) as unknown as QuantizeReport;
-  }
-  const v = derive(req);
-  registerGptqFormat();
-  const model = await openModel(req.model);
-  try {
-    checkModelOptions(req, model.view);
-    return await run(model, req, v, t0);
-  } finally {
-    await model.ckpt.close();
-  }
+    divert: (o) =>
+      o.format === 'gguf'
+        ? refuseQuantizedDir(o.model).then(async () => {
+            const { quantizeGguf } = await import('../gguf/quantize.js');
+            return (await quantizeGguf(o, t0)) as unknown as QuantizeReport;
+          })
+        : undefined,
+    before: (o) => {
+      v = derive(o);
+      registerGptqFormat();
+    },
+  });
 }
 
-async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>, t0: number): Promise<QuantizeReport> {
+async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t0: number): Promise<QuantizeReport> {
+  const { model, o: req } = pr;
   const { view, ckpt } = model;
   if (view.moeLayers.length === 0) fail('UnsupportedArchitecture', `${req.model} has no MoE layers: nothing to allocate`);
   const decisions = decide(view, ckpt, {
@@ -266,7 +275,7 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
   const units = buildUnits(decisions, v.granularity, v.candidates, v.mixedDown);
   const expertParams = expertDecisions.reduce((a, d) => a + d.params, 0);
   const gs = v.groupSize;
-  // linears of routed experts not in any unit (layer granularity: fixed/kept projections) cost a constant
+  // linears of routed experts not in any unit (projection/layer granularity: fixed/kept projections) cost a constant
   const inUnits = new Set(units.flatMap((u) => [...u.free, ...u.fixed]).map((d) => d.tensor));
   const constBits = expertDecisions.filter((d) => !inUnits.has(d.tensor)).reduce((a, d) => a + 8 * linBytes(d, d.bits as QuantBits | 'keep', gs), 0);
   const budget = v.bits * expertParams - constBits;
@@ -292,7 +301,7 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
   const needScores = units.some((u) => u.options.length > 1);
   let loaded: { plan: QuantizePlan; choice: number[] } | undefined;
   if (req.plan) {
-    const plan = await loadPlan<QuantizePlan>(req.plan, 'quantize', ckpt, v.planSettings);
+    const plan = (await pr.loadPlan<QuantizePlan>(v.planSettings))!;
     loaded = { plan, choice: checkPlan(req.plan, plan, { units, decisions, finalBits: finalBitsOf }) };
   }
   if (req.shard && needScores && !loaded) {
@@ -329,8 +338,7 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
   let calibTokens = 0;
   let seqLen = 0;
   // kernels run on tfjs with or without calibration (round-to-nearest at write time too)
-  await initBackend(req.backend);
-  if (req.threads !== undefined) await setThreads(req.threads);
+  await pr.startBackend();
   // round-to-nearest needs no activations: calibration is read only to score, or for GPTQ
   if (req.calib && (scoring || v.method === 'gptq')) {
     const set = await loadWindowSet(req.model, req.calib, { seqLen: req.seqLen, maxTokens: req.calibTokens });
@@ -367,7 +375,7 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
   // ---- score
   const losses: number[][] = units.map((u) => u.options.map(() => 0));
   const unitIndex = new Map(units.map((u, i) => [u.id, i]));
-  // layer granularity: each layer's units in order, and the unit each free linear belongs to
+  // projection/layer granularity: each layer's units in order, and the unit each free linear belongs to
   const layerUnits = new Map<number, number[]>();
   const unitOf = new Map<string, number>();
   units.forEach((u, i) => {
@@ -478,7 +486,7 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
     linears: Object.fromEntries(decisions.map((d) => [d.tensor, finalBits(d)])),
     solver: { optimal: alloc.optimal, gap: alloc.gap, loss: alloc.loss, solveMs: alloc.solveMs },
   };
-  if (req.savePlan) await savePlan(req.savePlan, 'quantize', ckpt, v.planSettings, planFile);
+  await pr.savePlan(v.planSettings, planFile);
 
   const gptqLayers = windows ? gptqLayersOf(finalBits) : [];
   const memory = quantizeMemory({
@@ -584,7 +592,7 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
   }
   const qc = quantizationConfig(modQuant, unquantized, { groupSize: gs, sym: v.settings.sym, actOrder: v.settings.actOrder, damp: v.settings.damp });
   const rewritePlan = { fates, config: { quantization_config: qc } };
-  const shardSpec = req.shard && { ...req.shard, plan: { units: planFile.units.map((u) => [u.id, u.choice]), linears: planFile.linears } };
+  const shardSpec = pr.shard({ units: planFile.units.map((u) => [u.id, u.choice]), linears: planFile.linears });
 
   let applyMs = 0;
   let writeMs = 0;
@@ -758,6 +766,5 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
     ...(req.savePlan ? { planSaved: req.savePlan } : {}),
     ...(fusedLayout && !('refuse' in fusedLayout) ? { fusedExperts: describeFusedExperts(ckpt, view, fusedLayout) } : {}),
   });
-  if (!req.dryRun && req.out) await writeFile(join(req.out, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
   return report;
 }

@@ -93,7 +93,10 @@ export const PIPELINE_CASES: GoldenCase[] = [
     ],
   },
   { name: 'quantize-gptq-2.5', steps: [['quantize', ...M, '--bits', '2.5', ...T, '--out', '$W/out']] },
-  { name: 'quantize-gptq-layer-3', steps: [['quantize', ...M, '--bits', '3', '--granularity', 'layer', '--candidates', '2,3,4', ...T, '--out', '$W/out']] },
+  {
+    name: 'quantize-gptq-projection-3',
+    steps: [['quantize', ...M, '--bits', '3', '--granularity', 'projection', '--candidates', '2,3,4', ...T, '--out', '$W/out']],
+  },
   {
     name: 'quantize-gptq-sym-actorder-g64',
     steps: [['quantize', ...M, '--bits', '3.6', '--candidates', '3', '--sym', '--act-order', '--group-size', '64', ...T, '--out', '$W/out']],
@@ -109,9 +112,9 @@ export const PIPELINE_CASES: GoldenCase[] = [
   {
     name: 'quantize-plan-shards',
     steps: [
-      ['quantize', ...M, '--bits', '3', '--granularity', 'layer', ...T, '--dry-run', '--save-plan', '$W/plan.json'],
-      ['quantize', ...M, '--bits', '3', '--granularity', 'layer', ...T, '--plan', '$W/plan.json', '--shard', '0/2', '--out', '$W/p0'],
-      ['quantize', ...M, '--bits', '3', '--granularity', 'layer', ...T, '--plan', '$W/plan.json', '--shard', '1/2', '--out', '$W/p1'],
+      ['quantize', ...M, '--bits', '3', '--granularity', 'projection', ...T, '--dry-run', '--save-plan', '$W/plan.json'],
+      ['quantize', ...M, '--bits', '3', '--granularity', 'projection', ...T, '--plan', '$W/plan.json', '--shard', '0/2', '--out', '$W/p0'],
+      ['quantize', ...M, '--bits', '3', '--granularity', 'projection', ...T, '--plan', '$W/plan.json', '--shard', '1/2', '--out', '$W/p1'],
       ['assemble', '$W/p0', '$W/p1', '--out', '$W/out'],
     ],
   },

@@ -295,9 +295,9 @@ describe('quantize -> dequantize of fused experts', () => {
     }
   });
 
-  it('layer granularity: gate and up of a packed module are one unit with one width', async () => {
+  it('projection granularity: gate and up of a packed module are one unit with one width', async () => {
     const src = await tiny('gptoss-layer', 'gpt_oss');
-    const rep = await quantize(request(src, join(root, 'gptoss-layer-q'), { granularity: 'layer', bits: 3.5 }));
+    const rep = await quantize(request(src, join(root, 'gptoss-layer-q'), { granularity: 'projection', bits: 3.5 }));
     expect(rep.units.map((u) => u.id).filter((id) => id.startsWith('L0.'))).toEqual(['L0.gate_up', 'L0.down']);
     for (const l of rep.bitMap) for (const e of l.experts) expect(e[0]).toBe(e[1]);
   });

@@ -140,12 +140,21 @@ describe('moe quantize on a tiny Mixtral', () => {
     expect(rep.bitMap[0]!.experts[0]).toEqual([8, 8, 8]);
   });
 
-  it("--granularity layer: every expert of a layer shares each projection's width", async () => {
-    const rep = await quantize(base('lay', { granularity: 'layer', bits: 4.5, method: 'rtn' }));
+  it("--granularity projection: every expert of a layer shares each projection's width", async () => {
+    const rep = await quantize(base('lay', { granularity: 'projection', bits: 4.5, method: 'rtn' }));
     expect(rep.solver.units).toBe(6);
     for (const l of rep.bitMap) for (let k = 0; k < 3; k++) expect(new Set(l.experts.map((e) => e[k])).size).toBe(1);
     expect(rep.bpw.experts).toBeLessThanOrEqual(4.5);
     expect(rep.units.every((u) => !u.bits.includes('+'))).toBe(true);
+  });
+
+  it('--granularity layer: all experts and all projections of a layer share one width', async () => {
+    const rep = await quantize(base('lay1', { granularity: 'layer', bits: 5.5, candidates: [2, 4, 8], method: 'rtn', dryRun: true, out: undefined }));
+    expect(rep.solver.units).toBe(2);
+    for (const l of rep.bitMap) expect(new Set(l.experts.flat()).size).toBe(1);
+    // two layers at 2/4/8 under 5.5 true bpw (group 32: 4 bits cost about 5.3, 8 bits about 9.5): only 4+4 or one layer at 2
+    expect(rep.bitMap.map((l) => l.experts[0]![0])).toEqual([4, 4]);
+    expect(rep.bpw.experts).toBeCloseTo(5.2917, 4);
   });
 
   it('refuses an impossible budget with the achievable range', async () => {

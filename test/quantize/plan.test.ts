@@ -57,10 +57,16 @@ describe('plan', () => {
     const at = (g: 2 | 4, d: 2 | 4) => 8 * (2 * gptqBytes(48, 32, spec(g)) + gptqBytes(32, 48, spec(d)));
     expect(unitCostBits(units[0]!, units[0]!.options[0]!, 32)).toBe(at(2, 2));
     expect(unitCostBits(units[0]!, units[0]!.options[1]!, 32)).toBe(at(2, 4));
+    const proj = buildUnits(ds, 'projection', [2, 3, 4]);
+    expect(proj.map((u) => u.id)).toEqual(['L0.gate', 'L0.up', 'L0.down', 'L1.gate', 'L1.up', 'L1.down']);
+    expect(proj[0]!.free).toHaveLength(4);
+    expect(proj[0]!.options.map((o) => o.label)).toEqual(['2', '4']);
+    // layer: every expert and every projection of the layer is one unit with one width (vLLM's fused module)
     const layer = buildUnits(ds, 'layer', [2, 3, 4]);
-    expect(layer.map((u) => u.id)).toEqual(['L0.gate', 'L0.up', 'L0.down', 'L1.gate', 'L1.up', 'L1.down']);
-    expect(layer[0]!.free).toHaveLength(4);
+    expect(layer.map((u) => u.id)).toEqual(['L0', 'L1']);
+    expect(layer[0]!.free).toHaveLength(12);
     expect(layer[0]!.options.map((o) => o.label)).toEqual(['2', '4']);
+    expect(unitCostBits(layer[0]!, layer[0]!.options[1]!, 32)).toBe(4 * at(4, 4));
   });
 
   it('writes a dynamic config that gives every module its bits and excludes the router', () => {
