@@ -14,6 +14,7 @@ import { writeExpertEdit, type ExpertEditPlan } from '../model/rewrite.js';
 import { getMethod, type PruneMethod } from './methods.js';
 import { checkKeep, keepFromRatio, keptFromScores, layerPlan, type LayerPlan, type PrunePlan } from './plan.js';
 import type { ReconstructOptions } from './reconstruct.js';
+import type { RefitReport, RouterRows } from './refit.js';
 import { seededRandom } from '../../kernels/random.js';
 import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from './sizes.js';
 import { estimatePeak, maxEstimate, streamedPassParts, writerBytes, type MemoryEstimate } from '../runtime/memory.js';
@@ -38,6 +39,8 @@ export interface LayerReport extends LayerPlan {
   relError?: number;
   search?: 'exact' | 'beam';
   subsetsEvaluated?: number;
+  /** --refit-router: whether the refit rows were kept, and the layer's output error with own and refit rows */
+  refit?: RefitReport;
 }
 
 export interface PruneReport {
@@ -200,8 +203,19 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
       }
       await save(settings, layers);
 
+      let refitted = new Map<number, RouterRows>();
+      if (req.refitRouter) {
+        const g = view.routing.groups;
+        if (g && g.nGroup > 1) fail('Usage', `--refit-router: ${view.family} routes within ${g.nGroup} expert groups, which the refit does not handle`);
+        const { refitRouters } = await import('./refit.js');
+        refitted = (await refitRouters(model, req, layers)).rows;
+      }
       const edit: ExpertEditPlan = {
-        layers: layers.map((l) => ({ layer: l.layer, experts: l.kept.map((j) => ({ from: j })) })),
+        layers: layers.map((l) => ({
+          layer: l.layer,
+          experts: l.kept.map((j) => ({ from: j })),
+          ...(refitted.has(l.layer) ? { router: refitted.get(l.layer)! } : {}),
+        })),
         groups: groups && { nGroup: groups.nGroup, topkGroup: groups.topkGroup },
       };
       const before = checkpointSizes(model.ckpt, view);
