@@ -50,6 +50,8 @@ export interface PipelineDef<S extends z.ZodObject> {
   reportFile: string;
   /** start the tensor backend before the model opens (the pipeline needs it whatever the options) */
   backendFirst?: boolean;
+  /** checks of the opened model that refuse the run before any work (e.g. quantize: an already-quantized input) */
+  checkModel?: (model: Model, o: z.output<S> & CommonRun) => void;
 }
 
 /** What a pipeline's body gets: its validated options, the open model, and the shared steps. */
@@ -109,6 +111,7 @@ export async function runPipeline<S extends z.ZodObject, R>(
   const model = await openModel(o.model);
   try {
     checkModelOptions(o, model.view);
+    def.checkModel?.(model, o);
     const run: PipelineRun<typeof o> = {
       o,
       model,

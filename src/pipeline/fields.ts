@@ -49,7 +49,7 @@ export const int = (min: number, max?: number) => {
   return max === undefined ? s : s.max(max);
 };
 
-export const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export const BACKENDS = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
 
 /**
  * The options most commands share, as factories so each command can word its help. They are ordinary fields:

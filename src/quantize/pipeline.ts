@@ -28,6 +28,7 @@ import { loadWindowSet } from '../data/windows.js';
 import { fail } from '../errors.js';
 import { stagingDirFor } from '../io/output.js';
 import { loadLinear } from '../model/load.js';
+import type { Model } from '../model/open.js';
 import { modelFingerprint } from '../model/planfile.js';
 import { layerOfTensor, rewriteCheckpoint, type NewTensor, type RewriteResult, type TensorFate } from '../model/rewrite.js';
 import { shardOwner } from '../model/shard.js';
@@ -55,6 +56,7 @@ import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, t
 import { LayerHandoff, type WriterInfo } from './handoff.js';
 import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from './resume.js';
 import { quantizeMemory } from './memory.js';
+import { refuseQuantized, refuseQuantizedDir } from './input.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
 import { checkPlan, type QuantizePlan } from './saved.js';
 import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, gptqWidths, type QUANTIZE_OPTIONS, QUANTIZE_SPEC, type QuantizeOptions } from './options.js';
@@ -232,7 +234,12 @@ function projBits(exp: readonly LinearDecision[], choose: (d: LinearDecision) =>
   return pb;
 }
 
-const QUANTIZE_PIPELINE = { tool: 'quantize', spec: QUANTIZE_SPEC, reportFile: REPORT_FILE } as const;
+const QUANTIZE_PIPELINE = {
+  tool: 'quantize',
+  spec: QUANTIZE_SPEC,
+  reportFile: REPORT_FILE,
+  checkModel: (model: Model, o: { model: string }) => refuseQuantized(model.ckpt.config, o.model),
+} as const;
 
 export async function quantize(request: QuantizeRequest): Promise<QuantizeReport> {
   const t0 = performance.now();
@@ -241,7 +248,10 @@ export async function quantize(request: QuantizeRequest): Promise<QuantizeReport
     // llama.cpp's block types, one per tensor: a pipeline of its own (src/gguf/quantize.ts)
     divert: (o) =>
       o.format === 'gguf'
-        ? import('../gguf/quantize.js').then(async ({ quantizeGguf }) => (await quantizeGguf(o, t0)) as unknown as QuantizeReport)
+        ? refuseQuantizedDir(o.model).then(async () => {
+            const { quantizeGguf } = await import('../gguf/quantize.js');
+            return (await quantizeGguf(o, t0)) as unknown as QuantizeReport;
+          })
         : undefined,
     before: (o) => {
       v = derive(o);
