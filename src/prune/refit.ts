@@ -20,6 +20,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { cholesky } from '../../kernels/linalg/cholesky.js';
 import { solveLower, solveLowerT } from '../../kernels/linalg/triangular.js';
 import { loadWindows } from '../data/windows.js';
+import { allocationReport, errorCurve, type AllocationReport } from '../merge/allocate.js';
 import { decideTokens, LayerError, pruneGroups } from '../merge/decide.js';
 import { signalsFromInput } from '../merge/signals.js';
 import type { Model } from '../model/open.js';
@@ -211,4 +212,43 @@ export async function refitRouters(model: Model, req: PruneRun, layers: LayerRep
   });
   phase?.succeed(`refit-router: ${out.size} of ${layers.length} layers refitted`);
   return { rows: out, tokens };
+}
+
+/**
+ * --keep-per-layer auto: one pass over the unpruned model on calibration text; per MoE layer the output-error curve
+ * of keeping its n best experts by the method's scores (n = top-k .. E), then the knapsack at the same total.
+ */
+export async function perLayerReport(model: Model, req: PruneRun, layers: LayerReport[], keep: number): Promise<AllocationReport> {
+  await initBackend(req.backend);
+  if (req.threads !== undefined) await setThreads(req.threads);
+  const windows = await loadWindows(model.dir, req.calib!, {
+    ...(req.calibTokens !== undefined ? { maxTokens: req.calibTokens } : {}),
+    ...(req.seqLen !== undefined ? { seqLen: req.seqLen } : {}),
+  });
+  const byLayer = new Map(layers.map((l) => [l.layer, l]));
+  const rule = model.view.routing;
+  const act = model.view.forward.activation;
+  const curves: number[][] = [];
+  const phase = req.progress?.phase('keep-per-layer: error curves layer by layer');
+  await streamModel(model, windows, {
+    onMoeLayer(input) {
+      const l = byLayer.get(input.layer.index)!;
+      const E = input.experts.length;
+      const le = new LayerError({
+        x: input.x,
+        T: input.T,
+        H: input.hidden,
+        routing: input.routing,
+        experts: input.experts,
+        rule,
+        activation: act,
+        maxTokens: decideTokens(E, 0, input.hidden),
+      });
+      curves.push(errorCurve(le, Float64Array.from(l.scores), input.experts, input.router, input.hidden, rule.topK));
+      phase?.tick(curves.length, model.view.moeLayers.length, 'layers');
+      return undefined;
+    },
+  });
+  phase?.succeed(`keep-per-layer: ${curves.length} layers measured`);
+  return allocationReport(model.view.moeLayers, curves, keep, rule.topK);
 }
