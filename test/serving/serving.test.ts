@@ -15,6 +15,7 @@ import { openModel } from '../../src/model/open.js';
 import { dequantizeCheckpoint } from '../../src/quantize/dequantize.js';
 import { quantize, type QuantizeRequest } from '../../src/quantize/pipeline.js';
 import { initBackend } from '../../src/runtime/backend.js';
+import { setThreads } from '../../src/runtime/pool.js';
 import { dequantize, quantizeRtn } from '../../kernels/quant/rtn.js';
 import { makeTinyCheckpoint, type Family } from '../helpers/families.js';
 import { ctScheme, decodeCt, decodeGptq, readSafetensors } from './decode.js';
@@ -103,6 +104,8 @@ describe('compressed-tensors on the trained fixture', () => {
     const deq = join(root, 'ct-deq');
     const d = await dequantizeCheckpoint({ model: out, out: deq, dtype: 'F32' });
     expect(d.modules).toBe(4 * 8 * 3 + 16);
+    // two threads: the lm_head ranges run on workers, which open the quantized checkpoint themselves
+    await setThreads(2);
     const a = await evaluate({ model: out, data: heldout, seqLen: 128, maxTokens: 4096 });
     const b = await evaluate({ model: deq, data: heldout, seqLen: 128, maxTokens: 4096 });
     expect(Math.abs(a.perplexity / b.perplexity - 1)).toBeLessThan(1e-6);
