@@ -6,6 +6,7 @@
  */
 import { type Command, Option } from 'commander';
 import { createProgress } from '../cli/progress.js';
+import { deferPublish } from '../io/output.js';
 import { count, number, shard, wholeNumber } from '../cli/options.js';
 import { DATA_NEEDS, type AnyCommand } from './descriptor.js';
 import { commandOptions, type OptionInfo } from './schema.js';
@@ -106,7 +107,8 @@ export function registerCommand(program: Command, d: AnyCommand): Command {
     const json = !!given.json;
     const quiet = !!given.quiet;
     const progress = createProgress({ quiet, json });
-    const report = await d.run({ ...raw, progress }, { args, progress });
+    // the report is written into the staged output and only a complete output is published (src/io/output.ts)
+    const report = await deferPublish(() => d.run({ ...raw, progress }, { args, progress }));
     if (json) process.stdout.write(JSON.stringify(d.json ? d.json(report) : report, null, 2) + '\n');
     else {
       const text = d.print?.(report, { ...raw, json, quiet });

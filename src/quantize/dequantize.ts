@@ -7,6 +7,7 @@
  */
 import { fail } from '../errors.js';
 import { fromF32, type Dtype } from '../io/dtype.js';
+import { writeReport } from '../io/output.js';
 import { loadLinear, transpose, formatOf } from '../model/load.js';
 import { openModel, type Model } from '../model/open.js';
 import { rewriteCheckpoint, type NewTensor, type TensorFate } from '../model/rewrite.js';
@@ -27,6 +28,8 @@ export interface DequantizeRequest {
   dryRun?: boolean;
   progress?: Progress;
 }
+
+export const DEQUANTIZE_REPORT_FILE = 'moe-dequantize-report.json';
 
 export interface DequantizeReport {
   tool: 'moe dequantize';
@@ -154,7 +157,7 @@ export async function dequantizeCheckpoint(req: DequantizeRequest): Promise<Dequ
       const i = ckpt.info(n);
       return a + (i.end - i.begin);
     }, 0);
-    return {
+    const report: DequantizeReport = {
       tool: 'moe dequantize',
       model: req.model,
       ...(req.out ? { out: req.out } : {}),
@@ -164,6 +167,9 @@ export async function dequantizeCheckpoint(req: DequantizeRequest): Promise<Dequ
       afterBytes: res.totalBytes,
       dryRun: !!req.dryRun,
     };
+    // every output holds its report: it is what marks a directory as moe's (what --force may replace)
+    if (!req.dryRun && req.out) await writeReport(req.out, DEQUANTIZE_REPORT_FILE, report);
+    return report;
   } finally {
     await model.ckpt.close();
   }
