@@ -34,6 +34,7 @@ export const MERGE_OPTIONS = z.object({
     arg: 'm',
   }),
   calib: common.calib('calibration text: sequential merging in one forward pass, each layer measured through the merged layers before it'),
+  calibIds: common.calibIds(),
   calibTokens: common.calibTokens(),
   seqLen: common.seqLen(),
   stats: common.stats('saved calibration statistics of the unmerged model (moe calibrate --out); no hidden states, so no activation alignment or router fit'),

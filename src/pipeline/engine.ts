@@ -15,14 +15,14 @@
  * the shard payload of the writer's manifest, and hidden-state resume after the last completed layer
  * (src/pipeline/resume.ts) for forward-pass methods.
  */
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { z } from 'zod';
 import type { Progress } from '../cli/progress.js';
 import { loadWindows } from '../data/windows.js';
+import { writeReport as writeOutputReport } from '../io/output.js';
 import { openModel, type Model } from '../model/open.js';
 import { loadPlan, savePlan, type PlanTool } from '../model/planfile.js';
 import type { OptionSpec } from './descriptor.js';
+import { calibFormat } from './fields.js';
 import { checkModelOptions, prepare } from './validate.js';
 
 /** The options every pipeline has (src/pipeline/fields.ts `common`), as the engine reads them. */
@@ -30,6 +30,8 @@ export interface CommonRun {
   model: string;
   out?: string;
   calib?: string;
+  /** --calib-ids: --calib then holds this path, read as token ids (src/pipeline/validate.ts) */
+  calibIds?: string;
   calibTokens?: number;
   seqLen?: number;
   backend?: 'auto' | 'tensorflow' | 'wasm' | 'cpu';
@@ -82,9 +84,12 @@ async function startBackend(o: CommonRun): Promise<void> {
   if (o.threads !== undefined) await (await import('../runtime/pool.js')).setThreads(o.threads);
 }
 
-/** The report file of a run: pretty JSON, one trailing newline. */
+/**
+ * The report file of a run: pretty JSON, one trailing newline, written into the staged output, which is published
+ * only then, report included (src/io/output.ts writeReport).
+ */
 export async function writeReport(out: string, file: string, report: unknown): Promise<void> {
-  await writeFile(join(out, file), JSON.stringify(report, null, 2) + '\n');
+  await writeOutputReport(out, file, report);
 }
 
 /**
@@ -118,7 +123,7 @@ export async function runPipeline<S extends z.ZodObject, R>(
       started,
       seconds: () => (Date.now() - started) / 1000,
       startBackend: () => startBackend(o),
-      windows: () => loadWindows(model.dir, o.calib!, { maxTokens: o.calibTokens, seqLen: o.seqLen }),
+      windows: () => loadWindows(model.dir, o.calib!, { maxTokens: o.calibTokens, seqLen: o.seqLen, format: calibFormat(o) }),
       loadPlan: async <T>(settings: Record<string, unknown>) => (o.plan ? loadPlan<T>(o.plan, def.tool, model.ckpt, settings) : undefined),
       savePlan: async (settings, plan) => {
         if (o.savePlan) await savePlan(o.savePlan, def.tool, model.ckpt, settings, plan);
