@@ -24,7 +24,10 @@ function parserOf(info: OptionInfo): ((v: string, prev: any) => any) | undefined
     case 'number':
       return number(f);
     case 'enum':
-      return info.choices?.every((c) => typeof c === 'number') ? number(f) : undefined;
+      if (info.choices?.every((c) => typeof c === 'number')) return number(f);
+      // widths or names (--dense-bits 4 or q4_k): digits are the number choice, as in lists below
+      if (info.choices?.some((c) => typeof c === 'number')) return (v: string) => (/^\s*\d+\s*$/.test(v) ? Number(v) : v.trim().toLowerCase());
+      return undefined;
     case 'list':
       // whole numbers; where the choices also have names (--candidates q4_k,q5_k with --format gguf), those in any case
       return info.choices?.some((c) => typeof c === 'string')
