@@ -5,7 +5,7 @@
  * Statistics of runs over different text sum into one (data-parallel calibration): sumStats.
  */
 import { createHash } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fail } from '../errors.js';
 import { DTYPE_BYTES } from '../io/dtype.js';
@@ -131,6 +131,9 @@ async function writeOut(dir: OutputDir, name: string, data: Uint8Array | string)
   }
 }
 
+/** stats.json lists arrays and scalars: a few KB per layer. */
+const MAX_STATS_JSON_BYTES = 64 * 2 ** 20;
+
 function bad(dir: string, msg: string): never {
   fail('InvalidStats', `${dir}: ${msg}`);
 }
@@ -150,6 +153,12 @@ async function readArray(dir: string, e: unknown, dtype: 'F64' | 'F32', shape: n
   }
   const n = shape.reduce((a, b) => a * b, 1);
   const width = dtype === 'F64' ? 8 : 4;
+  // the size stat'ed first: a FIFO would block, /dev/zero would grow memory without bound, a file larger than its
+  // entry declares is not read at all
+  const st = await stat(join(dir, ent.file)).catch(() => undefined);
+  if (!st) bad(dir, `${what}: file ${ent.file} is missing`);
+  if (!st.isFile()) fail('UnsafePath', `${dir}: ${what}: ${ent.file} is not a regular file; refusing to read it`);
+  if (st.size !== n * width) bad(dir, `${what}: ${ent.file} is ${st.size} bytes, expected ${n * width} (truncated or wrong shape)`);
   let buf: Buffer;
   try {
     buf = await readFile(join(dir, ent.file));
@@ -184,6 +193,9 @@ function checkLayerSums(dir: string, l: LayerStats, topK: number): void {
 
 export async function loadStats(dir: string): Promise<CalibStats> {
   let text: string;
+  const st = await stat(join(dir, 'stats.json')).catch(() => undefined);
+  if (st && !st.isFile()) fail('UnsafePath', `${join(dir, 'stats.json')} is not a regular file; refusing to read it`);
+  if (st && st.size > MAX_STATS_JSON_BYTES) bad(dir, `stats.json is ${st.size} bytes, larger than any statistics header (${MAX_STATS_JSON_BYTES} max)`);
   try {
     text = await readFile(join(dir, 'stats.json'), 'utf8');
   } catch {

@@ -339,7 +339,8 @@ export class OutputDir {
   }
 
   async openWriter(tensors: readonly TensorSpec[], opts?: WriterOptions): Promise<CheckpointWriter> {
-    return CheckpointWriter.create(this.staging, tensors, opts);
+    // every tensor of a command's output is checked for NaN/Inf as it is written (src/io/finite.ts)
+    return CheckpointWriter.create(this.staging, tensors, { ...opts, finiteOnly: true });
   }
 
   /**

@@ -35,6 +35,8 @@ export interface TensorSpec {
 
 export interface WriterOptions {
   maxShardBytes?: number;
+  /** refuse NaN/Inf in any float tensor written (exit 5): every output a command writes (OutputDir.openWriter) */
+  finiteOnly?: boolean;
   metadata?: Record<string, string>;
 }
 
@@ -139,6 +141,7 @@ export class CheckpointWriter {
       dataStarts.push(header.byteLength);
     }
     const w = new CheckpointWriter(dir, shards, handles);
+    w.finiteOnly = !!opts.finiteOnly;
     shards.forEach((shard, i) => {
       let off = 0;
       for (const t of shard) {
@@ -158,6 +161,8 @@ export class CheckpointWriter {
     w.journal = await open(join(dir, JOURNAL_FILE), 'a');
     return w;
   }
+
+  private finiteOnly = false;
 
   /** Tensors found already written (resumed) when the writer was created. */
   resumed = 0;
@@ -188,7 +193,7 @@ export class CheckpointWriter {
       fail('OutputError', `internal plan error: tensor ${quote(name)} is ${bytes.byteLength} bytes, planned ${s.byteLength}`);
     }
     // every byte of an output passes here (copied, produced or assembled): NaN/Inf never reaches a checkpoint
-    checkFiniteOutput(name, bytes, s.dtype);
+    if (this.finiteOnly) checkFiniteOutput(name, bytes, s.dtype);
     await writeFully(this.handles[s.shard]!, bytes, s.offset);
     s.filled = s.byteLength;
     await this.journalDone(name);
@@ -204,7 +209,7 @@ export class CheckpointWriter {
     if (!Number.isSafeInteger(byteOffset) || byteOffset < 0 || byteOffset + bytes.byteLength > s.byteLength) {
       fail('OutputError', `internal plan error: part [${byteOffset}, +${bytes.byteLength}) outside tensor ${quote(name)} of ${s.byteLength} bytes`);
     }
-    checkFiniteOutput(name, bytes, s.dtype, Math.floor(byteOffset / DTYPE_BYTES[s.dtype]));
+    if (this.finiteOnly) checkFiniteOutput(name, bytes, s.dtype, Math.floor(byteOffset / DTYPE_BYTES[s.dtype]));
     await writeFully(this.handles[s.shard]!, bytes, s.offset + byteOffset);
     s.filled += bytes.byteLength;
     if (s.filled === s.byteLength) await this.journalDone(name);

@@ -17,6 +17,8 @@ export async function openModel(dir: string): Promise<Model> {
     checkTensorsPresent(ckpt, view);
     // dtypes and shapes of what every command uses, before any work (exit 3)
     checkModelTensors(ckpt, view);
+    // and every tensor read for compute is checked for NaN/Inf as it is decoded
+    ckpt.finiteOnly = true;
     return { dir, ckpt, view };
   } catch (e) {
     await ckpt.close();

