@@ -123,6 +123,46 @@ describe('worker pool', () => {
     await m.ckpt.close();
   }, 300_000);
 
+  it('quantize (widths scored per expert, GPTQ per expert on the pool) writes the same bytes at --threads 1 and 2', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'moe-pool-q-'));
+    try {
+      for (const granularity of ['expert', 'projection']) {
+        const got: Record<string, string>[] = [];
+        for (const t of [1, 2]) {
+          const out = join(root, `q-${granularity}-${t}`);
+          const r = await runMoe([
+            'quantize',
+            '--model',
+            MODEL,
+            '--bits',
+            '3',
+            '--candidates',
+            '2,3,4',
+            '--granularity',
+            granularity,
+            '--calib',
+            CALIB,
+            '--calib-tokens',
+            '512',
+            '--seq-len',
+            '128',
+            '--threads',
+            String(t),
+            '--out',
+            out,
+            '--quiet',
+          ]);
+          expect(r.code, r.stderr).toBe(0);
+          got.push(await outputFiles(out));
+        }
+        expect(Object.keys(got[0]!).length).toBeGreaterThan(1);
+        expect(got[1]).toEqual(got[0]);
+      }
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  }, 600_000);
+
   it('calibrate and prune --method reap write the same bytes at --threads 1 and 2', async () => {
     const root = await mkdtemp(join(tmpdir(), 'moe-pool-'));
     try {
