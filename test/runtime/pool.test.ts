@@ -65,6 +65,39 @@ describe('worker pool', () => {
     await m.ckpt.close();
   });
 
+  it("a quantize dry run's estimate carries each worker's GPTQ working set and experts in flight", async () => {
+    const est = async (t: number) => {
+      const r = await runMoe([
+        'quantize',
+        '--model',
+        MODEL,
+        '--bits',
+        '3',
+        '--calib',
+        CALIB,
+        '--calib-tokens',
+        '512',
+        '--seq-len',
+        '128',
+        '--threads',
+        String(t),
+        '--dry-run',
+        '--json',
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout).memory as { peakBytes: number; parts: { label: string; bytes: number }[] };
+    };
+    const one = await est(1);
+    const two = await est(2);
+    const gptq = (m: typeof one) => m.parts.find((p) => /^GPTQ/.test(p.label))!;
+    expect(gptq(one).label).not.toMatch(/per worker/);
+    expect(gptq(two).label).toMatch(/\(one per worker thread, 2\)$/);
+    expect(gptq(two).bytes).toBe(2 * gptq(one).bytes);
+    expect(two.parts.some((p) => p.label === '2 worker threads (isolate + tensor backend each)')).toBe(true);
+    expect(two.peakBytes).toBeGreaterThan(one.peakBytes + 60 * 2 ** 20);
+    await setThreads(1);
+  }, 300_000);
+
   it('an expert task gives the same bytes on a worker as inline, in input order', async () => {
     await initBackend('wasm');
     const m = await openModel(MODEL);
