@@ -125,6 +125,24 @@ describe('worker pool', () => {
     await m.ckpt.close();
   }, 120_000);
 
+  it('an SVD task gives the same bytes on a worker as inline', async () => {
+    const { LINALG_TASKS_MODULE } = await import('../../src/runtime/linalg-tasks.js');
+    const { gaussian } = await import('../../kernels/linalg/svd.js');
+    const tasks = [
+      { M: gaussian(96 * 40, 3), m: 96, n: 40 },
+      { M: gaussian(30 * 70, 4), m: 30, n: 70 },
+    ];
+    await setThreads(1);
+    const inline = await runTasks<(typeof tasks)[number], { s: Float64Array; U: Float64Array }>('wasm', LINALG_TASKS_MODULE, 'svdMatrix', tasks);
+    await setThreads(2);
+    const pooled = await runTasks<(typeof tasks)[number], { s: Float64Array; U: Float64Array }>('wasm', LINALG_TASKS_MODULE, 'svdMatrix', tasks);
+    for (let i = 0; i < tasks.length; i++) {
+      expect(pooled[i]!.s.length).toBe(Math.min(tasks[i]!.m, tasks[i]!.n));
+      expect(Buffer.from(pooled[i]!.s.buffer).equals(Buffer.from(inline[i]!.s.buffer))).toBe(true);
+      expect(Buffer.from(pooled[i]!.U.buffer).equals(Buffer.from(inline[i]!.U.buffer))).toBe(true);
+    }
+  }, 120_000);
+
   it('a MoeError inside a task stays a MoeError', async () => {
     await setThreads(2);
     const bad: ExpertTask = {
