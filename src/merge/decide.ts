@@ -25,7 +25,7 @@ import { route } from '../runtime/routing.js';
 import type { Routing, SwiGLUWeights } from '../runtime/api.js';
 import { swiglu } from '../runtime/swiglu.js';
 import type { RouterWeights } from './router.js';
-import type { ExpertGroup, LayerSignals } from './types.js';
+import type { DecisionReport, ExpertGroup, LayerChoice, LayerSignals } from './types.js';
 
 export const DROP_MODES = ['auto', 'never'] as const;
 export type DropMode = (typeof DROP_MODES)[number];
@@ -40,18 +40,8 @@ export function decideTokens(E: number, N: number, H: number): number {
   return Math.max(256, Math.min(DECIDE_TOKENS, Math.floor(DECIDE_BYTES / ((E + N) * H * 4))));
 }
 
-export type LayerChoice = 'merge' | 'merge-drop' | 'prune-reap' | 'prune-frequency';
-
-export interface DecisionReport {
-  /** what the layer became */
-  choice: LayerChoice;
-  /** relative output error of the chosen layer and of each candidate on the sample */
-  error: number;
-  errors: { merge: number; mergeDrop: number; reap: number; frequency: number };
-  /** experts whose weights left the layer (weight 0 in their group): dropped rather than merged */
-  dropped: number[];
-  tokens: number;
-}
+// the report types live in types.ts (which the merge plan and report import) so types.ts needs nothing from here
+export type { DecisionReport, LayerChoice } from './types.js';
 
 export interface DecideInput {
   x: Float32Array;

@@ -32,13 +32,14 @@ import { streamModel } from '../runtime/stream.js';
 import { swiglu } from '../runtime/swiglu.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline } from '../pipeline/engine.js';
+import type { PassResume } from '../pipeline/resume.js';
 import { memberWeights } from './combine.js';
 import { checkGroupCount, checkPartition, groupExperts, mergeRoutingGroups, routingGroupOf } from './grouping.js';
 import { decideTokens } from './decide.js';
 import { mergeGroupStreamed, mergeLayer, type MergedLayer, type MergeLayerOptions } from './layer.js';
 import { mergeMemory } from './memory.js';
 import { DEFAULTS, type MERGE_OPTIONS, MERGE_SPEC, type MergeOptions } from './options.js';
-import { checkSavedPlan, layerReport, serializePlan, shardDecisions, type MergePlan, type PlanMode, type PlannedLayer } from './plan.js';
+import { checkSavedPlan, layerReport, serializePlan, shardDecisions, type MergePlan, type PlanMode, type PlannedLayer, type SavedMergePlan } from './plan.js';
 import { mergeRouter, type RouterWeights } from './router.js';
 import { signalsFromInput, signalsFromStats } from './signals.js';
 import { MERGE_OPTION_DEFAULTS, type ExpertGroup, type LayerReport, type MergeChoices } from './types.js';
@@ -68,6 +69,8 @@ export interface MergeReport {
   sizes: { before: SizeSummary; after: SizeSummary; predicted: boolean };
   /** estimated peak resident memory of the run (from shapes and the plan; bench/merge-memory.ts measures it) */
   memory: MemoryEstimate;
+  /** --calib writing an output: the sequential pass resumed after this layer (-1: from the start), and the MoE layers it computed */
+  resumed?: { afterLayer: number; computed: number[] };
   seconds: number;
 }
 
@@ -132,46 +135,68 @@ export function runningEdit(experts: SwiGLUWeights[], router: RouterWeights, E: 
  * kept: the write produces them again from the plan, group by group, so memory stays about one layer instead of
  * growing with every merged layer until the write.
  */
-async function planSequential(model: Model, req: MergeRun, choices: MergeChoices, opts: MergeLayerOptions, windows: Int32Array[]): Promise<MergePlan> {
+async function planSequential(
+  model: Model,
+  req: MergeRun,
+  choices: MergeChoices,
+  opts: MergeLayerOptions,
+  windows: Int32Array[],
+  resume: PassResume<SavedMergePlan['layers'][number]>,
+): Promise<{ plan: MergePlan; resumed: ReturnType<typeof resume.report> }> {
   const view = model.view;
-  const plan: MergePlan = { mode: 'sequential', tokens: 0, layers: [] };
+  const plan: MergePlan = { mode: 'sequential', tokens: windows.reduce((a, w) => a + w.length, 0), layers: [] };
   const phase = req.progress?.phase(`merge: ${view.moeLayers.length} MoE layers, sequentially on calibration text`);
   const H = view.dims.hidden;
   const expert = (w: SwiGLUWeights, x: Float32Array, T: number) => swiglu(w, x, T, view.forward.activation);
   const routingGroups = mergeRoutingGroups(view.routing);
-  await streamModel(model, windows, {
-    onMoeLayer(input: MoeLayerInput) {
-      plan.tokens = input.T;
-      const signals = signalsFromInput(input, expert);
-      const m: MergedLayer = mergeLayer(
-        {
+  let done = 0;
+  await streamModel(
+    model,
+    windows,
+    {
+      onMoeLayer(input: MoeLayerInput) {
+        const signals = signalsFromInput(input, expert);
+        const m: MergedLayer = mergeLayer(
+          {
+            layer: input.layer.index,
+            experts: input.experts,
+            router: input.router,
+            signals,
+            rule: view.routing,
+            calib: { x: input.x, T: input.T, logits: input.logits, routing: input.routing },
+            activation: view.forward.activation,
+            routingGroups,
+            routingRule: view.routing,
+          },
+          choices,
+          opts,
+        );
+        const planned: PlannedLayer = {
           layer: input.layer.index,
-          experts: input.experts,
-          router: input.router,
-          signals,
-          rule: view.routing,
-          calib: { x: input.x, T: input.T, logits: input.logits, routing: input.routing },
-          activation: view.forward.activation,
-          routingGroups,
-          routingRule: view.routing,
-        },
-        choices,
-        opts,
-      );
-      plan.layers.push({
-        layer: input.layer.index,
-        groups: m.report.groups.map((g, i) => ({ ...g, ...(choices.align !== 'none' && g.members.length > 1 ? { perms: m.perms[i] } : {}) })),
-        router: m.report.router,
-        ...(m.report.decision ? { decision: m.report.decision } : {}),
-        // decided rows (a dropped group keeps its member's own row) are data-dependent like fitted ones
-        ...(choices.router === 'fit' || m.decided ? { rows: routerRows(m.router) } : {}),
-      });
-      phase?.tick(plan.layers.length, view.moeLayers.length, 'layers');
-      return runningEdit(m.experts, m.router, input.experts.length, H, routingGroups);
+          groups: m.report.groups.map((g, i) => ({ ...g, ...(choices.align !== 'none' && g.members.length > 1 ? { perms: m.perms[i] } : {}) })),
+          router: m.report.router,
+          ...(m.report.decision ? { decision: m.report.decision } : {}),
+          // decided rows (a dropped group keeps its member's own row) are data-dependent like fitted ones
+          ...(choices.router === 'fit' || m.decided ? { rows: routerRows(m.router) } : {}),
+        };
+        plan.layers.push(planned);
+        // the resume state holds each finished layer in the plan file's encoding
+        resume.record(planned.layer, serializePlan({ ...plan, layers: [planned] }).layers[0]!);
+        phase?.tick(++done, view.moeLayers.length, 'layers');
+        return runningEdit(m.experts, m.router, input.experts.length, H, routingGroups);
+      },
     },
-  });
-  phase?.succeed(`merge: ${plan.layers.length} layers planned`);
-  return plan;
+    { checkpoint: resume.checkpoint },
+  );
+  const resumed = resume.report();
+  if (resumed.afterLayer < 0) {
+    phase?.succeed(`merge: ${plan.layers.length} layers planned`);
+    return { plan, resumed };
+  }
+  // resumed: the killed run's layers, then this run's, checked like a plan file
+  const all = checkSavedPlan(model.view, { mode: 'sequential', tokens: plan.tokens, layers: resume.entries() }, choices, 'the resume state');
+  phase?.succeed(`merge: ${all.layers.length} layers planned (resumed after layer ${resumed.afterLayer}: ${resumed.computed.length} computed)`);
+  return { plan: all, resumed };
 }
 
 function statsFor(stats: CalibStats, layer: number, E: number) {
@@ -292,6 +317,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
     let plan: MergePlan;
     let pass: { tokens: number; seqLen: number } | undefined;
     let source: MergeReport['calibration']['source'];
+    let resumed: MergeReport['resumed'];
     if (req.plan) {
       plan = checkSavedPlan(view, await run.loadPlan<unknown>(settings), choices, req.plan);
       source = 'plan';
@@ -304,7 +330,9 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
       await run.startBackend();
       const windows = await run.windows();
       pass = { tokens: windows.reduce((a, w) => a + w.length, 0), seqLen: windows[0]?.length ?? 0 };
-      plan = await planSequential(model, req, choices, opts, windows);
+      const r = await planSequential(model, req, choices, opts, windows, run.passResume('sequential', { settings, choices, opts }, windows));
+      plan = r.plan;
+      if (!req.dryRun) resumed = r.resumed;
       source = 'calib';
     }
     if (req.savePlan) {
@@ -358,6 +386,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
         alignTokens: req.alignTokens ?? MERGE_OPTION_DEFAULTS.alignTokens,
         fitTokens: req.fitTokens ?? MERGE_OPTION_DEFAULTS.fitTokens,
       }),
+      ...(resumed ? { resumed } : {}),
       seconds: seconds(),
     } satisfies MergeReport;
   });

@@ -1,29 +1,3 @@
-/**
- * `moe quantize`: score -> plan -> apply -> write -> report.
- *
- * - score: one calibration forward pass. At each MoE layer, every allocation unit (an expert, or with
- *   --granularity projection one projection of all the layer's experts, or with --granularity layer all experts
- *   and projections of the layer) is quantized at every candidate width with
- *   the quantizer that will be applied (GPTQ from the tokens routed to the expert, or RTN), and its error is the
- *   MoE block's output error on those tokens, g^2 ||f_q(x) - f(x)||^2 averaged per routed token. MC-MoE's
- *   importance weights it: loss = f^a * w^beta * q (f = routing frequency, w = summed router probability, both
- *   normalised per layer; a = 1, beta = 1.5).
- * - plan: every linear's fate (plan.ts), then one 0/1 program over all layers (src/alloc/knapsack.ts) choosing a
- *   width per unit so the true bits of the routed experts (every byte of qweight, qzeros, scales and g_idx, x 8,
- *   over their weights) stay within --bits.
- *   --save-plan FILE saves the result; --plan FILE replaces scoring and the program by a saved plan (saved.ts).
- * - apply (GPTQ only): a second forward pass, sequential as GPTQ's default: the experts of layer l are quantized on
- *   activations produced by the already-quantized experts (and shared experts) of layers < l, and the quantized
- *   weights are what later layers see; --no-sequential (and --shard) keep the full-precision activations, so
- *   layers are independent. Attention and dense MLP linears are not exposed by the runtime's hooks, so they are
- *   quantized with round-to-nearest at --dense-bits (and are full precision in the calibration stream), as is
- *   everything with --method rtn, which needs no forward pass.
- * - write: the GPTQ format (format.ts) through the model's general per-tensor rewrite, concurrently with the apply
- *   pass: each layer's packed tensors are handed to the writer as they are produced (handoff.ts), so about one
- *   layer of output is in memory. --shard i/n writes only layers l % n == i plus a manifest for moe assemble.
- */
-import type { z } from 'zod';
-import type { Progress } from '../cli/progress.js';
 import { loadWindowSet } from '../data/windows.js';
 import { fail } from '../errors.js';
 import { stagingDirFor } from '../io/output.js';
@@ -52,53 +26,23 @@ import {
 } from './expert.js';
 import { gptqTensorBytes, gptqTensorSpecs, quantizationConfig, registerGptqFormat } from './format.js';
 import { describeFusedExperts, fusedGptqLayout, fusedModuleWrites } from './fused.js';
-import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, type Proj } from './plan.js';
+import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision } from './plan.js';
 import { LayerHandoff, type WriterInfo } from './handoff.js';
-import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from './resume.js';
+import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from '../pipeline/resume.js';
 import { quantizeMemory } from './memory.js';
 import { refuseQuantized, refuseQuantizedDir } from './input.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
 import { checkPlan, type QuantizePlan } from './saved.js';
-import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, gptqWidths, type QUANTIZE_OPTIONS, QUANTIZE_SPEC, type QuantizeOptions } from './options.js';
+import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, gptqWidths, QUANTIZE_SPEC } from './options.js';
 import { DEFAULT_CALIB_TOKENS } from '../pipeline/fields.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline, type PipelineRun } from '../pipeline/engine.js';
+import type { QuantizeRequest, QuantizeRun, Unit, UnitOption } from './types.js';
 
-/**
- * What a caller gives: the options (src/quantize/options.ts, the same for the command line and recipes) plus, for
- * library callers, progress and MC-MoE's importance exponents.
- */
-export type QuantizeRequest = z.input<typeof QUANTIZE_OPTIONS> & {
-  progress?: Progress;
-  /** MC-MoE exponents of the importance f^alpha * w^beta (default 1 and 1.5) */
-  alpha?: number;
-  beta?: number;
-};
-/** The request after validation: every option resolved. */
-export type QuantizeRun = QuantizeOptions & Omit<QuantizeRequest, keyof QuantizeOptions>;
+export type { QuantizeRequest, QuantizeRun, Unit, UnitOption } from './types.js';
 
 export const REPORT_FILE = 'moe-quantize-report.json';
 export { DEFAULT_CALIB_TOKENS, DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS };
-
-export interface Unit {
-  id: string;
-  layer: number;
-  /** expert granularity: the expert; projection and layer granularity: undefined */
-  expert?: number;
-  /** projection granularity: the projection */
-  proj?: Proj;
-  /** linears whose bits the unit's choice sets */
-  free: LinearDecision[];
-  /** linears of the unit with fixed bits or kept (their bytes count, the choice does not change them) */
-  fixed: LinearDecision[];
-  options: UnitOption[];
-}
-
-/** One width assignment for a unit's free linears (by projection). */
-export interface UnitOption {
-  label: string;
-  bits: Partial<Record<Proj, QuantBits>>;
-}
 
 /** Flag-level checks (the options' schema and checkQuantize) and what the run derives from the options. */
 export function validateRequest(request: QuantizeRequest) {
