@@ -20,7 +20,7 @@
  */
 import type { z } from 'zod';
 import type { Engine } from '../../kernels/linalg/matmul.js';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 import { fail } from '../errors.js';
 import { loadSwiGLU } from '../model/load.js';
 import type { Model } from '../model/open.js';

@@ -18,14 +18,14 @@
 import type { z } from 'zod';
 import { resolveCalibration } from '../calibrate/resolve.js';
 import type { CalibStats } from '../calibrate/types.js';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 import { fail } from '../errors.js';
 import { loadRouter, loadSwiGLU } from '../model/load.js';
 import type { Model } from '../model/open.js';
 import { writeExpertEdit, type ExpertEditPlan, type ExpertSource, type LayerExpertEdit } from '../model/rewrite.js';
 import type { ModelView, MoeBlock } from '../model/types.js';
-import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from '../prune/sizes.js';
-import { maskedEdit } from '../prune/mask.js';
+import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from '../model/sizes.js';
+import { maskedEdit } from '../runtime/mask.js';
 import type { MoeLayerEdit, MoeLayerInput, SwiGLUWeights } from '../runtime/api.js';
 import type { MemoryEstimate } from '../runtime/memory.js';
 import { streamModel } from '../runtime/stream.js';

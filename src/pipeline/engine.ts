@@ -18,7 +18,7 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { z } from 'zod';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 import { loadWindows } from '../data/windows.js';
 import { openModel, type Model } from '../model/open.js';
 import { loadPlan, modelFingerprint, savePlan, type PlanTool } from '../model/planfile.js';

@@ -15,7 +15,7 @@ import { streamModel } from '../runtime/stream.js';
 import type { PassResume } from '../pipeline/resume.js';
 import { swiglu } from '../runtime/swiglu.js';
 import type { LayerReport, PruneRun } from './types.js';
-import { maskedEdit } from './mask.js';
+import { maskedEdit } from '../runtime/mask.js';
 import { layerPlan, prunedRule, type PrunePlan } from './plan.js';
 import { selectByReconstruction, type ReconstructDeps } from './reconstruct.js';
 

@@ -13,7 +13,7 @@ import { getMethod, type PruneMethod } from './methods.js';
 import { checkKeep, keepFromRatio, keptFromScores, layerPlan, type PrunePlan } from './plan.js';
 import type { LayerReport, PruneRequest, PruneRun } from './types.js';
 import { seededRandom } from '../../kernels/random.js';
-import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from './sizes.js';
+import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from '../model/sizes.js';
 import { estimatePeak, maxEstimate, streamedPassParts, writerBytes, type MemoryEstimate } from '../runtime/memory.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline } from '../pipeline/engine.js';

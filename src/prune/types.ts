@@ -1,6 +1,6 @@
 /** The request and per-layer report types of `moe prune` (apart from the pipeline, so its helpers import no orchestration). */
 import type { z } from 'zod';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 import type { PRUNE_OPTIONS, PruneOptions } from './options.js';
 import type { LayerPlan } from './plan.js';
 import type { ReconstructOptions } from './reconstruct.js';

@@ -14,7 +14,7 @@ import type { LinearRef } from '../model/types.js';
 import { dequantize as dequantizeLinear } from '../../kernels/quant/rtn.js';
 import { GPTQ_SUFFIXES, readGptq, registerGptqFormat } from './format.js';
 import { FUSED_GPTQ_FORMAT, gptqModuleOfFusedRef, registerFusedGptqFormat, stackRows } from './fused.js';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 
 export interface DequantizeRequest {
   model: string;

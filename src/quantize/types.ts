@@ -1,7 +1,7 @@
 /** The request and allocation-unit types of `moe quantize` (apart from the pipeline, so the report imports no orchestration). */
 import type { z } from 'zod';
 import type { QuantBits } from '../../kernels/quant/types.js';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 import type { QUANTIZE_OPTIONS, QuantizeOptions } from './options.js';
 import type { LinearDecision, Proj } from './plan.js';
 

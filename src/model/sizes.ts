@@ -1,7 +1,7 @@
 /** Checkpoint sizes for the prune and merge reports: whole model and routed experts, before and after. */
 import type { Checkpoint } from '../io/checkpoint.js';
-import { openModel } from '../model/open.js';
-import type { ModelView, SwiGLURefs } from '../model/types.js';
+import { openModel } from './open.js';
+import type { ModelView, SwiGLURefs } from './types.js';
 
 export interface SizeSummary {
   bytes: number;
