@@ -35,7 +35,8 @@ import { runPipeline } from '../pipeline/engine.js';
 import type { PassResume } from '../pipeline/resume.js';
 import { memberWeights } from './combine.js';
 import { checkGroupCount, checkPartition, groupExperts, mergeRoutingGroups, routingGroupOf } from './grouping.js';
-import { decideTokens } from './decide.js';
+import { allocationReport, errorCurve, type AllocationReport } from './allocate.js';
+import { decideTokens, LayerError } from './decide.js';
 import { mergeGroupStreamed, mergeLayer, type MergedLayer, type MergeLayerOptions } from './layer.js';
 import { mergeMemory } from './memory.js';
 import { DEFAULTS, type MERGE_OPTIONS, MERGE_SPEC, type MergeOptions } from './options.js';
@@ -67,6 +68,8 @@ export interface MergeReport {
   shard?: { index: number; count: number };
   layers: LayerReport[];
   sizes: { before: SizeSummary; after: SizeSummary; predicted: boolean };
+  /** --keep-per-layer auto: the per-layer counts the same total would allow, and the error they would save */
+  keepPerLayer?: AllocationReport;
   /** estimated peak resident memory of the run (from shapes and the plan; bench/merge-memory.ts measures it) */
   memory: MemoryEstimate;
   /** --calib writing an output: the sequential pass resumed after this layer (-1: from the start), and the MoE layers it computed */
@@ -135,13 +138,20 @@ export function runningEdit(experts: SwiGLUWeights[], router: RouterWeights, E: 
  * kept: the write produces them again from the plan, group by group, so memory stays about one layer instead of
  * growing with every merged layer until the write.
  */
+/** One finished layer in the resume state: its plan in the plan file's encoding, and its --keep-per-layer curve. */
+interface SequentialEntry {
+  layer: SavedMergePlan['layers'][number];
+  curve?: number[];
+}
+
 async function planSequential(
   model: Model,
   req: MergeRun,
   choices: MergeChoices,
   opts: MergeLayerOptions,
   windows: Int32Array[],
-  resume: PassResume<SavedMergePlan['layers'][number]>,
+  resume: PassResume<SequentialEntry>,
+  curves?: number[][],
 ): Promise<{ plan: MergePlan; resumed: ReturnType<typeof resume.report> }> {
   const view = model.view;
   const plan: MergePlan = { mode: 'sequential', tokens: windows.reduce((a, w) => a + w.length, 0), layers: [] };
@@ -149,6 +159,7 @@ async function planSequential(
   const H = view.dims.hidden;
   const expert = (w: SwiGLUWeights, x: Float32Array, T: number) => swiglu(w, x, T, view.forward.activation);
   const routingGroups = mergeRoutingGroups(view.routing);
+  const mine: number[][] = [];
   let done = 0;
   await streamModel(
     model,
@@ -156,6 +167,21 @@ async function planSequential(
     {
       onMoeLayer(input: MoeLayerInput) {
         const signals = signalsFromInput(input, expert);
+        let curve: number[] | undefined;
+        if (curves) {
+          const le = new LayerError({
+            x: input.x,
+            T: input.T,
+            H,
+            routing: input.routing,
+            experts: input.experts,
+            rule: view.routing,
+            activation: view.forward.activation,
+            maxTokens: opts.decideTokens,
+          });
+          curve = errorCurve(le, signals.saliency, input.experts, input.router, H, view.routing.topK);
+          mine.push(curve);
+        }
         const m: MergedLayer = mergeLayer(
           {
             layer: input.layer.index,
@@ -181,7 +207,7 @@ async function planSequential(
         };
         plan.layers.push(planned);
         // the resume state holds each finished layer in the plan file's encoding
-        resume.record(planned.layer, serializePlan({ ...plan, layers: [planned] }).layers[0]!);
+        resume.record(planned.layer, { layer: serializePlan({ ...plan, layers: [planned] }).layers[0]!, ...(curve ? { curve } : {}) });
         phase?.tick(++done, view.moeLayers.length, 'layers');
         return runningEdit(m.experts, m.router, input.experts.length, H, routingGroups);
       },
@@ -190,11 +216,15 @@ async function planSequential(
   );
   const resumed = resume.report();
   if (resumed.afterLayer < 0) {
+    curves?.push(...mine);
     phase?.succeed(`merge: ${plan.layers.length} layers planned`);
     return { plan, resumed };
   }
   // resumed: the killed run's layers, then this run's, checked like a plan file
-  const all = checkSavedPlan(model.view, { mode: 'sequential', tokens: plan.tokens, layers: resume.entries() }, choices, 'the resume state');
+  const entries = resume.entries();
+  curves?.push(...entries.map((e) => e.curve ?? []));
+  const layers = entries.map((e) => e.layer);
+  const all = checkSavedPlan(model.view, { mode: 'sequential', tokens: plan.tokens, layers }, choices, 'the resume state');
   phase?.succeed(`merge: ${all.layers.length} layers planned (resumed after layer ${resumed.afterLayer}: ${resumed.computed.length} computed)`);
   return { plan: all, resumed };
 }
@@ -315,6 +345,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
     const settings = planSettings(choices, req);
 
     let plan: MergePlan;
+    let keepPerLayer: AllocationReport | undefined;
     let pass: { tokens: number; seqLen: number } | undefined;
     let source: MergeReport['calibration']['source'];
     let resumed: MergeReport['resumed'];
@@ -330,9 +361,23 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
       await run.startBackend();
       const windows = await run.windows();
       pass = { tokens: windows.reduce((a, w) => a + w.length, 0), seqLen: windows[0]?.length ?? 0 };
-      const r = await planSequential(model, req, choices, opts, windows, run.passResume('sequential', { settings, choices, opts }, windows));
+      const curves = req.keepPerLayer === 'auto' ? [] : undefined;
+      if (curves && view.routing.groups && view.routing.groups.nGroup > 1)
+        fail('Usage', `--keep-per-layer auto: ${view.family} routes within expert groups; per-layer counts would have to keep them even`);
+      const r = await planSequential(
+        model,
+        req,
+        choices,
+        opts,
+        windows,
+        run.passResume('sequential', { settings, choices, opts, keepPerLayer: req.keepPerLayer ?? null }, windows),
+        curves,
+      );
       plan = r.plan;
       if (!req.dryRun) resumed = r.resumed;
+      if (curves) {
+        keepPerLayer = allocationReport(view.moeLayers, curves, choices.groups, view.routing.topK);
+      }
       source = 'calib';
     }
     if (req.savePlan) {
@@ -378,6 +423,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
       ...(req.savePlan ? { savedPlan: req.savePlan } : {}),
       ...(req.shard ? { shard: { index: req.shard.index, count: req.shard.count } } : {}),
       layers,
+      ...(keepPerLayer ? { keepPerLayer } : {}),
       sizes: { before, after, predicted },
       memory: mergeMemory(model, {
         choices,

@@ -4,6 +4,7 @@ import type { Progress } from '../progress.js';
 import type { PRUNE_OPTIONS, PruneOptions } from './options.js';
 import type { LayerPlan } from './plan.js';
 import type { ReconstructOptions } from './reconstruct.js';
+import type { RefitReport } from './refit.js';
 
 /**
  * What a caller gives: the options (src/prune/options.ts, the same for the command line and recipes) plus, for
@@ -22,4 +23,6 @@ export interface LayerReport extends LayerPlan {
   relError?: number;
   search?: 'exact' | 'beam';
   subsetsEvaluated?: number;
+  /** --refit-router: whether the refit rows were kept, and the layer's output error with own and refit rows */
+  refit?: RefitReport;
 }
