@@ -31,7 +31,7 @@ import { setThreads } from '../runtime/pool.js';
 import { streamModel } from '../runtime/stream.js';
 import { swiglu } from '../runtime/swiglu.js';
 import { maskedEdit } from '../runtime/mask.js';
-import type { LayerReport, PruneRun } from './pipeline.js';
+import type { LayerReport, PruneRun } from './types.js';
 
 /** calibration tokens of the least-squares fit, at most (evenly spaced) */
 export const REFIT_TOKENS = 8192;
