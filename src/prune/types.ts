@@ -4,7 +4,6 @@ import type { Progress } from '../progress.js';
 import type { PRUNE_OPTIONS, PruneOptions } from './options.js';
 import type { LayerPlan } from './plan.js';
 import type { ReconstructOptions } from './reconstruct.js';
-import type { RefitReport } from './refit.js';
 
 /**
  * What a caller gives: the options (src/prune/options.ts, the same for the command line and recipes) plus, for
@@ -25,4 +24,18 @@ export interface LayerReport extends LayerPlan {
   subsetsEvaluated?: number;
   /** --refit-router: whether the refit rows were kept, and the layer's output error with own and refit rows */
   refit?: RefitReport;
+}
+
+/** --refit-router (src/prune/refit.ts): whether the refit rows were kept, and the layer's output error with own and refit rows */
+export interface RefitReport {
+  /** the refit rows were written (they lowered the error) */
+  applied: boolean;
+  /** the blend taken: rows = (1 − alpha)·own + alpha·least squares (0: own rows) */
+  alpha: number;
+  /** output error with the kept experts' own rows, and with the rows taken (equal when not applied) */
+  errorOwnRows: number;
+  errorRefit: number;
+  /** kept expert -> removed experts whose routing mass it was fitted to receive */
+  receives: Record<string, number[]>;
+  tokens: number;
 }
