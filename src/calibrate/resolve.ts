@@ -17,6 +17,8 @@ export interface CalibrationRequest {
   calib?: string;
   /** 'ids': --calib is pre-tokenized (--calib-ids) */
   format?: 'text' | 'ids';
+  /** also score the multi-token-prediction layers, on their own inputs (statistics of layer L + i) */
+  mtp?: boolean;
   calibTokens?: number;
   seqLen?: number;
   progress?: Progress;
@@ -56,7 +58,7 @@ export async function resolveCalibration(req: CalibrationRequest): Promise<Resol
   });
   const L = req.model.view.layers.length;
   const ph = req.progress?.phase(`calibrating on ${set.windows.length} windows of ${set.seqLen} tokens`);
-  const stats = await collectStats(req.model, set.windows, { onProgress: (l) => ph?.tick(l, L, 'layers') });
+  const stats = await collectStats(req.model, set.windows, { onProgress: (l) => ph?.tick(l, L, 'layers'), ...(req.mtp ? { mtp: true } : {}) });
   ph?.succeed(`calibrated: ${stats.tokens} tokens through ${L} layers`);
   return Object.assign(stats, { windows: set.windows });
 }

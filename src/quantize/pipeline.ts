@@ -22,6 +22,7 @@
  *   pass: each layer's packed tensors are handed to the writer as they are produced (handoff.ts), so about one
  *   layer of output is in memory. --shard i/n writes only layers l % n == i plus a manifest for moe assemble.
  */
+import { mtpPassThrough } from '../model/mtp.js';
 import type { z } from 'zod';
 import type { Progress } from '../cli/progress.js';
 import { loadWindowSet } from '../data/windows.js';
@@ -591,7 +592,11 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     fates.set(d.tensor, { kind: 'replace', tensors });
   }
   const qc = quantizationConfig(modQuant, unquantized, { groupSize: gs, sym: v.settings.sym, actOrder: v.settings.actOrder, damp: v.settings.damp });
-  const rewritePlan = { fates, config: { quantization_config: qc } };
+  // multi-token-prediction layers are outside the plan: copied and declared unquantized, or dropped (--drop-mtp)
+  const mtp = mtpPassThrough(view, ckpt.tensorNames, (n) => layerOfTensor(view, n), !!req.dropMtp);
+  for (const n of mtp.dropped) fates.set(n, { kind: 'drop' });
+  for (const x of mtp.exclusions) (qc.dynamic as Record<string, unknown>)[x] = {};
+  const rewritePlan = { fates, config: { quantization_config: qc, ...mtp.config } };
   const shardSpec = pr.shard({ units: planFile.units.map((u) => [u.id, u.choice]), linears: planFile.linears });
 
   let applyMs = 0;
@@ -766,5 +771,6 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     ...(req.savePlan ? { planSaved: req.savePlan } : {}),
     ...(fusedLayout && !('refuse' in fusedLayout) ? { fusedExperts: describeFusedExperts(ckpt, view, fusedLayout) } : {}),
   });
+  if (mtp.layers.length) report.mtp = req.dropMtp ? { unquantized: [], dropped: mtp.layers } : { unquantized: mtp.layers, dropped: [] };
   return report;
 }
