@@ -225,7 +225,14 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
         const g = view.routing.groups;
         if (g && g.nGroup > 1) fail('Usage', `--refit-router: ${view.family} routes within ${g.nGroup} expert groups, which the refit does not handle`);
         const { refitRouters } = await import('./refit.js');
-        refitted = (await refitRouters(model, req, layers)).rows;
+        // the decoder layers' forward pass: an MTP layer's rows stay sliced
+        refitted = (
+          await refitRouters(
+            model,
+            req,
+            layers.filter((l) => l.layer < view.dims.layers),
+          )
+        ).rows;
       }
       let keepPerLayer: AllocationReport | undefined;
       if (req.keepPerLayer === 'auto') {
