@@ -3,7 +3,7 @@
  * `moe quantize --format gguf` at several --bits and for llama.cpp's own quants of the same model.
  *
  *   npm run build    # the bench runs the CLI (bin/moe.js) the way a user does
- *   npx tsx bench/gguf-frontier.ts --model test/fixtures/tiny-mixtral [--calib test/fixtures/text/calib.txt]
+ *   nice -n 10 npx tsx bench/gguf-frontier.ts --model test/fixtures/tiny-mixtral [--calib test/fixtures/text/calib.txt]
  *     [--heldout test/fixtures/text/heldout.txt] [--bits 2,2.5,3,3.5,4,4.5] [--llama /tmp/llama.cpp/build/bin]
  *     [--types Q2_K,Q3_K_S,...] [--work /tmp/gguf-frontier/NAME] [--seq-len 128] [--eval-tokens 16384]
  *     [--calib-tokens 8192] [--nll /tmp/gguf-nll] [--threads 1] [--json FILE] [--fresh]
@@ -74,7 +74,7 @@ const log = (...a: unknown[]) => console.error(new Date().toISOString().slice(11
 
 async function sh(cmd: string, args: string[], logFile: string): Promise<void> {
   try {
-    const { stdout, stderr } = await run('nice', ['-n', '10', cmd, ...args], { maxBuffer: 256 * 1024 * 1024 });
+    const { stdout, stderr } = await run(cmd, args, { maxBuffer: 256 * 1024 * 1024 });
     await writeFile(logFile, stdout + stderr);
   } catch (e) {
     const x = e as { stdout?: string; stderr?: string; message: string };
@@ -105,8 +105,12 @@ const { windows } = await loadWindowSet(model, heldout, { seqLen, maxTokens: eva
 const idsFile = join(work, `heldout-${seqLen}-${windows.length}.i32`);
 async function ppl(file: string): Promise<number> {
   if (nllBin) {
-    const { stdout } = await run('nice', ['-n', '10', nllBin, file, idsFile, String(windows[0]!.length), threads]);
-    const [nll, scored] = stdout.trim().split(' ').map(Number);
+    // kept beside the file (newer than it) so a rerun of the bench only scores what changed
+    const cache = `${file}.${basename(idsFile)}.nll`;
+    const cached = existsSync(cache) && (await stat(cache)).mtimeMs >= (await stat(file)).mtimeMs ? await readFile(cache, 'utf8') : undefined;
+    const out = cached ?? (await run(nllBin, [file, idsFile, String(windows[0]!.length), threads])).stdout;
+    if (!cached) await writeFile(cache, out);
+    const [nll, scored] = out.trim().split(' ').map(Number);
     return Math.exp(nll! / scored!);
   }
   const lm = await loadGguf(file);
