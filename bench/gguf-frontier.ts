@@ -45,7 +45,10 @@ const arg = (k: string, d?: string) => {
 const model = resolve(arg('--model', 'test/fixtures/tiny-mixtral')!);
 const calib = resolve(arg('--calib', 'test/fixtures/text/calib.txt')!);
 const heldout = resolve(arg('--heldout', 'test/fixtures/text/heldout.txt')!);
-const bitsList = arg('--bits', '2,2.5,3,3.5,4,4.5')!.split(',').map(Number);
+const bitsList = arg('--bits', '2,2.5,3,3.5,4,4.5')!
+  .split(',')
+  .filter((b) => b !== '')
+  .map(Number);
 const llamaBin = arg('--llama');
 const types = arg('--types', 'Q2_K_S,Q2_K,Q3_K_S,Q3_K_M,Q3_K_L,Q4_K_S,Q4_K_M,Q5_K_S,IQ2_XXS,IQ2_XS,IQ2_S,IQ3_XXS,IQ3_S,IQ4_XS')!.split(',');
 const work = resolve(arg('--work', join('/tmp/gguf-frontier', basename(model)))!);
@@ -221,7 +224,12 @@ for (const r of [...rows].sort((a, b) => a.expertBpw - b.expertBpw || a.fileByte
 function frontAt(points: { x: number; ppl: number }[], x: number): number | undefined {
   const s = [...points].sort((a, b) => a.x - b.x);
   const front: { x: number; ppl: number }[] = [];
-  for (const p of s) if (!front.length || p.ppl < front[front.length - 1]!.ppl) front.push(p);
+  for (const p of s) {
+    const last = front[front.length - 1];
+    if (last && p.x === last.x) {
+      if (p.ppl < last.ppl) front[front.length - 1] = p;
+    } else if (!last || p.ppl < last.ppl) front.push(p);
+  }
   for (let i = 0; i + 1 < front.length; i++) {
     const a = front[i]!;
     const b = front[i + 1]!;
@@ -247,6 +255,6 @@ for (const r of rows.filter((x) => x.kind === 'ours')) {
 }
 console.log(`## ${basename(model)}: ${windows.length} held-out windows of ${seqLen} (llama.cpp, token ids)\n`);
 console.log(table.join('\n'));
-if (theirs.length) console.log(`\n${cmp.join('\n')}`);
+if (theirs.length && cmp.length > 2) console.log(`\n${cmp.join('\n')}`);
 if (jsonOut) await writeFile(jsonOut, JSON.stringify({ model, seqLen, windows: windows.length, calibTokens, rows }, null, 2) + '\n');
 if (process.argv.includes('--clean')) await rm(work, { recursive: true, force: true });
