@@ -62,9 +62,7 @@ const SparseLayers = z.discriminatedUnion('kind', [
    * glm4_moe_lite: a list with one entry per layer (`mlp_layer_types`: "sparse" = MoE, "dense" = MLP); when the
    * config has none, the first `denseFirstDefault` layers are dense and the rest MoE (the configuration's default)
    */
-  z
-    .object({ kind: z.literal('types'), typesKey: z.string(), sparse: z.string(), dense: z.string(), denseFirstDefault: z.number().int().min(0) })
-    .strict(),
+  z.object({ kind: z.literal('types'), typesKey: z.string(), sparse: z.string(), dense: z.string(), denseFirstDefault: z.number().int().min(0) }).strict(),
   /** ernie: MoE iff (l+1) % interval == 0 and start <= l <= end (end -1 = last layer) */
   z
     .object({
