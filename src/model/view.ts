@@ -31,6 +31,19 @@ export function fillTemplate(t: string, layer?: number, expert?: number): string
 function moeLayerIndices(arch: Architecture, cfg: ConfigReader, layers: number): number[] {
   const rule = arch.sparseLayers;
   const out: number[] = [];
+  if (rule.kind === 'types') {
+    const types = cfg.raw(rule.typesKey);
+    if (types === undefined || types === null) {
+      for (let l = Math.min(rule.denseFirstDefault, layers); l < layers; l++) out.push(l);
+      return out;
+    }
+    if (!Array.isArray(types) || types.length !== layers || types.some((t) => t !== rule.sparse && t !== rule.dense))
+      fail('InvalidConfig', `${cfg.where}: '${rule.typesKey}' must list ${layers} entries, each "${rule.sparse}" or "${rule.dense}"`);
+    types.forEach((t, l) => {
+      if (t === rule.sparse) out.push(l);
+    });
+    return out;
+  }
   for (let l = 0; l < layers; l++) {
     if (rule.kind === 'all') out.push(l);
     else if (rule.kind === 'step') {

@@ -1,5 +1,6 @@
 /**
- * transformers 5.18 conformance of moe's multi-token-prediction handling (issue 15), run by
+ * transformers 5.18 conformance of the new families (families.ts: forward and every output's perplexity) and of
+ * moe's multi-token-prediction handling (issue 15), run by
  * `npm run test:families-py` (from .ci/run), which makes the Python environment from requirements.txt:
  *
  * - on a tiny DeepSeek-V3 checkpoint with one MTP layer, the per-expert routed-slot counts moe prune reports
@@ -15,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadWindowSet } from '../../src/data/windows.js';
 import { makeTinyMtpCheckpoint } from '../helpers/mtp.js';
+import { checkFamily, NEW_FAMILIES, TOLERANCE } from './families.js';
 
 const python = process.argv[2] ?? 'python3';
 const root = mkdtempSync(join(tmpdir(), 'moe-families-py-'));
@@ -59,6 +61,14 @@ try {
   const kept = report.layers.find((l: { layer: number }) => l.layer === 2).kept as number[];
   const cb0 = ref[dir].mtp_correction_bias[0] as number[];
   check("pruned MTP correction bias = the kept experts' biases", JSON.stringify(p.mtp_correction_bias[0]) === JSON.stringify(kept.map((j) => cb0[j])));
+  for (const family of NEW_FAMILIES) {
+    for (const row of checkFamily(python, family, root))
+      check(
+        `${family} ${row.command}: perplexity within ${TOLERANCE} of transformers'`,
+        row.rel <= TOLERANCE && Number.isFinite(row.moe),
+        `moe ${row.moe.toFixed(6)} / transformers ${row.transformers.toFixed(6)}, rel ${row.rel.toExponential(2)}`,
+      );
+  }
 } finally {
   rmSync(root, { recursive: true, force: true });
 }
