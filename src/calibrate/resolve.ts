@@ -3,7 +3,7 @@
  * (--calib FILE [--calib-tokens N]) run through the model now. With text the windows are returned as well, for
  * pipelines that run their own layer loop (GPTQ, reconstruction pruning, merging with activations).
  */
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 import { loadWindowSet } from '../data/windows.js';
 import { fail } from '../errors.js';
 import type { Model } from '../model/open.js';
@@ -17,6 +17,8 @@ export interface CalibrationRequest {
   calib?: string;
   /** 'ids': --calib is pre-tokenized (--calib-ids) */
   format?: 'text' | 'ids';
+  /** also score the multi-token-prediction layers, on their own inputs (statistics of layer L + i) */
+  mtp?: boolean;
   calibTokens?: number;
   seqLen?: number;
   progress?: Progress;
@@ -60,7 +62,7 @@ export async function resolveCalibration(req: CalibrationRequest): Promise<Resol
   });
   const L = req.model.view.layers.length;
   const ph = req.progress?.phase(`calibrating on ${set.windows.length} windows of ${set.seqLen} tokens`);
-  const stats = await collectStats(req.model, set.windows, { onProgress: (l) => ph?.tick(l, L, 'layers') });
+  const stats = await collectStats(req.model, set.windows, { onProgress: (l) => ph?.tick(l, L, 'layers'), ...(req.mtp ? { mtp: true } : {}) });
   ph?.succeed(`calibrated: ${stats.tokens} tokens through ${L} layers`);
   return Object.assign(stats, { windows: set.windows });
 }

@@ -200,4 +200,49 @@ export interface ModelView {
   topKKey: string;
   /** indices of the MoE layers (the others are dense) */
   moeLayers: number[];
+  /**
+   * multi-token-prediction layers stored after the decoder layers (DeepSeek-V3 / GLM-4.5: model.layers.{L + i}),
+   * when the checkpoint holds them; src/model/mtp.ts
+   */
+  mtp?: MtpLayerView[];
+}
+
+/**
+ * One MTP layer (transformers' MtpLayer): h' = layer(eh_proj([enorm(embed(t+1)); hnorm(h)])), then
+ * shared_head.norm; its decoder layer is an ordinary MoE layer at index L + i.
+ */
+export interface MtpLayerView {
+  layer: LayerView & { block: MoeBlock };
+  enorm: NormRef;
+  hnorm: NormRef;
+  /** [H, 2H] */
+  ehProj: string;
+  /** shared_head.norm: the norm before the (shared) head */
+  headNorm: NormRef;
+  /** shared_head.head, when the checkpoint stores a copy of lm_head there */
+  head?: string;
+}
+
+/** A linear layer's weights as float32: w is [out, in] row-major, b optional [out]. */
+export interface Linear {
+  out: number;
+  in: number;
+  w: Float32Array;
+  b?: Float32Array;
+}
+
+export interface SwiGLUWeights {
+  gate: Linear;
+  up: Linear;
+  down: Linear;
+}
+
+/** Routing of T tokens: the k experts chosen per token and their weights, as the model uses them. */
+export interface Routing {
+  T: number;
+  k: number;
+  /** [T, k] expert indices */
+  idx: Int32Array;
+  /** [T, k] weights (after the family's renormalisation and scaling) */
+  w: Float32Array;
 }

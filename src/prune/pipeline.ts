@@ -5,44 +5,24 @@
  * artifact); `reconstruct` chooses each layer's set inside a forward pass whose earlier layers are already
  * pruned, so layer l is fitted to what it will really receive.
  */
-import type { z } from 'zod';
 import type { CalibStats } from '../calibrate/types.js';
-import type { Progress } from '../cli/progress.js';
 import { fail } from '../errors.js';
 import type { Model } from '../model/open.js';
+import type { LayerView } from '../model/types.js';
 import { writeExpertEdit, type ExpertEditPlan } from '../model/rewrite.js';
 import { getMethod, type PruneMethod } from './methods.js';
-import { checkKeep, keepFromRatio, keptFromScores, layerPlan, type LayerPlan, type PrunePlan } from './plan.js';
-import type { ReconstructOptions } from './reconstruct.js';
-import type { RefitReport, RouterRows } from './refit.js';
+import { checkKeep, keepFromRatio, keptFromScores, layerPlan, type PrunePlan } from './plan.js';
+import type { LayerReport, PruneRequest, PruneRun } from './types.js';
+import type { RouterRows } from './refit.js';
 import type { AllocationReport } from '../merge/allocate.js';
 import { seededRandom } from '../../kernels/random.js';
-import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from './sizes.js';
+import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from '../model/sizes.js';
 import { estimatePeak, maxEstimate, streamedPassParts, writerBytes, type MemoryEstimate } from '../runtime/memory.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline } from '../pipeline/engine.js';
-import { DEFAULT_METHOD, type PRUNE_OPTIONS, PRUNE_SPEC, RECONSTRUCT_DEFAULTS, type PruneOptions } from './options.js';
+import { DEFAULT_METHOD, PRUNE_SPEC, RECONSTRUCT_DEFAULTS } from './options.js';
 
-/**
- * What a caller gives: the options (src/prune/options.ts, the same for the command line and recipes) plus, for
- * library callers, progress and the reconstruct search's finer knobs.
- */
-export type PruneRequest = z.input<typeof PRUNE_OPTIONS> & {
-  progress?: Progress;
-  /** reconstruct: tokens sampled per layer, subset-enumeration limit, beam width (--sample-tokens / --beam win) */
-  reconstruct?: ReconstructOptions;
-};
-/** The request after validation: every option resolved. */
-export type PruneRun = PruneOptions & Omit<PruneRequest, keyof PruneOptions>;
-
-export interface LayerReport extends LayerPlan {
-  /** reconstruct: relative output error of the kept set on the token sample, and how it was found */
-  relError?: number;
-  search?: 'exact' | 'beam';
-  subsetsEvaluated?: number;
-  /** --refit-router: whether the refit rows were kept, and the layer's output error with own and refit rows */
-  refit?: RefitReport;
-}
+export type { LayerReport, PruneRequest, PruneRun } from './types.js';
 
 export interface PruneReport {
   tool: 'moe prune';
@@ -59,11 +39,15 @@ export interface PruneReport {
   groups?: PrunePlan['groups'];
   calibration: { source: 'calib' | 'stats' | 'plan' | 'none'; path?: string; tokens: number };
   layers: LayerReport[];
+  /** multi-token-prediction layers: kept (pruned like the others, planned in `layers` on their own inputs) or dropped (--drop-mtp) */
+  mtp?: { kept: number[]; dropped: number[] };
   /** --keep-per-layer auto: the per-layer counts the same total would allow, and the error they would save */
   keepPerLayer?: AllocationReport;
   sizes: { before: SizeSummary; after: SizeSummary; predicted: boolean };
   /** estimated peak resident memory of this command (from shapes; bench/memory.ts compares it with measurements) */
   memory: MemoryEstimate;
+  /** reconstruct writing an output: the pass resumed after this layer (-1: from the start), and the MoE layers it computed */
+  resumed?: { afterLayer: number; computed: number[] };
   seconds: number;
 }
 
@@ -79,6 +63,11 @@ export function validateRequest(req: PruneRequest): PruneMethod {
   return getMethod(o.method);
 }
 
+/** The layers a plan covers: the decoder layers, then the multi-token-prediction layers unless they are dropped. */
+function editedLayers(view: Model['view'], dropMtp: boolean): LayerView[] {
+  return [...view.layers, ...(dropMtp ? [] : (view.mtp ?? []).map((m) => m.layer))];
+}
+
 /** Score every MoE layer with a statistics-based method (or the random baseline) and keep the best. */
 function planFromScores(
   model: Model,
@@ -87,14 +76,20 @@ function planFromScores(
   groups: PrunePlan['groups'],
   stats: CalibStats | undefined,
   seed: number,
+  dropMtp: boolean,
 ): LayerReport[] {
   const byLayer = new Map(stats?.layers.map((s) => [s.layer, s]) ?? []);
   const rng = seededRandom(seed);
   const out: LayerReport[] = [];
-  for (const layer of model.view.layers) {
+  for (const layer of editedLayers(model.view, dropMtp)) {
     if (layer.block.kind !== 'moe') continue;
     const E = layer.block.experts.length;
     const ls = byLayer.get(layer.index);
+    if (stats && !ls && layer.index >= model.view.dims.layers)
+      fail(
+        'InvalidStats',
+        `the statistics have no multi-token-prediction layer ${layer.index} (saved artifacts score the decoder layers only): give --calib FILE, or --drop-mtp`,
+      );
     if (stats && (!ls || ls.numExperts !== E))
       fail(
         'InvalidStats',
@@ -107,7 +102,7 @@ function planFromScores(
 }
 
 /** A saved plan, checked against this model: every MoE layer once, `keep` distinct experts in range, groups kept even. */
-function checkSavedPlan(view: Model['view'], raw: unknown, keep: number, groups: PrunePlan['groups'], path: string): LayerReport[] {
+function checkSavedPlan(view: Model['view'], raw: unknown, keep: number, groups: PrunePlan['groups'], path: string, dropMtp: boolean): LayerReport[] {
   const bad = (why: string): never => fail('InvalidData', `${path}: ${why}`);
   if (!Array.isArray(raw)) bad('the plan is not a list of layers');
   const byLayer = new Map<number, LayerReport>();
@@ -116,7 +111,7 @@ function checkSavedPlan(view: Model['view'], raw: unknown, keep: number, groups:
     if (byLayer.has(l.layer)) bad(`layer ${l.layer} is planned twice`);
     byLayer.set(l.layer, l);
   }
-  const out = view.layers
+  const out = editedLayers(view, dropMtp)
     .filter((layer) => layer.block.kind === 'moe')
     .map((layer) => {
       const l = byLayer.get(layer.index) ?? bad(`MoE layer ${layer.index} has no kept set`);
@@ -164,7 +159,7 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
   return runPipeline(
     PRUNE_PIPELINE,
     request,
-    async ({ o, model, savePlan: save, loadPlan: load, shard, seconds }) => {
+    async ({ o, model, savePlan: save, loadPlan: load, shard, seconds, passResume }) => {
       const method = getMethod(o.method);
       // --sample-tokens / --beam are the command line's spelling of the search's options (a library caller may give
       // the whole ReconstructOptions instead; the flags win when given)
@@ -184,15 +179,19 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
 
       let layers: LayerReport[];
       let calibration: PruneReport['calibration'] = { source: 'none', tokens: 0 };
+      let resumed: PruneReport['resumed'];
       // the plan depends on the method and the kept count; the text it was scored on is the plan's own business
       const settings = { method: method.name, keep, ...(method.needs === 'none' ? { seed } : {}) };
       if (req.plan) {
-        layers = checkSavedPlan(view, await load<LayerReport[]>(settings), keep, groups, req.plan);
+        layers = checkSavedPlan(view, await load<LayerReport[]>(settings), keep, groups, req.plan, req.dropMtp);
         calibration = { source: 'plan', path: req.plan, tokens: 0 };
       } else if (method.needs === 'sequential') {
         // the runtime (tfjs) is loaded only for data-driven methods
         const { planByReconstruction } = await import('./calibrated.js');
-        const r = await planByReconstruction(model, req, keep, groups);
+        const r = await planByReconstruction(model, req, keep, groups, (windows) =>
+          passResume<LayerReport>('reconstruct', { method: method.name, keep, groups: groups ?? null, reconstruct: req.reconstruct }, windows),
+        );
+        resumed = r.resumed;
         layers = r.layers;
         calibration = { source: 'calib', path: req.calib, tokens: r.tokens };
       } else {
@@ -202,7 +201,7 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
           stats = await calibrationStats(model, req);
           calibration = { source: req.stats ? 'stats' : 'calib', path: req.stats ?? req.calib, tokens: stats.tokens };
         }
-        layers = planFromScores(model, method, keep, groups, stats, seed);
+        layers = planFromScores(model, method, keep, groups, stats, seed, req.dropMtp);
       }
       await save(settings, layers);
 
@@ -211,7 +210,14 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
         const g = view.routing.groups;
         if (g && g.nGroup > 1) fail('Usage', `--refit-router: ${view.family} routes within ${g.nGroup} expert groups, which the refit does not handle`);
         const { refitRouters } = await import('./refit.js');
-        refitted = (await refitRouters(model, req, layers)).rows;
+        // the decoder layers' forward pass: an MTP layer's rows stay sliced
+        refitted = (
+          await refitRouters(
+            model,
+            req,
+            layers.filter((l) => l.layer < view.dims.layers),
+          )
+        ).rows;
       }
       let keepPerLayer: AllocationReport | undefined;
       if (req.keepPerLayer === 'auto') {
@@ -219,7 +225,13 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
         if (g && g.nGroup > 1)
           fail('Usage', `--keep-per-layer auto: ${view.family} routes within expert groups; per-layer counts would have to keep them even`);
         const { perLayerReport } = await import('./refit.js');
-        keepPerLayer = await perLayerReport(model, req, layers, keep);
+        // the decoder layers only: the MTP layers keep the count of the others
+        keepPerLayer = await perLayerReport(
+          model,
+          req,
+          layers.filter((l) => l.layer < view.dims.layers),
+          keep,
+        );
       }
       const edit: ExpertEditPlan = {
         layers: layers.map((l) => ({
@@ -232,9 +244,11 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
       const before = checkpointSizes(model.ckpt, view);
       let after: SizeSummary;
       let predicted = true;
+      let mtp: PruneReport['mtp'];
       if (req.dryRun) {
         // the writer's own plan: validates the edit (groups, top-k) and gives the exact output bytes
-        const planned = await writeExpertEdit(model, edit, req.out ?? `${model.dir}.pruned`, { dryRun: true });
+        const planned = await writeExpertEdit(model, edit, req.out ?? `${model.dir}.pruned`, { dryRun: true, dropMtp: req.dropMtp });
+        mtp = planned.mtp;
         const removed = new Map(layers.map((l) => [l.layer, l.removed]));
         after = {
           ...predictedSizes(model.ckpt, view, before, removed),
@@ -243,11 +257,14 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
         };
       } else {
         const phase = req.progress?.phase(`writing ${req.out}`);
-        await writeExpertEdit(model, edit, req.out!, {
-          force: req.force,
-          shard: shard(layers.map((l) => [l.layer, l.kept])),
-          onProgress: (d, t) => phase?.tick(d, t, 'tensors'),
-        });
+        mtp = (
+          await writeExpertEdit(model, edit, req.out!, {
+            force: req.force,
+            dropMtp: req.dropMtp,
+            shard: shard(layers.map((l) => [l.layer, l.kept])),
+            onProgress: (d, t) => phase?.tick(d, t, 'tensors'),
+          })
+        ).mtp;
         phase?.succeed(`wrote ${req.out}${req.shard ? ` (shard ${req.shard.index}/${req.shard.count})` : ''}`);
         // a shard holds part of the checkpoint: its sizes stay the plan's prediction
         if (req.shard) after = predictedSizes(model.ckpt, view, before, new Map(layers.map((l) => [l.layer, l.removed])));
@@ -271,9 +288,11 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
         groups,
         calibration,
         layers,
+        ...(mtp ? { mtp } : {}),
         ...(keepPerLayer ? { keepPerLayer } : {}),
         sizes: { before, after, predicted },
         memory: await estimateMemory(model, req, method, calibration.tokens),
+        ...(resumed ? { resumed } : {}),
         seconds: seconds(),
       };
     },

@@ -22,8 +22,7 @@
  *   pass: each layer's packed tensors are handed to the writer as they are produced (handoff.ts), so about one
  *   layer of output is in memory. --shard i/n writes only layers l % n == i plus a manifest for moe assemble.
  */
-import type { z } from 'zod';
-import type { Progress } from '../cli/progress.js';
+import { mtpPassThrough } from '../model/mtp.js';
 import { loadWindowSet } from '../data/windows.js';
 import { fail } from '../errors.js';
 import { stagingDirFor } from '../io/output.js';
@@ -47,53 +46,23 @@ import type { ModelView } from '../model/types.js';
 import { quantizeMlp, type ExpertQuant, type ProjBits, type QuantSettings } from './expert.js';
 import { gptqTensorBytes, gptqTensorSpecs, type ModuleQuant, quantizationConfig, registerGptqFormat, vllmGptqConfig } from './format.js';
 import { describeFusedExperts, fusedGptqLayout, fusedModuleWrites } from './fused.js';
-import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, type Proj, type StoredFormat } from './plan.js';
+import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, type StoredFormat } from './plan.js';
 import { LayerHandoff, type WriterInfo } from './handoff.js';
-import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from './resume.js';
+import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from '../pipeline/resume.js';
 import { quantizeMemory } from './memory.js';
 import { refuseQuantized, refuseQuantizedDir } from './input.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
 import { checkPlan, type QuantizePlan } from './saved.js';
-import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, gptqWidths, type QUANTIZE_OPTIONS, QUANTIZE_SPEC, type QuantizeOptions, servingTarget } from './options.js';
+import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, gptqWidths, QUANTIZE_SPEC, servingTarget } from './options.js';
 import { calibFormat, DEFAULT_CALIB_TOKENS } from '../pipeline/fields.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline, type PipelineRun } from '../pipeline/engine.js';
+import type { QuantizeRequest, QuantizeRun, Unit, UnitOption } from './types.js';
 
-/**
- * What a caller gives: the options (src/quantize/options.ts, the same for the command line and recipes) plus, for
- * library callers, progress and MC-MoE's importance exponents.
- */
-export type QuantizeRequest = z.input<typeof QUANTIZE_OPTIONS> & {
-  progress?: Progress;
-  /** MC-MoE exponents of the importance f^alpha * w^beta (default 1 and 1.5) */
-  alpha?: number;
-  beta?: number;
-};
-/** The request after validation: every option resolved. */
-export type QuantizeRun = QuantizeOptions & Omit<QuantizeRequest, keyof QuantizeOptions>;
+export type { QuantizeRequest, QuantizeRun, Unit, UnitOption } from './types.js';
 
 export const REPORT_FILE = 'moe-quantize-report.json';
 export { DEFAULT_CALIB_TOKENS, DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS };
-
-export interface Unit {
-  id: string;
-  layer: number;
-  /** expert granularity: the expert; projection and layer granularity: undefined */
-  expert?: number;
-  /** projection granularity: the projection */
-  proj?: Proj;
-  /** linears whose bits the unit's choice sets */
-  free: LinearDecision[];
-  /** linears of the unit with fixed bits or kept (their bytes count, the choice does not change them) */
-  fixed: LinearDecision[];
-  options: UnitOption[];
-}
-
-/** One width assignment for a unit's free linears (by projection). */
-export interface UnitOption {
-  label: string;
-  bits: Partial<Record<Proj, QuantBits>>;
-}
 
 /** Flag-level checks (the options' schema and checkQuantize) and what the run derives from the options. */
 export function validateRequest(request: QuantizeRequest) {
@@ -617,7 +586,16 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
   }
   const qcSpec = { groupSize: gs, sym: v.settings.sym, actOrder: v.settings.actOrder, damp: v.settings.damp };
   const qc = outputConfig(v.format, !!v.target, decisions, modQuant, unquantized, qcSpec);
-  const rewritePlan = { fates, config: { quantization_config: qc } };
+  // multi-token-prediction layers are outside the plan: copied and declared unquantized, or dropped (--drop-mtp)
+  const mtp = mtpPassThrough(view, ckpt.tensorNames, (n) => layerOfTensor(view, n), !!req.dropMtp);
+  for (const n of mtp.dropped) fates.set(n, { kind: 'drop' });
+  if (mtp.exclusions.length) {
+    if (qc.dynamic && typeof qc.dynamic === 'object') for (const x of mtp.exclusions) (qc.dynamic as Record<string, unknown>)[x] = {};
+    // compressed-tensors: a regex entry of `ignore` per MTP layer
+    else if (Array.isArray(qc.ignore)) for (const x of mtp.exclusions) (qc.ignore as string[]).push(`re:${x.slice(2)}.*`);
+    else fail('Usage', `this quantization_config cannot declare the multi-token-prediction layers unquantized: give --drop-mtp`);
+  }
+  const rewritePlan = { fates, config: { quantization_config: qc, ...mtp.config } };
   const shardSpec = pr.shard({ units: planFile.units.map((u) => [u.id, u.choice]), linears: planFile.linears });
 
   let applyMs = 0;
@@ -812,6 +790,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     ...(req.savePlan ? { planSaved: req.savePlan } : {}),
     ...(fusedLayout && !('refuse' in fusedLayout) ? { fusedExperts: describeFusedExperts(ckpt, view, fusedLayout) } : {}),
   });
+  if (mtp.layers.length) report.mtp = req.dropMtp ? { unquantized: [], dropped: mtp.layers } : { unquantized: mtp.layers, dropped: [] };
   return report;
 }
 

@@ -11,7 +11,7 @@ import { formatEstimate, type MemoryEstimate } from '../runtime/memory.js';
 import type { QuantBits } from '../../kernels/quant/types.js';
 import type { LinearClass, LinearDecision } from './plan.js';
 import { decisionBytesAt, type StoredFormat } from './plan.js';
-import type { QuantizeRequest, Unit } from './pipeline.js';
+import type { QuantizeRequest, Unit } from './types.js';
 
 export interface ClassSize {
   cls: LinearClass | 'other';
@@ -24,6 +24,8 @@ export interface ClassSize {
 
 export interface QuantizeReport {
   tool: 'moe quantize';
+  /** multi-token-prediction layers: copied unquantized (a `-:` rule each in quantization_config.dynamic) or dropped (--drop-mtp) */
+  mtp?: { unquantized: number[]; dropped: number[] };
   model: string;
   out?: string;
   dryRun: boolean;

@@ -84,7 +84,7 @@ describe('routing rules on hand-made logits', () => {
     expect(r4.routing.w[0]).toBeCloseTo(2.5 * s6, 6);
   });
 
-  it('dropped groups are masked to 0.0 (HF masked_fill), so a negative biased score in a kept group can lose to a masked expert', () => {
+  it('dropped groups are masked to -inf (transformers 5.18 DeepseekV3TopkRouter / Glm4MoeTopkRouter masked_fill(~score_mask, -inf)): a kept expert with a negative biased score still wins', () => {
     const l = [0, 0, 0, 0];
     const bias = f32([-1, -0.9, 0.2, 0.1]);
     const rule: RoutingRule = {
@@ -105,8 +105,8 @@ describe('routing rules on hand-made logits', () => {
     // kept group with negative scores vs masked zeros: group0 biased [-0.3, -0.6], group1 [-0.5, -0.55]; top-2 sums -0.9 vs -1.05
     const bias3 = f32([-0.8, -1.1, -1.0, -1.05]);
     const r3 = route({ ...rule, topK: 2 }, f32(l), 1, 4, bias3);
-    // masked group 1 experts score 0.0 > kept group's negatives: HF picks experts 2 and 3
-    expect(Array.from(r3.routing.idx)).toEqual([2, 3]);
+    // the kept group's experts win although their biased scores are negative (a 0.0 mask would pick 2 and 3)
+    expect(Array.from(r3.routing.idx)).toEqual([0, 1]);
   });
 
   it('granite / gpt_oss: top-k on raw logits then softmax over the k; llama4: sigmoid of the k', () => {

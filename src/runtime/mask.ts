@@ -10,7 +10,7 @@
  * index. The kept experts are therefore moved to the front of their group (in their original order), so those ties
  * resolve to the same experts, in the same order, as in the pruned checkpoint.
  */
-import type { MoeLayerEdit, MoeLayerInput } from '../runtime/api.js';
+import type { MoeLayerEdit, MoeLayerInput } from './api.js';
 
 export function maskedEdit(input: Pick<MoeLayerInput, 'experts' | 'router'>, kept: readonly number[], groupSize?: number): MoeLayerEdit {
   const E = input.experts.length;
