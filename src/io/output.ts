@@ -213,7 +213,9 @@ const FINGERPRINT_FILE = '.moe-fingerprint';
 
 /** Keep what a staging directory holds only when it was started by a run of this identity; else empty it and say so. */
 async function adoptStaging(staging: string, out: string, fingerprint: string): Promise<void> {
-  const entries = (await readdir(staging)).filter((f) => f !== LOCK_FILE && f !== FINGERPRINT_FILE);
+  // hidden-state resume files (.moe-resume-*, src/pipeline/resume.ts) carry their own key (model fingerprint, pass
+  // settings, windows) and are checked against it when read; this run may already have written one before its output opens
+  const entries = (await readdir(staging)).filter((f) => f !== LOCK_FILE && f !== FINGERPRINT_FILE && !f.startsWith('.moe-resume-'));
   const previous = (await readFile(join(staging, FINGERPRINT_FILE), 'utf8').catch(() => '')).trim();
   if (entries.length > 0 && previous !== fingerprint) {
     for (const f of entries) await rm(join(staging, f), { recursive: true, force: true });

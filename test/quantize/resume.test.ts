@@ -80,7 +80,9 @@ describe('moe quantize killed mid-apply, then the same command again', () => {
     const resumed = spawnMoe(args(out));
     expect(resumed.status, resumed.stderr).toBe(0);
     const rep = JSON.parse(resumed.stdout);
-    expect(rep.resumedAfterLayer).toBe(1);
+    // killed during layer 2's writes: layer 1's hidden states are saved in the background, so on a loaded machine the
+    // kill can come before that save lands and the restart (correctly) resumes after layer 0; never from scratch
+    expect([0, 1]).toContain(rep.resumedAfterLayer);
     expect(await exists(stagingDirFor(out))).toBe(false);
     expect(await outputFiles(out)).toEqual(await outputFiles(reference));
     // the finished layers' report entries come from the saved state, the plan from the killed run's scoring
