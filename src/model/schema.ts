@@ -92,6 +92,9 @@ export const ArchitectureSchema = z
         topKAliases: z.array(z.string()).default([]),
         tieEmbeddingsDefault: z.boolean().default(false),
         ropeThetaDefault: z.number().default(10000),
+        /** fields transformers 5 types as float only (its strict config validation refuses an int literal there):
+         *  new values written into them get a '.0', and inspect warns about an input with an int in one */
+        floatKeys: z.array(z.string()).default([]),
       })
       .strict(),
     sparseLayers: SparseLayers,
