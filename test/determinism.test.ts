@@ -1,6 +1,7 @@
 /**
  * Every command run twice with the same flags (and --seed where it has a randomized step) writes byte-identical
- * files; where a seed drives a choice, another seed changes it. Reports are left out: they hold wall times.
+ * files, the first run at --threads 1 and the second at --threads 2 (outputs do not depend on the thread count);
+ * where a seed drives a choice, another seed changes it. Reports are left out: they hold wall times.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -18,7 +19,7 @@ async function twice(name: string, args: (out: string) => string[]): Promise<[Re
   const got: Record<string, string>[] = [];
   for (const k of [0, 1]) {
     const out = join(root, `${name}-${k}`);
-    const r = await runMoe([...args(out), '--quiet']);
+    const r = await runMoe([...args(out), '--threads', String(k + 1), '--quiet']);
     expect(r.code, r.stderr).toBe(0);
     got.push(await outputFiles(out));
   }

@@ -18,16 +18,12 @@
  * alternative, spilling them to disk, would write E (H^2 + I^2) floats per layer (about 7 GB per layer of
  * Mixtral-8x7B in float32), and --plan / --shard jobs need the forward pass anyway.
  */
-import { writeFile } from 'node:fs/promises';
 import type { z } from 'zod';
-import { join } from 'node:path';
 import type { Engine } from '../../kernels/linalg/matmul.js';
 import type { Progress } from '../cli/progress.js';
 import { fail } from '../errors.js';
 import { loadSwiGLU } from '../model/load.js';
-import { openModel, type Model } from '../model/open.js';
-import { loadWindows } from '../data/windows.js';
-import { loadPlan, savePlan } from '../model/planfile.js';
+import type { Model } from '../model/open.js';
 import { shardOwner, type ShardSpec } from '../model/shard.js';
 import type { MoeLayerInput, SwiGLUWeights } from '../runtime/api.js';
 import type { MemoryEstimate } from '../runtime/memory.js';
@@ -37,9 +33,8 @@ import { layerGrams, type LayerGrams } from './grams.js';
 import { LayerHandoff } from './handoff.js';
 import { decomposeMemory } from './memory.js';
 import { type DECOMPOSE_OPTIONS, DECOMPOSE_SPEC, DEFAULT_MODE, type DecomposeOptions } from './options.js';
-import { setThreads } from '../runtime/pool.js';
-import { initBackend } from '../runtime/backend.js';
-import { checkModelOptions, parseOptions, prepare } from '../pipeline/validate.js';
+import { parseOptions } from '../pipeline/validate.js';
+import { runPipeline } from '../pipeline/engine.js';
 import { budgetOf, planLoss, planRanks, uniformPlan, uniformRank, unitParams, type AllocLoss, type RankPlan } from './plan.js';
 import { planRecord, planSettings, validatePlan, windowsDigest, type DecomposePlan } from './planfile.js';
 import {
@@ -382,15 +377,13 @@ function unitReport(shape: UnitShape, rank: number, ratio: number, unit?: UnitSu
   return r;
 }
 
+const DECOMPOSE_PIPELINE = { tool: 'decompose', spec: DECOMPOSE_SPEC, reportFile: REPORT_FILE, backendFirst: true } as const;
+
 export async function decompose(request: DecomposeRequest): Promise<DecomposeReport> {
-  const started = Date.now();
-  const req: DecomposeRun = await prepare(DECOMPOSE_SPEC, request);
-  const mode = req.mode;
-  await initBackend(req.backend);
-  if (req.threads !== undefined) await setThreads(req.threads);
-  const model = await openModel(req.model);
-  try {
-    checkModelOptions(req, model.view);
+  return runPipeline(DECOMPOSE_PIPELINE, request, async (run) => {
+    const { model } = run;
+    const req: DecomposeRun = run.o;
+    const mode = req.mode;
     if (model.view.moeLayers.length === 0) fail('InvalidConfig', `${req.model} has no MoE layers to decompose`);
     // checked before the calibration pass, so an impossible budget fails in the first second, not after minutes
     const E = model.view.dims.numExperts;
@@ -413,7 +406,7 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
       calibration = { source: 'calib', path: req.calib ?? '(Grams)', tokens: req.grams.tokens };
       digest = `grams:${req.grams.tokens}`;
     } else if (req.calib || req.windows) {
-      const windows = req.windows ?? (await loadWindows(model.dir, req.calib!, { maxTokens: req.calibTokens, seqLen: req.seqLen }));
+      const windows = req.windows ?? (await run.windows());
       src = { kind: 'forward', windows };
       calibration = { source: 'calib', path: req.calib ?? '(windows)', tokens: windows.reduce((a, w) => a + w.length, 0) };
       digest = windowsDigest(windows);
@@ -431,7 +424,7 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
     let scored: UnitSummary[] | undefined;
     let source: NonNullable<DecomposeReport['plan']>['source'];
     if (req.plan) {
-      const p = validatePlan(await loadPlan(req.plan, 'decompose', model.ckpt, settings), req.plan, shapes, req.ratio);
+      const p = validatePlan(await run.loadPlan(settings), req.plan, shapes, req.ratio);
       ranks = p.list;
       planned = { solver: p.solver, optimal: p.optimal, solveMs: p.solveMs, ...(p.loss !== undefined ? { loss: p.loss } : {}) };
       source = 'file';
@@ -458,7 +451,7 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
     const params = shapes.reduce((a, u, i) => a + unitParams(u, ranks[i]!), 0);
     const record = planRecord(shapes, ranks);
     if (req.savePlan) {
-      await savePlan<DecomposePlan>(req.savePlan, 'decompose', model.ckpt, settings, { ranks: record, ...planned });
+      await run.savePlan(settings, { ranks: record, ...planned } satisfies DecomposePlan);
       req.progress?.phase('plan').succeed(`plan saved to ${req.savePlan}`);
     }
 
@@ -478,7 +471,7 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
 
     let applied: AppliedSummary[] | undefined;
     let output: DecomposeReport['output'];
-    const shard = req.shard && { ...req.shard, plan: { settings, ranks: record } };
+    const shard = run.shard({ settings, ranks: record });
     if (writing) {
       const r = await applyAndWrite(model, req, mode, src, shapes, ranks, opts, shard);
       applied = r.units;
@@ -533,10 +526,7 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
       ...(fusedExperts ? { fusedExperts } : {}),
       seconds: 0,
     };
-    report.seconds = (Date.now() - started) / 1000;
-    if (writing) await writeFile(join(req.out!, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
+    report.seconds = run.seconds();
     return report;
-  } finally {
-    await model.ckpt.close();
-  }
+  });
 }

@@ -51,6 +51,8 @@ export interface InspectReport {
   warnings: string[];
   /** the compute backend that would be used and why the ones above it were skipped (src/runtime/backend.ts) */
   backend?: { chosen: string; reason: string; candidates: { name: string; pkg: string; available: boolean; reason: string }[] };
+  /** worker threads a computing command would use here (--threads, else MOE_THREADS, else the cores) and why */
+  threads?: { threads: number; available: number; reason: string };
 }
 
 export function withBackend(r: InspectReport, b: BackendReport): InspectReport {
@@ -251,6 +253,11 @@ export function formatReport(r: InspectReport): string {
     ]);
   }
   if (r.backend) rows.push(['backend', `${r.backend.chosen} — ${r.backend.reason}`]);
+  if (r.threads)
+    rows.push([
+      'threads',
+      `${r.threads.threads} — ${r.threads.reason}${r.threads.threads > r.threads.available ? ` (more than the ${r.threads.available} cores available)` : ''}`,
+    ]);
   for (const w of r.warnings ?? []) rows.push(['warning', w]);
   const w = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n') + '\n';

@@ -5,6 +5,7 @@
  */
 import { fail } from '../errors.js';
 import type { ActivationSpec, RoutingRule } from '../model/types.js';
+import { decideLayer, type DropMode } from './decide.js';
 import type { Routing, SwiGLUWeights } from '../runtime/api.js';
 import { activationSimilarity, alignFromSimilarity, permuteUnits, weightSimilarity } from './align.js';
 import { ExpertAverager, memberWeights } from './combine.js';
@@ -34,12 +35,22 @@ export interface MergeLayerInput {
   groups?: ExpertGroup[];
   /** group-limited routing: the layer's routing groups (mergeRoutingGroups), which every merged group stays inside */
   routingGroups?: number;
+  /** the family's whole routing rule: the merge-or-drop decision routes its candidates by it */
+  routingRule?: RoutingRule;
 }
 
 export interface MergeLayerOptions {
   /** at most this many routed tokens per group for activation alignment (evenly spaced) */
   maxAlignTokens?: number;
   routerFit?: RouterFitOptions;
+  /**
+   * auto: after planning, decide per group whether to merge or drop (keep one member) and whether REAP or frequency
+   * pruning of the whole layer does better, by the layer's output error on calibration tokens (src/merge/decide.ts);
+   * needs calibration hidden states and the routing rule. never (default here): the planned merge as it is.
+   */
+  drop?: DropMode;
+  /** tokens the decision measures on */
+  decideTokens?: number;
 }
 
 export interface MergedLayer {
@@ -49,6 +60,8 @@ export interface MergedLayer {
   perms: Array<Array<Int32Array | null>>;
   router: RouterWeights;
   report: LayerReport;
+  /** the decision replaced the planned groups or rows: the plan must store the rows */
+  decided?: boolean;
 }
 
 /** Tokens with any group member among their top-k, evenly subsampled to at most `max`; returns their rows of x. */
@@ -137,6 +150,12 @@ class GroupMerge {
   }
 
   add(k: number, member: SwiGLUWeights): void {
+    if (this.weights[k] === 0 && !this.ctx.applied?.perms[k]) {
+      // a dropped member (weight 0) adds nothing: no alignment, and a group left with its anchor alone stays its bytes
+      this.alignment.push(null);
+      this.perms.push(null);
+      return;
+    }
     const a = alignMember(this.anchor, member, this.g, k, this.align, this.ctx, this.tokens);
     this.avg.add(a.perm ? permuteUnits(member, a.perm) : member, this.weights[k]);
     this.alignment.push(a.alignment);
@@ -216,6 +235,40 @@ export function mergeLayer(input: MergeLayerInput, choices: MergeChoices, opts: 
     report.router.klMeanRows = r.klMean;
     report.router.tokens = r.tokens;
     if (r.steps !== undefined) report.router.steps = r.steps;
+  }
+  const rule = input.routingRule;
+  // the decision routes N candidates by the family's rule; group-limited routing keeps the planned merge (its
+  // candidates would have to respect per-group counts, which pruning candidates do not)
+  if (opts.drop === 'auto' && input.calib && rule && !(rule.groups && rule.groups.nGroup > 1) && !rule.sparsemixer) {
+    const d = decideLayer({
+      x: input.calib.x,
+      T: input.calib.T,
+      H,
+      routing: input.calib.routing,
+      logits: input.calib.logits,
+      experts,
+      router: input.router,
+      rule,
+      activation: input.activation,
+      signals,
+      groups,
+      merged,
+      weights: reports.map((g) => g.weights),
+      rows: r.router,
+      maxTokens: opts.decideTokens,
+    });
+    report.decision = d.report;
+    if (d.changed) {
+      const dGroups = d.groups.map((g) => g.group);
+      const dReports: GroupReport[] = d.groups.map((g, i) =>
+        g.dropped || d.report.choice !== 'merge-drop'
+          ? { anchor: g.group.anchor, members: g.group.members, weights: g.weights, alignment: g.group.members.map(() => null) }
+          : reports[i]!,
+      );
+      const dPerms = d.groups.map((g, i) => (g.dropped || d.report.choice !== 'merge-drop' ? g.group.members.map(() => null) : perms[i]!));
+      report.groups = dReports;
+      return { groups: dGroups, experts: d.groups.map((g) => g.expert), perms: dPerms, router: d.rows, report, decided: true };
+    }
   }
   return { groups, experts: merged, perms, router: r.router, report };
 }

@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { fail } from '../errors.js';
 import type { OptionSpec } from '../pipeline/descriptor.js';
 import { common, field, int } from '../pipeline/fields.js';
+import { DROP_MODES } from './decide.js';
 import { ALIGNS, find, ROUTERS } from './methods.js';
 import { ALIGN_METHODS, GROUPING_METHODS, MERGE_OPTION_DEFAULTS, ROUTER_METHODS, WEIGHTING_METHODS } from './types.js';
 
@@ -22,6 +23,11 @@ export const MERGE_OPTIONS = z.object({
   }),
   weighting: field(z.enum(WEIGHTING_METHODS).default(DEFAULTS.weighting), { help: 'member weights in the average (see Weighting below)', arg: 'm' }),
   router: field(z.enum(ROUTER_METHODS).default(DEFAULTS.router), { help: 'new router row per group (see Router rows below)', arg: 'm' }),
+  drop: field(z.enum(DROP_MODES).optional(), {
+    help: "auto: per layer, drop a group's other members instead of merging them, or prune the layer (REAP, frequency), wherever that lowers the layer's output error on calibration tokens (report: decision per layer); never: merge as planned",
+    arg: 'm',
+    defaultText: 'auto with --calib, never with --stats or --plan',
+  }),
   calib: common.calib('calibration text: sequential merging in one forward pass, each layer measured through the merged layers before it'),
   calibTokens: common.calibTokens(),
   seqLen: common.seqLen(),
@@ -56,6 +62,9 @@ export function checkMerge(o: MergeOptions): void {
       'Usage',
       `merging is data-driven (grouping ${o.grouping} reads routing statistics): give calibration text (--calib FILE), saved statistics (--stats DIR) or a saved plan (--plan FILE)`,
     );
+  if (o.plan && o.drop) fail('Usage', '--drop decides while planning: a saved plan (--plan) already holds its decisions, give no --drop with it');
+  if (o.stats && o.drop === 'auto')
+    fail('Usage', '--drop auto measures each layer on calibration hidden states: give --calib FILE (--stats is not enough), or --drop never');
   if (o.stats) {
     // a dry run refuses what the real run refuses: it predicts that run
     if (find(ALIGNS, o.align)?.needs === 'sequential')

@@ -15,30 +15,26 @@
  * time), so memory is one layer during the pass and one group during the write. `--shard i/n` writes only layers
  * l with l % n = i; it needs --stats or --plan, because a sequential plan is one pass through all layers.
  */
-import { writeFile } from 'node:fs/promises';
 import type { z } from 'zod';
-import { join } from 'node:path';
 import { resolveCalibration } from '../calibrate/resolve.js';
 import type { CalibStats } from '../calibrate/types.js';
 import type { Progress } from '../cli/progress.js';
-import { loadWindows } from '../data/windows.js';
 import { fail } from '../errors.js';
 import { loadRouter, loadSwiGLU } from '../model/load.js';
-import { openModel, type Model } from '../model/open.js';
-import { loadPlan, savePlan } from '../model/planfile.js';
+import type { Model } from '../model/open.js';
 import { writeExpertEdit, type ExpertEditPlan, type ExpertSource, type LayerExpertEdit } from '../model/rewrite.js';
 import type { ModelView, MoeBlock } from '../model/types.js';
 import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from '../prune/sizes.js';
-import { setThreads } from '../runtime/pool.js';
-import { initBackend } from '../runtime/backend.js';
 import { maskedEdit } from '../prune/mask.js';
 import type { MoeLayerEdit, MoeLayerInput, SwiGLUWeights } from '../runtime/api.js';
 import type { MemoryEstimate } from '../runtime/memory.js';
 import { streamModel } from '../runtime/stream.js';
 import { swiglu } from '../runtime/swiglu.js';
-import { checkModelOptions, parseOptions, prepare } from '../pipeline/validate.js';
+import { parseOptions } from '../pipeline/validate.js';
+import { runPipeline } from '../pipeline/engine.js';
 import { memberWeights } from './combine.js';
 import { checkGroupCount, checkPartition, groupExperts, mergeRoutingGroups, routingGroupOf } from './grouping.js';
+import { decideTokens } from './decide.js';
 import { mergeGroupStreamed, mergeLayer, type MergedLayer, type MergeLayerOptions } from './layer.js';
 import { mergeMemory } from './memory.js';
 import { DEFAULTS, type MERGE_OPTIONS, MERGE_SPEC, type MergeOptions } from './options.js';
@@ -157,6 +153,7 @@ async function planSequential(model: Model, req: MergeRun, choices: MergeChoices
           calib: { x: input.x, T: input.T, logits: input.logits, routing: input.routing },
           activation: view.forward.activation,
           routingGroups,
+          routingRule: view.routing,
         },
         choices,
         opts,
@@ -165,7 +162,9 @@ async function planSequential(model: Model, req: MergeRun, choices: MergeChoices
         layer: input.layer.index,
         groups: m.report.groups.map((g, i) => ({ ...g, ...(choices.align !== 'none' && g.members.length > 1 ? { perms: m.perms[i] } : {}) })),
         router: m.report.router,
-        ...(choices.router === 'fit' ? { rows: routerRows(m.router) } : {}),
+        ...(m.report.decision ? { decision: m.report.decision } : {}),
+        // decided rows (a dropped group keeps its member's own row) are data-dependent like fitted ones
+        ...(choices.router === 'fit' || m.decided ? { rows: routerRows(m.router) } : {}),
       });
       phase?.tick(plan.layers.length, view.moeLayers.length, 'layers');
       return runningEdit(m.experts, m.router, input.experts.length, H, routingGroups);
@@ -231,7 +230,8 @@ async function planEdit(
     const groups: ExpertGroup[] = l.groups.map((g) => ({ anchor: g.anchor, members: g.members }));
     const router = l.rows ?? routerRows(mergeRouter(choices.router, await loadRouter(model.ckpt, block.router), groups, H, E, view.routing).router);
     const experts: ExpertSource[] = l.groups.map((g, gi) => {
-      if (g.members.length === 1) return { from: g.anchor };
+      // a group of one, or one whose other members were dropped (weight 0): the kept expert's bytes
+      if (g.members.length === 1 || (g.weights[0] === 1 && g.weights.slice(1).every((w) => w === 0))) return { from: g.anchor };
       return {
         // under group-limited routing the merged expert stays in its members' routing group
         ...(routingGroups > 1 ? { group: routingGroupOf(g.anchor, E, routingGroups) } : {}),
@@ -270,16 +270,21 @@ export function planSettings(choices: MergeChoices, req: Pick<MergeRequest, 'fit
   };
 }
 
+const MERGE_PIPELINE = { tool: 'merge', spec: MERGE_SPEC, reportFile: REPORT_FILE } as const;
+
 export async function merge(request: MergeRequest): Promise<MergeReport> {
-  const started = Date.now();
-  const req: MergeRun = await prepare(MERGE_SPEC, request);
-  const choices = choicesOf(req);
-  const model = await openModel(req.model);
-  try {
+  return runPipeline(MERGE_PIPELINE, request, async (run) => {
+    const { model, seconds } = run;
+    const req: MergeRun = run.o;
+    const choices = choicesOf(req);
     const view = model.view;
-    checkModelOptions(req, view);
     checkGroups(view, choices.groups);
-    const opts: MergeLayerOptions = { maxAlignTokens: req.alignTokens, routerFit: { steps: req.fitSteps, maxTokens: req.fitTokens } };
+    const opts: MergeLayerOptions = {
+      maxAlignTokens: req.alignTokens,
+      routerFit: { steps: req.fitSteps, maxTokens: req.fitTokens },
+      drop: req.drop ?? (req.calib ? 'auto' : 'never'),
+      decideTokens: decideTokens(view.dims.numExperts, choices.groups, view.dims.hidden),
+    };
     const E = view.dims.numExperts;
     const before = checkpointSizes(model.ckpt, view);
     const settings = planSettings(choices, req);
@@ -288,7 +293,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
     let pass: { tokens: number; seqLen: number } | undefined;
     let source: MergeReport['calibration']['source'];
     if (req.plan) {
-      plan = checkSavedPlan(view, await loadPlan<unknown>(req.plan, 'merge', model.ckpt, settings), choices, req.plan);
+      plan = checkSavedPlan(view, await run.loadPlan<unknown>(settings), choices, req.plan);
       source = 'plan';
     } else if (req.stats) {
       const stats = await resolveCalibration({ model, stats: req.stats, ...(req.progress ? { progress: req.progress } : {}) });
@@ -296,9 +301,8 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
       plan = planFromStats(model, stats, choices);
       source = 'stats';
     } else {
-      await initBackend(req.backend);
-      if (req.threads !== undefined) await setThreads(req.threads);
-      const windows = await loadWindows(model.dir, req.calib!, { maxTokens: req.calibTokens, seqLen: req.seqLen });
+      await run.startBackend();
+      const windows = await run.windows();
       pass = { tokens: windows.reduce((a, w) => a + w.length, 0), seqLen: windows[0]?.length ?? 0 };
       plan = await planSequential(model, req, choices, opts, windows);
       source = 'calib';
@@ -310,7 +314,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
           `a plan from --stats cannot hold ${choices.align === 'activations' ? 'activation alignment' : 'fitted router rows'} (they need calibration hidden states): plan with --calib FILE`,
         );
       }
-      await savePlan(req.savePlan, 'merge', model.ckpt, settings, serializePlan(plan));
+      await run.savePlan(settings, serializePlan(plan));
     }
     const layers = plan.layers.map(layerReport);
 
@@ -318,13 +322,11 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
     let after = predictedSizes(model.ckpt, view, before, removed);
     let predicted = true;
     if (!req.dryRun) {
-      await initBackend(req.backend);
+      await run.startBackend();
       const { edit, finish } = await planEdit(model, plan, choices, layers, req.progress);
       const phase = req.progress?.phase(`writing ${req.out}`);
-      await writeExpertEdit(model, edit, req.out!, {
-        force: req.force,
-        ...(req.shard ? { shard: { ...req.shard, plan: shardDecisions(plan, choices) } } : {}),
-      });
+      const shard = run.shard(shardDecisions(plan, choices));
+      await writeExpertEdit(model, edit, req.out!, { force: req.force, ...(shard ? { shard } : {}) });
       finish();
       phase?.succeed(`wrote ${req.out}${req.shard ? ` (shard ${req.shard.index}/${req.shard.count})` : ''}`);
       // a shard holds part of the checkpoint: its sizes stay the plan's prediction
@@ -333,7 +335,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
         predicted = false;
       }
     }
-    const report: MergeReport = {
+    return {
       tool: 'moe merge',
       model: req.model,
       out: req.out,
@@ -356,11 +358,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
         alignTokens: req.alignTokens ?? MERGE_OPTION_DEFAULTS.alignTokens,
         fitTokens: req.fitTokens ?? MERGE_OPTION_DEFAULTS.fitTokens,
       }),
-      seconds: (Date.now() - started) / 1000,
-    };
-    if (!req.dryRun) await writeFile(join(req.out!, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
-    return report;
-  } finally {
-    await model.ckpt.close();
-  }
+      seconds: seconds(),
+    } satisfies MergeReport;
+  });
 }

@@ -23,6 +23,7 @@ import { createHash } from 'node:crypto';
 import { fail } from '../errors.js';
 import type { ModelView, MoeBlock } from '../model/types.js';
 import { mergeRoutingGroups, routingGroupProblem } from './grouping.js';
+import type { DecisionReport } from './decide.js';
 import type { RouterWeights } from './router.js';
 import type { GroupReport, LayerReport, MergeChoices } from './types.js';
 
@@ -37,8 +38,10 @@ export interface PlannedLayer {
   layer: number;
   groups: PlannedGroup[];
   router: LayerReport['router'];
-  /** router rows fitted on calibration hidden states (--router fit); absent: anchor/mean rows of the input router */
+  /** router rows fitted on calibration hidden states (--router fit) or decided (--drop auto); absent: anchor/mean rows of the input router */
   rows?: RouterWeights;
+  /** --drop auto: what the layer became and why (report only) */
+  decision?: DecisionReport;
 }
 
 export interface MergePlan {
@@ -57,6 +60,7 @@ interface SavedLayer {
   layer: number;
   groups: SavedGroup[];
   router: LayerReport['router'];
+  decision?: DecisionReport;
   rows?: { w: string; bias?: string; correctionBias?: string };
 }
 
@@ -97,6 +101,7 @@ export function serializePlan(plan: MergePlan): SavedMergePlan {
         ...(g.perms ? { perms: g.perms.map((p) => (p ? b64(p) : null)) } : {}),
       })),
       router: l.router,
+      ...(l.decision ? { decision: l.decision } : {}),
       ...(l.rows
         ? {
             rows: {
@@ -186,7 +191,8 @@ export function checkSavedPlan(view: ModelView, raw: unknown, choices: MergeChoi
           return perm;
         });
       }
-      if (members.length > 1 && choices.align === 'activations' && !g.perms?.slice(1).every((p) => p)) {
+      // a member of weight 0 (dropped by --drop auto) is not averaged and needs no permutation
+      if (members.length > 1 && choices.align === 'activations' && !members.every((_, k) => k === 0 || g.weights[k] === 0 || g.perms?.[k])) {
         at(`group ${gi}: activation alignment is data-dependent and the plan lacks the members' permutations`);
       }
       return g;
@@ -196,6 +202,7 @@ export function checkSavedPlan(view: ModelView, raw: unknown, choices: MergeChoi
     const router = isObject(raw!.router) ? (raw!.router as LayerReport['router']) : at('router is missing');
     if (router.method !== choices.router) at(`router rows are '${router.method}', this command has --router ${choices.router}`);
     const planned: PlannedLayer = { layer: L, groups, router };
+    if (isObject(raw!.decision)) planned.decision = raw!.decision as unknown as DecisionReport;
     if (raw!.rows !== undefined) {
       if (!isObject(raw!.rows)) at('rows is not an object');
       const rr = raw!.rows as Record<string, unknown>;
@@ -245,5 +252,6 @@ export function layerReport(l: PlannedLayer): LayerReport {
     layer: l.layer,
     groups: l.groups.map((g) => ({ anchor: g.anchor, members: g.members, weights: g.weights, alignment: g.alignment })),
     router: l.router,
+    ...(l.decision ? { decision: l.decision } : {}),
   };
 }

@@ -4,6 +4,8 @@
  * expert and one router row.
  */
 
+import type { DecisionReport } from './decide.js';
+
 export const GROUPING_METHODS = ['msmoe', 'hierarchical', 'saliency'] as const;
 export type GroupingMethod = (typeof GROUPING_METHODS)[number];
 
@@ -63,6 +65,8 @@ export interface GroupReport {
 export interface LayerReport {
   layer: number;
   groups: GroupReport[];
+  /** --drop auto: what the layer became and the output error of each candidate (src/merge/decide.ts) */
+  decision?: DecisionReport;
   router: {
     method: RouterMethod;
     /** mean KL(group-summed old scores || new scores) on calibration tokens: of the chosen rows and of mean rows */

@@ -64,7 +64,7 @@ export const common = {
   stats: (help = 'saved calibration statistics (moe calibrate --out)') => field(z.string().min(1).optional(), { help, arg: 'dir', path: 'stats' }),
   backend: (help = 'tensor backend') => field(z.enum(BACKENDS).default('auto'), { help, arg: 'name' }),
   threads: (help = 'worker threads, each with its own tensor backend (outputs are byte-identical for any count)') =>
-    field(int(1).optional(), { help, arg: 'n', defaultText: 'MOE_THREADS, else 1' }),
+    field(int(1).optional(), { help, arg: 'n', defaultText: 'MOE_THREADS, else the cores available' }),
   savePlan: (help = 'also write the plan to this file (with --dry-run: only the plan)') =>
     field(z.string().min(1).optional(), { help, arg: 'file', recipe: false }),
   plan: (help = 'apply a plan saved by --save-plan instead of planning (same model and flags as the run that saved it)') =>

@@ -5,22 +5,20 @@
  * artifact); `reconstruct` chooses each layer's set inside a forward pass whose earlier layers are already
  * pruned, so layer l is fitted to what it will really receive.
  */
-import { writeFile } from 'node:fs/promises';
 import type { z } from 'zod';
-import { join } from 'node:path';
 import type { CalibStats } from '../calibrate/types.js';
 import type { Progress } from '../cli/progress.js';
 import { fail } from '../errors.js';
-import { openModel, type Model } from '../model/open.js';
+import type { Model } from '../model/open.js';
 import { writeExpertEdit, type ExpertEditPlan } from '../model/rewrite.js';
 import { getMethod, type PruneMethod } from './methods.js';
 import { checkKeep, keepFromRatio, keptFromScores, layerPlan, type LayerPlan, type PrunePlan } from './plan.js';
 import type { ReconstructOptions } from './reconstruct.js';
 import { seededRandom } from '../../kernels/random.js';
 import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from './sizes.js';
-import { loadPlan, savePlan } from '../model/planfile.js';
 import { estimatePeak, maxEstimate, streamedPassParts, writerBytes, type MemoryEstimate } from '../runtime/memory.js';
-import { checkModelOptions, parseOptions, prepare } from '../pipeline/validate.js';
+import { parseOptions } from '../pipeline/validate.js';
+import { runPipeline } from '../pipeline/engine.js';
 import { DEFAULT_METHOD, type PRUNE_OPTIONS, PRUNE_SPEC, RECONSTRUCT_DEFAULTS, type PruneOptions } from './options.js';
 
 /**
@@ -154,107 +152,105 @@ async function estimateMemory(model: Model, req: PruneRun, method: PruneMethod, 
   return maxEstimate(write, estimatePeak(parts));
 }
 
+const PRUNE_PIPELINE = { tool: 'prune', spec: PRUNE_SPEC, reportFile: REPORT_FILE } as const;
+
 export async function prune(request: PruneRequest): Promise<PruneReport> {
-  const started = Date.now();
-  const o = await prepare(PRUNE_SPEC, request);
-  validateRequest(request);
-  const method = getMethod(o.method);
-  // --sample-tokens / --beam are the command line's spelling of the search's options (a library caller may give
-  // the whole ReconstructOptions instead; the flags win when given)
-  const req: PruneRun = {
-    ...o,
-    reconstruct: {
-      ...request.reconstruct,
-      ...(request.sampleTokens !== undefined ? { maxTokens: o.sampleTokens } : {}),
-      ...(request.beam !== undefined ? { beam: o.beam } : {}),
-    },
-  };
-  const model = await openModel(req.model);
-  try {
-    const view = model.view;
-    checkModelOptions(req, view);
-    const E = view.dims.numExperts;
-    const keep = req.keep ?? keepFromRatio(req.ratio!, E);
-    const { groups } = checkKeep(view, keep);
-    const seed = req.seed;
-
-    let layers: LayerReport[];
-    let calibration: PruneReport['calibration'] = { source: 'none', tokens: 0 };
-    // the plan depends on the method and the kept count; the text it was scored on is the plan's own business
-    const settings = { method: method.name, keep, ...(method.needs === 'none' ? { seed } : {}) };
-    if (req.plan) {
-      layers = checkSavedPlan(view, await loadPlan<LayerReport[]>(req.plan, 'prune', model.ckpt, settings), keep, groups, req.plan);
-      calibration = { source: 'plan', path: req.plan, tokens: 0 };
-    } else if (method.needs === 'sequential') {
-      // the runtime (tfjs) is loaded only for data-driven methods
-      const { planByReconstruction } = await import('./calibrated.js');
-      const r = await planByReconstruction(model, req, keep, groups);
-      layers = r.layers;
-      calibration = { source: 'calib', path: req.calib, tokens: r.tokens };
-    } else {
-      let stats: CalibStats | undefined;
-      if (method.needs === 'stats') {
-        const { calibrationStats } = await import('./calibrated.js');
-        stats = await calibrationStats(model, req);
-        calibration = { source: req.stats ? 'stats' : 'calib', path: req.stats ?? req.calib, tokens: stats.tokens };
-      }
-      layers = planFromScores(model, method, keep, groups, stats, seed);
-    }
-    if (req.savePlan) await savePlan(req.savePlan, 'prune', model.ckpt, settings, layers);
-
-    const edit: ExpertEditPlan = {
-      layers: layers.map((l) => ({ layer: l.layer, experts: l.kept.map((j) => ({ from: j })) })),
-      groups: groups && { nGroup: groups.nGroup, topkGroup: groups.topkGroup },
-    };
-    const before = checkpointSizes(model.ckpt, view);
-    let after: SizeSummary;
-    let predicted = true;
-    if (req.dryRun) {
-      // the writer's own plan: validates the edit (groups, top-k) and gives the exact output bytes
-      const planned = await writeExpertEdit(model, edit, req.out ?? `${model.dir}.pruned`, { dryRun: true });
-      const removed = new Map(layers.map((l) => [l.layer, l.removed]));
-      after = {
-        ...predictedSizes(model.ckpt, view, before, removed),
-        bytes: planned.totalBytes,
-        params: planned.tensors.reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0),
+  return runPipeline(
+    PRUNE_PIPELINE,
+    request,
+    async ({ o, model, savePlan: save, loadPlan: load, shard, seconds }) => {
+      const method = getMethod(o.method);
+      // --sample-tokens / --beam are the command line's spelling of the search's options (a library caller may give
+      // the whole ReconstructOptions instead; the flags win when given)
+      const req: PruneRun = {
+        ...o,
+        reconstruct: {
+          ...request.reconstruct,
+          ...(request.sampleTokens !== undefined ? { maxTokens: o.sampleTokens } : {}),
+          ...(request.beam !== undefined ? { beam: o.beam } : {}),
+        },
       };
-    } else {
-      const phase = req.progress?.phase(`writing ${req.out}`);
-      await writeExpertEdit(model, edit, req.out!, {
-        force: req.force,
-        shard: req.shard && { ...req.shard, plan: layers.map((l) => [l.layer, l.kept]) },
-        onProgress: (d, t) => phase?.tick(d, t, 'tensors'),
-      });
-      phase?.succeed(`wrote ${req.out}${req.shard ? ` (shard ${req.shard.index}/${req.shard.count})` : ''}`);
-      // a shard holds part of the checkpoint: its sizes stay the plan's prediction
-      if (req.shard) after = predictedSizes(model.ckpt, view, before, new Map(layers.map((l) => [l.layer, l.removed])));
-      else {
-        after = await writtenSizes(req.out!);
-        predicted = false;
+      const view = model.view;
+      const E = view.dims.numExperts;
+      const keep = req.keep ?? keepFromRatio(req.ratio!, E);
+      const { groups } = checkKeep(view, keep);
+      const seed = req.seed;
+
+      let layers: LayerReport[];
+      let calibration: PruneReport['calibration'] = { source: 'none', tokens: 0 };
+      // the plan depends on the method and the kept count; the text it was scored on is the plan's own business
+      const settings = { method: method.name, keep, ...(method.needs === 'none' ? { seed } : {}) };
+      if (req.plan) {
+        layers = checkSavedPlan(view, await load<LayerReport[]>(settings), keep, groups, req.plan);
+        calibration = { source: 'plan', path: req.plan, tokens: 0 };
+      } else if (method.needs === 'sequential') {
+        // the runtime (tfjs) is loaded only for data-driven methods
+        const { planByReconstruction } = await import('./calibrated.js');
+        const r = await planByReconstruction(model, req, keep, groups);
+        layers = r.layers;
+        calibration = { source: 'calib', path: req.calib, tokens: r.tokens };
+      } else {
+        let stats: CalibStats | undefined;
+        if (method.needs === 'stats') {
+          const { calibrationStats } = await import('./calibrated.js');
+          stats = await calibrationStats(model, req);
+          calibration = { source: req.stats ? 'stats' : 'calib', path: req.stats ?? req.calib, tokens: stats.tokens };
+        }
+        layers = planFromScores(model, method, keep, groups, stats, seed);
       }
-    }
-    const report: PruneReport = {
-      tool: 'moe prune',
-      method: method.name,
-      paper: method.paper,
-      model: req.model,
-      out: req.out,
-      dryRun: !!req.dryRun,
-      family: view.family,
-      numExperts: E,
-      keep,
-      topK: view.routing.topK,
-      seed: method.needs === 'none' ? seed : undefined,
-      groups,
-      calibration,
-      layers,
-      sizes: { before, after, predicted },
-      memory: await estimateMemory(model, req, method, calibration.tokens),
-      seconds: (Date.now() - started) / 1000,
-    };
-    if (!req.dryRun) await writeFile(join(req.out!, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
-    return report;
-  } finally {
-    await model.ckpt.close();
-  }
+      await save(settings, layers);
+
+      const edit: ExpertEditPlan = {
+        layers: layers.map((l) => ({ layer: l.layer, experts: l.kept.map((j) => ({ from: j })) })),
+        groups: groups && { nGroup: groups.nGroup, topkGroup: groups.topkGroup },
+      };
+      const before = checkpointSizes(model.ckpt, view);
+      let after: SizeSummary;
+      let predicted = true;
+      if (req.dryRun) {
+        // the writer's own plan: validates the edit (groups, top-k) and gives the exact output bytes
+        const planned = await writeExpertEdit(model, edit, req.out ?? `${model.dir}.pruned`, { dryRun: true });
+        const removed = new Map(layers.map((l) => [l.layer, l.removed]));
+        after = {
+          ...predictedSizes(model.ckpt, view, before, removed),
+          bytes: planned.totalBytes,
+          params: planned.tensors.reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0),
+        };
+      } else {
+        const phase = req.progress?.phase(`writing ${req.out}`);
+        await writeExpertEdit(model, edit, req.out!, {
+          force: req.force,
+          shard: shard(layers.map((l) => [l.layer, l.kept])),
+          onProgress: (d, t) => phase?.tick(d, t, 'tensors'),
+        });
+        phase?.succeed(`wrote ${req.out}${req.shard ? ` (shard ${req.shard.index}/${req.shard.count})` : ''}`);
+        // a shard holds part of the checkpoint: its sizes stay the plan's prediction
+        if (req.shard) after = predictedSizes(model.ckpt, view, before, new Map(layers.map((l) => [l.layer, l.removed])));
+        else {
+          after = await writtenSizes(req.out!);
+          predicted = false;
+        }
+      }
+      return {
+        tool: 'moe prune',
+        method: method.name,
+        paper: method.paper,
+        model: req.model,
+        out: req.out,
+        dryRun: !!req.dryRun,
+        family: view.family,
+        numExperts: E,
+        keep,
+        topK: view.routing.topK,
+        seed: method.needs === 'none' ? seed : undefined,
+        groups,
+        calibration,
+        layers,
+        sizes: { before, after, predicted },
+        memory: await estimateMemory(model, req, method, calibration.tokens),
+        seconds: seconds(),
+      };
+    },
+    { before: () => validateRequest(request) },
+  );
 }

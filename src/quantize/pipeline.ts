@@ -22,21 +22,17 @@
  *   pass: each layer's packed tensors are handed to the writer as they are produced (handoff.ts), so about one
  *   layer of output is in memory. --shard i/n writes only layers l % n == i plus a manifest for moe assemble.
  */
-import { writeFile } from 'node:fs/promises';
 import type { z } from 'zod';
-import { join } from 'node:path';
 import type { Progress } from '../cli/progress.js';
 import { loadWindowSet } from '../data/windows.js';
 import { fail } from '../errors.js';
 import { stagingDirFor } from '../io/output.js';
 import { loadLinear } from '../model/load.js';
-import { openModel, type Model } from '../model/open.js';
-import { savePlan, loadPlan, modelFingerprint } from '../model/planfile.js';
+import type { Model } from '../model/open.js';
+import { modelFingerprint } from '../model/planfile.js';
 import { layerOfTensor, rewriteCheckpoint, type NewTensor, type RewriteResult, type TensorFate } from '../model/rewrite.js';
 import { shardOwner } from '../model/shard.js';
 import type { MoeLayerInput, StreamCheckpoint, SwiGLUWeights } from '../runtime/api.js';
-import { setThreads } from '../runtime/pool.js';
-import { initBackend } from '../runtime/backend.js';
 import { streamModel } from '../runtime/stream.js';
 import { allocate, type AllocResult, type AllocUnit } from '../alloc/knapsack.js';
 import { quantizeRtn } from '../../kernels/quant/rtn.js';
@@ -60,11 +56,13 @@ import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, t
 import { LayerHandoff, type WriterInfo } from './handoff.js';
 import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from './resume.js';
 import { quantizeMemory } from './memory.js';
+import { refuseQuantized, refuseQuantizedDir } from './input.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
 import { checkPlan, type QuantizePlan } from './saved.js';
 import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, gptqWidths, type QUANTIZE_OPTIONS, QUANTIZE_SPEC, type QuantizeOptions } from './options.js';
 import { DEFAULT_CALIB_TOKENS } from '../pipeline/fields.js';
-import { checkModelOptions, parseOptions, prepare } from '../pipeline/validate.js';
+import { parseOptions } from '../pipeline/validate.js';
+import { runPipeline, type PipelineRun } from '../pipeline/engine.js';
 
 /**
  * What a caller gives: the options (src/quantize/options.ts, the same for the command line and recipes) plus, for
@@ -236,26 +234,34 @@ function projBits(exp: readonly LinearDecision[], choose: (d: LinearDecision) =>
   return pb;
 }
 
+const QUANTIZE_PIPELINE = {
+  tool: 'quantize',
+  spec: QUANTIZE_SPEC,
+  reportFile: REPORT_FILE,
+  checkModel: (model: Model, o: { model: string }) => refuseQuantized(model.ckpt.config, o.model),
+} as const;
+
 export async function quantize(request: QuantizeRequest): Promise<QuantizeReport> {
   const t0 = performance.now();
-  const req: QuantizeRun = await prepare(QUANTIZE_SPEC, request);
-  if (req.format === 'gguf') {
+  let v: ReturnType<typeof derive>;
+  return runPipeline(QUANTIZE_PIPELINE, request, (r) => run(r, v, t0), {
     // llama.cpp's block types, one per tensor: a pipeline of its own (src/gguf/quantize.ts)
-    const { quantizeGguf } = await import('../gguf/quantize.js');
-    return (await quantizeGguf(req, t0)) as unknown as QuantizeReport;
-  }
-  const v = derive(req);
-  registerGptqFormat();
-  const model = await openModel(req.model);
-  try {
-    checkModelOptions(req, model.view);
-    return await run(model, req, v, t0);
-  } finally {
-    await model.ckpt.close();
-  }
+    divert: (o) =>
+      o.format === 'gguf'
+        ? refuseQuantizedDir(o.model).then(async () => {
+            const { quantizeGguf } = await import('../gguf/quantize.js');
+            return (await quantizeGguf(o, t0)) as unknown as QuantizeReport;
+          })
+        : undefined,
+    before: (o) => {
+      v = derive(o);
+      registerGptqFormat();
+    },
+  });
 }
 
-async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>, t0: number): Promise<QuantizeReport> {
+async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t0: number): Promise<QuantizeReport> {
+  const { model, o: req } = pr;
   const { view, ckpt } = model;
   if (view.moeLayers.length === 0) fail('UnsupportedArchitecture', `${req.model} has no MoE layers: nothing to allocate`);
   const decisions = decide(view, ckpt, {
@@ -295,7 +301,7 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
   const needScores = units.some((u) => u.options.length > 1);
   let loaded: { plan: QuantizePlan; choice: number[] } | undefined;
   if (req.plan) {
-    const plan = await loadPlan<QuantizePlan>(req.plan, 'quantize', ckpt, v.planSettings);
+    const plan = (await pr.loadPlan<QuantizePlan>(v.planSettings))!;
     loaded = { plan, choice: checkPlan(req.plan, plan, { units, decisions, finalBits: finalBitsOf }) };
   }
   if (req.shard && needScores && !loaded) {
@@ -332,8 +338,7 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
   let calibTokens = 0;
   let seqLen = 0;
   // kernels run on tfjs with or without calibration (round-to-nearest at write time too)
-  await initBackend(req.backend);
-  if (req.threads !== undefined) await setThreads(req.threads);
+  await pr.startBackend();
   // round-to-nearest needs no activations: calibration is read only to score, or for GPTQ
   if (req.calib && (scoring || v.method === 'gptq')) {
     const set = await loadWindowSet(req.model, req.calib, { seqLen: req.seqLen, maxTokens: req.calibTokens });
@@ -481,7 +486,7 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
     linears: Object.fromEntries(decisions.map((d) => [d.tensor, finalBits(d)])),
     solver: { optimal: alloc.optimal, gap: alloc.gap, loss: alloc.loss, solveMs: alloc.solveMs },
   };
-  if (req.savePlan) await savePlan(req.savePlan, 'quantize', ckpt, v.planSettings, planFile);
+  await pr.savePlan(v.planSettings, planFile);
 
   const gptqLayers = windows ? gptqLayersOf(finalBits) : [];
   const memory = quantizeMemory({
@@ -587,7 +592,7 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
   }
   const qc = quantizationConfig(modQuant, unquantized, { groupSize: gs, sym: v.settings.sym, actOrder: v.settings.actOrder, damp: v.settings.damp });
   const rewritePlan = { fates, config: { quantization_config: qc } };
-  const shardSpec = req.shard && { ...req.shard, plan: { units: planFile.units.map((u) => [u.id, u.choice]), linears: planFile.linears } };
+  const shardSpec = pr.shard({ units: planFile.units.map((u) => [u.id, u.choice]), linears: planFile.linears });
 
   let applyMs = 0;
   let writeMs = 0;
@@ -761,6 +766,5 @@ async function run(model: Model, req: QuantizeRun, v: ReturnType<typeof derive>,
     ...(req.savePlan ? { planSaved: req.savePlan } : {}),
     ...(fusedLayout && !('refuse' in fusedLayout) ? { fusedExperts: describeFusedExperts(ckpt, view, fusedLayout) } : {}),
   });
-  if (!req.dryRun && req.out) await writeFile(join(req.out, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
   return report;
 }

@@ -56,7 +56,12 @@ async function probeWasm(): Promise<BackendCandidate> {
   const pkg = '@tensorflow/tfjs-backend-wasm';
   const r = await tryImport(pkg);
   if (!r.ok) return { name: 'wasm', pkg, available: false, reason: r.reason };
-  return { name: 'wasm', pkg, available: true, reason: 'WebAssembly (SIMD when the engine supports it), single thread' };
+  return {
+    name: 'wasm',
+    pkg,
+    available: true,
+    reason: 'WebAssembly (SIMD when the engine supports it), one thread per instance (--threads N runs N workers, each with its own)',
+  };
 }
 
 async function probeCpu(): Promise<BackendCandidate> {

@@ -12,6 +12,7 @@ import type { Checkpoint } from '../io/checkpoint.js';
 import { DTYPE_BYTES } from '../io/dtype.js';
 import type { LayerView, LinearRef, ModelView, SwiGLURefs } from '../model/types.js';
 import { MAX_ROWS, swigluRowsPerChunk } from './chunks.js';
+import { currentThreads } from './pool.js';
 
 export interface MemoryPart {
   label: string;
@@ -30,6 +31,9 @@ export const RUNTIME_BASE_BYTES = 100 * 2 ** 20;
 export const TENSOR_BACKEND_BYTES = 35 * 2 ** 20;
 /** the writer copies kept tensors in pieces of this size (src/model/rewrite.ts) */
 export const COPY_CHUNK_BYTES = 64 * 2 ** 20;
+/** one pool worker once its tensor backend is started: its V8 isolate plus the wasm module (RSS growth per idle worker,
+ *  measured at 28 MiB on Node 20 with 2 and 4 workers) */
+export const WORKER_BASE_BYTES = 30 * 2 ** 20;
 
 const F32 = 4;
 const linearBytes = (r: LinearRef) => r.outFeatures * r.inFeatures * F32;
@@ -105,6 +109,29 @@ export function maxEstimate(...phases: MemoryEstimate[]): MemoryEstimate {
   return phases.reduce((a, b) => (b.peakBytes > a.peakBytes ? b : a));
 }
 
+/**
+ * Each worker's share when the forward pass runs its experts on the pool (threads > 1): the workers themselves, and
+ * the experts in flight. Up to 2 x threads experts run ahead of the in-order combine; each is held three times (the
+ * caller's loaded copy until its result is combined, the worker's structured clone, the worker backend's tensors),
+ * with its gathered tokens in and its output back ([n, H] each; n taken as twice the balanced share T k / E, since
+ * routing is rarely balanced), and each worker's backend keeps one expert chunk's intermediates at its high-water mark.
+ */
+export function workerParts(view: ModelView, tokens: number, threads = currentThreads()): MemoryPart[] {
+  if (threads <= 1) return [];
+  const moe = view.layers.map((l) => l.block).find((b) => b.kind === 'moe');
+  const parts: MemoryPart[] = [{ label: `${threads} worker threads (isolate + tensor backend each)`, bytes: threads * WORKER_BASE_BYTES }];
+  if (moe && moe.kind === 'moe' && moe.experts.length) {
+    const { hidden: H, topK } = view.dims;
+    const E = moe.experts.length;
+    const I = moe.experts[0]!.gate.outFeatures;
+    const n = Math.min(tokens, Math.ceil((2 * tokens * Math.max(topK, 1)) / E));
+    const perExpert = 3 * swigluBytes(moe.experts[0]!) + 2 * n * H * F32;
+    const chunk = 6 * Math.min(n, swigluRowsPerChunk(I)) * I * F32;
+    parts.push({ label: `experts in flight on the workers (${2 * threads} ahead of the combine)`, bytes: 2 * threads * perExpert + threads * chunk });
+  }
+  return parts;
+}
+
 /** The usual parts of a pipeline that runs a calibration forward pass with a whole-layer hook. */
 export function streamedPassParts(ckpt: Checkpoint, view: ModelView, tokens: number, seqLen: number, allExperts: boolean): MemoryPart[] {
   const layer = maxLayerBytesF32(ckpt, view, allExperts);
@@ -115,6 +142,7 @@ export function streamedPassParts(ckpt: Checkpoint, view: ModelView, tokens: num
       label: `forward pass over ${tokens} calibration tokens (hidden states, attention scores, expert activations)`,
       bytes: forwardBytes(view, tokens, seqLen),
     },
+    ...workerParts(view, tokens),
   ];
 }
 

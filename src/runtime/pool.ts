@@ -35,19 +35,28 @@ interface Job {
   done: Pending;
 }
 
-/** every core this process may use (what --threads should default to once the estimates carry the workers) */
+/** every core this process may use (os.availableParallelism: the CPU affinity mask / cgroup quota where Node sees it) */
 export function availableThreads(): number {
   return Math.max(1, availableParallelism());
 }
 
 /**
- * Thread count used when a command gets no --threads: MOE_THREADS, else 1 (not yet the cores: the memory estimates
- * do not yet carry each worker's share).
+ * Thread count used when a command gets no --threads: MOE_THREADS, else every core available. The dry-run memory
+ * estimates carry each worker's share (memory.ts workerParts), so the default can use the whole machine.
  */
 export function defaultThreads(): number {
   const env = process.env['MOE_THREADS'];
   if (env !== undefined && env !== '') return parseThreads(env, 'MOE_THREADS');
-  return 1;
+  return availableThreads();
+}
+
+/** The thread count a command would use now and where it comes from (for `moe inspect`). */
+export function describeThreads(): { threads: number; available: number; reason: string } {
+  const available = availableThreads();
+  const env = process.env['MOE_THREADS'];
+  if (threads !== undefined) return { threads, available, reason: `--threads ${threads}` };
+  if (env !== undefined && env !== '') return { threads: defaultThreads(), available, reason: `MOE_THREADS=${env}` };
+  return { threads: available, available, reason: `the cores available to this process (os.availableParallelism() = ${available})` };
 }
 
 export function parseThreads(v: string, flag = '--threads'): number {

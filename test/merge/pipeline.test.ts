@@ -79,7 +79,13 @@ describe('moe merge pipeline', () => {
     for (const l of r.layers) {
       // the fit starts from the better of anchor and mean rows and keeps its best iterate
       expect(l.router.kl!).toBeLessThanOrEqual(l.router.klMeanRows! + 1e-12);
-      for (const g of l.groups) for (const a of g.alignment.slice(1)) expect(a!.after).toBeGreaterThanOrEqual(a!.before - 1e-9);
+      // every averaged member was aligned; a member dropped by the merge-or-drop decision (weight 0) was not
+      for (const g of l.groups)
+        g.alignment.forEach((a, k) => {
+          if (k === 0 || g.weights[k] === 0) expect(a).toBeNull();
+          else expect(a!.after).toBeGreaterThanOrEqual(a!.before - 1e-9);
+        });
+      expect(l.decision!.error).toBeLessThanOrEqual(Math.min(l.decision!.errors.reap, l.decision!.errors.frequency, l.decision!.errors.merge));
     }
     expect(await outputShape(out)).toEqual({ experts: 4, routerRows: r.layers.map(() => 4) });
     expect(r.sizes.predicted).toBe(false);

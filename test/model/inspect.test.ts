@@ -185,6 +185,23 @@ describe('moe inspect on the command line', () => {
     expect(['tensorflow', 'wasm', 'cpu']).toContain(r.backend.chosen);
   });
 
+  it('reports the worker threads and where the count comes from: the cores by default, MOE_THREADS, --threads', async () => {
+    const dir = join(root, 'cli-threads');
+    await makeTinyCheckpoint('mixtral', dir);
+    const { availableParallelism } = await import('node:os');
+    const env = { ...process.env };
+    delete env['MOE_THREADS'];
+    const def = JSON.parse((await run('node', [bin, 'inspect', '--model', dir, '--json'], { env })).stdout);
+    expect(def.threads).toEqual({ threads: availableParallelism(), available: availableParallelism(), reason: expect.stringMatching(/cores available/) });
+    const fromEnv = JSON.parse((await run('node', [bin, 'inspect', '--model', dir, '--json'], { env: { ...env, MOE_THREADS: '5' } })).stdout);
+    expect(fromEnv.threads).toMatchObject({ threads: 5, reason: 'MOE_THREADS=5' });
+    const flag = await run('node', [bin, 'inspect', '--model', dir, '--threads', '3'], { env: { ...env, MOE_THREADS: '5' } });
+    expect(flag.stdout).toMatch(/^threads +3 — --threads 3( \(more than the \d+ cores available\))?$/m);
+    const bad = await run('node', [bin, 'inspect', '--model', dir, '--json'], { env: { ...env, MOE_THREADS: 'many' } }).catch((e) => e);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/^moe: MOE_THREADS must be a whole number >= 1, got 'many'/);
+  });
+
   it('missing config key: one line naming it, exit 3', async () => {
     const dir = join(root, 'cli-nokey');
     await makeTinyCheckpoint('deepseek_v2', dir, { config: { kv_lora_rank: null } });

@@ -10,7 +10,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { isMoeError } from '../../src/errors.js';
 import { openModel } from '../../src/model/open.js';
 import { initBackend } from '../../src/runtime/backend.js';
-import { closePool, currentThreads, parseThreads, runTasks, setThreads } from '../../src/runtime/pool.js';
+import { workerParts } from '../../src/runtime/memory.js';
+import { availableThreads, closePool, currentThreads, defaultThreads, describeThreads, parseThreads, runTasks, setThreads } from '../../src/runtime/pool.js';
 import { streamModel } from '../../src/runtime/stream.js';
 import { TASKS_MODULE, type ExpertResult, type ExpertTask } from '../../src/runtime/tasks.js';
 import { runMoe } from '../helpers/cli.js';
@@ -34,6 +35,34 @@ describe('worker pool', () => {
   it('parses thread counts and refuses nonsense', () => {
     expect(parseThreads('3')).toBe(3);
     for (const bad of ['0', '-1', '1.5', 'x', '']) expect(() => parseThreads(bad)).toThrow(/--threads must be a whole number >= 1/);
+  });
+
+  it('defaults to the cores available, MOE_THREADS overriding; --threads overrides both', async () => {
+    const saved = process.env['MOE_THREADS'];
+    try {
+      delete process.env['MOE_THREADS'];
+      expect(defaultThreads()).toBe(availableThreads());
+      process.env['MOE_THREADS'] = '3';
+      expect(defaultThreads()).toBe(3);
+      process.env['MOE_THREADS'] = '0';
+      expect(() => defaultThreads()).toThrow(/MOE_THREADS must be a whole number >= 1, got '0'/);
+      await setThreads(4);
+      expect(describeThreads()).toMatchObject({ threads: 4, reason: '--threads 4' });
+    } finally {
+      if (saved === undefined) delete process.env['MOE_THREADS'];
+      else process.env['MOE_THREADS'] = saved;
+      await setThreads(1);
+    }
+  });
+
+  it('memory estimates carry each worker: none at one thread, growing with the count', async () => {
+    const m = await openModel(MODEL);
+    expect(workerParts(m.view, 4096, 1)).toEqual([]);
+    const sum = (t: number) => workerParts(m.view, 4096, t).reduce((a, p) => a + p.bytes, 0);
+    // two workers: two isolates, four experts of the fixture (3 x 3 x 128 x 256 floats each) and their tokens in flight
+    expect(sum(2)).toBeGreaterThan(2 * 30 * 2 ** 20 + 4 * 3 * 3 * 128 * 256 * 4);
+    expect(sum(4)).toBeCloseTo(2 * sum(2), -3);
+    await m.ckpt.close();
   });
 
   it('an expert task gives the same bytes on a worker as inline, in input order', async () => {

@@ -12,10 +12,12 @@ import { command } from '../../pipeline/descriptor.js';
 import { common, field } from '../../pipeline/fields.js';
 import { parseOptions } from '../../pipeline/validate.js';
 import { describeBackends } from '../../runtime/backend.js';
+import { describeThreads, setThreads } from '../../runtime/pool.js';
 
 const INSPECT_OPTIONS = z.object({
   model: common.model('checkpoint directory (config.json + safetensors), or a GGUF file (or a directory holding model.gguf)'),
   backend: common.backend('which backend to describe'),
+  threads: common.threads('the worker thread count to report (what a computing command given the same --threads would use)'),
   probe: field(z.boolean().default(true), { help: 'skip probing the compute backends' }),
 });
 
@@ -36,7 +38,8 @@ export const INSPECT_COMMAND = command({
     const model = await openModel(o.model);
     try {
       const report = inspectModel(model);
-      return o.probe ? withBackend(report, await describeBackends(o.backend)) : report;
+      if (o.threads !== undefined) await setThreads(o.threads);
+      return o.probe ? { ...withBackend(report, await describeBackends(o.backend)), threads: describeThreads() } : report;
     } finally {
       await model.ckpt.close();
     }
