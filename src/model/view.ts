@@ -169,11 +169,11 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
   const I = dims.expertIntermediate;
   // which of the family's expert layouts this checkpoint uses, decided on its first MoE layer
   let ex = t.experts;
-  let routerWeight = t.router.weight;
+  let routerT: { weight: string; bias?: TensorTemplate; correctionBias?: TensorTemplate } = t.router;
   const alt = t.fusedAlternative;
-  if (alt && moeLayers.length > 0 && ex.layout === 'per-expert') {
+  if (alt && moeLayers.length > 0) {
     const p0 = fillTemplate(t.layerPrefix, moeLayers[0]);
-    const perExpert0 = p0 + fillTemplate(ex.gate, undefined, 0);
+    const primary0 = p0 + (ex.layout === 'per-expert' ? fillTemplate(ex.gate, undefined, 0) : ex.gateUp.tensor);
     const fused = p0 + alt.experts.gateUp.tensor;
     // the fused tensor itself, or a stored form of its expert 0 gate slice (low-rank factors of a fused input)
     const gate0: LinearRef = {
@@ -183,9 +183,11 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
       inFeatures: hidden,
       ...(alt.experts.gateUp.split === 'halves' ? { rows: [0, I] as const } : { interleave: 'even' as const }),
     };
-    if (!linearPresent(ckpt, { tensor: perExpert0 }) && (ckpt.has(fused) || ckpt.has(`${fused}_blocks`) || linearPresent(ckpt, gate0))) {
+    const primaryPresent =
+      ex.layout === 'per-expert' ? linearPresent(ckpt, { tensor: primary0 }) : ckpt.has(primary0) || ckpt.has(`${primary0}_blocks`) || linearPresent(ckpt, { ...gate0, tensor: primary0 });
+    if (!primaryPresent && (ckpt.has(fused) || ckpt.has(`${fused}_blocks`) || linearPresent(ckpt, gate0))) {
       ex = alt.experts;
-      if (alt.router) routerWeight = alt.router.weight;
+      if (alt.router) routerT = { ...t.router, ...alt.router } as typeof routerT;
     }
   }
   const layerViews: LayerView[] = [];
@@ -198,10 +200,10 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
     }
     let block: MoeBlock | DenseBlock;
     if (isMoe.has(l)) {
-      const router: MoeBlock['router'] = { weight: prefix + routerWeight };
-      const rb = resolveTensor(t.router.bias, cfg);
+      const router: MoeBlock['router'] = { weight: prefix + routerT.weight };
+      const rb = resolveTensor(routerT.bias, cfg);
       if (rb) router.bias = prefix + rb;
-      const cb = resolveTensor(t.router.correctionBias, cfg);
+      const cb = resolveTensor(routerT.correctionBias, cfg);
       if (cb) router.correctionBias = prefix + cb;
       const experts: SwiGLURefs[] = [];
       for (let e = 0; e < numExperts; e++) {
