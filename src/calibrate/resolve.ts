@@ -15,6 +15,8 @@ export interface CalibrationRequest {
   model: Model;
   stats?: string;
   calib?: string;
+  /** 'ids': --calib is pre-tokenized (--calib-ids) */
+  format?: 'text' | 'ids';
   calibTokens?: number;
   seqLen?: number;
   progress?: Progress;
@@ -48,6 +50,7 @@ export async function resolveCalibration(req: CalibrationRequest): Promise<Resol
   }
   if (!req.calib) fail('Usage', 'this needs calibration: give --stats DIR (from moe calibrate) or --calib FILE (text)');
   const set = await loadWindowSet(req.model.dir, req.calib, {
+    ...(req.format ? { format: req.format } : {}),
     ...(req.seqLen !== undefined ? { seqLen: req.seqLen } : {}),
     ...(req.calibTokens !== undefined ? { maxTokens: req.calibTokens } : {}),
   });

@@ -24,6 +24,12 @@ const MAX_TOKENIZER_BYTES = 200_000_000;
 export interface WindowOptions {
   seqLen?: number;
   maxTokens?: number;
+  /**
+   * 'ids': the file is pre-tokenized (--calib-ids / --data-ids): one JSON array of token ids per line, for
+   * checkpoints whose tokenizer moe cannot read (Kimi-K2's tiktoken.model). Lines are joined and windowed exactly
+   * as tokenized text lines are, so a file of the ids the tokenizer gives yields the same windows as the text.
+   */
+  format?: 'text' | 'ids';
 }
 
 export interface WindowSet {
@@ -191,9 +197,70 @@ export async function readTextFile(file: string): Promise<string> {
   return text;
 }
 
+/**
+ * A pre-tokenized file: one JSON array of non-negative integer ids per non-blank line, each below the model's
+ * vocab_size. Returns the concatenated stream and the number of lines.
+ */
+export function parseIdLines(text: string, vocab: number | undefined, file: string): { stream: Int32Array; lines: number } {
+  const parts: number[][] = [];
+  let n = 0;
+  let lineNo = 0;
+  for (let line of text.split('\n')) {
+    lineNo++;
+    if (line.endsWith('\r')) line = line.slice(0, -1);
+    if (line.trim().length === 0) continue;
+    let v: unknown;
+    try {
+      v = JSON.parse(line);
+    } catch {
+      fail('InvalidData', `${file}:${lineNo}: not a JSON array of token ids`);
+    }
+    if (!Array.isArray(v)) fail('InvalidData', `${file}:${lineNo}: not a JSON array of token ids`);
+    for (const id of v) {
+      if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id > 0x7fffffff)
+        fail('InvalidData', `${file}:${lineNo}: token id ${JSON.stringify(id)} is not a non-negative integer`);
+      if (vocab !== undefined && id >= vocab) fail('InvalidData', `${file}:${lineNo}: token id ${id} is outside the model's vocabulary (vocab_size ${vocab})`);
+    }
+    parts.push(v as number[]);
+    n += v.length;
+  }
+  const stream = new Int32Array(n);
+  let p = 0;
+  for (const ids of parts) {
+    stream.set(ids, p);
+    p += ids.length;
+  }
+  return { stream, lines: parts.length };
+}
+
+/**
+ * The BOS of a model read without building its tokenizer: as for text when tokenizer.json is there (so text and
+ * its ids give the same windows), else config.json's bos_token_id, else none.
+ */
+async function bosWithoutTokenizer(modelDir: string): Promise<{ bos: number | null; vocab: number | undefined }> {
+  const config = await readJson(join(modelDir, 'config.json'), 'config.json', true);
+  const text = (config?.['text_config'] ?? config) as Record<string, unknown> | undefined;
+  const vocab = typeof text?.['vocab_size'] === 'number' ? (text['vocab_size'] as number) : undefined;
+  const tokJson = await readJson(join(modelDir, 'tokenizer.json'), 'tokenizer.json', true);
+  if (tokJson) {
+    const tokConfig = await readJson(join(modelDir, 'tokenizer_config.json'), 'tokenizer_config.json', true);
+    const specialMap = await readJson(join(modelDir, 'special_tokens_map.json'), 'special_tokens_map.json', true);
+    return { bos: resolveBos(tokJson, tokConfig, specialMap, config, `${modelDir}/tokenizer_config.json`), vocab };
+  }
+  const cid = config?.['bos_token_id'];
+  return { bos: typeof cid === 'number' && Number.isInteger(cid) && cid >= 0 ? cid : null, vocab };
+}
+
 export async function loadWindowSet(modelDir: string, file: string, opts: WindowOptions = {}): Promise<WindowSet> {
   const seqLen = opts.seqLen ?? DEFAULT_SEQ_LEN;
   if (!Number.isInteger(seqLen) || seqLen < 2) fail('Usage', `--seq-len must be an integer >= 2, got ${seqLen}`);
+  if (opts.format === 'ids') {
+    const { bos, vocab } = await bosWithoutTokenizer(modelDir);
+    const { stream, lines } = parseIdLines(await readTextFile(file), vocab, file);
+    if (lines === 0) fail('InvalidData', `data file ${file} has no token ids (every line is empty)`);
+    const windows = cutWindows(stream, seqLen, bos, opts.maxTokens, `data file ${file}`);
+    return { windows, seqLen, bos, streamTokens: stream.length, lines, scoredTokens: windows.length * (bos === null ? seqLen - 1 : seqLen) };
+  }
   const text = await readTextFile(file);
   const lines = splitLines(text);
   if (lines.length === 0) fail('InvalidData', `data file ${file} has no text (every line is empty)`);

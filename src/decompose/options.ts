@@ -25,6 +25,7 @@ export const DECOMPOSE_OPTIONS = z.object({
     help: 'write dense weights in the input dtype (an ordinary checkpoint of the family) instead of factors',
   }),
   calib: common.calib('calibration text (needed by every mode but svd)'),
+  calibIds: common.calibIds(),
   calibTokens: common.calibTokens(),
   seqLen: common.seqLen(),
   stats: common.stats('saved calibration statistics (not enough for decompose: it needs Gram matrices)'),

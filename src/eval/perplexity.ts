@@ -29,6 +29,9 @@ export interface EvalRequest {
   skip?: number | 'auto';
   calib?: string;
   calibTokens?: number;
+  /** set when --data / --calib are pre-tokenized (--data-ids / --calib-ids): one JSON array of ids per line */
+  dataIds?: string;
+  calibIds?: string;
   progress?: Progress;
 }
 
@@ -110,6 +113,7 @@ export async function evaluate(req: EvalRequest): Promise<EvalReport> {
     const p = req.progress;
     const ph = p?.phase('tokenizing');
     const set: WindowSet = await loadWindowSet(req.model, req.data, {
+      format: req.dataIds ? 'ids' : 'text',
       ...(req.seqLen !== undefined ? { seqLen: req.seqLen } : {}),
       ...(req.maxTokens !== undefined ? { maxTokens: req.maxTokens } : {}),
     });
@@ -124,6 +128,7 @@ export async function evaluate(req: EvalRequest): Promise<EvalReport> {
       let beta: number[] | number = req.skip === 'auto' ? 0 : req.skip;
       if (req.skip === 'auto') {
         const cal = await loadWindowSet(req.model, req.calib!, {
+          format: req.calibIds ? 'ids' : 'text',
           seqLen: set.seqLen,
           ...(req.calibTokens !== undefined ? { maxTokens: req.calibTokens } : {}),
         });

@@ -26,6 +26,7 @@
  *   `llama-quantize --imatrix imatrix.gguf --tensor-type-file tensor-types.txt model-f16.gguf out.gguf Q4_K_M`
  *   makes the same type choices with llama.cpp's own quantizer.
  */
+import { calibFormat } from '../pipeline/fields.js';
 import { writeFile } from 'node:fs/promises';
 import type { Progress } from '../cli/progress.js';
 import { loadWindowSet } from '../data/windows.js';
@@ -327,7 +328,7 @@ async function run(model: Model, req: GgufRequestLike, t0: number): Promise<Gguf
     let windows: Int32Array[] | undefined;
     let T = 0;
     if (calibrated) {
-      const set = await loadWindowSet(req.model, req.calib!, { seqLen: req.seqLen, maxTokens: req.calibTokens });
+      const set = await loadWindowSet(req.model, req.calib!, { seqLen: req.seqLen, maxTokens: req.calibTokens, format: calibFormat(req) });
       windows = set.windows;
       T = windows.reduce((a, w) => a + w.length, 0);
     }

@@ -16,6 +16,8 @@ import type { BackendReport } from '../runtime/backend.js';
 export interface InspectReport {
   model: string;
   family: string;
+  /** config.json's model_type when it is an alias read as `family` (kimi_k2 as deepseek_v3) */
+  modelType?: string;
   architectures: string[];
   layers: { total: number; moe: number; dense: number; moeLayers: number[]; denseLayers: number[] };
   experts: {
@@ -124,6 +126,7 @@ export function inspectModel(model: Model): InspectReport {
   return {
     model: model.dir,
     family: view.family,
+    ...(view.config.model_type !== view.family ? { modelType: String(view.config.model_type) } : {}),
     architectures: Array.isArray(view.config.architectures) ? view.config.architectures.map(String) : [],
     layers: {
       total: view.dims.layers,
@@ -212,7 +215,7 @@ export function formatReport(r: InspectReport): string {
   const pct = (x: number) => (r.params.total ? `${((100 * x) / r.params.total).toFixed(1)}%` : '-');
   const rows: [string, string][] = [
     ['model', r.model],
-    ['family', `${r.family}${r.architectures.length ? ` (${r.architectures.join(', ')})` : ''}`],
+    ['family', `${r.modelType ? `${r.modelType} read as ` : ''}${r.family}${r.architectures.length ? ` (${r.architectures.join(', ')})` : ''}`],
     [
       'layers',
       `${r.layers.total}: ${r.layers.moe} MoE, ${r.layers.dense} dense${r.layers.dense ? ` (layer${r.layers.dense > 1 ? 's' : ''} ${r.layers.denseLayers.join(', ')})` : ''}`,

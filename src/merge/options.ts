@@ -29,6 +29,7 @@ export const MERGE_OPTIONS = z.object({
     defaultText: 'auto with --calib, never with --stats or --plan',
   }),
   calib: common.calib('calibration text: sequential merging in one forward pass, each layer measured through the merged layers before it'),
+  calibIds: common.calibIds(),
   calibTokens: common.calibTokens(),
   seqLen: common.seqLen(),
   stats: common.stats('saved calibration statistics of the unmerged model (moe calibrate --out); no hidden states, so no activation alignment or router fit'),

@@ -10,6 +10,32 @@ import { fail } from '../errors.js';
 import { ArchitectureSchema, type Architecture } from './schema.js';
 
 const ARCH_DIR = fileURLToPath(new URL('./architectures/', import.meta.url));
+const ALIAS_FILE = fileURLToPath(new URL('./aliases.json', import.meta.url));
+
+/**
+ * A model_type that is another family under a new name (aliases.json): read as `readAs` when config.json's
+ * `architectures` names one of the listed classes. The checkpoint's own config (model_type included) is what
+ * every output keeps.
+ */
+export interface FamilyAlias {
+  readAs: string;
+  architectures: string[];
+  source: string;
+}
+
+let aliasByType: Map<string, FamilyAlias> | undefined;
+
+export function familyAliases(): ReadonlyMap<string, FamilyAlias> {
+  if (!aliasByType) {
+    const raw = JSON.parse(readFileSync(ALIAS_FILE, 'utf8')) as Record<string, FamilyAlias>;
+    aliasByType = new Map(Object.entries(raw));
+    for (const [name, a] of aliasByType) {
+      if (!architectures().has(a.readAs)) throw new Error(`${ALIAS_FILE}: alias '${name}' reads as unknown family '${a.readAs}'`);
+      if (architectures().has(name)) throw new Error(`${ALIAS_FILE}: alias '${name}' is also a family file`);
+    }
+  }
+  return aliasByType;
+}
 
 let byType: Map<string, Architecture> | undefined;
 
@@ -40,9 +66,23 @@ export function supportedFamilies(): string[] {
   return [...architectures().keys()];
 }
 
-export function getArchitecture(modelType: unknown, where: string): Architecture {
+/**
+ * The family of a model_type. `classes` (config.json's `architectures`, when the caller has the config) decides
+ * whether an alias applies: Kimi-K2 is DeepSeek-V3 only as DeepseekV3ForCausalLM.
+ */
+export function getArchitecture(modelType: unknown, where: string, classes?: unknown): Architecture {
   if (typeof modelType !== 'string' || modelType.length === 0) {
     fail('InvalidConfig', `${where}: required key 'model_type' is missing (supported: ${supportedFamilies().join(', ')})`);
+  }
+  const alias = familyAliases().get(modelType);
+  if (alias) {
+    const given = Array.isArray(classes) ? classes.map(String) : undefined;
+    if (given !== undefined && !given.some((c) => alias.architectures.includes(c)))
+      fail(
+        'UnsupportedArchitecture',
+        `${where}: model_type '${modelType}' is read as ${alias.readAs} only with architectures ${alias.architectures.join(' or ')} (this config: ${given.join(', ') || 'none'})`,
+      );
+    return architectures().get(alias.readAs)!;
   }
   const arch = architectures().get(modelType);
   if (!arch) fail('UnsupportedArchitecture', `${where}: model_type '${modelType}' is not supported (supported: ${supportedFamilies().join(', ')})`);

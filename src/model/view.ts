@@ -91,7 +91,7 @@ function resolveTensor(t: TensorTemplate | undefined, cfg: ConfigReader): string
 
 export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): ModelView {
   const where = `${ckpt.dir}/config.json`;
-  const arch = getArchitecture(config.model_type, where);
+  const arch = getArchitecture(config.model_type, where, config.architectures);
   const family = arch.model_type;
   const cfg = new ConfigReader(config, `${where} (${family})`);
   const c = arch.config;

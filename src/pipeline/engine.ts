@@ -23,6 +23,7 @@ import { loadWindows } from '../data/windows.js';
 import { openModel, type Model } from '../model/open.js';
 import { loadPlan, savePlan, type PlanTool } from '../model/planfile.js';
 import type { OptionSpec } from './descriptor.js';
+import { calibFormat } from './fields.js';
 import { checkModelOptions, prepare } from './validate.js';
 
 /** The options every pipeline has (src/pipeline/fields.ts `common`), as the engine reads them. */
@@ -30,6 +31,8 @@ export interface CommonRun {
   model: string;
   out?: string;
   calib?: string;
+  /** --calib-ids: --calib then holds this path, read as token ids (src/pipeline/validate.ts) */
+  calibIds?: string;
   calibTokens?: number;
   seqLen?: number;
   backend?: 'auto' | 'tensorflow' | 'wasm' | 'cpu';
@@ -118,7 +121,7 @@ export async function runPipeline<S extends z.ZodObject, R>(
       started,
       seconds: () => (Date.now() - started) / 1000,
       startBackend: () => startBackend(o),
-      windows: () => loadWindows(model.dir, o.calib!, { maxTokens: o.calibTokens, seqLen: o.seqLen }),
+      windows: () => loadWindows(model.dir, o.calib!, { maxTokens: o.calibTokens, seqLen: o.seqLen, format: calibFormat(o) }),
       loadPlan: async <T>(settings: Record<string, unknown>) => (o.plan ? loadPlan<T>(o.plan, def.tool, model.ckpt, settings) : undefined),
       savePlan: async (settings, plan) => {
         if (o.savePlan) await savePlan(o.savePlan, def.tool, model.ckpt, settings, plan);

@@ -49,7 +49,7 @@ export const int = (min: number, max?: number) => {
   return max === undefined ? s : s.max(max);
 };
 
-export const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export const BACKENDS = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
 
 /**
  * The options most commands share, as factories so each command can word its help. They are ordinary fields:
@@ -59,6 +59,8 @@ export const common = {
   model: (help = 'input checkpoint directory') => field(z.string().min(1), { help, arg: 'dir', recipe: false }),
   out: (help = 'output checkpoint directory') => field(z.string().min(1).optional(), { help, arg: 'dir', recipe: false }),
   calib: (help = 'calibration text, one document or sentence per line') => field(z.string().min(1).optional(), { help, arg: 'file', path: 'data' }),
+  calibIds: (help = 'pre-tokenized calibration in place of --calib: one JSON array of token ids per line (a tokenizer moe cannot read)') =>
+    field(z.string().min(1).optional(), { help, arg: 'file', path: 'data' }),
   calibTokens: (help = 'calibration tokens used from --calib (the first windows)') => field(int(1).default(DEFAULT_CALIB_TOKENS), { help, arg: 'n' }),
   seqLen: (help = 'calibration window length in tokens') => field(int(2).default(DEFAULT_SEQ_LEN), { help, arg: 'n' }),
   stats: (help = 'saved calibration statistics (moe calibrate --out)') => field(z.string().min(1).optional(), { help, arg: 'dir', path: 'stats' }),
@@ -86,3 +88,18 @@ export const outputFields = {
   json: field(z.boolean().default(false), { help: 'print the JSON report on stdout', recipe: false }),
   quiet: field(z.boolean().default(false), { help: 'no progress output', recipe: false }),
 };
+
+/**
+ * Pre-tokenized stand-ins of text options: [text key, ids key, their flags]. When the ids key is given, the text key
+ * takes its path (so every "needs calibration" check and every loader sees one calibration source) and the loaders
+ * read it as ids because the ids key is set (src/data/windows.ts, format 'ids').
+ */
+export const ID_ALTERNATIVES = [
+  ['calib', 'calibIds', '--calib', '--calib-ids'],
+  ['data', 'dataIds', '--data', '--data-ids'],
+] as const;
+
+/** The window format of a run's calibration (or data) file. */
+export function calibFormat(o: { calibIds?: unknown }): 'text' | 'ids' {
+  return typeof o.calibIds === 'string' ? 'ids' : 'text';
+}

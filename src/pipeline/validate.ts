@@ -17,7 +17,7 @@ import { fail } from '../errors.js';
 import { checkOutputTarget } from '../io/output.js';
 import type { ModelView } from '../model/types.js';
 import type { OptionSpec } from './descriptor.js';
-import type { PathKind } from './fields.js';
+import { ID_ALTERNATIVES, type PathKind } from './fields.js';
 import { type OptionInfo, schemaOptions, shown } from './schema.js';
 
 /** The one-line message of the first problem zod found, in the command line's words. */
@@ -36,7 +36,14 @@ export function issueMessage(options: readonly OptionInfo[], issues: readonly z.
  * Options of a command from what a caller gave: defaults applied, every range and combination checked. Keys the
  * schema does not declare (a library caller's progress, engine, precollected data) are passed through unchanged.
  */
-export function parseOptions<S extends z.ZodObject>(d: OptionSpec<S>, raw: Record<string, unknown>): z.output<S> {
+export function parseOptions<S extends z.ZodObject>(d: OptionSpec<S>, given: Record<string, unknown>): z.output<S> {
+  const raw = { ...given };
+  for (const [text, ids, textFlag, idsFlag] of ID_ALTERNATIVES) {
+    if (raw[ids] === undefined || !(ids in d.options.shape)) continue;
+    // parsed twice (a recipe stage, then its pipeline): the text key already holds the ids path
+    if (raw[text] !== undefined && raw[text] !== raw[ids]) fail('Usage', `give either ${textFlag} FILE (text) or ${idsFlag} FILE (token ids), not both`);
+    raw[text] = raw[ids];
+  }
   const r = d.options.safeParse(raw);
   if (!r.success) fail('Usage', issueMessage(schemaOptions(d.options), r.error.issues, raw));
   const o = { ...raw, ...(r.data as object) } as z.output<S>;

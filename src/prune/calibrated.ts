@@ -3,6 +3,7 @@
  * methods, and the layer-by-layer forward pass in which `reconstruct` chooses each layer's experts while the
  * layers before it are already pruned. Loaded on demand so `--method random` never starts a tensor backend.
  */
+import { calibFormat } from '../pipeline/fields.js';
 import { resolveCalibration } from '../calibrate/resolve.js';
 import type { CalibStats } from '../calibrate/types.js';
 import { loadWindows } from '../data/windows.js';
@@ -23,6 +24,7 @@ export async function calibrationStats(model: Model, req: PruneRun): Promise<Cal
   return resolveCalibration({
     model,
     calib: req.calib,
+    format: calibFormat(req),
     calibTokens: req.calibTokens,
     stats: req.stats,
     progress: req.progress,
@@ -39,6 +41,7 @@ export async function planByReconstruction(
   await initBackend(req.backend);
   if (req.threads !== undefined) await setThreads(req.threads);
   const windows = await loadWindows(model.dir, req.calib!, {
+    format: calibFormat(req),
     ...(req.calibTokens !== undefined ? { maxTokens: req.calibTokens } : {}),
     ...(req.seqLen !== undefined ? { seqLen: req.seqLen } : {}),
   });

@@ -21,6 +21,7 @@ export const PRUNE_OPTIONS = z.object({
   ratio: field(z.number().gt(0).max(1).optional(), { help: 'fraction of experts kept, round(R x experts) (0.75 removes a quarter)', arg: 'r' }),
   method: field(z.enum(names).default(DEFAULT_METHOD), { help: 'expert score (see Methods below)', arg: 'name' }),
   calib: common.calib('calibration text, one document or sentence per line (data-driven methods)'),
+  calibIds: common.calibIds(),
   calibTokens: common.calibTokens(),
   seqLen: common.seqLen(),
   stats: common.stats(),

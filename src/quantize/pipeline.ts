@@ -60,7 +60,7 @@ import { refuseQuantized, refuseQuantizedDir } from './input.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
 import { checkPlan, type QuantizePlan } from './saved.js';
 import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, gptqWidths, type QUANTIZE_OPTIONS, QUANTIZE_SPEC, type QuantizeOptions } from './options.js';
-import { DEFAULT_CALIB_TOKENS } from '../pipeline/fields.js';
+import { calibFormat, DEFAULT_CALIB_TOKENS } from '../pipeline/fields.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline, type PipelineRun } from '../pipeline/engine.js';
 
@@ -341,7 +341,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
   await pr.startBackend();
   // round-to-nearest needs no activations: calibration is read only to score, or for GPTQ
   if (req.calib && (scoring || v.method === 'gptq')) {
-    const set = await loadWindowSet(req.model, req.calib, { seqLen: req.seqLen, maxTokens: req.calibTokens });
+    const set = await loadWindowSet(req.model, req.calib, { seqLen: req.seqLen, maxTokens: req.calibTokens, format: calibFormat(req) });
     windows = set.windows;
     calibTokens = windows.reduce((a, w) => a + w.length, 0);
     seqLen = windows[0]?.length ?? 0;

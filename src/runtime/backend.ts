@@ -1,17 +1,20 @@
 /**
- * Compute backend ladder: tensorflow (libtensorflow through tfjs-node-gpu, else tfjs-node) -> wasm (SIMD) -> cpu.
- * Every kernel is written on tfjs-core ops, so the choice changes speed, never results beyond float rounding.
- * The tensorflow bindings are optional dependencies: they are imported dynamically and skipped with a reason when
- * absent or not loadable (their install step downloads libtensorflow, which many machines cannot).
+ * Compute backend ladder: tensorflow (libtensorflow through tfjs-node-gpu, else tfjs-node) -> webgpu (Dawn's Node
+ * binding, when it finds an adapter) -> wasm (SIMD) -> cpu. Every kernel is written on tfjs-core ops, so the choice
+ * changes speed, never results beyond float rounding. The tensorflow and webgpu packages are optional dependencies:
+ * they are imported dynamically and skipped with a reason when absent or not loadable (tfjs-node's install step
+ * downloads libtensorflow, which many machines cannot; `webgpu` ships Dawn's binaries in the package).
  */
+import { existsSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
 import { fail } from '../errors.js';
 
-export type BackendChoice = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
-export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'tensorflow', 'wasm', 'cpu'];
+export type BackendChoice = 'auto' | 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
+export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'];
+export type BackendName = Exclude<BackendChoice, 'auto'>;
 
 export interface BackendCandidate {
-  name: 'tensorflow' | 'wasm' | 'cpu';
+  name: BackendName;
   /** the package that provides it */
   pkg: string;
   available: boolean;
@@ -52,6 +55,83 @@ async function probeTensorflow(): Promise<BackendCandidate> {
   return { name: 'tensorflow', pkg: TF_PACKAGES.join(' | '), available: false, reason: reasons.join('; ') };
 }
 
+/**
+ * Dawn's options (`create([...])` of the `webgpu` package: `backend=vulkan|null|...`, `adapter=NAME`,
+ * `enable-dawn-features=...`), comma-separated in MOE_WEBGPU_FLAGS, ';' between options.
+ */
+function dawnFlags(): string[] {
+  const v = process.env['MOE_WEBGPU_FLAGS'];
+  return v ? v.split(';').filter((f) => f.trim() !== '') : [];
+}
+
+/**
+ * Dawn reaches NVIDIA/AMD/Intel GPUs on Linux through the Vulkan loader. Without it Dawn finds no adapter and prints
+ * a warning on stderr, so the probe does not start Dawn at all (unless MOE_WEBGPU_FLAGS asks for a backend).
+ */
+function vulkanLoaderFound(): boolean {
+  if (process.platform !== 'linux') return true;
+  const dirs = [
+    ...(process.env['LD_LIBRARY_PATH'] ?? '').split(':').filter(Boolean),
+    '/usr/lib/x86_64-linux-gnu',
+    '/usr/lib/aarch64-linux-gnu',
+    '/lib/x86_64-linux-gnu',
+    '/lib/aarch64-linux-gnu',
+    '/usr/lib64',
+    '/usr/lib',
+    '/lib64',
+    '/usr/local/lib',
+  ];
+  return dirs.some((d) => existsSync(`${d}/libvulkan.so.1`));
+}
+
+/**
+ * Why tfjs-backend-webgpu cannot run moe's kernels under Node even with an adapter: its synchronous read-back
+ * (dataSync, which every moe kernel uses between ops) draws the buffer onto an OffscreenCanvas, which Node does
+ * not have; only the asynchronous `data()` works there. Exported for the tests and bench/gpu.
+ */
+export function webgpuSyncReadback(): { ok: true } | { ok: false; reason: string } {
+  if (typeof (globalThis as { OffscreenCanvas?: unknown }).OffscreenCanvas === 'function') return { ok: true };
+  return {
+    ok: false,
+    reason: "tfjs-backend-webgpu reads tensors back synchronously (dataSync, used by moe's kernels) only through OffscreenCanvas, which Node does not provide",
+  };
+}
+
+/** The adapter Dawn picks (high-performance preference), described, or why there is none. Keeps no reference to Dawn. */
+export async function probeDawnAdapter(flags = dawnFlags()): Promise<{ ok: true; adapter: string } | { ok: false; reason: string }> {
+  if (!flags.length && !vulkanLoaderFound()) return { ok: false, reason: 'no GPU adapter: the Vulkan loader (libvulkan.so.1) is not on the library path' };
+  let gpu: { requestAdapter(o?: object): Promise<unknown> } | undefined;
+  try {
+    const spec: string = 'webgpu';
+    const m = (await import(spec)) as { create(flags: string[]): typeof gpu };
+    gpu = m.create(flags);
+    const a = (await gpu!.requestAdapter({ powerPreference: 'high-performance' })) as { info?: Record<string, string> } | null;
+    if (!a) return { ok: false, reason: `Dawn found no GPU adapter${flags.length ? ` (MOE_WEBGPU_FLAGS=${flags.join(';')})` : ''}` };
+    const i = a.info ?? {};
+    const name = [i['vendor'], i['architecture'], i['device'], i['description']].filter((x) => x).join(' ') || 'unnamed';
+    return { ok: true, adapter: `${name}${flags.length ? ` (MOE_WEBGPU_FLAGS=${flags.join(';')})` : ''}` };
+  } catch (e) {
+    return { ok: false, reason: `Dawn failed: ${String((e as Error).message).split('\n')[0]}` };
+  } finally {
+    // a live Dawn instance keeps the process from exiting (the webgpu package's README, "Lifetime")
+    gpu = undefined;
+  }
+}
+
+async function probeWebgpu(): Promise<BackendCandidate> {
+  const pkg = '@tensorflow/tfjs-backend-webgpu + webgpu';
+  for (const p of ['webgpu', '@tensorflow/tfjs-backend-webgpu']) {
+    // importing tfjs-backend-webgpu only registers a factory; it starts nothing
+    const r = await tryImport(p);
+    if (!r.ok) return { name: 'webgpu', pkg, available: false, reason: `${p}: ${r.reason}` };
+  }
+  const a = await probeDawnAdapter();
+  if (!a.ok) return { name: 'webgpu', pkg, available: false, reason: a.reason };
+  const read = webgpuSyncReadback();
+  if (!read.ok) return { name: 'webgpu', pkg, available: false, reason: `adapter ${a.adapter} found, but ${read.reason}` };
+  return { name: 'webgpu', pkg, available: true, reason: `adapter ${a.adapter}` };
+}
+
 async function probeWasm(): Promise<BackendCandidate> {
   const pkg = '@tensorflow/tfjs-backend-wasm';
   const r = await tryImport(pkg);
@@ -73,12 +153,14 @@ async function probeCpu(): Promise<BackendCandidate> {
 
 /** Every candidate with whether it can be used here and why (for `moe inspect` / diagnostics). */
 export async function describeBackends(choice: BackendChoice = 'auto'): Promise<BackendReport> {
-  const candidates = [await probeTensorflow(), await probeWasm(), await probeCpu()];
-  const usable = candidates.filter((c) => c.available);
-  let chosen = 'none';
-  if (choice === 'auto') chosen = usable[0]?.name ?? 'none';
-  else chosen = candidates.find((c) => c.name === choice && c.available)?.name ?? 'none';
-  return { candidates, chosen };
+  const candidates = [await probeTensorflow(), await probeWebgpu(), await probeWasm(), await probeCpu()];
+  return { candidates, chosen: chooseBackend(candidates, choice) };
+}
+
+/** The ladder's rule: `auto` takes the first usable candidate in order; an explicit choice only itself. */
+export function chooseBackend(candidates: readonly BackendCandidate[], choice: BackendChoice): BackendName | 'none' {
+  if (choice === 'auto') return candidates.find((c) => c.available)?.name ?? 'none';
+  return candidates.find((c) => c.name === choice && c.available)?.name ?? 'none';
 }
 
 /**
@@ -100,6 +182,7 @@ export async function initBackend(choice: BackendChoice = 'auto'): Promise<strin
         continue;
       }
       try {
+        if (name === 'webgpu') await startWebgpu();
         if (await tf.setBackend(name)) {
           await tf.ready();
           active = name;
@@ -118,6 +201,18 @@ export async function initBackend(choice: BackendChoice = 'auto'): Promise<strin
   } finally {
     pending = undefined;
   }
+}
+
+/** tfjs-backend-webgpu asks navigator.gpu for its adapter: give it Dawn's, with the same flags the probe used. */
+async function startWebgpu(): Promise<void> {
+  const spec: string = 'webgpu';
+  const m = (await import(spec)) as { create(flags: string[]): unknown; globals: Record<string, unknown> };
+  Object.assign(globalThis, m.globals);
+  const nav = ((globalThis as { navigator?: object }).navigator ?? {}) as { gpu?: unknown };
+  if (!nav.gpu) Object.defineProperty(nav, 'gpu', { value: m.create(dawnFlags()), configurable: true });
+  if (!(globalThis as { navigator?: object }).navigator) Object.defineProperty(globalThis, 'navigator', { value: nav, configurable: true });
+  const pkg: string = '@tensorflow/tfjs-backend-webgpu';
+  await import(pkg);
 }
 
 /** The backend initialised by initBackend, if any. */

@@ -180,7 +180,7 @@ describe('moe inspect on the command line', () => {
     await makeTinyCheckpoint('qwen3_moe', dir);
     const { stdout } = await run('node', [bin, 'inspect', '--model', dir, '--json']);
     const r = JSON.parse(stdout);
-    expect(r.backend.candidates.map((c: { name: string }) => c.name)).toEqual(['tensorflow', 'wasm', 'cpu']);
+    expect(r.backend.candidates.map((c: { name: string }) => c.name)).toEqual(['tensorflow', 'webgpu', 'wasm', 'cpu']);
     expect(r.backend.candidates.every((c: { reason: string }) => c.reason.length > 0)).toBe(true);
     expect(['tensorflow', 'wasm', 'cpu']).toContain(r.backend.chosen);
   });

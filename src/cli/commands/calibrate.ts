@@ -37,6 +37,11 @@ const CALIBRATE_OPTIONS = z.object({
     arg: 'file',
     path: 'data',
   }),
+  dataIds: field(z.string().min(1).optional(), {
+    help: 'pre-tokenized data in place of --data: one JSON array of token ids per line (a tokenizer moe cannot read)',
+    arg: 'file',
+    path: 'data',
+  }),
   out: field(z.string().min(1), { help: 'artifact directory to write', arg: 'dir', recipe: false }),
   seqLen: field(int(2).default(DEFAULT_SEQ_LEN), { help: 'tokens per window', arg: 'n' }),
   maxTokens: field(int(1).optional(), { help: 'use only the first windows up to this many tokens', arg: 'n', defaultText: 'the whole file' }),
@@ -99,7 +104,11 @@ export const CALIBRATE_COMMAND = command({
     let gramsTmp: string | undefined;
     try {
       checkModelOptions(o, model.view);
-      const set = await loadWindowSet(o.model!, o.data!, { seqLen: o.seqLen, ...(o.maxTokens !== undefined ? { maxTokens: o.maxTokens } : {}) });
+      const set = await loadWindowSet(o.model!, o.data!, {
+        seqLen: o.seqLen,
+        format: o.dataIds ? 'ids' : 'text',
+        ...(o.maxTokens !== undefined ? { maxTokens: o.maxTokens } : {}),
+      });
       if (o.shard) {
         // every shard cuts the same windows and keeps its own stride of them, so the shards' sums are the whole's
         const { index, count: n } = o.shard as ShardSpec;

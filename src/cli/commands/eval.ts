@@ -15,6 +15,11 @@ function skipArg(v: string): number | 'auto' {
 const EVAL_OPTIONS = z.object({
   model: common.model('checkpoint directory'),
   data: field(z.string().min(1), { help: 'text file, one document or sentence per line', arg: 'file', path: 'data' }),
+  dataIds: field(z.string().min(1).optional(), {
+    help: 'pre-tokenized data in place of --data: one JSON array of token ids per line (a tokenizer moe cannot read)',
+    arg: 'file',
+    path: 'data',
+  }),
   seqLen: field(int(2).default(DEFAULT_SEQ_LEN), { help: 'tokens per window', arg: 'n' }),
   maxTokens: field(int(1).optional(), { help: 'score only the first windows up to this many tokens', arg: 'n', defaultText: 'the whole file' }),
   base: field(z.string().min(1).optional(), { help: 'base checkpoint to compare against (same tokenizer)', arg: 'dir' }),
@@ -23,6 +28,7 @@ const EVAL_OPTIONS = z.object({
     arg: 'beta',
   }),
   calib: common.calib('calibration text for --skip auto'),
+  calibIds: common.calibIds(),
   calibTokens: field(int(1).optional(), { help: 'calibration tokens for --skip auto', arg: 'n', defaultText: 'the whole file' }),
   backend: common.backend(),
   threads: common.threads(),
@@ -74,6 +80,8 @@ export const EVAL_COMMAND = command({
       ...(o.base !== undefined ? { base: o.base } : {}),
       ...(o.skip !== undefined ? { skip: skipArg(o.skip) } : {}),
       ...(o.calib !== undefined ? { calib: o.calib } : {}),
+      ...(o.dataIds !== undefined ? { dataIds: o.dataIds } : {}),
+      ...(o.calibIds !== undefined ? { calibIds: o.calibIds } : {}),
       ...(o.calibTokens !== undefined ? { calibTokens: o.calibTokens } : {}),
       ...(progress ? { progress } : {}),
     });

@@ -1,0 +1,156 @@
+/**
+ * Issue 15, first part: the Kimi-K2 alias (model_type kimi_k2 read as DeepSeek-V3, the name kept on output) and
+ * pre-tokenized calibration (--calib-ids / --data-ids) for checkpoints whose tokenizer moe cannot read.
+ */
+import { createHash } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { encodeLines, loadTokenizer, loadWindowSet, splitLines } from '../../src/data/windows.js';
+import { inspectModel } from '../../src/inspect/report.js';
+import { openModel } from '../../src/model/open.js';
+import { runMoe } from '../helpers/cli.js';
+import { makeTinyCheckpoint } from '../helpers/families.js';
+
+const FIXTURE = 'test/fixtures/tiny-mixtral';
+const CALIB = 'test/fixtures/text/calib.txt';
+let root: string;
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'moe-families-new-'));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+async function kimi(name: string, config: Record<string, unknown> = {}): Promise<string> {
+  const dir = join(root, name);
+  await makeTinyCheckpoint('deepseek_v3', dir, { experts: 8, config: { model_type: 'kimi_k2', bos_token_id: 1, ...config } });
+  return dir;
+}
+
+/** SHA-256 of every safetensors file of a directory, by name. */
+async function weightHashes(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const f of (await readdir(dir)).filter((n) => n.endsWith('.safetensors')).sort())
+    out[f] = createHash('sha256')
+      .update(await readFile(join(dir, f)))
+      .digest('hex');
+  return out;
+}
+
+describe('kimi_k2 alias', () => {
+  it('reads model_type kimi_k2 + DeepseekV3ForCausalLM as deepseek_v3 and says so in inspect', async () => {
+    const dir = await kimi('kimi-view');
+    const m = await openModel(dir);
+    try {
+      expect(m.view.family).toBe('deepseek_v3');
+      expect(m.view.routing.score).toBe('sigmoid');
+      expect(m.view.attention.kind).toBe('mla');
+      const r = await inspectModel(m);
+      expect(r.family).toBe('deepseek_v3');
+      expect(r.modelType).toBe('kimi_k2');
+    } finally {
+      await m.ckpt.close();
+    }
+  });
+
+  it('refuses kimi_k2 under another architecture class (Kimi-K2.5 multimodal is not DeepSeek-V3 on disk)', async () => {
+    const dir = await kimi('kimi-other', { architectures: ['KimiK25ForConditionalGeneration'] });
+    const r = await runMoe(['inspect', '--model', dir]);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/^moe: .*model_type 'kimi_k2' is read as deepseek_v3 only with architectures DeepseekV3ForCausalLM/);
+  });
+
+  it('prune keeps model_type kimi_k2 and the architectures on output', async () => {
+    const dir = await kimi('kimi-prune');
+    const out = join(root, 'kimi-pruned');
+    const r = await runMoe(['prune', '--model', dir, '--out', out, '--keep', '4', '--method', 'random', '--quiet']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const cfg = JSON.parse(await readFile(join(out, 'config.json'), 'utf8'));
+    expect(cfg.model_type).toBe('kimi_k2');
+    expect(cfg.architectures).toEqual(['DeepseekV3ForCausalLM']);
+    expect(cfg.n_routed_experts).toBe(4);
+    const m = await openModel(out);
+    expect(m.view.dims.numExperts).toBe(4);
+    await m.ckpt.close();
+  });
+});
+
+describe('--calib-ids (pre-tokenized calibration)', () => {
+  let idsFile: string;
+  beforeAll(async () => {
+    // the ids the fixture's tokenizer gives for each line of the calibration text, one JSON array per line
+    const { tokenizer } = await loadTokenizer(FIXTURE);
+    const lines = splitLines(await readFile(CALIB, 'utf8'));
+    idsFile = join(root, 'calib.ids.jsonl');
+    await writeFile(idsFile, lines.map((l) => JSON.stringify(Array.from(encodeLines(tokenizer, [l])))).join('\n') + '\n');
+  });
+
+  it('the ids of the text give the same windows as the text (BOS included)', async () => {
+    const a = await loadWindowSet(FIXTURE, CALIB, { seqLen: 64, maxTokens: 1024 });
+    const b = await loadWindowSet(FIXTURE, idsFile, { seqLen: 64, maxTokens: 1024, format: 'ids' });
+    expect(b.bos).toBe(a.bos);
+    expect(b.streamTokens).toBe(a.streamTokens);
+    expect(b.lines).toBe(a.lines);
+    expect(b.windows.length).toBe(16);
+    expect(b.windows).toEqual(a.windows);
+  });
+
+  it('prune reap with --calib-ids writes the bytes --calib writes', async () => {
+    const common = ['--model', FIXTURE, '--ratio', '0.75', '--method', 'reap', '--calib-tokens', '1024', '--seq-len', '64', '--quiet'];
+    const a = await runMoe(['prune', ...common, '--out', join(root, 'reap-text'), '--calib', CALIB]);
+    const b = await runMoe(['prune', ...common, '--out', join(root, 'reap-ids'), '--calib-ids', idsFile]);
+    expect([a.code, b.code, a.stderr, b.stderr]).toEqual([0, 0, '', '']);
+    expect(await weightHashes(join(root, 'reap-ids'))).toEqual(await weightHashes(join(root, 'reap-text')));
+  });
+
+  it('eval --data-ids gives the perplexity of --data', async () => {
+    const common = ['eval', '--model', FIXTURE, '--seq-len', '64', '--max-tokens', '512', '--json'];
+    const a = await runMoe([...common, '--data', CALIB]);
+    const b = await runMoe([...common, '--data-ids', idsFile]);
+    expect([a.code, b.code]).toEqual([0, 0]);
+    expect(JSON.parse(b.stdout).perplexity).toBe(JSON.parse(a.stdout).perplexity);
+  });
+
+  it('calibrates a checkpoint without tokenizer.json (Kimi-K2 ships tiktoken.model) from ids; BOS from config.json', async () => {
+    const dir = await kimi('kimi-ids');
+    const ids = join(root, 'kimi.ids.jsonl');
+    const rand = Array.from({ length: 20 }, (_, i) => JSON.stringify(Array.from({ length: 13 }, (_, j) => (i * 7 + j * 3) % 64)));
+    await writeFile(ids, rand.join('\n') + '\n');
+    const set = await loadWindowSet(dir, ids, { seqLen: 16, format: 'ids' });
+    expect(set.bos).toBe(1);
+    expect(set.windows.length).toBe(Math.floor(260 / 16));
+    expect(set.windows[0]![0]).toBe(1);
+    const out = join(root, 'kimi-reap');
+    const r = await runMoe(['prune', '--model', dir, '--out', out, '--keep', '4', '--calib-ids', ids, '--seq-len', '16', '--quiet']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const rep = JSON.parse(await readFile(join(out, 'moe-prune-report.json'), 'utf8'));
+    expect(JSON.stringify(rep)).toContain('reap');
+    // the same checkpoint with --calib text needs a tokenizer it does not have
+    const t = await runMoe(['prune', '--model', dir, '--out', join(root, 'kimi-text'), '--keep', '4', '--calib', CALIB, '--seq-len', '16', '--quiet']);
+    expect(t.code).toBe(3);
+    expect(t.stderr).toMatch(/^moe: tokenizer.json not found/);
+  });
+
+  it('refuses a bad ids file, an id outside the vocabulary, and --calib with --calib-ids, one line each', async () => {
+    const dir = await kimi('kimi-bad');
+    const bad = join(root, 'bad.jsonl');
+    await writeFile(bad, '[1, 2, 3]\n{"ids": [1]}\n');
+    const common = ['prune', '--model', dir, '--keep', '4', '--seq-len', '2', '--quiet'];
+    let r = await runMoe([...common, '--out', join(root, 'bad1'), '--calib-ids', bad]);
+    expect([r.code, r.stderr]).toEqual([3, `moe: ${bad}:2: not a JSON array of token ids\n`]);
+    await writeFile(bad, '[1, 2, 64]\n');
+    r = await runMoe([...common, '--out', join(root, 'bad2'), '--calib-ids', bad]);
+    expect([r.code, r.stderr]).toEqual([3, `moe: ${bad}:1: token id 64 is outside the model's vocabulary (vocab_size 64)\n`]);
+    await writeFile(bad, '[1, 2.5]\n');
+    r = await runMoe([...common, '--out', join(root, 'bad3'), '--calib-ids', bad]);
+    expect([r.code, r.stderr]).toEqual([3, `moe: ${bad}:1: token id 2.5 is not a non-negative integer\n`]);
+    r = await runMoe([...common, '--out', join(root, 'bad4'), '--calib-ids', bad, '--calib', CALIB]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe('moe: give either --calib FILE (text) or --calib-ids FILE (token ids), not both\n');
+    for (const n of ['bad1', 'bad2', 'bad3', 'bad4']) await expect(readdir(join(root, n))).rejects.toThrow();
+  });
+});
