@@ -184,7 +184,9 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
       ...(alt.experts.gateUp.split === 'halves' ? { rows: [0, I] as const } : { interleave: 'even' as const }),
     };
     const primaryPresent =
-      ex.layout === 'per-expert' ? linearPresent(ckpt, { tensor: primary0 }) : ckpt.has(primary0) || ckpt.has(`${primary0}_blocks`) || linearPresent(ckpt, { ...gate0, tensor: primary0 });
+      ex.layout === 'per-expert'
+        ? linearPresent(ckpt, { tensor: primary0 })
+        : ckpt.has(primary0) || ckpt.has(`${primary0}_blocks`) || linearPresent(ckpt, { ...gate0, tensor: primary0 });
     if (!primaryPresent && (ckpt.has(fused) || ckpt.has(`${fused}_blocks`) || linearPresent(ckpt, gate0))) {
       ex = alt.experts;
       if (alt.router) routerT = { ...t.router, ...alt.router } as typeof routerT;
