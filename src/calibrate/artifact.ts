@@ -4,9 +4,10 @@
  * Loading validates everything (format, version, shapes, file sizes, finite values) before any pipeline uses it.
  * Statistics of runs over different text sum into one (data-parallel calibration): sumStats.
  */
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { dirname, join, resolve, basename } from 'node:path';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { fail } from '../errors.js';
+import { injectedFault, OutputDir } from '../io/output.js';
 import { STATS_VERSION, type CalibStats, type LayerStats } from './types.js';
 
 export const STATS_FORMAT = 'moe-calibration-stats';
@@ -44,56 +45,62 @@ function bytesOf(a: Float64Array | Float32Array): Uint8Array {
 }
 
 /**
- * Write statistics to `out` atomically (staging directory, then rename). `gramsDir`: a directory of Gram files
- * (grams.ts) moved into the artifact as grams/.
+ * Write statistics to `out` atomically: into the output's one staging directory (src/io/output.ts: the overlap and
+ * --force rules, a lock, no second temporary location), then renamed into place. `out` may be an OutputDir the
+ * caller opened before its heavy work (so an unwritable target fails first, and Gram files are written straight
+ * into its staging directory as grams/: `gramFiles` lists them).
  */
-export async function saveStats(stats: CalibStats, out: string, opts: { force?: boolean; gramsDir?: string; gramFiles?: string[] } = {}): Promise<void> {
-  const target = resolve(out);
+export async function saveStats(
+  stats: CalibStats,
+  out: string | OutputDir,
+  opts: { force?: boolean; gramFiles?: string[]; inputs?: readonly string[] } = {},
+): Promise<void> {
+  const dir = typeof out === 'string' ? await OutputDir.create(out, { force: opts.force, fresh: true, inputs: opts.inputs ?? [] }) : out;
   try {
-    await stat(target);
-    if (!opts.force) fail('OutputExists', `output ${out} already exists (use --force to replace it)`);
-  } catch (e) {
-    if ((e as { code?: string }).code === 'OutputExists') throw e;
-  }
-  const staging = join(dirname(target), `.moe-staging-${basename(target)}-${process.pid}`);
-  await rm(staging, { recursive: true, force: true });
-  try {
-    await mkdir(staging, { recursive: true });
-  } catch (e) {
-    fail('OutputError', `cannot create ${out}: ${(e as Error).message}`);
-  }
-  const layers: LayerJson[] = [];
-  for (const l of stats.layers) {
-    const arrays: Record<string, ArrayEntry> = {};
-    for (const f of F64_FIELDS) {
-      const file = `layer-${l.layer}.${f}.bin`;
-      await writeFile(join(staging, file), bytesOf(l[f]));
-      arrays[f] = { file, dtype: 'F64', shape: f === 'outputSum' ? [l.numExperts, l.hidden] : [l.numExperts] };
+    const layers: LayerJson[] = [];
+    for (const l of stats.layers) {
+      const arrays: Record<string, ArrayEntry> = {};
+      for (const f of F64_FIELDS) {
+        const file = `layer-${l.layer}.${f}.bin`;
+        await writeOut(dir, file, bytesOf(l[f]));
+        arrays[f] = { file, dtype: 'F64', shape: f === 'outputSum' ? [l.numExperts, l.hidden] : [l.numExperts] };
+      }
+      const file = `layer-${l.layer}.logitSample.bin`;
+      await writeOut(dir, file, bytesOf(l.logitSample));
+      arrays['logitSample'] = { file, dtype: 'F32', shape: [l.logitSampleRows, l.numExperts] };
+      layers.push({ layer: l.layer, numExperts: l.numExperts, hidden: l.hidden, tokens: l.tokens, logitSampleRows: l.logitSampleRows, arrays });
     }
-    const file = `layer-${l.layer}.logitSample.bin`;
-    await writeFile(join(staging, file), bytesOf(l.logitSample));
-    arrays['logitSample'] = { file, dtype: 'F32', shape: [l.logitSampleRows, l.numExperts] };
-    layers.push({ layer: l.layer, numExperts: l.numExperts, hidden: l.hidden, tokens: l.tokens, logitSampleRows: l.logitSampleRows, arrays });
+    const json: StatsJson & { grams?: { dir: string; dtype: 'F64'; shape: number[]; files: string[] } } = {
+      format: STATS_FORMAT,
+      version: STATS_VERSION,
+      family: stats.family,
+      numLayers: stats.numLayers,
+      numExperts: stats.numExperts,
+      topK: stats.topK,
+      hidden: stats.hidden,
+      tokens: stats.tokens,
+      runs: stats.runs,
+      layers,
+    };
+    if (opts.gramFiles) json.grams = { dir: GRAMS_DIR, dtype: 'F64', shape: [stats.hidden, stats.hidden], files: opts.gramFiles };
+    await writeOut(dir, 'stats.json', JSON.stringify(json, null, 1) + '\n');
+    await dir.publish();
+  } catch (e) {
+    await dir.discard();
+    throw e;
   }
-  const json: StatsJson & { grams?: { dir: string; dtype: 'F64'; shape: number[]; files: string[] } } = {
-    format: STATS_FORMAT,
-    version: STATS_VERSION,
-    family: stats.family,
-    numLayers: stats.numLayers,
-    numExperts: stats.numExperts,
-    topK: stats.topK,
-    hidden: stats.hidden,
-    tokens: stats.tokens,
-    runs: stats.runs,
-    layers,
-  };
-  if (opts.gramsDir) {
-    await rename(opts.gramsDir, join(staging, 'grams'));
-    json.grams = { dir: 'grams', dtype: 'F64', shape: [stats.hidden, stats.hidden], files: opts.gramFiles ?? [] };
+}
+
+/** The Gram matrices' directory inside an artifact. */
+export const GRAMS_DIR = 'grams';
+
+async function writeOut(dir: OutputDir, name: string, data: Uint8Array | string): Promise<void> {
+  try {
+    injectedFault(name);
+    await writeFile(dir.path(name), data);
+  } catch (e) {
+    fail('OutputError', `cannot write ${dir.path(name)}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
-  await writeFile(join(staging, 'stats.json'), JSON.stringify(json, null, 1) + '\n');
-  await rm(target, { recursive: true, force: true });
-  await rename(staging, target);
 }
 
 function bad(dir: string, msg: string): never {

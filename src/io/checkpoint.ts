@@ -10,6 +10,7 @@ import { readFile, readdir, stat } from 'node:fs/promises';
 import { isAbsolute, join, normalize, sep } from 'node:path';
 import { fail, type ErrorCode } from '../errors.js';
 import { DTYPE_BYTES, type Dtype } from './dtype.js';
+import { checkPassthroughFile } from './files.js';
 import { applyBlockScales, decodeMxfp4, FP8_BLOCK } from './quantized.js';
 import { quote, SafetensorsFile, type TensorInfo } from './safetensors.js';
 
@@ -149,6 +150,9 @@ export class Checkpoint {
     } catch (e) {
       fail('MissingFile', `cannot list ${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
+    // files copied verbatim into outputs: regular, of plausible size, resolving inside the model directory (exit 3
+    // before anything is read: a FIFO would hang the run, a link to a secret would leak it into the output)
+    for (const f of PASSTHROUGH_FILES) if (present.has(f)) await checkPassthroughFile(dir, f);
     let generationConfig: Record<string, unknown> | undefined;
     if (present.has('generation_config.json')) {
       const g = await readJsonFile(join(dir, 'generation_config.json'), MAX_CONFIG_BYTES, 'generation_config.json');

@@ -7,6 +7,7 @@
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { fail } from '../errors.js';
+import { checkRegularFile } from './files.js';
 import { decodeInto, DTYPE_BYTES, isDtype, type Dtype } from './dtype.js';
 
 /** The reference implementation's limit: a larger header is refused before it is read. */
@@ -176,6 +177,8 @@ export class SafetensorsFile {
   ) {}
 
   static async open(path: string): Promise<SafetensorsFile> {
+    // stat before open: opening a FIFO blocks until a writer appears
+    await checkRegularFile(path, 'shard');
     let fh: FileHandle;
     try {
       fh = await open(path, 'r');

@@ -17,7 +17,18 @@ export function mergeSummary(r: MergeReport): string {
   for (const l of r.layers) {
     const groups = l.groups.map((g) => (g.members.length === 1 ? `${g.anchor}` : `{${g.members.map((m, i) => `${m}:${g.weights[i]!.toFixed(2)}`).join(' ')}}`));
     const kl = l.router.kl !== undefined ? `  router KL ${l.router.kl.toFixed(4)} (mean rows ${l.router.klMeanRows!.toFixed(4)})` : '';
-    lines.push(`  layer ${l.layer}: ${groups.join(' ')}${kl}`);
+    const d = l.decision;
+    // what --drop auto chose, with the layer's output error of the choice and of the alternatives
+    const dec = d
+      ? `  ${d.choice} (error ${d.error.toFixed(4)}; merge ${d.errors.merge.toFixed(4)}, REAP ${d.errors.reap.toFixed(4)}, frequency ${d.errors.frequency.toFixed(4)})`
+      : '';
+    lines.push(`  layer ${l.layer}: ${groups.join(' ')}${kl}${dec}`);
+  }
+  const k = r.keepPerLayer;
+  if (k) {
+    lines.push(
+      `keep-per-layer auto (report only): counts ${k.counts.join(' ')} for the same ${k.total} experts; summed layer error ${k.errorAllocated.toFixed(4)} vs ${k.errorUniform.toFixed(4)} at ${k.uniform} per layer`,
+    );
   }
   const { before, after, predicted } = r.sizes;
   lines.push(
@@ -37,7 +48,7 @@ export const MERGE_COMMAND = command({
   stage: true,
   methods: MERGE_METHODS,
   examples: [
-    'moe merge --model ./mixtral --calib calib.txt --groups 6 --out ./mixtral-6e               # sequential, M-SMoE defaults',
+    'moe merge --model ./mixtral --calib calib.txt --groups 6 --out ./mixtral-6e               # sequential; merge or drop per group (--drop auto)',
     'moe merge --model ./mixtral --stats ./stats --groups 4 --grouping hierarchical --out ./m-4e  # no forward pass',
     'moe merge --model ./mixtral --calib calib.txt --groups 4 --align activations --router fit --out ./m-4e-fit',
   ],

@@ -10,8 +10,10 @@
  * module makes that true by construction:
  *
  * 1. the planned merge (every group merged, the configured router rows);
- * 2. group by group, "drop" instead of "merge": the group keeps only its most salient member (its original bytes and
- *    its own router row; the others get weight 0), accepted where the layer's error goes down (two passes);
+ * 2. group by group, coordinate descent over how much of the merge to take: "drop" (the group keeps only its most
+ *    salient member: its original bytes and its own router row, the others weight 0), or the merge at strength s
+ *    (member weights (1 − s)·anchor + s·planned, s in MERGE_STRENGTHS, 1 = the planned merge) with the planned
+ *    router row or the anchor's own row; each group takes the variant that lowers the layer's error (two passes);
  * 3. REAP pruning and frequency pruning of the whole layer at the same count (the kept experts alone, original rows,
  *    i.e. exactly the pruned layer), taken when lower still.
  *
@@ -40,7 +42,16 @@ export function decideTokens(E: number, N: number, H: number): number {
   return Math.max(256, Math.min(DECIDE_TOKENS, Math.floor(DECIDE_BYTES / ((E + N) * H * 4))));
 }
 
+/** merge strengths tried per group (1 = the planned merge; 0 with the anchor's row = drop to the anchor) */
+export const MERGE_STRENGTHS = [0.25, 0.5, 0.75, 1] as const;
+
 export type LayerChoice = 'merge' | 'merge-drop' | 'prune-reap' | 'prune-frequency';
+
+/** What one group became: strength 0 = dropped to one member, 1 = merged as planned; row: whose router row. */
+export interface GroupDecision {
+  strength: number;
+  row: 'planned' | 'anchor';
+}
 
 export interface DecisionReport {
   /** what the layer became */
@@ -50,6 +61,8 @@ export interface DecisionReport {
   errors: { merge: number; mergeDrop: number; reap: number; frequency: number };
   /** experts whose weights left the layer (weight 0 in their group): dropped rather than merged */
   dropped: number[];
+  /** merge and merge-drop: per group, the strength and router row taken */
+  groups?: GroupDecision[];
   tokens: number;
 }
 
@@ -70,6 +83,8 @@ export interface DecideInput {
   merged: readonly SwiGLUWeights[];
   weights: readonly number[][];
   rows: RouterWeights;
+  /** group g's members averaged with other weights (the planned permutations): what a plan with those weights writes */
+  average(g: number, weights: number[]): SwiGLUWeights;
   maxTokens?: number;
 }
 
@@ -77,8 +92,8 @@ export interface DecidedGroup {
   group: ExpertGroup;
   weights: number[];
   expert: SwiGLUWeights;
-  /** true: the group is one member's original expert (the others weight 0) */
-  dropped: boolean;
+  /** planned: the planned merge; blend: its members at other weights (same permutations); single: one member's original expert (the others weight 0) */
+  kind: 'planned' | 'blend' | 'single';
 }
 
 export interface Decision {
@@ -191,7 +206,7 @@ export class LayerError {
 }
 
 /** A pruned layer as groups: each kept expert alone, each removed one attached (weight 0) to the kept one nearest by mean output. */
-function pruneGroups(kept: readonly number[], E: number, sig: LayerSignals): ExpertGroup[] {
+export function pruneGroups(kept: readonly number[], E: number, sig: LayerSignals): ExpertGroup[] {
   const groups = kept.map((j) => ({ anchor: j, members: [j] }));
   const H = sig.hidden;
   const mo = sig.meanOutput;
@@ -230,20 +245,62 @@ export function decideLayer(input: DecideInput): Decision {
   // the member a dropped group keeps: its most salient (REAP), ties to the group's order
   const keeper = (g: ExpertGroup): number => g.members.reduce((b, m) => (signals.saliency[m]! > signals.saliency[b]! ? m : b), g.members[0]!);
 
-  const drop = new Array<boolean>(N).fill(false);
-  const slotsOf = (d: readonly boolean[]) => input.groups.map((g, i) => (d[i] ? original(keeper(g)) : mergedSlot(i)));
-  const mergeErr = le.error(slotsOf(drop));
+  // per group variants: 0 = drop to the keeper; then (strength, row) pairs, the last one the planned merge
+  interface Variant {
+    strength: number;
+    row: GroupDecision['row'];
+  }
+  const variants: Variant[] = [{ strength: 0, row: 'anchor' }];
+  for (const st of MERGE_STRENGTHS) for (const row of ['planned', 'anchor'] as const) if (!(st === 1 && row === 'anchor')) variants.push({ strength: st, row });
+  variants.push({ strength: 1, row: 'anchor' });
+  const PLANNED = variants.findIndex((v) => v.strength === 1 && v.row === 'planned');
+  const blended = new Map<string, SwiGLUWeights>();
+  const weightsAt = (g: number, st: number): number[] => input.weights[g]!.map((w, k) => (k === 0 ? 1 - st : 0) + st * w);
+  const anchorRow = (g: number) => rowOf(router, input.groups[g]!.anchor, H);
+  const blendRow = (g: number, st: number): Pick<Slot, 'row' | 'bias' | 'corr'> => {
+    const a = anchorRow(g);
+    const p = rowOf(input.rows, g, H);
+    if (st === 1) return p;
+    const mix = (x?: number, y?: number) => (x === undefined && y === undefined ? undefined : (1 - st) * (x ?? 0) + st * (y ?? 0));
+    const row = Float32Array.from(a.row, (v, h) => (1 - st) * v + st * p.row[h]!);
+    const b = mix(a.bias, p.bias);
+    const c = mix(a.corr, p.corr);
+    return { row, ...(b !== undefined ? { bias: b } : {}), ...(c !== undefined ? { corr: c } : {}) };
+  };
+  const variantSlot = (g: number, v: number): Slot => {
+    const grp = input.groups[g]!;
+    const { strength: st, row } = variants[v]!;
+    if (st === 0) return original(keeper(grp));
+    if (grp.members.length === 1) return mergedSlot(g);
+    let expert: SwiGLUWeights;
+    if (st === 1) expert = input.merged[g]!;
+    else {
+      const key = `${g}:${st}`;
+      expert = blended.get(key) ?? input.average(g, weightsAt(g, st));
+      blended.set(key, expert);
+    }
+    return { key: st === 1 ? `g${g}` : `g${g}s${st}`, expert, ...(row === 'anchor' ? anchorRow(g) : blendRow(g, st)) };
+  };
+  const pickV = new Array<number>(N).fill(PLANNED);
+  const slotsOf = (p: readonly number[]) => p.map((v, g) => variantSlot(g, v));
+  const mergeErr = le.error(slotsOf(pickV));
   let best = mergeErr;
   for (let pass = 0; pass < 2; pass++) {
     let moved = false;
-    for (let i = 0; i < N; i++) {
-      if (input.groups[i]!.members.length === 1) continue;
-      drop[i] = !drop[i];
-      const e = le.error(slotsOf(drop));
-      if (e < best) {
-        best = e;
-        moved = true;
-      } else drop[i] = !drop[i];
+    for (let g = 0; g < N; g++) {
+      if (input.groups[g]!.members.length === 1) continue;
+      let keep = pickV[g]!;
+      for (let v = 0; v < variants.length; v++) {
+        if (v === keep) continue;
+        pickV[g] = v;
+        const e = le.error(slotsOf(pickV));
+        if (e < best) {
+          best = e;
+          keep = v;
+          moved = true;
+        }
+      }
+      pickV[g] = keep;
     }
     if (!moved) break;
   }
@@ -267,27 +324,30 @@ export function decideLayer(input: DecideInput): Decision {
 
   let groups: DecidedGroup[];
   let rows: RouterWeights;
+  let report: DecisionReport['groups'] | undefined;
   if (choice === 'merge' || choice === 'merge-drop') {
     groups = input.groups.map((g, i) => {
-      if (!drop[i]) return { group: g, weights: [...input.weights[i]!], expert: input.merged[i]!, dropped: false };
+      const v = variants[pickV[i]!]!;
+      if (g.members.length === 1 || v.strength === 1) return { group: g, weights: [...input.weights[i]!], expert: input.merged[i]!, kind: 'planned' };
+      if (v.strength > 0) return { group: g, weights: weightsAt(i, v.strength), expert: variantSlot(i, pickV[i]!).expert, kind: 'blend' };
       const kj = keeper(g);
       const members = [kj, ...g.members.filter((m) => m !== kj)];
-      return { group: { anchor: kj, members }, weights: members.map((_, k) => (k === 0 ? 1 : 0)), expert: experts[kj]!, dropped: true };
+      return { group: { anchor: kj, members }, weights: members.map((_, k) => (k === 0 ? 1 : 0)), expert: experts[kj]!, kind: 'single' };
     });
-    const slots = slotsOf(drop);
-    rows = rowsOf(slots, router, input.rows);
+    rows = rowsOf(slotsOf(pickV), router, input.rows);
+    report = pickV.map((v) => ({ strength: variants[v]!.strength, row: variants[v]!.row }));
   } else {
     const kept = choice === 'prune-reap' ? reapKept : freqKept;
     groups = pruneGroups(kept, E, signals).map((g) => ({
       group: g,
       weights: g.members.map((_, k) => (k === 0 ? 1 : 0)),
       expert: experts[g.anchor]!,
-      dropped: g.members.length > 1,
+      kind: 'single' as const,
     }));
     rows = rowsOf(kept.map(original), router, input.rows);
   }
   const dropped = groups.flatMap((g) => g.group.members.filter((_, k) => g.weights[k] === 0)).sort((a, b) => a - b);
-  return { groups, rows, changed: choice !== 'merge', report: { choice, error, errors, dropped, tokens: le.T } };
+  return { groups, rows, changed: choice !== 'merge', report: { choice, error, errors, dropped, ...(report ? { groups: report } : {}), tokens: le.T } };
 }
 
 /** Router rows [N, H] (and bias, selection bias where the router has them) of a layer's slots. */

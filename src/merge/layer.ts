@@ -255,19 +255,19 @@ export function mergeLayer(input: MergeLayerInput, choices: MergeChoices, opts: 
       merged,
       weights: reports.map((g) => g.weights),
       rows: r.router,
+      average: (g, w) => mergeGroup(groups[g]!, experts, w, choices.align, { H, applied: { perms: perms[g]!, alignment: reports[g]!.alignment } }).expert,
       maxTokens: opts.decideTokens,
     });
     report.decision = d.report;
     if (d.changed) {
-      const dGroups = d.groups.map((g) => g.group);
       const dReports: GroupReport[] = d.groups.map((g, i) =>
-        g.dropped || d.report.choice !== 'merge-drop'
+        g.kind === 'single'
           ? { anchor: g.group.anchor, members: g.group.members, weights: g.weights, alignment: g.group.members.map(() => null) }
-          : reports[i]!,
+          : { ...reports[i]!, weights: g.weights },
       );
-      const dPerms = d.groups.map((g, i) => (g.dropped || d.report.choice !== 'merge-drop' ? g.group.members.map(() => null) : perms[i]!));
+      const dPerms = d.groups.map((g, i) => (g.kind === 'single' ? g.group.members.map(() => null) : perms[i]!));
       report.groups = dReports;
-      return { groups: dGroups, experts: d.groups.map((g) => g.expert), perms: dPerms, router: d.rows, report, decided: true };
+      return { groups: d.groups.map((g) => g.group), experts: d.groups.map((g) => g.expert), perms: dPerms, router: d.rows, report, decided: true };
     }
   }
   return { groups, experts: merged, perms, router: r.router, report };

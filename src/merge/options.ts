@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { fail } from '../errors.js';
 import type { OptionSpec } from '../pipeline/descriptor.js';
 import { common, field, int } from '../pipeline/fields.js';
+import { KEEP_PER_LAYER } from './allocate.js';
 import { DROP_MODES } from './decide.js';
 import { ALIGNS, find, ROUTERS } from './methods.js';
 import { ALIGN_METHODS, GROUPING_METHODS, MERGE_OPTION_DEFAULTS, ROUTER_METHODS, WEIGHTING_METHODS } from './types.js';
@@ -27,6 +28,10 @@ export const MERGE_OPTIONS = z.object({
     help: "auto: per layer, drop a group's other members instead of merging them, or prune the layer (REAP, frequency), wherever that lowers the layer's output error on calibration tokens (report: decision per layer); never: merge as planned",
     arg: 'm',
     defaultText: 'auto with --calib, never with --stats or --plan',
+  }),
+  keepPerLayer: field(z.enum(KEEP_PER_LAYER).default('uniform'), {
+    help: "auto: also report how the same total of experts would be spread over the layers (knapsack over each layer's output-error curve); the checkpoint keeps the same count in every layer (needs --calib)",
+    arg: 'm',
   }),
   calib: common.calib('calibration text: sequential merging in one forward pass, each layer measured through the merged layers before it'),
   calibIds: common.calibIds(),
@@ -64,6 +69,8 @@ export function checkMerge(o: MergeOptions): void {
       `merging is data-driven (grouping ${o.grouping} reads routing statistics): give calibration text (--calib FILE), saved statistics (--stats DIR) or a saved plan (--plan FILE)`,
     );
   if (o.plan && o.drop) fail('Usage', '--drop decides while planning: a saved plan (--plan) already holds its decisions, give no --drop with it');
+  if (o.keepPerLayer === 'auto' && !o.calib)
+    fail('Usage', '--keep-per-layer auto measures each layer on calibration hidden states: give --calib FILE (not --stats or --plan)');
   if (o.stats && o.drop === 'auto')
     fail('Usage', '--drop auto measures each layer on calibration hidden states: give --calib FILE (--stats is not enough), or --drop never');
   if (o.stats) {

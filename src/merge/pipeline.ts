@@ -34,7 +34,8 @@ import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline } from '../pipeline/engine.js';
 import { memberWeights } from './combine.js';
 import { checkGroupCount, checkPartition, groupExperts, mergeRoutingGroups, routingGroupOf } from './grouping.js';
-import { decideTokens } from './decide.js';
+import { allocationReport, errorCurve, type AllocationReport } from './allocate.js';
+import { decideTokens, LayerError } from './decide.js';
 import { mergeGroupStreamed, mergeLayer, type MergedLayer, type MergeLayerOptions } from './layer.js';
 import { mergeMemory } from './memory.js';
 import { DEFAULTS, type MERGE_OPTIONS, MERGE_SPEC, type MergeOptions } from './options.js';
@@ -66,6 +67,8 @@ export interface MergeReport {
   shard?: { index: number; count: number };
   layers: LayerReport[];
   sizes: { before: SizeSummary; after: SizeSummary; predicted: boolean };
+  /** --keep-per-layer auto: the per-layer counts the same total would allow, and the error they would save */
+  keepPerLayer?: AllocationReport;
   /** estimated peak resident memory of the run (from shapes and the plan; bench/merge-memory.ts measures it) */
   memory: MemoryEstimate;
   seconds: number;
@@ -132,7 +135,14 @@ export function runningEdit(experts: SwiGLUWeights[], router: RouterWeights, E: 
  * kept: the write produces them again from the plan, group by group, so memory stays about one layer instead of
  * growing with every merged layer until the write.
  */
-async function planSequential(model: Model, req: MergeRun, choices: MergeChoices, opts: MergeLayerOptions, windows: Int32Array[]): Promise<MergePlan> {
+async function planSequential(
+  model: Model,
+  req: MergeRun,
+  choices: MergeChoices,
+  opts: MergeLayerOptions,
+  windows: Int32Array[],
+  curves?: number[][],
+): Promise<MergePlan> {
   const view = model.view;
   const plan: MergePlan = { mode: 'sequential', tokens: 0, layers: [] };
   const phase = req.progress?.phase(`merge: ${view.moeLayers.length} MoE layers, sequentially on calibration text`);
@@ -143,6 +153,19 @@ async function planSequential(model: Model, req: MergeRun, choices: MergeChoices
     onMoeLayer(input: MoeLayerInput) {
       plan.tokens = input.T;
       const signals = signalsFromInput(input, expert);
+      if (curves) {
+        const le = new LayerError({
+          x: input.x,
+          T: input.T,
+          H,
+          routing: input.routing,
+          experts: input.experts,
+          rule: view.routing,
+          activation: view.forward.activation,
+          maxTokens: opts.decideTokens,
+        });
+        curves.push(errorCurve(le, signals.saliency, input.experts, input.router, H, view.routing.topK));
+      }
       const m: MergedLayer = mergeLayer(
         {
           layer: input.layer.index,
@@ -290,6 +313,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
     const settings = planSettings(choices, req);
 
     let plan: MergePlan;
+    let keepPerLayer: AllocationReport | undefined;
     let pass: { tokens: number; seqLen: number } | undefined;
     let source: MergeReport['calibration']['source'];
     if (req.plan) {
@@ -304,7 +328,13 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
       await run.startBackend();
       const windows = await run.windows();
       pass = { tokens: windows.reduce((a, w) => a + w.length, 0), seqLen: windows[0]?.length ?? 0 };
-      plan = await planSequential(model, req, choices, opts, windows);
+      const curves = req.keepPerLayer === 'auto' ? [] : undefined;
+      if (curves && view.routing.groups && view.routing.groups.nGroup > 1)
+        fail('Usage', `--keep-per-layer auto: ${view.family} routes within expert groups; per-layer counts would have to keep them even`);
+      plan = await planSequential(model, req, choices, opts, windows, curves);
+      if (curves) {
+        keepPerLayer = allocationReport(view.moeLayers, curves, choices.groups, view.routing.topK);
+      }
       source = 'calib';
     }
     if (req.savePlan) {
@@ -350,6 +380,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
       ...(req.savePlan ? { savedPlan: req.savePlan } : {}),
       ...(req.shard ? { shard: { index: req.shard.index, count: req.shard.count } } : {}),
       layers,
+      ...(keepPerLayer ? { keepPerLayer } : {}),
       sizes: { before, after, predicted },
       memory: mergeMemory(model, {
         choices,

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { fail } from '../errors.js';
 import { Checkpoint, type HFConfig } from '../io/checkpoint.js';
 import { DTYPE_BYTES, type Dtype } from '../io/dtype.js';
-import { OutputDir } from '../io/output.js';
+import { checkOutputTarget, OutputDir } from '../io/output.js';
 
 export interface ShardSpec {
   index: number;
@@ -85,6 +85,7 @@ export async function assembleShards(
   opts: { force?: boolean; onProgress?(done: number, total: number): void } = {},
 ): Promise<AssembleReport> {
   if (parts.length === 0) fail('Usage', 'assemble needs the shard directories of one --shard run');
+  await checkOutputTarget(out, { force: opts.force, inputs: parts });
   const manifests = await Promise.all(parts.map(readManifest));
   const first = manifests[0]!;
   const seen = new Map<number, string>();
@@ -103,7 +104,8 @@ export async function assembleShards(
   if (planDigest(first.tensors, first.config, first.plan) !== first.digest) fail('InvalidData', `${parts[0]}/${SHARD_MANIFEST} does not match its own digest`);
 
   const ckpts = await Promise.all(parts.map((p) => Checkpoint.open(p)));
-  const dir = await OutputDir.create(out, { force: opts.force });
+  // every part is an input: the output may not be one, contain one, or lie inside one (--force would delete it)
+  const dir = await OutputDir.create(out, { force: opts.force, inputs: parts });
   let writer: Awaited<ReturnType<OutputDir['openWriter']>> | undefined;
   let bytes = 0;
   try {

@@ -6,6 +6,7 @@
  */
 import { type Command, Option } from 'commander';
 import { createProgress } from '../cli/progress.js';
+import { deferPublish } from '../io/output.js';
 import { count, number, shard, wholeNumber } from '../cli/options.js';
 import { DATA_NEEDS, type AnyCommand } from './descriptor.js';
 import { commandOptions, type OptionInfo } from './schema.js';
@@ -21,7 +22,10 @@ function parserOf(info: OptionInfo): ((v: string, prev: any) => any) | undefined
     case 'number':
       return number(f);
     case 'enum':
-      return info.choices?.every((c) => typeof c === 'number') ? number(f) : undefined;
+      if (info.choices?.every((c) => typeof c === 'number')) return number(f);
+      // widths or names (--dense-bits 4 or q4_k): digits are the number choice, as in lists below
+      if (info.choices?.some((c) => typeof c === 'number')) return (v: string) => (/^\s*\d+\s*$/.test(v) ? Number(v) : v.trim().toLowerCase());
+      return undefined;
     case 'list':
       // whole numbers; where the choices also have names (--candidates q4_k,q5_k with --format gguf), those in any case
       return info.choices?.some((c) => typeof c === 'string')
@@ -103,7 +107,8 @@ export function registerCommand(program: Command, d: AnyCommand): Command {
     const json = !!given.json;
     const quiet = !!given.quiet;
     const progress = createProgress({ quiet, json });
-    const report = await d.run({ ...raw, progress }, { args, progress });
+    // the report is written into the staged output and only a complete output is published (src/io/output.ts)
+    const report = await deferPublish(() => d.run({ ...raw, progress }, { args, progress }));
     if (json) process.stdout.write(JSON.stringify(d.json ? d.json(report) : report, null, 2) + '\n');
     else {
       const text = d.print?.(report, { ...raw, json, quiet });

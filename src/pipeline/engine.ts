@@ -15,11 +15,10 @@
  * the shard payload of the writer's manifest, and hidden-state resume after the last completed layer
  * (src/pipeline/resume.ts) for forward-pass methods.
  */
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { z } from 'zod';
 import type { Progress } from '../cli/progress.js';
 import { loadWindows } from '../data/windows.js';
+import { writeReport as writeOutputReport } from '../io/output.js';
 import { openModel, type Model } from '../model/open.js';
 import { loadPlan, savePlan, type PlanTool } from '../model/planfile.js';
 import type { OptionSpec } from './descriptor.js';
@@ -85,9 +84,12 @@ async function startBackend(o: CommonRun): Promise<void> {
   if (o.threads !== undefined) await (await import('../runtime/pool.js')).setThreads(o.threads);
 }
 
-/** The report file of a run: pretty JSON, one trailing newline. */
+/**
+ * The report file of a run: pretty JSON, one trailing newline, written into the staged output, which is published
+ * only then, report included (src/io/output.ts writeReport).
+ */
 export async function writeReport(out: string, file: string, report: unknown): Promise<void> {
-  await writeFile(join(out, file), JSON.stringify(report, null, 2) + '\n');
+  await writeOutputReport(out, file, report);
 }
 
 /**

@@ -14,7 +14,7 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { z } from 'zod';
 import { fail } from '../errors.js';
-import { checkOutputTarget } from '../io/output.js';
+import { checkOutputPath, checkOutputTarget } from '../io/output.js';
 import type { ModelView } from '../model/types.js';
 import type { OptionSpec } from './descriptor.js';
 import { ID_ALTERNATIVES, type PathKind } from './fields.js';
@@ -51,9 +51,10 @@ export function parseOptions<S extends z.ZodObject>(d: OptionSpec<S>, given: Rec
   return o;
 }
 
-async function kindOf(p: string): Promise<'file' | 'dir' | undefined> {
+/** 'other': a FIFO, device or socket, which would block or never end when read (refused, exit 3). */
+async function kindOf(p: string): Promise<'file' | 'dir' | 'other' | undefined> {
   const st = await stat(p).catch(() => undefined);
-  return st ? (st.isDirectory() ? 'dir' : 'file') : undefined;
+  return st ? (st.isDirectory() ? 'dir' : st.isFile() ? 'file' : 'other') : undefined;
 }
 
 /** The messages are the ones the loaders give later, so a path fails alike whether caught early or late. */
@@ -65,10 +66,12 @@ export async function checkPath(kind: PathKind, p: string): Promise<void> {
       if (k !== 'file') fail('InvalidData', `data file is not a regular file: ${p}`);
       return;
     case 'stats':
+      if ((await kindOf(join(p, 'stats.json'))) === 'other') fail('UnsafePath', `${join(p, 'stats.json')} is not a regular file; refusing to read it`);
       if ((await kindOf(join(p, 'stats.json'))) !== 'file')
         fail('MissingFile', `calibration statistics not found: ${join(p, 'stats.json')} (make them with moe calibrate --out)`);
       return;
     case 'plan':
+      if (k === 'other') fail('UnsafePath', `the plan ${p} is not a regular file; refusing to read it`);
       if (k !== 'file') fail('MissingFile', `cannot read the plan ${p}: ${k ? 'EISDIR' : 'ENOENT'}`);
       return;
     case 'dir':
@@ -86,10 +89,26 @@ export async function checkPaths(options: readonly OptionInfo[], o: Record<strin
   }
 }
 
+/** Every input path a command was given (the model and each path-declared option): the output may overlap none. */
+export function inputPaths(options: readonly OptionInfo[], o: Record<string, unknown>): string[] {
+  const paths: string[] = [];
+  for (const info of options) {
+    const v = o[info.key];
+    if (!info.path || v === undefined) continue;
+    for (const p of Array.isArray(v) ? v : [v]) if (typeof p === 'string') paths.push(p);
+  }
+  return paths;
+}
+
 /** The output rule (src/io/output.ts), for dry runs too: a dry run says whether the real run could publish there. */
-export async function checkOutput(o: { out?: unknown; force?: unknown; model?: unknown }): Promise<void> {
-  if (typeof o.out !== 'string') return;
-  await checkOutputTarget(o.out, { force: !!o.force, ...(typeof o.model === 'string' ? { inputDir: o.model } : {}) });
+export async function checkOutput(o: { out?: unknown; force?: unknown; model?: unknown }, options: readonly OptionInfo[] = []): Promise<void> {
+  if (o.out === undefined) return;
+  checkOutputPath(o.out);
+  await checkOutputTarget(o.out, {
+    force: !!o.force,
+    ...(typeof o.model === 'string' ? { inputDir: o.model } : {}),
+    inputs: inputPaths(options, o as Record<string, unknown>),
+  });
 }
 
 /**
@@ -99,7 +118,7 @@ export async function checkOutput(o: { out?: unknown; force?: unknown; model?: u
 export async function prepare<S extends z.ZodObject>(d: OptionSpec<S>, raw: Record<string, unknown>, opts: { output?: boolean } = {}): Promise<z.output<S>> {
   const o = parseOptions(d, raw);
   await checkPaths(schemaOptions(d.options), o as Record<string, unknown>);
-  if (opts.output !== false) await checkOutput(o as Record<string, unknown>);
+  if (opts.output !== false) await checkOutput(o as Record<string, unknown>, schemaOptions(d.options));
   return o;
 }
 

@@ -11,7 +11,17 @@ export function pruneSummary(r: PruneReport): string {
   const lines = [`${r.dryRun ? 'plan' : 'pruned'}: ${r.family}, ${r.method}, keep ${r.keep} of ${r.numExperts} experts per layer (top-k ${r.topK})`];
   for (const l of r.layers) {
     const err = l.relError !== undefined ? `  rel. error ${l.relError.toExponential(3)} (${l.search})` : '';
-    lines.push(`  layer ${l.layer}: keep [${l.kept.join(' ')}] remove [${l.removed.join(' ')}]${err}`);
+    const f = l.refit;
+    const refit = f
+      ? `  router ${f.applied ? `refit (alpha ${f.alpha})` : 'own rows'}: error ${f.errorRefit.toFixed(4)}${f.applied ? ` (own rows ${f.errorOwnRows.toFixed(4)})` : ''}`
+      : '';
+    lines.push(`  layer ${l.layer}: keep [${l.kept.join(' ')}] remove [${l.removed.join(' ')}]${err}${refit}`);
+  }
+  const k = r.keepPerLayer;
+  if (k) {
+    lines.push(
+      `keep-per-layer auto (report only): counts ${k.counts.join(' ')} for the same ${k.total} experts; summed layer error ${k.errorAllocated.toFixed(4)} vs ${k.errorUniform.toFixed(4)} at ${k.uniform} per layer`,
+    );
   }
   const { before, after, predicted } = r.sizes;
   lines.push(

@@ -3,6 +3,7 @@
  * library calls are all validated by this schema and `checkPrune`.
  */
 import { z } from 'zod';
+import { KEEP_PER_LAYER } from '../merge/allocate.js';
 import { fail } from '../errors.js';
 import type { OptionSpec } from '../pipeline/descriptor.js';
 import { common, field, int } from '../pipeline/fields.js';
@@ -28,6 +29,13 @@ export const PRUNE_OPTIONS = z.object({
   seed: field(z.number().int().default(0), { help: 'seed of --method random', arg: 'n' }),
   sampleTokens: field(int(1).default(RECONSTRUCT_DEFAULTS.maxTokens), { help: 'reconstruct: calibration tokens sampled per layer', arg: 'n' }),
   beam: field(int(1).default(RECONSTRUCT_DEFAULTS.beam), { help: 'reconstruct: beam width when subsets are too many to enumerate', arg: 'n' }),
+  refitRouter: field(z.boolean().default(false), {
+    help: "refit the kept experts' router rows by least squares on calibration hidden states so they receive the removed experts' routing mass; kept per layer only where it lowers the layer's output error (needs --calib)",
+  }),
+  keepPerLayer: field(z.enum(KEEP_PER_LAYER).default('uniform'), {
+    help: "auto: also report how the same total of experts would be spread over the layers (knapsack over each layer's output-error curve when keeping its best experts by the method's score); the checkpoint keeps the same count in every layer (needs --calib)",
+    arg: 'm',
+  }),
   backend: common.backend('tensor backend for data-driven methods'),
   threads: common.threads(),
   savePlan: common.savePlan('also write the kept sets to this plan file (with --dry-run: only the plan)'),
@@ -56,6 +64,10 @@ export function checkPrune(o: PruneOptions): void {
       fail('Usage', `method ${method.name} re-runs the forward pass on calibration hidden states: give --calib FILE (--stats is not enough)`);
     }
   }
+  if (o.keepPerLayer === 'auto' && (o.plan || !o.calib))
+    fail('Usage', '--keep-per-layer auto measures each layer on calibration hidden states: give --calib FILE (not --stats or --plan)');
+  if (o.refitRouter && (o.plan || !o.calib))
+    fail('Usage', '--refit-router fits router rows on calibration hidden states in a forward pass: give --calib FILE (not --stats or --plan)');
   if (!o.dryRun && !o.out) fail('Usage', '--out DIR is required (or use --dry-run)');
 }
 

@@ -14,6 +14,8 @@ import { writeExpertEdit, type ExpertEditPlan } from '../model/rewrite.js';
 import { getMethod, type PruneMethod } from './methods.js';
 import { checkKeep, keepFromRatio, keptFromScores, layerPlan, type LayerPlan, type PrunePlan } from './plan.js';
 import type { ReconstructOptions } from './reconstruct.js';
+import type { RefitReport, RouterRows } from './refit.js';
+import type { AllocationReport } from '../merge/allocate.js';
 import { seededRandom } from '../../kernels/random.js';
 import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from './sizes.js';
 import { estimatePeak, maxEstimate, streamedPassParts, writerBytes, type MemoryEstimate } from '../runtime/memory.js';
@@ -38,6 +40,8 @@ export interface LayerReport extends LayerPlan {
   relError?: number;
   search?: 'exact' | 'beam';
   subsetsEvaluated?: number;
+  /** --refit-router: whether the refit rows were kept, and the layer's output error with own and refit rows */
+  refit?: RefitReport;
 }
 
 export interface PruneReport {
@@ -55,6 +59,8 @@ export interface PruneReport {
   groups?: PrunePlan['groups'];
   calibration: { source: 'calib' | 'stats' | 'plan' | 'none'; path?: string; tokens: number };
   layers: LayerReport[];
+  /** --keep-per-layer auto: the per-layer counts the same total would allow, and the error they would save */
+  keepPerLayer?: AllocationReport;
   sizes: { before: SizeSummary; after: SizeSummary; predicted: boolean };
   /** estimated peak resident memory of this command (from shapes; bench/memory.ts compares it with measurements) */
   memory: MemoryEstimate;
@@ -200,8 +206,27 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
       }
       await save(settings, layers);
 
+      let refitted = new Map<number, RouterRows>();
+      if (req.refitRouter) {
+        const g = view.routing.groups;
+        if (g && g.nGroup > 1) fail('Usage', `--refit-router: ${view.family} routes within ${g.nGroup} expert groups, which the refit does not handle`);
+        const { refitRouters } = await import('./refit.js');
+        refitted = (await refitRouters(model, req, layers)).rows;
+      }
+      let keepPerLayer: AllocationReport | undefined;
+      if (req.keepPerLayer === 'auto') {
+        const g = view.routing.groups;
+        if (g && g.nGroup > 1)
+          fail('Usage', `--keep-per-layer auto: ${view.family} routes within expert groups; per-layer counts would have to keep them even`);
+        const { perLayerReport } = await import('./refit.js');
+        keepPerLayer = await perLayerReport(model, req, layers, keep);
+      }
       const edit: ExpertEditPlan = {
-        layers: layers.map((l) => ({ layer: l.layer, experts: l.kept.map((j) => ({ from: j })) })),
+        layers: layers.map((l) => ({
+          layer: l.layer,
+          experts: l.kept.map((j) => ({ from: j })),
+          ...(refitted.has(l.layer) ? { router: refitted.get(l.layer)! } : {}),
+        })),
         groups: groups && { nGroup: groups.nGroup, topkGroup: groups.topkGroup },
       };
       const before = checkpointSizes(model.ckpt, view);
@@ -246,6 +271,7 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
         groups,
         calibration,
         layers,
+        ...(keepPerLayer ? { keepPerLayer } : {}),
         sizes: { before, after, predicted },
         memory: await estimateMemory(model, req, method, calibration.tokens),
         seconds: seconds(),

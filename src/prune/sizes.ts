@@ -1,5 +1,6 @@
 /** Checkpoint sizes for the prune and merge reports: whole model and routed experts, before and after. */
 import type { Checkpoint } from '../io/checkpoint.js';
+import { stagedPath } from '../io/output.js';
 import { openModel } from '../model/open.js';
 import type { ModelView, SwiGLURefs } from '../model/types.js';
 
@@ -85,7 +86,8 @@ export function predictedSizes(ckpt: Checkpoint, view: ModelView, before: SizeSu
 
 /** Sizes of a checkpoint as written: opened again, so the report states what is on disk, not what was planned. */
 export async function writtenSizes(dir: string): Promise<SizeSummary> {
-  const m = await openModel(dir);
+  // the output is still staged (published with its report, src/io/output.ts): read it where it is
+  const m = await openModel(stagedPath(dir));
   try {
     return checkpointSizes(m.ckpt, m.view);
   } finally {

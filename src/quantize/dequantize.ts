@@ -1,35 +1,41 @@
 /**
- * `moe dequantize`: a GPTQ checkpoint back to a dense BF16/F16 checkpoint of the same family, for tools that
- * cannot read GPTQ. Every `<module>.qweight/qzeros/scales/g_idx` quadruple becomes `<module>.weight`; all other
+ * `moe dequantize`: a GPTQ or compressed-tensors checkpoint back to a dense BF16/F16 (or F32) checkpoint of the
+ * same family, for tools that cannot read them. Every `<module>.qweight/qzeros/scales/g_idx` quadruple becomes `<module>.weight`; all other
  * tensors are copied byte for byte; quantization_config is removed. Families whose experts are fused 3-D tensors
  * (gpt_oss, granitemoe: quantized as GPTQModel's per-expert modules, see fused.ts) get their fused tensors back,
  * in the family's own layout, with the module biases stacked into the fused bias tensors.
  */
 import { fail } from '../errors.js';
 import { fromF32, type Dtype } from '../io/dtype.js';
+import { writeReport } from '../io/output.js';
 import { loadLinear, transpose, formatOf } from '../model/load.js';
 import { openModel, type Model } from '../model/open.js';
 import { rewriteCheckpoint, type NewTensor, type TensorFate } from '../model/rewrite.js';
 import type { LinearRef } from '../model/types.js';
 import { dequantize as dequantizeLinear } from '../../kernels/quant/rtn.js';
 import { GPTQ_SUFFIXES, readGptq, registerGptqFormat } from './format.js';
+import { CT_SUFFIXES, ctSchemeFor, readCt } from './ct.js';
+import type { Checkpoint } from '../io/checkpoint.js';
 import { FUSED_GPTQ_FORMAT, gptqModuleOfFusedRef, registerFusedGptqFormat, stackRows } from './fused.js';
 import type { Progress } from '../cli/progress.js';
 
 export interface DequantizeRequest {
   model: string;
   out?: string;
-  dtype?: 'BF16' | 'F16';
+  /** F32: the exact dequantized values (BF16/F16 round them) */
+  dtype?: 'BF16' | 'F16' | 'F32';
   force?: boolean;
   dryRun?: boolean;
   progress?: Progress;
 }
 
+export const DEQUANTIZE_REPORT_FILE = 'moe-dequantize-report.json';
+
 export interface DequantizeReport {
   tool: 'moe dequantize';
   model: string;
   out?: string;
-  dtype: 'BF16' | 'F16';
+  dtype: 'BF16' | 'F16' | 'F32';
   modules: number;
   beforeBytes: number;
   afterBytes: number;
@@ -107,7 +113,11 @@ export async function dequantizeCheckpoint(req: DequantizeRequest): Promise<Dequ
     const { ckpt } = model;
     const dtype = req.dtype ?? (ckpt.config['torch_dtype'] === 'float16' ? 'F16' : 'BF16');
     const all = ckpt.tensorNames.filter((n) => n.endsWith('.qweight')).map((n) => n.slice(0, -'.qweight'.length));
-    if (all.length === 0) fail('InvalidData', `${req.model} has no GPTQ tensors (*.qweight): nothing to dequantize`);
+    // compressed-tensors pack-quantized modules (ct.ts): weight_packed + weight_scale + weight_shape [+ zero point, g_idx]
+    const ctModules = ckpt.tensorNames.filter((n) => n.endsWith('.weight_packed')).map((n) => n.slice(0, -'.weight_packed'.length));
+    if (all.length === 0 && ctModules.length === 0) {
+      fail('InvalidData', `${req.model} has no GPTQ (*.qweight) or compressed-tensors (*.weight_packed) tensors: nothing to dequantize`);
+    }
     const fused = fusedFates(model, dtype);
     const fates = fused.fates;
     const modules = all.filter((m) => !fused.modules.has(m));
@@ -126,6 +136,16 @@ export async function dequantizeCheckpoint(req: DequantizeRequest): Promise<Dequ
       });
       for (const s of ['qzeros', 'scales', 'g_idx']) fates.set(`${m}.${s}`, { kind: 'drop' });
     }
+    for (const m of ctModules) {
+      if (!ckpt.has(`${m}.weight_scale`)) fail('InvalidData', `${req.model}: compressed-tensors module '${m}' has no weight_scale`);
+      const out = ckpt.shape(`${m}.weight_packed`)[0]!;
+      const inF = await ctInFeatures(ckpt, m);
+      fates.set(`${m}.weight_packed`, {
+        kind: 'replace',
+        tensors: [{ spec: { name: `${m}.weight`, dtype, shape: [out, inF] }, produce: async () => fromF32(await readCt(ckpt, m, out, inF), dtype) }],
+      });
+      for (const s of CT_SUFFIXES.slice(1)) if (ckpt.has(`${m}.${s}`)) fates.set(`${m}.${s}`, { kind: 'drop' });
+    }
     const ph = req.dryRun ? undefined : req.progress?.phase(`writing ${req.out}`);
     const res = await rewriteCheckpoint(model, { fates, config: { quantization_config: null } }, req.out ?? '(dry run)', {
       dryRun: !!req.dryRun,
@@ -137,17 +157,34 @@ export async function dequantizeCheckpoint(req: DequantizeRequest): Promise<Dequ
       const i = ckpt.info(n);
       return a + (i.end - i.begin);
     }, 0);
-    return {
+    const report: DequantizeReport = {
       tool: 'moe dequantize',
       model: req.model,
       ...(req.out ? { out: req.out } : {}),
       dtype,
-      modules: all.length,
+      modules: all.length + ctModules.length,
       beforeBytes,
       afterBytes: res.totalBytes,
       dryRun: !!req.dryRun,
     };
+    // every output holds its report: it is what marks a directory as moe's (what --force may replace)
+    if (!req.dryRun && req.out) await writeReport(req.out, DEQUANTIZE_REPORT_FILE, report);
+    return report;
   } finally {
     await model.ckpt.close();
   }
+}
+
+/** Input features of a compressed-tensors module: its weight_shape, else the packed width x values per word. */
+async function ctInFeatures(ckpt: Checkpoint, m: string): Promise<number> {
+  const t = `${m}.weight_shape`;
+  if (ckpt.has(t)) {
+    const b = (await ckpt.readBytes(t)).slice().buffer;
+    const v = ckpt.dtype(t) === 'I64' ? Number(new BigInt64Array(b)[1]) : new Int32Array(b)[1]!;
+    if (Number.isInteger(v) && v > 0) return v;
+  }
+  const qc = (ckpt.config['quantization_config'] ?? {}) as Record<string, unknown>;
+  const bits = ctSchemeFor(qc, m)?.num_bits;
+  if (!bits) fail('InvalidData', `${ckpt.dir}: compressed-tensors module '${m}' has no weight_shape and matches no config group`);
+  return ckpt.shape(`${m}.weight_packed`)[1]! * (32 / bits!);
 }

@@ -16,6 +16,7 @@ import { gptqShapes, packGptq, unpackGptq, type GptqTensors } from '../../kernel
 import { dequantize } from '../../kernels/quant/rtn.js';
 import { QUANT_BITS, type QuantBits, type QuantizedLinear, type QuantSpec } from '../../kernels/quant/types.js';
 import type { TensorSpec } from '../io/writer.js';
+import { registerCtFormat } from './ct.js';
 
 export const GPTQ_SUFFIXES = ['qweight', 'qzeros', 'scales', 'g_idx'] as const;
 
@@ -97,6 +98,8 @@ export function registerGptqFormat(): void {
   registered = true;
 }
 registerGptqFormat();
+// compressed-tensors checkpoints are read wherever GPTQ ones are
+registerCtFormat();
 
 function escapeRe(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
@@ -169,4 +172,38 @@ export function bitsForModule(qc: Record<string, unknown>, module: string): numb
     if (new RegExp(pat).test(module)) return neg ? undefined : (v['bits'] ?? (qc['bits'] as number));
   }
   return qc['bits'] as number;
+}
+
+/**
+ * quantization_config for vLLM (--serve vllm --format gptq): vLLM builds one fused module per MoE layer and looks
+ * its `dynamic` override up by that module's prefix (`model.layers.L.mlp.experts`, re.match), so a layer at a
+ * width other than the base gets one key `+:^<prefix>(\.|$)` (which GPTQModel-style per-module loaders also match
+ * for every expert module under it); other linears get exact keys; unquantized linears `-:` exclusions.
+ */
+export function vllmGptqConfig(
+  experts: readonly { prefix: string; bits: QuantBits }[],
+  dense: readonly ModuleQuant[],
+  unquantized: readonly string[],
+  spec: { groupSize: number; sym: boolean; actOrder: boolean; damp: number },
+): Record<string, unknown> {
+  const count = new Map<number, number>();
+  for (const e of experts) count.set(e.bits, (count.get(e.bits) ?? 0) + 1);
+  const base = [...count].sort((a, b) => b[1] - a[1] || b[0] - a[0])[0]?.[0] ?? dense[0]?.bits ?? 4;
+  const dynamic: Record<string, Record<string, number>> = {};
+  for (const e of experts) if (e.bits !== base) dynamic[`+:^${escapeRe(e.prefix)}(\\.|$)`] = { bits: e.bits, group_size: spec.groupSize };
+  for (const m of dense) if (m.bits !== base) dynamic[`+:^${escapeRe(m.module)}$`] = { bits: m.bits, group_size: spec.groupSize };
+  for (const u of unquantized) dynamic[`-:^${escapeRe(u)}$`] = {};
+  return {
+    quant_method: 'gptq',
+    bits: base,
+    group_size: spec.groupSize,
+    desc_act: spec.actOrder,
+    sym: spec.sym,
+    damp_percent: spec.damp,
+    true_sequential: true,
+    checkpoint_format: 'gptq',
+    lm_head: false,
+    dynamic,
+    quantizer: ['moe'],
+  };
 }

@@ -27,11 +27,22 @@ export const GRANULARITIES = ['expert', 'projection', 'layer'] as const;
 export type Granularity = (typeof GRANULARITIES)[number];
 
 /**
- * Output formats of `moe quantize --format` (the serving engineer's registry adds compressed-tensors and the
- * per-format byte accounting; `gguf` is src/gguf/quantize.ts, a pipeline of its own: one ggml type per tensor).
+ * Output formats of `moe quantize --format` (compressed-tensors: src/quantize/ct.ts, the per-format byte accounting
+ * in plan.ts; `gguf` is src/gguf/quantize.ts, a pipeline of its own: one ggml type per tensor).
  */
 export const OUTPUT_FORMATS = [
-  { name: 'gptq', summary: 'GPTQ v1 checkpoint as GPTQModel writes it (safetensors + quantization_config); per-expert widths', needs: 'none' },
+  {
+    name: 'gptq',
+    summary:
+      'GPTQ v1 checkpoint as GPTQModel writes it (safetensors + quantization_config); per-expert widths (our runtime, GPTQModel); with --serve vllm symmetric, one width per MoE layer, layer-level dynamic keys (vLLM)',
+    needs: 'none',
+  },
+  {
+    name: 'compressed-tensors',
+    summary:
+      "compressed-tensors pack-quantized (weight_packed int32, weight_scale, weight_shape; config_groups with regex targets, ignore list): vLLM's recommended path for quantized MoE; implies --serve vllm",
+    needs: 'none',
+  },
   {
     name: 'gguf',
     summary:

@@ -10,6 +10,7 @@ import type { OptionSpec } from '../pipeline/descriptor.js';
 import { common, field, int } from '../pipeline/fields.js';
 import { GRANULARITIES, METHOD_NAMES, OUTPUT_FORMAT_NAMES } from './methods.js';
 import { compile, parseOverride } from './plan.js';
+import { checkServeFlags, SERVE_TARGET_NAMES, serveTarget, type ServeTarget } from './targets.js';
 
 export const DEFAULT_CANDIDATES: QuantBits[] = [2, 3, 4];
 export const DEFAULT_GGUF_CANDIDATES: GgufCandidate[] = ['q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'];
@@ -27,9 +28,14 @@ export const QUANTIZE_OPTIONS = z.object({
   }),
   method: field(z.enum(METHOD_NAMES).default('gptq'), { help: 'quantizer (see Methods below)', arg: 'm' }),
   format: field(z.enum(OUTPUT_FORMAT_NAMES).default('gptq'), { help: 'output format (see Formats below)', arg: 'name' }),
-  granularity: field(z.enum(GRANULARITIES).default('expert'), {
+  granularity: field(z.enum(GRANULARITIES).optional(), {
+    defaultText: 'expert (--serve vllm: layer)',
     help: "allocation unit: expert; projection (one projection of all experts of a layer: GGUF's unit; was 'layer' before 2026-12); layer (all experts and all three projections of a MoE layer: vLLM's fused-MoE unit)",
     arg: 'g',
+  }),
+  serve: field(z.enum(SERVE_TARGET_NAMES).optional(), {
+    help: 'constrain everything to what this engine runs (src/quantize/targets.ts): vllm = one width per MoE layer among 4/8 bits, symmetric, its group sizes and shape rules; implied by --format compressed-tensors',
+    arg: 'engine',
   }),
   candidates: field(z.array(widthOrType()).nonempty().optional(), {
     help: 'bit-widths the allocation may choose, comma-separated; --format gguf: ggml types (q2_k ... q8_0; 2/3/4/8 name q2_k/q3_k/q4_k/q8_0), or one of f16, bf16, f32 alone for the unquantized GGUF',
@@ -80,14 +86,23 @@ export const QUANTIZE_OPTIONS = z.object({
 
 export type QuantizeOptions = z.output<typeof QUANTIZE_OPTIONS>;
 
+/** The serving target a run is constrained to: --serve, or vLLM for --format compressed-tensors (which implies it). */
+export function servingTarget(o: Pick<QuantizeOptions, 'serve' | 'format'>): ServeTarget | undefined {
+  if (o.serve) return serveTarget(o.serve);
+  return o.format === 'compressed-tensors' ? serveTarget('vllm') : undefined;
+}
+
 /** The widths of a GPTQ-format run (checkQuantize refused type names and a missing --bits for it). */
 export function gptqWidths(o: QuantizeOptions): { bits: number; candidates: QuantBits[]; denseBits: QuantBits } {
-  return { bits: o.bits!, candidates: (o.candidates ?? DEFAULT_CANDIDATES) as QuantBits[], denseBits: o.denseBits as QuantBits };
+  const t = servingTarget(o);
+  return { bits: o.bits!, candidates: (o.candidates ?? (t ? [...t.widths] : DEFAULT_CANDIDATES)) as QuantBits[], denseBits: o.denseBits as QuantBits };
 }
 
 /** Combinations, before any file is read. A dry run refuses what the real run refuses: it predicts that run. */
 export function checkQuantize(o: QuantizeOptions): void {
   if (o.format === 'gguf') {
+    if (o.serve) fail('Usage', `--serve ${o.serve} loads --format gptq or compressed-tensors, not --format gguf (llama.cpp serves GGUF as written)`);
+    if (o.granularity) fail('Usage', '--granularity is not available with --format gguf: its unit is one tensor (layer x projection)');
     checkGgufQuantize(o);
     return;
   }
@@ -99,6 +114,18 @@ export function checkQuantize(o: QuantizeOptions): void {
   if (!o.dryRun && !o.out) fail('Usage', 'give --out DIR (or --dry-run)');
   if (!o.calib && o.method === 'gptq') fail('Usage', 'GPTQ needs calibration text for its Hessians: give --calib FILE (or --method rtn)');
   if (o.plan && o.savePlan) fail('Usage', 'give --plan FILE (apply a saved plan) or --save-plan FILE (write one), not both');
+  const t = servingTarget(o);
+  if (t) {
+    checkServeFlags(t, {
+      format: o.format,
+      ...(o.candidates ? { candidates: o.candidates as number[] } : {}),
+      denseBits: o.denseBits as number,
+      groupSize: o.groupSize,
+      ...(o.granularity ? { granularity: o.granularity } : {}),
+      actOrder: o.actOrder,
+      overrideBits: o.override.map((s) => parseOverride(s).bits),
+    });
+  }
 }
 
 export const QUANTIZE_SPEC: OptionSpec<typeof QUANTIZE_OPTIONS> = { options: QUANTIZE_OPTIONS, check: checkQuantize };

@@ -38,6 +38,9 @@ import { allocate, type AllocResult, type AllocUnit } from '../alloc/knapsack.js
 import { quantizeRtn } from '../../kernels/quant/rtn.js';
 import type { QuantBits, QuantizedLinear } from '../../kernels/quant/types.js';
 import type { Granularity } from './methods.js';
+import { ctQuantizationConfig, ctTensorBytes, ctTensorSpecs, fusedPrefix } from './ct.js';
+import type { ServeTarget } from './targets.js';
+import type { ModelView } from '../model/types.js';
 import {
   activate,
   linearT,
@@ -50,16 +53,16 @@ import {
   type ProjBits,
   type QuantSettings,
 } from './expert.js';
-import { gptqTensorBytes, gptqTensorSpecs, quantizationConfig, registerGptqFormat } from './format.js';
+import { gptqTensorBytes, gptqTensorSpecs, type ModuleQuant, quantizationConfig, registerGptqFormat, vllmGptqConfig } from './format.js';
 import { describeFusedExperts, fusedGptqLayout, fusedModuleWrites } from './fused.js';
-import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, type Proj } from './plan.js';
+import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, type Proj, type StoredFormat } from './plan.js';
 import { LayerHandoff, type WriterInfo } from './handoff.js';
 import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from './resume.js';
 import { quantizeMemory } from './memory.js';
 import { refuseQuantized, refuseQuantizedDir } from './input.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
 import { checkPlan, type QuantizePlan } from './saved.js';
-import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, gptqWidths, type QUANTIZE_OPTIONS, QUANTIZE_SPEC, type QuantizeOptions } from './options.js';
+import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, gptqWidths, type QUANTIZE_OPTIONS, QUANTIZE_SPEC, type QuantizeOptions, servingTarget } from './options.js';
 import { calibFormat, DEFAULT_CALIB_TOKENS } from '../pipeline/fields.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline, type PipelineRun } from '../pipeline/engine.js';
@@ -106,12 +109,16 @@ export function validateRequest(request: QuantizeRequest) {
 }
 
 function derive(req: QuantizeRun) {
-  const { method, granularity, groupSize, damp, minTokens, mixedDown } = req;
+  const { method, groupSize, damp, minTokens, mixedDown } = req;
   const { bits, candidates: given, denseBits } = gptqWidths(req);
+  // --serve (implied by --format compressed-tensors): the target's unit, a symmetric grid
+  const target = servingTarget(req);
+  const granularity: Granularity = req.granularity ?? (target ? target.granularities[0]! : 'expert');
+  const format = req.format as StoredFormat;
   const candidates = [...new Set(given)].sort((a, b) => a - b);
   const overrides = req.override.map(parseOverride);
   const ignores = req.ignore.map((r) => compile(r, '--ignore'));
-  const settings: QuantSettings = { method, groupSize, sym: req.sym, damp, actOrder: req.actOrder, minTokens };
+  const settings: QuantSettings = { method, groupSize, sym: req.sym || !!target?.symmetric, damp, actOrder: req.actOrder, minTokens };
   // layers of a shard job must not depend on other jobs' quantized layers
   const sequential = method === 'gptq' && !req.shard && req.sequential;
   const alpha = req.alpha ?? 1;
@@ -133,11 +140,29 @@ function derive(req: QuantizeRun) {
     minTokens,
     alpha,
     beta,
+    // only when set, so plans and resume keys of plain GPTQ runs stay what they were
+    ...(format !== 'gptq' ? { format } : {}),
+    ...(target ? { serve: target.name } : {}),
   };
-  return { bits, method, granularity, candidates, denseBits, groupSize, overrides, ignores, settings, mixedDown, alpha, beta, sequential, planSettings };
+  return {
+    bits,
+    method,
+    granularity,
+    candidates,
+    denseBits,
+    groupSize,
+    overrides,
+    ignores,
+    settings,
+    mixedDown,
+    alpha,
+    beta,
+    sequential,
+    planSettings,
+    format,
+    target,
+  };
 }
-
-const linBytes = (d: LinearDecision, b: QuantBits | 'keep', gs: number) => decisionBytesAt(d, b, gs);
 
 /**
  * Allocation units and their width assignments. An expert unit may take each candidate width uniformly, or a
@@ -181,10 +206,10 @@ export function buildUnits(decisions: readonly LinearDecision[], granularity: Gr
   return units;
 }
 
-export function unitCostBits(u: Unit, opt: UnitOption, gs: number): number {
+export function unitCostBits(u: Unit, opt: UnitOption, gs: number, format: StoredFormat = 'gptq'): number {
   let bytes = 0;
-  for (const d of u.free) bytes += linBytes(d, opt.bits[d.proj!]!, gs);
-  for (const d of u.fixed) bytes += linBytes(d, d.bits as QuantBits | 'keep', gs);
+  for (const d of u.free) bytes += decisionBytesAt(d, opt.bits[d.proj!]!, gs, format);
+  for (const d of u.fixed) bytes += decisionBytesAt(d, d.bits as QuantBits | 'keep', gs, format);
   return bytes * 8;
 }
 
@@ -272,14 +297,16 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     ignores: v.ignores,
   });
   const expertDecisions = decisions.filter((d) => d.cls === 'expert');
+  if (v.target) checkServeModel(v.target, view, decisions, v.groupSize, v.format);
   const units = buildUnits(decisions, v.granularity, v.candidates, v.mixedDown);
   const expertParams = expertDecisions.reduce((a, d) => a + d.params, 0);
   const gs = v.groupSize;
   // linears of routed experts not in any unit (projection/layer granularity: fixed/kept projections) cost a constant
   const inUnits = new Set(units.flatMap((u) => [...u.free, ...u.fixed]).map((d) => d.tensor));
-  const constBits = expertDecisions.filter((d) => !inUnits.has(d.tensor)).reduce((a, d) => a + 8 * linBytes(d, d.bits as QuantBits | 'keep', gs), 0);
+  const linBytes = (d: LinearDecision, b: QuantBits | 'keep') => decisionBytesAt(d, b, gs, v.format);
+  const constBits = expertDecisions.filter((d) => !inUnits.has(d.tensor)).reduce((a, d) => a + 8 * linBytes(d, d.bits as QuantBits | 'keep'), 0);
   const budget = v.bits * expertParams - constBits;
-  const costs = units.map((u) => u.options.map((b) => unitCostBits(u, b, gs)));
+  const costs = units.map((u) => u.options.map((b) => unitCostBits(u, b, gs, v.format)));
   const minBpw = (constBits + costs.reduce((a, c) => a + Math.min(...c), 0)) / expertParams;
   const maxBpw = (constBits + costs.reduce((a, c) => a + Math.max(...c), 0)) / expertParams;
   if (minBpw > v.bits + 1e-12) {
@@ -504,6 +531,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
 
   // ---- apply and write, concurrently: the writer takes each layer's packed tensors as the pass produces them
   const packed = new Map<string, Uint8Array[]>();
+  const tensorBytes = (ql: QuantizedLinear) => (v.format === 'compressed-tensors' ? ctTensorBytes(ql) : gptqTensorBytes(ql));
   const fallbacks: { layer: number; expert: number; tokens: number }[] = [];
   const handoff = new LayerHandoff();
   const gptqLayer = new Set(gptqLayers);
@@ -561,7 +589,10 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
       continue;
     }
     modQuant.push({ module: d.module, bits: b });
-    const specs = gptqTensorSpecs(d.module, d.ref.outFeatures, d.ref.inFeatures, { bits: b, groupSize: gs, sym: v.settings.sym });
+    const specs =
+      v.format === 'compressed-tensors'
+        ? ctTensorSpecs(d.module, d.ref.outFeatures, d.ref.inFeatures, b, gs)
+        : gptqTensorSpecs(d.module, d.ref.outFeatures, d.ref.inFeatures, { bits: b, groupSize: gs, sym: v.settings.sym });
     const fromPass = gptqLayer.has(d.layer) && (d.cls === 'expert' || d.cls === 'shared');
     if (fromPass) passTensors.set(d.tensor, { layer: d.layer, names: specs.map((s) => s.name) });
     let bytes: Promise<Uint8Array[]> | undefined;
@@ -573,7 +604,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
       const have = packed.get(d.tensor);
       return (
         have ??
-        gptqTensorBytes(quantizeRtn((await loadLinear(ckpt, d.ref)).w, d.ref.outFeatures, d.ref.inFeatures, { bits: b, groupSize: gs, sym: v.settings.sym }))
+        tensorBytes(quantizeRtn((await loadLinear(ckpt, d.ref)).w, d.ref.outFeatures, d.ref.inFeatures, { bits: b, groupSize: gs, sym: v.settings.sym }))
       );
     };
     const tensors: NewTensor[] = specs.map((spec, k) => ({
@@ -590,7 +621,8 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     }));
     fates.set(d.tensor, { kind: 'replace', tensors });
   }
-  const qc = quantizationConfig(modQuant, unquantized, { groupSize: gs, sym: v.settings.sym, actOrder: v.settings.actOrder, damp: v.settings.damp });
+  const qcSpec = { groupSize: gs, sym: v.settings.sym, actOrder: v.settings.actOrder, damp: v.settings.damp };
+  const qc = outputConfig(v.format, !!v.target, decisions, modQuant, unquantized, qcSpec);
   const rewritePlan = { fates, config: { quantization_config: qc } };
   const shardSpec = pr.shard({ units: planFile.units.map((u) => [u.id, u.choice]), linears: planFile.linears });
 
@@ -676,7 +708,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
                 // a slice of fused experts: its module packs it with its sibling (gate with up) when written
                 if (d.fused) {
                   if (!passTensors.get(d.tensor)?.names.every((n) => writer!.isWritten(n))) packedQuant.set(d.tensor, ql);
-                } else set(d.tensor, gptqTensorBytes(ql));
+                } else set(d.tensor, tensorBytes(ql));
               }
               return q.deq;
             });
@@ -685,7 +717,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
               const sd = decisions.filter((d) => d.cls === 'shared' && d.layer === li);
               const pb = projBits(sd, finalBits);
               const q = quantizeMlp(inp.shared, inp.x, inp.T, pb, v.settings, act);
-              for (const d of sd) if (q.quant[d.proj!]) set(d.tensor, gptqTensorBytes(q.quant[d.proj!]!));
+              for (const d of sd) if (q.quant[d.proj!]) set(d.tensor, tensorBytes(q.quant[d.proj!]!));
               shared = q.deq;
             }
             handoff.produced(li);
@@ -755,6 +787,9 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     seconds: (performance.now() - t0) / 1000,
     method: v.method,
     granularity: v.granularity,
+    format: v.format,
+    ...(v.target ? { serve: v.target.name } : {}),
+    sym: v.settings.sym,
     candidates: v.candidates,
     denseBits: v.denseBits,
     scored,
@@ -767,4 +802,57 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     ...(fusedLayout && !('refuse' in fusedLayout) ? { fusedExperts: describeFusedExperts(ckpt, view, fusedLayout) } : {}),
   });
   return report;
+}
+
+/**
+ * --serve: the model-dependent rules of the target (targets.ts), before anything is read or scored: the shapes
+ * its kernels need, and one scheme per fused MoE layer (an --override or --ignore that splits a layer's experts,
+ * or keeps some of them, cannot load there). Refused with exit 2.
+ */
+export function checkServeModel(t: ServeTarget, view: ModelView, decisions: readonly LinearDecision[], groupSize: number, format: StoredFormat): void {
+  const flag = `--serve ${t.name}`;
+  if (view.expertLayout === 'fused' && format === 'compressed-tensors') {
+    fail(
+      'Usage',
+      `--format compressed-tensors: experts stored fused (3-D tensors) are not written in compressed-tensors yet; use --format gptq --serve ${t.name}`,
+    );
+  }
+  for (const layer of view.layers) {
+    if (layer.block.kind !== 'moe') continue;
+    const e0 = layer.block.experts[0]!;
+    const why = t.shape({ hidden: view.dims.hidden, intermediate: e0.down.inFeatures }, groupSize);
+    if (why) fail('Usage', `${flag}: layer ${layer.index}: ${why}; this model cannot be served there quantized`);
+    const ds = decisions.filter((d) => d.cls === 'expert' && d.layer === layer.index);
+    const fates = new Set(ds.map((d) => String(d.bits)));
+    if (fates.size > 1) {
+      fail(
+        'Usage',
+        `${flag}: layer ${layer.index}: its experts would get different fates (${[...fates].join(', ')}) from --override/--ignore or shapes; vLLM loads one scheme per fused MoE layer`,
+      );
+    }
+  }
+}
+
+/**
+ * quantization_config of the output: GPTQ (per-module `dynamic` keys; with --serve layer-level keys on the fused
+ * MoE prefix) or compressed-tensors (config groups per width).
+ */
+function outputConfig(
+  format: StoredFormat,
+  serve: boolean,
+  decisions: readonly LinearDecision[],
+  mods: readonly ModuleQuant[],
+  unquantized: readonly string[],
+  spec: { groupSize: number; sym: boolean; actOrder: boolean; damp: number },
+): Record<string, unknown> {
+  const expertModules = new Set(decisions.filter((d) => d.cls === 'expert').map((d) => d.module));
+  const layerWidths = () => {
+    const byPrefix = new Map<string, QuantBits>();
+    for (const m of mods) if (expertModules.has(m.module)) byPrefix.set(fusedPrefix(m.module), m.bits);
+    return [...byPrefix].map(([prefix, bits]) => ({ prefix, bits }));
+  };
+  const dense = mods.filter((m) => !expertModules.has(m.module));
+  if (format === 'compressed-tensors') return ctQuantizationConfig(layerWidths(), dense, unquantized, { groupSize: spec.groupSize });
+  if (serve) return vllmGptqConfig(layerWidths(), dense, unquantized, spec);
+  return quantizationConfig(mods, unquantized, spec);
 }

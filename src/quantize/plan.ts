@@ -12,6 +12,7 @@ import { linearTensors } from '../model/load.js';
 import type { LinearRef, ModelView, SwiGLURefs } from '../model/types.js';
 import { gptqBytes } from '../../kernels/quant/pack.js';
 import { QUANT_BITS, type QuantBits, type QuantSpec } from '../../kernels/quant/types.js';
+import { ctBytes } from './ct.js';
 import { moduleOf } from './format.js';
 import { fusedGptqLayout, type FusedTarget } from './fused.js';
 
@@ -67,18 +68,32 @@ export function packable(out: number, inF: number, bits: QuantBits): boolean {
   return (inF * bits) % 32 === 0 && (out * bits) % 32 === 0;
 }
 
-export function linearBytesAt(out: number, inF: number, bits: QuantBits, groupSize: number): number {
+/** Formats whose every stored byte the budget counts (gguf has its own accounting, src/gguf). */
+export type StoredFormat = 'gptq' | 'compressed-tensors';
+
+/**
+ * Stored bytes of one quantized linear in the output format: GPTQ's qweight, qzeros, scales and g_idx (all four
+ * are written, symmetric or not), or compressed-tensors' weight_packed, weight_scale and weight_shape (symmetric:
+ * no zero points, no g_idx).
+ */
+export function linearBytesAt(out: number, inF: number, bits: QuantBits, groupSize: number, format: StoredFormat = 'gptq'): number {
+  if (format === 'compressed-tensors') return ctBytes(out, inF, bits, groupSize);
   return gptqBytes(out, inF, { bits, groupSize, sym: false } as QuantSpec);
 }
 
 /**
- * Bytes a decision's linear occupies in the output at `bits`: its own GPTQ tensors, or its share of a packed
+ * Bytes a decision's linear occupies in the output at `bits`: its own tensors, or its share of a packed
  * module's (gate and up of a fused gate_up are one module of twice the rows: one g_idx between them).
  */
-export function decisionBytesAt(d: Pick<LinearDecision, 'ref' | 'inputBytes' | 'fused'>, bits: QuantBits | 'keep', groupSize: number): number {
+export function decisionBytesAt(
+  d: Pick<LinearDecision, 'ref' | 'inputBytes' | 'fused'>,
+  bits: QuantBits | 'keep',
+  groupSize: number,
+  format: StoredFormat = 'gptq',
+): number {
   if (bits === 'keep') return d.inputBytes;
   const of = d.fused?.pack?.of ?? 1;
-  return linearBytesAt(d.ref.outFeatures * of, d.ref.inFeatures, bits, groupSize) / of;
+  return linearBytesAt(d.ref.outFeatures * of, d.ref.inFeatures, bits, groupSize, format) / of;
 }
 
 /** Stored bytes of a linear; for an expert slice of a fused tensor, its share of the tensors (any stored form: MXFP4 too). */

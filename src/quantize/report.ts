@@ -10,7 +10,7 @@ import type { Model } from '../model/open.js';
 import { formatEstimate, type MemoryEstimate } from '../runtime/memory.js';
 import type { QuantBits } from '../../kernels/quant/types.js';
 import type { LinearClass, LinearDecision } from './plan.js';
-import { decisionBytesAt } from './plan.js';
+import { decisionBytesAt, type StoredFormat } from './plan.js';
 import type { QuantizeRequest, Unit } from './pipeline.js';
 
 export interface ClassSize {
@@ -30,6 +30,9 @@ export interface QuantizeReport {
   family: string;
   method: string;
   granularity: Granularity;
+  /** output format (every stored byte of it counted in bpw) and the serving target it was constrained to */
+  format: StoredFormat;
+  serve?: string;
   candidates: number[];
   targetBits: number;
   denseBits: number;
@@ -87,6 +90,9 @@ export interface ReportInput {
   seconds: number;
   method: string;
   granularity: Granularity;
+  format: StoredFormat;
+  serve?: string;
+  sym: boolean;
   candidates: number[];
   denseBits: number;
   scored: boolean;
@@ -105,7 +111,7 @@ export function buildReport(r: ReportInput): QuantizeReport {
   const { model, decisions, finalBits, groupSize: gs } = r;
   const after = (d: LinearDecision) => {
     const b = finalBits(d);
-    return decisionBytesAt(d, b, gs);
+    return decisionBytesAt(d, b, gs, r.format);
   };
   const beforeBytes = model.ckpt.tensorNames.reduce((a, n) => {
     const i = model.ckpt.info(n);
@@ -164,11 +170,13 @@ export function buildReport(r: ReportInput): QuantizeReport {
     family: model.view.family,
     method: r.method,
     granularity: r.granularity,
+    format: r.format,
+    ...(r.serve ? { serve: r.serve } : {}),
     candidates: r.candidates,
     targetBits: r.req.bits!,
     denseBits: r.denseBits,
     groupSize: gs,
-    sym: !!r.req.sym,
+    sym: r.sym,
     actOrder: !!r.req.actOrder,
     calibration: {
       tokens: r.calibTokens,
@@ -223,7 +231,7 @@ const mib = (b: number) => `${(b / MiB).toFixed(2)} MiB`;
 export function summaryTable(rep: QuantizeReport): string {
   const lines: string[] = [];
   lines.push(
-    `${rep.dryRun ? 'plan' : 'quantized'}: ${rep.family}, ${rep.method}, --bits ${rep.targetBits} (${rep.granularity} units, candidates ${rep.candidates.join('/')}), dense ${rep.denseBits} bits, group ${rep.groupSize}`,
+    `${rep.dryRun ? 'plan' : 'quantized'}: ${rep.family}, ${rep.method}, --bits ${rep.targetBits} (${rep.granularity} units, candidates ${rep.candidates.join('/')}), dense ${rep.denseBits} bits, group ${rep.groupSize}${rep.format !== 'gptq' ? `, ${rep.format}` : ''}${rep.serve ? `, --serve ${rep.serve}` : ''}`,
   );
   for (const l of rep.bitMap) {
     lines.push(`  layer ${String(l.layer).padStart(2)}: ${l.experts.map((e) => (new Set(e).size === 1 ? String(e[0]) : e.join('/'))).join(' ')}`);

@@ -14,7 +14,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { Progress } from '../cli/progress.js';
 import { fail, isMoeError, MoeError } from '../errors.js';
-import { checkOutputTarget, pathExists } from '../io/output.js';
+import { checkOutputPath, checkOutputTarget, checkReplaceable, deferPublish, pathExists } from '../io/output.js';
 import { openModel } from '../model/open.js';
 import { PIPELINES } from '../pipeline/registry.js';
 import { schemaOptions } from '../pipeline/schema.js';
@@ -160,6 +160,9 @@ export async function runRecipe(req: RunRequest): Promise<RunReport> {
   const started = Date.now();
   const recipe = await loadRecipe(req.recipe);
   const model = req.model ?? relativeTo(req.recipe, recipe.model);
+  // an empty path would resolve to the recipe's own directory: refused, as on the command line
+  if (req.out !== undefined) checkOutputPath(req.out);
+  if (recipe.out !== undefined) checkOutputPath(recipe.out, "the recipe's `out:`");
   const out = req.out ?? relativeTo(req.recipe, recipe.out);
   if (!model) fail('Usage', 'no model: give --model or a `model:` entry in the recipe');
   if (!out) fail('Usage', 'no output: give --out or an `out:` entry in the recipe');
@@ -178,7 +181,11 @@ export async function runRecipe(req: RunRequest): Promise<RunReport> {
   };
 
   // the output target and every stage, before anything runs (a dry run says what the real run would refuse)
-  await checkOutputTarget(out, { force: req.force, inputDir: model });
+  // every input (the recipe itself, calibration text, statistics, eval data) is protected like the model
+  const inputs = [req.recipe, resolved.calib, ...resolved.stages.flatMap((s) => [s.options.calib, s.options.stats]), resolved.eval?.data].filter(
+    (p): p is string => typeof p === 'string',
+  );
+  await checkOutputTarget(out, { force: req.force, inputDir: model, inputs });
   await validateStages(req.recipe, resolved, model);
   const ctx = (stage: RecipeStage, index: number, input: string, stageOut: string | undefined): StageContext => ({
     recipe: resolved,
@@ -267,7 +274,8 @@ export async function runRecipe(req: RunRequest): Promise<RunReport> {
     const t0 = Date.now();
     let report: unknown;
     try {
-      report = await runStage(ctx(stage, i, input, dir));
+      // the stage's output (report included) is complete before the next stage reads it
+      report = await deferPublish(() => runStage(ctx(stage, i, input, dir)));
     } catch (e) {
       throw inStage(req.recipe, i, stage.kind, e);
     }
@@ -307,6 +315,7 @@ export async function runRecipe(req: RunRequest): Promise<RunReport> {
   const target = resolve(out);
   if (await pathExists(target)) {
     if (!req.force) fail('OutputExists', `output ${out} appeared while running (use --force to replace it)`);
+    await checkReplaceable(target, out);
     await rm(target, { recursive: true, force: true });
   }
   await rename(input, target);

@@ -6,6 +6,11 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { openModel, type Model } from '../model/open.js';
+// a worker opens the model itself: the on-disk linear formats the main thread reads (GPTQ, fused GPTQ,
+// compressed-tensors, low-rank factors) must be registered here too, or a quantized checkpoint looks incomplete
+import '../quantize/format.js';
+import '../quantize/fused.js';
+import '../decompose/format.js';
 import { activeBackend } from './backend.js';
 import { getPool, runTasks } from './pool.js';
 

@@ -32,6 +32,8 @@ export interface TinyOptions {
   experts?: number;
   layers?: number;
   topK?: number;
+  /** hidden size (default 32; head size follows as hidden / 4) */
+  hidden?: number;
   /** routed-expert intermediate size (default 16; 32 for gpt_oss) */
   intermediate?: number;
   seed?: number;
@@ -61,11 +63,12 @@ export interface TinyCheckpoint {
 
 export async function makeTinyCheckpoint(family: Family, dir: string, opts: TinyOptions = {}): Promise<TinyCheckpoint> {
   const rand = rng(opts.seed ?? 1);
-  const H = 32,
+  // `hidden: 128` (serving-shape fixtures: vLLM's Marlin MoE needs hidden % 128 == 0) widens the heads with it
+  const H = opts.hidden ?? 32,
     heads = 4,
     // `config: { num_key_value_heads: 4 }` gives multi-head attention (the tensors follow the config)
     kv = typeof opts.config?.['num_key_value_heads'] === 'number' ? (opts.config['num_key_value_heads'] as number) : 2,
-    hd = 8,
+    hd = H / 4,
     V = 64;
   const E = opts.experts ?? 4;
   const L = opts.layers ?? 3;

@@ -54,16 +54,24 @@ describe('OutputDir', () => {
     expect(snapshot(input)).toEqual(before);
   });
 
-  it('refuses to overwrite without --force and replaces with it', async () => {
+  it('refuses to overwrite without --force and replaces with it (a previous moe output only)', async () => {
     const input = inputModel('in2');
     const target = join(tmp.dir, 'exists');
     mkdirSync(target);
     writeFileSync(join(target, 'old.txt'), 'x');
     await expect(OutputDir.create(target, { inputDir: input })).rejects.toMatchObject({ code: 'OutputExists', message: expect.stringContaining('--force') });
+    // a file moe did not write: --force refuses too, and says how to remove it by hand
+    await expect(OutputDir.create(target, { inputDir: input, force: true })).rejects.toMatchObject({
+      code: 'OutputExists',
+      message: expect.stringContaining('rm -r'),
+    });
+    rmSync(join(target, 'old.txt'));
+    writeFileSync(join(target, 'config.json'), '{}');
+    writeFileSync(join(target, 'moe-prune-report.json'), JSON.stringify({ tool: 'moe prune' }));
     const out = await OutputDir.create(target, { inputDir: input, force: true });
     await out.writeJson('config.json', MIXTRAL_CONFIG);
     // the old output stays whole until the new one is complete
-    expect(readdirSync(target)).toEqual(['old.txt']);
+    expect(readdirSync(target).sort()).toEqual(['config.json', 'moe-prune-report.json']);
     await out.publish();
     expect(readdirSync(target)).toEqual(['config.json']);
     expect(readdirSync(tmp.dir).filter((f) => f.startsWith('.moe-staging'))).toEqual([]);

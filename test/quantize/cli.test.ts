@@ -80,9 +80,9 @@ describe('moe quantize CLI', () => {
     });
   }
 
-  it('dequantize refuses a checkpoint without GPTQ tensors', async () => {
+  it('dequantize refuses a checkpoint without GPTQ or compressed-tensors tensors', async () => {
     const r = await run('dequantize', '--model', model, '--out', join(root, 'dq'));
     expect(r.code).toBe(ExitCode.badInput);
-    expect(r.stderr).toMatch(/moe: .* has no GPTQ tensors/);
+    expect(r.stderr).toMatch(/moe: .* has no GPTQ \(\*\.qweight\) or compressed-tensors \(\*\.weight_packed\) tensors/);
   });
 });

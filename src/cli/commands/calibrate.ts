@@ -1,12 +1,13 @@
 import { z } from 'zod';
-import { rm, stat } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
-import { loadStats, saveStats, sumStats } from '../../calibrate/artifact.js';
+import { mkdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { GRAMS_DIR, loadStats, saveStats, sumStats } from '../../calibrate/artifact.js';
 import { collectStats } from '../../calibrate/collect.js';
 import { gramBytes, gramWriter } from '../../calibrate/grams.js';
 import type { CalibStats } from '../../calibrate/types.js';
 import { loadWindowSet } from '../../data/windows.js';
 import { fail } from '../../errors.js';
+import { OutputDir } from '../../io/output.js';
 import { openModel } from '../../model/open.js';
 import type { ShardSpec } from '../../model/shard.js';
 import { command } from '../../pipeline/descriptor.js';
@@ -95,13 +96,13 @@ export const CALIBRATE_COMMAND = command({
           withGrams.push(d);
       if (withGrams.length)
         progress?.warn(`Gram matrices are not summed by --merge (present in ${withGrams.join(', ')}); the output holds the statistics only`);
-      await saveStats(sum, o.out, { force: o.force });
+      await saveStats(sum, o.out, { force: o.force, inputs: o.merge });
       return { summary: summary(sum, o.out), message: `summed ${all.length} artifacts (${sum.runs} runs, ${sum.tokens} tokens) into ${o.out}` };
     }
     await initBackend(o.backend);
     if (o.threads !== undefined) await setThreads(o.threads);
     const model = await openModel(o.model!);
-    let gramsTmp: string | undefined;
+    let out: OutputDir | undefined;
     try {
       checkModelOptions(o, model.view);
       const set = await loadWindowSet(o.model!, o.data!, {
@@ -125,9 +126,13 @@ export const CALIBRATE_COMMAND = command({
         process.stderr.write(
           `--grams will write ${gib(bytes)} of float64 Gram matrices (attention, router/shared inputs, each expert's gate/up and down_proj inputs, over ${model.view.layers.length} layers)\n`,
         );
-        gramsTmp = join(dirname(resolve(o.out)), `.moe-grams-${basename(resolve(o.out))}-${process.pid}`);
-        await rm(gramsTmp, { recursive: true, force: true });
-        writer = gramWriter(model, gramsTmp);
+      }
+      // the output's staging directory exists before the forward pass: an unwritable target fails now, not after
+      // it, and the Gram files go straight into it (a killed run's are cleared by the next run: fresh)
+      out = await OutputDir.create(o.out, { force: o.force, fresh: true, inputDir: o.model!, inputs: [o.data!] });
+      if (o.grams) {
+        await mkdir(out.path(GRAMS_DIR));
+        writer = gramWriter(model, out.path(GRAMS_DIR));
       }
       const L = model.view.layers.length;
       const ph = progress?.phase('calibrating');
@@ -138,12 +143,13 @@ export const CALIBRATE_COMMAND = command({
       });
       const secs = (Date.now() - started) / 1000;
       ph?.succeed(`calibrated ${stats.tokens} tokens in ${secs.toFixed(1)}s (${(stats.tokens / Math.max(secs, 1e-9)).toFixed(0)} tokens/s)`);
-      await saveStats(stats, o.out, { force: o.force, ...(writer ? { gramsDir: gramsTmp!, gramFiles: writer.files } : {}) });
-      gramsTmp = undefined;
+      const dir = out;
+      out = undefined;
+      await saveStats(stats, dir, writer ? { gramFiles: writer.files } : {});
       return { summary: summary(stats, o.out), message: `wrote ${o.out}: ${stats.layers.length} MoE layers, ${stats.tokens} tokens` };
     } finally {
       await model.ckpt.close();
-      if (gramsTmp) await rm(gramsTmp, { recursive: true, force: true });
+      await out?.discard();
     }
   },
   print: (r, o) => (o.quiet ? undefined : r.message),

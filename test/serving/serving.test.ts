@@ -1,0 +1,229 @@
+/**
+ * Serving outputs (issue 16): compressed-tensors and vLLM-shaped GPTQ checked by the independent decoders
+ * (decode.ts) and the vLLM-rules checker (vllm-rules.ts), on the trained fixture (hidden 128) and on a tiny
+ * checkpoint of every family vLLM serves with fused MoE at hidden 128; outputs that break a rule are caught;
+ * what the target cannot run is refused with exit 2.
+ */
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MoeError } from '../../src/errors.js';
+import { evaluate } from '../../src/eval/perplexity.js';
+import { loadLinear } from '../../src/model/load.js';
+import { openModel } from '../../src/model/open.js';
+import { dequantizeCheckpoint } from '../../src/quantize/dequantize.js';
+import { quantize, type QuantizeRequest } from '../../src/quantize/pipeline.js';
+import { initBackend } from '../../src/runtime/backend.js';
+import { setThreads } from '../../src/runtime/pool.js';
+import { dequantize, quantizeRtn } from '../../kernels/quant/rtn.js';
+import { makeTinyCheckpoint, type Family } from '../helpers/families.js';
+import { ctScheme, decodeCt, decodeGptq, readSafetensors } from './decode.js';
+import { checkVllm, checkVllmParts } from './vllm-rules.js';
+
+const FIX = join(import.meta.dirname, '..', 'fixtures');
+const model = join(FIX, 'tiny-mixtral');
+const calib = join(FIX, 'text', 'calib.txt');
+const heldout = join(FIX, 'text', 'heldout.txt');
+
+let root: string;
+beforeAll(async () => {
+  await initBackend('wasm');
+  root = await mkdtemp(join(tmpdir(), 'moe-serving-'));
+});
+afterAll(async () => {
+  if (root) await rm(root, { recursive: true, force: true });
+});
+
+let n = 0;
+const run = async (req: Partial<QuantizeRequest> & { bits: number }, m = model) => {
+  const out = join(root, `q${n++}`);
+  const rep = await quantize({ model: m, out, method: 'rtn', calib, calibTokens: 1024, seqLen: 128, ...req });
+  return { out, rep };
+};
+
+/** Every quantized module of `out`, decoded independently, equals what our reader (loadLinear) gives. */
+async function decodersAgree(out: string, kind: 'ct' | 'gptq'): Promise<number> {
+  const tensors = readSafetensors(out);
+  const qc = JSON.parse(await readFile(join(out, 'config.json'), 'utf8')).quantization_config;
+  const m = await openModel(out);
+  let checked = 0;
+  try {
+    const suffix = kind === 'ct' ? '.weight_packed' : '.qweight';
+    for (const name of tensors.keys()) {
+      if (!name.endsWith(suffix)) continue;
+      const module = name.slice(0, -suffix.length);
+      const d = kind === 'ct' ? decodeCt(tensors, module, ctScheme(qc, module)!.weights!) : decodeGptq(tensors, module);
+      const got = await loadLinear(m.ckpt, { tensor: `${module}.weight`, outFeatures: d.out, inFeatures: d.in });
+      let maxDiff = 0;
+      for (let k = 0; k < d.w.length; k++) maxDiff = Math.max(maxDiff, Math.abs(got.w[k]! - d.w[k]!));
+      expect(maxDiff, module).toBe(0);
+      checked++;
+    }
+  } finally {
+    await m.ckpt.close();
+  }
+  return checked;
+}
+
+describe('compressed-tensors on the trained fixture', () => {
+  it('--bits 5.13: one layer at 8 bits, three at 4, every byte counted; the vLLM rules pass; the decoder reads what RTN wrote', async () => {
+    const { out, rep } = await run({ bits: 5.13, format: 'compressed-tensors' });
+    expect(rep.granularity).toBe('layer');
+    expect(rep.serve).toBe('vllm');
+    const widths = rep.bitMap.map((l) => [...new Set(l.experts.flat())]);
+    expect(widths.filter((w) => w.length === 1 && w[0] === 8)).toHaveLength(1);
+    expect(widths.filter((w) => w.length === 1 && w[0] === 4)).toHaveLength(3);
+    // w1/w3 [256, 128] and w2 [128, 256] at 4 bits, group 128: packed 4 bits + an F16 scale per 128 + 16 bytes of weight_shape
+    const perLinear4 = 256 * 128 * 0.5 + 256 * 2 + 16;
+    const perLinear8 = 256 * 128 + 256 * 2 + 16;
+    expect(rep.bpw.experts).toBeCloseTo((8 * 24 * (3 * perLinear4 + perLinear8)) / (4 * 24 * 32768), 10);
+    expect(checkVllm(out)).toEqual([]);
+    expect(await decodersAgree(out, 'ct')).toBe(4 * 8 * 3 + 16);
+    // round-to-nearest symmetric is deterministic: the decoded weights are RTN's of the input
+    const tensors = readSafetensors(out);
+    const qc = JSON.parse(await readFile(join(out, 'config.json'), 'utf8')).quantization_config;
+    const src = await openModel(model);
+    try {
+      const mod = 'model.layers.2.block_sparse_moe.experts.5.w2';
+      const w = ctScheme(qc, mod)!.weights!;
+      const lin = await loadLinear(src.ckpt, { tensor: `${mod}.weight`, outFeatures: 128, inFeatures: 256 });
+      const want = dequantize(quantizeRtn(lin.w, 128, 256, { bits: w.num_bits as 4, groupSize: 128, sym: true }));
+      const got = decodeCt(tensors, mod, w).w;
+      expect(Array.from(got)).toEqual(Array.from(want));
+      expect(tensors.has(`${mod}.weight_zero_point`)).toBe(false);
+      expect(tensors.has('model.layers.0.block_sparse_moe.gate.weight')).toBe(true);
+    } finally {
+      await src.ckpt.close();
+    }
+    expect(qc.ignore).toEqual(expect.arrayContaining(['model.layers.0.block_sparse_moe.gate', 'lm_head']));
+  }, 120_000);
+
+  it('moe eval of the compressed-tensors output equals its dequantized (F32) checkpoint within 1e-6', async () => {
+    const { out } = await run({ bits: 6.13, format: 'compressed-tensors' });
+    const deq = join(root, 'ct-deq');
+    const d = await dequantizeCheckpoint({ model: out, out: deq, dtype: 'F32' });
+    expect(d.modules).toBe(4 * 8 * 3 + 16);
+    // two threads: the lm_head ranges run on workers, which open the quantized checkpoint themselves
+    await setThreads(2);
+    const a = await evaluate({ model: out, data: heldout, seqLen: 128, maxTokens: 4096 });
+    const b = await evaluate({ model: deq, data: heldout, seqLen: 128, maxTokens: 4096 });
+    expect(Math.abs(a.perplexity / b.perplexity - 1)).toBeLessThan(1e-6);
+  }, 180_000);
+});
+
+describe('vLLM-shaped GPTQ', () => {
+  it('--serve vllm: symmetric, one width per layer, dynamic keys on the fused prefix; the rules pass', async () => {
+    const { out, rep } = await run({ bits: 6.2, format: 'gptq', serve: 'vllm' });
+    expect(rep.sym).toBe(true);
+    const qc = JSON.parse(await readFile(join(out, 'config.json'), 'utf8')).quantization_config;
+    expect(qc.sym).toBe(true);
+    const keys = Object.keys(qc.dynamic).filter((k) => k.startsWith('+:'));
+    expect(keys).toEqual(['+:^model\\.layers\\.0\\.block_sparse_moe\\.experts(\\.|$)']);
+    expect(checkVllm(out)).toEqual([]);
+    expect(await decodersAgree(out, 'gptq')).toBe(4 * 8 * 3 + 16);
+  }, 120_000);
+});
+
+describe('the vLLM-rules checker fails what vLLM cannot load', () => {
+  it('per-expert widths (our default GPTQ output): experts stored at widths vLLM does not load them at', async () => {
+    const { out, rep } = await run({ bits: 6, candidates: [4, 8], mixedDown: false });
+    expect(new Set(rep.bitMap[0]!.experts.flat()).size + new Set(rep.bitMap[1]!.experts.flat()).size).toBeGreaterThan(2);
+    const v = checkVllm(out);
+    expect(v.some((x) => /per-expert width/.test(x))).toBe(true);
+    expect(v.some((x) => /sym false/.test(x))).toBe(true);
+  }, 120_000);
+
+  it('an asymmetric grid, and 3 bits, at layer granularity', async () => {
+    const asym = await run({ bits: 4.5, candidates: [4], granularity: 'layer' });
+    expect(checkVllm(asym.out)).toEqual(['sym false: fused MoE (Marlin, MoeWNA16) runs symmetric GPTQ']);
+    const three = await run({ bits: 3.5, candidates: [3], granularity: 'layer', sym: true });
+    const v = checkVllm(three.out);
+    expect(v).toHaveLength(4);
+    expect(v.every((x) => /3 bits \(fused MoE runs 4, 8\)/.test(x))).toBe(true);
+  }, 120_000);
+
+  it('a compressed-tensors config that says asymmetric, or a per-expert target, is reported', async () => {
+    const { out } = await run({ bits: 4.2, format: 'compressed-tensors' });
+    const cfgPath = join(out, 'config.json');
+    const cfg = JSON.parse(await readFile(cfgPath, 'utf8'));
+    cfg.quantization_config.config_groups.group_0.weights.symmetric = false;
+    await writeFile(cfgPath, JSON.stringify(cfg));
+    expect(checkVllm(out).some((x) => /asymmetric weights/.test(x))).toBe(true);
+    // a per-expert allocation written as compressed-tensors: expert 3 of layer 1 stored at 8 bits with its own
+    // config group; vLLM looks the layer's scheme up at expert 0 (4 bits) and cannot load expert 3's tensors
+    cfg.quantization_config.config_groups.group_0.weights.symmetric = true;
+    const eight = await run({ bits: 8.2, candidates: [8], format: 'compressed-tensors' });
+    const t4 = readSafetensors(out);
+    for (const [k, t] of readSafetensors(eight.out)) if (k.includes('layers.1.block_sparse_moe.experts.3.')) t4.set(k, t);
+    const g0 = cfg.quantization_config.config_groups.group_0;
+    cfg.quantization_config.config_groups = {
+      expert3: { ...g0, targets: ['re:^model\\.layers\\.1\\.block_sparse_moe\\.experts\\.3\\.'], weights: { ...g0.weights, num_bits: 8 } },
+      group_0: g0,
+    };
+    const v = checkVllmParts(cfg, t4);
+    expect(v).toHaveLength(3);
+    expect(v.every((x) => /experts\.3\.w[123]: weight_packed I32 \[\d+,\d+\] is not 4-bit/.test(x))).toBe(true);
+    expect(checkVllmParts(JSON.parse(await readFile(join(eight.out, 'config.json'), 'utf8')), readSafetensors(eight.out))).toEqual([]);
+  }, 120_000);
+});
+
+describe('refusals under --serve vllm (exit 2, the achievable range)', () => {
+  const refused = async (req: Partial<QuantizeRequest> & { bits: number }, re: RegExp, m = model) => {
+    const err = await quantize({ model: m, out: join(root, `r${n++}`), method: 'rtn', dryRun: true, ...req }).catch((e) => e);
+    expect(err).toBeInstanceOf(MoeError);
+    expect(err.exitCode).toBe(2);
+    expect(err.message).toMatch(re);
+  };
+  it('budgets and widths it cannot run', async () => {
+    await refused({ bits: 2.5, format: 'compressed-tensors', calib }, /--bits 2\.5 is below the smallest .*--candidates 4,8: 4\.1289 bpw \(largest 8\.1289\)/);
+    await refused({ bits: 9, serve: 'vllm', calib }, /above the largest .* 8\.3542 bpw/);
+    await refused({ bits: 4.5, serve: 'vllm', candidates: [2, 3] }, /--candidates 2,3 has widths .* \(2, 3\); allowed: 4, 8/);
+    await refused({ bits: 4.5, format: 'compressed-tensors', denseBits: 3 }, /--dense-bits 3 is not a width it runs; allowed: 4, 8/);
+    await refused({ bits: 4.5, serve: 'vllm', granularity: 'expert' }, /--granularity expert cannot load/);
+    await refused({ bits: 4.5, format: 'compressed-tensors', actOrder: true }, /--act-order is not available with --format compressed-tensors/);
+    await refused({ bits: 4.5, serve: 'vllm', override: ['experts\\.0\\.=8'] }, /layer 0: its experts would get different fates/);
+  });
+  it('shapes the Marlin MoE kernels cannot run', async () => {
+    const small = join(root, 'small');
+    await makeTinyCheckpoint('mixtral', small, { seed: 2 });
+    await refused({ bits: 4.5, candidates: [4], format: 'compressed-tensors' }, /hidden size 32 is not a multiple of 128/, small);
+    const narrow = join(root, 'narrow');
+    await makeTinyCheckpoint('qwen3_moe', narrow, { seed: 2, hidden: 128, intermediate: 96 });
+    await refused({ bits: 4.5, candidates: [4], serve: 'vllm' }, /intermediate size 96 is not a multiple of max\(64, group size\) = 128/, narrow);
+  });
+});
+
+// every family vLLM serves with fused MoE whose checkpoints store experts per module
+const FAMS: Family[] = ['mixtral', 'qwen2_moe', 'qwen3_moe', 'olmoe', 'deepseek_v2', 'deepseek_v3', 'phimoe', 'glm4_moe', 'minimax_m2', 'ernie4_5_moe'];
+describe('family fixtures at hidden 128', () => {
+  it.each(FAMS)(
+    '%s: compressed-tensors and --serve vllm GPTQ pass the vLLM rules and decode independently',
+    async (family) => {
+      const src = join(root, `fam-${family}`);
+      await makeTinyCheckpoint(family, src, { seed: 5, hidden: 128, intermediate: 128 });
+      // one width: nothing to score, no calibration
+      const ct = await run({ bits: 4.2, candidates: [4], format: 'compressed-tensors', calib: undefined }, src);
+      expect(checkVllm(ct.out)).toEqual([]);
+      expect(await decodersAgree(ct.out, 'ct')).toBeGreaterThan(0);
+      const g = await run({ bits: 4.5, candidates: [4], serve: 'vllm', calib: undefined }, src);
+      expect(checkVllm(g.out)).toEqual([]);
+      expect(await decodersAgree(g.out, 'gptq')).toBeGreaterThan(0);
+    },
+    120_000,
+  );
+  // their GPTQ output follows GPTQModel's per-expert modules (src/quantize/fused.ts), not a layout vLLM's fused-MoE
+  // loader is known to take: the rules are not claimed for them
+  it.each(['gpt_oss', 'granitemoe'] as Family[])(
+    '%s (experts stored fused): compressed-tensors is refused, not written wrong',
+    async (family) => {
+      const src = join(root, `fam-${family}`);
+      await makeTinyCheckpoint(family, src, { seed: 5, hidden: 128, intermediate: 128 });
+      const err = await quantize({ model: src, out: join(root, `r${n++}`), method: 'rtn', bits: 4.5, format: 'compressed-tensors' }).catch((e) => e);
+      expect(err).toBeInstanceOf(MoeError);
+      expect(err.exitCode).toBe(2);
+      expect(err.message).toMatch(/fused .* not written in compressed-tensors yet/);
+    },
+    120_000,
+  );
+});
