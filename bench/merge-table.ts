@@ -72,7 +72,8 @@ async function main(): Promise<void> {
             if (!inGrid(align, router)) continue;
             const out = join(tmp, `merge-${n}-${grouping}-${align}-${router}`);
             t0 = Date.now();
-            await merge({ model, out, groups: n, grouping, align, router, calib, calibTokens });
+            // every group merged: the table of docs/merge.md measures the groupings themselves (--drop auto is measured by bench/quality-table.ts)
+            await merge({ model, out, groups: n, grouping, align, router, calib, calibTokens, drop: 'never' });
             const seconds = (Date.now() - t0) / 1000;
             rows.push({ count: n, what: 'merge', grouping, align, router, ppl: await ppl(out), seconds });
             console.error(`${n}: merge ${grouping} ${align} ${router} ${rows.at(-1)!.ppl.toFixed(3)} (${seconds.toFixed(1)} s)`);

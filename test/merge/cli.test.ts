@@ -76,6 +76,24 @@ describe('moe merge CLI', () => {
     ['fit from stats', ['--groups', '4', '--stats', 'x', '--router', 'fit'], /--router fit needs calibration hidden states/, ExitCode.usage],
     ['non-integer groups', ['--groups', 'four', '--calib', 'x'], /--groups must be a whole number/, ExitCode.usage],
     ['missing stats dir', ['--groups', '4', '--stats', '/nonexistent/stats'], /\/nonexistent\/stats/, ExitCode.badInput],
+    [
+      '--drop auto from stats',
+      ['--groups', '4', '--stats', 'x', '--drop', 'auto'],
+      /--drop auto measures each layer on calibration hidden states/,
+      ExitCode.usage,
+    ],
+    [
+      '--drop with a saved plan',
+      ['--groups', '4', '--plan', 'CALIB', '--drop', 'never'],
+      /a saved plan \(--plan\) already holds its decisions/,
+      ExitCode.usage,
+    ],
+    [
+      '--keep-per-layer auto from stats',
+      ['--groups', '4', '--stats', 'x', '--keep-per-layer', 'auto'],
+      /--keep-per-layer auto measures each layer/,
+      ExitCode.usage,
+    ],
   ];
   for (const [what, args, msg, code] of bad) {
     it(`${what}: one line on stderr, exit ${code}`, async () => {
@@ -86,6 +104,34 @@ describe('moe merge CLI', () => {
       expect(r.stderr).not.toMatch(/\n\s+at /);
     });
   }
+
+  it('--dry-run prints what --drop auto chose per layer, never worse than REAP on the layer error, and --keep-per-layer auto', async () => {
+    const r = await run(
+      '--model',
+      model,
+      '--groups',
+      '6',
+      '--calib',
+      calib,
+      '--calib-tokens',
+      '256',
+      '--seq-len',
+      '32',
+      '--keep-per-layer',
+      'auto',
+      '--dry-run',
+      '--json',
+    );
+    expect(r.code).toBe(0);
+    const rep = JSON.parse(r.stdout);
+    for (const l of rep.layers) {
+      expect(['merge', 'merge-drop', 'prune-reap', 'prune-frequency']).toContain(l.decision.choice);
+      expect(l.decision.error).toBeLessThanOrEqual(l.decision.errors.reap);
+    }
+    expect(rep.keepPerLayer.counts.reduce((a: number, b: number) => a + b, 0)).toBe(6 * rep.layers.length);
+    expect(rep.keepPerLayer.errorAllocated).toBeLessThanOrEqual(rep.keepPerLayer.errorUniform);
+    expect(rep.keepPerLayer.written).toBe(false);
+  });
 
   it('an unknown --align value is a usage error', async () => {
     const r = await run('--model', model, '--out', join(root, 'bad'), '--groups', '4', '--calib', calib, '--align', 'magic');
