@@ -12,6 +12,7 @@
 import { DTYPE_BYTES } from '../io/dtype.js';
 import type { Method } from './methods.js';
 import type { Model } from '../model/open.js';
+import { currentThreads } from '../runtime/pool.js';
 import { estimatePeak, maxEstimate, streamedPassParts, writerBytes, type MemoryEstimate, type MemoryPart } from '../runtime/memory.js';
 import type { QuantBits } from '../../kernels/quant/types.js';
 import { gptqTensorSpecs } from './format.js';
@@ -77,13 +78,16 @@ export function quantizeMemory(i: QuantizeMemoryInput): MemoryEstimate {
   };
   const mlp = decisions.filter((d) => d.cls === 'expert' || d.cls === 'shared');
 
+  // the experts of a layer are scored and quantized as tasks on the worker pool: each thread holds its own working set
+  const t = currentThreads();
+  const perThread = t > 1 ? ` (one per worker thread, ${t})` : '';
   const phases: MemoryEstimate[] = [];
   if (i.scoring && i.tokens > 0) {
     const parts = [...passParts, routedCopy];
     if (i.method === 'gptq')
       parts.push({
-        label: 'GPTQ scoring: float64 Hessians, Cholesky factor and inverse of the largest input, prepared factor of the other',
-        bytes: gptqWorkingSet(mlp.filter((d) => d.bits !== 'keep')),
+        label: `GPTQ scoring: float64 Hessians, Cholesky factor and inverse of the largest input, prepared factor of the other${perThread}`,
+        bytes: t * gptqWorkingSet(mlp.filter((d) => d.bits !== 'keep')),
       });
     phases.push(estimatePeak(parts));
   }
@@ -93,7 +97,10 @@ export function quantizeMemory(i: QuantizeMemoryInput): MemoryEstimate {
   if (apply.size > 0 && i.tokens > 0) {
     const applied = mlp.filter((d) => apply.has(d.layer) && finalBits(d) !== 'keep');
     parts.push(...passParts, routedCopy);
-    parts.push({ label: 'GPTQ: float64 Hessian, Cholesky factor and inverse of the largest input in flight', bytes: gptqWorkingSet(applied) });
+    parts.push({
+      label: `GPTQ: float64 Hessian, Cholesky factor and inverse of the largest input in flight${perThread}`,
+      bytes: t * gptqWorkingSet(applied),
+    });
     let packed = 0;
     let deq = 0;
     for (const l of apply) {

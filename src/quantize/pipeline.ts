@@ -33,6 +33,9 @@ import { modelFingerprint } from '../model/planfile.js';
 import { layerOfTensor, rewriteCheckpoint, type NewTensor, type RewriteResult, type TensorFate } from '../model/rewrite.js';
 import { shardOwner } from '../model/shard.js';
 import type { MoeLayerInput, StreamCheckpoint, SwiGLUWeights } from '../runtime/api.js';
+import { activeBackend } from '../runtime/backend.js';
+import { LINALG_TASKS_MODULE, type GptqExpertTask, type ScoreExpertTask } from '../runtime/linalg-tasks.js';
+import { runTasks } from '../runtime/pool.js';
 import { streamModel } from '../runtime/stream.js';
 import { allocate, type AllocResult, type AllocUnit } from '../alloc/knapsack.js';
 import { quantizeRtn } from '../../kernels/quant/rtn.js';
@@ -41,18 +44,7 @@ import type { Granularity } from './methods.js';
 import { ctQuantizationConfig, ctTensorBytes, ctTensorSpecs, fusedPrefix } from './ct.js';
 import type { ServeTarget } from './targets.js';
 import type { ModelView } from '../model/types.js';
-import {
-  activate,
-  linearT,
-  mlpForward,
-  outputError,
-  prepareInput,
-  quantizeMlp,
-  requantizeDown,
-  type ExpertQuant,
-  type ProjBits,
-  type QuantSettings,
-} from './expert.js';
+import { quantizeMlp, type ExpertQuant, type ProjBits, type QuantSettings } from './expert.js';
 import { gptqTensorBytes, gptqTensorSpecs, type ModuleQuant, quantizationConfig, registerGptqFormat, vllmGptqConfig } from './format.js';
 import { describeFusedExperts, fusedGptqLayout, fusedModuleWrites } from './fused.js';
 import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, type Proj, type StoredFormat } from './plan.js';
@@ -419,36 +411,28 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
       model,
       windows,
       {
-        onMoeLayer: (inp) => {
+        onMoeLayer: async (inp) => {
           const imp = importance(inp, v.alpha, v.beta);
           const routed = routedTokens(inp);
           const li = inp.layer.index;
+          // each expert's widths are scored as one task on the worker pool (inline with one thread); the losses
+          // are combined below in expert order, so they do not depend on the thread count
+          const tasks: ScoreExpertTask[] = [];
+          const combine: { scale: number; targets: { ui: number; oi: number }[]; add: boolean }[] = [];
           inp.experts.forEach((w, e) => {
             const r = routed[e]!;
             if (r.n === 0) return;
             const exp = expertDecisions.filter((d) => d.layer === li && d.expert === e);
-            const ref = mlpForward(w, r.x, r.n, act);
             const gptq = v.method === 'gptq' && r.n >= v.settings.minTokens;
-            const hx = gptq ? prepareInput(r.x, r.n, w.gate.in, v.settings) : undefined;
-            // scoring takes down's Hessian from the full-precision gate/up, once for all widths (its Cholesky is
-            // the costliest step); the apply pass uses the quantized gate/up as GPTQ's true-sequential order does
-            const hd = gptq ? prepareInput(activate(linearT(r.x, r.n, w.gate), linearT(r.x, r.n, w.up), act), r.n, w.down.in, v.settings) : undefined;
             const scale = imp[e]! / r.n;
+            const jobs: ProjBits[] = [];
+            const targets: { ui: number; oi: number }[] = [];
             if (v.granularity === 'expert') {
               const ui = unitIndex.get(`L${li}.E${e}`);
               if (ui === undefined) return;
-              // options differing only in down's width share the gate/up quantization and down's Hessian
-              const done = new Map<string, ExpertQuant>();
               units[ui]!.options.forEach((b, oi) => {
-                const pb = projBits(exp, (d) => (d.bits === 'alloc' ? b.bits[d.proj!]! : (d.bits as QuantBits | 'keep')));
-                const key = `${pb.gate}/${pb.up}`;
-                const prev = done.get(key);
-                const q =
-                  prev && pb.down !== 'keep' && prev.quant.down
-                    ? requantizeDown(prev, w, pb.down, v.settings)
-                    : quantizeMlp(w, r.x, r.n, pb, v.settings, act, hx, hd);
-                if (!prev) done.set(key, q);
-                losses[ui]![oi] = scale * outputError(ref, q.deq, r.x, r.n, r.gates, act);
+                jobs.push(projBits(exp, (d) => (d.bits === 'alloc' ? b.bits[d.proj!]! : (d.bits as QuantBits | 'keep'))));
+                targets.push({ ui, oi });
               });
             } else {
               for (const ui of layerUnits.get(li) ?? []) {
@@ -458,12 +442,22 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
                 units[ui]!.options.forEach((b, oi) => {
                   const pb: ProjBits = { gate: 'keep', up: 'keep', down: 'keep' };
                   for (const d of ds) pb[d.proj!] = b.bits[d.proj!]!;
-                  const q = quantizeMlp(w, r.x, r.n, pb, v.settings, act, hx, hd);
-                  losses[ui]![oi]! += scale * outputError(ref, q.deq, r.x, r.n, r.gates, act);
+                  jobs.push(pb);
+                  targets.push({ ui, oi });
                 });
               }
             }
+            if (!jobs.length) return;
+            tasks.push({ w, x: r.x, n: r.n, gates: r.gates, activation: act, settings: v.settings, gptq, jobs, reuse: v.granularity === 'expert' });
+            combine.push({ scale, targets, add: v.granularity !== 'expert' });
           });
+          const errs = await runTasks<ScoreExpertTask, Float64Array>(activeBackend()!, LINALG_TASKS_MODULE, 'scoreExpert', tasks);
+          combine.forEach((c, i) =>
+            c.targets.forEach(({ ui, oi }, j) => {
+              if (c.add) losses[ui]![oi]! += c.scale * errs[i]![j]!;
+              else losses[ui]![oi] = c.scale * errs[i]![j]!;
+            }),
+          );
         },
       },
       { onProgress: (l) => ph?.tick(l, L, 'layers') },
@@ -696,11 +690,28 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
               if (!passTensors.get(tensor)?.names.every((n) => writer!.isWritten(n))) packed.set(tensor, q);
             };
             const routed = routedTokens(inp);
-            const experts: SwiGLUWeights[] = inp.experts.map((w, e) => {
+            // GPTQ of each expert (Hessians, Cholesky, column loop) is one task on the worker pool; results come
+            // back in expert order and are used exactly as if computed here
+            const quants = await runTasks<GptqExpertTask, Omit<ExpertQuant, 'downPrep'>>(
+              activeBackend()!,
+              LINALG_TASKS_MODULE,
+              'gptqExpert',
+              inp.experts.map((w, e) => ({
+                w,
+                x: routed[e]!.x,
+                n: routed[e]!.n,
+                bits: projBits(
+                  expertDecisions.filter((d) => d.layer === li && d.expert === e),
+                  finalBits,
+                ),
+                settings: v.settings,
+                activation: act,
+              })),
+            );
+            const experts: SwiGLUWeights[] = inp.experts.map((_w, e) => {
               const exp = expertDecisions.filter((d) => d.layer === li && d.expert === e);
-              const pb = projBits(exp, finalBits);
               const r = routed[e]!;
-              const q = quantizeMlp(w, r.x, r.n, pb, v.settings, act);
+              const q = quants[e]!;
               if (q.fallback) fallbacks.push({ layer: li, expert: e, tokens: r.n });
               for (const d of exp) {
                 const ql = q.quant[d.proj!];

@@ -65,6 +65,39 @@ describe('worker pool', () => {
     await m.ckpt.close();
   });
 
+  it("a quantize dry run's estimate carries each worker's GPTQ working set and experts in flight", async () => {
+    const est = async (t: number) => {
+      const r = await runMoe([
+        'quantize',
+        '--model',
+        MODEL,
+        '--bits',
+        '3',
+        '--calib',
+        CALIB,
+        '--calib-tokens',
+        '512',
+        '--seq-len',
+        '128',
+        '--threads',
+        String(t),
+        '--dry-run',
+        '--json',
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout).memory as { peakBytes: number; parts: { label: string; bytes: number }[] };
+    };
+    const one = await est(1);
+    const two = await est(2);
+    const gptq = (m: typeof one) => m.parts.find((p) => /^GPTQ/.test(p.label))!;
+    expect(gptq(one).label).not.toMatch(/per worker/);
+    expect(gptq(two).label).toMatch(/\(one per worker thread, 2\)$/);
+    expect(gptq(two).bytes).toBe(2 * gptq(one).bytes);
+    expect(two.parts.some((p) => p.label === '2 worker threads (isolate + tensor backend each)')).toBe(true);
+    expect(two.peakBytes).toBeGreaterThan(one.peakBytes + 60 * 2 ** 20);
+    await setThreads(1);
+  }, 300_000);
+
   it('an expert task gives the same bytes on a worker as inline, in input order', async () => {
     await initBackend('wasm');
     const m = await openModel(MODEL);
@@ -90,6 +123,24 @@ describe('worker pool', () => {
       expect(pooled[e]!.down?.length ?? 0).toBe(e % 2 === 0 ? 1 : 0);
     }
     await m.ckpt.close();
+  }, 120_000);
+
+  it('an SVD task gives the same bytes on a worker as inline', async () => {
+    const { LINALG_TASKS_MODULE } = await import('../../src/runtime/linalg-tasks.js');
+    const { gaussian } = await import('../../kernels/linalg/svd.js');
+    const tasks = [
+      { M: gaussian(96 * 40, 3), m: 96, n: 40 },
+      { M: gaussian(30 * 70, 4), m: 30, n: 70 },
+    ];
+    await setThreads(1);
+    const inline = await runTasks<(typeof tasks)[number], { s: Float64Array; U: Float64Array }>('wasm', LINALG_TASKS_MODULE, 'svdMatrix', tasks);
+    await setThreads(2);
+    const pooled = await runTasks<(typeof tasks)[number], { s: Float64Array; U: Float64Array }>('wasm', LINALG_TASKS_MODULE, 'svdMatrix', tasks);
+    for (let i = 0; i < tasks.length; i++) {
+      expect(pooled[i]!.s.length).toBe(Math.min(tasks[i]!.m, tasks[i]!.n));
+      expect(Buffer.from(pooled[i]!.s.buffer).equals(Buffer.from(inline[i]!.s.buffer))).toBe(true);
+      expect(Buffer.from(pooled[i]!.U.buffer).equals(Buffer.from(inline[i]!.U.buffer))).toBe(true);
+    }
   }, 120_000);
 
   it('a MoeError inside a task stays a MoeError', async () => {
@@ -122,6 +173,46 @@ describe('worker pool', () => {
     expect(Buffer.from(b.hidden!.buffer).equals(Buffer.from(a.hidden!.buffer))).toBe(true);
     await m.ckpt.close();
   }, 300_000);
+
+  it('quantize (widths scored per expert, GPTQ per expert on the pool) writes the same bytes at --threads 1 and 2', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'moe-pool-q-'));
+    try {
+      for (const granularity of ['expert', 'projection']) {
+        const got: Record<string, string>[] = [];
+        for (const t of [1, 2]) {
+          const out = join(root, `q-${granularity}-${t}`);
+          const r = await runMoe([
+            'quantize',
+            '--model',
+            MODEL,
+            '--bits',
+            '3',
+            '--candidates',
+            '2,3,4',
+            '--granularity',
+            granularity,
+            '--calib',
+            CALIB,
+            '--calib-tokens',
+            '512',
+            '--seq-len',
+            '128',
+            '--threads',
+            String(t),
+            '--out',
+            out,
+            '--quiet',
+          ]);
+          expect(r.code, r.stderr).toBe(0);
+          got.push(await outputFiles(out));
+        }
+        expect(Object.keys(got[0]!).length).toBeGreaterThan(1);
+        expect(got[1]).toEqual(got[0]);
+      }
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  }, 600_000);
 
   it('calibrate and prune --method reap write the same bytes at --threads 1 and 2', async () => {
     const root = await mkdtemp(join(tmpdir(), 'moe-pool-'));
