@@ -140,10 +140,11 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
   const ropeParams = (rp && typeof rp === 'object' && !Array.isArray(rp) ? rp : {}) as Record<string, unknown>;
   if (Object.values(ropeParams).some((v) => v !== null && typeof v === 'object' && !Array.isArray(v)))
     fail('UnsupportedArchitecture', `${cfg.where}: rope_parameters per layer type is not supported`);
+  // rope_parameters first: transformers 5 reads it there and keeps a top-level copy only for backward
+  // compatibility (glm4_moe saves partial_rotary_factor in both, and the top-level one does not count)
   const ropeNum = (key: string, def: number): number => {
-    if (cfg.has(key)) return cfg.num(key);
     const v = ropeParams[key];
-    if (v === undefined || v === null) return def;
+    if (v === undefined || v === null) return cfg.has(key) ? cfg.num(key) : def;
     if (typeof v !== 'number' || !Number.isFinite(v))
       fail('InvalidConfig', `${cfg.where}: 'rope_parameters.${key}' must be a number, got ${JSON.stringify(v)}`);
     return v;
