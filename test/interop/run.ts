@@ -12,7 +12,9 @@
  * Every cell must agree within 1e-4 relative perplexity. A cell that cannot pass yet is listed in expected.json
  * with the reason; the run fails on any other failure, and on a listed cell that passes (so the list stays true).
  *
- *   tsx test/interop/run.ts PYTHON [--families a,b] [--json FILE] [--docs docs/families.md] [--record]
+ *   tsx test/interop/run.ts PYTHON [--families a,b] [--json FILE] [--docs docs/families.md] [--record] [--from A.json,B.json]
+ *
+ * --from renders the table (and --record, --docs) from earlier --json runs instead of running anything.
  *
  * --record rewrites expected.json with this run's failures (for a maintainer after a fix or a new family; review
  * the diff: every entry is a claim that the cell cannot pass yet).
@@ -60,20 +62,25 @@ const expected: Record<string, string> = JSON.parse(readFileSync(join(import.met
 
 // ---- the Python reference, one process for the whole run ------------------------------------------------------
 
-const py = spawn(python, [join(import.meta.dirname, 'reference.py'), 'serve'], {
-  stdio: ['pipe', 'pipe', 'pipe'],
-  env: { ...process.env, PYTHONWARNINGS: 'ignore' },
-});
+let py: ReturnType<typeof spawn> | undefined;
 let pyErr = '';
-py.stderr.on('data', (d: Buffer) => {
-  pyErr = (pyErr + d.toString()).slice(-4000);
-});
-const answers = createInterface({ input: py.stdout });
 const pending: ((s: string) => void)[] = [];
-answers.on('line', (l) => pending.shift()?.(l));
-py.on('exit', (code) => {
-  for (const p of pending.splice(0)) p(JSON.stringify({ ok: false, error: `reference.py exited (${code}): ${pyErr.slice(-800)}` }));
-});
+function python3(): ReturnType<typeof spawn> {
+  if (py) return py;
+  const p = spawn(python, [join(import.meta.dirname, 'reference.py'), 'serve'], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    env: { ...process.env, PYTHONWARNINGS: 'ignore' },
+  });
+  p.stderr!.on('data', (d: Buffer) => {
+    pyErr = (pyErr + d.toString()).slice(-4000);
+  });
+  createInterface({ input: p.stdout! }).on('line', (l) => pending.shift()?.(l));
+  p.on('exit', (code) => {
+    for (const q of pending.splice(0)) q(JSON.stringify({ ok: false, error: `reference.py exited (${code}): ${pyErr.slice(-800)}` }));
+  });
+  py = p;
+  return p;
+}
 
 interface Answer {
   ok: boolean;
@@ -82,8 +89,9 @@ interface Answer {
 }
 function ask(req: Record<string, unknown>): Promise<Answer> {
   return new Promise((res) => {
+    const p = python3();
     pending.push((l) => res(JSON.parse(l) as Answer));
-    py.stdin.write(JSON.stringify(req) + '\n');
+    p.stdin!.write(JSON.stringify(req) + '\n');
   });
 }
 
@@ -304,7 +312,8 @@ function table(): string {
         if (!c) return '';
         if (c.ok) return c.rel!.toExponential(1);
         notes.push(`- ${f} ${layout} ${check}: ${c.expectedFailure ?? c.why}`);
-        return `refused [${notes.length}]`;
+        // a cell that fails on something other than perplexity (layout, a refusal) still shows its difference
+        return `${c.rel !== undefined && c.rel <= TOL ? `${c.rel.toExponential(1)} ` : ''}fails [${notes.length}]`;
       });
       rows.push(`| ${f} | ${layout} | ${row.join(' | ')} |`);
     }
@@ -314,9 +323,25 @@ function table(): string {
 
 let failed = 0;
 try {
-  const t = await ask({ op: 'text', out: data, lines: 48, seed: 3 });
-  if (!t.ok) throw new Error(`reference.py: ${t.error}`);
-  for (const f of families) await family(f);
+  const from = opt('from');
+  if (from) {
+    // render the table / expected.json from saved --json runs (no Python, nothing run)
+    // a later file's cells replace an earlier one's for the families it has (a rerun of a few families after a fix)
+    const byFamily = new Map<string, Cell[]>();
+    for (const f of from.split(',')) {
+      const got = (JSON.parse(readFileSync(f, 'utf8')) as Cell[]).filter((c) => families.includes(c.family));
+      for (const fam of new Set(got.map((c) => c.family)))
+        byFamily.set(
+          fam,
+          got.filter((c) => c.family === fam),
+        );
+    }
+    for (const fam of families) cells.push(...(byFamily.get(fam) ?? []));
+  } else {
+    const t = await ask({ op: 'text', out: data, lines: 48, seed: 3 });
+    if (!t.ok) throw new Error(`reference.py: ${t.error}`);
+    for (const f of families) await family(f);
+  }
   for (const c of cells) {
     const key = `${c.family}/${c.layout}/${c.check}`;
     if (expected[key] !== undefined) {
@@ -358,7 +383,7 @@ try {
   console.log(`interop: ${(e as Error).message}`);
   failed++;
 } finally {
-  py.stdin.end();
+  py?.stdin?.end();
   rmSync(root, { recursive: true, force: true });
 }
 process.exitCode = failed ? 1 : 0;
