@@ -3,7 +3,7 @@
  * `moe quantize --format gguf` at several --bits and for llama.cpp's own quants of the same model.
  *
  *   npm run build    # the bench runs the CLI (bin/moe.js) the way a user does
- *   npx tsx bench/gguf-frontier.ts --model test/fixtures/tiny-mixtral [--calib test/fixtures/text/calib.txt]
+ *   nice -n 10 npx tsx bench/gguf-frontier.ts --model test/fixtures/tiny-mixtral [--calib test/fixtures/text/calib.txt]
  *     [--heldout test/fixtures/text/heldout.txt] [--bits 2,2.5,3,3.5,4,4.5] [--llama /tmp/llama.cpp/build/bin]
  *     [--types Q2_K,Q3_K_S,...] [--work /tmp/gguf-frontier/NAME] [--seq-len 128] [--eval-tokens 16384]
  *     [--calib-tokens 8192] [--nll /tmp/gguf-nll] [--threads 1] [--json FILE] [--fresh]
@@ -45,7 +45,10 @@ const arg = (k: string, d?: string) => {
 const model = resolve(arg('--model', 'test/fixtures/tiny-mixtral')!);
 const calib = resolve(arg('--calib', 'test/fixtures/text/calib.txt')!);
 const heldout = resolve(arg('--heldout', 'test/fixtures/text/heldout.txt')!);
-const bitsList = arg('--bits', '2,2.5,3,3.5,4,4.5')!.split(',').map(Number);
+const bitsList = arg('--bits', '2,2.5,3,3.5,4,4.5')!
+  .split(',')
+  .filter((b) => b !== '')
+  .map(Number);
 const llamaBin = arg('--llama');
 const types = arg('--types', 'Q2_K_S,Q2_K,Q3_K_S,Q3_K_M,Q3_K_L,Q4_K_S,Q4_K_M,Q5_K_S,IQ2_XXS,IQ2_XS,IQ2_S,IQ3_XXS,IQ3_S,IQ4_XS')!.split(',');
 const work = resolve(arg('--work', join('/tmp/gguf-frontier', basename(model)))!);
@@ -74,7 +77,7 @@ const log = (...a: unknown[]) => console.error(new Date().toISOString().slice(11
 
 async function sh(cmd: string, args: string[], logFile: string): Promise<void> {
   try {
-    const { stdout, stderr } = await run('nice', ['-n', '10', cmd, ...args], { maxBuffer: 256 * 1024 * 1024 });
+    const { stdout, stderr } = await run(cmd, args, { maxBuffer: 256 * 1024 * 1024 });
     await writeFile(logFile, stdout + stderr);
   } catch (e) {
     const x = e as { stdout?: string; stderr?: string; message: string };
@@ -105,8 +108,12 @@ const { windows } = await loadWindowSet(model, heldout, { seqLen, maxTokens: eva
 const idsFile = join(work, `heldout-${seqLen}-${windows.length}.i32`);
 async function ppl(file: string): Promise<number> {
   if (nllBin) {
-    const { stdout } = await run('nice', ['-n', '10', nllBin, file, idsFile, String(windows[0]!.length), threads]);
-    const [nll, scored] = stdout.trim().split(' ').map(Number);
+    // kept beside the file (newer than it) so a rerun of the bench only scores what changed
+    const cache = `${file}.${basename(idsFile)}.nll`;
+    const cached = existsSync(cache) && (await stat(cache)).mtimeMs >= (await stat(file)).mtimeMs ? await readFile(cache, 'utf8') : undefined;
+    const out = cached ?? (await run(nllBin, [file, idsFile, String(windows[0]!.length), threads])).stdout;
+    if (!cached) await writeFile(cache, out);
+    const [nll, scored] = out.trim().split(' ').map(Number);
     return Math.exp(nll! / scored!);
   }
   const lm = await loadGguf(file);
@@ -217,7 +224,12 @@ for (const r of [...rows].sort((a, b) => a.expertBpw - b.expertBpw || a.fileByte
 function frontAt(points: { x: number; ppl: number }[], x: number): number | undefined {
   const s = [...points].sort((a, b) => a.x - b.x);
   const front: { x: number; ppl: number }[] = [];
-  for (const p of s) if (!front.length || p.ppl < front[front.length - 1]!.ppl) front.push(p);
+  for (const p of s) {
+    const last = front[front.length - 1];
+    if (last && p.x === last.x) {
+      if (p.ppl < last.ppl) front[front.length - 1] = p;
+    } else if (!last || p.ppl < last.ppl) front.push(p);
+  }
   for (let i = 0; i + 1 < front.length; i++) {
     const a = front[i]!;
     const b = front[i + 1]!;
@@ -243,6 +255,6 @@ for (const r of rows.filter((x) => x.kind === 'ours')) {
 }
 console.log(`## ${basename(model)}: ${windows.length} held-out windows of ${seqLen} (llama.cpp, token ids)\n`);
 console.log(table.join('\n'));
-if (theirs.length) console.log(`\n${cmp.join('\n')}`);
+if (theirs.length && cmp.length > 2) console.log(`\n${cmp.join('\n')}`);
 if (jsonOut) await writeFile(jsonOut, JSON.stringify({ model, seqLen, windows: windows.length, calibTokens, rows }, null, 2) + '\n');
 if (process.argv.includes('--clean')) await rm(work, { recursive: true, force: true });

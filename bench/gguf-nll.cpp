@@ -42,6 +42,9 @@ int main(int argc, char ** argv) {
     llama_backend_init();
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
+    // no repacked / AMX weight buffers: a native (-march=native) build reports AMX on this VM and dies with an
+    // illegal instruction on quantized weights; the plain CPU path computes the same products
+    mp.use_extra_bufts = false;
     llama_model * model = llama_model_load_from_file(argv[1], mp);
     if (!model) {
         fprintf(stderr, "cannot load %s\n", argv[1]);

@@ -4,10 +4,14 @@
  * Loading validates everything (format, version, shapes, file sizes, finite values) before any pipeline uses it.
  * Statistics of runs over different text sum into one (data-parallel calibration): sumStats.
  */
-import { readFile, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fail } from '../errors.js';
+import { DTYPE_BYTES } from '../io/dtype.js';
 import { injectedFault, OutputDir } from '../io/output.js';
+import type { Model } from '../model/open.js';
+import { modelFingerprint } from '../model/planfile.js';
 import { STATS_VERSION, type CalibStats, type LayerStats } from './types.js';
 
 export const STATS_FORMAT = 'moe-calibration-stats';
@@ -37,6 +41,7 @@ interface StatsJson {
   hidden: number;
   tokens: number;
   runs: number;
+  model?: string;
   layers: LayerJson[];
 }
 
@@ -80,6 +85,7 @@ export async function saveStats(
       hidden: stats.hidden,
       tokens: stats.tokens,
       runs: stats.runs,
+      ...(stats.model ? { model: stats.model } : {}),
       layers,
     };
     if (opts.gramFiles) json.grams = { dir: GRAMS_DIR, dtype: 'F64', shape: [stats.hidden, stats.hidden], files: opts.gramFiles };
@@ -89,6 +95,28 @@ export async function saveStats(
     await dir.discard();
     throw e;
   }
+}
+
+/** Bytes of each sampled tensor that enter modelIdentity. */
+const IDENTITY_SAMPLE_BYTES = 4096;
+
+/**
+ * What statistics are tied to: the model's structure (planfile's modelFingerprint: config and tensor table) and the
+ * first bytes of its embedding, lm_head and every router, so that another model of the same shape (other weights)
+ * is told apart. Reads a few KB per layer, not the weights.
+ */
+export async function modelIdentity(model: Model): Promise<string> {
+  const h = createHash('sha256').update(modelFingerprint(model.ckpt));
+  const v = model.view;
+  const names = [v.embed, ...(v.lmHead ? [v.lmHead] : []), ...v.layers.flatMap((l) => (l.block.kind === 'moe' ? [l.block.router.weight] : []))];
+  for (const n of names) {
+    if (!model.ckpt.has(n)) continue;
+    const info = model.ckpt.info(n);
+    const width = DTYPE_BYTES[info.dtype];
+    const elems = Math.floor((info.end - info.begin) / width);
+    h.update(n).update(await model.ckpt.readBytes(n, 0, Math.min(elems, Math.floor(IDENTITY_SAMPLE_BYTES / width))));
+  }
+  return h.digest('hex');
 }
 
 /** The Gram matrices' directory inside an artifact. */
@@ -102,6 +130,9 @@ async function writeOut(dir: OutputDir, name: string, data: Uint8Array | string)
     fail('OutputError', `cannot write ${dir.path(name)}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
 }
+
+/** stats.json lists arrays and scalars: a few KB per layer. */
+const MAX_STATS_JSON_BYTES = 64 * 2 ** 20;
 
 function bad(dir: string, msg: string): never {
   fail('InvalidStats', `${dir}: ${msg}`);
@@ -122,6 +153,12 @@ async function readArray(dir: string, e: unknown, dtype: 'F64' | 'F32', shape: n
   }
   const n = shape.reduce((a, b) => a * b, 1);
   const width = dtype === 'F64' ? 8 : 4;
+  // the size stat'ed first: a FIFO would block, /dev/zero would grow memory without bound, a file larger than its
+  // entry declares is not read at all
+  const st = await stat(join(dir, ent.file)).catch(() => undefined);
+  if (!st) bad(dir, `${what}: file ${ent.file} is missing`);
+  if (!st.isFile()) fail('UnsafePath', `${dir}: ${what}: ${ent.file} is not a regular file; refusing to read it`);
+  if (st.size !== n * width) bad(dir, `${what}: ${ent.file} is ${st.size} bytes, expected ${n * width} (truncated or wrong shape)`);
   let buf: Buffer;
   try {
     buf = await readFile(join(dir, ent.file));
@@ -136,8 +173,29 @@ async function readArray(dir: string, e: unknown, dtype: 'F64' | 'F32', shape: n
   return arr;
 }
 
+/**
+ * What every artifact moe writes satisfies: counts are whole numbers in [0, tokens] that sum to tokens x topK (each
+ * token picks topK experts), and the probability, gate, REAP and EASY-EP sums are non-negative. A file that breaks
+ * this was edited or damaged, and its scores would rank experts by garbage.
+ */
+function checkLayerSums(dir: string, l: LayerStats, topK: number): void {
+  let total = 0;
+  for (let e = 0; e < l.numExperts; e++) {
+    const c = l.count[e]!;
+    if (!Number.isInteger(c) || c < 0 || c > l.tokens) bad(dir, `layer ${l.layer}: count of expert ${e} is ${c}, not a whole number in [0, ${l.tokens}]`);
+    total += c;
+    for (const f of ['probMass', 'gateSum', 'reapSum', 'easyEpSum'] as const) {
+      if (l[f][e]! < 0) bad(dir, `layer ${l.layer}: ${f} of expert ${e} is negative (${l[f][e]})`);
+    }
+  }
+  if (total !== l.tokens * topK) bad(dir, `layer ${l.layer}: counts sum to ${total}, but ${l.tokens} tokens x top-${topK} is ${l.tokens * topK} (wrong topK?)`);
+}
+
 export async function loadStats(dir: string): Promise<CalibStats> {
   let text: string;
+  const st = await stat(join(dir, 'stats.json')).catch(() => undefined);
+  if (st && !st.isFile()) fail('UnsafePath', `${join(dir, 'stats.json')} is not a regular file; refusing to read it`);
+  if (st && st.size > MAX_STATS_JSON_BYTES) bad(dir, `stats.json is ${st.size} bytes, larger than any statistics header (${MAX_STATS_JSON_BYTES} max)`);
   try {
     text = await readFile(join(dir, 'stats.json'), 'utf8');
   } catch {
@@ -155,6 +213,8 @@ export async function loadStats(dir: string): Promise<CalibStats> {
   for (const k of ['numLayers', 'numExperts', 'topK', 'hidden', 'tokens', 'runs'] as const)
     if (!isInt(j[k], k === 'tokens' ? 0 : 1)) bad(dir, `stats.json: '${k}' must be a positive integer`);
   if (typeof j.family !== 'string') bad(dir, "stats.json: 'family' must be a string");
+  if (j.model !== undefined && (typeof j.model !== 'string' || !/^[0-9a-f]{64}$/.test(j.model))) bad(dir, "stats.json: 'model' must be a model fingerprint");
+  if (j.topK! > j.numExperts!) bad(dir, `stats.json: topK ${j.topK} exceeds numExperts ${j.numExperts}`);
   if (!Array.isArray(j.layers)) bad(dir, "stats.json: 'layers' must be a list");
   const layers: LayerStats[] = [];
   const seen = new Set<number>();
@@ -179,6 +239,7 @@ export async function loadStats(dir: string): Promise<CalibStats> {
       )) as Float64Array;
     }
     ls.logitSample = (await readArray(dir, a['logitSample'], 'F32', [l.logitSampleRows, E], `layer ${l.layer} logitSample`)) as Float32Array;
+    checkLayerSums(dir, ls as LayerStats, j.topK!);
     layers.push(ls as LayerStats);
   }
   layers.sort((x, y) => x.layer - y.layer);
@@ -191,6 +252,7 @@ export async function loadStats(dir: string): Promise<CalibStats> {
     hidden: j.hidden!,
     tokens: j.tokens!,
     runs: j.runs!,
+    ...(j.model ? { model: j.model } : {}),
     layers,
   };
 }
@@ -200,6 +262,7 @@ export function sumStats(all: readonly CalibStats[]): CalibStats {
   if (all.length === 0) fail('Usage', 'nothing to sum');
   const a = all[0]!;
   for (const b of all.slice(1)) {
+    if (a.model && b.model && a.model !== b.model) fail('InvalidStats', 'cannot sum statistics of different models (their model fingerprints differ)');
     for (const k of ['family', 'numLayers', 'numExperts', 'topK', 'hidden'] as const) {
       if (a[k] !== b[k]) fail('InvalidStats', `cannot sum statistics of different models: ${k} ${a[k]} vs ${b[k]}`);
     }

@@ -16,6 +16,8 @@ export interface CollectOptions {
   /** router-logit rows kept per layer (first tokens seen) */
   logitSampleRows?: number;
   onProgress?(layer: number, layers: number): void;
+  /** also run the multi-token-prediction layers (their statistics are layers L + i: not for saved artifacts) */
+  mtp?: boolean;
   /** more hooks riding on the same pass (Gram accumulation, grams.ts) */
   extraHooks?: Pick<StreamHooks, 'onLinearInput' | 'onMoeLayerDone' | 'onLayerOutput'>;
 }
@@ -95,7 +97,7 @@ export async function collectStats(model: Model, windows: readonly Int32Array[],
     ...(opts.extraHooks?.onLinearInput ? { onLinearInput: opts.extraHooks.onLinearInput } : {}),
     ...(opts.extraHooks?.onLayerOutput ? { onLayerOutput: opts.extraHooks.onLayerOutput } : {}),
   };
-  await streamModel(model, windows, hooks, { ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) });
+  await streamModel(model, windows, hooks, { ...(opts.onProgress ? { onProgress: opts.onProgress } : {}), ...(opts.mtp ? { mtp: true } : {}) });
   const tokens = windows.reduce((a, w) => a + w.length, 0);
   return {
     version: STATS_VERSION,

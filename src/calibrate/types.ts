@@ -40,5 +40,7 @@ export interface CalibStats {
   tokens: number;
   /** how many runs were summed */
   runs: number;
+  /** modelFingerprint() of the model the statistics were computed on (absent in artifacts of earlier versions) */
+  model?: string;
   layers: LayerStats[];
 }

@@ -29,8 +29,9 @@ export function buildProgram(): Command {
       'Make Mixture-of-Experts language models smaller: prune, merge, quantize and decompose experts in Hugging Face safetensors checkpoints, streamed layer by layer.',
     )
     .version(packageVersion(), '-V, --version')
-    .showHelpAfterError('(run with --help for usage)')
-    .exitOverride();
+    .exitOverride()
+    // commander prints usage errors as several lines ("error: ..." plus a hint); main() prints them as one moe: line
+    .configureOutput({ outputError: () => {} });
   for (const register of COMMANDS) register(program);
   return program;
 }
@@ -44,9 +45,20 @@ export async function main(argv: string[]): Promise<number> {
     if (e instanceof CommanderError) {
       // help and version are "errors" to commander; real usage errors were already printed by it
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return ExitCode.ok;
+      const cmd = e.code !== 'commander.unknownCommand' && argv[2] && !argv[2].startsWith('-') ? ` ${argv[2]}` : '';
+      const what = e.message
+        .replace(/^error:\s*/i, '')
+        .replace(/\s*\n\s*/g, ' ')
+        .trim();
+      process.stderr.write(`moe: ${what} (see moe${cmd} --help)\n`);
       return ExitCode.usage;
     }
     if (isMoeError(e)) {
+      // an internal invariant failing is a bug, whatever code it was raised with: exit 70 with the stack (README)
+      if (/^internal\b/.test(e.message) || /\binternal plan error\b/.test(e.message)) {
+        process.stderr.write(`moe: internal error (a bug): ${e.stack ?? e.message}\n`);
+        return ExitCode.internal;
+      }
       process.stderr.write(`moe: ${e.message}\n`);
       return e.exitCode;
     }

@@ -42,7 +42,9 @@ export function renderBar(done: number, total: number, width = 24): string {
 
 export function createProgress(opts: ProgressOptions = {}, stream: NodeJS.WriteStream = process.stderr): Progress {
   const silent = !!opts.quiet || !!opts.json;
-  const tty = !!stream.isTTY && !process.env.CI;
+  // a terminal that reports 0 (or no) columns, as under `script` and some CI runners, is no terminal: the spinner's
+  // line wrapping divides by the width and would loop writing cursor codes
+  const tty = !!stream.isTTY && !process.env.CI && Number.isFinite(stream.columns) && stream.columns > 0;
   return {
     phase(text: string): PhaseHandle {
       const started = Date.now();

@@ -64,7 +64,12 @@ export function withBackend(r: InspectReport, b: BackendReport): InspectReport {
     .slice(0, chosen ? b.candidates.indexOf(chosen) : b.candidates.length)
     .filter((c) => !c.available)
     .map((c) => `${c.name}: ${c.reason}`);
-  const reason = (chosen ? chosen.reason : 'no usable backend') + (skipped.length ? `; skipped ${skipped.join('; ')}` : '');
+  // an explicit --backend that is not usable here: its own reason, not the ladder's
+  const asked = b.requested && b.requested !== 'auto' ? b.candidates.find((c) => c.name === b.requested) : undefined;
+  const reason =
+    !chosen && asked
+      ? `${asked.name} requested, not usable: ${asked.reason}`
+      : (chosen ? chosen.reason : 'no usable backend') + (skipped.length ? `; skipped ${skipped.join('; ')}` : '');
   return { ...r, backend: { chosen: b.chosen, reason, candidates: b.candidates } };
 }
 

@@ -11,6 +11,7 @@ import { isAbsolute, join, normalize, sep } from 'node:path';
 import { fail, type ErrorCode } from '../errors.js';
 import { DTYPE_BYTES, type Dtype } from './dtype.js';
 import { checkPassthroughFile } from './files.js';
+import { checkFiniteInput } from './finite.js';
 import { applyBlockScales, decodeMxfp4, FP8_BLOCK } from './quantized.js';
 import { quote, SafetensorsFile, type TensorInfo } from './safetensors.js';
 
@@ -133,6 +134,12 @@ export class Checkpoint {
     /** config.json as read, byte for byte: outputs write their config as an edit of it */
     readonly configText?: string,
   ) {}
+
+  /**
+   * Refuse NaN/Inf in every tensor read as float32 (exit 5, src/io/finite.ts). Set by openModel for every command;
+   * a plain Checkpoint (inspection, byte-level tests) decodes any bit pattern.
+   */
+  finiteOnly = false;
 
   static async open(dir: string): Promise<Checkpoint> {
     let st: Awaited<ReturnType<typeof stat>>;
@@ -337,7 +344,12 @@ export class Checkpoint {
   async readF32(name: string, from?: number, to?: number): Promise<Float32Array> {
     const st = this.storage(name);
     const f = await this.file(this.weightMap.get(name)!);
-    if (!st.blockScale) return f.readF32(name, from, to);
+    if (!st.blockScale) {
+      // every tensor read for compute is checked as it is decoded (src/io/finite.ts): NaN/Inf exits 5 naming it
+      const v = await f.readF32(name, from, to);
+      if (this.finiteOnly) checkFiniteInput(name, v, from ?? 0);
+      return v;
+    }
     const [rows, cols] = st.shape as [number, number];
     const start = from ?? 0;
     const end = to ?? rows * cols;
@@ -349,7 +361,9 @@ export class Checkpoint {
     const sRow0 = Math.floor(Math.floor(start / cols) / block[0]);
     const sRow1 = Math.floor(Math.floor((end - 1) / cols) / block[0]);
     const scales = await this.readF32(scaleName, sRow0 * sCols, (sRow1 + 1) * sCols);
-    return applyBlockScales(values, start, cols, scales, sRow0, block);
+    const scaled = applyBlockScales(values, start, cols, scales, sRow0, block);
+    if (this.finiteOnly) checkFiniteInput(name, scaled, start);
+    return scaled;
   }
 
   /**
@@ -380,7 +394,9 @@ export class Checkpoint {
     }
     const blocks = await this.readBytes(bName, r0 * G * 16, r1 * G * 16);
     const scales = await this.readBytes(sName, r0 * G, r1 * G);
-    return decodeMxfp4(blocks, scales);
+    const values = decodeMxfp4(blocks, scales);
+    if (this.finiteOnly) checkFiniteInput(bName, values);
+    return values;
   }
 
   async close(): Promise<void> {

@@ -199,6 +199,30 @@ async function lockStaging(staging: string, out: string): Promise<void> {
  */
 const publishScope = new AsyncLocalStorage<Map<string, OutputDir>>();
 
+/**
+ * The identity of the current run (src/io/fingerprint.ts), set by the command line around a command. A staging
+ * directory left by a run of another identity (other model, data or options) is discarded, never resumed: resuming
+ * it would publish a checkpoint mixed from both runs.
+ */
+const identityScope = new AsyncLocalStorage<string>();
+
+export function withRunIdentity<T>(fingerprint: string, fn: () => Promise<T>): Promise<T> {
+  return identityScope.run(fingerprint, fn);
+}
+
+const FINGERPRINT_FILE = '.moe-fingerprint';
+
+/** Keep what a staging directory holds only when it was started by a run of this identity; else empty it and say so. */
+async function adoptStaging(staging: string, out: string, fingerprint: string): Promise<void> {
+  const entries = (await readdir(staging)).filter((f) => f !== LOCK_FILE && f !== FINGERPRINT_FILE);
+  const previous = (await readFile(join(staging, FINGERPRINT_FILE), 'utf8').catch(() => '')).trim();
+  if (entries.length > 0 && previous !== fingerprint) {
+    for (const f of entries) await rm(join(staging, f), { recursive: true, force: true });
+    process.stderr.write(`moe: ${staging} held an unfinished run of ${out} with other inputs or options; discarded it, starting over\n`);
+  }
+  await writeFile(join(staging, FINGERPRINT_FILE), fingerprint + '\n');
+}
+
 export async function deferPublish<T>(fn: () => Promise<T>): Promise<T> {
   const ready = new Map<string, OutputDir>();
   const v = await publishScope.run(ready, fn);
@@ -268,6 +292,8 @@ export class OutputDir {
       await mkdir(staging, { recursive: true });
       await lockStaging(staging, out);
       if (opts.fresh) for (const f of await readdir(staging)) if (f !== LOCK_FILE) await rm(join(staging, f), { recursive: true, force: true });
+      const fingerprint = identityScope.getStore();
+      if (fingerprint !== undefined) await adoptStaging(staging, out, fingerprint);
     } catch (e) {
       if (isMoeError(e)) throw e;
       fail('OutputError', `cannot create a staging directory beside ${out}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
@@ -323,7 +349,8 @@ export class OutputDir {
   }
 
   async openWriter(tensors: readonly TensorSpec[], opts?: WriterOptions): Promise<CheckpointWriter> {
-    return CheckpointWriter.create(this.staging, tensors, opts);
+    // every tensor of a command's output is checked for NaN/Inf as it is written (src/io/finite.ts)
+    return CheckpointWriter.create(this.staging, tensors, { ...opts, finiteOnly: true });
   }
 
   /**

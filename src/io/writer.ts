@@ -10,6 +10,7 @@ import { open, readFile, readdir, rm, writeFile, type FileHandle } from 'node:fs
 import { join } from 'node:path';
 import { fail, isMoeError } from '../errors.js';
 import { DTYPE_BYTES, type Dtype } from './dtype.js';
+import { checkFiniteOutput } from './finite.js';
 import { encodeHeader, IO_CHUNK_BYTES, quote, type PendingTensor } from './safetensors.js';
 
 export const DEFAULT_MAX_SHARD_BYTES = 5_000_000_000;
@@ -34,10 +35,13 @@ export interface TensorSpec {
 
 export interface WriterOptions {
   maxShardBytes?: number;
+  /** refuse NaN/Inf in any float tensor written (exit 5): every output a command writes (OutputDir.openWriter) */
+  finiteOnly?: boolean;
   metadata?: Record<string, string>;
 }
 
 interface Slot {
+  dtype: Dtype;
   shard: number;
   offset: number;
   byteLength: number;
@@ -137,12 +141,13 @@ export class CheckpointWriter {
       dataStarts.push(header.byteLength);
     }
     const w = new CheckpointWriter(dir, shards, handles);
+    w.finiteOnly = !!opts.finiteOnly;
     shards.forEach((shard, i) => {
       let off = 0;
       for (const t of shard) {
         const n = byteLengthOf(t);
         const done = reused[i] && journaled.has(t.name);
-        w.slots.set(t.name, { shard: i, offset: dataStarts[i]! + off, byteLength: n, filled: done ? n : 0 });
+        w.slots.set(t.name, { dtype: t.dtype, shard: i, offset: dataStarts[i]! + off, byteLength: n, filled: done ? n : 0 });
         off += n;
       }
     });
@@ -156,6 +161,8 @@ export class CheckpointWriter {
     w.journal = await open(join(dir, JOURNAL_FILE), 'a');
     return w;
   }
+
+  private finiteOnly = false;
 
   /** Tensors found already written (resumed) when the writer was created. */
   resumed = 0;
@@ -185,6 +192,8 @@ export class CheckpointWriter {
     if (bytes.byteLength !== s.byteLength) {
       fail('OutputError', `internal plan error: tensor ${quote(name)} is ${bytes.byteLength} bytes, planned ${s.byteLength}`);
     }
+    // every byte of an output passes here (copied, produced or assembled): NaN/Inf never reaches a checkpoint
+    if (this.finiteOnly) checkFiniteOutput(name, bytes, s.dtype);
     await writeFully(this.handles[s.shard]!, bytes, s.offset);
     s.filled = s.byteLength;
     await this.journalDone(name);
@@ -200,6 +209,7 @@ export class CheckpointWriter {
     if (!Number.isSafeInteger(byteOffset) || byteOffset < 0 || byteOffset + bytes.byteLength > s.byteLength) {
       fail('OutputError', `internal plan error: part [${byteOffset}, +${bytes.byteLength}) outside tensor ${quote(name)} of ${s.byteLength} bytes`);
     }
+    if (this.finiteOnly) checkFiniteOutput(name, bytes, s.dtype, Math.floor(byteOffset / DTYPE_BYTES[s.dtype]));
     await writeFully(this.handles[s.shard]!, bytes, s.offset + byteOffset);
     s.filled += bytes.byteLength;
     if (s.filled === s.byteLength) await this.journalDone(name);

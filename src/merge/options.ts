@@ -52,6 +52,7 @@ export const MERGE_OPTIONS = z.object({
   shard: common.shard(
     'layer-parallel job i of n: write only layers l with l % n = i (join the parts with moe assemble); needs --plan or --stats, the same in every job',
   ),
+  dropMtp: common.dropMtp(),
   dryRun: common.dryRun('print the plan and the estimated peak memory, write no checkpoint (with --calib this runs the sequential pass)'),
   force: common.force(),
 });

@@ -51,6 +51,8 @@ type MergeRun = MergeOptions & { progress?: Progress };
 
 export interface MergeReport {
   tool: 'moe merge';
+  /** multi-token-prediction layers dropped (--drop-mtp; merge does not merge them yet) */
+  mtp?: { kept: number[]; dropped: number[] };
   model: string;
   out?: string;
   dryRun: boolean;
@@ -301,6 +303,12 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
     const req: MergeRun = run.o;
     const choices = choicesOf(req);
     const view = model.view;
+    // merging does not plan the multi-token-prediction layers yet; refuse before the calibration pass, not at the write
+    if (view.mtp?.length && !req.dropMtp)
+      fail(
+        'Usage',
+        `this checkpoint has multi-token-prediction layer(s) ${view.mtp.map((m) => m.layer.index).join(', ')}, which moe merge does not merge yet: give --drop-mtp (dropped, num_nextn_predict_layers 0, said in the report), or prune instead`,
+      );
     checkGroups(view, choices.groups);
     const opts: MergeLayerOptions = {
       maxAlignTokens: req.alignTokens,
@@ -356,7 +364,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
       const { edit, finish } = await planEdit(model, plan, choices, layers, req.progress);
       const phase = req.progress?.phase(`writing ${req.out}`);
       const shard = run.shard(shardDecisions(plan, choices));
-      await writeExpertEdit(model, edit, req.out!, { force: req.force, ...(shard ? { shard } : {}) });
+      await writeExpertEdit(model, edit, req.out!, { force: req.force, dropMtp: req.dropMtp, ...(shard ? { shard } : {}) });
       finish();
       phase?.succeed(`wrote ${req.out}${req.shard ? ` (shard ${req.shard.index}/${req.shard.count})` : ''}`);
       // a shard holds part of the checkpoint: its sizes stay the plan's prediction
@@ -367,6 +375,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
     }
     return {
       tool: 'moe merge',
+      ...(view.mtp?.length ? { mtp: { kept: [], dropped: view.mtp.map((m) => m.layer.index) } } : {}),
       model: req.model,
       out: req.out,
       dryRun: !!req.dryRun,

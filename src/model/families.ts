@@ -97,6 +97,7 @@ const ernie: FamilyHooks = {
 export const FAMILY_HOOKS: Readonly<Record<string, FamilyHooks>> = {
   deepseek_v2: mla,
   deepseek_v3: mla,
+  glm4_moe_lite: mla,
   mixtral: uniformWindow,
   phimoe: uniformWindow,
   gpt_oss: gptOss,

@@ -11,6 +11,7 @@
  *   byte for byte, or new float32 weights encoded in the input's storage format), the router rows in lockstep
  *   (weight, bias, e_score_correction_bias), and the coupled config keys (expert count, top-k, expert groups).
  */
+import { mtpCountKey, mtpIndices } from './mtp.js';
 import { fail } from '../errors.js';
 import type { HFConfig } from '../io/checkpoint.js';
 import { DTYPE_BYTES, fromF32, type Dtype } from '../io/dtype.js';
@@ -266,11 +267,15 @@ export interface ExpertEditPlan {
 export interface ExpertEditOptions extends RewriteOptions {
   /** lower top-k to the expert count when fewer experts than top-k remain (otherwise an error) */
   clampTopK?: boolean;
+  /** drop the multi-token-prediction layers (num_nextn_predict_layers -> 0) instead of keeping them consistent */
+  dropMtp?: boolean;
 }
 
 export interface ExpertEditResult extends RewriteResult {
   numExperts: number;
   topK: number;
+  /** multi-token-prediction layers written (edited like the others, or copied) and dropped */
+  mtp?: { kept: number[]; dropped: number[] };
   groups?: { nGroup: number; topkGroup: number };
 }
 
@@ -287,9 +292,10 @@ function checkExpertPlan(
   const E = view.dims.numExperts;
   const H = view.dims.hidden;
   const edits = new Map<number, LayerExpertEdit>();
+  const mtp = mtpIndices(view);
   for (const le of plan.layers) {
-    if (!view.moeLayers.includes(le.layer))
-      fail('Usage', `layer ${le.layer} is not a MoE layer of this ${view.family} model (MoE layers: ${view.moeLayers.join(', ')})`);
+    if (!view.moeLayers.includes(le.layer) && !mtp.includes(le.layer))
+      fail('Usage', `layer ${le.layer} is not a MoE layer of this ${view.family} model (MoE layers: ${[...view.moeLayers, ...mtp].join(', ')})`);
     if (edits.has(le.layer)) fail('Usage', `layer ${le.layer} is edited twice`);
     if (le.experts.length === 0) fail('Usage', `layer ${le.layer}: at least one expert must remain`);
     for (const s of le.experts) {
@@ -308,13 +314,15 @@ function checkExpertPlan(
     }
     edits.set(le.layer, le);
   }
-  const counts = view.moeLayers.map((l) => edits.get(l)?.experts.length ?? E);
+  // MTP layers count when edited (one left unedited is kept or dropped by writeExpertEdit)
+  const counted = [...view.moeLayers, ...mtp.filter((l) => edits.has(l))];
+  const counts = counted.map((l) => edits.get(l)?.experts.length ?? E);
   const E2 = counts[0] ?? E;
-  const odd = view.moeLayers.find((_, i) => counts[i] !== E2);
+  const odd = counted.find((_, i) => counts[i] !== E2);
   if (odd !== undefined) {
     fail(
       'Usage',
-      `every MoE layer must have the same number of experts (stock loaders read one '${view.numExpertsKey}'): layer ${view.moeLayers[0]} has ${E2}, layer ${odd} has ${counts[view.moeLayers.indexOf(odd)]}`,
+      `every MoE layer must have the same number of experts (stock loaders read one '${view.numExpertsKey}'): layer ${counted[0]} has ${E2}, layer ${odd} has ${counts[counted.indexOf(odd)]}`,
     );
   }
   let topK = plan.topK ?? view.dims.topK;
@@ -682,7 +690,7 @@ export async function writeExpertEdit(model: Model, plan: ExpertEditPlan, out: s
     list.push(n);
   }
   for (const [l, edit] of edits) {
-    const block = view.layers[l]!.block as MoeBlock;
+    const block = (l < view.dims.layers ? view.layers[l]! : view.mtp!.find((m) => m.layer.index === l)!.layer).block as MoeBlock;
     const cache = new Map<number, Promise<SwiGLUWeights>>();
     const weights = (i: number) => {
       const s = edit.experts[i] as Extract<ExpertSource, { weights: unknown }>;
@@ -727,15 +735,30 @@ export async function writeExpertEdit(model: Model, plan: ExpertEditPlan, out: s
     config[g.nGroupKey] = groups.nGroup;
     config[g.topkGroupKey] = groups.topkGroup;
   }
-  if (E2 !== view.dims.numExperts) {
-    let mtp = false;
-    for (const [l, names] of namesByLayer) {
-      if (!Number.isFinite(l) || l < view.dims.layers) continue;
-      for (const n of names) fates.set(n, { kind: 'drop' });
-      mtp = true;
-    }
-    if (mtp || ckpt.config.num_nextn_predict_layers) config.num_nextn_predict_layers = 0;
+  // layers after the decoder layers: recognised MTP layers are kept (edited like the others) unless dropMtp; others
+  // (an MTP layer moe does not recognise) are dropped when their experts would no longer match
+  const mtp = mtpIndices(view);
+  const kept: number[] = [];
+  const dropped: number[] = [];
+  const changed = E2 !== view.dims.numExperts;
+  if (changed && !opts.dropMtp) {
+    const missing = mtp.find((l) => !edits.has(l));
+    if (missing !== undefined)
+      fail(
+        'Usage',
+        `multi-token-prediction layer ${missing} has no edit: its ${view.dims.numExperts} experts would not match the other layers' ${E2} (plan it with them, or give --drop-mtp)`,
+      );
   }
+  const extra = [...namesByLayer.keys()].filter((l) => Number.isFinite(l) && l >= view.dims.layers).sort((a, b) => a - b);
+  for (const l of extra) {
+    if (opts.dropMtp || (changed && !mtp.includes(l))) {
+      for (const n of namesByLayer.get(l)!) fates.set(n, { kind: 'drop' });
+      dropped.push(l);
+    } else if (mtp.includes(l)) kept.push(l);
+  }
+  const key = mtpCountKey(view.family) ?? 'num_nextn_predict_layers';
+  if (kept.length === 0 && (dropped.length || (changed && ckpt.config[key]))) config[key] = 0;
+  else if (kept.length && dropped.length) config[key] = kept.length;
   const r = await rewriteCheckpoint(model, { fates, config }, out, opts);
-  return { ...r, numExperts: E2, topK, ...(groups ? { groups } : {}) };
+  return { ...r, numExperts: E2, topK, ...(groups ? { groups } : {}), ...(kept.length || dropped.length ? { mtp: { kept, dropped } } : {}) };
 }

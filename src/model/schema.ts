@@ -58,6 +58,11 @@ const SparseLayers = z.discriminatedUnion('kind', [
   z.object({ kind: z.literal('step'), stepKey: z.string(), denseListKey: z.string() }).strict(),
   /** deepseek: MoE iff l >= first_k_dense_replace and l % moe_layer_freq == 0 */
   z.object({ kind: z.literal('first-k'), firstKKey: z.string(), freqKey: z.string() }).strict(),
+  /**
+   * glm4_moe_lite: a list with one entry per layer (`mlp_layer_types`: "sparse" = MoE, "dense" = MLP); when the
+   * config has none, the first `denseFirstDefault` layers are dense and the rest MoE (the configuration's default)
+   */
+  z.object({ kind: z.literal('types'), typesKey: z.string(), sparse: z.string(), dense: z.string(), denseFirstDefault: z.number().int().min(0) }).strict(),
   /** ernie: MoE iff (l+1) % interval == 0 and start <= l <= end (end -1 = last layer) */
   z
     .object({

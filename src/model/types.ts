@@ -200,4 +200,25 @@ export interface ModelView {
   topKKey: string;
   /** indices of the MoE layers (the others are dense) */
   moeLayers: number[];
+  /**
+   * multi-token-prediction layers stored after the decoder layers (DeepSeek-V3 / GLM-4.5: model.layers.{L + i}),
+   * when the checkpoint holds them; src/model/mtp.ts
+   */
+  mtp?: MtpLayerView[];
+}
+
+/**
+ * One MTP layer (transformers' MtpLayer): h' = layer(eh_proj([enorm(embed(t+1)); hnorm(h)])), then
+ * shared_head.norm; its decoder layer is an ordinary MoE layer at index L + i.
+ */
+export interface MtpLayerView {
+  layer: LayerView & { block: MoeBlock };
+  enorm: NormRef;
+  hnorm: NormRef;
+  /** [H, 2H] */
+  ehProj: string;
+  /** shared_head.norm: the norm before the (shared) head */
+  headNorm: NormRef;
+  /** shared_head.head, when the checkpoint stores a copy of lm_head there */
+  head?: string;
 }

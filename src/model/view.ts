@@ -8,6 +8,7 @@ import type { Checkpoint, HFConfig } from '../io/checkpoint.js';
 import { ConfigReader } from './config.js';
 import { FAMILY_HOOKS } from './families.js';
 import { formatOf, linearPresent } from './load.js';
+import { mtpLayerCount, mtpView } from './mtp.js';
 import { getArchitecture } from './registry.js';
 import type { Architecture, TensorTemplate } from './schema.js';
 import type { AttentionSpec, DenseBlock, LayerView, LinearRef, ModelDims, ModelView, MoeBlock, NormRef, RopeSpec, RoutingRule, SwiGLURefs } from './types.js';
@@ -30,6 +31,19 @@ export function fillTemplate(t: string, layer?: number, expert?: number): string
 function moeLayerIndices(arch: Architecture, cfg: ConfigReader, layers: number): number[] {
   const rule = arch.sparseLayers;
   const out: number[] = [];
+  if (rule.kind === 'types') {
+    const types = cfg.raw(rule.typesKey);
+    if (types === undefined || types === null) {
+      for (let l = Math.min(rule.denseFirstDefault, layers); l < layers; l++) out.push(l);
+      return out;
+    }
+    if (!Array.isArray(types) || types.length !== layers || types.some((t) => t !== rule.sparse && t !== rule.dense))
+      fail('InvalidConfig', `${cfg.where}: '${rule.typesKey}' must list ${layers} entries, each "${rule.sparse}" or "${rule.dense}"`);
+    types.forEach((t, l) => {
+      if (t === rule.sparse) out.push(l);
+    });
+    return out;
+  }
   for (let l = 0; l < layers; l++) {
     if (rule.kind === 'all') out.push(l);
     else if (rule.kind === 'step') {
@@ -194,7 +208,10 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
     }
   }
   const layerViews: LayerView[] = [];
-  for (let l = 0; l < layers; l++) {
+  // multi-token-prediction layers (src/model/mtp.ts) follow the decoder layers and always have the MoE block
+  const mtpCount = mtpLayerCount(family, config, ckpt, layers, fillTemplate(t.layerPrefix, layers));
+  const mtpViews: LayerView[] = [];
+  for (let l = 0; l < layers + mtpCount; l++) {
     const prefix = fillTemplate(t.layerPrefix, l);
     const tensors: Record<string, string> = {};
     for (const [role, tpl] of Object.entries(t.attention)) {
@@ -202,7 +219,7 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
       if (name) tensors[role] = prefix + name;
     }
     let block: MoeBlock | DenseBlock;
-    if (isMoe.has(l)) {
+    if (isMoe.has(l) || l >= layers) {
       const router: MoeBlock['router'] = { weight: prefix + routerT.weight };
       const rb = resolveTensor(routerT.bias, cfg);
       if (rb) router.bias = prefix + rb;
@@ -243,7 +260,7 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
     } else {
       block = { kind: 'dense', mlp: swiglu(t.dense!, prefix, dims.denseIntermediate) };
     }
-    layerViews.push({
+    (l < layers ? layerViews : mtpViews).push({
       index: l,
       prefix,
       inputNorm: norm(prefix + t.inputNorm, t.inputNormBias && prefix + t.inputNormBias),
@@ -287,6 +304,7 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
     },
   };
   if (!dims.tieEmbeddings) view.lmHead = t.lmHead;
+  if (mtpViews.length) view.mtp = mtpViews.map((layer) => mtpView(layer, eps));
   const lmBias = resolveTensor(t.lmHeadBias, cfg);
   if (lmBias) view.forward.lmHeadBias = lmBias;
   FAMILY_HOOKS[family]?.adjust?.(view, cfg);
@@ -317,7 +335,7 @@ export function viewTensors(view: ModelView): { name: string; linear?: LinearRef
     }
   };
   plain(view.embed);
-  for (const l of view.layers) {
+  for (const l of [...view.layers, ...(view.mtp ?? []).map((m) => m.layer)]) {
     plain(l.inputNorm.weight);
     plain(l.inputNorm.bias);
     for (const [role, n] of Object.entries(l.attention.tensors)) {
@@ -337,6 +355,12 @@ export function viewTensors(view: ModelView): { name: string; linear?: LinearRef
         plain(l.block.shared.gateWeight);
       }
     }
+  }
+  for (const m of view.mtp ?? []) {
+    out.push({ name: m.ehProj, linear: { tensor: m.ehProj, outFeatures: 0, inFeatures: 0 } });
+    plain(m.enorm.weight);
+    plain(m.hnorm.weight);
+    plain(m.headNorm.weight);
   }
   plain(view.finalNorm.weight);
   plain(view.finalNorm.bias);

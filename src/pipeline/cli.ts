@@ -6,10 +6,12 @@
  */
 import { type Command, Option } from 'commander';
 import { createProgress } from '../cli/progress.js';
-import { deferPublish } from '../io/output.js';
+import { runFingerprint } from '../io/fingerprint.js';
+import { deferPublish, withRunIdentity } from '../io/output.js';
 import { count, number, shard, wholeNumber } from '../cli/options.js';
 import { DATA_NEEDS, type AnyCommand } from './descriptor.js';
 import { commandOptions, type OptionInfo } from './schema.js';
+import { inputPaths } from './validate.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
@@ -108,7 +110,9 @@ export function registerCommand(program: Command, d: AnyCommand): Command {
     const quiet = !!given.quiet;
     const progress = createProgress({ quiet, json });
     // the report is written into the staged output and only a complete output is published (src/io/output.ts)
-    const report = await deferPublish(() => d.run({ ...raw, progress }, { args, progress }));
+    // and a staging directory of another run (other inputs or options) is discarded, not resumed
+    const identity = await runFingerprint(d.name, raw, [...(typeof raw.model === 'string' ? [raw.model] : []), ...inputPaths(options, raw), ...args]);
+    const report = await deferPublish(() => withRunIdentity(identity, () => d.run({ ...raw, progress }, { args, progress })));
     if (json) process.stdout.write(JSON.stringify(d.json ? d.json(report) : report, null, 2) + '\n');
     else {
       const text = d.print?.(report, { ...raw, json, quiet });

@@ -79,6 +79,8 @@ export const common = {
         .optional(),
       { help, arg: 'i/n', parse: 'shard', recipe: false },
     ),
+  dropMtp: (help = 'drop the multi-token-prediction layers (num_nextn_predict_layers -> 0) instead of editing them like the others') =>
+    field(z.boolean().default(false), { help }),
   dryRun: (help = 'print the plan and the estimated peak memory, write nothing') => field(z.boolean().default(false), { help, recipe: false }),
   force: (help = 'replace an existing --out') => field(z.boolean().default(false), { help, recipe: false }),
 };

@@ -25,6 +25,7 @@ export async function calibrationStats(model: Model, req: PruneRun): Promise<Cal
     model,
     calib: req.calib,
     format: calibFormat(req),
+    mtp: !req.dropMtp && !!model.view.mtp?.length,
     calibTokens: req.calibTokens,
     stats: req.stats,
     progress: req.progress,

@@ -43,6 +43,7 @@ export const PRUNE_OPTIONS = z.object({
   shard: common.shard(
     'layer-parallel job i of n: write only layers l with l % n = i (join the parts with moe assemble; use the same --stats, --plan or --seed in every job)',
   ),
+  dropMtp: common.dropMtp(),
   dryRun: common.dryRun('print the plan, write nothing'),
   force: common.force(),
 });

@@ -10,6 +10,7 @@ import type { CalibStats } from '../calibrate/types.js';
 import type { Progress } from '../cli/progress.js';
 import { fail } from '../errors.js';
 import type { Model } from '../model/open.js';
+import type { LayerView } from '../model/types.js';
 import { writeExpertEdit, type ExpertEditPlan } from '../model/rewrite.js';
 import { getMethod, type PruneMethod } from './methods.js';
 import { checkKeep, keepFromRatio, keptFromScores, layerPlan, type LayerPlan, type PrunePlan } from './plan.js';
@@ -59,6 +60,8 @@ export interface PruneReport {
   groups?: PrunePlan['groups'];
   calibration: { source: 'calib' | 'stats' | 'plan' | 'none'; path?: string; tokens: number };
   layers: LayerReport[];
+  /** multi-token-prediction layers: kept (pruned like the others, planned in `layers` on their own inputs) or dropped (--drop-mtp) */
+  mtp?: { kept: number[]; dropped: number[] };
   /** --keep-per-layer auto: the per-layer counts the same total would allow, and the error they would save */
   keepPerLayer?: AllocationReport;
   sizes: { before: SizeSummary; after: SizeSummary; predicted: boolean };
@@ -79,6 +82,11 @@ export function validateRequest(req: PruneRequest): PruneMethod {
   return getMethod(o.method);
 }
 
+/** The layers a plan covers: the decoder layers, then the multi-token-prediction layers unless they are dropped. */
+function editedLayers(view: Model['view'], dropMtp: boolean): LayerView[] {
+  return [...view.layers, ...(dropMtp ? [] : (view.mtp ?? []).map((m) => m.layer))];
+}
+
 /** Score every MoE layer with a statistics-based method (or the random baseline) and keep the best. */
 function planFromScores(
   model: Model,
@@ -87,14 +95,20 @@ function planFromScores(
   groups: PrunePlan['groups'],
   stats: CalibStats | undefined,
   seed: number,
+  dropMtp: boolean,
 ): LayerReport[] {
   const byLayer = new Map(stats?.layers.map((s) => [s.layer, s]) ?? []);
   const rng = seededRandom(seed);
   const out: LayerReport[] = [];
-  for (const layer of model.view.layers) {
+  for (const layer of editedLayers(model.view, dropMtp)) {
     if (layer.block.kind !== 'moe') continue;
     const E = layer.block.experts.length;
     const ls = byLayer.get(layer.index);
+    if (stats && !ls && layer.index >= model.view.dims.layers)
+      fail(
+        'InvalidStats',
+        `the statistics have no multi-token-prediction layer ${layer.index} (saved artifacts score the decoder layers only): give --calib FILE, or --drop-mtp`,
+      );
     if (stats && (!ls || ls.numExperts !== E))
       fail(
         'InvalidStats',
@@ -107,7 +121,7 @@ function planFromScores(
 }
 
 /** A saved plan, checked against this model: every MoE layer once, `keep` distinct experts in range, groups kept even. */
-function checkSavedPlan(view: Model['view'], raw: unknown, keep: number, groups: PrunePlan['groups'], path: string): LayerReport[] {
+function checkSavedPlan(view: Model['view'], raw: unknown, keep: number, groups: PrunePlan['groups'], path: string, dropMtp: boolean): LayerReport[] {
   const bad = (why: string): never => fail('InvalidData', `${path}: ${why}`);
   if (!Array.isArray(raw)) bad('the plan is not a list of layers');
   const byLayer = new Map<number, LayerReport>();
@@ -116,7 +130,7 @@ function checkSavedPlan(view: Model['view'], raw: unknown, keep: number, groups:
     if (byLayer.has(l.layer)) bad(`layer ${l.layer} is planned twice`);
     byLayer.set(l.layer, l);
   }
-  const out = view.layers
+  const out = editedLayers(view, dropMtp)
     .filter((layer) => layer.block.kind === 'moe')
     .map((layer) => {
       const l = byLayer.get(layer.index) ?? bad(`MoE layer ${layer.index} has no kept set`);
@@ -187,7 +201,7 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
       // the plan depends on the method and the kept count; the text it was scored on is the plan's own business
       const settings = { method: method.name, keep, ...(method.needs === 'none' ? { seed } : {}) };
       if (req.plan) {
-        layers = checkSavedPlan(view, await load<LayerReport[]>(settings), keep, groups, req.plan);
+        layers = checkSavedPlan(view, await load<LayerReport[]>(settings), keep, groups, req.plan, req.dropMtp);
         calibration = { source: 'plan', path: req.plan, tokens: 0 };
       } else if (method.needs === 'sequential') {
         // the runtime (tfjs) is loaded only for data-driven methods
@@ -202,7 +216,7 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
           stats = await calibrationStats(model, req);
           calibration = { source: req.stats ? 'stats' : 'calib', path: req.stats ?? req.calib, tokens: stats.tokens };
         }
-        layers = planFromScores(model, method, keep, groups, stats, seed);
+        layers = planFromScores(model, method, keep, groups, stats, seed, req.dropMtp);
       }
       await save(settings, layers);
 
@@ -211,7 +225,14 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
         const g = view.routing.groups;
         if (g && g.nGroup > 1) fail('Usage', `--refit-router: ${view.family} routes within ${g.nGroup} expert groups, which the refit does not handle`);
         const { refitRouters } = await import('./refit.js');
-        refitted = (await refitRouters(model, req, layers)).rows;
+        // the decoder layers' forward pass: an MTP layer's rows stay sliced
+        refitted = (
+          await refitRouters(
+            model,
+            req,
+            layers.filter((l) => l.layer < view.dims.layers),
+          )
+        ).rows;
       }
       let keepPerLayer: AllocationReport | undefined;
       if (req.keepPerLayer === 'auto') {
@@ -219,7 +240,13 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
         if (g && g.nGroup > 1)
           fail('Usage', `--keep-per-layer auto: ${view.family} routes within expert groups; per-layer counts would have to keep them even`);
         const { perLayerReport } = await import('./refit.js');
-        keepPerLayer = await perLayerReport(model, req, layers, keep);
+        // the decoder layers only: the MTP layers keep the count of the others
+        keepPerLayer = await perLayerReport(
+          model,
+          req,
+          layers.filter((l) => l.layer < view.dims.layers),
+          keep,
+        );
       }
       const edit: ExpertEditPlan = {
         layers: layers.map((l) => ({
@@ -232,9 +259,11 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
       const before = checkpointSizes(model.ckpt, view);
       let after: SizeSummary;
       let predicted = true;
+      let mtp: PruneReport['mtp'];
       if (req.dryRun) {
         // the writer's own plan: validates the edit (groups, top-k) and gives the exact output bytes
-        const planned = await writeExpertEdit(model, edit, req.out ?? `${model.dir}.pruned`, { dryRun: true });
+        const planned = await writeExpertEdit(model, edit, req.out ?? `${model.dir}.pruned`, { dryRun: true, dropMtp: req.dropMtp });
+        mtp = planned.mtp;
         const removed = new Map(layers.map((l) => [l.layer, l.removed]));
         after = {
           ...predictedSizes(model.ckpt, view, before, removed),
@@ -243,11 +272,14 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
         };
       } else {
         const phase = req.progress?.phase(`writing ${req.out}`);
-        await writeExpertEdit(model, edit, req.out!, {
-          force: req.force,
-          shard: shard(layers.map((l) => [l.layer, l.kept])),
-          onProgress: (d, t) => phase?.tick(d, t, 'tensors'),
-        });
+        mtp = (
+          await writeExpertEdit(model, edit, req.out!, {
+            force: req.force,
+            dropMtp: req.dropMtp,
+            shard: shard(layers.map((l) => [l.layer, l.kept])),
+            onProgress: (d, t) => phase?.tick(d, t, 'tensors'),
+          })
+        ).mtp;
         phase?.succeed(`wrote ${req.out}${req.shard ? ` (shard ${req.shard.index}/${req.shard.count})` : ''}`);
         // a shard holds part of the checkpoint: its sizes stay the plan's prediction
         if (req.shard) after = predictedSizes(model.ckpt, view, before, new Map(layers.map((l) => [l.layer, l.removed])));
@@ -271,6 +303,7 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
         groups,
         calibration,
         layers,
+        ...(mtp ? { mtp } : {}),
         ...(keepPerLayer ? { keepPerLayer } : {}),
         sizes: { before, after, predicted },
         memory: await estimateMemory(model, req, method, calibration.tokens),

@@ -63,6 +63,7 @@ export const QUANTIZE_OPTIONS = z.object({
   ignore: field(z.array(z.string()).default([]), { help: 'leave matching linear modules unquantized (repeatable)', arg: 'regex' }),
   calib: common.calib(),
   calibIds: common.calibIds(),
+  dropMtp: common.dropMtp(),
   calibTokens: common.calibTokens(),
   seqLen: common.seqLen(),
   solverTimeLimit: field(z.number().positive().optional(), { help: 'allocation solver time limit in seconds', arg: 's', defaultText: '20' }),

@@ -22,6 +22,7 @@
  *   pass: each layer's packed tensors are handed to the writer as they are produced (handoff.ts), so about one
  *   layer of output is in memory. --shard i/n writes only layers l % n == i plus a manifest for moe assemble.
  */
+import { mtpPassThrough } from '../model/mtp.js';
 import type { z } from 'zod';
 import type { Progress } from '../cli/progress.js';
 import { loadWindowSet } from '../data/windows.js';
@@ -617,7 +618,16 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
   }
   const qcSpec = { groupSize: gs, sym: v.settings.sym, actOrder: v.settings.actOrder, damp: v.settings.damp };
   const qc = outputConfig(v.format, !!v.target, decisions, modQuant, unquantized, qcSpec);
-  const rewritePlan = { fates, config: { quantization_config: qc } };
+  // multi-token-prediction layers are outside the plan: copied and declared unquantized, or dropped (--drop-mtp)
+  const mtp = mtpPassThrough(view, ckpt.tensorNames, (n) => layerOfTensor(view, n), !!req.dropMtp);
+  for (const n of mtp.dropped) fates.set(n, { kind: 'drop' });
+  if (mtp.exclusions.length) {
+    if (qc.dynamic && typeof qc.dynamic === 'object') for (const x of mtp.exclusions) (qc.dynamic as Record<string, unknown>)[x] = {};
+    // compressed-tensors: a regex entry of `ignore` per MTP layer
+    else if (Array.isArray(qc.ignore)) for (const x of mtp.exclusions) (qc.ignore as string[]).push(`re:${x.slice(2)}.*`);
+    else fail('Usage', `this quantization_config cannot declare the multi-token-prediction layers unquantized: give --drop-mtp`);
+  }
+  const rewritePlan = { fates, config: { quantization_config: qc, ...mtp.config } };
   const shardSpec = pr.shard({ units: planFile.units.map((u) => [u.id, u.choice]), linears: planFile.linears });
 
   let applyMs = 0;
@@ -812,6 +822,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     ...(req.savePlan ? { planSaved: req.savePlan } : {}),
     ...(fusedLayout && !('refuse' in fusedLayout) ? { fusedExperts: describeFusedExperts(ckpt, view, fusedLayout) } : {}),
   });
+  if (mtp.layers.length) report.mtp = req.dropMtp ? { unquantized: [], dropped: mtp.layers } : { unquantized: mtp.layers, dropped: [] };
   return report;
 }
 

@@ -24,6 +24,8 @@ export interface ClassSize {
 
 export interface QuantizeReport {
   tool: 'moe quantize';
+  /** multi-token-prediction layers: copied unquantized (a `-:` rule each in quantization_config.dynamic) or dropped (--drop-mtp) */
+  mtp?: { unquantized: number[]; dropped: number[] };
   model: string;
   out?: string;
   dryRun: boolean;

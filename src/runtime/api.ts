@@ -134,6 +134,11 @@ export interface StreamOptions {
    * after the last layer run (the pass is over).
    */
   checkpoint?: StreamCheckpoint;
+  /**
+   * also run the model's multi-token-prediction layers (view.mtp) after the decoder layers, on their own inputs,
+   * with the same hooks (layer index L + i); for calibration statistics of the MTP layers' experts
+   */
+  mtp?: boolean;
 }
 
 export interface StreamCheckpoint {

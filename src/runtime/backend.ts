@@ -25,6 +25,8 @@ export interface BackendReport {
   candidates: BackendCandidate[];
   /** the backend `auto` picks (or the one explicitly requested, when available) */
   chosen: string;
+  /** what was asked for (`auto` or one name) */
+  requested?: BackendChoice;
 }
 
 const TF_PACKAGES = ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'] as const;
@@ -154,7 +156,7 @@ async function probeCpu(): Promise<BackendCandidate> {
 /** Every candidate with whether it can be used here and why (for `moe inspect` / diagnostics). */
 export async function describeBackends(choice: BackendChoice = 'auto'): Promise<BackendReport> {
   const candidates = [await probeTensorflow(), await probeWebgpu(), await probeWasm(), await probeCpu()];
-  return { candidates, chosen: chooseBackend(candidates, choice) };
+  return { candidates, chosen: chooseBackend(candidates, choice), requested: choice };
 }
 
 /** The ladder's rule: `auto` takes the first usable candidate in order; an explicit choice only itself. */

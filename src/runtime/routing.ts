@@ -6,10 +6,12 @@
  * - softmax scoring in fp32 over all experts, then top-k, optional renormalisation (mixtral, qwen2_moe, qwen3_moe,
  *   olmoe: modeling_mixtral.py / modeling_qwen2_moe.py / modeling_olmoe.py).
  * - DeepSeek-V2 (modeling_deepseek_v2.py): softmax; group_limited_greedy ranks groups by their max score; the
- *   experts of dropped groups are masked to -inf (transformers 5's masked_fill(~mask, -inf)); weights x routed_scaling_factor,
- *   no renormalisation.
+ *   experts of dropped groups are masked to 0.0 (masked_fill(~mask, 0.0)); softmax scores are positive, so this
+ *   selects as -inf does (the kept groups always supply k experts); weights x routed_scaling_factor, no renormalisation.
  * - DeepSeek-V3 (modeling_deepseek_v3.py DeepseekV3TopkRouter.get_topk_indices): sigmoid; selection on
- *   s + e_score_correction_bias; group score = sum of the group's top-2 biased scores; dropped groups masked to -inf;
+ *   s + e_score_correction_bias; group score = sum of the group's top-2 biased scores; dropped groups masked to -inf
+ *   (transformers 5.18 masked_fill(~score_mask, float("-inf")), also glm4_moe / glm4_moe_lite: a kept expert whose
+ *   biased score is negative still beats every dropped one);
  *   weights = unbiased sigmoid scores gathered at the chosen experts; / (sum + 1e-20) when norm_topk_prob; x scale.
  * - granite / gpt_oss: top-k on raw logits, then softmax over the k (modeling_granitemoe.py GraniteMoeTopKGating,
  *   modeling_gpt_oss.py GptOssTopKRouter); llama4: sigmoid of the k logits.
@@ -137,9 +139,8 @@ export function route(rule: RoutingRule, logits: Float32Array, T: number, E: num
       for (let g = 0; g < groups.nGroup; g++) {
         let kept = false;
         for (let p = 0; p < groups.topkGroup; p++) if (gKeep![p] === g) kept = true;
-        // dropped groups are masked to -inf (transformers 5: masked_fill(~score_mask, -inf), as DeepSeek's own
-        // inference code); transformers 4 filled 0.0, which let a dropped expert beat a kept one whose biased score
-        // is negative: that was the glm4_moe / deepseek_v3 mismatch against transformers 5 (test/interop)
+        // transformers 5.18 masks dropped groups to -inf (deepseek_v3, glm4_moe, glm4_moe_lite; deepseek_v2's 0.0 on
+        // positive softmax scores selects the same experts)
         if (!kept) for (let j = 0; j < gsz; j++) choice[g * gsz + j] = -Infinity;
       }
     }

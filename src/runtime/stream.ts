@@ -197,8 +197,9 @@ export async function streamModel(model: Model, windows: readonly Int32Array[], 
           ),
       }
     : undefined;
-  for (const layer of start ? v.layers.slice(start) : v.layers) {
-    const before = hooks.onLayerOutput ? h.slice() : undefined;
+  // one decoder layer over N windows of S tokens, in place on h [N*S, H] (the MTP layers run it on their own inputs)
+  const decoderLayer = async (layer: LayerView, h: Float32Array, N: number, S: number, tables: ReturnType<typeof ropeTables>): Promise<void> => {
+    const T = N * S;
     // ---- attention
     const n1 = await norm(model, layer.inputNorm);
     const xa = applyNorm(h, H, n1);
@@ -316,10 +317,41 @@ export async function streamModel(model: Model, windows: readonly Int32Array[], 
         await hooks.onMoeLayerDone({ layer, T, hidden: H, routing, x, slotNorm: res.slotNorm, residualIn: residualIn!, residualOut: h });
       }
     }
+  };
+  for (const layer of start ? v.layers.slice(start) : v.layers) {
+    const before = hooks.onLayerOutput ? h.slice() : undefined;
+    await decoderLayer(layer, h, N, S, tables);
     if (hooks.onLayerOutput) await hooks.onLayerOutput(layer.index, before!, h);
     if (opts.checkpoint && layer.index < last) await opts.checkpoint.save(layer.index, h);
     opts.onProgress?.(layer.index + 1, L);
     if (opts.stopAfterLayer !== undefined && layer.index >= opts.stopAfterLayer) return { nll: 0, scored: 0, expertCalls, expertSlots };
+  }
+  if (opts.mtp && v.mtp?.length) {
+    // the MTP layers on their own inputs (transformers' MtpLayer): depth d sees token t+d+1's embedding and the
+    // hidden state of position t (the main model's last hidden state, then the previous depth's normed output), so
+    // each window is one token shorter per depth. Positions start at 0: RoPE scores depend on offsets only.
+    let prev: Float32Array = h.slice();
+    let Sd = S;
+    for (let d = 0; d < v.mtp.length && Sd > 1; d++) {
+      const m = v.mtp[d]!;
+      const S1 = Sd - 1;
+      const T1 = N * S1;
+      const shifted = windows.map((w) => w.subarray(d + 1, d + 1 + S1));
+      const e = applyNorm(await embedTokens(model, shifted), H, await norm(model, m.enorm));
+      const hn = await norm(model, m.hnorm);
+      const cat = new Float32Array(T1 * 2 * H);
+      for (let n = 0; n < N; n++)
+        for (let t = 0; t < S1; t++) {
+          const row = n * S1 + t;
+          cat.set(e.subarray(row * H, (row + 1) * H), row * 2 * H);
+          // previous depth's row t of window n (its windows are Sd long)
+          cat.set(applyNorm(prev.subarray((n * Sd + t) * H, (n * Sd + t + 1) * H), H, hn), row * 2 * H + H);
+        }
+      const x = linear(cat, T1, await loadLinear(model.ckpt, { tensor: m.ehProj, outFeatures: H, inFeatures: 2 * H }));
+      await decoderLayer(m.layer, x, N, S1, ropeTables({ ...v.rope }, S1, v.dims.maxPositions || S1));
+      prev = applyNorm(x, H, await norm(model, m.headNorm));
+      Sd = S1;
+    }
   }
   const fn = await norm(model, v.finalNorm);
   const out = applyNorm(h, H, fn, h);

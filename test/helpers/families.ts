@@ -25,6 +25,7 @@ export const FAMILIES = [
   'glm4_moe',
   'minimax_m2',
   'ernie4_5_moe',
+  'glm4_moe_lite',
 ] as const;
 export type Family = (typeof FAMILIES)[number];
 
@@ -220,6 +221,34 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
       isMoe = (l) => l >= 1;
       break;
     }
+    case 'glm4_moe_lite':
+      // transformers 5.18 configuration_glm4_moe_lite.py: DeepSeek-V3 attention keys, MoE layers from mlp_layer_types
+      config = {
+        ...base,
+        model_type: 'glm4_moe_lite',
+        architectures: ['Glm4MoeLiteForCausalLM'],
+        num_key_value_heads: heads,
+        intermediate_size: DI,
+        moe_intermediate_size: I,
+        n_routed_experts: E,
+        n_shared_experts: 1,
+        num_experts_per_tok: K,
+        mlp_layer_types: Array.from({ length: L }, (_, l) => (l === 0 ? 'dense' : 'sparse')),
+        // GLM-4.7-Flash ships n_group 1 (the group path is deepseek_v3's, covered there)
+        n_group: 1,
+        topk_group: 1,
+        routed_scaling_factor: 1.8,
+        norm_topk_prob: true,
+        q_lora_rank: 16,
+        kv_lora_rank: 16,
+        qk_nope_head_dim: 8,
+        qk_rope_head_dim: 4,
+        v_head_dim: 8,
+        rope_interleave: true,
+        rms_norm_eps: 1e-5,
+      };
+      isMoe = (l) => l >= 1;
+      break;
     case 'glm4_moe':
       config = {
         ...base,
@@ -328,9 +357,9 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
     normW(`${p}input_layernorm.weight`, H);
     if (family === 'phimoe') vec(`${p}input_layernorm.bias`, H);
     // attention
-    if (family === 'deepseek_v2' || family === 'deepseek_v3') {
+    if (family === 'deepseek_v2' || family === 'deepseek_v3' || family === 'glm4_moe_lite') {
       const qk = 8 + 4;
-      if (family === 'deepseek_v3') {
+      if (family !== 'deepseek_v2') {
         linear(`${p}self_attn.q_a_proj.weight`, 16, H);
         normW(`${p}self_attn.q_a_layernorm.weight`, 16);
         linear(`${p}self_attn.q_b_proj.weight`, heads * qk, 16);
@@ -433,7 +462,8 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
       default: {
         // qwen2_moe, qwen3_moe, olmoe, deepseek_v2/v3: mlp.gate + mlp.experts.e.{gate,up,down}_proj
         put(`${p}mlp.gate.weight`, [E, H], randn(E * H, 0.5));
-        if (family === 'deepseek_v3' || family === 'glm4_moe') put(`${p}mlp.gate.e_score_correction_bias`, [E], randn(E, 0.1), 'F32');
+        if (family === 'deepseek_v3' || family === 'glm4_moe' || family === 'glm4_moe_lite')
+          put(`${p}mlp.gate.e_score_correction_bias`, [E], randn(E, 0.1), 'F32');
         if (family === 'ernie4_5_moe') put(`${p}mlp.moe_statics.e_score_correction_bias`, [1, E], randn(E, 0.1), 'F32');
         if (opts.fusedExperts) fusedV5();
         else {
@@ -455,7 +485,7 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
           linear(`${p}mlp.shared_experts.up_proj.weight`, S, H);
           linear(`${p}mlp.shared_experts.down_proj.weight`, H, S);
         }
-        if (family === 'deepseek_v2' || family === 'deepseek_v3' || family === 'glm4_moe') {
+        if (family === 'deepseek_v2' || family === 'deepseek_v3' || family === 'glm4_moe' || family === 'glm4_moe_lite') {
           const S = I; // moe_intermediate_size x n_shared_experts (1)
           linear(`${p}mlp.shared_experts.gate_proj.weight`, S, H);
           linear(`${p}mlp.shared_experts.up_proj.weight`, S, H);

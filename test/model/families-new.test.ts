@@ -154,3 +154,39 @@ describe('--calib-ids (pre-tokenized calibration)', () => {
     for (const n of ['bad1', 'bad2', 'bad3', 'bad4']) await expect(readdir(join(root, n))).rejects.toThrow();
   });
 });
+
+describe('glm4_moe_lite (MLA with q-LoRA, sigmoid group routing, mlp_layer_types)', () => {
+  async function lite(name: string, config: Record<string, unknown>): Promise<string> {
+    const dir = join(root, name);
+    await makeTinyCheckpoint('deepseek_v3', dir, {
+      experts: 8,
+      config: { model_type: 'glm4_moe_lite', architectures: ['Glm4MoeLiteForCausalLM'], first_k_dense_replace: null, ...config },
+    });
+    return dir;
+  }
+
+  it('MoE layers from mlp_layer_types (default: the first dense, the rest sparse); MLA and the DeepSeek-V3 routing', async () => {
+    for (const [name, types] of [
+      ['lite-default', null],
+      ['lite-types', ['dense', 'sparse', 'sparse']],
+    ] as const) {
+      const m = await openModel(await lite(name, { mlp_layer_types: types }));
+      try {
+        expect(m.view.family).toBe('glm4_moe_lite');
+        expect(m.view.moeLayers).toEqual([1, 2]);
+        expect(m.view.attention.kind).toBe('mla');
+        expect(m.view.attention.mla?.qLoraRank).not.toBeNull();
+        expect(m.view.routing).toMatchObject({ score: 'sigmoid', selectionBias: true });
+      } finally {
+        await m.ckpt.close();
+      }
+    }
+  });
+
+  it('refuses an mlp_layer_types list of the wrong length or with unknown entries, one line', async () => {
+    const dir = await lite('lite-bad', { mlp_layer_types: ['dense', 'moe', 'sparse'] });
+    const r = await runMoe(['inspect', '--model', dir]);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/^moe: .*'mlp_layer_types' must list 3 entries, each "sparse" or "dense"\n$/);
+  });
+});

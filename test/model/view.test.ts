@@ -31,6 +31,7 @@ const DENSE: Record<Family, number[]> = {
   glm4_moe: [0],
   minimax_m2: [],
   ernie4_5_moe: [0],
+  glm4_moe_lite: [0],
 };
 
 async function expectMoeError(p: Promise<unknown>, code: string, msg: RegExp): Promise<void> {

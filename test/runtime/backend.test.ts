@@ -64,7 +64,9 @@ describe('backend ladder', () => {
       expect(r.chosen).not.toBe('webgpu');
       await expect(initBackend('webgpu')).rejects.toThrow(/backend 'webgpu' is not available here \(webgpu: /);
       const cli = await runMoe(['inspect', '--model', 'test/fixtures/tiny-mixtral', '--backend', 'webgpu', '--json']);
-      expect(JSON.parse(cli.stdout).backend.chosen).toBe('none');
+      const rep = JSON.parse(cli.stdout).backend;
+      expect(rep.chosen).toBe('none');
+      expect(rep.reason).toBe(`webgpu requested, not usable: ${w.reason}`);
     } finally {
       if (saved !== undefined) process.env['MOE_WEBGPU_FLAGS'] = saved;
     }

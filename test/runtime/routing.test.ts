@@ -84,7 +84,7 @@ describe('routing rules on hand-made logits', () => {
     expect(r4.routing.w[0]).toBeCloseTo(2.5 * s6, 6);
   });
 
-  it('dropped groups are masked to -inf (transformers 5 masked_fill), so a kept expert wins even with a negative biased score', () => {
+  it('dropped groups are masked to -inf (transformers 5.18 DeepseekV3TopkRouter / Glm4MoeTopkRouter masked_fill(~score_mask, -inf)): a kept expert with a negative biased score still wins', () => {
     const l = [0, 0, 0, 0];
     const bias = f32([-1, -0.9, 0.2, 0.1]);
     const rule: RoutingRule = {
@@ -96,16 +96,16 @@ describe('routing rules on hand-made logits', () => {
       scale: 1,
       groups: { nGroup: 2, topkGroup: 1, groupScore: 'top2sum' },
     };
-    // biased: [-0.5, -0.4, 0.7, 0.6]; group1 kept
+    // biased: [-0.5, -0.4, 0.7, 0.6]; group1 kept; masked group0 -> [0, 0, .7, .6]
     const r = route(rule, f32(l), 1, 4, bias);
     expect(Array.from(r.routing.idx)).toEqual([2, 3]);
     const bias2 = f32([0.2, 0.1, -0.9, -0.85]);
-    // biased: [.7, .6, -.4, -.35] -> group0 kept: choose 0,1
+    // biased: [.7, .6, -.4, -.35] -> group0 kept, group1 masked to 0: choose 0,1
     expect(Array.from(route(rule, f32(l), 1, 4, bias2).routing.idx)).toEqual([0, 1]);
-    // kept group with negative scores: group0 biased [-0.3, -0.6], group1 [-0.5, -0.55]; top-2 sums -0.9 vs -1.05,
-    // group 0 kept; its experts win over the masked group 1 (transformers 4 filled 0.0 and picked 2 and 3 here)
+    // kept group with negative scores vs masked zeros: group0 biased [-0.3, -0.6], group1 [-0.5, -0.55]; top-2 sums -0.9 vs -1.05
     const bias3 = f32([-0.8, -1.1, -1.0, -1.05]);
     const r3 = route({ ...rule, topK: 2 }, f32(l), 1, 4, bias3);
+    // the kept group's experts win although their biased scores are negative (a 0.0 mask would pick 2 and 3)
     expect(Array.from(r3.routing.idx)).toEqual([0, 1]);
   });
 

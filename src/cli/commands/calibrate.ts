@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { GRAMS_DIR, loadStats, saveStats, sumStats } from '../../calibrate/artifact.js';
+import { GRAMS_DIR, loadStats, modelIdentity, saveStats, sumStats } from '../../calibrate/artifact.js';
 import { collectStats } from '../../calibrate/collect.js';
 import { gramBytes, gramWriter } from '../../calibrate/grams.js';
 import type { CalibStats } from '../../calibrate/types.js';
@@ -141,6 +141,8 @@ export const CALIBRATE_COMMAND = command({
         onProgress: (l) => ph?.tick(l, L, 'layers'),
         ...(writer ? { extraHooks: writer.hooks } : {}),
       });
+      // the statistics name the model they describe: --stats on another model (even of the same shape) is refused
+      stats.model = await modelIdentity(model);
       const secs = (Date.now() - started) / 1000;
       ph?.succeed(`calibrated ${stats.tokens} tokens in ${secs.toFixed(1)}s (${(stats.tokens / Math.max(secs, 1e-9)).toFixed(0)} tokens/s)`);
       const dir = out;

@@ -1,0 +1,63 @@
+"""
+transformers 5.18 side of the new-family conformance (run.ts, `npm run test:families-py`).
+
+  families.py make FAMILY DIR     build a tiny FAMILY checkpoint with transformers itself (random weights, scaled so
+                                  the logits are far from uniform; random norm weights and correction biases) and
+                                  save_pretrained it to DIR
+  families.py ppl SPEC.json       for each {"dir", "windows"}: load DIR with AutoModelForCausalLM (float32, eager),
+                                  refuse missing weights, and print the perplexity of the windows (every position
+                                  but the first predicts the next token)
+"""
+import json
+import sys
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+TINY = {
+    "glm4_moe_lite": dict(
+        vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=8, routed_scaling_factor=1.8,
+        kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, v_head_dim=16, qk_nope_head_dim=16, n_group=2, topk_group=1,
+        num_experts_per_tok=2, max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1,
+    ),
+}
+
+
+def make(family, out):
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(family, **TINY[family])
+    cfg.initializer_range = 0.15
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "layernorm" in name:
+                p.copy_(1 + 0.3 * (torch.rand_like(p) - 0.5))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.1 * torch.randn_like(b))
+    model.save_pretrained(out)
+
+
+def ppl(spec):
+    out = {}
+    for item in spec:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            item["dir"], dtype=torch.float32, attn_implementation="eager", output_loading_info=True
+        )
+        if info["missing_keys"]:
+            raise SystemExit(f"{item['dir']}: missing weights {sorted(info['missing_keys'])[:5]}")
+        model.eval()
+        ids = torch.tensor(item["windows"], dtype=torch.long)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits.double()
+        lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])
+        out[item["dir"]] = {"ppl": float(torch.exp(-lp.mean())), "unexpected": sorted(info["unexpected_keys"])[:5]}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "make":
+        make(sys.argv[2], sys.argv[3])
+    else:
+        ppl(json.load(open(sys.argv[2])))
