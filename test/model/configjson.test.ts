@@ -31,7 +31,10 @@ afterAll(() => rm(root, { recursive: true, force: true }));
 
 describe('config.json round trip', () => {
   it('covers every family in both sources', () => {
-    expect(texts.length).toBe(2 * FAMILIES.length + 1);
+    // every helper family, and transformers 5.18's own save of the 12 families the interop suite builds
+    // (test/interop/save_configs.py; families added later get theirs when they join that suite)
+    expect(texts.filter(([n]) => n.startsWith('fixture ')).length).toBe(FAMILIES.length);
+    expect(texts.filter(([n]) => n.startsWith('transformers5 ')).length).toBeGreaterThanOrEqual(12);
   });
 
   it('an edit that changes nothing writes the input bytes', () => {
