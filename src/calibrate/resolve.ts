@@ -3,7 +3,7 @@
  * (--calib FILE [--calib-tokens N]) run through the model now. With text the windows are returned as well, for
  * pipelines that run their own layer loop (GPTQ, reconstruction pruning, merging with activations).
  */
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 import { loadWindowSet } from '../data/windows.js';
 import { fail } from '../errors.js';
 import type { Model } from '../model/open.js';

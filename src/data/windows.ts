@@ -13,7 +13,9 @@
  * BOS: tokenizer_config.json `bos_token` (an explicit null means none, as Qwen's), else special_tokens_map.json,
  * else config.json `bos_token_id`; the token string is resolved to its id through tokenizer.json.
  */
+import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { fail } from '../errors.js';
@@ -261,20 +263,85 @@ export async function loadWindowSet(modelDir: string, file: string, opts: Window
     const windows = cutWindows(stream, seqLen, bos, opts.maxTokens, `data file ${file}`);
     return { windows, seqLen, bos, streamTokens: stream.length, lines, scoredTokens: windows.length * (bos === null ? seqLen - 1 : seqLen) };
   }
-  const text = await readTextFile(file);
-  const lines = splitLines(text);
-  if (lines.length === 0) fail('InvalidData', `data file ${file} has no text (every line is empty)`);
   const { tokenizer, bos } = await loadTokenizer(modelDir);
-  const stream = encodeLines(tokenizer, lines);
+  // tokenized lazily: only as many tokens as the budget's windows need, the file streamed line by line (a file of
+  // any size, a single line of 50 MB), so --max-tokens / --calib-tokens bound the time and memory, not the file
+  const budget =
+    opts.maxTokens !== undefined && Number.isInteger(opts.maxTokens) && opts.maxTokens > 0 ? Math.floor(opts.maxTokens / seqLen) * seqLen : undefined;
+  const { stream, lines } = await encodeFile(tokenizer, file, budget);
+  if (lines === 0) fail('InvalidData', `data file ${file} has no text (every line is empty)`);
   const windows = cutWindows(stream, seqLen, bos, opts.maxTokens, `data file ${file}`);
   return {
     windows,
     seqLen,
     bos,
     streamTokens: stream.length,
-    lines: lines.length,
+    lines,
     scoredTokens: windows.length * (bos === null ? seqLen - 1 : seqLen),
   };
+}
+
+/** A line longer than this is tokenized by growing prefixes when a token budget is given (never whole, if not needed). */
+const LONG_LINE_CHARS = 1 << 20;
+
+/** Tokens of a long line's first `need` (or more) tokens: prefixes cut at whitespace, doubled until they give enough. */
+function encodeLongLine(tokenizer: Pick<Tokenizer, 'encode'>, line: string, need: number): number[] {
+  for (let chars = Math.max(4096, need * 16); ; chars *= 2) {
+    if (chars >= line.length) return tokenizer.encode(line, { add_special_tokens: false }).ids;
+    // cut at whitespace so the prefix's tokens are the line's (a word is never split), and keep a margin of
+    // tokens before the cut so the last word's tokens are not the ones used
+    let cut = chars;
+    while (cut > chars / 2 && !/\s/.test(line[cut]!)) cut--;
+    const ids = tokenizer.encode(line.slice(0, cut), { add_special_tokens: false }).ids;
+    if (ids.length >= need + 64) return ids.slice(0, ids.length - 64);
+  }
+}
+
+/**
+ * Stream a text file's lines (trailing \r removed, blank lines skipped) through the tokenizer, stopping once
+ * `budget` tokens are there. Returns the token stream and the lines used.
+ */
+export async function encodeFile(tokenizer: Pick<Tokenizer, 'encode'>, file: string, budget?: number): Promise<{ stream: Int32Array; lines: number }> {
+  await checkDataFile(file);
+  const parts: number[][] = [];
+  let n = 0;
+  let lines = 0;
+  const input = createReadStream(file, { encoding: 'utf8' });
+  const rl = createInterface({ input, crlfDelay: Number.POSITIVE_INFINITY });
+  try {
+    for await (let line of rl) {
+      if (line.endsWith('\r')) line = line.slice(0, -1);
+      if (line.trim().length === 0) continue;
+      const ids =
+        budget !== undefined && line.length > LONG_LINE_CHARS
+          ? encodeLongLine(tokenizer, line, budget - n)
+          : tokenizer.encode(line, { add_special_tokens: false }).ids;
+      parts.push(ids);
+      n += ids.length;
+      lines++;
+      if (budget !== undefined && n >= budget) break;
+    }
+  } finally {
+    rl.close();
+    input.destroy();
+  }
+  const out = new Int32Array(n);
+  let p = 0;
+  for (const ids of parts) {
+    out.set(ids, p);
+    p += ids.length;
+  }
+  return { stream: out, lines };
+}
+
+async function checkDataFile(file: string): Promise<void> {
+  let st: Awaited<ReturnType<typeof stat>>;
+  try {
+    st = await stat(file);
+  } catch {
+    fail('MissingFile', `data file not found: ${file}`);
+  }
+  if (!st.isFile()) fail('InvalidData', `data file is not a regular file: ${file}`);
 }
 
 /** The windows of a text file for a model (pipelines' entry point). */

@@ -20,12 +20,12 @@
  */
 import type { z } from 'zod';
 import type { Engine } from '../../kernels/linalg/matmul.js';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 import { fail } from '../errors.js';
 import { loadSwiGLU } from '../model/load.js';
 import type { Model } from '../model/open.js';
 import { shardOwner, type ShardSpec } from '../model/shard.js';
-import type { MoeLayerInput, SwiGLUWeights } from '../runtime/api.js';
+import type { MoeLayerInput, StreamCheckpoint, SwiGLUWeights } from '../runtime/api.js';
 import type { MemoryEstimate } from '../runtime/memory.js';
 import { streamModel } from '../runtime/stream.js';
 import type { DecomposeMode } from './format.js';
@@ -35,6 +35,7 @@ import { decomposeMemory } from './memory.js';
 import { type DECOMPOSE_OPTIONS, DECOMPOSE_SPEC, DEFAULT_MODE, type DecomposeOptions } from './options.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline } from '../pipeline/engine.js';
+import type { PassResume } from '../pipeline/resume.js';
 import { budgetOf, planLoss, planRanks, uniformPlan, uniformRank, unitParams, type AllocLoss, type RankPlan } from './plan.js';
 import { planRecord, planSettings, validatePlan, windowsDigest, type DecomposePlan } from './planfile.js';
 import {
@@ -121,6 +122,8 @@ export interface DecomposeReport {
   output?: { tensors: number; bytes: number };
   /** estimated peak memory (src/runtime/memory.ts), from shapes and the plan */
   memory: MemoryEstimate;
+  /** a forward score pass writing an output: it resumed after this layer (-1: from the start), and the MoE layers it computed */
+  resumed?: { afterLayer: number; computed: number[] };
   /** experts stored fused in 3-D tensors (gpt_oss, granitemoe, transformers-5 layouts): what was read, what is written */
   fusedExperts?: { read: string; written: string };
   seconds: number;
@@ -149,7 +152,7 @@ async function loadExperts(model: Model, layer: number): Promise<SwiGLUWeights[]
  * Walk the MoE layers in order; returns the calibration tokens that reached them (0 without calibration).
  * `last`: the last layer the caller needs (a shard's last layer): the forward pass stops after it.
  */
-async function walkLayers(model: Model, src: LayerSource, visit: LayerVisit, last?: number): Promise<number> {
+async function walkLayers(model: Model, src: LayerSource, visit: LayerVisit, last?: number, checkpoint?: StreamCheckpoint): Promise<number> {
   if (src.kind === 'forward') {
     let tokens = 0;
     await streamModel(
@@ -165,9 +168,10 @@ async function walkLayers(model: Model, src: LayerSource, visit: LayerVisit, las
           );
         },
       },
-      { stopAfterLayer: last ?? model.view.moeLayers[model.view.moeLayers.length - 1] },
+      { stopAfterLayer: last ?? model.view.moeLayers[model.view.moeLayers.length - 1], ...(checkpoint ? { checkpoint } : {}) },
     );
-    return tokens;
+    // a resumed pass may visit no layer: the tokens are the windows'
+    return checkpoint ? src.windows.reduce((a, w) => a + w.length, 0) : tokens;
   }
   if (src.kind === 'grams') {
     const layers = src.layers.map((g) => g.layer);
@@ -230,26 +234,53 @@ function checkUnit(u: UnitSummary, shape: UnitShape | undefined): UnitShape {
 }
 
 /** Score: every unit's truncation spectrum, one unit's factorisation alive at a time; only the summaries are kept. */
+/** A unit's summary in the resume state: JSON, with its spectrum as the bytes of its float64 values (exact). */
+type SavedSummary = Omit<UnitSummary, 'tail'> & { tail: string };
+const saveSummary = (u: UnitSummary): SavedSummary => ({ ...u, tail: Buffer.from(u.tail.buffer, u.tail.byteOffset, u.tail.byteLength).toString('base64') });
+function loadSummary(u: SavedSummary): UnitSummary {
+  const b = Buffer.from(u.tail, 'base64');
+  const tail = new Float64Array(b.byteLength / 8);
+  new Uint8Array(tail.buffer).set(b);
+  return { ...u, tail };
+}
+
 async function scorePass(
   model: Model,
   src: LayerSource,
   shapes: ReadonlyMap<string, UnitShape>,
   opts: ScoreOptions,
   progress?: Progress,
-): Promise<{ units: UnitSummary[]; tokens: number }> {
+  resume?: PassResume<SavedSummary[]>,
+): Promise<{ units: UnitSummary[]; tokens: number; resumed?: ReturnType<PassResume<SavedSummary[]>['report']> }> {
   const units: UnitSummary[] = [];
   let done = 0;
   const total = model.view.moeLayers.length;
   const phase = progress?.phase(src.kind === 'weights' ? 'score: spectra per expert' : 'score: Gram matrices and spectra per expert');
-  const tokens = await walkLayers(model, src, async (layer, experts, grams) => {
-    for (const u of layerUnits(layer, await experts(), grams(), opts)) {
-      checkUnit(u, shapes.get(u.id));
-      units.push(summarize(u));
-    }
-    phase?.tick(++done, total, 'layers');
-  });
+  const tokens = await walkLayers(
+    model,
+    src,
+    async (layer, experts, grams) => {
+      const mine: UnitSummary[] = [];
+      for (const u of layerUnits(layer, await experts(), grams(), opts)) {
+        checkUnit(u, shapes.get(u.id));
+        mine.push(summarize(u));
+      }
+      units.push(...mine);
+      resume?.record(layer, mine.map(saveSummary));
+      phase?.tick(++done, total, 'layers');
+    },
+    undefined,
+    resume?.checkpoint,
+  );
+  const resumed = resume?.report();
+  if (resumed && resumed.afterLayer >= 0) {
+    // the killed run's layers first (their spectra from the saved state), then this run's
+    const all = resume!.entries().flatMap((l) => l.map(loadSummary));
+    phase?.succeed(`score: ${total} layers (resumed after layer ${resumed.afterLayer}: ${done} computed), ${all.length} units, ${tokens} calibration tokens`);
+    return { units: all, tokens, resumed };
+  }
   phase?.succeed(`score: ${done} layers, ${units.length} units${tokens ? `, ${tokens} calibration tokens` : ''}`);
-  return { units, tokens };
+  return { units, tokens, ...(resumed ? { resumed } : {}) };
 }
 
 interface AppliedSummary {
@@ -423,6 +454,7 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
     let planned: Omit<DecomposePlan, 'ranks'>;
     let scored: UnitSummary[] | undefined;
     let source: NonNullable<DecomposeReport['plan']>['source'];
+    let resumed: DecomposeReport['resumed'];
     if (req.plan) {
       const p = validatePlan(await run.loadPlan(settings), req.plan, shapes, req.ratio);
       ranks = p.list;
@@ -430,7 +462,13 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
       source = 'file';
       req.progress?.phase(`plan: ${req.plan}`).succeed(`plan: ${shapes.length} units from ${req.plan} (${p.solver})`);
     } else if (!req.uniform || req.dryRun) {
-      const r = await scorePass(model, src, shapeById, opts, req.progress);
+      // a forward score pass writing an output resumes after the last layer a killed run of the same command finished
+      const resume =
+        src.kind === 'forward' && !req.dryRun
+          ? run.passResume<SavedSummary[]>('score', { settings, opts: { ...opts, engine: undefined } }, src.windows)
+          : undefined;
+      const r = await scorePass(model, src, shapeById, opts, req.progress, resume);
+      if (r.resumed) resumed = r.resumed;
       scored = r.units;
       if (r.tokens) calibration.tokens = r.tokens;
       if (scored.length !== shapes.length || scored.some((u, i) => u.id !== shapes[i]!.id))
@@ -523,6 +561,7 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
       units,
       ...(output ? { output } : {}),
       memory,
+      ...(resumed ? { resumed } : {}),
       ...(fusedExperts ? { fusedExperts } : {}),
       seconds: 0,
     };

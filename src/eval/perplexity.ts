@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { loadWindowSet, type WindowSet } from '../data/windows.js';
 import { fail } from '../errors.js';
 import { openModel, type Model } from '../model/open.js';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 import type { Routing, StreamHooks } from '../runtime/api.js';
 import { activeBackend } from '../runtime/backend.js';
 import { applySkip, medianSecondRatio } from '../runtime/routing.js';

@@ -7,7 +7,7 @@
  * --tensor-type list and the importance matrix), published atomically like every moe output.
  */
 import { basename } from 'node:path';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 import { fail } from '../errors.js';
 import { fromF32 } from '../io/dtype.js';
 import { OutputDir } from '../io/output.js';

@@ -28,7 +28,7 @@
  */
 import { calibFormat } from '../pipeline/fields.js';
 import { writeFile } from 'node:fs/promises';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 import { loadWindowSet } from '../data/windows.js';
 import { fail } from '../errors.js';
 import { fromF32, toF32 } from '../io/dtype.js';

@@ -27,7 +27,7 @@ import { route } from '../runtime/routing.js';
 import type { Routing, SwiGLUWeights } from '../runtime/api.js';
 import { swiglu } from '../runtime/swiglu.js';
 import type { RouterWeights } from './router.js';
-import type { ExpertGroup, LayerSignals } from './types.js';
+import type { DecisionReport, ExpertGroup, GroupDecision, LayerChoice, LayerSignals } from './types.js';
 
 export const DROP_MODES = ['auto', 'never'] as const;
 export type DropMode = (typeof DROP_MODES)[number];
@@ -45,26 +45,8 @@ export function decideTokens(E: number, N: number, H: number): number {
 /** merge strengths tried per group (1 = the planned merge; 0 with the anchor's row = drop to the anchor) */
 export const MERGE_STRENGTHS = [0.25, 0.5, 0.75, 1] as const;
 
-export type LayerChoice = 'merge' | 'merge-drop' | 'prune-reap' | 'prune-frequency';
-
-/** What one group became: strength 0 = dropped to one member, 1 = merged as planned; row: whose router row. */
-export interface GroupDecision {
-  strength: number;
-  row: 'planned' | 'anchor';
-}
-
-export interface DecisionReport {
-  /** what the layer became */
-  choice: LayerChoice;
-  /** relative output error of the chosen layer and of each candidate on the sample */
-  error: number;
-  errors: { merge: number; mergeDrop: number; reap: number; frequency: number };
-  /** experts whose weights left the layer (weight 0 in their group): dropped rather than merged */
-  dropped: number[];
-  /** merge and merge-drop: per group, the strength and router row taken */
-  groups?: GroupDecision[];
-  tokens: number;
-}
+// the report types live in types.ts (which the merge plan and report import) so types.ts needs nothing from here
+export type { DecisionReport, GroupDecision, LayerChoice } from './types.js';
 
 export interface DecideInput {
   x: Float32Array;

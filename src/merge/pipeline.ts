@@ -18,20 +18,21 @@
 import type { z } from 'zod';
 import { resolveCalibration } from '../calibrate/resolve.js';
 import type { CalibStats } from '../calibrate/types.js';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 import { fail } from '../errors.js';
 import { loadRouter, loadSwiGLU } from '../model/load.js';
 import type { Model } from '../model/open.js';
 import { writeExpertEdit, type ExpertEditPlan, type ExpertSource, type LayerExpertEdit } from '../model/rewrite.js';
 import type { ModelView, MoeBlock } from '../model/types.js';
-import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from '../prune/sizes.js';
-import { maskedEdit } from '../prune/mask.js';
+import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from '../model/sizes.js';
+import { maskedEdit } from '../runtime/mask.js';
 import type { MoeLayerEdit, MoeLayerInput, SwiGLUWeights } from '../runtime/api.js';
 import type { MemoryEstimate } from '../runtime/memory.js';
 import { streamModel } from '../runtime/stream.js';
 import { swiglu } from '../runtime/swiglu.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline } from '../pipeline/engine.js';
+import type { PassResume } from '../pipeline/resume.js';
 import { memberWeights } from './combine.js';
 import { checkGroupCount, checkPartition, groupExperts, mergeRoutingGroups, routingGroupOf } from './grouping.js';
 import { allocationReport, errorCurve, type AllocationReport } from './allocate.js';
@@ -39,7 +40,7 @@ import { decideTokens, LayerError } from './decide.js';
 import { mergeGroupStreamed, mergeLayer, type MergedLayer, type MergeLayerOptions } from './layer.js';
 import { mergeMemory } from './memory.js';
 import { DEFAULTS, type MERGE_OPTIONS, MERGE_SPEC, type MergeOptions } from './options.js';
-import { checkSavedPlan, layerReport, serializePlan, shardDecisions, type MergePlan, type PlanMode, type PlannedLayer } from './plan.js';
+import { checkSavedPlan, layerReport, serializePlan, shardDecisions, type MergePlan, type PlanMode, type PlannedLayer, type SavedMergePlan } from './plan.js';
 import { mergeRouter, type RouterWeights } from './router.js';
 import { signalsFromInput, signalsFromStats } from './signals.js';
 import { MERGE_OPTION_DEFAULTS, type ExpertGroup, type LayerReport, type MergeChoices } from './types.js';
@@ -73,6 +74,8 @@ export interface MergeReport {
   keepPerLayer?: AllocationReport;
   /** estimated peak resident memory of the run (from shapes and the plan; bench/merge-memory.ts measures it) */
   memory: MemoryEstimate;
+  /** --calib writing an output: the sequential pass resumed after this layer (-1: from the start), and the MoE layers it computed */
+  resumed?: { afterLayer: number; computed: number[] };
   seconds: number;
 }
 
@@ -137,66 +140,95 @@ export function runningEdit(experts: SwiGLUWeights[], router: RouterWeights, E: 
  * kept: the write produces them again from the plan, group by group, so memory stays about one layer instead of
  * growing with every merged layer until the write.
  */
+/** One finished layer in the resume state: its plan in the plan file's encoding, and its --keep-per-layer curve. */
+interface SequentialEntry {
+  layer: SavedMergePlan['layers'][number];
+  curve?: number[];
+}
+
 async function planSequential(
   model: Model,
   req: MergeRun,
   choices: MergeChoices,
   opts: MergeLayerOptions,
   windows: Int32Array[],
+  resume: PassResume<SequentialEntry>,
   curves?: number[][],
-): Promise<MergePlan> {
+): Promise<{ plan: MergePlan; resumed: ReturnType<typeof resume.report> }> {
   const view = model.view;
-  const plan: MergePlan = { mode: 'sequential', tokens: 0, layers: [] };
+  const plan: MergePlan = { mode: 'sequential', tokens: windows.reduce((a, w) => a + w.length, 0), layers: [] };
   const phase = req.progress?.phase(`merge: ${view.moeLayers.length} MoE layers, sequentially on calibration text`);
   const H = view.dims.hidden;
   const expert = (w: SwiGLUWeights, x: Float32Array, T: number) => swiglu(w, x, T, view.forward.activation);
   const routingGroups = mergeRoutingGroups(view.routing);
-  await streamModel(model, windows, {
-    onMoeLayer(input: MoeLayerInput) {
-      plan.tokens = input.T;
-      const signals = signalsFromInput(input, expert);
-      if (curves) {
-        const le = new LayerError({
-          x: input.x,
-          T: input.T,
-          H,
-          routing: input.routing,
-          experts: input.experts,
-          rule: view.routing,
-          activation: view.forward.activation,
-          maxTokens: opts.decideTokens,
-        });
-        curves.push(errorCurve(le, signals.saliency, input.experts, input.router, H, view.routing.topK));
-      }
-      const m: MergedLayer = mergeLayer(
-        {
+  const mine: number[][] = [];
+  let done = 0;
+  await streamModel(
+    model,
+    windows,
+    {
+      onMoeLayer(input: MoeLayerInput) {
+        const signals = signalsFromInput(input, expert);
+        let curve: number[] | undefined;
+        if (curves) {
+          const le = new LayerError({
+            x: input.x,
+            T: input.T,
+            H,
+            routing: input.routing,
+            experts: input.experts,
+            rule: view.routing,
+            activation: view.forward.activation,
+            maxTokens: opts.decideTokens,
+          });
+          curve = errorCurve(le, signals.saliency, input.experts, input.router, H, view.routing.topK);
+          mine.push(curve);
+        }
+        const m: MergedLayer = mergeLayer(
+          {
+            layer: input.layer.index,
+            experts: input.experts,
+            router: input.router,
+            signals,
+            rule: view.routing,
+            calib: { x: input.x, T: input.T, logits: input.logits, routing: input.routing },
+            activation: view.forward.activation,
+            routingGroups,
+            routingRule: view.routing,
+          },
+          choices,
+          opts,
+        );
+        const planned: PlannedLayer = {
           layer: input.layer.index,
-          experts: input.experts,
-          router: input.router,
-          signals,
-          rule: view.routing,
-          calib: { x: input.x, T: input.T, logits: input.logits, routing: input.routing },
-          activation: view.forward.activation,
-          routingGroups,
-          routingRule: view.routing,
-        },
-        choices,
-        opts,
-      );
-      plan.layers.push({
-        layer: input.layer.index,
-        groups: m.report.groups.map((g, i) => ({ ...g, ...(choices.align !== 'none' && g.members.length > 1 ? { perms: m.perms[i] } : {}) })),
-        router: m.report.router,
-        ...(m.report.decision ? { decision: m.report.decision } : {}),
-        // decided rows (a dropped group keeps its member's own row) are data-dependent like fitted ones
-        ...(choices.router === 'fit' || m.decided ? { rows: routerRows(m.router) } : {}),
-      });
-      phase?.tick(plan.layers.length, view.moeLayers.length, 'layers');
-      return runningEdit(m.experts, m.router, input.experts.length, H, routingGroups);
+          groups: m.report.groups.map((g, i) => ({ ...g, ...(choices.align !== 'none' && g.members.length > 1 ? { perms: m.perms[i] } : {}) })),
+          router: m.report.router,
+          ...(m.report.decision ? { decision: m.report.decision } : {}),
+          // decided rows (a dropped group keeps its member's own row) are data-dependent like fitted ones
+          ...(choices.router === 'fit' || m.decided ? { rows: routerRows(m.router) } : {}),
+        };
+        plan.layers.push(planned);
+        // the resume state holds each finished layer in the plan file's encoding
+        resume.record(planned.layer, { layer: serializePlan({ ...plan, layers: [planned] }).layers[0]!, ...(curve ? { curve } : {}) });
+        phase?.tick(++done, view.moeLayers.length, 'layers');
+        return runningEdit(m.experts, m.router, input.experts.length, H, routingGroups);
+      },
     },
-  });
-  phase?.succeed(`merge: ${plan.layers.length} layers planned`);
-  return plan;
+    { checkpoint: resume.checkpoint },
+  );
+  const resumed = resume.report();
+  if (resumed.afterLayer < 0) {
+    curves?.push(...mine);
+    phase?.succeed(`merge: ${plan.layers.length} layers planned`);
+    return { plan, resumed };
+  }
+  // resumed: the killed run's layers, then this run's, checked like a plan file
+  const entries = resume.entries();
+  curves?.push(...entries.map((e) => e.curve ?? []));
+  const layers = entries.map((e) => e.layer);
+  const all = checkSavedPlan(model.view, { mode: 'sequential', tokens: plan.tokens, layers }, choices, 'the resume state');
+  phase?.succeed(`merge: ${all.layers.length} layers planned (resumed after layer ${resumed.afterLayer}: ${resumed.computed.length} computed)`);
+  return { plan: all, resumed };
 }
 
 function statsFor(stats: CalibStats, layer: number, E: number) {
@@ -324,6 +356,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
     let keepPerLayer: AllocationReport | undefined;
     let pass: { tokens: number; seqLen: number } | undefined;
     let source: MergeReport['calibration']['source'];
+    let resumed: MergeReport['resumed'];
     if (req.plan) {
       plan = checkSavedPlan(view, await run.loadPlan<unknown>(settings), choices, req.plan);
       source = 'plan';
@@ -339,7 +372,17 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
       const curves = req.keepPerLayer === 'auto' ? [] : undefined;
       if (curves && view.routing.groups && view.routing.groups.nGroup > 1)
         fail('Usage', `--keep-per-layer auto: ${view.family} routes within expert groups; per-layer counts would have to keep them even`);
-      plan = await planSequential(model, req, choices, opts, windows, curves);
+      const r = await planSequential(
+        model,
+        req,
+        choices,
+        opts,
+        windows,
+        run.passResume('sequential', { settings, choices, opts, keepPerLayer: req.keepPerLayer ?? null }, windows),
+        curves,
+      );
+      plan = r.plan;
+      if (!req.dryRun) resumed = r.resumed;
       if (curves) {
         keepPerLayer = allocationReport(view.moeLayers, curves, choices.groups, view.routing.topK);
       }
@@ -398,6 +441,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
         alignTokens: req.alignTokens ?? MERGE_OPTION_DEFAULTS.alignTokens,
         fitTokens: req.fitTokens ?? MERGE_OPTION_DEFAULTS.fitTokens,
       }),
+      ...(resumed ? { resumed } : {}),
       seconds: seconds(),
     } satisfies MergeReport;
   });

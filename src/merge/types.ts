@@ -4,8 +4,6 @@
  * expert and one router row.
  */
 
-import type { DecisionReport } from './decide.js';
-
 export const GROUPING_METHODS = ['msmoe', 'hierarchical', 'saliency'] as const;
 export type GroupingMethod = (typeof GROUPING_METHODS)[number];
 
@@ -75,4 +73,26 @@ export interface LayerReport {
     tokens?: number;
     steps?: number;
   };
+}
+
+/** --drop auto (src/merge/decide.ts): what a layer became, and the output error of each candidate */
+export type LayerChoice = 'merge' | 'merge-drop' | 'prune-reap' | 'prune-frequency';
+
+/** What one group became: strength 0 = dropped to one member, 1 = merged as planned; row: whose router row. */
+export interface GroupDecision {
+  strength: number;
+  row: 'planned' | 'anchor';
+}
+
+export interface DecisionReport {
+  /** what the layer became */
+  choice: LayerChoice;
+  /** relative output error of the chosen layer and of each candidate on the sample */
+  error: number;
+  errors: { merge: number; mergeDrop: number; reap: number; frequency: number };
+  /** experts whose weights left the layer (weight 0 in their group): dropped rather than merged */
+  dropped: number[];
+  /** merge and merge-drop: per group, the strength and router row taken */
+  groups?: GroupDecision[];
+  tokens: number;
 }

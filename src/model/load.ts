@@ -12,7 +12,7 @@
  */
 import { fail } from '../errors.js';
 import type { Checkpoint } from '../io/checkpoint.js';
-import type { Linear, SwiGLUWeights } from '../runtime/api.js';
+import type { Linear, SwiGLUWeights } from './types.js';
 import type { LinearRef, NormRef, RouterRefs, SwiGLURefs } from './types.js';
 
 /**

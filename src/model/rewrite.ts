@@ -18,7 +18,7 @@ import { DTYPE_BYTES, fromF32, type Dtype } from '../io/dtype.js';
 import { OutputDir } from '../io/output.js';
 import { quantizeFp8Blocks } from '../io/quantized.js';
 import type { TensorSpec } from '../io/writer.js';
-import type { Linear, SwiGLUWeights } from '../runtime/api.js';
+import type { Linear, SwiGLUWeights } from './types.js';
 import { formatOf, linearTensors, transpose } from './load.js';
 import type { Model } from './open.js';
 import { encodeMxfp4 } from './quantized.js';

@@ -222,3 +222,27 @@ export interface MtpLayerView {
   /** shared_head.head, when the checkpoint stores a copy of lm_head there */
   head?: string;
 }
+
+/** A linear layer's weights as float32: w is [out, in] row-major, b optional [out]. */
+export interface Linear {
+  out: number;
+  in: number;
+  w: Float32Array;
+  b?: Float32Array;
+}
+
+export interface SwiGLUWeights {
+  gate: Linear;
+  up: Linear;
+  down: Linear;
+}
+
+/** Routing of T tokens: the k experts chosen per token and their weights, as the model uses them. */
+export interface Routing {
+  T: number;
+  k: number;
+  /** [T, k] expert indices */
+  idx: Int32Array;
+  /** [T, k] weights (after the family's renormalisation and scaling) */
+  w: Float32Array;
+}

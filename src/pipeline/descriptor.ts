@@ -10,7 +10,7 @@
  * The CLI (cli.ts), recipe stages (recipe.ts) and validation (validate.ts) are generated from these.
  */
 import type { z } from 'zod';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 
 /** What data a method needs before it can plan. */
 export type DataNeed = 'none' | 'stats' | 'forward' | 'sequential';

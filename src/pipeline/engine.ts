@@ -16,11 +16,12 @@
  * (src/pipeline/resume.ts) for forward-pass methods.
  */
 import type { z } from 'zod';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 import { loadWindows } from '../data/windows.js';
 import { writeReport as writeOutputReport } from '../io/output.js';
 import { openModel, type Model } from '../model/open.js';
-import { loadPlan, savePlan, type PlanTool } from '../model/planfile.js';
+import { loadPlan, modelFingerprint, savePlan, type PlanTool } from '../model/planfile.js';
+import { passResume, resumeKey, type PassResume } from './resume.js';
 import type { OptionSpec } from './descriptor.js';
 import { calibFormat } from './fields.js';
 import { checkModelOptions, prepare } from './validate.js';
@@ -74,6 +75,12 @@ export interface PipelineRun<O> {
   savePlan(settings: Record<string, unknown>, plan: unknown): Promise<void>;
   /** the writer's shard (--shard i/n) with the payload its manifest records; undefined without --shard */
   shard<P>(payload: P): { index: number; count: number; plan: P } | undefined;
+  /**
+   * Hidden-state resume of a forward pass named `pass` (src/pipeline/resume.ts), keyed by the model's fingerprint,
+   * `parts` (everything else that determines the pass) and the windows; kept in --out's staging directory, so a
+   * dry run (or a run without --out) neither saves nor resumes.
+   */
+  passResume<E>(pass: string, parts: unknown, windows: readonly Int32Array[]): PassResume<E>;
 }
 
 /** --backend and --threads (both idempotent: a second start with the same choice does nothing). */
@@ -129,6 +136,13 @@ export async function runPipeline<S extends z.ZodObject, R>(
         if (o.savePlan) await savePlan(o.savePlan, def.tool, model.ckpt, settings, plan);
       },
       shard: (payload) => (o.shard ? { index: o.shard.index, count: o.shard.count, plan: payload } : undefined),
+      passResume: <E>(pass: string, parts: unknown, windows: readonly Int32Array[]) => {
+        const out = o.dryRun ? undefined : o.out;
+        if (out === undefined) return passResume<E>(undefined);
+        const tokens = windows.reduce((a, w) => a + w.length, 0);
+        const key = resumeKey({ format: `moe-${def.tool}-${pass}`, version: 1, model: modelFingerprint(model.ckpt), parts }, windows);
+        return passResume<E>({ out, file: `.moe-resume-${def.tool}-${pass}`, key, values: tokens * model.view.dims.hidden });
+      },
     };
     const report = await body(run);
     if (!o.dryRun && o.out) await writeReport(o.out, def.reportFile, report);

@@ -12,9 +12,10 @@ import { setThreads } from '../runtime/pool.js';
 import { initBackend } from '../runtime/backend.js';
 import { route } from '../runtime/routing.js';
 import { streamModel } from '../runtime/stream.js';
+import type { PassResume } from '../pipeline/resume.js';
 import { swiglu } from '../runtime/swiglu.js';
-import type { LayerReport, PruneRun } from './pipeline.js';
-import { maskedEdit } from './mask.js';
+import type { LayerReport, PruneRun } from './types.js';
+import { maskedEdit } from '../runtime/mask.js';
 import { layerPlan, prunedRule, type PrunePlan } from './plan.js';
 import { selectByReconstruction, type ReconstructDeps } from './reconstruct.js';
 
@@ -38,7 +39,8 @@ export async function planByReconstruction(
   req: PruneRun,
   keep: number,
   groups: PrunePlan['groups'],
-): Promise<{ layers: LayerReport[]; tokens: number }> {
+  resumable?: (windows: readonly Int32Array[]) => PassResume<LayerReport>,
+): Promise<{ layers: LayerReport[]; tokens: number; resumed?: ReturnType<PassResume<LayerReport>['report']> }> {
   await initBackend(req.backend);
   if (req.threads !== undefined) await setThreads(req.threads);
   const windows = await loadWindows(model.dir, req.calib!, {
@@ -52,18 +54,30 @@ export async function planByReconstruction(
   const g = model.view.routing.groups;
   const groupSize = g ? model.view.dims.numExperts / g.nGroup : undefined;
   const layers: LayerReport[] = [];
-  let tokens = 0;
+  const tokens = windows.reduce((a, w) => a + w.length, 0);
+  // a killed run of the same command resumes after its last finished layer (the kept sets before it are saved)
+  const resume = resumable?.(windows);
   const phase = req.progress?.phase('reconstruct: choosing experts layer by layer');
-  await streamModel(model, windows, {
-    async onMoeLayer(input) {
-      tokens = input.T;
-      const r = await selectByReconstruction(input, keep, rule, deps, groups, req.reconstruct);
-      const lp = layerPlan(input.layer.index, r.scores, r.kept);
-      layers.push({ ...lp, relError: r.relError, search: r.search, subsetsEvaluated: r.evaluated });
-      phase?.tick(layers.length, model.view.moeLayers.length, 'layers');
-      return maskedEdit(input, r.kept, groupSize);
+  let done = 0;
+  await streamModel(
+    model,
+    windows,
+    {
+      async onMoeLayer(input) {
+        const r = await selectByReconstruction(input, keep, rule, deps, groups, req.reconstruct);
+        const lp = layerPlan(input.layer.index, r.scores, r.kept);
+        resume?.record(input.layer.index, { ...lp, relError: r.relError, search: r.search, subsetsEvaluated: r.evaluated });
+        if (!resume) layers.push({ ...lp, relError: r.relError, search: r.search, subsetsEvaluated: r.evaluated });
+        phase?.tick(++done, model.view.moeLayers.length, 'layers');
+        return maskedEdit(input, r.kept, groupSize);
+      },
     },
-  });
-  phase?.succeed(`reconstruct: ${layers.length} layers`);
-  return { layers, tokens };
+    resume ? { checkpoint: resume.checkpoint } : {},
+  );
+  if (resume) layers.push(...resume.entries());
+  const resumed = resume?.report();
+  phase?.succeed(
+    `reconstruct: ${layers.length} layers${resumed && resumed.afterLayer >= 0 ? ` (resumed after layer ${resumed.afterLayer}: ${resumed.computed.length} computed)` : ''}`,
+  );
+  return { layers, tokens, ...(resumed ? { resumed } : {}) };
 }

@@ -5,45 +5,24 @@
  * artifact); `reconstruct` chooses each layer's set inside a forward pass whose earlier layers are already
  * pruned, so layer l is fitted to what it will really receive.
  */
-import type { z } from 'zod';
 import type { CalibStats } from '../calibrate/types.js';
-import type { Progress } from '../cli/progress.js';
 import { fail } from '../errors.js';
 import type { Model } from '../model/open.js';
 import type { LayerView } from '../model/types.js';
 import { writeExpertEdit, type ExpertEditPlan } from '../model/rewrite.js';
 import { getMethod, type PruneMethod } from './methods.js';
-import { checkKeep, keepFromRatio, keptFromScores, layerPlan, type LayerPlan, type PrunePlan } from './plan.js';
-import type { ReconstructOptions } from './reconstruct.js';
-import type { RefitReport, RouterRows } from './refit.js';
+import { checkKeep, keepFromRatio, keptFromScores, layerPlan, type PrunePlan } from './plan.js';
+import type { LayerReport, PruneRequest, PruneRun } from './types.js';
+import type { RouterRows } from './refit.js';
 import type { AllocationReport } from '../merge/allocate.js';
 import { seededRandom } from '../../kernels/random.js';
-import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from './sizes.js';
+import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from '../model/sizes.js';
 import { estimatePeak, maxEstimate, streamedPassParts, writerBytes, type MemoryEstimate } from '../runtime/memory.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline } from '../pipeline/engine.js';
-import { DEFAULT_METHOD, type PRUNE_OPTIONS, PRUNE_SPEC, RECONSTRUCT_DEFAULTS, type PruneOptions } from './options.js';
+import { DEFAULT_METHOD, PRUNE_SPEC, RECONSTRUCT_DEFAULTS } from './options.js';
 
-/**
- * What a caller gives: the options (src/prune/options.ts, the same for the command line and recipes) plus, for
- * library callers, progress and the reconstruct search's finer knobs.
- */
-export type PruneRequest = z.input<typeof PRUNE_OPTIONS> & {
-  progress?: Progress;
-  /** reconstruct: tokens sampled per layer, subset-enumeration limit, beam width (--sample-tokens / --beam win) */
-  reconstruct?: ReconstructOptions;
-};
-/** The request after validation: every option resolved. */
-export type PruneRun = PruneOptions & Omit<PruneRequest, keyof PruneOptions>;
-
-export interface LayerReport extends LayerPlan {
-  /** reconstruct: relative output error of the kept set on the token sample, and how it was found */
-  relError?: number;
-  search?: 'exact' | 'beam';
-  subsetsEvaluated?: number;
-  /** --refit-router: whether the refit rows were kept, and the layer's output error with own and refit rows */
-  refit?: RefitReport;
-}
+export type { LayerReport, PruneRequest, PruneRun } from './types.js';
 
 export interface PruneReport {
   tool: 'moe prune';
@@ -67,6 +46,8 @@ export interface PruneReport {
   sizes: { before: SizeSummary; after: SizeSummary; predicted: boolean };
   /** estimated peak resident memory of this command (from shapes; bench/memory.ts compares it with measurements) */
   memory: MemoryEstimate;
+  /** reconstruct writing an output: the pass resumed after this layer (-1: from the start), and the MoE layers it computed */
+  resumed?: { afterLayer: number; computed: number[] };
   seconds: number;
 }
 
@@ -178,7 +159,7 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
   return runPipeline(
     PRUNE_PIPELINE,
     request,
-    async ({ o, model, savePlan: save, loadPlan: load, shard, seconds }) => {
+    async ({ o, model, savePlan: save, loadPlan: load, shard, seconds, passResume }) => {
       const method = getMethod(o.method);
       // --sample-tokens / --beam are the command line's spelling of the search's options (a library caller may give
       // the whole ReconstructOptions instead; the flags win when given)
@@ -198,6 +179,7 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
 
       let layers: LayerReport[];
       let calibration: PruneReport['calibration'] = { source: 'none', tokens: 0 };
+      let resumed: PruneReport['resumed'];
       // the plan depends on the method and the kept count; the text it was scored on is the plan's own business
       const settings = { method: method.name, keep, ...(method.needs === 'none' ? { seed } : {}) };
       if (req.plan) {
@@ -206,7 +188,10 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
       } else if (method.needs === 'sequential') {
         // the runtime (tfjs) is loaded only for data-driven methods
         const { planByReconstruction } = await import('./calibrated.js');
-        const r = await planByReconstruction(model, req, keep, groups);
+        const r = await planByReconstruction(model, req, keep, groups, (windows) =>
+          passResume<LayerReport>('reconstruct', { method: method.name, keep, groups: groups ?? null, reconstruct: req.reconstruct }, windows),
+        );
+        resumed = r.resumed;
         layers = r.layers;
         calibration = { source: 'calib', path: req.calib, tokens: r.tokens };
       } else {
@@ -307,6 +292,7 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
         ...(keepPerLayer ? { keepPerLayer } : {}),
         sizes: { before, after, predicted },
         memory: await estimateMemory(model, req, method, calibration.tokens),
+        ...(resumed ? { resumed } : {}),
         seconds: seconds(),
       };
     },

@@ -30,8 +30,8 @@ import { initBackend } from '../runtime/backend.js';
 import { setThreads } from '../runtime/pool.js';
 import { streamModel } from '../runtime/stream.js';
 import { swiglu } from '../runtime/swiglu.js';
-import { maskedEdit } from './mask.js';
-import type { LayerReport, PruneRun } from './pipeline.js';
+import { maskedEdit } from '../runtime/mask.js';
+import type { LayerReport, PruneRun, RefitReport } from './types.js';
 
 /** calibration tokens of the least-squares fit, at most (evenly spaced) */
 export const REFIT_TOKENS = 8192;
@@ -40,18 +40,8 @@ export const REFIT_BLENDS = [0.25, 0.5, 0.75, 1] as const;
 /** ridge of the normal equations, relative to the mean diagonal of XᵀX */
 const RIDGE = 1e-4;
 
-export interface RefitReport {
-  /** the refit rows were written (they lowered the error) */
-  applied: boolean;
-  /** the blend taken: rows = (1 − alpha)·own + alpha·least squares (0: own rows) */
-  alpha: number;
-  /** output error with the kept experts' own rows, and with the rows taken (equal when not applied) */
-  errorOwnRows: number;
-  errorRefit: number;
-  /** kept expert -> removed experts whose routing mass it was fitted to receive */
-  receives: Record<string, number[]>;
-  tokens: number;
-}
+// the report type lives in types.ts with the layer report that holds it
+export type { RefitReport } from './types.js';
 
 export interface RouterRows {
   w: Float32Array;

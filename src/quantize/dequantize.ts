@@ -17,7 +17,7 @@ import { GPTQ_SUFFIXES, readGptq, registerGptqFormat } from './format.js';
 import { CT_SUFFIXES, ctSchemeFor, readCt } from './ct.js';
 import type { Checkpoint } from '../io/checkpoint.js';
 import { FUSED_GPTQ_FORMAT, gptqModuleOfFusedRef, registerFusedGptqFormat, stackRows } from './fused.js';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 
 export interface DequantizeRequest {
   model: string;

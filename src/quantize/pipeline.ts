@@ -23,8 +23,6 @@
  *   layer of output is in memory. --shard i/n writes only layers l % n == i plus a manifest for moe assemble.
  */
 import { mtpPassThrough } from '../model/mtp.js';
-import type { z } from 'zod';
-import type { Progress } from '../cli/progress.js';
 import { loadWindowSet } from '../data/windows.js';
 import { fail } from '../errors.js';
 import { stagingDirFor } from '../io/output.js';
@@ -48,53 +46,23 @@ import type { ModelView } from '../model/types.js';
 import { quantizeMlp, type ExpertQuant, type ProjBits, type QuantSettings } from './expert.js';
 import { gptqTensorBytes, gptqTensorSpecs, type ModuleQuant, quantizationConfig, registerGptqFormat, vllmGptqConfig } from './format.js';
 import { describeFusedExperts, fusedGptqLayout, fusedModuleWrites } from './fused.js';
-import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, type Proj, type StoredFormat } from './plan.js';
+import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, type StoredFormat } from './plan.js';
 import { LayerHandoff, type WriterInfo } from './handoff.js';
-import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from './resume.js';
+import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from '../pipeline/resume.js';
 import { quantizeMemory } from './memory.js';
 import { refuseQuantized, refuseQuantizedDir } from './input.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
 import { checkPlan, type QuantizePlan } from './saved.js';
-import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, gptqWidths, type QUANTIZE_OPTIONS, QUANTIZE_SPEC, type QuantizeOptions, servingTarget } from './options.js';
+import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, gptqWidths, QUANTIZE_SPEC, servingTarget } from './options.js';
 import { calibFormat, DEFAULT_CALIB_TOKENS } from '../pipeline/fields.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline, type PipelineRun } from '../pipeline/engine.js';
+import type { QuantizeRequest, QuantizeRun, Unit, UnitOption } from './types.js';
 
-/**
- * What a caller gives: the options (src/quantize/options.ts, the same for the command line and recipes) plus, for
- * library callers, progress and MC-MoE's importance exponents.
- */
-export type QuantizeRequest = z.input<typeof QUANTIZE_OPTIONS> & {
-  progress?: Progress;
-  /** MC-MoE exponents of the importance f^alpha * w^beta (default 1 and 1.5) */
-  alpha?: number;
-  beta?: number;
-};
-/** The request after validation: every option resolved. */
-export type QuantizeRun = QuantizeOptions & Omit<QuantizeRequest, keyof QuantizeOptions>;
+export type { QuantizeRequest, QuantizeRun, Unit, UnitOption } from './types.js';
 
 export const REPORT_FILE = 'moe-quantize-report.json';
 export { DEFAULT_CALIB_TOKENS, DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS };
-
-export interface Unit {
-  id: string;
-  layer: number;
-  /** expert granularity: the expert; projection and layer granularity: undefined */
-  expert?: number;
-  /** projection granularity: the projection */
-  proj?: Proj;
-  /** linears whose bits the unit's choice sets */
-  free: LinearDecision[];
-  /** linears of the unit with fixed bits or kept (their bytes count, the choice does not change them) */
-  fixed: LinearDecision[];
-  options: UnitOption[];
-}
-
-/** One width assignment for a unit's free linears (by projection). */
-export interface UnitOption {
-  label: string;
-  bits: Partial<Record<Proj, QuantBits>>;
-}
 
 /** Flag-level checks (the options' schema and checkQuantize) and what the run derives from the options. */
 export function validateRequest(request: QuantizeRequest) {

@@ -11,7 +11,7 @@ import { formatEstimate, type MemoryEstimate } from '../runtime/memory.js';
 import type { QuantBits } from '../../kernels/quant/types.js';
 import type { LinearClass, LinearDecision } from './plan.js';
 import { decisionBytesAt, type StoredFormat } from './plan.js';
-import type { QuantizeRequest, Unit } from './pipeline.js';
+import type { QuantizeRequest, Unit } from './types.js';
 
 export interface ClassSize {
   cls: LinearClass | 'other';

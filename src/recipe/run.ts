@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 import { fail, isMoeError, MoeError } from '../errors.js';
 import { checkOutputPath, checkOutputTarget, checkReplaceable, deferPublish, pathExists } from '../io/output.js';
 import { openModel } from '../model/open.js';

@@ -4,7 +4,7 @@
  * the command line. Pipelines are imported lazily by their descriptors, so a recipe that only prunes never loads
  * the quantizer.
  */
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 import { PIPELINES } from '../pipeline/registry.js';
 import { type Recipe, type RecipeStage, stageRequestOf } from './schema.js';
 

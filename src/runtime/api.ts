@@ -12,28 +12,9 @@ import type { Model } from '../model/open.js';
 import type { LayerView } from '../model/types.js';
 
 /** One linear as float32 [out, in], row-major, with an optional bias [out]. */
-export interface Linear {
-  out: number;
-  in: number;
-  w: Float32Array;
-  b?: Float32Array;
-}
-
-export interface SwiGLUWeights {
-  gate: Linear;
-  up: Linear;
-  down: Linear;
-}
-
-/** Routing of T tokens: the k experts chosen per token and their weights, as the model uses them. */
-export interface Routing {
-  T: number;
-  k: number;
-  /** [T, k] expert indices */
-  idx: Int32Array;
-  /** [T, k] weights (after the family's renormalisation and scaling) */
-  w: Float32Array;
-}
+// the value types live with the model (src/model/types.ts), so model/ never imports runtime/; re-exported here
+export type { Linear, Routing, SwiGLUWeights } from '../model/types.js';
+import type { Routing, SwiGLUWeights } from '../model/types.js';
 
 /** What an MoE layer sees during a calibration forward pass. */
 export interface MoeLayerInput {

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openModel } from '../../src/model/open.js';
-import { maskedEdit } from '../../src/prune/mask.js';
+import { maskedEdit } from '../../src/runtime/mask.js';
 import { checkKeep } from '../../src/prune/plan.js';
 import { prune } from '../../src/prune/pipeline.js';
 import { initBackend } from '../../src/runtime/backend.js';

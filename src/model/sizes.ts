@@ -1,8 +1,8 @@
 /** Checkpoint sizes for the prune and merge reports: whole model and routed experts, before and after. */
 import type { Checkpoint } from '../io/checkpoint.js';
 import { stagedPath } from '../io/output.js';
-import { openModel } from '../model/open.js';
-import type { ModelView, SwiGLURefs } from '../model/types.js';
+import { openModel } from './open.js';
+import type { ModelView, SwiGLURefs } from './types.js';
 
 export interface SizeSummary {
   bytes: number;

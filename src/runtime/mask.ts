@@ -9,7 +9,7 @@
  * the selection sees them in the pruned checkpoint's order (transformers 4 filled unselected groups with 0.0, where
  * ties with negative biased scores went to the lower index; transformers 5 fills -inf, and the order still holds).
  */
-import type { MoeLayerEdit, MoeLayerInput } from '../runtime/api.js';
+import type { MoeLayerEdit, MoeLayerInput } from './api.js';
 
 export function maskedEdit(input: Pick<MoeLayerInput, 'experts' | 'router'>, kept: readonly number[], groupSize?: number): MoeLayerEdit {
   const E = input.experts.length;
