@@ -22,6 +22,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Checkpoint } from '../src/io/checkpoint.js';
+import { editJsonText } from '../src/model/configjson.js';
 import { bf16BitsToF32, f32ToBf16Bits, fromF32 } from '../src/io/dtype.js';
 import { CheckpointWriter } from '../src/io/writer.js';
 import { makeSplits } from './tokenizer/corpus.js';
@@ -36,6 +37,8 @@ function arg(name: string, dflt: string): string {
   return i >= 0 && process.argv[i + 1] ? process.argv[i + 1]! : dflt;
 }
 
+/** MixtralConfig fields that hold floats (transformers 5 types them float, or float | int with a float default) */
+const FIXTURE_FLOAT_KEYS = new Set(['attention_dropout', 'initializer_range', 'rms_norm_eps', 'rope_theta', 'router_aux_loss_coef', 'router_jitter_noise']);
 const ROOT = resolve(import.meta.dirname, '..');
 const OUT = resolve(arg('out', join(ROOT, 'test/fixtures/tiny-mixtral')));
 const TEXT_OUT = resolve(arg('text-out', join(ROOT, 'test/fixtures/text')));
@@ -314,7 +317,9 @@ async function main(): Promise<void> {
     use_cache: true,
     vocab_size: dims.vocab,
   };
-  await writeFile(join(OUT, 'config.json'), JSON.stringify(config, null, 2) + '\n');
+  // Python json.dumps style with float literals where transformers 5 types a field as float (its strict config
+  // validation refuses `router_jitter_noise: 0`); JSON.stringify would write 0.0 as 0
+  await writeFile(join(OUT, 'config.json'), editJsonText(undefined, config, { floatKeys: FIXTURE_FLOAT_KEYS }));
   await writeFile(
     join(OUT, 'generation_config.json'),
     JSON.stringify(

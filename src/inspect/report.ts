@@ -5,7 +5,9 @@
  */
 import { basename } from 'node:path';
 import { DTYPE_BYTES } from '../io/dtype.js';
+import { integerLiteralsFor } from '../model/configjson.js';
 import { formatOf, linearTensors } from '../model/load.js';
+import { getArchitecture } from '../model/registry.js';
 import type { Model } from '../model/open.js';
 import { layerOfTensor } from '../model/rewrite.js';
 import type { LinearRef, RoutingRule, SwiGLURefs } from '../model/types.js';
@@ -47,6 +49,8 @@ export interface InspectReport {
   shards: { file: string; bytes: number; tensors: number }[];
   /** linears stored in a non-plain format (mxfp4, fp8-block, gptq ...) -> how many */
   formats: Record<string, number>;
+  /** problems a stock loader will have with this checkpoint (empty when none) */
+  warnings: string[];
   /** the compute backend that would be used and why the ones above it were skipped (src/runtime/backend.ts) */
   backend?: { chosen: string; reason: string; candidates: { name: string; pkg: string; available: boolean; reason: string }[] };
   /** worker threads a computing command would use here (--threads, else MOE_THREADS, else the cores) and why */
@@ -122,6 +126,7 @@ export function inspectModel(model: Model): InspectReport {
   }
   const nMoe = view.moeLayers.length;
   const E = view.dims.numExperts;
+  const warnings = configWarnings(model);
   const sharedCount = view.dims.sharedIntermediate === 0 ? 0 : typeof view.config.n_shared_experts === 'number' ? view.config.n_shared_experts : 1;
   return {
     model: model.dir,
@@ -158,7 +163,20 @@ export function inspectModel(model: Model): InspectReport {
     bytes: { total: totalBytes, byDtype },
     shards: [...shardStats].map(([file, s]) => ({ file, ...s })),
     formats,
+    warnings,
   };
+}
+
+/** An int literal in a field transformers 5 types as float: its strict config validation refuses to load it. */
+function configWarnings(model: Model): string[] {
+  const text = model.ckpt.configText;
+  if (text === undefined) return [];
+  const arch = getArchitecture(model.view.family, model.view.family);
+  const ints = integerLiteralsFor(text, new Set(arch.config.floatKeys)).filter((k) => !k.includes('.'));
+  if (!ints.length) return [];
+  return [
+    `config.json has integer literals in float fields (${ints.join(', ')}): transformers 5 refuses to load it; write them as floats (e.g. 0.0); moe writes them back as read`,
+  ];
 }
 
 // ---- human-readable table --------------------------------------------------------------------------------------
@@ -248,6 +266,7 @@ export function formatReport(r: InspectReport): string {
       'threads',
       `${r.threads.threads} — ${r.threads.reason}${r.threads.threads > r.threads.available ? ` (more than the ${r.threads.available} cores available)` : ''}`,
     ]);
+  for (const w of r.warnings ?? []) rows.push(['warning', w]);
   const w = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n') + '\n';
 }

@@ -51,6 +51,11 @@ export function safeShardPath(dir: string, name: unknown): string {
 }
 
 export async function readJsonFile(path: string, maxBytes: number, what: string, code: ErrorCode = 'InvalidConfig'): Promise<unknown> {
+  return (await readJsonText(path, maxBytes, what, code)).value;
+}
+
+/** readJsonFile with the file's text too (config.json is written back as an edit of its own text, src/model/configjson.ts). */
+export async function readJsonText(path: string, maxBytes: number, what: string, code: ErrorCode = 'InvalidConfig'): Promise<{ value: unknown; text: string }> {
   let st: Awaited<ReturnType<typeof stat>>;
   try {
     st = await stat(path);
@@ -66,7 +71,7 @@ export async function readJsonFile(path: string, maxBytes: number, what: string,
     fail('MissingFile', `cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
   try {
-    return JSON.parse(text);
+    return { value: JSON.parse(text), text };
   } catch (e) {
     fail(code, `${path}: not valid JSON (${(e as Error).message.replace(/\s+/g, ' ').slice(0, 120)})`);
   }
@@ -126,6 +131,8 @@ export class Checkpoint {
     readonly generationConfig: Record<string, unknown> | undefined,
     /** tokenizer and generation files present in the directory (copied through to outputs) */
     readonly passthroughFiles: readonly string[],
+    /** config.json as read, byte for byte: outputs write their config as an edit of it */
+    readonly configText?: string,
   ) {}
 
   /**
@@ -142,7 +149,7 @@ export class Checkpoint {
       fail('MissingFile', `model directory not found: ${dir}`);
     }
     if (!st.isDirectory()) fail('MissingFile', `--model must be a checkpoint directory: ${dir}`);
-    const config = await readJsonFile(join(dir, 'config.json'), MAX_CONFIG_BYTES, 'config.json');
+    const { value: config, text: configText } = await readJsonText(join(dir, 'config.json'), MAX_CONFIG_BYTES, 'config.json');
     if (config === null || typeof config !== 'object' || Array.isArray(config)) fail('InvalidConfig', `${join(dir, 'config.json')} must be a JSON object`);
     let present: Set<string>;
     try {
@@ -190,6 +197,7 @@ export class Checkpoint {
       new Map(),
       generationConfig,
       PASSTHROUGH_FILES.filter((f) => present.has(f)),
+      configText,
     );
     const infos = ckpt.infos as Map<string, TensorInfo>;
     try {

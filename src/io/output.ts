@@ -9,6 +9,7 @@ import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'nod
 import { fail, isMoeError } from '../errors.js';
 import type { HFConfig } from './checkpoint.js';
 import { PASSTHROUGH_FILES } from './checkpoint.js';
+import { editJsonText, type JsonStyle } from '../model/configjson.js';
 import { checkPassthroughFile } from './files.js';
 import { CheckpointWriter, type TensorSpec, type WriterOptions } from './writer.js';
 
@@ -317,8 +318,17 @@ export class OutputDir {
     }
   }
 
-  async writeConfig(config: HFConfig): Promise<void> {
-    await this.writeJson('config.json', config);
+  /** config.json; with the input's text, written as an edit of it (untouched values keep their bytes and types) */
+  async writeConfig(config: HFConfig, originalText?: string, style?: JsonStyle): Promise<void> {
+    if (originalText === undefined) {
+      await this.writeJson('config.json', config);
+      return;
+    }
+    try {
+      await writeFile(this.path('config.json'), editJsonText(originalText, config, style));
+    } catch (e) {
+      fail('OutputError', `cannot write ${this.path('config.json')}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
   }
 
   /** Tokenizer and generation files travel with every output unchanged. */

@@ -22,6 +22,7 @@ import type { Linear, SwiGLUWeights } from './types.js';
 import { formatOf, linearTensors, transpose } from './load.js';
 import type { Model } from './open.js';
 import { encodeMxfp4 } from './quantized.js';
+import { configStyle } from './configjson.js';
 import { getArchitecture } from './registry.js';
 import type { LinearRef, MoeBlock, ModelView, SwiGLURefs } from './types.js';
 import { planDigest, SHARD_MANIFEST, shardOwner, type ShardManifest, type ShardSpec } from './shard.js';
@@ -211,7 +212,7 @@ export async function rewriteCheckpoint(model: Model, plan: RewritePlan, out: st
       };
       await dir.writeJson(SHARD_MANIFEST, manifest);
     }
-    await dir.writeConfig(config);
+    await dir.writeConfig(config, ckpt.configText, configStyle(view.family));
     await dir.copyPassthrough(model.dir);
     await dir.publish();
   } catch (e) {

@@ -97,6 +97,9 @@ export const ArchitectureSchema = z
         topKAliases: z.array(z.string()).default([]),
         tieEmbeddingsDefault: z.boolean().default(false),
         ropeThetaDefault: z.number().default(10000),
+        /** fields transformers 5 types as float only (its strict config validation refuses an int literal there):
+         *  new values written into them get a '.0', and inspect warns about an input with an int in one */
+        floatKeys: z.array(z.string()).default([]),
       })
       .strict(),
     sparseLayers: SparseLayers,
@@ -168,10 +171,13 @@ export const ArchitectureSchema = z
           .strict(),
         experts: z.discriminatedUnion('layout', [PerExpert, Fused]),
         /** the same family saved with fused expert tensors (transformers v5 layout, mergekit outputs): used when the
-         *  first MoE layer has this gate_up tensor instead of per-expert ones; may rename the router too */
+         *  first MoE layer has this gate_up tensor instead of the primary layout's (per-expert tensors, or a
+         *  natively fused family's own names: granitemoe input_linear); may rename the router too */
         fusedAlternative: z
           .object({
-            router: z.object({ weight: z.string() }).strict().optional(),
+            /** router tensors under other names in that layout (transformers 5 moves some: phimoe `mlp.router`,
+             *  minimax_m2 `mlp.e_score_correction_bias`, ernie `mlp.gate.moe_statics.e_score_correction_bias`) */
+            router: z.object({ weight: z.string().optional(), bias: TensorTemplate.optional(), correctionBias: TensorTemplate.optional() }).strict().optional(),
             experts: Fused,
           })
           .strict()

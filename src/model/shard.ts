@@ -133,7 +133,8 @@ export async function assembleShards(
       opts.onProgress?.(k + 1, first.tensors.length);
     }
     await writer.finalize();
-    await dir.writeConfig(first.config);
+    // every part wrote the same config.json (an edit of the input's text): keep its bytes
+    await dir.writeConfig(first.config, ckpts[0]!.configText);
     await dir.copyPassthrough(parts[0]!);
     // the per-shard reports travel along, named by shard
     for (const [i, p] of parts.entries()) {

@@ -115,10 +115,14 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
   const layers = cfg.int('num_hidden_layers');
   if (layers > MAX_LAYERS) fail('InvalidConfig', `${cfg.where}: 'num_hidden_layers' = ${layers} is beyond any real model (limit ${MAX_LAYERS})`);
   const heads = cfg.int('num_attention_heads');
-  const numExperts = cfg.int(c.numExperts);
-  if (numExperts > MAX_EXPERTS) fail('InvalidConfig', `${cfg.where}: '${c.numExperts}' = ${numExperts} is beyond any real model (limit ${MAX_EXPERTS})`);
-  const topK = cfg.int(c.topK);
-  if (topK > numExperts) fail('InvalidConfig', `${cfg.where}: '${c.topK}' = ${topK} exceeds '${c.numExperts}' = ${numExperts}`);
+  // the key names of both major versions (transformers 5 saves qwen3_moe's count as num_local_experts, its
+  // attribute_map target): the family's own key, else the first alias present; an edit writes back the keys present
+  const numExpertsKey = [c.numExperts, ...c.numExpertsAliases].find((k) => cfg.has(k)) ?? c.numExperts;
+  const topKKey = [c.topK, ...c.topKAliases].find((k) => cfg.has(k)) ?? c.topK;
+  const numExperts = cfg.int(numExpertsKey);
+  if (numExperts > MAX_EXPERTS) fail('InvalidConfig', `${cfg.where}: '${numExpertsKey}' = ${numExperts} is beyond any real model (limit ${MAX_EXPERTS})`);
+  const topK = cfg.int(topKKey);
+  if (topK > numExperts) fail('InvalidConfig', `${cfg.where}: '${topKKey}' = ${topK} exceeds '${numExpertsKey}' = ${numExperts}`);
   const moeLayers = moeLayerIndices(arch, cfg, layers);
   const isMoe = new Set(moeLayers);
   const hasDense = moeLayers.length < layers;
@@ -143,15 +147,30 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
   };
   if (hasDense && !t.dense) fail('InvalidConfig', `${cfg.where}: layers ${firstMissing(moeLayers, layers)} would be dense but ${family} has no dense MLP`);
 
-  const ropeParams = (config.rope_parameters ?? {}) as Record<string, unknown>;
-  const theta = cfg.has('rope_theta') ? cfg.num('rope_theta') : typeof ropeParams.rope_theta === 'number' ? ropeParams.rope_theta : c.ropeThetaDefault;
+  // RoPE settings in either convention: transformers 4's top-level rope_theta / partial_rotary_factor + rope_scaling,
+  // or transformers 5's rope_parameters (rope_type, rope_theta, partial_rotary_factor and the scaling keys in one
+  // dict, no rope_scaling). Outputs keep whichever the input has: config.json is written back as an edit of its text.
+  const rp = config.rope_parameters;
+  const ropeParams = (rp && typeof rp === 'object' && !Array.isArray(rp) ? rp : {}) as Record<string, unknown>;
+  if (Object.values(ropeParams).some((v) => v !== null && typeof v === 'object' && !Array.isArray(v)))
+    fail('UnsupportedArchitecture', `${cfg.where}: rope_parameters per layer type is not supported`);
+  // rope_parameters first: transformers 5 reads it there and keeps a top-level copy only for backward
+  // compatibility (glm4_moe saves partial_rotary_factor in both, and the top-level one does not count)
+  const ropeNum = (key: string, def: number): number => {
+    const v = ropeParams[key];
+    if (v === undefined || v === null) return cfg.has(key) ? cfg.num(key) : def;
+    if (typeof v !== 'number' || !Number.isFinite(v))
+      fail('InvalidConfig', `${cfg.where}: 'rope_parameters.${key}' must be a number, got ${JSON.stringify(v)}`);
+    return v;
+  };
   const rope: RopeSpec = {
     style: arch.rope.style,
-    theta,
-    rotaryDim: Math.round(dims.headDim * cfg.num('partial_rotary_factor', 1)),
+    theta: ropeNum('rope_theta', c.ropeThetaDefault),
+    rotaryDim: Math.round(dims.headDim * ropeNum('partial_rotary_factor', 1)),
   };
   const scaling = config.rope_scaling;
   if (scaling && typeof scaling === 'object' && !Array.isArray(scaling)) rope.scaling = scaling as Record<string, unknown>;
+  else if (String(ropeParams.rope_type ?? ropeParams.type ?? 'default') !== 'default') rope.scaling = ropeParams;
 
   const eps = cfg.num(arch.norm.epsKey, arch.norm.epsDefault);
   const norm = (weight: string, bias?: string): NormRef => ({ weight, ...(bias ? { bias } : {}), kind: arch.norm.kind, eps });
@@ -165,11 +184,11 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
   const I = dims.expertIntermediate;
   // which of the family's expert layouts this checkpoint uses, decided on its first MoE layer
   let ex = t.experts;
-  let routerWeight = t.router.weight;
+  let routerT: { weight: string; bias?: TensorTemplate; correctionBias?: TensorTemplate } = t.router;
   const alt = t.fusedAlternative;
-  if (alt && moeLayers.length > 0 && ex.layout === 'per-expert') {
+  if (alt && moeLayers.length > 0) {
     const p0 = fillTemplate(t.layerPrefix, moeLayers[0]);
-    const perExpert0 = p0 + fillTemplate(ex.gate, undefined, 0);
+    const primary0 = p0 + (ex.layout === 'per-expert' ? fillTemplate(ex.gate, undefined, 0) : ex.gateUp.tensor);
     const fused = p0 + alt.experts.gateUp.tensor;
     // the fused tensor itself, or a stored form of its expert 0 gate slice (low-rank factors of a fused input)
     const gate0: LinearRef = {
@@ -179,9 +198,13 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
       inFeatures: hidden,
       ...(alt.experts.gateUp.split === 'halves' ? { rows: [0, I] as const } : { interleave: 'even' as const }),
     };
-    if (!linearPresent(ckpt, { tensor: perExpert0 }) && (ckpt.has(fused) || ckpt.has(`${fused}_blocks`) || linearPresent(ckpt, gate0))) {
+    const primaryPresent =
+      ex.layout === 'per-expert'
+        ? linearPresent(ckpt, { tensor: primary0 })
+        : ckpt.has(primary0) || ckpt.has(`${primary0}_blocks`) || linearPresent(ckpt, { ...gate0, tensor: primary0 });
+    if (!primaryPresent && (ckpt.has(fused) || ckpt.has(`${fused}_blocks`) || linearPresent(ckpt, gate0))) {
       ex = alt.experts;
-      if (alt.router) routerWeight = alt.router.weight;
+      if (alt.router) routerT = { ...t.router, ...alt.router } as typeof routerT;
     }
   }
   const layerViews: LayerView[] = [];
@@ -197,10 +220,10 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
     }
     let block: MoeBlock | DenseBlock;
     if (isMoe.has(l) || l >= layers) {
-      const router: MoeBlock['router'] = { weight: prefix + routerWeight };
-      const rb = resolveTensor(t.router.bias, cfg);
+      const router: MoeBlock['router'] = { weight: prefix + routerT.weight };
+      const rb = resolveTensor(routerT.bias, cfg);
       if (rb) router.bias = prefix + rb;
-      const cb = resolveTensor(t.router.correctionBias, cfg);
+      const cb = resolveTensor(routerT.correctionBias, cfg);
       if (cb) router.correctionBias = prefix + cb;
       const experts: SwiGLURefs[] = [];
       for (let e = 0; e < numExperts; e++) {
@@ -268,8 +291,8 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
     embed: t.embed,
     finalNorm: norm(t.finalNorm, t.finalNormBias),
     layers: layerViews,
-    numExpertsKey: c.numExperts,
-    topKKey: c.topK,
+    numExpertsKey,
+    topKKey,
     expertLayout: ex.layout,
     moeLayers,
     attention,

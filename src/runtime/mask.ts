@@ -5,10 +5,9 @@
  * -inf adds nothing to the denominator; sigmoid(-inf) = 0; top-k on raw logits never picks -inf). This is Lu et
  * al.'s F_S: the dropped experts' logits set to -inf.
  *
- * One more step makes it exact under group-limited routing: DeepSeek fills the experts of unselected groups with
- * 0.0 (not -inf), and a kept expert whose biased score is negative then ties with them, ties going to the lower
- * index. The kept experts are therefore moved to the front of their group (in their original order), so those ties
- * resolve to the same experts, in the same order, as in the pruned checkpoint.
+ * Under group-limited routing the kept experts are moved to the front of their group (in their original order), so
+ * the selection sees them in the pruned checkpoint's order (transformers 4 filled unselected groups with 0.0, where
+ * ties with negative biased scores went to the lower index; transformers 5 fills -inf, and the order still holds).
  */
 import type { MoeLayerEdit, MoeLayerInput } from './api.js';
 
