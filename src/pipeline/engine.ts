@@ -18,7 +18,9 @@
 import type { z } from 'zod';
 import type { Progress } from '../progress.js';
 import { loadWindows } from '../data/windows.js';
-import { writeReport as writeOutputReport } from '../io/output.js';
+import { readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { stagingDirFor, writeReport as writeOutputReport } from '../io/output.js';
 import { openModel, type Model } from '../model/open.js';
 import { loadPlan, modelFingerprint, savePlan, type PlanTool } from '../model/planfile.js';
 import { passResume, resumeKey, type PassResume } from './resume.js';
@@ -121,6 +123,7 @@ export async function runPipeline<S extends z.ZodObject, R>(
   opts.before?.(o);
   if (def.backendFirst) await startBackend(o);
   const model = await openModel(o.model);
+  const resumeFiles: string[] = [];
   try {
     checkModelOptions(o, model.view);
     def.checkModel?.(model, o);
@@ -141,13 +144,27 @@ export async function runPipeline<S extends z.ZodObject, R>(
         if (out === undefined) return passResume<E>(undefined);
         const tokens = windows.reduce((a, w) => a + w.length, 0);
         const key = resumeKey({ format: `moe-${def.tool}-${pass}`, version: 1, model: modelFingerprint(model.ckpt), parts }, windows);
-        return passResume<E>({ out, file: `.moe-resume-${def.tool}-${pass}`, key, values: tokens * model.view.dims.hidden });
+        const file = `.moe-resume-${def.tool}-${pass}`;
+        resumeFiles.push(file);
+        return passResume<E>({ out, file, key, values: tokens * model.view.dims.hidden });
       },
     };
-    const report = await body(run);
+    const report = await body(run).catch(async (e: unknown) => {
+      // a run that fails in-process (bad data, NaN, a refusal) leaves nothing behind, as the writer's own failures
+      // do: its hidden-state resume files are for a run killed from outside (kill -9), which never gets here
+      if (o.out && resumeFiles.length) await dropResumeFiles(stagingDirFor(o.out), resumeFiles);
+      throw e;
+    });
     if (!o.dryRun && o.out) await writeReport(o.out, def.reportFile, report);
     return report;
   } finally {
     await model.ckpt.close();
   }
+}
+
+/** Remove a failed run's resume files, and its staging directory when nothing else (but lock and fingerprint) is in it. */
+async function dropResumeFiles(staging: string, files: readonly string[]): Promise<void> {
+  for (const f of files) await rm(join(staging, f), { force: true });
+  const rest = await readdir(staging).catch(() => undefined);
+  if (rest && rest.every((f) => f === '.moe-lock' || f === '.moe-fingerprint')) await rm(staging, { recursive: true, force: true });
 }
