@@ -92,8 +92,9 @@ describe('--calib-ids (pre-tokenized calibration)', () => {
     const a = await loadWindowSet(FIXTURE, CALIB, { seqLen: 64, maxTokens: 1024 });
     const b = await loadWindowSet(FIXTURE, idsFile, { seqLen: 64, maxTokens: 1024, format: 'ids' });
     expect(b.bos).toBe(a.bos);
-    expect(b.streamTokens).toBe(a.streamTokens);
-    expect(b.lines).toBe(a.lines);
+    // the text path tokenizes only up to the token budget (its counts are of what it read); the ids path parses the whole file
+    expect(b.streamTokens).toBeGreaterThanOrEqual(a.streamTokens);
+    expect(b.lines).toBeGreaterThanOrEqual(a.lines);
     expect(b.windows.length).toBe(16);
     expect(b.windows).toEqual(a.windows);
   });
