@@ -1,7 +1,7 @@
 /**
  * What long work reports its progress through: types only, so the pipelines, the runtime and the data loaders
  * depend on this interface and not on its implementation (src/cli/progress.ts: ora spinners, counted bars,
- * plain lines in CI; src/pipeline/cli.ts checks at compile time that the two stay the same).
+ * plain lines in CI), which re-exports these types instead of declaring its own.
  */
 export interface Progress {
   /** start a phase; returns a function that ends it */

@@ -10,20 +10,9 @@ export interface ProgressOptions {
   json?: boolean;
 }
 
-export interface Progress {
-  /** start a phase; returns a function that ends it */
-  phase(text: string): PhaseHandle;
-  /** a plain informational line (stderr), suppressed by --quiet and --json */
-  info(text: string): void;
-  warn(text: string): void;
-}
-
-export interface PhaseHandle {
-  /** update a counted bar: done of total units */
-  tick(done: number, total: number, unit?: string): void;
-  succeed(text?: string): void;
-  fail(text?: string): void;
-}
+// the interface is declared once, types only, in src/progress.ts (the pipelines depend on it, not on ora)
+import type { PhaseHandle, Progress } from '../progress.js';
+export type { PhaseHandle, Progress };
 
 export function formatEta(seconds: number): string {
   if (!Number.isFinite(seconds) || seconds < 0) return '--';

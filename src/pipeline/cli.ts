@@ -5,21 +5,15 @@
  * schema's, so the command line, recipes and library calls behave alike.
  */
 import { type Command, Option } from 'commander';
-import { createProgress, type PhaseHandle as CliPhase, type Progress as CliProgress } from '../cli/progress.js';
+import { createProgress } from '../cli/progress.js';
 import { runFingerprint } from '../io/fingerprint.js';
 import { deferPublish, withRunIdentity } from '../io/output.js';
-import type { PhaseHandle, Progress } from '../progress.js';
 import { count, number, shard, wholeNumber } from '../cli/options.js';
 import { DATA_NEEDS, type AnyCommand } from './descriptor.js';
 import { commandOptions, type OptionInfo } from './schema.js';
 import { inputPaths } from './validate.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
-
-/** compile-time: the ora implementation's interface is the types-only one of src/progress.ts, both ways */
-type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
-type Assert<T extends true> = T;
-export type ProgressInterfaceMatches = [Assert<Same<CliProgress, Progress>>, Assert<Same<CliPhase, PhaseHandle>>];
 
 // biome-ignore lint/suspicious/noExplicitAny: commander's parsers take (value, previous)
 function parserOf(info: OptionInfo): ((v: string, prev: any) => any) | undefined {
