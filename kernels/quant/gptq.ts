@@ -10,7 +10,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { fail } from '../../src/errors.js';
 import { upperCholeskyOfInverse } from '../linalg/cholesky.js';
 import { groupParams, quantizeValue } from './rtn.js';
-import { maxq as maxqOf, numGroups, type QuantizedLinear, type QuantSpec } from './types.js';
+import { groupColumns, maxq as maxqOf, numGroups, type QuantizedLinear, type QuantSpec } from './types.js';
 
 export interface GptqOptions {
   /** damping as a fraction of the mean diagonal of H (GPTQ's percdamp, 0.01) */
@@ -102,7 +102,7 @@ export function gptqQuantize(
   if (w.length !== out * inF) fail('InvalidShape', `GPTQ: weight has ${w.length} values, expected ${out}x${inF}`);
   const prep = hessian instanceof Float64Array ? prepareGptq(hessian, inF, opts) : hessian;
   if (prep.inF !== inF) fail('InvalidShape', `GPTQ: Hessian is for ${prep.inF} inputs, the weight has ${inF}`);
-  const gs = spec.groupSize;
+  const gs = groupColumns(inF, spec.groupSize);
   const mq = maxqOf(spec.bits);
   // whole groups inside each block, so a group's parameters see every feedback update before it is quantized
   const bs = gs * Math.max(1, Math.round((opts.blockSize ?? 128) / gs));

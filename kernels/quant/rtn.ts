@@ -6,7 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { f16BitsToF32, f32ToF16Bits } from '../../src/io/dtype.js';
-import { maxq as maxqOf, numGroups, type QuantizedLinear, type QuantSpec } from './types.js';
+import { groupColumns, maxq as maxqOf, numGroups, type QuantizedLinear, type QuantSpec } from './types.js';
 
 /** Round half to even, as torch.round and tf.round do, so the typed-array and tfjs paths agree bit for bit. */
 export function roundHalfEven(x: number): number {
@@ -67,7 +67,7 @@ export function quantizeValue(w: number, scale: number, zero: number, mq: number
  * are derived on typed arrays because they need float16 rounding.
  */
 export function quantizeRtn(w: Float32Array, out: number, inF: number, spec: QuantSpec): QuantizedLinear {
-  const gs = spec.groupSize;
+  const gs = groupColumns(inF, spec.groupSize);
   const G = numGroups(inF, gs);
   const mq = maxqOf(spec.bits);
   const padded = G * gs;

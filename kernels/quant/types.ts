@@ -8,7 +8,7 @@ export const QUANT_BITS: readonly QuantBits[] = [2, 3, 4, 8];
 
 export interface QuantSpec {
   bits: QuantBits;
-  /** input columns per group (128 by default; 64 and 32 finer) */
+  /** input columns per group (128 by default; 64 and 32 finer; -1: one group of every input column, channel-wise) */
   groupSize: number;
   /** symmetric: zero fixed at 2^(bits-1) (GPTQ's convention); asymmetric (default): min-max per group */
   sym: boolean;
@@ -28,8 +28,13 @@ export interface QuantizedLinear {
   gIdx: Int32Array;
 }
 
+/** Columns of one group: -1 is GPTQ's and compressed-tensors' spelling of a single group spanning the row. */
+export function groupColumns(inFeatures: number, groupSize: number): number {
+  return groupSize === -1 ? inFeatures : groupSize;
+}
+
 export function numGroups(inFeatures: number, groupSize: number): number {
-  return Math.ceil(inFeatures / groupSize);
+  return Math.ceil(inFeatures / groupColumns(inFeatures, groupSize));
 }
 
 export function maxq(bits: number): number {

@@ -24,7 +24,7 @@ import { f32ToF16Bits, toF32 } from '../io/dtype.js';
 import type { TensorSpec } from '../io/writer.js';
 import { registerLinearFormat, type LinearFormat } from '../model/load.js';
 import type { LinearRef } from '../model/types.js';
-import type { QuantBits, QuantizedLinear } from '../../kernels/quant/types.js';
+import { groupColumns, numGroups, type QuantBits, type QuantizedLinear } from '../../kernels/quant/types.js';
 
 export const CT_SUFFIXES = ['weight_packed', 'weight_scale', 'weight_shape', 'weight_zero_point', 'weight_g_idx'] as const;
 
@@ -33,13 +33,13 @@ const moduleOfTensor = (t: string) => (t.endsWith('.weight') ? t.slice(0, -'.wei
 /** Stored bytes of one symmetric pack-quantized linear: packed codes, F16 scales, the I64 shape. */
 export function ctBytes(out: number, inF: number, bits: number, groupSize: number): number {
   const pf = Math.floor(32 / bits);
-  const groups = groupSize === -1 ? 1 : Math.ceil(inF / groupSize);
+  const groups = numGroups(inF, groupSize);
   return out * Math.ceil(inF / pf) * 4 + out * groups * 2 + 16;
 }
 
 export function ctTensorSpecs(module: string, out: number, inF: number, bits: QuantBits, groupSize: number): TensorSpec[] {
   const pf = Math.floor(32 / bits);
-  const groups = groupSize === -1 ? 1 : Math.ceil(inF / groupSize);
+  const groups = numGroups(inF, groupSize);
   return [
     { name: `${module}.weight_packed`, dtype: 'I32', shape: [out, Math.ceil(inF / pf)] },
     { name: `${module}.weight_scale`, dtype: 'F16', shape: [out, groups] },
@@ -55,9 +55,9 @@ export function ctTensorBytes(ql: QuantizedLinear): Uint8Array[] {
   const pf = 32 / bits;
   const half = 1 << (bits - 1);
   const G = ql.scales.length / out;
+  const gs = groupColumns(inF, spec.groupSize);
   for (let i = 0; i < inF; i++) {
-    if (ql.gIdx[i] !== Math.floor(i / spec.groupSize))
-      fail('ComputeError', 'compressed-tensors output is written without weight_g_idx: act order is not supported');
+    if (ql.gIdx[i] !== Math.floor(i / gs)) fail('ComputeError', 'compressed-tensors output is written without weight_g_idx: act order is not supported');
   }
   for (let k = 0; k < ql.zeros.length; k++) {
     if (ql.zeros[k] !== half) fail('ComputeError', `compressed-tensors output is symmetric: zero point ${ql.zeros[k]} is not ${half}`);

@@ -15,7 +15,8 @@ import { checkServeFlags, SERVE_TARGET_NAMES, serveTarget, type ServeTarget } fr
 export const DEFAULT_CANDIDATES: QuantBits[] = [2, 3, 4];
 export const DEFAULT_GGUF_CANDIDATES: GgufCandidate[] = ['q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'];
 export const DEFAULT_MIN_TOKENS = 32;
-export const GROUP_SIZES = [32, 64, 128] as const;
+/** -1: one group spanning every input column (channel-wise scales), as GPTQ and compressed-tensors spell it */
+export const GROUP_SIZES = [-1, 32, 64, 128] as const;
 /** a width, or (--format gguf) a ggml type name: the allocation's candidates and the dense linears' type */
 const widthOrType = () => z.literal([...QUANT_BITS, ...GGUF_CANDIDATES] as unknown as [QuantBits | GgufCandidate, ...(QuantBits | GgufCandidate)[]]);
 
@@ -46,7 +47,7 @@ export const QUANTIZE_OPTIONS = z.object({
     help: 'bits of attention, dense MLP and shared-expert linears (--format gguf: a ggml type, or 2/3/4/8, and the byte budget those tensors share)',
     arg: 'b',
   }),
-  groupSize: field(z.literal(GROUP_SIZES).default(128), { help: 'input columns per scale group', arg: 'n' }),
+  groupSize: field(z.literal(GROUP_SIZES).default(128), { help: 'input columns per scale group; -1 = one scale per output row (channel-wise)', arg: 'n' }),
   sym: field(z.boolean().default(false), { help: 'symmetric quantization (zero point fixed at 2^(bits-1))' }),
   actOrder: field(z.boolean().default(false), {
     help: 'GPTQ act-order (desc_act): columns by decreasing Hessian diagonal, written as g_idx',

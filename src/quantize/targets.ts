@@ -97,4 +97,7 @@ export function checkServeFlags(
   if (o.actOrder && !t.actOrderFormats.includes(o.format)) {
     fail('Usage', `${flag}: --act-order is not available with --format ${o.format} (we write no weight_g_idx); use --format ${t.actOrderFormats.join(' or ')}`);
   }
+  // act order only reorders which columns share a scale; with one group per row there is nothing to reorder, and
+  // vLLM's Marlin GPTQ path refuses desc_act with channel-wise scales
+  if (o.actOrder && o.groupSize === -1) fail('Usage', `${flag}: --act-order needs scale groups; --group-size -1 has one per row (use 32, 64 or 128)`);
 }

@@ -61,7 +61,7 @@ const CASES: Case[] = [
   ],
   ['merge: router fit from statistics', 'merge', { groups: 4, router: 'fit', stats: './s' }, /--router fit needs calibration hidden states/, ExitCode.usage],
   ['merge: no data', 'merge', { groups: 4 }, /merging is data-driven/, ExitCode.usage],
-  ['quantize: group_size 100', 'quantize', { bits: 3, group_size: 100, calib: C }, /--group-size must be one of 32, 64, 128, got 100/, ExitCode.usage],
+  ['quantize: group_size 100', 'quantize', { bits: 3, group_size: 100, calib: C }, /--group-size must be one of -1, 32, 64, 128, got 100/, ExitCode.usage],
   ['quantize: candidates [5]', 'quantize', { bits: 3, candidates: [5], calib: C }, /--candidates must be one of 2, 3, 4, 8, f32, .*, got 5/, ExitCode.usage],
   ['quantize: damp 2', 'quantize', { bits: 3, damp: 2, calib: C }, /--damp must be a number in \(0, 1\), got 2/, ExitCode.usage],
   ['quantize: GPTQ without calibration', 'quantize', { bits: 3 }, /GPTQ needs calibration text/, ExitCode.usage],

@@ -125,6 +125,37 @@ describe('vLLM-shaped GPTQ', () => {
   }, 120_000);
 });
 
+describe('channel-wise scales (--group-size -1)', () => {
+  it('compressed-tensors: strategy channel, one F16 scale per output row, every byte counted; the rules and the decoder agree', async () => {
+    const { out, rep } = await run({ bits: 4.2, candidates: [4], groupSize: -1, format: 'compressed-tensors' });
+    const qc = JSON.parse(await readFile(join(out, 'config.json'), 'utf8')).quantization_config;
+    const w = ctScheme(qc, 'model.layers.1.block_sparse_moe.experts.3.w1')!.weights!;
+    expect(w.strategy).toBe('channel');
+    const tensors = readSafetensors(out);
+    expect(tensors.get('model.layers.1.block_sparse_moe.experts.3.w1.weight_scale')!.shape).toEqual([256, 1]);
+    // w1/w3 [256, 128], w2 [128, 256]: packed 4 bits + one F16 scale per row + 16 bytes of weight_shape
+    const w13 = 256 * 128 * 0.5 + 256 * 2 + 16;
+    const w2 = 256 * 128 * 0.5 + 128 * 2 + 16;
+    expect(rep.bpw.experts).toBeCloseTo((8 * (2 * w13 + w2)) / (3 * 32768), 10);
+    expect(checkVllm(out)).toEqual([]);
+    expect(await decodersAgree(out, 'ct')).toBe(4 * 8 * 3 + 16);
+  }, 120_000);
+
+  it('GPTQ: scales [1, out], group_size -1 in quantization_config; the independent decoder reads what we wrote', async () => {
+    const { out } = await run({ bits: 4.4, candidates: [4], groupSize: -1, format: 'gptq' });
+    const qc = JSON.parse(await readFile(join(out, 'config.json'), 'utf8')).quantization_config;
+    expect(qc.group_size).toBe(-1);
+    expect(readSafetensors(out).get('model.layers.0.block_sparse_moe.experts.0.w2.scales')!.shape).toEqual([1, 128]);
+    expect(await decodersAgree(out, 'gptq')).toBe(4 * 8 * 3 + 16);
+  }, 120_000);
+
+  it('--serve vllm refuses --act-order with channel-wise scales (exit 2): there is no group order to choose', async () => {
+    await expect(run({ bits: 4.4, candidates: [4], groupSize: -1, format: 'gptq', serve: 'vllm', actOrder: true, method: 'gptq' })).rejects.toThrow(
+      /--act-order needs scale groups/,
+    );
+  });
+});
+
 describe('the vLLM-rules checker fails what vLLM cannot load', () => {
   it('per-expert widths (our default GPTQ output): experts stored at widths vLLM does not load them at', async () => {
     const { out, rep } = await run({ bits: 6, candidates: [4, 8], mixedDown: false });
