@@ -103,6 +103,7 @@ export const FAMILY_HOOKS: Readonly<Record<string, FamilyHooks>> = {
   gpt_oss: gptOss,
   qwen2_moe: qwenWindow,
   qwen3_moe: qwenWindow,
+  dots1: qwenWindow,
   minimax_m2: minimax,
   ernie4_5_moe: ernie,
 };
