@@ -57,6 +57,9 @@ export interface FusedGptqLayout {
   target(layer: LayerView, expert: number, proj: Proj): FusedTarget;
   /** the router weight's name in the output, when it differs from the input's (transformers-5 mixtral) */
   routerName(layer: LayerView): string | undefined;
+  /** the router's correction bias's name in the output, when it differs from the input's (transformers-5
+   *  minimax_m2 `mlp.e_score_correction_bias`, ernie4_5_moe `mlp.gate.moe_statics.e_score_correction_bias`) */
+  correctionBiasName(layer: LayerView): string | undefined;
 }
 
 /** GPTQModel's module names for natively fused families, relative to the layer prefix. */
@@ -87,6 +90,16 @@ export function fusedGptqLayout(view: ModelView): FusedGptqLayout | { refuse: st
     const name = layer.prefix + t.router.weight;
     return name === layer.block.router.weight ? undefined : name;
   };
+  // the per-expert modules sit beside the original format's router names, the correction bias's too: left under
+  // the fused layout's name, the output would be a mix no loader (moe dequantize included) reads. The input has the
+  // bias only when the template's condition holds, and both layouts' templates test the same config key.
+  const correctionBiasName = (layer: LayerView): string | undefined => {
+    const have = layer.block.kind === 'moe' ? layer.block.router.correctionBias : undefined;
+    const tpl = t.router.correctionBias;
+    if (!have || !tpl) return undefined;
+    const name = layer.prefix + (typeof tpl === 'string' ? tpl : tpl.name);
+    return name === have ? undefined : name;
+  };
   if (t.experts.layout === 'fused') {
     if (!native)
       return {
@@ -103,6 +116,7 @@ export function fusedGptqLayout(view: ModelView): FusedGptqLayout | { refuse: st
         return out;
       },
       routerName,
+      correctionBiasName,
     };
   }
   // a per-expert family saved in the transformers-5 fused layout: back to the family's per-expert module names
@@ -115,6 +129,7 @@ export function fusedGptqLayout(view: ModelView): FusedGptqLayout | { refuse: st
       return { module: moduleOf(layer.prefix + fillTemplate(ex[proj], undefined, expert)) };
     },
     routerName,
+    correctionBiasName,
   };
 }
 

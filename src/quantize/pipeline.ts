@@ -519,6 +519,15 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
       });
     }
     unquantized.push((renamed ?? router).replace(/\.weight$/, ''));
+    const bias = layer.block.router.correctionBias;
+    const biasRenamed = bias && fusedLayout && !('refuse' in fusedLayout) ? fusedLayout.correctionBiasName(layer) : undefined;
+    if (bias && biasRenamed) {
+      const info = ckpt.info(bias);
+      fates.set(bias, {
+        kind: 'replace',
+        tensors: [{ spec: { name: biasRenamed, dtype: info.dtype, shape: info.shape }, produce: () => ckpt.readBytes(bias) }],
+      });
+    }
   }
   const fusedWrites = fusedModuleWrites(decisions, {
     ckpt,

@@ -303,7 +303,54 @@ describe('quantize -> dequantize of fused experts', () => {
   });
 });
 
-/** A per-expert tiny Mixtral rewritten in the transformers-5 fused layout (router at mlp.gate, gate first). */
+describe('transformers-5 fused layout with a router correction bias', () => {
+  it("minimax_m2: the bias goes back to block_sparse_moe.e_score_correction_bias with the router; the output equals the per-expert input's and dequantizes", async () => {
+    const per = await tiny('minimax-per', 'minimax_m2');
+    const fused = join(root, 'minimax-v5');
+    await toFusedV5(per, fused);
+    const fm = await openModel(fused);
+    try {
+      expect(fm.view.expertLayout).toBe('fused');
+      const l0 = fm.view.layers[0]!.block;
+      if (l0.kind !== 'moe') throw new Error('not MoE');
+      expect(l0.router.correctionBias).toBe('model.layers.0.mlp.e_score_correction_bias');
+    } finally {
+      await fm.ckpt.close();
+    }
+    const a = join(root, 'minimax-per-q');
+    const b = join(root, 'minimax-v5-q');
+    await quantize(request(per, a, { sequential: true, bits: 4 }));
+    await quantize(request(fused, b, { sequential: true, bits: 4 }));
+    const ca = await Checkpoint.open(a);
+    const cb = await Checkpoint.open(b);
+    try {
+      expect([...cb.tensorNames].sort()).toEqual([...ca.tensorNames].sort());
+      expect(cb.tensorNames).toContain('model.layers.0.block_sparse_moe.e_score_correction_bias');
+      expect(cb.tensorNames).not.toContain('model.layers.0.mlp.e_score_correction_bias');
+      for (const n of ca.tensorNames) expect(Array.from(await cb.readBytes(n)), n).toEqual(Array.from(await ca.readBytes(n)));
+    } finally {
+      await ca.close();
+      await cb.close();
+    }
+    // before the rename, dequantize refused this output: "checkpoint is missing tensor ...e_score_correction_bias"
+    const deq = join(root, 'minimax-v5-dq');
+    await dequantizeCheckpoint({ model: b, out: deq });
+    const dm = await openModel(deq);
+    const src = await Checkpoint.open(per);
+    try {
+      const l0 = dm.view.layers[0]!.block;
+      if (l0.kind !== 'moe') throw new Error('not MoE');
+      const want = await src.readF32('model.layers.0.block_sparse_moe.e_score_correction_bias');
+      expect(Array.from(await dm.ckpt.readF32(l0.router.correctionBias!))).toEqual(Array.from(want));
+    } finally {
+      await dm.ckpt.close();
+      await src.close();
+    }
+  });
+});
+
+/** A per-expert tiny Mixtral (or MiniMax-M2) rewritten in the transformers-5 fused layout (router at mlp.gate,
+ *  MiniMax-M2's correction bias at mlp.e_score_correction_bias, gate first). */
 async function toFusedV5(src: string, dst: string): Promise<void> {
   const ck = await Checkpoint.open(src);
   const tensors: { spec: TensorSpec; bytes: Uint8Array }[] = [];
@@ -316,6 +363,8 @@ async function toFusedV5(src: string, dst: string): Promise<void> {
         continue;
       }
       const p = `model.layers.${m[1]}.`;
+      if (m[2] === 'e_score_correction_bias')
+        tensors.push({ spec: { name: `${p}mlp.e_score_correction_bias`, dtype: ck.dtype(n), shape: ck.shape(n) }, bytes: await ck.readBytes(n) });
       if (m[2] === 'gate.weight') tensors.push({ spec: { name: `${p}mlp.gate.weight`, dtype: 'F32', shape: ck.shape(n) }, bytes: await ck.readBytes(n) });
       if (m[2] !== 'experts.0.w1.weight') continue;
       const [I, H] = ck.shape(n) as [number, number];
