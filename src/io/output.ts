@@ -4,7 +4,8 @@
  * interrupted run leaves at most a `.moe-staging-*` directory, never a half checkpoint under the target name.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { copyFile, lstat, mkdir, readFile, readdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, copyFile, lstat, mkdir, readFile, readdir, realpath, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { fail, isMoeError } from '../errors.js';
 import type { HFConfig } from './checkpoint.js';
@@ -159,6 +160,28 @@ export async function checkOutputTarget(out: string, opts: OutputOptions = {}): 
     if (up === ancestor) break;
     ancestor = up;
   }
+  await probeWritable(out, ancestor);
+}
+
+/**
+ * The writability probe: the staging directory (and any missing parent) is created in `dir`, the nearest existing
+ * ancestor of the output, so a directory there must be creatable. Checked with access(2) and statfs(2), which leave no
+ * trace (dry runs too), before any heavy work: a read-only mount, a directory this user may not write or a full disk
+ * fails in the first second with its real cause, not after the scoring pass (where mkdir -p says ENOENT on EROFS).
+ */
+async function probeWritable(out: string, dir: string): Promise<void> {
+  try {
+    await access(dir, constants.W_OK | constants.X_OK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+    const why =
+      code === 'EROFS' ? 'is on a read-only filesystem' : code === 'EACCES' || code === 'EPERM' ? 'is not writable by this user' : 'cannot be written';
+    fail('OutputError', `cannot write ${out}: ${dir} ${why} (${code})`);
+  }
+  const fs = await statfs(dir).catch(() => undefined);
+  // bavail counts the blocks an unprivileged user may use; root may also use the reserve (bfree)
+  const free = fs ? (process.getuid?.() === 0 ? fs.bfree : fs.bavail) : 1;
+  if (free <= 0) fail('OutputError', `cannot write ${out}: no space left on the filesystem of ${dir} (ENOSPC)`);
 }
 
 /**

@@ -79,6 +79,19 @@ const qwenWindow: FamilyHooks = {
   },
 };
 
+/**
+ * dots1 (configuration_dots1.py): `layer_types` when given, else sliding from max_window_layers on whenever
+ * sliding_window is set (no use_sliding_window switch, unlike Qwen).
+ */
+const dots1: FamilyHooks = {
+  adjust(view, cfg) {
+    if (applyLayerTypes(view, cfg)) return;
+    if (!cfg.has('sliding_window')) return;
+    const from = cfg.int('max_window_layers', 62, false);
+    for (const l of view.layers) if (l.index >= from) l.slidingWindow = cfg.int('sliding_window');
+  },
+};
+
 /** MiniMax-M2: partial RoPE given as a dimension (rotary_dim) rather than a factor. */
 const minimax: FamilyHooks = {
   adjust(view, cfg) {
@@ -103,6 +116,7 @@ export const FAMILY_HOOKS: Readonly<Record<string, FamilyHooks>> = {
   gpt_oss: gptOss,
   qwen2_moe: qwenWindow,
   qwen3_moe: qwenWindow,
+  dots1,
   minimax_m2: minimax,
   ernie4_5_moe: ernie,
 };

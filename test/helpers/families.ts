@@ -26,6 +26,7 @@ export const FAMILIES = [
   'minimax_m2',
   'ernie4_5_moe',
   'glm4_moe_lite',
+  'dots1',
 ] as const;
 export type Family = (typeof FAMILIES)[number];
 
@@ -221,6 +222,27 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
       isMoe = (l) => l >= 1;
       break;
     }
+    case 'dots1':
+      // transformers 5.18 configuration_dots1.py: DeepSeek-V3 MoE keys, Qwen3 attention (no head_dim key: H / heads)
+      config = {
+        ...base,
+        model_type: 'dots1',
+        architectures: ['Dots1ForCausalLM'],
+        intermediate_size: DI,
+        moe_intermediate_size: I,
+        n_routed_experts: E,
+        n_shared_experts: 1,
+        num_experts_per_tok: K,
+        first_k_dense_replace: 1,
+        n_group: 1,
+        topk_group: 1,
+        routed_scaling_factor: 2.5,
+        norm_topk_prob: true,
+        attention_bias: false,
+        sliding_window: null,
+      };
+      isMoe = (l) => l >= 1;
+      break;
     case 'glm4_moe_lite':
       // transformers 5.18 configuration_glm4_moe_lite.py: DeepSeek-V3 attention keys, MoE layers from mlp_layer_types
       config = {
@@ -379,7 +401,7 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
         vec(`${p}self_attn.v_proj.bias`, kv * hd);
       }
       if (family === 'gpt_oss' || family === 'phimoe') vec(`${p}self_attn.o_proj.bias`, H);
-      if (family === 'qwen3_moe' || family === 'glm4_moe') {
+      if (family === 'qwen3_moe' || family === 'glm4_moe' || family === 'dots1') {
         normW(`${p}self_attn.q_norm.weight`, hd);
         normW(`${p}self_attn.k_norm.weight`, hd);
       }
@@ -462,7 +484,7 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
       default: {
         // qwen2_moe, qwen3_moe, olmoe, deepseek_v2/v3: mlp.gate + mlp.experts.e.{gate,up,down}_proj
         put(`${p}mlp.gate.weight`, [E, H], randn(E * H, 0.5));
-        if (family === 'deepseek_v3' || family === 'glm4_moe' || family === 'glm4_moe_lite')
+        if (family === 'deepseek_v3' || family === 'glm4_moe' || family === 'glm4_moe_lite' || family === 'dots1')
           put(`${p}mlp.gate.e_score_correction_bias`, [E], randn(E, 0.1), 'F32');
         if (family === 'ernie4_5_moe') put(`${p}mlp.moe_statics.e_score_correction_bias`, [1, E], randn(E, 0.1), 'F32');
         if (opts.fusedExperts) fusedV5();
@@ -485,7 +507,7 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
           linear(`${p}mlp.shared_experts.up_proj.weight`, S, H);
           linear(`${p}mlp.shared_experts.down_proj.weight`, H, S);
         }
-        if (family === 'deepseek_v2' || family === 'deepseek_v3' || family === 'glm4_moe' || family === 'glm4_moe_lite') {
+        if (family === 'deepseek_v2' || family === 'deepseek_v3' || family === 'glm4_moe' || family === 'glm4_moe_lite' || family === 'dots1') {
           const S = I; // moe_intermediate_size x n_shared_experts (1)
           linear(`${p}mlp.shared_experts.gate_proj.weight`, S, H);
           linear(`${p}mlp.shared_experts.up_proj.weight`, S, H);

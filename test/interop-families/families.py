@@ -21,6 +21,14 @@ TINY = {
         kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, v_head_dim=16, qk_nope_head_dim=16, n_group=2, topk_group=1,
         num_experts_per_tok=2, max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1,
     ),
+    # DeepSeek-V3 MoE (sigmoid group routing, shared expert, first_k_dense_replace) under Qwen3 attention (per-head
+    # q/k norm, GQA, half RoPE); norm_topk_prob set as dots.llm1 ships it (the class default is False)
+    "dots1": dict(
+        vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, n_shared_experts=1, n_routed_experts=8, routed_scaling_factor=2.5,
+        n_group=2, topk_group=1, num_experts_per_tok=2, first_k_dense_replace=1, norm_topk_prob=True,
+        max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1,
+    ),
 }
 
 

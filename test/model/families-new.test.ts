@@ -191,3 +191,27 @@ describe('glm4_moe_lite (MLA with q-LoRA, sigmoid group routing, mlp_layer_types
     expect(r.stderr).toMatch(/^moe: .*'mlp_layer_types' must list 3 entries, each "sparse" or "dense"\n$/);
   });
 });
+
+describe('dots1 (DeepSeek-V3 MoE under Qwen3 attention)', () => {
+  it('DeepSeek-V3 routing with Qwen3 per-head q/k norm; sliding layers from max_window_layers whenever sliding_window is set', async () => {
+    const cases = [
+      ['dots1-full', { sliding_window: null, max_window_layers: 1 }, [null, null, null]],
+      ['dots1-window', { sliding_window: 16, max_window_layers: 2 }, [null, null, 16]],
+      ['dots1-types', { sliding_window: 16, max_window_layers: 0, layer_types: ['sliding_attention', 'full_attention', 'full_attention'] }, [16, null, null]],
+    ] as const;
+    for (const [name, config, windows] of cases) {
+      const dir = join(root, name);
+      await makeTinyCheckpoint('dots1', dir, { experts: 8, config });
+      const m = await openModel(dir);
+      try {
+        expect(m.view.family).toBe('dots1');
+        expect(m.view.moeLayers).toEqual([1, 2]);
+        expect(m.view.attention).toMatchObject({ kind: 'gqa', qkNorm: 'per-head' });
+        expect(m.view.routing).toMatchObject({ score: 'sigmoid', selectionBias: true, normalize: true, scale: 2.5 });
+        expect(m.view.layers.map((l) => l.slidingWindow ?? null)).toEqual(windows);
+      } finally {
+        await m.ckpt.close();
+      }
+    }
+  });
+});

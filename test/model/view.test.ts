@@ -32,6 +32,7 @@ const DENSE: Record<Family, number[]> = {
   minimax_m2: [],
   ernie4_5_moe: [0],
   glm4_moe_lite: [0],
+  dots1: [0],
 };
 
 async function expectMoeError(p: Promise<unknown>, code: string, msg: RegExp): Promise<void> {

@@ -10,6 +10,7 @@ import { CALIBRATE_COMMAND } from './calibrate.js';
 import { DEQUANTIZE_COMMAND } from './dequantize.js';
 import { EVAL_COMMAND } from './eval.js';
 import { INSPECT_COMMAND } from './inspect.js';
+import { PLAN_SHARDS_COMMAND } from './plan-shards.js';
 import { RUN_COMMAND } from './run.js';
 
 /** Every command's descriptor, in the order `moe --help` lists them. */
@@ -24,6 +25,7 @@ export const DESCRIPTORS: readonly AnyCommand[] = [
   DECOMPOSE_COMMAND,
   RUN_COMMAND,
   ASSEMBLE_COMMAND,
+  PLAN_SHARDS_COMMAND,
 ];
 
 /** Every subcommand as a registration on the program (src/cli/main.ts), generated from its descriptor. */
