@@ -506,28 +506,22 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
   // fused experts: written as the family's per-expert GPTQ modules (fused.ts), each from the pass's quantized parts
   const packedQuant = new Map<string, QuantizedLinear>();
   const fusedLayout = view.expertLayout === 'fused' ? fusedGptqLayout(view) : undefined;
+  const renames = fusedLayout && !('refuse' in fusedLayout) ? fusedLayout : undefined;
+  /** an unquantized tensor written under the per-expert layout's name, its bytes unchanged */
+  const writeAs = (from: string, to: string) => {
+    const info = ckpt.info(from);
+    fates.set(from, { kind: 'replace', tensors: [{ spec: { name: to, dtype: info.dtype, shape: info.shape }, produce: () => ckpt.readBytes(from) }] });
+  };
   for (const layer of view.layers) {
     if (layer.block.kind !== 'moe') continue;
     const router = layer.block.router.weight;
     // transformers-5 mixtral keeps its router at mlp.gate; the per-expert GPTQ layout has it at block_sparse_moe.gate
-    const renamed = fusedLayout && !('refuse' in fusedLayout) ? fusedLayout.routerName(layer) : undefined;
-    if (renamed) {
-      const info = ckpt.info(router);
-      fates.set(router, {
-        kind: 'replace',
-        tensors: [{ spec: { name: renamed, dtype: info.dtype, shape: info.shape }, produce: () => ckpt.readBytes(router) }],
-      });
-    }
+    const renamed = renames?.routerName(layer);
+    if (renamed) writeAs(router, renamed);
     unquantized.push((renamed ?? router).replace(/\.weight$/, ''));
     const bias = layer.block.router.correctionBias;
-    const biasRenamed = bias && fusedLayout && !('refuse' in fusedLayout) ? fusedLayout.correctionBiasName(layer) : undefined;
-    if (bias && biasRenamed) {
-      const info = ckpt.info(bias);
-      fates.set(bias, {
-        kind: 'replace',
-        tensors: [{ spec: { name: biasRenamed, dtype: info.dtype, shape: info.shape }, produce: () => ckpt.readBytes(bias) }],
-      });
-    }
+    const biasRenamed = bias ? renames?.correctionBiasName(layer) : undefined;
+    if (bias && biasRenamed) writeAs(bias, biasRenamed);
   }
   const fusedWrites = fusedModuleWrites(decisions, {
     ckpt,

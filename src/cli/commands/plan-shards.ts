@@ -228,6 +228,8 @@ export async function planShards(o: z.output<typeof PLAN_SHARDS_OPTIONS>, pipeli
       ? null
       : Math.round((layerOut * (layerBytes.get(i) ?? 0)) / inputLayers) + (i === 0 ? Math.min(outsideBytes, after!) : 0);
 
+  // calibrate --merge and assemble hold no model: the runtime alone
+  const bareRuntime = estimatePeak([], { tensorBackend: false }).peakBytes;
   const calibNeeds: string[] = [];
   if (o.data) {
     const parts: string[] = [];
@@ -265,7 +267,7 @@ export async function planShards(o: z.output<typeof PLAN_SHARDS_OPTIONS>, pipeli
       argv: ['calibrate', '--merge', ...parts, '--out', statsDir],
       needs: parts.map((_, i) => `calibrate-${i}`),
       writes: [statsDir],
-      estPeakBytes: estimatePeak([], { tensorBackend: false }).peakBytes,
+      estPeakBytes: bareRuntime,
       estBytesWritten: null,
     });
     calibNeeds.push('calibrate-merge');
@@ -309,7 +311,7 @@ export async function planShards(o: z.output<typeof PLAN_SHARDS_OPTIONS>, pipeli
     argv: ['assemble', ...partDirs, '--out', out],
     needs: partDirs.map((_, i) => `shard-${i}`),
     writes: [out],
-    estPeakBytes: estimatePeak([], { tensorBackend: false }).peakBytes,
+    estPeakBytes: bareRuntime,
     estBytesWritten: after,
   });
   return { tool: 'moe plan-shards', pipeline: d.name, model, out, shards: N, calibShards: o.data ? K : 0, jobs };
