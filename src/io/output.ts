@@ -12,6 +12,7 @@ import type { HFConfig } from './checkpoint.js';
 import { PASSTHROUGH_FILES } from './checkpoint.js';
 import { editJsonText, type JsonStyle } from '../model/configjson.js';
 import { checkPassthroughFile } from './files.js';
+import { failWrite, osCause } from './oserror.js';
 import { CheckpointWriter, type TensorSpec, type WriterOptions } from './writer.js';
 
 export interface OutputOptions {
@@ -271,7 +272,7 @@ export async function writeReport(out: string, file: string, report: unknown): P
   try {
     await writeFile(join(out, file), JSON.stringify(report, null, 2) + '\n');
   } catch (e) {
-    fail('OutputError', `cannot write ${join(out, file)}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    failWrite(join(out, file), e);
   }
 }
 
@@ -321,7 +322,7 @@ export class OutputDir {
       if (fingerprint !== undefined) await adoptStaging(staging, out, fingerprint);
     } catch (e) {
       if (isMoeError(e)) throw e;
-      fail('OutputError', `cannot create a staging directory beside ${out}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      fail('OutputError', `cannot create a staging directory beside ${out}: ${osCause(e)}`);
     }
     const dir = new OutputDir(resolve(out), staging, opts);
     live.add(dir);
@@ -337,7 +338,7 @@ export class OutputDir {
       injectedFault(name);
       await writeFile(this.path(name), JSON.stringify(value, null, 2) + '\n');
     } catch (e) {
-      fail('OutputError', `cannot write ${this.path(name)}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      failWrite(this.path(name), e);
     }
   }
 
@@ -350,7 +351,7 @@ export class OutputDir {
     try {
       await writeFile(this.path('config.json'), editJsonText(originalText, config, style));
     } catch (e) {
-      fail('OutputError', `cannot write ${this.path('config.json')}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      failWrite(this.path('config.json'), e);
     }
   }
 
@@ -365,7 +366,7 @@ export class OutputDir {
         try {
           await copyFile(join(fromDir, f), this.path(f));
         } catch (e) {
-          fail('OutputError', `cannot copy ${f} into ${this.staging}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+          fail('OutputError', `cannot copy ${f} into ${this.staging}: ${osCause(e)}`);
         }
         copied.push(f);
       }
@@ -410,7 +411,7 @@ export class OutputDir {
       live.delete(this);
     } catch (e) {
       if (isMoeError(e)) throw e;
-      fail('OutputError', `cannot move ${this.staging} into place as ${this.target}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      fail('OutputError', `cannot move ${this.staging} into place as ${this.target}: ${osCause(e)}`);
     }
   }
 

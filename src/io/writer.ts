@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { fail, isMoeError } from '../errors.js';
 import { DTYPE_BYTES, type Dtype } from './dtype.js';
 import { checkFiniteOutput } from './finite.js';
+import { failWrite } from './oserror.js';
 import { encodeHeader, IO_CHUNK_BYTES, quote, type PendingTensor } from './safetensors.js';
 
 export const DEFAULT_MAX_SHARD_BYTES = 5_000_000_000;
@@ -91,6 +92,8 @@ export class CheckpointWriter {
     readonly dir: string,
     private readonly shards: TensorSpec[][],
     private readonly handles: FileHandle[],
+    /** file names of the shards, for the error of a write that fails */
+    private readonly names: string[],
   ) {}
 
   /**
@@ -128,19 +131,19 @@ export class CheckpointWriter {
         fh = await open(path, keep ? 'r+' : 'w');
         reused.push(keep);
         if (!keep) {
-          await writeFully(fh, header, 0);
+          await writeFully(fh, header, 0, path);
           // the file gets its final size now (sparse until written), so a tensor can land at its offset in any order
           await fh.truncate(header.byteLength + total);
         }
       } catch (e) {
         await Promise.allSettled(handles.map((h) => h.close()));
         if (isMoeError(e)) throw e;
-        fail('OutputError', `cannot create ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        failWrite(path, e);
       }
       handles.push(fh);
       dataStarts.push(header.byteLength);
     }
-    const w = new CheckpointWriter(dir, shards, handles);
+    const w = new CheckpointWriter(dir, shards, handles, names);
     w.finiteOnly = !!opts.finiteOnly;
     shards.forEach((shard, i) => {
       let off = 0;
@@ -157,8 +160,13 @@ export class CheckpointWriter {
       .filter(([, s]) => s.filled === s.byteLength)
       .map(([n]) => n + '\n')
       .join('');
-    await writeFile(join(dir, JOURNAL_FILE), keepLines);
-    w.journal = await open(join(dir, JOURNAL_FILE), 'a');
+    try {
+      await writeFile(join(dir, JOURNAL_FILE), keepLines);
+      w.journal = await open(join(dir, JOURNAL_FILE), 'a');
+    } catch (e) {
+      await w.abort();
+      failWrite(join(dir, JOURNAL_FILE), e);
+    }
     return w;
   }
 
@@ -194,7 +202,7 @@ export class CheckpointWriter {
     }
     // every byte of an output passes here (copied, produced or assembled): NaN/Inf never reaches a checkpoint
     if (this.finiteOnly) checkFiniteOutput(name, bytes, s.dtype);
-    await writeFully(this.handles[s.shard]!, bytes, s.offset);
+    await writeFully(this.handles[s.shard]!, bytes, s.offset, this.shardPath(s.shard));
     s.filled = s.byteLength;
     await this.journalDone(name);
   }
@@ -210,7 +218,7 @@ export class CheckpointWriter {
       fail('OutputError', `internal plan error: part [${byteOffset}, +${bytes.byteLength}) outside tensor ${quote(name)} of ${s.byteLength} bytes`);
     }
     if (this.finiteOnly) checkFiniteOutput(name, bytes, s.dtype, Math.floor(byteOffset / DTYPE_BYTES[s.dtype]));
-    await writeFully(this.handles[s.shard]!, bytes, s.offset + byteOffset);
+    await writeFully(this.handles[s.shard]!, bytes, s.offset + byteOffset, this.shardPath(s.shard));
     s.filled += bytes.byteLength;
     if (s.filled === s.byteLength) await this.journalDone(name);
   }
@@ -220,11 +228,20 @@ export class CheckpointWriter {
    * nothing journaled (a power loss may: resume is for interrupted runs, not crashed machines).
    */
   private async journalDone(name: string): Promise<void> {
-    await this.journal?.write(name + '\n');
+    try {
+      await this.journal?.write(name + '\n');
+    } catch (e) {
+      // the journal is in the staging directory too: a disk that fills between a tensor and its line ends here
+      failWrite(join(this.dir, JOURNAL_FILE), e);
+    }
     this.writes++;
     // fault injection for the kill-and-restart tests: die like `kill -9` after N tensors
     const killAfter = Number(process.env.MOE_TEST_KILL_AFTER_WRITES);
     if (killAfter > 0 && this.writes >= killAfter) process.kill(process.pid, 'SIGKILL');
+  }
+
+  private shardPath(i: number): string {
+    return join(this.dir, this.names[i]!);
   }
 
   private slot(name: string): Slot {
@@ -247,7 +264,7 @@ export class CheckpointWriter {
         await fh.close();
       }
     } catch (e) {
-      fail('OutputError', `cannot finish writing ${this.dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      failWrite(this.dir, e);
     }
     const n = this.shards.length;
     const files = this.shards.map((_, i) => shardFileName(i, n));
@@ -266,7 +283,7 @@ export class CheckpointWriter {
           JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n',
         );
       } catch (e) {
-        fail('OutputError', `cannot write the shard index in ${this.dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        failWrite(join(this.dir, 'model.safetensors.index.json'), e);
       }
     }
     return files;
@@ -280,7 +297,7 @@ export class CheckpointWriter {
   }
 }
 
-async function writeFully(fh: FileHandle, bytes: Uint8Array, position: number): Promise<void> {
+async function writeFully(fh: FileHandle, bytes: Uint8Array, position: number, path: string): Promise<void> {
   let done = 0;
   try {
     while (done < bytes.byteLength) {
@@ -290,7 +307,7 @@ async function writeFully(fh: FileHandle, bytes: Uint8Array, position: number): 
     }
   } catch (e) {
     // a full disk or a revoked permission is the user's to fix, not a crash
-    fail('OutputError', `cannot write checkpoint data: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    failWrite(path, e);
   }
 }
 

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { fail } from '../errors.js';
 import { Checkpoint, type HFConfig } from '../io/checkpoint.js';
 import { DTYPE_BYTES, type Dtype } from '../io/dtype.js';
+import { failWrite } from '../io/oserror.js';
 import { checkOutputTarget, OutputDir } from '../io/output.js';
 
 export interface ShardSpec {
@@ -139,7 +140,9 @@ export async function assembleShards(
     // the per-shard reports travel along, named by shard
     for (const [i, p] of parts.entries()) {
       for (const f of await readdir(p)) {
-        if (/^moe-.*-report\.json$/.test(f)) await copyFile(join(p, f), dir.path(f.replace(/\.json$/, `.shard-${manifests[i]!.index}-of-${first.count}.json`)));
+        if (!/^moe-.*-report\.json$/.test(f)) continue;
+        const to = dir.path(f.replace(/\.json$/, `.shard-${manifests[i]!.index}-of-${first.count}.json`));
+        await copyFile(join(p, f), to).catch((e: unknown) => failWrite(to, e));
       }
     }
     await dir.publish();

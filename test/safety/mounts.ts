@@ -52,3 +52,8 @@ export function unmount(dir: string): void {
     // not mounted (the test failed before mounting): nothing to undo
   }
 }
+
+/** Change a mounted tmpfs's size (what it holds stays): below its use, nothing more fits; above, there is room again. */
+export function resizeTmpfs(dir: string, size: string): void {
+  execFileSync('mount', ['-o', `remount,size=${size}`, dir], { stdio: 'ignore' });
+}
