@@ -111,6 +111,11 @@ export interface AttentionSpec {
   softmaxScale: number;
   /** olmoe clip_qkv: q, k, v clamped to [-c, c] after projection */
   clipQkv?: number;
+  /**
+   * mistral4 (Llama-4 attention scaling, rope_parameters.llama_4_scaling_beta): the queries at position p are
+   * multiplied by 1 + beta * ln(1 + floor(p / original)); 1 at every position below `original`
+   */
+  queryPositionScale?: { beta: number; original: number };
   mla?: MlaDims;
 }
 

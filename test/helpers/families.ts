@@ -28,6 +28,7 @@ export const FAMILIES = [
   'glm4_moe_lite',
   'dots1',
   'hunyuan_v1_moe',
+  'mistral4',
 ] as const;
 export type Family = (typeof FAMILIES)[number];
 
@@ -244,6 +245,46 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
       };
       isMoe = (l) => l >= 1;
       break;
+    case 'mistral4':
+      // transformers 5.18 configuration_mistral4.py: DeepSeek-V3's MLA keys (q-LoRA), softmax routing with groups,
+      // RoPE in rope_parameters: YaRN plus the Llama-4 query scaling (original_max_position_embeddings 16, so the
+      // tiny windows cross it)
+      config = {
+        ...base,
+        model_type: 'mistral4',
+        architectures: ['Mistral4ForCausalLM'],
+        intermediate_size: DI,
+        moe_intermediate_size: I,
+        n_routed_experts: E,
+        n_shared_experts: 1,
+        num_experts_per_tok: K,
+        first_k_dense_replace: 1,
+        n_group: 2,
+        topk_group: 1,
+        routed_scaling_factor: 1.5,
+        norm_topk_prob: true,
+        q_lora_rank: 16,
+        kv_lora_rank: 16,
+        qk_nope_head_dim: 8,
+        qk_rope_head_dim: 4,
+        v_head_dim: 8,
+        rope_interleave: true,
+        rope_parameters: {
+          rope_type: 'yarn',
+          rope_theta: 10000,
+          factor: 4,
+          original_max_position_embeddings: 16,
+          beta_fast: 32,
+          beta_slow: 1,
+          mscale: 1,
+          mscale_all_dim: 1,
+          llama_4_scaling_beta: 0.1,
+          partial_rotary_factor: 4 / 12,
+        },
+      };
+      delete config['rope_theta'];
+      isMoe = (l) => l >= 1;
+      break;
     case 'hunyuan_v1_moe':
       // transformers 5.18 configuration_hunyuan_v1_moe.py: every layer MoE, experts and the shared MLP both at
       // intermediate_size, top-k as moe_topk; RoPE in transformers 5's rope_parameters with the DynamicNTKAlpha base
@@ -396,7 +437,7 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
     normW(`${p}input_layernorm.weight`, H);
     if (family === 'phimoe') vec(`${p}input_layernorm.bias`, H);
     // attention
-    if (family === 'deepseek_v2' || family === 'deepseek_v3' || family === 'glm4_moe_lite') {
+    if (family === 'deepseek_v2' || family === 'deepseek_v3' || family === 'glm4_moe_lite' || family === 'mistral4') {
       const qk = 8 + 4;
       if (family !== 'deepseek_v2') {
         linear(`${p}self_attn.q_a_proj.weight`, 16, H);
@@ -535,7 +576,14 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
           linear(`${p}mlp.shared_experts.up_proj.weight`, S, H);
           linear(`${p}mlp.shared_experts.down_proj.weight`, H, S);
         }
-        if (family === 'deepseek_v2' || family === 'deepseek_v3' || family === 'glm4_moe' || family === 'glm4_moe_lite' || family === 'dots1') {
+        if (
+          family === 'deepseek_v2' ||
+          family === 'deepseek_v3' ||
+          family === 'glm4_moe' ||
+          family === 'glm4_moe_lite' ||
+          family === 'dots1' ||
+          family === 'mistral4'
+        ) {
           const S = I; // moe_intermediate_size x n_shared_experts (1)
           linear(`${p}mlp.shared_experts.gate_proj.weight`, S, H);
           linear(`${p}mlp.shared_experts.up_proj.weight`, S, H);
