@@ -125,10 +125,23 @@ const mistral4: FamilyHooks = {
   },
 };
 
+/**
+ * DeepSeek-V3.2: glm4_moe_lite's MLA and routing plus the DSA lightning indexer, whose top-`index_topk` key
+ * selection is exact dense attention while a window has no more positions than index_topk. The runtime runs that
+ * case and refuses longer windows (it does not run the indexer); the indexer's tensors are copied through.
+ */
+const deepseekV32: FamilyHooks = {
+  adjust(view, cfg) {
+    mla.adjust!(view, cfg);
+    view.attention.denseKeysUpTo = cfg.int('index_topk', 2048);
+  },
+};
+
 export const FAMILY_HOOKS: Readonly<Record<string, FamilyHooks>> = {
   deepseek_v2: mla,
   deepseek_v3: mla,
   glm4_moe_lite: mla,
+  deepseek_v32: deepseekV32,
   mistral4,
   mixtral: uniformWindow,
   phimoe: uniformWindow,

@@ -116,6 +116,11 @@ export interface AttentionSpec {
    * multiplied by 1 + beta * ln(1 + floor(p / original)); 1 at every position below `original`
    */
   queryPositionScale?: { beta: number; original: number };
+  /**
+   * deepseek_v32's DSA indexer keeps the top `index_topk` keys of each query: windows of at most this many positions
+   * keep every causal key, so attention is exactly dense; longer ones would need the indexer and are refused
+   */
+  denseKeysUpTo?: number;
   mla?: MlaDims;
 }
 

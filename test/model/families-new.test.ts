@@ -277,3 +277,26 @@ describe('mistral4 (Mistral-Small-4)', () => {
     expect(r.stderr).toMatch(/^moe: .*llama_4_scaling_beta needs a number and a positive original_max_position_embeddings\n$/);
   });
 });
+
+describe('deepseek_v32 (DeepSeek-V3.2, DSA indexer)', () => {
+  it('reads as glm4_moe_lite plus the indexer: windows up to index_topk run dense, longer ones are refused in one line', async () => {
+    const dir = join(root, 'v32');
+    await makeTinyCheckpoint('deepseek_v32', dir, { experts: 8, config: { index_topk: 16 } });
+    const m = await openModel(dir);
+    try {
+      expect(m.view.family).toBe('deepseek_v32');
+      expect(m.view.moeLayers).toEqual([1, 2]);
+      expect(m.view.attention).toMatchObject({ kind: 'mla', denseKeysUpTo: 16 });
+      expect(m.view.routing).toMatchObject({ score: 'sigmoid', selectionBias: true, scale: 2.5 });
+    } finally {
+      await m.ckpt.close();
+    }
+    const ids = join(root, 'v32.jsonl');
+    await writeFile(ids, `${JSON.stringify(Array.from({ length: 40 }, (_, i) => 2 + (i % 60)))}\n`);
+    const ok = await runMoe(['eval', '--model', dir, '--data-ids', ids, '--seq-len', '16', '--quiet']);
+    expect(ok.code).toBe(0);
+    const long = await runMoe(['eval', '--model', dir, '--data-ids', ids, '--seq-len', '17', '--quiet']);
+    expect(long.code).toBe(2);
+    expect(long.stderr).toMatch(/^moe: deepseek_v32's sparse attention indexer keeps 16 keys per query \(index_topk\): windows of 17 positions .*\n$/);
+  });
+});
