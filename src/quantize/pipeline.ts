@@ -45,7 +45,7 @@ import type { ServeTarget } from './targets.js';
 import type { ModelView } from '../model/types.js';
 import { quantizeMlp, type ExpertQuant, type ProjBits, type QuantSettings } from './expert.js';
 import { gptqTensorBytes, gptqTensorSpecs, type ModuleQuant, quantizationConfig, registerGptqFormat, vllmGptqConfig } from './format.js';
-import { describeFusedExperts, fusedGptqLayout, fusedModuleWrites } from './fused.js';
+import { describeFusedExperts, fusedGptqLayout, fusedModuleWrites, readsFusedAlternative, SOURCE_LAYOUT_FUSED, SOURCE_LAYOUT_KEY } from './fused.js';
 import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, type StoredFormat } from './plan.js';
 import { LayerHandoff, type WriterInfo } from './handoff.js';
 import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from '../pipeline/resume.js';
@@ -589,6 +589,8 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
   }
   const qcSpec = { groupSize: gs, sym: v.settings.sym, actOrder: v.settings.actOrder, damp: v.settings.damp };
   const qc = outputConfig(v.format, !!v.target, decisions, modQuant, unquantized, qcSpec);
+  // a transformers-5 fused input is written as per-expert GPTQ modules: record its layout so dequantize restores it
+  if (renames && v.format === 'gptq' && readsFusedAlternative(view)) qc[SOURCE_LAYOUT_KEY] = SOURCE_LAYOUT_FUSED;
   // multi-token-prediction layers are outside the plan: copied and declared unquantized, or dropped (--drop-mtp)
   const mtp = mtpPassThrough(view, ckpt.tensorNames, (n) => layerOfTensor(view, n), !!req.dropMtp);
   for (const n of mtp.dropped) fates.set(n, { kind: 'drop' });
