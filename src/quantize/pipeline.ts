@@ -49,7 +49,7 @@ import { describeFusedExperts, fusedGptqLayout, fusedModuleWrites, readsFusedAlt
 import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, type StoredFormat } from './plan.js';
 import { LayerHandoff, type WriterInfo } from '../pipeline/handoff.js';
 import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from '../pipeline/resume.js';
-import { quantizeMemory } from './memory.js';
+import { quantizeMemoryPhases } from './memory.js';
 import { refuseQuantized, refuseQuantizedDir } from './input.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
 import { checkPlan, type QuantizePlan } from './saved.js';
@@ -479,18 +479,20 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
   await pr.savePlan(v.planSettings, planFile);
 
   const gptqLayers = windows ? gptqLayersOf(finalBits) : [];
-  const memory = quantizeMemory({
-    model,
-    decisions,
-    finalBits,
-    groupSize: gs,
-    method: v.method,
-    tokens: calibTokens,
-    seqLen,
-    scoring,
-    applyLayers: gptqLayers,
-    sequential: v.sequential,
-  });
+  const memory = pr.memory(
+    quantizeMemoryPhases({
+      model,
+      decisions,
+      finalBits,
+      groupSize: gs,
+      method: v.method,
+      tokens: calibTokens,
+      seqLen,
+      scoring,
+      applyLayers: gptqLayers,
+      sequential: v.sequential,
+    }),
+  );
 
   // ---- apply and write, concurrently: the writer takes each layer's packed tensors as the pass produces them
   const packed = new Map<string, Uint8Array[]>();
