@@ -24,6 +24,7 @@ import type { Progress } from '../progress.js';
 import { fail } from '../errors.js';
 import { loadSwiGLU } from '../model/load.js';
 import type { Model } from '../model/open.js';
+import { layerOfTensor } from '../model/rewrite.js';
 import { shardOwner, type ShardSpec } from '../model/shard.js';
 import type { MoeLayerInput, StreamCheckpoint, SwiGLUWeights } from '../runtime/api.js';
 import type { MemoryEstimate } from '../runtime/memory.js';
@@ -49,7 +50,7 @@ import {
   type UnitShape,
   type UnitSummary,
 } from './units.js';
-import { describeFusedExperts, factorKey, largestNewTensor, writeDecomposed, type FactorSlot } from './write.js';
+import { describeFusedExperts, factorKey, largestNewTensor, planReplacements, writeDecomposed, type FactorSlot } from './write.js';
 
 export { DEFAULT_MODE };
 export const REPORT_FILE = 'moe-decompose-report.json';
@@ -124,6 +125,9 @@ export interface DecomposeReport {
   memory: MemoryEstimate;
   /** a forward score pass writing an output: it resumed after this layer (-1: from the start), and the MoE layers it computed */
   resumed?: { afterLayer: number; computed: number[] };
+  /** a forward apply pass (whitened, shared-*, base-delta with --calib): it resumed after this layer (-1: from the
+   *  start) of a killed run's, whose tensors were all written, and the MoE layers it factorised again */
+  resumedApply?: { afterLayer: number; computed: number[] };
   /** experts stored fused in 3-D tensors (gpt_oss, granitemoe, transformers-5 layouts): what was read, what is written */
   fusedExperts?: { read: string; written: string };
   seconds: number;
@@ -287,6 +291,11 @@ interface AppliedSummary {
   unit: UnitSummary;
   applied: Omit<AppliedUnit, 'factors'>;
 }
+/** An applied unit in the apply pass's resume state (its spectrum as float64 bytes, as in the score pass's). */
+type SavedApplied = { unit: SavedSummary; applied: AppliedSummary['applied'] };
+
+/** The apply pass's hidden-state resume, made once the pass knows which saved layers the writer has finished. */
+type ApplyResume = (accept: (after: number) => Promise<boolean>) => PassResume<SavedApplied[]>;
 
 /**
  * Apply and write, concurrently: the apply pass factorises each of this job's layers at the planned ranks (again:
@@ -302,7 +311,13 @@ async function applyAndWrite(
   ranks: readonly number[],
   opts: ScoreOptions,
   shard: ShardSpec | undefined,
-): Promise<{ units: AppliedSummary[]; tokens: number; output: { tensors: number; bytes: number } }> {
+  makeResume?: ApplyResume,
+): Promise<{
+  units: AppliedSummary[];
+  tokens: number;
+  output: { tensors: number; bytes: number };
+  resumed?: { afterLayer: number; computed: number[] };
+}> {
   const byId = new Map(shapes.map((u, i) => [u.id, { shape: u, rank: ranks[i]! }]));
   const own = (layer: number) => !shard || shardOwner(layer, shard.count) === shard.index;
   const handoff = new LayerHandoff();
@@ -312,17 +327,45 @@ async function applyAndWrite(
   const phase = req.progress?.phase(
     `apply + write: ${req.out}${req.materialize ? ' (dense)' : ''}${shard ? ` (shard ${shard.index}/${shard.count}: layers ${ownLayers.join(', ')})` : ''}`,
   );
-  const walk = (visit: LayerVisit) => (ownLayers.length ? walkLayers(model, src, visit, ownLayers[ownLayers.length - 1]) : Promise.resolve(0));
+  const slots = factorSlots(shapes, ranks);
+  const writeOpts = { mode, ratio: req.ratio, materialize: req.materialize };
+  // resume (a killed run restarted with the same command): after a saved layer only if every tensor this job makes
+  // for the layers up to it is in the writer's journal, so the writer never asks for factors the pass skips
+  let opened!: (info: { isWritten(name: string): boolean }) => void;
+  let openFailed!: (e: unknown) => void;
+  const writerOpen = new Promise<{ isWritten(name: string): boolean }>((res, rej) => {
+    opened = res;
+    openFailed = rej;
+  });
+  // a writer that fails before it opens (an existing output without --force) must not leave the pass waiting
+  writerOpen.catch(() => undefined);
+  const resume = makeResume?.(async (after) => {
+    const w = await writerOpen;
+    for (const fresh of planReplacements(model, slots, writeOpts).removed.values())
+      for (const t of fresh) {
+        const l = layerOfTensor(model.view, t.spec.name);
+        if (l <= after && own(l) && !w.isWritten(t.spec.name)) return false;
+      }
+    return true;
+  });
+  const walk = (visit: LayerVisit) =>
+    ownLayers.length ? walkLayers(model, src, visit, ownLayers[ownLayers.length - 1], resume?.checkpoint) : Promise.resolve(0);
   const apply = walk(async (layer, experts, grams) => {
     if (!own(layer)) return;
     const factors = new Map<string, ExpertFactors>();
+    const mine: AppliedSummary[] = [];
     for (const u of layerUnits(layer, await experts(), grams(), opts)) {
       const planned = byId.get(u.id);
       checkUnit(u, planned?.shape);
       const { factors: fs, ...applied } = applyUnit(u, planned!.rank, req.engine);
       for (const f of fs) factors.set(factorKey(f.expert, f.proj), f);
-      units.push({ unit: summarize(u), applied });
+      mine.push({ unit: summarize(u), applied });
     }
+    units.push(...mine);
+    resume?.record(
+      layer,
+      mine.map((a) => ({ unit: saveSummary(a.unit), applied: a.applied })),
+    );
     handoff.publish(layer, factors);
     phase?.tick(++done, ownLayers.length, 'layers');
     await handoff.released(layer);
@@ -336,20 +379,19 @@ async function applyAndWrite(
       throw e;
     },
   );
-  const slots = factorSlots(shapes, ranks);
   const write = writeDecomposed(model, slots, (l) => handoff.take(l), {
     out: req.out!,
     force: req.force,
-    mode,
-    ratio: req.ratio,
-    materialize: req.materialize,
+    ...writeOpts,
     shard,
+    onOpen: (info) => opened(info),
   }).then(
     (r) => {
       handoff.finish();
       return r;
     },
     (e: unknown) => {
+      openFailed(e);
       handoff.fail(e);
       throw e;
     },
@@ -358,10 +400,14 @@ async function applyAndWrite(
   // the first failure is the cause; the other side fails with the same error through the handoff
   if (a.status === 'rejected') throw a.reason;
   if (w.status === 'rejected') throw w.reason;
+  const resumed = resume?.report();
+  const after = resumed && resumed.afterLayer >= 0 ? ` (resumed after layer ${resumed.afterLayer}: ${done} computed)` : '';
   phase?.succeed(
-    `apply + write: ${done} layers, ${w.value.tensors} tensors, ${(w.value.bytes / 2 ** 20).toFixed(1)} MiB${shard ? ` (shard ${shard.index}/${shard.count})` : ''}`,
+    `apply + write: ${done} layers${after}, ${w.value.tensors} tensors, ${(w.value.bytes / 2 ** 20).toFixed(1)} MiB${shard ? ` (shard ${shard.index}/${shard.count})` : ''}`,
   );
-  return { units, tokens: a.value, output: { tensors: w.value.tensors, bytes: w.value.bytes } };
+  // a resumed pass: the killed run's layers first (from the saved state), then this run's
+  const all = resumed && resumed.afterLayer >= 0 ? resume!.entries().flatMap((l) => l.map((a) => ({ unit: loadSummary(a.unit), applied: a.applied }))) : units;
+  return { units: all, tokens: a.value, output: { tensors: w.value.tensors, bytes: w.value.bytes }, ...(resumed ? { resumed } : {}) };
 }
 
 /** The write plan's factored linears: one per expert and projection, at its unit's planned rank. */
@@ -510,10 +556,29 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
     let applied: AppliedSummary[] | undefined;
     let output: DecomposeReport['output'];
     const shard = run.shard({ settings, ranks: record });
+    let resumedApply: DecomposeReport['resumedApply'];
     if (writing) {
-      const r = await applyAndWrite(model, req, mode, src, shapes, ranks, opts, shard);
+      // a forward apply pass resumes after the last layer a killed run of the same command finished writing
+      const windows = src.kind === 'forward' ? src.windows : undefined;
+      const makeResume: ApplyResume | undefined = windows
+        ? (accept) =>
+            run.passResume<SavedApplied[]>(
+              'apply',
+              {
+                settings,
+                opts: { ...opts, engine: undefined },
+                ranks: record,
+                materialize: !!req.materialize,
+                shard: shard ? [shard.index, shard.count] : null,
+              },
+              windows,
+              { accept },
+            )
+        : undefined;
+      const r = await applyAndWrite(model, req, mode, src, shapes, ranks, opts, shard, makeResume);
       applied = r.units;
       output = r.output;
+      if (r.resumed) resumedApply = r.resumed;
       if (r.tokens) calibration.tokens = r.tokens;
     }
 
@@ -562,6 +627,7 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
       ...(output ? { output } : {}),
       memory,
       ...(resumed ? { resumed } : {}),
+      ...(resumedApply ? { resumedApply } : {}),
       ...(fusedExperts ? { fusedExperts } : {}),
       seconds: 0,
     };

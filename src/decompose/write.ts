@@ -54,6 +54,8 @@ export interface WriteOptions {
   dryRun?: boolean;
   shard?: ShardSpec;
   onProgress?(done: number, total: number, name: string): void;
+  /** the output is open: its staging directory, and which tensors a killed earlier run already finished */
+  onOpen?(info: { dir: string; isWritten(name: string): boolean }): void | Promise<void>;
 }
 
 export interface WriteResult {
@@ -261,6 +263,7 @@ export async function writeDecomposed(model: Model, slots: readonly FactorSlot[]
     dryRun: opts.dryRun,
     shard: opts.shard,
     onProgress: opts.onProgress,
+    onOpen: opts.onOpen,
   });
   // a shard's part: the tensors of its layers (the plan's whole list is in its moe-shard.json)
   const shard = opts.shard;

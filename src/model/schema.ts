@@ -132,6 +132,8 @@ export const ArchitectureSchema = z
       .object({
         kind: z.enum(['gqa', 'mla']),
         qkNorm: z.enum(['per-head', 'full']).optional(),
+        /** hunyuan_v1_moe: the q/k norm comes after RoPE (every other family normalises before it) */
+        qkNormAfterRope: z.boolean().optional(),
         clipQkvKey: z.string().optional(),
         /** config key of the q·k multiplier replacing 1/sqrt(head_dim) (granite attention_multiplier) */
         softmaxScaleKey: z.string().optional(),

@@ -103,6 +103,8 @@ export interface AttentionSpec {
    * 'full' = weight over the whole projection before the head reshape (olmoe: q [heads*hd], k [kvHeads*hd]).
    */
   qkNorm?: 'per-head' | 'full';
+  /** hunyuan_v1_moe: the q/k norm is applied to the rotated queries and keys (after RoPE, not before) */
+  qkNormAfterRope?: boolean;
   /** gpt_oss: learned per-head sink logit, an extra softmax column dropped after normalisation */
   sinks: boolean;
   /** multiplies q·k (default 1/sqrt(qk head dim); granite: attention_multiplier; deepseek: with YaRN mscale²) */

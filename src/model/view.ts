@@ -278,7 +278,10 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
     sinks: 'sinks' in roles,
     softmaxScale: arch.attention.softmaxScaleKey ? cfg.num(arch.attention.softmaxScaleKey) : 1 / Math.sqrt(dims.headDim),
   };
-  if (arch.attention.qkNorm && 'q_norm' in roles) attention.qkNorm = arch.attention.qkNorm;
+  if (arch.attention.qkNorm && 'q_norm' in roles) {
+    attention.qkNorm = arch.attention.qkNorm;
+    if (arch.attention.qkNormAfterRope) attention.qkNormAfterRope = true;
+  }
   if (arch.attention.clipQkvKey && cfg.has(arch.attention.clipQkvKey)) attention.clipQkv = cfg.num(arch.attention.clipQkvKey);
 
   const f = arch.forward;

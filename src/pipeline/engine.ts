@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { stagingDirFor, writeReport as writeOutputReport } from '../io/output.js';
 import { openModel, type Model } from '../model/open.js';
 import { loadPlan, modelFingerprint, savePlan, type PlanTool } from '../model/planfile.js';
-import { passResume, resumeKey, type PassResume } from './resume.js';
+import { passResume, resumeKey, type PassResume, type PassResumeOptions } from './resume.js';
 import type { OptionSpec } from './descriptor.js';
 import { calibFormat } from './fields.js';
 import { checkModelOptions, prepare } from './validate.js';
@@ -82,7 +82,7 @@ export interface PipelineRun<O> {
    * `parts` (everything else that determines the pass) and the windows; kept in --out's staging directory, so a
    * dry run (or a run without --out) neither saves nor resumes.
    */
-  passResume<E>(pass: string, parts: unknown, windows: readonly Int32Array[]): PassResume<E>;
+  passResume<E>(pass: string, parts: unknown, windows: readonly Int32Array[], opts?: PassResumeOptions): PassResume<E>;
 }
 
 /** --backend and --threads (both idempotent: a second start with the same choice does nothing). */
@@ -139,14 +139,14 @@ export async function runPipeline<S extends z.ZodObject, R>(
         if (o.savePlan) await savePlan(o.savePlan, def.tool, model.ckpt, settings, plan);
       },
       shard: (payload) => (o.shard ? { index: o.shard.index, count: o.shard.count, plan: payload } : undefined),
-      passResume: <E>(pass: string, parts: unknown, windows: readonly Int32Array[]) => {
+      passResume: <E>(pass: string, parts: unknown, windows: readonly Int32Array[], ropts?: PassResumeOptions) => {
         const out = o.dryRun ? undefined : o.out;
         if (out === undefined) return passResume<E>(undefined);
         const tokens = windows.reduce((a, w) => a + w.length, 0);
         const key = resumeKey({ format: `moe-${def.tool}-${pass}`, version: 1, model: modelFingerprint(model.ckpt), parts }, windows);
         const file = `.moe-resume-${def.tool}-${pass}`;
         resumeFiles.push(file);
-        return passResume<E>({ out, file, key, values: tokens * model.view.dims.hidden });
+        return passResume<E>({ out, file, key, values: tokens * model.view.dims.hidden, ...ropts });
       },
     };
     const report = await body(run).catch(async (e: unknown) => {
@@ -166,5 +166,5 @@ export async function runPipeline<S extends z.ZodObject, R>(
 async function dropResumeFiles(staging: string, files: readonly string[]): Promise<void> {
   for (const f of files) await rm(join(staging, f), { force: true });
   const rest = await readdir(staging).catch(() => undefined);
-  if (rest && rest.every((f) => f === '.moe-lock' || f === '.moe-fingerprint')) await rm(staging, { recursive: true, force: true });
+  if (rest?.every((f) => f === '.moe-lock' || f === '.moe-fingerprint')) await rm(staging, { recursive: true, force: true });
 }

@@ -42,8 +42,11 @@ export function resumeKey(parts: unknown, windows: readonly Int32Array[]): strin
  * Fault injection for the kill-and-restart tests: with MOE_TEST_KILL_AFTER_LAYER=k the process dies like
  * `kill -9` right after the state after layer k is saved.
  */
-function killHook(after: number): void {
+function killHook(after: number, file: string): void {
   const k = process.env.MOE_TEST_KILL_AFTER_LAYER;
+  // MOE_TEST_KILL_FILE narrows it to one pass's file (a command with two passes: decompose's score and apply)
+  const only = process.env.MOE_TEST_KILL_FILE;
+  if (only !== undefined && only !== '' && only !== file) return;
   if (k !== undefined && k !== '' && Number(k) === after) process.kill(process.pid, 'SIGKILL');
 }
 
@@ -71,7 +74,7 @@ export async function saveResumeState<X>(dir: string, key: string, state: Resume
     await rm(tmp, { force: true });
     fail('OutputError', `cannot write the resume state ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
-  killHook(state.after);
+  killHook(state.after, file);
 }
 
 /** The state saved under this key, or undefined (no file, another key, or a damaged file). */
@@ -143,7 +146,15 @@ export interface PassResume<E> {
   report(): { afterLayer: number; computed: number[] };
 }
 
-export function passResume<E>(opts: { out: string | undefined; file: string; key: string; values: number } | undefined): PassResume<E> {
+export interface PassResumeOptions {
+  /**
+   * whether a saved state after this layer may be used (checked before anything is restored): a pass that writes
+   * while it runs resumes only after a layer whose tensors the writer's journal lists as finished
+   */
+  accept?(after: number): boolean | Promise<boolean>;
+}
+
+export function passResume<E>(opts: ({ out: string | undefined; file: string; key: string; values: number } & PassResumeOptions) | undefined): PassResume<E> {
   const restored: { layer: number; entry: E }[] = [];
   const mine: { layer: number; entry: E }[] = [];
   let afterLayer = -1;
@@ -153,6 +164,7 @@ export function passResume<E>(opts: { out: string | undefined; file: string; key
       if (!opts || !dir) return undefined;
       const st = await loadResumeState<{ entries: { layer: number; entry: E }[] }>(dir, opts.key, opts.values, opts.file);
       if (!st || !Array.isArray(st.extra?.entries)) return undefined;
+      if (opts.accept && !(await opts.accept(st.after))) return undefined;
       restored.push(...st.extra.entries);
       afterLayer = st.after;
       return { after: st.after, hidden: st.hidden };

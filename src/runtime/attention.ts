@@ -188,13 +188,16 @@ function gqaChunk(x: Float32Array, B: number, S: number, w: GqaWeights, sh: Atte
     k.set(qkv.subarray(o + nq, o + nq + nk), r * nk);
     v.set(qkv.subarray(o + nq + nk, o + wd), r * nk);
   }
-  if (spec.qkNorm === 'full') {
-    rmsNorm(q, heads * d, w.qNorm!.weight, w.qNorm!.eps, q);
-    rmsNorm(k, kvHeads * d, w.kNorm!.weight, w.kNorm!.eps, k);
-  } else if (spec.qkNorm === 'per-head') {
-    rmsNorm(q, d, w.qNorm!.weight, w.qNorm!.eps, q);
-    rmsNorm(k, d, w.kNorm!.weight, w.kNorm!.eps, k);
-  }
+  const qkNorm = () => {
+    if (spec.qkNorm === 'full') {
+      rmsNorm(q, heads * d, w.qNorm!.weight, w.qNorm!.eps, q);
+      rmsNorm(k, kvHeads * d, w.kNorm!.weight, w.kNorm!.eps, k);
+    } else if (spec.qkNorm === 'per-head') {
+      rmsNorm(q, d, w.qNorm!.weight, w.qNorm!.eps, q);
+      rmsNorm(k, d, w.kNorm!.weight, w.kNorm!.eps, k);
+    }
+  };
+  if (!spec.qkNormAfterRope) qkNorm();
   if (spec.clipQkv !== undefined) {
     clampInPlace(q, spec.clipQkv);
     clampInPlace(k, spec.clipQkv);
@@ -202,6 +205,8 @@ function gqaChunk(x: Float32Array, B: number, S: number, w: GqaWeights, sh: Atte
   }
   applyRope(q, R, heads, d, S, sh.rope, sh.ropeStyle);
   applyRope(k, R, kvHeads, d, S, sh.rope, sh.ropeStyle);
+  // hunyuan_v1_moe normalises the rotated heads (its modeling file applies RoPE, then query/key_layernorm)
+  if (spec.qkNormAfterRope) qkNorm();
   const a = attentionCore(q, k, v, B, S, heads, kvHeads, d, d, spec.softmaxScale, sh.window, w.sinks);
   sh.onOInput?.(a, R, r0);
   return linearRows(a, R, w.o);

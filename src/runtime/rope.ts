@@ -54,7 +54,13 @@ export function ropeFrequencies(spec: RopeSpec, maxPositions: number, seqLen = 0
       // dynamic NTK only changes frequencies past max_position_embeddings
       const f = num(sc!['factor'], 1);
       const orig = num(sc!['original_max_position_embeddings'], maxPositions);
-      if (seqLen > orig) {
+      const alpha = sc!['alpha'];
+      if (typeof alpha === 'number' && seqLen <= orig) {
+        // hunyuan_v1_moe's DynamicNTKAlphaRotary: a fixed NTK base theta * alpha^(d/(d-2)) at every length within
+        // max_position_embeddings, attention scaling 1 (HunYuanMoEV1RotaryEmbedding.__init__)
+        const b2 = base * Math.pow(alpha, d / (d - 2));
+        for (let i = 0; i < half; i++) invFreq[i] = 1 / Math.pow(b2, (2 * i) / d);
+      } else if (seqLen > orig) {
         const b2 = base * Math.pow((f * seqLen) / orig - (f - 1), d / (d - 2));
         for (let i = 0; i < half; i++) invFreq[i] = 1 / Math.pow(b2, (2 * i) / d);
       }

@@ -27,6 +27,7 @@ export const FAMILIES = [
   'ernie4_5_moe',
   'glm4_moe_lite',
   'dots1',
+  'hunyuan_v1_moe',
 ] as const;
 export type Family = (typeof FAMILIES)[number];
 
@@ -243,6 +244,22 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
       };
       isMoe = (l) => l >= 1;
       break;
+    case 'hunyuan_v1_moe':
+      // transformers 5.18 configuration_hunyuan_v1_moe.py: every layer MoE, experts and the shared MLP both at
+      // intermediate_size, top-k as moe_topk; RoPE in transformers 5's rope_parameters with the DynamicNTKAlpha base
+      config = {
+        ...base,
+        model_type: 'hunyuan_v1_moe',
+        architectures: ['HunYuanMoEV1ForCausalLM'],
+        head_dim: hd,
+        intermediate_size: I,
+        num_experts: E,
+        moe_topk: K,
+        attention_bias: false,
+        rope_parameters: { rope_type: 'dynamic', rope_theta: 10000, factor: 1, alpha: 1000 },
+      };
+      delete config['rope_theta'];
+      break;
     case 'glm4_moe_lite':
       // transformers 5.18 configuration_glm4_moe_lite.py: DeepSeek-V3 attention keys, MoE layers from mlp_layer_types
       config = {
@@ -405,6 +422,10 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
         normW(`${p}self_attn.q_norm.weight`, hd);
         normW(`${p}self_attn.k_norm.weight`, hd);
       }
+      if (family === 'hunyuan_v1_moe') {
+        normW(`${p}self_attn.query_layernorm.weight`, hd);
+        normW(`${p}self_attn.key_layernorm.weight`, hd);
+      }
       if (family === 'olmoe' || family === 'minimax_m2') {
         normW(`${p}self_attn.q_norm.weight`, heads * hd);
         normW(`${p}self_attn.k_norm.weight`, kv * hd);
@@ -483,7 +504,9 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
         break;
       default: {
         // qwen2_moe, qwen3_moe, olmoe, deepseek_v2/v3: mlp.gate + mlp.experts.e.{gate,up,down}_proj
-        put(`${p}mlp.gate.weight`, [E, H], randn(E * H, 0.5));
+        // hunyuan's router is a float32 nn.Linear `wg` inside mlp.gate
+        if (family === 'hunyuan_v1_moe') put(`${p}mlp.gate.wg.weight`, [E, H], randn(E * H, 0.5), 'F32');
+        else put(`${p}mlp.gate.weight`, [E, H], randn(E * H, 0.5));
         if (family === 'deepseek_v3' || family === 'glm4_moe' || family === 'glm4_moe_lite' || family === 'dots1')
           put(`${p}mlp.gate.e_score_correction_bias`, [E], randn(E, 0.1), 'F32');
         if (family === 'ernie4_5_moe') put(`${p}mlp.moe_statics.e_score_correction_bias`, [1, E], randn(E, 0.1), 'F32');
@@ -500,6 +523,11 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
           linear(`${p}mlp.shared_expert.up_proj.weight`, SI, H);
           linear(`${p}mlp.shared_expert.down_proj.weight`, H, SI);
           put(`${p}mlp.shared_expert_gate.weight`, [1, H], randn(H, 0.3));
+        }
+        if (family === 'hunyuan_v1_moe') {
+          linear(`${p}mlp.shared_mlp.gate_proj.weight`, I, H);
+          linear(`${p}mlp.shared_mlp.up_proj.weight`, I, H);
+          linear(`${p}mlp.shared_mlp.down_proj.weight`, H, I);
         }
         if (family === 'ernie4_5_moe') {
           const S = 2 * I; // moe_intermediate_size x moe_num_shared_experts (2)

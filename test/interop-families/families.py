@@ -29,6 +29,14 @@ TINY = {
         n_group=2, topk_group=1, num_experts_per_tok=2, first_k_dense_replace=1, norm_topk_prob=True,
         max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1,
     ),
+    # Hunyuan-A13B's shape: every layer MoE, a shared MLP at intermediate_size, q/k norm after RoPE, and the
+    # DynamicNTKAlpha RoPE base (rope_type dynamic with alpha)
+    "hunyuan_v1_moe": dict(
+        vocab_size=128, hidden_size=64, intermediate_size=32, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, num_experts=8, moe_topk=2, max_position_embeddings=256, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 1.0, "alpha": 1000.0},
+        bos_token_id=0, eos_token_id=1, pad_token_id=0,
+    ),
 }
 
 

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeLines, loadTokenizer, loadWindowSet, splitLines } from '../../src/data/windows.js';
 import { inspectModel } from '../../src/inspect/report.js';
 import { openModel } from '../../src/model/open.js';
+import { ropeFrequencies } from '../../src/runtime/rope.js';
 import { runMoe } from '../helpers/cli.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
 
@@ -213,5 +214,35 @@ describe('dots1 (DeepSeek-V3 MoE under Qwen3 attention)', () => {
         await m.ckpt.close();
       }
     }
+  });
+});
+
+describe('hunyuan_v1_moe (Hunyuan-A13B)', () => {
+  it('every layer MoE with a shared MLP; per-head q/k norm after RoPE; the DynamicNTKAlpha base', async () => {
+    const dir = join(root, 'hunyuan');
+    await makeTinyCheckpoint('hunyuan_v1_moe', dir, { experts: 8 });
+    const m = await openModel(dir);
+    try {
+      expect(m.view.family).toBe('hunyuan_v1_moe');
+      expect(m.view.moeLayers).toEqual([0, 1, 2]);
+      expect(m.view.dims).toMatchObject({ numExperts: 8, topK: 2, expertIntermediate: 16, sharedIntermediate: 16, denseIntermediate: 0 });
+      expect(m.view.attention).toMatchObject({ kind: 'gqa', qkNorm: 'per-head', qkNormAfterRope: true });
+      expect(m.view.routing).toMatchObject({ score: 'softmax', normalize: true, scale: 1 });
+      expect(m.view.layers[0]!.block).toMatchObject({ kind: 'moe', router: { weight: 'model.layers.0.mlp.gate.wg.weight' } });
+      // head_dim 8, theta 1e4, alpha 1e3: base = 1e4 * 1e3^(8/6) = 1e8, so inv_freq = 1e8^(-2i/8) = 10^(-2i)
+      const { invFreq, attentionScaling } = ropeFrequencies(m.view.rope, m.view.dims.maxPositions, 64);
+      expect(attentionScaling).toBe(1);
+      [1, 1e-2, 1e-4, 1e-6].forEach((want, i) => expect(invFreq[i]! / want).toBeCloseTo(1, 12));
+    } finally {
+      await m.ckpt.close();
+    }
+  });
+
+  it('refuses a per-layer moe_topk list in one line', async () => {
+    const dir = join(root, 'hunyuan-list');
+    await makeTinyCheckpoint('hunyuan_v1_moe', dir, { experts: 8, config: { moe_topk: [2, 2, 2] } });
+    const r = await runMoe(['inspect', '--model', dir]);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/^moe: .*moe_topk.*\n$/);
   });
 });

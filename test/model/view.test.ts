@@ -33,6 +33,7 @@ const DENSE: Record<Family, number[]> = {
   ernie4_5_moe: [0],
   glm4_moe_lite: [0],
   dots1: [0],
+  hunyuan_v1_moe: [],
 };
 
 async function expectMoeError(p: Promise<unknown>, code: string, msg: RegExp): Promise<void> {

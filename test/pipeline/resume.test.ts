@@ -34,12 +34,12 @@ afterAll(async () => {
 const T = () => ['--calib', calib, '--calib-tokens', '256', '--seq-len', '32', '--backend', 'wasm'];
 
 /** kill after layer k, restart, compare with an uninterrupted run; returns the restarted run's report */
-async function killAndResume(name: string, args: (out: string) => string[], file: string, k: number) {
+async function killAndResume(name: string, args: (out: string) => string[], file: string, k: number, only?: string) {
   const reference = join(root, `${name}-ref`);
   const ref = spawnMoe([...args(reference), '--json', '--quiet']);
   expect(ref.status, ref.stderr).toBe(0);
   const out = join(root, name);
-  const killed = spawnMoe([...args(out), '--json', '--quiet'], { MOE_TEST_KILL_AFTER_LAYER: String(k) });
+  const killed = spawnMoe([...args(out), '--json', '--quiet'], { MOE_TEST_KILL_AFTER_LAYER: String(k), ...(only ? { MOE_TEST_KILL_FILE: only } : {}) });
   expect(killed.signal, killed.stderr).toBe('SIGKILL');
   expect(await exists(out)).toBe(false);
   expect(await readdir(stagingDirFor(out))).toContain(file);
@@ -90,7 +90,7 @@ describe('resume after the last completed layer', () => {
     expect(resumed.layers).toEqual(ref.layers);
   }, 240_000);
 
-  it('decompose --mode whitened (the score pass; the apply pass recomputes its Grams)', async () => {
+  it('decompose --mode whitened (the score pass)', async () => {
     const args = (out: string) => ['decompose', '--model', model, '--ratio', '0.5', '--mode', 'whitened', ...T(), '--out', out];
     const { ref, resumed } = await killAndResume('decompose', args, '.moe-resume-decompose-score', 1);
     expect(ref.resumed).toEqual({ afterLayer: -1, computed: [0, 1, 2, 3] });
@@ -99,5 +99,20 @@ describe('resume after the last completed layer', () => {
     expect(resumed.units.map((u: { id: string; rank: number; predictedError: number }) => [u.id, u.rank, u.predictedError])).toEqual(
       ref.units.map((u: { id: string; rank: number; predictedError: number }) => [u.id, u.rank, u.predictedError]),
     );
+  }, 240_000);
+
+  it('decompose --mode whitened (the apply pass, killed after its layer 1 was written)', async () => {
+    const args = (out: string) => ['decompose', '--model', model, '--ratio', '0.5', '--mode', 'whitened', ...T(), '--out', out];
+    const file = '.moe-resume-decompose-apply';
+    const { ref, resumed } = await killAndResume('decompose-apply', args, file, 1, file);
+    expect(ref.resumedApply).toEqual({ afterLayer: -1, computed: [0, 1, 2, 3] });
+    // the score pass had finished (its state is after its second-to-last layer: only the last is scored again);
+    // the apply pass factorises only the layers after 1, the writer keeps the tensors of layers 0 and 1
+    expect(resumed.resumed).toEqual({ afterLayer: 2, computed: [3] });
+    expect(resumed.resumedApply).toEqual({ afterLayer: 1, computed: [2, 3] });
+    // the restored layers' units (ranks, predicted and measured errors) are the killed run's, the same as the reference's
+    const units = (r: { units: { id: string; rank: number; predictedError: number; measuredError: number }[] }) =>
+      r.units.map((u) => [u.id, u.rank, u.predictedError, u.measuredError]);
+    expect(units(resumed)).toEqual(units(ref));
   }, 240_000);
 });
