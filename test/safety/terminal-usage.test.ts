@@ -4,14 +4,17 @@
  * Under `script` (a real pseudo-terminal) whose size is set to 0 columns, as some CI runners report it, a command
  * must finish and write plain lines: the spinner's line wrapping divided by the width and looped writing cursor
  * codes forever. The control run at 80 columns shows that the terminal path is really taken there.
- * Usage errors of the option parser are one `moe:` line with exit 2 (commander printed several `error:` lines).
+ * Usage errors of the option parser are one `moe:` line with exit 2 (commander printed several `error:` lines), and
+ * an internal invariant failing is a bug: exit 70 with its stack, whatever code it was raised with (it was 4 or 5).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { fail } from '../../src/errors.js';
+import { CheckpointWriter } from '../../src/io/writer.js';
 import { runMoe } from '../helpers/cli.js';
 import { oneLine, tinyModel } from './helpers.js';
 
@@ -69,5 +72,24 @@ describe('usage errors of the option parser: one moe: line, exit 2', () => {
     expect(r.code, r.stderr).toBe(2);
     oneLine(r.stderr, message);
     expect(r.stderr).not.toMatch(/^error:/m);
+  });
+});
+
+describe('an internal invariant failing is a bug: exit 70 with the stack', () => {
+  it('raised with an output code (4) inside a real prune, it still exits 70; nothing is published', async () => {
+    // the fault: the writer's own invariant check fails at finalize, as a planning bug would make it
+    const spy = vi
+      .spyOn(CheckpointWriter.prototype, 'finalize')
+      .mockImplementation(() => fail('OutputError', 'internal plan error: 1 planned tensors never written'));
+    try {
+      const out = join(root, 'bug');
+      const r = await runMoe(['prune', '--keep', '3', '--method', 'random', '--model', model, '--out', out, '--quiet']);
+      expect(r.code, r.stderr).toBe(70);
+      expect(r.stderr).toMatch(/^moe: internal error \(a bug\): .*internal plan error/);
+      expect(r.stderr).toMatch(/\n\s+at /); // the stack
+      expect(existsSync(out)).toBe(false);
+    } finally {
+      spy.mockRestore();
+    }
   });
 });
