@@ -14,7 +14,11 @@
  * never guesses from names:
  *
  *   "moe": { "format": "moe-lowrank", "version": 1, "mode": "whitened", "ratio": 0.6,
- *            "modules": { "<linear weight name>": { "rank": 37, "u": "<tensor>", "v": "<tensor>", "base"?: "<tensor>" } } }
+ *            "modules": { "<linear weight name>": { "rank": 37, "u": "<tensor>", "v": "<tensor>", "base"?: "<tensor>" } },
+ *            "stock": { "model_type": "mixtral", "architectures": ["MixtralForCausalLM"] } }
+ *
+ * and its own model_type `moe_lowrank_<family>` and class `MoeLowRank<Class>` (src/model/lowrank.ts), so stock
+ * loaders refuse it instead of loading it with the expert weights missing.
  *
  * Registering the format with loadLinear makes the runtime, `moe eval` and every pipeline read such checkpoints
  * as if they were dense (W is materialised in float32 when a layer is loaded).
@@ -25,7 +29,8 @@ import { registerLinearFormat } from '../model/load.js';
 import type { LinearRef } from '../model/types.js';
 import type { Linear } from '../runtime/api.js';
 
-export const LOWRANK_FORMAT = 'moe-lowrank';
+export { LOWRANK_FORMAT } from '../model/lowrank.js';
+import { LOWRANK_FORMAT } from '../model/lowrank.js';
 export const LOWRANK_VERSION = 1;
 
 export type DecomposeMode = 'svd' | 'whitened' | 'shared-input' | 'shared-output' | 'base-delta';

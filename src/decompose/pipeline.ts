@@ -31,11 +31,11 @@ import type { MemoryEstimate } from '../runtime/memory.js';
 import { streamModel } from '../runtime/stream.js';
 import type { DecomposeMode } from './format.js';
 import { layerGrams, type LayerGrams } from './grams.js';
-import { LayerHandoff } from './handoff.js';
 import { decomposeMemory } from './memory.js';
 import { type DECOMPOSE_OPTIONS, DECOMPOSE_SPEC, DEFAULT_MODE, type DecomposeOptions } from './options.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline } from '../pipeline/engine.js';
+import { LayerHandoff, type WriterInfo } from '../pipeline/handoff.js';
 import type { PassResume } from '../pipeline/resume.js';
 import { budgetOf, planLoss, planRanks, uniformPlan, uniformRank, unitParams, type AllocLoss, type RankPlan } from './plan.js';
 import { planRecord, planSettings, validatePlan, windowsDigest, type DecomposePlan } from './planfile.js';
@@ -50,7 +50,7 @@ import {
   type UnitShape,
   type UnitSummary,
 } from './units.js';
-import { describeFusedExperts, factorKey, largestNewTensor, planReplacements, writeDecomposed, type FactorSlot } from './write.js';
+import { describeFusedExperts, factorKey, largestNewTensor, planReplacements, writeDecomposed, type FactorSlot, type LayerFactors } from './write.js';
 
 export { DEFAULT_MODE };
 export const REPORT_FILE = 'moe-decompose-report.json';
@@ -320,7 +320,7 @@ async function applyAndWrite(
 }> {
   const byId = new Map(shapes.map((u, i) => [u.id, { shape: u, rank: ranks[i]! }]));
   const own = (layer: number) => !shard || shardOwner(layer, shard.count) === shard.index;
-  const handoff = new LayerHandoff();
+  const handoff = new LayerHandoff<LayerFactors, WriterInfo>();
   const units: AppliedSummary[] = [];
   const ownLayers = model.view.moeLayers.filter(own);
   let done = 0;
@@ -331,16 +331,9 @@ async function applyAndWrite(
   const writeOpts = { mode, ratio: req.ratio, materialize: req.materialize };
   // resume (a killed run restarted with the same command): after a saved layer only if every tensor this job makes
   // for the layers up to it is in the writer's journal, so the writer never asks for factors the pass skips
-  let opened!: (info: { isWritten(name: string): boolean }) => void;
-  let openFailed!: (e: unknown) => void;
-  const writerOpen = new Promise<{ isWritten(name: string): boolean }>((res, rej) => {
-    opened = res;
-    openFailed = rej;
-  });
-  // a writer that fails before it opens (an existing output without --force) must not leave the pass waiting
-  writerOpen.catch(() => undefined);
   const resume = makeResume?.(async (after) => {
-    const w = await writerOpen;
+    // a writer that fails before it opens (an existing output without --force) rejects this wait too
+    const w = await handoff.whenOpen();
     for (const fresh of planReplacements(model, slots, writeOpts).removed.values())
       for (const t of fresh) {
         const l = layerOfTensor(model.view, t.spec.name);
@@ -384,14 +377,13 @@ async function applyAndWrite(
     force: req.force,
     ...writeOpts,
     shard,
-    onOpen: (info) => opened(info),
+    onOpen: (info) => handoff.opened(info),
   }).then(
     (r) => {
       handoff.finish();
       return r;
     },
     (e: unknown) => {
-      openFailed(e);
       handoff.fail(e);
       throw e;
     },

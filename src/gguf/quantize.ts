@@ -41,7 +41,7 @@ import { initBackend } from '../runtime/backend.js';
 import { setThreads } from '../runtime/pool.js';
 import { streamModel } from '../runtime/stream.js';
 import { checkModelOptions } from '../pipeline/validate.js';
-import { LayerHandoff } from '../quantize/handoff.js';
+import { LayerHandoff } from '../pipeline/handoff.js';
 import { activate, linearT, outputError } from '../quantize/expert.js';
 import { DEFAULT_GGUF_CANDIDATES, type QuantizeOptions } from '../quantize/options.js';
 import { accumulateHessian, prepareGptq, type GptqPrepared } from '../../kernels/quant/gptq.js';
@@ -464,15 +464,15 @@ async function run(model: Model, req: GgufRequestLike, t0: number): Promise<Gguf
           {
             onLinearInput: hess.onLinearInput,
             onMoeLayer: async (inp) => {
-              await handoff.writerAt(inp.layer.index);
+              await handoff.consumerAt(inp.layer.index);
               const edit = applyMoeLayer(inp, { typeOf: (n) => chosen.get(n)?.type, imatrix: statsPass ? undefined : imatrix, act, settings, fallbacks });
               for (const [n, b] of edit.bytes) produced.set(n, b);
               if (req.sequential) return { experts: edit.experts, ...(edit.shared ? { shared: edit.shared } : {}) };
             },
             onLayerOutput: async (l) => {
-              if (view.layers[l]!.block.kind !== 'moe') await handoff.writerAt(l);
+              if (view.layers[l]!.block.kind !== 'moe') await handoff.consumerAt(l);
               await produceAttention(l);
-              handoff.produced(l);
+              handoff.publish(l);
             },
           },
           { returnHidden: true },
@@ -487,8 +487,8 @@ async function run(model: Model, req: GgufRequestLike, t0: number): Promise<Gguf
             encodeMatrix(typeOf(out).type, await out.load(), rows, inF, { prep: prepareGptq(h, inF, { damp: req.damp }), imp: diagOf(h, inF) }).bytes,
           );
         }
-        handoff.produced(L);
-        handoff.closeProduction();
+        handoff.publish(L);
+        handoff.close();
       };
       const write = async () => {
         const r = await writeModelGguf(model, dir.path(GGUF_FILE), plan, {
@@ -497,7 +497,7 @@ async function run(model: Model, req: GgufRequestLike, t0: number): Promise<Gguf
           produce: async (t) => {
             handoff.reached(layerOf(t));
             if (!fromPass.has(t.name)) return undefined;
-            await handoff.ready(layerOf(t));
+            await handoff.take(layerOf(t));
             const b = produced.get(t.name);
             produced.delete(t.name);
             if (!b) fail('ComputeError', `internal: the apply pass produced no bytes for ${t.name}`);
@@ -505,16 +505,16 @@ async function run(model: Model, req: GgufRequestLike, t0: number): Promise<Gguf
           },
           onTensor: (d, n) => ph?.tick(d, n, 'tensors'),
         });
-        handoff.reached(Infinity);
+        handoff.finish();
         return r;
       };
       const [a, w] = await Promise.allSettled([
         apply().catch((e) => {
-          handoff.abort(e);
+          handoff.fail(e);
           throw e;
         }),
         write().catch((e) => {
-          handoff.abort(e);
+          handoff.fail(e);
           throw e;
         }),
       ]);

@@ -107,10 +107,42 @@ const ernie: FamilyHooks = {
   },
 };
 
+/**
+ * Mistral 4: DeepSeek-V3 attention (MLA, YaRN mscale²) plus Llama-4 attention scaling of the queries by position,
+ * from rope_parameters' llama_4_scaling_beta and original_max_position_embeddings (Mistral4Attention.forward).
+ */
+const mistral4: FamilyHooks = {
+  adjust(view, cfg) {
+    mla.adjust!(view, cfg);
+    const rp = cfg.raw('rope_parameters');
+    const p = (rp && typeof rp === 'object' && !Array.isArray(rp) ? rp : {}) as Record<string, unknown>;
+    const beta = p['llama_4_scaling_beta'];
+    if (beta === undefined || beta === null || beta === 0) return;
+    const original = p['original_max_position_embeddings'];
+    if (typeof beta !== 'number' || typeof original !== 'number' || !(original > 0))
+      fail('InvalidConfig', `${cfg.where}: rope_parameters.llama_4_scaling_beta needs a number and a positive original_max_position_embeddings`);
+    view.attention.queryPositionScale = { beta, original };
+  },
+};
+
+/**
+ * DeepSeek-V3.2: glm4_moe_lite's MLA and routing plus the DSA lightning indexer, whose top-`index_topk` key
+ * selection is exact dense attention while a window has no more positions than index_topk. The runtime runs that
+ * case and refuses longer windows (it does not run the indexer); the indexer's tensors are copied through.
+ */
+const deepseekV32: FamilyHooks = {
+  adjust(view, cfg) {
+    mla.adjust!(view, cfg);
+    view.attention.denseKeysUpTo = cfg.int('index_topk', 2048);
+  },
+};
+
 export const FAMILY_HOOKS: Readonly<Record<string, FamilyHooks>> = {
   deepseek_v2: mla,
   deepseek_v3: mla,
   glm4_moe_lite: mla,
+  deepseek_v32: deepseekV32,
+  mistral4,
   mixtral: uniformWindow,
   phimoe: uniformWindow,
   gpt_oss: gptOss,

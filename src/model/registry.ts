@@ -7,6 +7,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { fail } from '../errors.js';
+import { LOWRANK_TYPE_PREFIX, stockClasses, stockModelType } from './lowrank.js';
 import { ArchitectureSchema, type Architecture } from './schema.js';
 
 const ARCH_DIR = fileURLToPath(new URL('./architectures/', import.meta.url));
@@ -74,6 +75,8 @@ export function getArchitecture(modelType: unknown, where: string, classes?: unk
   if (typeof modelType !== 'string' || modelType.length === 0) {
     fail('InvalidConfig', `${where}: required key 'model_type' is missing (supported: ${supportedFamilies().join(', ')})`);
   }
+  // a low-rank (factor) checkpoint's own model_type (lowrank.ts) is read as its stock family
+  if (modelType.startsWith(LOWRANK_TYPE_PREFIX)) return getArchitecture(stockModelType(modelType), where, stockClasses(classes));
   const alias = familyAliases().get(modelType);
   if (alias) {
     const given = Array.isArray(classes) ? classes.map(String) : undefined;

@@ -23,6 +23,7 @@ import { formatOf, linearTensors, transpose } from './load.js';
 import type { Model } from './open.js';
 import { encodeMxfp4 } from './quantized.js';
 import { configStyle } from './configjson.js';
+import { lowRankIdentityUpdates } from './lowrank.js';
 import { getArchitecture } from './registry.js';
 import type { LinearRef, MoeBlock, ModelView, SwiGLURefs } from './types.js';
 import { planDigest, SHARD_MANIFEST, shardOwner, type ShardManifest, type ShardSpec } from './shard.js';
@@ -174,7 +175,9 @@ export async function rewriteCheckpoint(model: Model, plan: RewritePlan, out: st
   flushAdded(Infinity);
   for (const a of added) pushNew(a.tensor);
 
-  const config = applyConfigUpdates(ckpt.config, plan.config);
+  const edited = applyConfigUpdates(ckpt.config, plan.config);
+  // factors in the output: its own model_type and class, so stock loaders refuse it; none: the stock names back
+  const config = applyConfigUpdates(edited, lowRankIdentityUpdates(ckpt.config, edited));
   const planned = entries.map((e) => e.planned);
   const totalBytes = planned.reduce((a, t) => a + t.bytes, 0);
   const result: RewriteResult = { out, dryRun: !!opts.dryRun, tensors: planned, totalBytes, config, shards: [] };

@@ -111,6 +111,16 @@ export interface AttentionSpec {
   softmaxScale: number;
   /** olmoe clip_qkv: q, k, v clamped to [-c, c] after projection */
   clipQkv?: number;
+  /**
+   * mistral4 (Llama-4 attention scaling, rope_parameters.llama_4_scaling_beta): the queries at position p are
+   * multiplied by 1 + beta * ln(1 + floor(p / original)); 1 at every position below `original`
+   */
+  queryPositionScale?: { beta: number; original: number };
+  /**
+   * deepseek_v32's DSA indexer keeps the top `index_topk` keys of each query: windows of at most this many positions
+   * keep every causal key, so attention is exactly dense; longer ones would need the indexer and are refused
+   */
+  denseKeysUpTo?: number;
   mla?: MlaDims;
 }
 

@@ -3,12 +3,15 @@
  * same family, for tools that cannot read them. Every `<module>.qweight/qzeros/scales/g_idx` quadruple becomes `<module>.weight`; all other
  * tensors are copied byte for byte; quantization_config is removed. Families whose experts are fused 3-D tensors
  * (gpt_oss, granitemoe: quantized as GPTQModel's per-expert modules, see fused.ts) get their fused tensors back,
- * in the family's own layout, with the module biases stacked into the fused bias tensors.
+ * in the family's own layout, with the module biases stacked into the fused bias tensors; a checkpoint quantized
+ * from transformers 5's fused layout (recorded in quantization_config.moe_source_expert_layout) gets that layout
+ * back, router names included.
  */
 import { fail } from '../errors.js';
 import { fromF32, type Dtype } from '../io/dtype.js';
 import { writeReport } from '../io/output.js';
-import { loadLinear, transpose, formatOf } from '../model/load.js';
+import { formatOf, linearTensors, loadLinear, transpose } from '../model/load.js';
+import { getArchitecture } from '../model/registry.js';
 import { openModel, type Model } from '../model/open.js';
 import { rewriteCheckpoint, type NewTensor, type TensorFate } from '../model/rewrite.js';
 import type { LinearRef } from '../model/types.js';
@@ -16,7 +19,7 @@ import { dequantize as dequantizeLinear } from '../../kernels/quant/rtn.js';
 import { GPTQ_SUFFIXES, readGptq, registerGptqFormat } from './format.js';
 import { CT_SUFFIXES, ctSchemeFor, readCt } from './ct.js';
 import type { Checkpoint } from '../io/checkpoint.js';
-import { FUSED_GPTQ_FORMAT, gptqModuleOfFusedRef, registerFusedGptqFormat, stackRows } from './fused.js';
+import { FUSED_GPTQ_FORMAT, gptqModuleOfFusedRef, registerFusedGptqFormat, SOURCE_LAYOUT_FUSED, SOURCE_LAYOUT_KEY, stackRows } from './fused.js';
 import type { Progress } from '../progress.js';
 
 export interface DequantizeRequest {
@@ -42,45 +45,97 @@ export interface DequantizeReport {
   dryRun: boolean;
 }
 
+/** Where one fused expert tensor of a layer goes in the output. */
+interface FusedOut {
+  name: string;
+  transposed: boolean;
+  split: 'halves' | 'interleaved';
+}
+
+/** A tensor written under another name, its bytes unchanged. */
+function renamed(ckpt: Checkpoint, from: string, to: string): TensorFate {
+  const info = ckpt.info(from);
+  return { kind: 'replace', tensors: [{ spec: { name: to, dtype: info.dtype, shape: info.shape }, produce: () => ckpt.readBytes(from) }] };
+}
+
 /**
- * The fused expert tensors of a GPTQModel-layout checkpoint, rebuilt: per MoE layer and fused tensor (gate_up,
- * down) every expert's dense rows in the stored order (interleaved or halves, transposed where the family stores
- * in-major), stacked [E, ...], plus the fused bias from the module biases. Returns the fates of the module tensors
- * (the first of each fused tensor's replaced by it, the rest dropped) and the modules handled.
+ * The family's transformers-5 fused layout when quantize recorded that the input was saved in it
+ * (quantization_config.moe_source_expert_layout, fused.ts), else undefined.
  */
-function fusedFates(model: Model, dtype: Dtype): { fates: Map<string, TensorFate>; modules: Set<string> } {
+function recordedFusedLayout(model: Model) {
+  const { ckpt, view } = model;
+  const qc = ckpt.config['quantization_config'] as Record<string, unknown> | undefined;
+  const v = qc?.[SOURCE_LAYOUT_KEY];
+  if (v === undefined || v === null) return undefined;
+  if (v !== SOURCE_LAYOUT_FUSED)
+    fail('InvalidConfig', `${ckpt.dir}/config.json: quantization_config.${SOURCE_LAYOUT_KEY} is ${JSON.stringify(v)}, expected "${SOURCE_LAYOUT_FUSED}"`);
+  const alt = getArchitecture(view.family, view.family).tensors.fusedAlternative;
+  if (!alt)
+    fail(
+      'InvalidConfig',
+      `${ckpt.dir}/config.json: quantization_config.${SOURCE_LAYOUT_KEY} says fused, but ${view.family} has no transformers-5 fused layout`,
+    );
+  return alt;
+}
+
+/**
+ * The fused expert tensors rebuilt, per MoE layer and fused tensor (gate_up, down): every expert's dense rows in
+ * the stored order (interleaved or halves, transposed where the family stores in-major), stacked [E, ...], plus
+ * the fused bias from the module biases. Done for a GPTQModel-layout checkpoint of a natively fused family (its own
+ * fused names), and for any checkpoint whose input was in the transformers-5 fused layout (that layout's names,
+ * the router renamed back with it: the per-expert GPTQ output had moved it to the family's per-expert names).
+ * Returns the fates of the replaced tensors (the first of each fused tensor's sources replaced by it, the rest
+ * dropped).
+ */
+function fusedFates(model: Model, dtype: Dtype): Map<string, TensorFate> {
   const { ckpt, view } = model;
   const fates = new Map<string, TensorFate>();
-  const modules = new Set<string>();
+  const alt = recordedFusedLayout(model);
   for (const layer of view.layers) {
     if (layer.block.kind !== 'moe') continue;
     const experts = layer.block.experts;
+    const router = layer.block.router;
+    if (alt?.router?.weight && layer.prefix + alt.router.weight !== router.weight)
+      fates.set(router.weight, renamed(ckpt, router.weight, layer.prefix + alt.router.weight));
+    const cbTpl = alt?.router?.correctionBias;
+    if (cbTpl && router.correctionBias) {
+      const to = layer.prefix + (typeof cbTpl === 'string' ? cbTpl : cbTpl.name);
+      if (to !== router.correctionBias) fates.set(router.correctionBias, renamed(ckpt, router.correctionBias, to));
+    }
     for (const which of ['gateUp', 'down'] as const) {
       const refsOf = (e: number): LinearRef[] => (which === 'down' ? [experts[e]!.down] : [experts[e]!.gate, experts[e]!.up]);
       const r0 = refsOf(0)[0]!;
-      if (formatOf(ckpt, r0) !== FUSED_GPTQ_FORMAT) continue;
-      const mods = experts.map((_, e) => gptqModuleOfFusedRef(ckpt, refsOf(e)[0]!)!);
-      const names = mods.flatMap((m) => [...GPTQ_SUFFIXES, 'weight', 'bias'].map((s) => `${m}.${s}`).filter((n) => ckpt.has(n)));
+      const native = formatOf(ckpt, r0) === FUSED_GPTQ_FORMAT;
+      if (!native && !alt) continue;
+      const target: FusedOut = alt
+        ? which === 'down'
+          ? { name: layer.prefix + alt.experts.down.tensor, transposed: alt.experts.down.transposed, split: 'halves' }
+          : { name: layer.prefix + alt.experts.gateUp.tensor, transposed: alt.experts.gateUp.transposed, split: alt.experts.gateUp.split }
+        : { name: r0.tensor, transposed: !!r0.transposed, split: r0.interleave ? 'interleaved' : 'halves' };
+      // a layer quantize kept unquantized is still stored fused as it was read
+      if (alt && ckpt.has(target.name)) continue;
+      const sources = [...new Set(experts.flatMap((_, e) => refsOf(e).flatMap((r) => linearTensors(ckpt, r))))].filter((n) => ckpt.has(n));
       const E = experts.length;
       const rows = r0.outFeatures * refsOf(0).length;
       const inF = r0.inFeatures;
-      const split = r0.interleave ? 'interleaved' : 'halves';
-      const shape = r0.transposed ? [E, inF, rows] : [E, rows, inF];
+      const shape = target.transposed ? [E, inF, rows] : [E, rows, inF];
       const made: NewTensor[] = [
         {
-          spec: { name: r0.tensor, dtype, shape },
+          spec: { name: target.name, dtype, shape },
           produce: async () => {
             const out = new Float32Array(E * rows * inF);
             for (let e = 0; e < E; e++) {
               const ws = await Promise.all(refsOf(e).map(async (r) => (await loadLinear(ckpt, r)).w));
-              const m = stackRows(ws, r0.outFeatures, inF, split);
-              out.set(r0.transposed ? transpose(m, rows, inF) : m, e * rows * inF);
+              const m = stackRows(ws, r0.outFeatures, inF, target.split);
+              out.set(target.transposed ? transpose(m, rows, inF) : m, e * rows * inF);
             }
             return fromF32(out, dtype);
           },
         },
       ];
-      if (r0.bias) {
+      // GPTQModel modules carry the fused bias's expert slices as <module>.bias (gpt_oss)
+      if (native && r0.bias) {
+        const mods = experts.map((_, e) => gptqModuleOfFusedRef(ckpt, refsOf(e)[0]!)!);
         const bdt = ckpt.dtype(`${mods[0]}.bias`);
         made.push({
           spec: { name: r0.bias, dtype: bdt, shape: [E, rows] },
@@ -96,12 +151,11 @@ function fusedFates(model: Model, dtype: Dtype): { fates: Map<string, TensorFate
           },
         });
       }
-      fates.set(names[0]!, { kind: 'replace', tensors: made });
-      for (const n of names.slice(1)) fates.set(n, { kind: 'drop' });
-      for (const m of mods) modules.add(m);
+      fates.set(sources[0]!, { kind: 'replace', tensors: made });
+      for (const n of sources.slice(1)) fates.set(n, { kind: 'drop' });
     }
   }
-  return { fates, modules };
+  return fates;
 }
 
 export async function dequantizeCheckpoint(req: DequantizeRequest): Promise<DequantizeReport> {
@@ -118,9 +172,9 @@ export async function dequantizeCheckpoint(req: DequantizeRequest): Promise<Dequ
     if (all.length === 0 && ctModules.length === 0) {
       fail('InvalidData', `${req.model} has no GPTQ (*.qweight) or compressed-tensors (*.weight_packed) tensors: nothing to dequantize`);
     }
-    const fused = fusedFates(model, dtype);
-    const fates = fused.fates;
-    const modules = all.filter((m) => !fused.modules.has(m));
+    const fates = fusedFates(model, dtype);
+    // modules already folded into a fused tensor
+    const modules = all.filter((m) => !fates.has(`${m}.qweight`));
     for (const m of modules) {
       for (const s of GPTQ_SUFFIXES) if (!ckpt.has(`${m}.${s}`)) fail('InvalidData', `${req.model}: GPTQ module '${m}' has no ${s}`);
       const out = ckpt.shape(`${m}.qweight`)[1]!;
@@ -136,7 +190,7 @@ export async function dequantizeCheckpoint(req: DequantizeRequest): Promise<Dequ
       });
       for (const s of ['qzeros', 'scales', 'g_idx']) fates.set(`${m}.${s}`, { kind: 'drop' });
     }
-    for (const m of ctModules) {
+    for (const m of ctModules.filter((c) => !fates.has(`${c}.weight_packed`))) {
       if (!ckpt.has(`${m}.weight_scale`)) fail('InvalidData', `${req.model}: compressed-tensors module '${m}' has no weight_scale`);
       const out = ckpt.shape(`${m}.weight_packed`)[0]!;
       const inF = await ctInFeatures(ckpt, m);

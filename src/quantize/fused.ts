@@ -62,6 +62,25 @@ export interface FusedGptqLayout {
   correctionBiasName(layer: LayerView): string | undefined;
 }
 
+/**
+ * quantization_config key saying the input's experts were in the family's transformers-5 fused layout (the data
+ * file's `fusedAlternative`: `mlp.experts.gate_up_proj` / `down_proj`, the router under that layout's names). The
+ * GPTQ tensors themselves are in the per-expert module layout GPTQModel reads (transformers 5 has no fused GPTQ
+ * layout), so without this record `moe dequantize` could not know to write the fused layout back. GPTQConfig and
+ * GPTQModel keep unknown quantization_config keys as they are (moe writes `quantizer` and `damp_percent` too).
+ */
+export const SOURCE_LAYOUT_KEY = 'moe_source_expert_layout';
+/** The value of SOURCE_LAYOUT_KEY for the transformers-5 fused layout. */
+export const SOURCE_LAYOUT_FUSED = 'transformers5-fused';
+
+/** Whether this view reads the family's transformers-5 fused layout (`fusedAlternative`) instead of its primary one. */
+export function readsFusedAlternative(view: ModelView): boolean {
+  const alt = getArchitecture(view.family, view.family).tensors.fusedAlternative;
+  const layer = view.moeLayers.length ? view.layers[view.moeLayers[0]!] : undefined;
+  if (!alt || !layer || layer.block.kind !== 'moe') return false;
+  return layer.block.experts[0]?.gate.tensor === layer.prefix + alt.experts.gateUp.tensor;
+}
+
 /** GPTQModel's module names for natively fused families, relative to the layer prefix. */
 const GPTQMODEL_MODULES: Readonly<Record<string, { gateUp: string; down: string }>> = {
   gpt_oss: { gateUp: 'mlp.experts.gate_up.${expert}', down: 'mlp.experts.down.${expert}' },
@@ -379,5 +398,6 @@ export function describeFusedExperts(ckpt: Checkpoint, view: ModelView, layout: 
     layout.kind === 'gptqmodel'
       ? `GPTQModel's per-expert modules (${relative(t.module)}, ${relative(d.module)} ... for expert 0${t.pack ? `; gate and up share one module, rows ${t.pack.split}` : ''}${t.bias ? '; biases unquantized as <module>.bias' : ''})`
       : `the family's per-expert GPTQ modules (${relative(t.module)} ... for expert 0)`;
-  return { read, written };
+  const back = readsFusedAlternative(view) ? `; moe dequantize writes them back fused (quantization_config.${SOURCE_LAYOUT_KEY})` : '';
+  return { read, written: written + back };
 }

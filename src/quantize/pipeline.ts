@@ -19,7 +19,7 @@
  *   quantized with round-to-nearest at --dense-bits (and are full precision in the calibration stream), as is
  *   everything with --method rtn, which needs no forward pass.
  * - write: the GPTQ format (format.ts) through the model's general per-tensor rewrite, concurrently with the apply
- *   pass: each layer's packed tensors are handed to the writer as they are produced (handoff.ts), so about one
+ *   pass: each layer's packed tensors are handed to the writer as they are produced (src/pipeline/handoff.ts), so about one
  *   layer of output is in memory. --shard i/n writes only layers l % n == i plus a manifest for moe assemble.
  */
 import { mtpPassThrough } from '../model/mtp.js';
@@ -45,9 +45,9 @@ import type { ServeTarget } from './targets.js';
 import type { ModelView } from '../model/types.js';
 import { quantizeMlp, type ExpertQuant, type ProjBits, type QuantSettings } from './expert.js';
 import { gptqTensorBytes, gptqTensorSpecs, type ModuleQuant, quantizationConfig, registerGptqFormat, vllmGptqConfig } from './format.js';
-import { describeFusedExperts, fusedGptqLayout, fusedModuleWrites } from './fused.js';
+import { describeFusedExperts, fusedGptqLayout, fusedModuleWrites, readsFusedAlternative, SOURCE_LAYOUT_FUSED, SOURCE_LAYOUT_KEY } from './fused.js';
 import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, type StoredFormat } from './plan.js';
-import { LayerHandoff, type WriterInfo } from './handoff.js';
+import { LayerHandoff, type WriterInfo } from '../pipeline/handoff.js';
 import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from '../pipeline/resume.js';
 import { quantizeMemory } from './memory.js';
 import { refuseQuantized, refuseQuantizedDir } from './input.js';
@@ -496,7 +496,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
   const packed = new Map<string, Uint8Array[]>();
   const tensorBytes = (ql: QuantizedLinear) => (v.format === 'compressed-tensors' ? ctTensorBytes(ql) : gptqTensorBytes(ql));
   const fallbacks: { layer: number; expert: number; tokens: number }[] = [];
-  const handoff = new LayerHandoff();
+  const handoff = new LayerHandoff<void, WriterInfo>();
   const gptqLayer = new Set(gptqLayers);
   const fates = new Map<string, TensorFate>();
   /** output tensors the apply pass produces, by input linear, and their layer */
@@ -530,8 +530,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     sym: v.settings.sym,
     fromPass: async (d) => {
       if (!gptqLayer.has(d.layer)) return undefined;
-      handoff.reached(d.layer);
-      await handoff.ready(d.layer);
+      await handoff.take(d.layer);
       return packedQuant.get(d.tensor);
     },
     release: (parts) => {
@@ -564,8 +563,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     let bytes: Promise<Uint8Array[]> | undefined;
     const get = async () => {
       if (fromPass) {
-        handoff.reached(d.layer);
-        await handoff.ready(d.layer);
+        await handoff.take(d.layer);
       }
       const have = packed.get(d.tensor);
       return (
@@ -589,6 +587,8 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
   }
   const qcSpec = { groupSize: gs, sym: v.settings.sym, actOrder: v.settings.actOrder, damp: v.settings.damp };
   const qc = outputConfig(v.format, !!v.target, decisions, modQuant, unquantized, qcSpec);
+  // a transformers-5 fused input is written as per-expert GPTQ modules: record its layout so dequantize restores it
+  if (renames && v.format === 'gptq' && readsFusedAlternative(view)) qc[SOURCE_LAYOUT_KEY] = SOURCE_LAYOUT_FUSED;
   // multi-token-prediction layers are outside the plan: copied and declared unquantized, or dropped (--drop-mtp)
   const mtp = mtpPassThrough(view, ckpt.tensorNames, (n) => layerOfTensor(view, n), !!req.dropMtp);
   for (const n of mtp.dropped) fates.set(n, { kind: 'drop' });
@@ -637,7 +637,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
       const writtenThrough = (l: number) => [...passTensors.values()].every((p) => p.layer > l || p.names.every((n) => writer!.isWritten(n)));
       const checkpoint: StreamCheckpoint = {
         restore: async () => {
-          writer = await handoff.writerOpen();
+          writer = await handoff.whenOpen();
           const st = await loadResumeState<{ fallbacks: typeof fallbacks }>(writer.dir, key, calibTokens * H);
           if (!st || st.after >= lastLayer || !writtenThrough(st.after)) return undefined;
           fallbacks.push(...st.extra.fallbacks);
@@ -650,7 +650,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
           const hidden = h.slice();
           const done = fallbacks.filter((f) => f.layer <= l);
           saving = saving.then(async () => {
-            await handoff.writerAt(l + 1);
+            await handoff.consumerAt(l + 1);
             await saveResumeState(writer!.dir, key, { after: l, hidden, extra: { fallbacks: done } });
           });
           saving.catch(() => {});
@@ -664,7 +664,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
             const li = inp.layer.index;
             if (!gptqLayer.has(li)) return;
             // backpressure: the previous layers' packed tensors are written (and released) first
-            await handoff.writerAt(li);
+            await handoff.consumerAt(li);
             await saving;
             // tensors a killed earlier run already wrote are not handed over (the writer skips them)
             const set = (tensor: string, q: Uint8Array[]) => {
@@ -712,7 +712,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
               for (const d of sd) if (q.quant[d.proj!]) set(d.tensor, tensorBytes(q.quant[d.proj!]!));
               shared = q.deq;
             }
-            handoff.produced(li);
+            handoff.publish(li);
             // sequential: later layers see the quantized experts; otherwise the full-precision ones
             if (v.sequential) return { experts, ...(shared ? { shared } : {}) };
           },
@@ -720,7 +720,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
         { stopAfterLayer: lastLayer, checkpoint },
       );
       await saving;
-      handoff.closeProduction();
+      handoff.close();
       applyMs = performance.now() - tApply;
     };
     const write = async () => {
@@ -728,7 +728,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
         force: !!req.force,
         onOpen: async (info) => {
           if (planKey && !planResumed) await saveStagedPlan(info.dir, planKey, planFile);
-          handoff.writerOpened(info);
+          handoff.opened(info);
         },
         ...(shardSpec ? { shard: shardSpec } : {}),
         onProgress: (done, total, name) => {
@@ -736,17 +736,17 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
           ph?.tick(done, total, 'tensors');
         },
       });
-      handoff.reached(Infinity);
+      handoff.finish();
       writeMs = performance.now() - tApply;
       return r;
     };
     const [a, w] = await Promise.allSettled([
       apply().catch((e) => {
-        handoff.abort(e);
+        handoff.fail(e);
         throw e;
       }),
       write().catch((e) => {
-        handoff.abort(e);
+        handoff.fail(e);
         throw e;
       }),
     ]);

@@ -212,6 +212,15 @@ function gqaChunk(x: Float32Array, B: number, S: number, w: GqaWeights, sh: Atte
   return linearRows(a, R, w.o);
 }
 
+/** Llama-4 attention scaling (transformers get_llama_4_attn_scale): row r is at position r % S. */
+function scaleQueriesByPosition(q: Float32Array, R: number, S: number, width: number, ps: { beta: number; original: number }): void {
+  for (let r = 0; r < R; r++) {
+    const f = 1 + ps.beta * Math.log(1 + Math.floor((r % S) / ps.original));
+    if (f === 1) continue;
+    for (let i = r * width, end = i + width; i < end; i++) q[i]! *= f;
+  }
+}
+
 function mlaChunk(x: Float32Array, B: number, S: number, w: MlaWeights, sh: AttentionShape, r0: number): Float32Array {
   const R = B * S;
   const m = sh.spec.mla!;
@@ -236,6 +245,7 @@ function mlaChunk(x: Float32Array, B: number, S: number, w: MlaWeights, sh: Atte
   const kv = linearRows(cKv, R, w.kvB); // [R, h * (nope + v)]
   applyRope(q, R, h, dq, S, sh.rope, sh.ropeStyle, m.qkNopeHeadDim);
   applyRope(kRot, R, 1, m.qkRopeHeadDim, S, sh.rope, sh.ropeStyle);
+  if (sh.spec.queryPositionScale) scaleQueriesByPosition(q, R, S, h * dq, sh.spec.queryPositionScale);
   const k = new Float32Array(R * h * dq);
   const v = new Float32Array(R * h * m.vHeadDim);
   const kvw = m.qkNopeHeadDim + m.vHeadDim;

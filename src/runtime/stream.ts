@@ -159,6 +159,12 @@ export async function streamModel(model: Model, windows: readonly Int32Array[], 
   if (windows.length === 0) fail('InvalidData', 'no token windows to run');
   const S = windows[0]!.length;
   if (S < 1 || windows.some((w) => w.length !== S)) fail('InvalidData', 'all token windows must have the same, non-zero length');
+  const dense = v.attention.denseKeysUpTo;
+  if (dense !== undefined && S > dense)
+    fail(
+      'Usage',
+      `${v.family}'s sparse attention indexer keeps ${dense} keys per query (index_topk): windows of ${S} positions would need the indexer, which moe does not run; use --seq-len ${dense} at most (${dense - 1} where a BOS token is put in front)`,
+    );
   const N = windows.length;
   const T = N * S;
   const H = v.dims.hidden;

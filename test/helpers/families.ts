@@ -28,6 +28,8 @@ export const FAMILIES = [
   'glm4_moe_lite',
   'dots1',
   'hunyuan_v1_moe',
+  'mistral4',
+  'deepseek_v32',
 ] as const;
 export type Family = (typeof FAMILIES)[number];
 
@@ -244,6 +246,46 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
       };
       isMoe = (l) => l >= 1;
       break;
+    case 'mistral4':
+      // transformers 5.18 configuration_mistral4.py: DeepSeek-V3's MLA keys (q-LoRA), softmax routing with groups,
+      // RoPE in rope_parameters: YaRN plus the Llama-4 query scaling (original_max_position_embeddings 16, so the
+      // tiny windows cross it)
+      config = {
+        ...base,
+        model_type: 'mistral4',
+        architectures: ['Mistral4ForCausalLM'],
+        intermediate_size: DI,
+        moe_intermediate_size: I,
+        n_routed_experts: E,
+        n_shared_experts: 1,
+        num_experts_per_tok: K,
+        first_k_dense_replace: 1,
+        n_group: 2,
+        topk_group: 1,
+        routed_scaling_factor: 1.5,
+        norm_topk_prob: true,
+        q_lora_rank: 16,
+        kv_lora_rank: 16,
+        qk_nope_head_dim: 8,
+        qk_rope_head_dim: 4,
+        v_head_dim: 8,
+        rope_interleave: true,
+        rope_parameters: {
+          rope_type: 'yarn',
+          rope_theta: 10000,
+          factor: 4,
+          original_max_position_embeddings: 16,
+          beta_fast: 32,
+          beta_slow: 1,
+          mscale: 1,
+          mscale_all_dim: 1,
+          llama_4_scaling_beta: 0.1,
+          partial_rotary_factor: 4 / 12,
+        },
+      };
+      delete config['rope_theta'];
+      isMoe = (l) => l >= 1;
+      break;
     case 'hunyuan_v1_moe':
       // transformers 5.18 configuration_hunyuan_v1_moe.py: every layer MoE, experts and the shared MLP both at
       // intermediate_size, top-k as moe_topk; RoPE in transformers 5's rope_parameters with the DynamicNTKAlpha base
@@ -285,6 +327,38 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
         v_head_dim: 8,
         rope_interleave: true,
         rms_norm_eps: 1e-5,
+      };
+      isMoe = (l) => l >= 1;
+      break;
+    case 'deepseek_v32':
+      // transformers 5.18 configuration_deepseek_v32.py: glm4_moe_lite's keys (mlp_layer_types, MLA with q-LoRA,
+      // sigmoid group routing) plus the DSA indexer's (index_topk 64: the tiny windows stay exactly dense)
+      config = {
+        ...base,
+        model_type: 'deepseek_v32',
+        architectures: ['DeepseekV32ForCausalLM'],
+        num_key_value_heads: heads,
+        intermediate_size: DI,
+        moe_intermediate_size: I,
+        n_routed_experts: E,
+        n_shared_experts: 1,
+        num_experts_per_tok: K,
+        first_k_dense_replace: 1,
+        mlp_layer_types: Array.from({ length: L }, (_, l) => (l === 0 ? 'dense' : 'sparse')),
+        layer_types: Array.from({ length: L }, () => 'indexed_attention'),
+        n_group: 1,
+        topk_group: 1,
+        routed_scaling_factor: 2.5,
+        norm_topk_prob: true,
+        q_lora_rank: 16,
+        kv_lora_rank: 16,
+        qk_nope_head_dim: 8,
+        qk_rope_head_dim: 4,
+        v_head_dim: 8,
+        head_dim: 4,
+        index_topk: 64,
+        index_head_dim: 8,
+        index_n_heads: 2,
       };
       isMoe = (l) => l >= 1;
       break;
@@ -396,8 +470,16 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
     normW(`${p}input_layernorm.weight`, H);
     if (family === 'phimoe') vec(`${p}input_layernorm.bias`, H);
     // attention
-    if (family === 'deepseek_v2' || family === 'deepseek_v3' || family === 'glm4_moe_lite') {
+    if (family === 'deepseek_v2' || family === 'deepseek_v3' || family === 'glm4_moe_lite' || family === 'mistral4' || family === 'deepseek_v32') {
       const qk = 8 + 4;
+      if (family === 'deepseek_v32') {
+        // the DSA indexer (not run: copied through); index_head_dim 8, index_n_heads 2, q_lora_rank 16
+        linear(`${p}self_attn.indexer.wq_b.weight`, 2 * 8, 16);
+        linear(`${p}self_attn.indexer.wk.weight`, 8, H);
+        normW(`${p}self_attn.indexer.k_norm.weight`, 8);
+        vec(`${p}self_attn.indexer.k_norm.bias`, 8);
+        linear(`${p}self_attn.indexer.weights_proj.weight`, 2, H);
+      }
       if (family !== 'deepseek_v2') {
         linear(`${p}self_attn.q_a_proj.weight`, 16, H);
         normW(`${p}self_attn.q_a_layernorm.weight`, 16);
@@ -507,7 +589,7 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
         // hunyuan's router is a float32 nn.Linear `wg` inside mlp.gate
         if (family === 'hunyuan_v1_moe') put(`${p}mlp.gate.wg.weight`, [E, H], randn(E * H, 0.5), 'F32');
         else put(`${p}mlp.gate.weight`, [E, H], randn(E * H, 0.5));
-        if (family === 'deepseek_v3' || family === 'glm4_moe' || family === 'glm4_moe_lite' || family === 'dots1')
+        if (family === 'deepseek_v3' || family === 'glm4_moe' || family === 'glm4_moe_lite' || family === 'dots1' || family === 'deepseek_v32')
           put(`${p}mlp.gate.e_score_correction_bias`, [E], randn(E, 0.1), 'F32');
         if (family === 'ernie4_5_moe') put(`${p}mlp.moe_statics.e_score_correction_bias`, [1, E], randn(E, 0.1), 'F32');
         if (opts.fusedExperts) fusedV5();
@@ -535,7 +617,15 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
           linear(`${p}mlp.shared_experts.up_proj.weight`, S, H);
           linear(`${p}mlp.shared_experts.down_proj.weight`, H, S);
         }
-        if (family === 'deepseek_v2' || family === 'deepseek_v3' || family === 'glm4_moe' || family === 'glm4_moe_lite' || family === 'dots1') {
+        if (
+          family === 'deepseek_v2' ||
+          family === 'deepseek_v3' ||
+          family === 'glm4_moe' ||
+          family === 'glm4_moe_lite' ||
+          family === 'deepseek_v32' ||
+          family === 'dots1' ||
+          family === 'mistral4'
+        ) {
           const S = I; // moe_intermediate_size x n_shared_experts (1)
           linear(`${p}mlp.shared_experts.gate_proj.weight`, S, H);
           linear(`${p}mlp.shared_experts.up_proj.weight`, S, H);

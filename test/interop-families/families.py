@@ -12,7 +12,9 @@ import json
 import sys
 
 import torch
+import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_PRETRAINING_MAPPING_NAMES
 
 TINY = {
     "glm4_moe_lite": dict(
@@ -29,6 +31,30 @@ TINY = {
         n_group=2, topk_group=1, num_experts_per_tok=2, first_k_dense_replace=1, norm_topk_prob=True,
         max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1,
     ),
+    # Mistral-Small-4's shape: DeepSeek-V3 MLA with q-LoRA and YaRN (mscale^2 in the softmax scale), softmax routing
+    # with top-2-sum groups, and the Llama-4 query scaling; original_max_position_embeddings 16 so the 64-token
+    # windows cross three of its steps
+    "mistral4": dict(
+        vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=8, routed_scaling_factor=1.5,
+        kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, v_head_dim=16, qk_nope_head_dim=16, n_group=2, topk_group=1,
+        num_experts_per_tok=2, first_k_dense_replace=1, norm_topk_prob=True, max_position_embeddings=64,
+        rope_parameters={
+            "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
+            "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1,
+            "max_position_embeddings": 64,
+        },
+        rms_norm_eps=1e-6, bos_token_id=0, eos_token_id=1, pad_token_id=0,
+    ),
+    # DeepSeek-V3.2: glm4_moe_lite's MLA and routing plus the DSA indexer; index_topk 64 covers the 64-token windows, so
+    # the indexer keeps every causal key and the attention is exactly dense (longer windows are refused)
+    "deepseek_v32": dict(
+        vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=8, routed_scaling_factor=2.5,
+        kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, v_head_dim=16, qk_nope_head_dim=16, n_group=2, topk_group=1,
+        num_experts_per_tok=2, first_k_dense_replace=1, index_topk=64, index_head_dim=16, index_n_heads=2,
+        max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=0, eos_token_id=1,
+    ),
     # Hunyuan-A13B's shape: every layer MoE, a shared MLP at intermediate_size, q/k norm after RoPE, and the
     # DynamicNTKAlpha RoPE base (rope_type dynamic with alpha)
     "hunyuan_v1_moe": dict(
@@ -40,11 +66,20 @@ TINY = {
 }
 
 
+def lm_class(model_type):
+    """AutoModelForCausalLM, or the family's own causal-LM class where transformers 5.18 leaves it out of that
+    mapping (mistral4 is listed under pretraining and image-text-to-text only)"""
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForCausalLM
+    return getattr(transformers, MODEL_FOR_PRETRAINING_MAPPING_NAMES[model_type])
+
+
 def make(family, out):
     torch.manual_seed(0)
     cfg = AutoConfig.for_model(family, **TINY[family])
     cfg.initializer_range = 0.15
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    cls = lm_class(family)
+    model = cls.from_config(cfg, dtype=torch.float32) if cls is AutoModelForCausalLM else cls._from_config(cfg, dtype=torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or "layernorm" in name:
@@ -58,7 +93,8 @@ def make(family, out):
 def ppl(spec):
     out = {}
     for item in spec:
-        model, info = AutoModelForCausalLM.from_pretrained(
+        model_type = json.load(open(f"{item['dir']}/config.json"))["model_type"]
+        model, info = lm_class(model_type).from_pretrained(
             item["dir"], dtype=torch.float32, attn_implementation="eager", output_loading_info=True
         )
         if info["missing_keys"]:

@@ -216,7 +216,16 @@ def ppl(req):
     }
 
 
-OPS = {'build': build, 'text': text, 'ppl': ppl}
+def config(req):
+    """Whether transformers' AutoConfig accepts the checkpoint (a low-rank output must be refused)."""
+    try:
+        c = transformers.AutoConfig.from_pretrained(req['model'])
+    except Exception as e:
+        return {'ok': True, 'accepted': False, 'error': f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'}
+    return {'ok': True, 'accepted': True, 'model_type': c.model_type}
+
+
+OPS = {'build': build, 'text': text, 'ppl': ppl, 'config': config}
 
 if __name__ == '__main__':
     if sys.argv[1:] != ['serve']:

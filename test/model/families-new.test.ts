@@ -246,3 +246,57 @@ describe('hunyuan_v1_moe (Hunyuan-A13B)', () => {
     expect(r.stderr).toMatch(/^moe: .*moe_topk.*\n$/);
   });
 });
+
+describe('mistral4 (Mistral-Small-4)', () => {
+  it('MLA with q-LoRA and YaRN mscale², softmax routing with groups, the Llama-4 query scaling from rope_parameters', async () => {
+    const dir = join(root, 'mistral4');
+    await makeTinyCheckpoint('mistral4', dir, { experts: 8 });
+    const m = await openModel(dir);
+    try {
+      expect(m.view.family).toBe('mistral4');
+      expect(m.view.moeLayers).toEqual([1, 2]);
+      expect(m.view.attention.mla).toMatchObject({ qLoraRank: 16, kvLoraRank: 16, qkNopeHeadDim: 8, qkRopeHeadDim: 4, vHeadDim: 8 });
+      expect(m.view.attention.queryPositionScale).toEqual({ beta: 0.1, original: 16 });
+      // 1/sqrt(12) x mscale(4, 1)^2, mscale = 0.1 ln 4 + 1
+      expect(m.view.attention.softmaxScale).toBeCloseTo((1 / Math.sqrt(12)) * (0.1 * Math.log(4) + 1) ** 2, 12);
+      expect(m.view.routing).toMatchObject({ score: 'softmax', selectionBias: false, normalize: true, scale: 1.5 });
+      expect(m.view.rope).toMatchObject({ style: 'interleaved', rotaryDim: 4 });
+    } finally {
+      await m.ckpt.close();
+    }
+  });
+
+  it('refuses llama_4_scaling_beta without a positive original_max_position_embeddings, one line', async () => {
+    const dir = join(root, 'mistral4-bad');
+    await makeTinyCheckpoint('mistral4', dir, {
+      experts: 8,
+      config: { rope_parameters: { rope_type: 'default', rope_theta: 10000, llama_4_scaling_beta: 0.1 } },
+    });
+    const r = await runMoe(['inspect', '--model', dir]);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/^moe: .*llama_4_scaling_beta needs a number and a positive original_max_position_embeddings\n$/);
+  });
+});
+
+describe('deepseek_v32 (DeepSeek-V3.2, DSA indexer)', () => {
+  it('reads as glm4_moe_lite plus the indexer: windows up to index_topk run dense, longer ones are refused in one line', async () => {
+    const dir = join(root, 'v32');
+    await makeTinyCheckpoint('deepseek_v32', dir, { experts: 8, config: { index_topk: 16 } });
+    const m = await openModel(dir);
+    try {
+      expect(m.view.family).toBe('deepseek_v32');
+      expect(m.view.moeLayers).toEqual([1, 2]);
+      expect(m.view.attention).toMatchObject({ kind: 'mla', denseKeysUpTo: 16 });
+      expect(m.view.routing).toMatchObject({ score: 'sigmoid', selectionBias: true, scale: 2.5 });
+    } finally {
+      await m.ckpt.close();
+    }
+    const ids = join(root, 'v32.jsonl');
+    await writeFile(ids, `${JSON.stringify(Array.from({ length: 40 }, (_, i) => 2 + (i % 60)))}\n`);
+    const ok = await runMoe(['eval', '--model', dir, '--data-ids', ids, '--seq-len', '16', '--quiet']);
+    expect(ok.code).toBe(0);
+    const long = await runMoe(['eval', '--model', dir, '--data-ids', ids, '--seq-len', '17', '--quiet']);
+    expect(long.code).toBe(2);
+    expect(long.stderr).toMatch(/^moe: deepseek_v32's sparse attention indexer keeps 16 keys per query \(index_topk\): windows of 17 positions .*\n$/);
+  });
+});

@@ -51,7 +51,9 @@ function surgeryTensors(m: Model): Set<string> {
 }
 
 const VARIANTS: [string, Family, TinyOptions][] = [
-  ...FAMILIES.filter((f) => !f.startsWith('deepseek')).map((f): [string, Family, TinyOptions] => [f, f, {}]),
+  // group-limited routing families (2 groups) get 8 experts, so each group keeps the 2 its top-2 score needs
+  ...FAMILIES.filter((f) => !f.startsWith('deepseek') && f !== 'mistral4').map((f): [string, Family, TinyOptions] => [f, f, {}]),
+  ['mistral4', 'mistral4', { experts: 8 }],
   ['deepseek_v2', 'deepseek_v2', { experts: 8 }],
   ['deepseek_v3', 'deepseek_v3', { experts: 8 }],
   ['deepseek_v3 fp8', 'deepseek_v3', { experts: 8, dtype: 'FP8' }],

@@ -34,6 +34,8 @@ const DENSE: Record<Family, number[]> = {
   glm4_moe_lite: [0],
   dots1: [0],
   hunyuan_v1_moe: [],
+  mistral4: [0],
+  deepseek_v32: [0],
 };
 
 async function expectMoeError(p: Promise<unknown>, code: string, msg: RegExp): Promise<void> {

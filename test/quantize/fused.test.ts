@@ -332,20 +332,9 @@ describe('transformers-5 fused layout with a router correction bias', () => {
       await ca.close();
       await cb.close();
     }
-    // before the rename, dequantize refused this output: "checkpoint is missing tensor ...e_score_correction_bias"
-    const deq = join(root, 'minimax-v5-dq');
-    await dequantizeCheckpoint({ model: b, out: deq });
-    const dm = await openModel(deq);
-    const src = await Checkpoint.open(per);
-    try {
-      const l0 = dm.view.layers[0]!.block;
-      if (l0.kind !== 'moe') throw new Error('not MoE');
-      const want = await src.readF32('model.layers.0.block_sparse_moe.e_score_correction_bias');
-      expect(Array.from(await dm.ckpt.readF32(l0.router.correctionBias!))).toEqual(Array.from(want));
-    } finally {
-      await dm.ckpt.close();
-      await src.close();
-    }
+    // before the rename, dequantize refused this output ("checkpoint is missing tensor ...e_score_correction_bias");
+    // now it writes the input's fused layout back, the bias at mlp.e_score_correction_bias again
+    await expectFusedRoundTrip(fused, b, a, join(root, 'minimax-v5-dq'), join(root, 'minimax-per-dq'));
   });
 });
 
@@ -393,7 +382,7 @@ async function toFusedV5(src: string, dst: string): Promise<void> {
 }
 
 describe('transformers-5 fused layout of a per-expert family', () => {
-  it('mixtral: the fused input gives the same per-expert GPTQ checkpoint as the per-expert input, router back at block_sparse_moe.gate', async () => {
+  it('mixtral: the fused input gives the same per-expert GPTQ tensors as the per-expert input (router back at block_sparse_moe.gate), and dequantize writes the fused layout back', async () => {
     const per = await tiny('mixtral-per', 'mixtral');
     const fused = join(root, 'mixtral-v5');
     await toFusedV5(per, fused);
@@ -410,23 +399,75 @@ describe('transformers-5 fused layout of a per-expert family', () => {
     try {
       expect([...cb.tensorNames].sort()).toEqual([...ca.tensorNames].sort());
       for (const n of ca.tensorNames) expect(Array.from(await cb.readBytes(n)), n).toEqual(Array.from(await ca.readBytes(n)));
-      expect(cb.config.quantization_config).toEqual(ca.config.quantization_config);
+      // the same quantization_config, plus the record of the input's layout (only on the fused input's output)
+      const { moe_source_expert_layout, ...rest } = cb.config.quantization_config as Record<string, unknown>;
+      expect(moe_source_expert_layout).toBe('transformers5-fused');
+      expect(rest).toEqual(ca.config.quantization_config);
+      expect((ca.config.quantization_config as Record<string, unknown>).moe_source_expert_layout).toBeUndefined();
     } finally {
       await ca.close();
       await cb.close();
     }
-    const deq = join(root, 'mixtral-v5-dq');
-    await dequantizeCheckpoint({ model: b, out: deq });
-    const dm = await openModel(deq);
-    try {
-      expect(dm.view.expertLayout).toBe('per-expert');
-      const l0 = dm.view.layers[0]!.block;
-      if (l0.kind !== 'moe') throw new Error('not MoE');
-      expect((await loadLinear(dm.ckpt, l0.experts[0]!.gate)).w.length).toBe(32 * 32);
-    } finally {
-      await dm.ckpt.close();
-    }
     const ev = JSON.parse(await readFile(join(b, 'moe-quantize-report.json'), 'utf8'));
-    expect(ev.fusedExperts.written).toMatch(/per-expert GPTQ modules \(block_sparse_moe\.experts\.0\.w1/);
+    expect(ev.fusedExperts.written).toMatch(/per-expert GPTQ modules \(block_sparse_moe\.experts\.0\.w1.*writes them back fused/);
+    await expectFusedRoundTrip(fused, b, a, join(root, 'mixtral-v5-dq'), join(root, 'mixtral-per-dq'));
   });
 });
+
+/**
+ * dequantize of the fused input's GPTQ output (q) writes the input's own layout: the same tensor names and shapes
+ * as `input` (F32 here), the fused tensors equal to the per-expert output's (qPer) dequantized experts stacked gate
+ * first, so within the quantization error of the input; no quantization_config left.
+ */
+async function expectFusedRoundTrip(input: string, q: string, qPer: string, out: string, outPer: string): Promise<void> {
+  await dequantizeCheckpoint({ model: q, out, dtype: 'F32' });
+  await dequantizeCheckpoint({ model: qPer, out: outPer, dtype: 'F32' });
+  const ci = await Checkpoint.open(input);
+  const co = await Checkpoint.open(out);
+  const cp = await Checkpoint.open(outPer);
+  try {
+    expect([...co.tensorNames].sort()).toEqual([...ci.tensorNames].sort());
+    for (const n of ci.tensorNames) expect(co.shape(n), n).toEqual(ci.shape(n));
+    expect(co.config.quantization_config).toBeUndefined();
+    const m = await openModel(out);
+    try {
+      expect(m.view.expertLayout).toBe('fused');
+    } finally {
+      await m.ckpt.close();
+    }
+    for (const n of ci.tensorNames.filter((t) => /experts\.(gate_up|down)_proj$/.test(t))) {
+      const [E, R, C] = ci.shape(n) as [number, number, number];
+      const got = await co.readF32(n);
+      const src = await ci.readF32(n);
+      const p = n.replace(/mlp\.experts\.(gate_up|down)_proj$/, 'block_sparse_moe.experts.');
+      let err = 0;
+      let norm = 0;
+      for (let e = 0; e < E; e++) {
+        const want = n.endsWith('down_proj')
+          ? await cp.readF32(`${p}${e}.w2.weight`)
+          : Float32Array.from([...(await cp.readF32(`${p}${e}.w1.weight`)), ...(await cp.readF32(`${p}${e}.w3.weight`))]);
+        expect(Array.from(got.subarray(e * R * C, (e + 1) * R * C)), `${n}[${e}]`).toEqual(Array.from(want));
+      }
+      for (let i = 0; i < got.length; i++) {
+        err += (got[i]! - src[i]!) ** 2;
+        norm += src[i]! ** 2;
+      }
+      // --bits 4 is an average with scales and zeros: GPTQ gives these tiny experts 2-4 bits, 0.35-0.41 relative
+      // weight error here (GPTQ trades weight error for output error); an unquantized tensor is 0, a misplaced
+      // expert or gate/up swap about 1.4 (two independent uniform matrices)
+      const rel = Math.sqrt(err / norm);
+      expect(rel, n).toBeGreaterThan(0.005);
+      expect(rel, n).toBeLessThan(0.6);
+    }
+    // the rest: the router and its correction bias (unquantized, renamed back under the fused layout's names)
+    // are the input's values; norms and embeddings copied; quantized attention equals the per-expert output's
+    for (const n of ci.tensorNames.filter((t) => !/experts\.(gate_up|down)_proj$/.test(t))) {
+      const want = /(gate\.weight|e_score_correction_bias)$/.test(n) || !cp.has(n) || !/_proj\.weight$/.test(n) ? ci : cp;
+      expect(Array.from(await co.readF32(n)), n).toEqual(Array.from(await want.readF32(n)));
+    }
+  } finally {
+    await ci.close();
+    await co.close();
+    await cp.close();
+  }
+}

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../../src/runtime/backend.js';
 import { quantize, type QuantizeRequest } from '../../src/quantize/pipeline.js';
-import { LayerHandoff } from '../../src/quantize/handoff.js';
+import { LayerHandoff } from '../../src/pipeline/handoff.js';
 import { ExitCode } from '../../src/errors.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
 import { runMoe } from '../helpers/cli.js';
@@ -181,20 +181,20 @@ describe('peak memory', () => {
 
   it('the hand-off between the apply pass and the writer releases the other side when one fails', async () => {
     const h = new LayerHandoff();
-    const wait = h.writerAt(3);
-    const ready = h.ready(2);
+    const wait = h.consumerAt(3);
+    const ready = h.take(2);
     h.reached(1);
-    h.abort(new Error('disk full'));
+    h.fail(new Error('disk full'));
     await expect(wait).rejects.toThrow('disk full');
     await expect(ready).rejects.toThrow('disk full');
-    await expect(h.ready(5)).rejects.toThrow('disk full');
+    await expect(h.take(5)).rejects.toThrow('disk full');
     const k = new LayerHandoff();
-    const at = k.writerAt(2);
+    const at = k.consumerAt(2);
     k.reached(2);
     await expect(at).resolves.toBeUndefined();
-    k.produced(0);
-    await expect(k.ready(0)).resolves.toBeUndefined();
-    k.closeProduction();
-    await expect(k.ready(1)).rejects.toThrow(/without producing layer 1/);
+    k.publish(0);
+    await expect(k.take(0)).resolves.toBeUndefined();
+    k.close();
+    await expect(k.take(1)).rejects.toThrow(/asked for layer 1, which the pass did not produce/);
   });
 });
