@@ -50,7 +50,7 @@ import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, t
 import { LayerHandoff, type WriterInfo } from '../pipeline/handoff.js';
 import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from '../pipeline/resume.js';
 import { quantizeMemory } from './memory.js';
-import { refuseQuantized, refuseQuantizedDir } from './input.js';
+import { refuseFactors, refuseQuantized, refuseQuantizedDir } from './input.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
 import { checkPlan, type QuantizePlan } from './saved.js';
 import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, gptqWidths, QUANTIZE_SPEC, servingTarget } from './options.js';
@@ -224,7 +224,10 @@ const QUANTIZE_PIPELINE = {
   tool: 'quantize',
   spec: QUANTIZE_SPEC,
   reportFile: REPORT_FILE,
-  checkModel: (model: Model, o: { model: string }) => refuseQuantized(model.ckpt.config, o.model),
+  checkModel: (model: Model, o: { model: string }) => {
+    refuseQuantized(model.ckpt.config, o.model);
+    refuseFactors(model.ckpt.config, o.model);
+  },
 } as const;
 
 export async function quantize(request: QuantizeRequest): Promise<QuantizeReport> {
