@@ -215,6 +215,26 @@ async function checkOutput(family: string, layout: string, check: Check, out: st
 }
 
 /**
+ * Group-limited routing (n_group > 1) after an edit of the expert count: the output keeps the input's n_group and
+ * topk_group, and its expert count divides into n_group equal groups (merge works within groups, prune keeps the
+ * same count per group), so the routing rule stays the one the input was trained with. A failure is added to the cell.
+ */
+function checkRoutingGroups(cell: Cell, model: string, out: string): void {
+  const cfg = (d: string) => JSON.parse(readFileSync(join(d, 'config.json'), 'utf8')) as Record<string, unknown>;
+  const a = cfg(model);
+  const b = cfg(out);
+  const nGroup = a['n_group'];
+  if (typeof nGroup !== 'number' || nGroup <= 1) return;
+  const problems: string[] = [];
+  for (const key of ['n_group', 'topk_group']) if (b[key] !== a[key]) problems.push(`${key} ${String(b[key])}, the input has ${String(a[key])}`);
+  const experts = b['n_routed_experts'];
+  if (typeof experts !== 'number' || experts % nGroup !== 0) problems.push(`${String(experts)} routed experts do not split into ${nGroup} equal groups`);
+  if (!problems.length) return;
+  cell.ok = false;
+  cell.why = [cell.why, ...problems].filter(Boolean).join('; ');
+}
+
+/**
  * The same decomposition without --materialize (factor tensors): transformers' AutoConfig must refuse it (its own
  * model_type, src/model/lowrank.ts) rather than load it with the experts missing, and `moe eval` must read it with
  * the materialized output's perplexity. A failure is added to the decompose cell.
@@ -319,6 +339,7 @@ async function family(f: string): Promise<void> {
       }
       await checkOutput(f, layout, check, out, check === 'prune' || check === 'merge' ? KEEP : EXPERTS, inLayout);
       if (check === 'decompose') await checkLowRank(cells[cells.length - 1]!, dir, `${out}-lowrank`);
+      if (check === 'prune' || check === 'merge') checkRoutingGroups(cells[cells.length - 1]!, dir, out);
     }
     process.stderr.write(
       `${f} ${layout}: ${cells
