@@ -1,6 +1,7 @@
 /**
- * Peak-memory estimate of `moe decompose` from shapes and the rank plan (src/runtime/memory.ts supplies the shared
- * parts: runtime, the streamed forward pass, the writer).
+ * Peak-memory estimate of `moe decompose` from shapes and the rank plan: its one phase (the apply pass and the
+ * writer run together; the score pass's working set is a subset of it) with decompose's own working set; the engine
+ * adds the shared terms (runtime, the streamed forward pass, the writer) and composes the peak (src/pipeline/memory.ts).
  *
  * Decompose's own working set, all bounded by one layer:
  *   - the Gram matrices of one layer's experts (float64, E (H^2 + I^2)) when calibrated;
@@ -11,7 +12,8 @@
  *   - the writer's one new tensor (float64 product for --materialize, its float32 copy, the encoded bytes);
  *   - allocation churn: garbage not yet collected, fitted on measurements (see CHURN_PER_WORKSPACE).
  */
-import { estimatePeak, streamedPassParts, writerBytes, type MemoryEstimate, type MemoryPart } from '../runtime/memory.js';
+import type { MemoryPhase } from '../pipeline/memory.js';
+import type { MemoryPart } from '../runtime/memory.js';
 import type { Model } from '../model/open.js';
 import { unitParams } from './plan.js';
 import type { UnitShape } from './units.js';
@@ -89,13 +91,17 @@ function byLayer(shapes: readonly UnitShape[], ranks: readonly number[]): LayerS
   return [...layers.values()];
 }
 
-export function decomposeMemory(model: Model, shapes: readonly UnitShape[], ranks: readonly number[], mode: string, o: DecomposeMemoryOptions): MemoryEstimate {
-  const { ckpt, view } = model;
+export function decomposeMemoryPhases(
+  _model: Model,
+  shapes: readonly UnitShape[],
+  ranks: readonly number[],
+  mode: string,
+  o: DecomposeMemoryOptions,
+): MemoryPhase[] {
   const layers = byLayer(shapes, ranks);
   const maxOver = (f: (l: LayerShapes) => number) => layers.reduce((a, l) => Math.max(a, f(l)), 0);
   const parts: MemoryPart[] = [];
-  if (o.calibrated) parts.push(...streamedPassParts(ckpt, view, o.tokens, o.seqLen, true));
-  else {
+  if (!o.calibrated) {
     // no forward pass: one layer's experts read as float32
     parts.push({ label: "largest layer's experts in float32", bytes: maxOver((l) => [...l.proj.values()].reduce((a, s) => a + l.E * s.m * s.n * F32, 0)) });
   }
@@ -116,9 +122,21 @@ export function decomposeMemory(model: Model, shapes: readonly UnitShape[], rank
       label: "one layer's factors at the planned ranks (float64)",
       bytes: maxOver((l) => l.units.reduce((a, u, i) => a + unitParams(u, l.ranks[i]!), 0) * F64),
     });
-    // the new tensor's float32 copy (and, materialised, its float64 product) next to its encoded bytes
-    const copies = o.largestNew.elems * (F32 + (o.materialize ? F64 : 0));
-    parts.push({ label: 'the writer (one tensor in flight)', bytes: writerBytes(ckpt, o.largestNew.bytes) + copies });
   }
-  return estimatePeak(parts);
+  return [
+    {
+      ...(o.calibrated ? { pass: { tokens: o.tokens, seqLen: o.seqLen, allExperts: true } } : {}),
+      parts,
+      // the new tensor's float32 copy (and, materialised, its float64 product) next to its encoded bytes
+      ...(o.writing
+        ? {
+            writer: {
+              label: 'the writer (one tensor in flight)',
+              largestNewBytes: o.largestNew.bytes,
+              extraBytes: o.largestNew.elems * (F32 + (o.materialize ? F64 : 0)),
+            },
+          }
+        : {}),
+    },
+  ];
 }

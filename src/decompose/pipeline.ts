@@ -31,7 +31,7 @@ import type { MemoryEstimate } from '../runtime/memory.js';
 import { streamModel } from '../runtime/stream.js';
 import type { DecomposeMode } from './format.js';
 import { layerGrams, type LayerGrams } from './grams.js';
-import { decomposeMemory } from './memory.js';
+import { decomposeMemoryPhases } from './memory.js';
 import { type DECOMPOSE_OPTIONS, DECOMPOSE_SPEC, DEFAULT_MODE, type DecomposeOptions } from './options.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline } from '../pipeline/engine.js';
@@ -534,16 +534,18 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
     const writing = !req.dryRun;
     // the estimate is the real run's (a dry run predicts the run it plans): it scores unless ranks come from a plan
     // file or from shapes (--uniform), and it writes
-    const memory = decomposeMemory(model, shapes, ranks, mode, {
-      calibrated: src.kind === 'forward',
-      grams: src.kind !== 'weights',
-      tokens: calibration.tokens,
-      seqLen,
-      scoring: !req.plan && !req.uniform,
-      writing: true,
-      materialize: !!req.materialize,
-      largestNew: largestNewTensor(model, factorSlots(shapes, ranks), { mode, ratio: req.ratio, materialize: req.materialize }),
-    });
+    const memory = run.memory(
+      decomposeMemoryPhases(model, shapes, ranks, mode, {
+        calibrated: src.kind === 'forward',
+        grams: src.kind !== 'weights',
+        tokens: calibration.tokens,
+        seqLen,
+        scoring: !req.plan && !req.uniform,
+        writing: true,
+        materialize: !!req.materialize,
+        largestNew: largestNewTensor(model, factorSlots(shapes, ranks), { mode, ratio: req.ratio, materialize: req.materialize }),
+      }),
+    );
 
     let applied: AppliedSummary[] | undefined;
     let output: DecomposeReport['output'];

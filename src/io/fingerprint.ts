@@ -71,3 +71,14 @@ export async function runFingerprint(command: string, options: Record<string, un
   for (const p of [...new Set(inputs.map((i) => resolve(i)))].sort()) await addPath(h, p, budget);
   return h.digest('hex');
 }
+
+/**
+ * sha256 hex of the identity of some input paths alone (in the order given): what `moe run` keys a finished stage's
+ * reuse on, so that a model or data file changed under the same path reruns the stages that read it.
+ */
+export async function inputsFingerprint(inputs: readonly string[]): Promise<string> {
+  const h = createHash('sha256');
+  const budget = { files: MAX_FILES };
+  for (const p of inputs) await addPath(h, resolve(p), budget);
+  return h.digest('hex');
+}

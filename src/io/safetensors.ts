@@ -5,10 +5,12 @@
  * read_metadata + validate) before it allocates anything sized by the file, so a hostile header costs at most
  * MAX_HEADER_BYTES of memory and never a hang.
  */
+import { isUtf8 } from 'node:buffer';
 import { open, type FileHandle } from 'node:fs/promises';
-import { fail } from '../errors.js';
+import { type ErrorCode, fail } from '../errors.js';
 import { checkRegularFile } from './files.js';
 import { decodeInto, DTYPE_BYTES, isDtype, type Dtype } from './dtype.js';
+import { arrayIndexKeys, HeaderReader, isArrayIndex, jsonSyntaxError, OverBudget, PARSED_BYTES_PER_HEADER_BYTE, tensorEntryCost } from './headerjson.js';
 
 /** The reference implementation's limit: a larger header is refused before it is read. */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -67,73 +69,134 @@ function nestingDepth(b: Uint8Array, limit: number): number {
   return depth;
 }
 
-function oneLine(s: string, max = 120): string {
-  const t = s.replace(/\s+/g, ' ');
-  return t.length > max ? `${t.slice(0, max)}...` : t;
-}
-
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
 }
 
+/** The smallest budget of a parsed header, so that a header of a few entries is never too dense to read. */
+const MIN_PARSED_BUDGET = 64 * 1024;
+
 /**
  * Parse and validate a header given its bytes and the file size. Pure, allocates nothing sized by the claimed
- * tensors: used by the reader and by the fuzz tests. Checks, in order: UTF-8, JSON object, per entry (dtype known,
- * shape of non-negative safe integers, two ordered offsets, shape x dtype size == span), then the sorted entries
- * must tile the data area from 0 without gap or overlap and end exactly at the end of the file.
+ * tensors: used by the reader and by the fuzz tests. Checks, in order: UTF-8, JSON syntax, JSON object, per entry
+ * (dtype known, shape of non-negative safe integers, two ordered offsets, shape x dtype size == span), then the
+ * sorted entries must tile the data area from 0 without gap or overlap and end exactly at the end of the file.
+ * What the parse keeps is bounded (src/io/headerjson.ts): past PARSED_BYTES_PER_HEADER_BYTE times the header's
+ * length (or 64 KiB) the header is refused as too dense.
  */
 export function parseHeader(headerBytes: Uint8Array, fileSize: number, where = 'file'): SafetensorsHeader {
   const dataStart = 8 + headerBytes.byteLength;
-  let text: string;
-  try {
-    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(headerBytes);
-  } catch {
-    fail('InvalidHeader', `${where}: safetensors header is not valid UTF-8`);
-  }
+  if (!isUtf8(headerBytes)) fail('InvalidHeader', `${where}: safetensors header is not valid UTF-8`);
   if (nestingDepth(headerBytes, MAX_HEADER_DEPTH) > MAX_HEADER_DEPTH) {
     fail('InvalidHeaderDeserialization', `${where}: safetensors header nests deeper than ${MAX_HEADER_DEPTH} levels`);
   }
-  let json: unknown;
+  const syntax = jsonSyntaxError(headerBytes);
+  if (syntax !== undefined) fail('InvalidHeaderDeserialization', `${where}: safetensors header is not valid JSON (${syntax})`);
+  const budget = Math.max(MIN_PARSED_BUDGET, PARSED_BYTES_PER_HEADER_BYTE * headerBytes.byteLength);
+  const r = new HeaderReader(headerBytes, budget);
   try {
-    json = JSON.parse(text);
+    return readTable(r, fileSize, dataStart, where);
   } catch (e) {
-    fail('InvalidHeaderDeserialization', `${where}: safetensors header is not valid JSON (${oneLine((e as Error).message)})`);
+    if (!(e instanceof OverBudget)) throw e;
+    fail(
+      'HeaderTooLarge',
+      `${where}: safetensors header is too dense: parsing its ${headerBytes.byteLength} bytes would keep more than ${budget} bytes of memory (${PARSED_BYTES_PER_HEADER_BYTE}x)`,
+    );
   }
-  if (!isPlainObject(json)) fail('InvalidHeaderDeserialization', `${where}: safetensors header must be a JSON object`);
+}
+
+/** One top-level entry, checked as it is read: a tensor, the metadata, or the error it gives when its turn comes. */
+type Entry = TensorInfo | Metadata | BadEntry;
+class Metadata {
+  constructor(readonly metadata: Record<string, string>) {}
+}
+class BadEntry {
+  constructor(
+    readonly code: ErrorCode,
+    readonly message: string,
+  ) {}
+}
+
+/** A bad entry keeps only its message (its values, quoted short, are dropped), counted like any string. */
+function bad(r: HeaderReader, code: ErrorCode, message: string): BadEntry {
+  r.keep(64 + 2 * message.length);
+  return new BadEntry(code, message);
+}
+
+/** The dtype names as constants, so that a table of a million tensors holds each name once. */
+const DTYPES = new Map(Object.keys(DTYPE_BYTES).map((d) => [d, d as Dtype]));
+
+function readEntry(r: HeaderReader, name: string, dataStart: number, where: string): Entry {
+  if (name === '__metadata__') {
+    const raw = r.value();
+    if (!isPlainObject(raw)) return bad(r, 'InvalidHeaderDeserialization', `${where}: __metadata__ must be an object of strings`);
+    for (const [k, v] of Object.entries(raw)) {
+      if (typeof v !== 'string') return bad(r, 'InvalidHeaderDeserialization', `${where}: __metadata__.${quote(k)} must be a string`);
+    }
+    return new Metadata(raw as Record<string, string>);
+  }
+  const tn = quote(name);
+  if (r.peek() !== 0x7b) {
+    r.skip();
+    return bad(r, 'InvalidHeaderDeserialization', `${where}: entry ${tn} must be an object`);
+  }
+  // only the three fields the reader uses are materialised (a later duplicate wins, as in JSON.parse); the dtype
+  // and the offsets are not kept, so they count only while they are read
+  let dtype: unknown;
+  let shape: unknown;
+  let offsets: unknown;
+  if (r.open()) {
+    do {
+      const k = r.key();
+      if (k === 'dtype') dtype = r.transient(() => r.value());
+      else if (k === 'shape') shape = r.value();
+      else if (k === 'data_offsets') offsets = r.transient(() => r.value());
+      else r.skip();
+    } while (r.next());
+  }
+  const known = typeof dtype === 'string' ? DTYPES.get(dtype) : undefined;
+  if (known === undefined || !isDtype(dtype)) return bad(r, 'UnknownDtype', `${where}: tensor ${tn} has unknown dtype ${quote(dtype)}`);
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    return bad(r, 'InvalidShape', `${where}: tensor ${tn} has an invalid shape ${quote(shape)}`);
+  }
+  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0)) {
+    return bad(r, 'InvalidOffset', `${where}: tensor ${tn} has invalid data_offsets ${quote(offsets)}`);
+  }
+  const [b, e] = offsets as [number, number];
+  if (e < b) return bad(r, 'InvalidOffset', `${where}: tensor ${tn} ends (${e}) before it begins (${b})`);
+  // checked multiplication: a product past 2^53 can no longer be compared exactly
+  let bytes = DTYPE_BYTES[known];
+  for (const d of shape as number[]) {
+    bytes *= d;
+    if (bytes > MAX_SAFE) return bad(r, 'InvalidShape', `${where}: tensor ${tn} shape ${quote(shape)} overflows`);
+  }
+  if (bytes !== e - b) {
+    const span = e - b;
+    return bad(r, 'TensorInvalidInfo', `${where}: tensor ${tn} is ${known}${quote(shape)} = ${bytes} bytes but its offsets span ${span}`);
+  }
+  r.keep(tensorEntryCost(dataStart + e));
+  return { name, dtype: known, shape: shape as number[], begin: dataStart + b, end: dataStart + e };
+}
+
+function readTable(r: HeaderReader, fileSize: number, dataStart: number, where: string): SafetensorsHeader {
+  if (r.peek() !== 0x7b) fail('InvalidHeaderDeserialization', `${where}: safetensors header must be a JSON object`);
+  const entries = new Map<string, Entry>();
+  if (r.open()) {
+    do {
+      const name = r.key();
+      entries.set(name, readEntry(r, name, dataStart, where));
+    } while (r.next());
+  }
+  // the first bad entry in JSON.parse's key order (array-index keys first) is the one reported
   const tensors: TensorInfo[] = [];
   let metadata: Record<string, string> = {};
-  for (const [name, raw] of Object.entries(json)) {
-    if (name === '__metadata__') {
-      if (!isPlainObject(raw)) fail('InvalidHeaderDeserialization', `${where}: __metadata__ must be an object of strings`);
-      for (const [k, v] of Object.entries(raw)) {
-        if (typeof v !== 'string') fail('InvalidHeaderDeserialization', `${where}: __metadata__.${quote(k)} must be a string`);
-      }
-      metadata = raw as Record<string, string>;
-      continue;
-    }
-    const tn = quote(name);
-    if (!isPlainObject(raw)) fail('InvalidHeaderDeserialization', `${where}: entry ${tn} must be an object`);
-    const { dtype, shape, data_offsets: offsets } = raw;
-    if (!isDtype(dtype)) fail('UnknownDtype', `${where}: tensor ${tn} has unknown dtype ${quote(dtype)}`);
-    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-      fail('InvalidShape', `${where}: tensor ${tn} has an invalid shape ${quote(shape)}`);
-    }
-    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0)) {
-      fail('InvalidOffset', `${where}: tensor ${tn} has invalid data_offsets ${quote(offsets)}`);
-    }
-    const [b, e] = offsets as [number, number];
-    if (e < b) fail('InvalidOffset', `${where}: tensor ${tn} ends (${e}) before it begins (${b})`);
-    // checked multiplication: a product past 2^53 can no longer be compared exactly
-    let bytes = DTYPE_BYTES[dtype];
-    for (const d of shape as number[]) {
-      bytes *= d;
-      if (bytes > MAX_SAFE) fail('InvalidShape', `${where}: tensor ${tn} shape ${quote(shape)} overflows`);
-    }
-    if (bytes !== e - b) {
-      fail('TensorInvalidInfo', `${where}: tensor ${tn} is ${dtype}${quote(shape)} = ${bytes} bytes but its offsets span ${e - b}`);
-    }
-    tensors.push({ name, dtype, shape: shape as number[], begin: dataStart + b, end: dataStart + e });
-  }
+  const take = (en: Entry) => {
+    if (en instanceof BadEntry) fail(en.code, en.message);
+    if (en instanceof Metadata) metadata = en.metadata;
+    else tensors.push(en);
+  };
+  for (const k of arrayIndexKeys(entries.keys())) take(entries.get(k)!);
+  for (const [k, en] of entries) if (!isArrayIndex(k)) take(en);
   tensors.sort((x, y) => x.begin - y.begin || x.end - y.end);
   let cursor = dataStart;
   for (const t of tensors) {
@@ -151,7 +214,10 @@ export function parseHeader(headerBytes: Uint8Array, fileSize: number, where = '
       `${where}: data area is ${fileSize - dataStart} bytes but tensors cover ${cursor - dataStart} (file truncated or has trailing bytes)`,
     );
   }
-  return { tensors: new Map(tensors.map((t) => [t.name, t])), metadata, dataStart };
+  entries.clear();
+  const table = new Map<string, TensorInfo>();
+  for (const t of tensors) table.set(t.name, t);
+  return { tensors: table, metadata, dataStart };
 }
 
 /**

@@ -5,9 +5,18 @@
  * choices that need a sequential pass refuse it). The names are the option values and recipe values.
  */
 import type { MethodDescriptor, MethodFamily } from '../pipeline/descriptor.js';
-import type { AlignMethod, GroupingMethod, RouterMethod, WeightingMethod } from './types.js';
+import type { AlignMethod, GroupingMethod, MergeMemoryContext, RouterMethod, WeightingMethod } from './types.js';
 
-type Named<T extends string> = MethodDescriptor & { name: T };
+type Named<T extends string> = MethodDescriptor<MergeMemoryContext> & { name: T };
+
+const F32 = 4;
+
+/** signatures [I, 3H] of anchor and member and a transposed copy in JS, the backend's copies of one signature chunk,
+ *  the transposed signatures and the I x I product, the product read back (float32) and the similarity (float64) */
+const weightAlignment = (c: MergeMemoryContext) => ({
+  label: 'weight alignment: unit signatures of two experts with their tensor-backend copies, the I x I similarity (float32 product and float64 copy)',
+  bytes: 5 * c.expertBytes + 12 * c.intermediate * c.intermediate,
+});
 
 export const GROUPINGS: readonly Named<GroupingMethod>[] = [
   {
@@ -37,12 +46,27 @@ export const ALIGNS: readonly Named<AlignMethod>[] = [
     summary: "linear assignment of each member's intermediate units to the anchor's by the inner product of their weights",
     paper: 'M-SMoE (extended to SwiGLU)',
     needs: 'none',
+    // in the pass (permutations kept in the plan), or at the write when the plan has none
+    memory: (c) => (c.phase === 'pass' || c.alignAtWrite ? [weightAlignment(c)] : []),
   },
   {
     name: 'activations',
     summary: "the same assignment on the correlation of the units' activations on calibration tokens routed to the group",
     paper: 'REAM',
     needs: 'sequential',
+    memory: (c) => {
+      if (c.phase !== 'pass') return [];
+      const Ta = Math.min(c.tokens, c.alignTokens);
+      const I = c.intermediate;
+      // per expert: activations read back and a transposed copy (JS), gate/up/activation tensors in the backend;
+      // the transposed gate and up weights (JS and backend); the I x I product as for weight alignment
+      return [
+        {
+          label: `activation alignment: two experts' activations on ${Ta} tokens (with transposed and tensor-backend copies), the I x I similarity`,
+          bytes: 11 * Ta * I * F32 + Ta * c.hidden * F32 + 1.5 * c.expertBytes + 12 * I * I,
+        },
+      ];
+    },
   },
 ];
 
@@ -59,6 +83,11 @@ export const ROUTERS: readonly Named<RouterMethod>[] = [
     name: 'fit',
     summary: 'rows fitted on calibration hidden states so the new scores match the group-summed old ones (Adam from the better of anchor/mean)',
     needs: 'sequential',
+    memory: (c) => {
+      if (c.phase !== 'pass') return [];
+      const Tf = Math.min(c.tokens, c.fitTokens);
+      return [{ label: `router fit on ${Tf} tokens`, bytes: 2 * Tf * c.hidden * F32 + Tf * c.experts * F32 + Tf * c.groups * (8 + 4 + 4) }];
+    },
   },
 ];
 

@@ -38,7 +38,7 @@ import { checkGroupCount, checkPartition, groupExperts, mergeRoutingGroups, rout
 import { allocationReport, errorCurve, type AllocationReport } from './allocate.js';
 import { decideTokens, LayerError } from './decide.js';
 import { mergeGroupStreamed, mergeLayer, type MergedLayer, type MergeLayerOptions } from './layer.js';
-import { mergeMemory } from './memory.js';
+import { mergeMemoryPhases } from './memory.js';
 import { DEFAULTS, type MERGE_OPTIONS, MERGE_SPEC, type MergeOptions } from './options.js';
 import { checkSavedPlan, layerReport, serializePlan, shardDecisions, type MergePlan, type PlanMode, type PlannedLayer, type SavedMergePlan } from './plan.js';
 import { mergeRouter, type RouterWeights } from './router.js';
@@ -434,13 +434,15 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
       layers,
       ...(keepPerLayer ? { keepPerLayer } : {}),
       sizes: { before, after, predicted },
-      memory: mergeMemory(model, {
-        choices,
-        plan,
-        ...(pass ? { pass } : {}),
-        alignTokens: req.alignTokens ?? MERGE_OPTION_DEFAULTS.alignTokens,
-        fitTokens: req.fitTokens ?? MERGE_OPTION_DEFAULTS.fitTokens,
-      }),
+      memory: run.memory(
+        mergeMemoryPhases(model, {
+          choices,
+          plan,
+          ...(pass ? { pass } : {}),
+          alignTokens: req.alignTokens ?? MERGE_OPTION_DEFAULTS.alignTokens,
+          fitTokens: req.fitTokens ?? MERGE_OPTION_DEFAULTS.fitTokens,
+        }),
+      ),
       ...(resumed ? { resumed } : {}),
       seconds: seconds(),
     } satisfies MergeReport;

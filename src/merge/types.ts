@@ -16,6 +16,24 @@ export type WeightingMethod = (typeof WEIGHTING_METHODS)[number];
 export const ROUTER_METHODS = ['anchor', 'mean', 'fit'] as const;
 export type RouterMethod = (typeof ROUTER_METHODS)[number];
 
+/** What a merge method's memory estimate sees (src/merge/memory.ts): the phase, the shapes, the token counts. */
+export interface MergeMemoryContext {
+  /** the sequential forward pass (--calib), or the write */
+  phase: 'pass' | 'write';
+  hidden: number;
+  intermediate: number;
+  experts: number;
+  groups: number;
+  /** one expert's weights in float32 */
+  expertBytes: number;
+  /** calibration tokens of the pass (0 without one) */
+  tokens: number;
+  alignTokens: number;
+  fitTokens: number;
+  /** the plan leaves weight alignment to the write (a group of several members without permutations) */
+  alignAtWrite: boolean;
+}
+
 /** One group of experts that merge into one. `members[0]` is the anchor (its hidden units are the reference order). */
 export interface ExpertGroup {
   anchor: number;

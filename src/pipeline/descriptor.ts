@@ -11,6 +11,7 @@
  */
 import type { z } from 'zod';
 import type { Progress } from '../progress.js';
+import type { MemoryPart } from '../runtime/memory.js';
 
 /** What data a method needs before it can plan. */
 export type DataNeed = 'none' | 'stats' | 'forward' | 'sequential';
@@ -22,12 +23,18 @@ export const DATA_NEEDS: Record<DataNeed, string> = {
   sequential: 'a sequential pass over --calib FILE (each layer through the compressed ones before it)',
 };
 
-export interface MethodDescriptor {
+/** `C`: what the technique tells its methods about the phase whose memory is estimated (shapes, token counts). */
+export interface MethodDescriptor<C = unknown> {
   name: string;
   /** one line: what it does */
   summary: string;
   paper?: string;
   needs: DataNeed;
+  /**
+   * the method's own working set in one phase of the run (none: nothing beyond the pipeline's); the engine adds the
+   * shared terms and composes the run's peak (src/pipeline/memory.ts)
+   */
+  memory?(c: C): MemoryPart[];
 }
 
 /** A family of interchangeable methods selected by one option (prune --method, merge --grouping, ...). */

@@ -26,6 +26,8 @@ import { loadPlan, modelFingerprint, savePlan, type PlanTool } from '../model/pl
 import { passResume, resumeKey, type PassResume, type PassResumeOptions } from './resume.js';
 import type { OptionSpec } from './descriptor.js';
 import { calibFormat } from './fields.js';
+import { composeMemory, type MemoryPhase } from './memory.js';
+import type { MemoryEstimate } from '../runtime/memory.js';
 import { checkModelOptions, prepare } from './validate.js';
 
 /** The options every pipeline has (src/pipeline/fields.ts `common`), as the engine reads them. */
@@ -83,6 +85,8 @@ export interface PipelineRun<O> {
    * dry run (or a run without --out) neither saves nor resumes.
    */
   passResume<E>(pass: string, parts: unknown, windows: readonly Int32Array[], opts?: PassResumeOptions): PassResume<E>;
+  /** the run's estimated peak memory from its phases (src/pipeline/memory.ts adds the runtime, pass and writer terms) */
+  memory(phases: readonly MemoryPhase[]): MemoryEstimate;
 }
 
 /** --backend and --threads (both idempotent: a second start with the same choice does nothing). */
@@ -148,6 +152,7 @@ export async function runPipeline<S extends z.ZodObject, R>(
         resumeFiles.push(file);
         return passResume<E>({ out, file, key, values: tokens * model.view.dims.hidden, ...ropts });
       },
+      memory: (phases) => composeMemory(model, phases),
     };
     const report = await body(run).catch(async (e: unknown) => {
       // a run that fails in-process (bad data, NaN, a refusal) leaves nothing behind, as the writer's own failures

@@ -17,9 +17,10 @@ import type { RouterRows } from './refit.js';
 import type { AllocationReport } from '../merge/allocate.js';
 import { seededRandom } from '../../kernels/random.js';
 import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from '../model/sizes.js';
-import { estimatePeak, maxEstimate, streamedPassParts, writerBytes, type MemoryEstimate } from '../runtime/memory.js';
+import type { MemoryEstimate } from '../runtime/memory.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline } from '../pipeline/engine.js';
+import type { MemoryPhase } from '../pipeline/memory.js';
 import { DEFAULT_METHOD, PRUNE_SPEC, RECONSTRUCT_DEFAULTS } from './options.js';
 
 export type { LayerReport, PruneRequest, PruneRun } from './types.js';
@@ -137,20 +138,14 @@ function checkSavedPlan(view: Model['view'], raw: unknown, keep: number, groups:
  * Peak memory: the scoring pass (calibration forward, or reconstruct's whole-layer hook) or the write, whichever is
  * larger. `tokens`: the calibration tokens the scoring pass ran on (the text is not tokenized a second time).
  */
-async function estimateMemory(model: Model, req: PruneRun, method: PruneMethod, tokens: number): Promise<MemoryEstimate> {
-  const write = estimatePeak([{ label: 'writer: one tensor copy in flight', bytes: writerBytes(model.ckpt) }], { tensorBackend: !!req.calib && !req.plan });
-  if (req.plan || !req.calib || method.needs === 'none') return write;
-  const S = req.seqLen;
-  const { hidden: H, numExperts: E } = model.view.dims;
-  const forward = method.needs === 'sequential';
-  const parts = streamedPassParts(model.ckpt, model.view, tokens, S, forward);
-  // reconstruct evaluates every expert on its token sample; REAP keeps per-slot output norms
-  if (forward)
-    parts.push({
-      label: "reconstruct: every expert's output on the token sample",
-      bytes: Math.min(tokens, req.reconstruct?.maxTokens ?? RECONSTRUCT_DEFAULTS.maxTokens) * (E + 2) * H * 4,
-    });
-  return maxEstimate(write, estimatePeak(parts));
+function memoryPhases(model: Model, req: PruneRun, method: PruneMethod, tokens: number): MemoryPhase[] {
+  const write: MemoryPhase = { parts: [], writer: { label: 'writer: one tensor copy in flight' }, tensorBackend: !!req.calib && !req.plan };
+  if (req.plan || !req.calib || method.needs === 'none') return [write];
+  const { hidden, numExperts: experts } = model.view.dims;
+  // the method's own working set (reconstruct: every expert's output on its token sample) from its descriptor
+  const own = method.memory?.({ tokens, hidden, experts, sampleTokens: req.reconstruct?.maxTokens ?? RECONSTRUCT_DEFAULTS.maxTokens }) ?? [];
+  // a sequential method's hook sees the whole layer; statistics are gathered expert by expert
+  return [write, { pass: { tokens, seqLen: req.seqLen, allExperts: method.needs === 'sequential' }, parts: own }];
 }
 
 const PRUNE_PIPELINE = { tool: 'prune', spec: PRUNE_SPEC, reportFile: REPORT_FILE } as const;
@@ -159,7 +154,7 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
   return runPipeline(
     PRUNE_PIPELINE,
     request,
-    async ({ o, model, savePlan: save, loadPlan: load, shard, seconds, passResume }) => {
+    async ({ o, model, savePlan: save, loadPlan: load, shard, seconds, passResume, memory }) => {
       const method = getMethod(o.method);
       // --sample-tokens / --beam are the command line's spelling of the search's options (a library caller may give
       // the whole ReconstructOptions instead; the flags win when given)
@@ -291,7 +286,7 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
         ...(mtp ? { mtp } : {}),
         ...(keepPerLayer ? { keepPerLayer } : {}),
         sizes: { before, after, predicted },
-        memory: await estimateMemory(model, req, method, calibration.tokens),
+        memory: memory(memoryPhases(model, req, method, calibration.tokens)),
         ...(resumed ? { resumed } : {}),
         seconds: seconds(),
       };

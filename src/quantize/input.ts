@@ -7,6 +7,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fail } from '../errors.js';
+import { LOWRANK_FORMAT } from '../model/lowrank.js';
 
 /** quant_method values whose weights the loaders read as float (src/model/load.ts, src/io/checkpoint.ts) */
 const READ_AS_FLOAT = new Set(['mxfp4', 'fp8']);
@@ -31,4 +32,18 @@ export async function refuseQuantizedDir(dir: string): Promise<void> {
     return;
   }
   if (config && typeof config === 'object') refuseQuantized(config as Record<string, unknown>, dir);
+}
+
+/**
+ * A low-rank (factor) checkpoint (decompose without --materialize) is refused before any work: its expert linears
+ * are factor tensors, not the per-expert weights the GPTQ plan addresses, and the run used to fail deep in the
+ * write plan with an internal error.
+ */
+export function refuseFactors(config: Record<string, unknown>, dir: string): void {
+  const sec = config.moe as { format?: unknown } | null | undefined;
+  if (!sec || typeof sec !== 'object' || sec.format !== LOWRANK_FORMAT) return;
+  fail(
+    'InvalidData',
+    `${dir} is a low-rank (factor) checkpoint (config.json moe section, model_type '${String(config.model_type)}'): quantize the --materialize output of the decompose that made it, or its full-precision source`,
+  );
 }

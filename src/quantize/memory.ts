@@ -1,5 +1,6 @@
 /**
- * Estimated peak memory of `moe quantize`, from shapes alone (src/runtime/memory.ts supplies the shared terms).
+ * Estimated peak memory of `moe quantize`, from shapes alone: the phases and quantize's own working set (the
+ * quantizer's part from its descriptor, methods.ts); the engine adds the shared terms (src/pipeline/memory.ts).
  *
  * Two phases never overlap in time, so the peak is the larger of the two:
  * - scoring (when widths are chosen by scores and no --plan is given): the streamed forward pass with every
@@ -10,16 +11,17 @@
  *   writer, round-to-nearest of the largest linear quantized at write time, and the writer's tensor in flight.
  */
 import { DTYPE_BYTES } from '../io/dtype.js';
-import type { Method } from './methods.js';
-import type { Model } from '../model/open.js';
+import { QUANTIZERS, type Method, type QuantizeMemoryContext } from './methods.js';
+import type { MethodDescriptor } from '../pipeline/descriptor.js';
+import type { MemoryPhase } from '../pipeline/memory.js';
 import { currentThreads } from '../runtime/pool.js';
-import { estimatePeak, maxEstimate, streamedPassParts, writerBytes, type MemoryEstimate, type MemoryPart } from '../runtime/memory.js';
+import type { MemoryPart } from '../runtime/memory.js';
 import type { QuantBits } from '../../kernels/quant/types.js';
 import { gptqTensorSpecs } from './format.js';
 import { decisionBytesAt, type LinearDecision } from './plan.js';
+import type { Model } from '../model/open.js';
 
 const F32 = 4;
-const F64 = 8;
 /**
  * Round-to-nearest of one [out, in] linear (kernels/quant/rtn.ts): on the JS side the float32 weights, the
  * backend's float32 codes, the uint8 codes and the packed bytes (about 9.5 bytes per weight); in the tensor
@@ -29,12 +31,6 @@ const F64 = 8;
  * the 2.3 GB measured on the 20 GB checkpoint of docs/production.md (largest linear 14336 x 4096).
  */
 const RTN_BYTES_PER_WEIGHT = 40;
-/**
- * GPTQ's preparation of one input of n features (kernels/quant/gptq.ts prepareGptq and
- * kernels/linalg/cholesky.ts upperCholeskyOfInverse): the Hessian, its damped copies, the reversed copy, the
- * Cholesky factor, its inverse and the upper factor, seven n x n float64 arrays at the high-water mark.
- */
-const GPTQ_SQUARES = 7;
 
 export interface QuantizeMemoryInput {
   model: Model;
@@ -52,55 +48,41 @@ export interface QuantizeMemoryInput {
   sequential: boolean;
 }
 
-function gptqWorkingSet(ds: readonly LinearDecision[]): number {
-  // gate/up share the expert's input (hidden), down reads the intermediate: the larger input is prepared while the
-  // other's factor is still alive
-  let big = 0;
-  let small = 0;
-  for (const d of ds) {
-    const n = d.ref.inFeatures;
-    if (n > big) {
-      small = Math.max(small, big);
-      big = n;
-    } else if (n < big) small = Math.max(small, n);
-  }
-  return F64 * (GPTQ_SQUARES * big * big + small * small);
-}
-
-export function quantizeMemory(i: QuantizeMemoryInput): MemoryEstimate {
+export function quantizeMemoryPhases(i: QuantizeMemoryInput): MemoryPhase[] {
   const { model, decisions, finalBits, groupSize: gs } = i;
-  const { ckpt, view } = model;
-  const { hidden: H, topK } = view.dims;
-  const passParts = i.tokens > 0 ? streamedPassParts(ckpt, view, i.tokens, i.seqLen, true) : [];
+  const { hidden: H, topK } = model.view.dims;
+  const pass = i.tokens > 0 ? { tokens: i.tokens, seqLen: i.seqLen, allExperts: true } : undefined;
   const routedCopy: MemoryPart = {
     label: `calibration tokens copied per routed expert (top-${topK} x ${i.tokens} x ${H} float32)`,
     bytes: topK * i.tokens * H * F32,
   };
   const mlp = decisions.filter((d) => d.cls === 'expert' || d.cls === 'shared');
+  // the quantizer's own working set, from its descriptor; the experts of a layer are scored and quantized as tasks
+  // on the worker pool, so each thread holds its own
+  const quantizer = QUANTIZERS.find((q) => q.name === i.method) as MethodDescriptor<QuantizeMemoryContext> | undefined;
+  const own = (phase: QuantizeMemoryContext['phase'], ds: readonly LinearDecision[]) =>
+    quantizer?.memory?.({ phase, threads: currentThreads(), inputs: ds.map((d) => d.ref.inFeatures) }) ?? [];
 
-  // the experts of a layer are scored and quantized as tasks on the worker pool: each thread holds its own working set
-  const t = currentThreads();
-  const perThread = t > 1 ? ` (one per worker thread, ${t})` : '';
-  const phases: MemoryEstimate[] = [];
-  if (i.scoring && i.tokens > 0) {
-    const parts = [...passParts, routedCopy];
-    if (i.method === 'gptq')
-      parts.push({
-        label: `GPTQ scoring: float64 Hessians, Cholesky factor and inverse of the largest input, prepared factor of the other${perThread}`,
-        bytes: t * gptqWorkingSet(mlp.filter((d) => d.bits !== 'keep')),
-      });
-    phases.push(estimatePeak(parts));
-  }
+  // two phases never overlap in time: the peak is the larger (the scoring pass is listed first: it wins a tie)
+  const phases: MemoryPhase[] = [];
+  if (i.scoring && pass)
+    phases.push({
+      pass,
+      parts: [
+        routedCopy,
+        ...own(
+          'score',
+          mlp.filter((d) => d.bits !== 'keep'),
+        ),
+      ],
+    });
 
   const parts: MemoryPart[] = [];
   const apply = new Set(i.applyLayers);
-  if (apply.size > 0 && i.tokens > 0) {
+  const applying = apply.size > 0 && pass !== undefined;
+  if (applying) {
     const applied = mlp.filter((d) => apply.has(d.layer) && finalBits(d) !== 'keep');
-    parts.push(...passParts, routedCopy);
-    parts.push({
-      label: `GPTQ: float64 Hessian, Cholesky factor and inverse of the largest input in flight${perThread}`,
-      bytes: t * gptqWorkingSet(applied),
-    });
+    parts.push(routedCopy, ...own('apply', applied));
     let packed = 0;
     let deq = 0;
     for (const l of apply) {
@@ -135,7 +117,6 @@ export function quantizeMemory(i: QuantizeMemoryInput): MemoryEstimate {
       label: "round-to-nearest at write time of the largest such linear (weights, codes and the tensor backend's intermediates)",
       bytes: rtnLargest * RTN_BYTES_PER_WEIGHT,
     });
-  parts.push({ label: 'the writer: one tensor or copy piece in flight', bytes: writerBytes(ckpt, newLargest) });
-  phases.push(estimatePeak(parts));
-  return maxEstimate(...phases);
+  phases.push({ ...(applying ? { pass } : {}), parts, writer: { label: 'the writer: one tensor or copy piece in flight', largestNewBytes: newLargest } });
+  return phases;
 }

@@ -49,8 +49,8 @@ import { describeFusedExperts, fusedGptqLayout, fusedModuleWrites, readsFusedAlt
 import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, type StoredFormat } from './plan.js';
 import { LayerHandoff, type WriterInfo } from '../pipeline/handoff.js';
 import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from '../pipeline/resume.js';
-import { quantizeMemory } from './memory.js';
-import { refuseQuantized, refuseQuantizedDir } from './input.js';
+import { quantizeMemoryPhases } from './memory.js';
+import { refuseFactors, refuseQuantized, refuseQuantizedDir } from './input.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
 import { checkPlan, type QuantizePlan } from './saved.js';
 import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, gptqWidths, QUANTIZE_SPEC, servingTarget } from './options.js';
@@ -224,7 +224,10 @@ const QUANTIZE_PIPELINE = {
   tool: 'quantize',
   spec: QUANTIZE_SPEC,
   reportFile: REPORT_FILE,
-  checkModel: (model: Model, o: { model: string }) => refuseQuantized(model.ckpt.config, o.model),
+  checkModel: (model: Model, o: { model: string }) => {
+    refuseQuantized(model.ckpt.config, o.model);
+    refuseFactors(model.ckpt.config, o.model);
+  },
 } as const;
 
 export async function quantize(request: QuantizeRequest): Promise<QuantizeReport> {
@@ -479,18 +482,20 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
   await pr.savePlan(v.planSettings, planFile);
 
   const gptqLayers = windows ? gptqLayersOf(finalBits) : [];
-  const memory = quantizeMemory({
-    model,
-    decisions,
-    finalBits,
-    groupSize: gs,
-    method: v.method,
-    tokens: calibTokens,
-    seqLen,
-    scoring,
-    applyLayers: gptqLayers,
-    sequential: v.sequential,
-  });
+  const memory = pr.memory(
+    quantizeMemoryPhases({
+      model,
+      decisions,
+      finalBits,
+      groupSize: gs,
+      method: v.method,
+      tokens: calibTokens,
+      seqLen,
+      scoring,
+      applyLayers: gptqLayers,
+      sequential: v.sequential,
+    }),
+  );
 
   // ---- apply and write, concurrently: the writer takes each layer's packed tensors as the pass produces them
   const packed = new Map<string, Uint8Array[]>();

@@ -3,9 +3,10 @@
  * whole run.
  *
  * Every stage writes into a run directory beside the output (`.moe-run-<name>/stage-<i>-<kind>`), published there
- * atomically by the stage itself; `state.json` records finished stages and a digest of the recipe. A killed run
- * restarted with the same command skips the finished stages; a changed recipe is refused rather than silently
- * mixed with old results. Only when every stage (and the optional evaluation) has finished is the last stage's
+ * atomically by the stage itself; `state.json` records finished stages, each with a digest of the recipe up to it
+ * and of the files it read (model, calibration text, statistics). A killed run restarted with the same command
+ * skips the finished stages; a stage whose recipe or input files changed (even under the same path) reruns, with
+ * every stage after it, rather than being silently mixed with old results. Only when every stage (and the optional evaluation) has finished is the last stage's
  * checkpoint renamed to the output, so an interrupted run never leaves an output that looks complete.
  */
 import { createHash } from 'node:crypto';
@@ -15,6 +16,7 @@ import { parse as parseYaml } from 'yaml';
 import type { Progress } from '../progress.js';
 import { fail, isMoeError, MoeError } from '../errors.js';
 import { checkOutputPath, checkOutputTarget, checkReplaceable, deferPublish, pathExists } from '../io/output.js';
+import { inputsFingerprint } from '../io/fingerprint.js';
 import { openModel } from '../model/open.js';
 import { PIPELINES } from '../pipeline/registry.js';
 import { schemaOptions } from '../pipeline/schema.js';
@@ -96,11 +98,17 @@ function digestOf(recipe: Recipe, model: string): string {
   return createHash('sha256').update(JSON.stringify({ recipe, model })).digest('hex').slice(0, 16);
 }
 
-/** What stage i's output depends on: the model, the recipe's defaults and stages 0..i (not later stages, not eval). */
-function stageDigest(recipe: Recipe, model: string, i: number): string {
+/**
+ * What stage i's output depends on: the model, the recipe's defaults and stages 0..i (not later stages, not eval),
+ * and the identity of the files they read (src/io/fingerprint.ts: each file's size, modification time and first
+ * bytes), so a model or calibration file replaced under the same path reruns the stages that read it.
+ */
+async function stageDigest(recipe: Recipe, model: string, i: number): Promise<string> {
   const { stages, eval: _eval, out: _out, ...defaults } = recipe;
+  const read = [recipe.calib, ...stages.slice(0, i + 1).flatMap((s) => [s.options.calib, s.options.stats])].filter((p): p is string => typeof p === 'string');
+  const files = await inputsFingerprint([model, ...read]);
   return createHash('sha256')
-    .update(JSON.stringify({ defaults, stages: stages.slice(0, i + 1), model }))
+    .update(JSON.stringify({ defaults, stages: stages.slice(0, i + 1), model, files }))
     .digest('hex')
     .slice(0, 16);
 }
@@ -229,7 +237,7 @@ export async function runRecipe(req: RunRequest): Promise<RunReport> {
   }
 
   const runDir = runDirFor(out);
-  const digests = resolved.stages.map((_, i) => stageDigest(resolved, resolve(model), i));
+  const digests = await Promise.all(resolved.stages.map((_, i) => stageDigest(resolved, resolve(model), i)));
   await mkdir(runDir, { recursive: true });
   let state = await readState(runDir);
   if (state && state.version === 1) {

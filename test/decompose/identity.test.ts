@@ -14,6 +14,7 @@ import { inspectModel } from '../../src/inspect/report.js';
 import { lowRankIdentityUpdates } from '../../src/model/lowrank.js';
 import { openModel } from '../../src/model/open.js';
 import { prune } from '../../src/prune/pipeline.js';
+import { quantize } from '../../src/quantize/pipeline.js';
 import { initBackend } from '../../src/runtime/backend.js';
 import { seededRandom } from '../../kernels/random.js';
 import { wordLines, writeWordTokenizer } from '../eval/tokenizer.js';
@@ -93,6 +94,12 @@ describe('low-rank output identity', () => {
     await decompose({ model: low, out: mat, ratio: 1, mode: 'svd', uniform: true, materialize: true });
     const cm = await readConfig(mat);
     expect([cm.model_type, cm.architectures, cm.moe]).toEqual(['mixtral', ['MixtralForCausalLM'], undefined]);
+
+    // GPTQ addresses per-expert weights, which a factor checkpoint does not have: refused up front, in one line
+    // (it used to fail in the write plan: "internal plan error: fate given for ...w1.weight")
+    await expect(quantize({ model: low, out: join(root, 'low-q'), bits: 6, candidates: [4], method: 'rtn', groupSize: 32 })).rejects.toThrow(
+      /is a low-rank \(factor\) checkpoint .*model_type 'moe_lowrank_mixtral'.*--materialize/,
+    );
   });
 
   it('the identity rule on configs: prefixes added once, the recorded stock names restored, a non-factor config untouched', () => {

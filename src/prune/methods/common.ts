@@ -13,7 +13,16 @@ export interface ScoreContext {
  * needs 'stats': score(layerStats) from a calibration pass of the unpruned model; 'sequential': the kept set is
  * chosen per layer during a forward pass that sees earlier layers already pruned; 'none': no data (random).
  */
-export interface PruneMethod extends MethodDescriptor {
+/** What a prune method's memory estimate sees: the pass's calibration tokens and the model's shape. */
+export interface PruneMemoryContext {
+  tokens: number;
+  hidden: number;
+  experts: number;
+  /** reconstruct: calibration tokens sampled per layer (--sample-tokens) */
+  sampleTokens: number;
+}
+
+export interface PruneMethod extends MethodDescriptor<PruneMemoryContext> {
   needs: 'stats' | 'sequential' | 'none';
   /** per-expert importance, higher = keep (for 'sequential': the seed/fallback score shown in the report) */
   score?(layer: LayerStats | undefined, ctx: ScoreContext): Float64Array;
