@@ -2,7 +2,7 @@
  * `moe plan-shards`: the jobs it prints, run in their listed order (each job only after its `needs`), assemble to
  * the bytes one whole run writes; the estimates are the dry run's and the input's bytes per owned layer.
  */
-import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -40,6 +40,14 @@ async function runJobs(p: ShardPlan): Promise<void> {
   }
 }
 
+/** The largest tensor's byte length in a single-file checkpoint, read from its header by hand. */
+async function largestTensorBytes(dir: string): Promise<number> {
+  const buf = await readFile(join(dir, 'model.safetensors'));
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, { data_offsets?: [number, number] }>;
+  return Math.max(...Object.values(header).map((t) => (t.data_offsets ? t.data_offsets[1] - t.data_offsets[0] : 0)));
+}
+
 async function safetensorsBytes(dir: string): Promise<number> {
   let n = 0;
   for (const f of await readdir(dir)) if (f.endsWith('.safetensors')) n += (await stat(join(dir, f))).size;
@@ -66,6 +74,8 @@ describe('moe plan-shards', () => {
     }
     const whole = await safetensorsBytes(out);
     expect(Math.abs(p.jobs.at(-1)!.estBytesWritten! - whole) / whole).toBeLessThan(0.02);
+    // assemble: the bare runtime (100 MiB) plus one copy chunk read and written (tensors under 64 MiB: the largest)
+    expect(p.jobs.at(-1)!.estPeakBytes).toBe(100 * 2 ** 20 + 2 * (await largestTensorBytes(MODEL)));
   }, 120_000);
 
   it('quantize --method rtn with a saved plan, 3 shards: the same bytes as one run', async () => {
