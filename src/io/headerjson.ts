@@ -78,6 +78,16 @@ export function jsonSyntaxError(b: Uint8Array): string | undefined {
     i += word.length;
     return undefined;
   };
+  // an object member's name and its ':' (after '{' or ','; the value follows)
+  const memberName = (): string | undefined => {
+    if (b[i] !== 0x22) return bad('expected a property name');
+    const err = str();
+    if (err) return err;
+    ws();
+    if (b[i] !== 0x3a) return bad("expected ':'");
+    i++;
+    return undefined;
+  };
   // iterative, with an explicit stack of open containers (the depth is bounded before this runs, but a scan that
   // cannot overflow the call stack needs no such promise)
   const stack: number[] = [];
@@ -94,13 +104,7 @@ export function jsonSyntaxError(b: Uint8Array): string | undefined {
         i++;
       } else {
         stack.push(c);
-        if (c === 0x7b) {
-          if (b[i] !== 0x22) return bad('expected a property name');
-          if ((err = str())) return err;
-          ws();
-          if (b[i] !== 0x3a) return bad("expected ':'");
-          i++;
-        }
+        if (c === 0x7b && (err = memberName())) return err;
         continue;
       }
     } else if (c === 0x22) err = str();
@@ -119,11 +123,7 @@ export function jsonSyntaxError(b: Uint8Array): string | undefined {
         i++;
         if (top === 0x7b) {
           ws();
-          if (b[i] !== 0x22) return bad('expected a property name');
-          if ((err = str())) return err;
-          ws();
-          if (b[i] !== 0x3a) return bad("expected ':'");
-          i++;
+          if ((err = memberName())) return err;
         }
         break;
       }
