@@ -221,13 +221,16 @@ async function download(store: string, w: Record<string, string>, cwd: string): 
   for (const n of names) await cp(join(store, n), w['merge-multiple'] ? path : join(path, n), { recursive: true });
 }
 
-/** The workflow with what a user changes set for the fixture: paths, shard counts (and matrices), pipeline. */
-function configureWorkflow(wf: Doc, c: Case, n: number, out: string): Doc {
-  const planData = { STATS: '--stats stats', CALIB: `--calib ${CALIB} ${CALIB_FLAGS.join(' ')}`, '': '' }[c.planData];
-  Object.assign(wf.env, {
-    MODEL,
-    CALIB,
-    OUT: out,
+/**
+ * The settings a user changes, as both engines take them (the workflow's env, the ConfigMap's data): the paths as
+ * the engine's jobs see them, shard counts, pipeline and its flags, and the plan job's data flags.
+ */
+function settings(c: Case, n: number, paths: { model: string; calib: string; out: string; stats: string }): Record<string, string> {
+  const planData = { STATS: `--stats ${paths.stats}`, CALIB: `--calib ${paths.calib} ${CALIB_FLAGS.join(' ')}`, '': '' }[c.planData];
+  return {
+    MODEL: paths.model,
+    CALIB: paths.calib,
+    OUT: paths.out,
     CALIB_TOKENS,
     SEQ_LEN,
     CALIB_SHARDS: String(n),
@@ -236,7 +239,12 @@ function configureWorkflow(wf: Doc, c: Case, n: number, out: string): Doc {
     FLAGS: c.flags,
     PLAN_DATA: planData,
     SHARD_DATA: '',
-  });
+  };
+}
+
+/** The workflow with what a user changes set for the fixture: paths, shard counts (and matrices), pipeline. */
+function configureWorkflow(wf: Doc, c: Case, n: number, out: string): Doc {
+  Object.assign(wf.env, settings(c, n, { model: MODEL, calib: CALIB, out, stats: 'stats' }));
   for (const job of Object.values(wf.jobs) as Doc[]) if (job.strategy?.matrix?.shard) job.strategy.matrix.shard = range(n);
   if (c.planData !== 'STATS') {
     // the edit the workflow's comment asks for when the plan job reads no statistics
@@ -451,20 +459,10 @@ describe('examples/scale-out/kubernetes', () => {
       await mkdir(join(models, 'out'), { recursive: true });
       await symlink(MODEL, join(models, 'tiny-mixtral'));
       await symlink(CALIB, join(models, 'calib.txt'));
-      const planData = { STATS: '--stats /shared/stats', CALIB: `--calib /models/calib.txt ${CALIB_FLAGS.join(' ')}`, '': '' }[c.planData];
-      Object.assign(docs[0].data, {
-        MODEL: '/models/tiny-mixtral',
-        CALIB: '/models/calib.txt',
-        OUT: '/models/out/result',
-        CALIB_TOKENS,
-        SEQ_LEN,
-        CALIB_SHARDS: String(n),
-        SHARDS: String(n),
-        PIPELINE: c.pipeline,
-        FLAGS: c.flags,
-        PLAN_DATA: planData,
-        SHARD_DATA: '',
-      });
+      Object.assign(
+        docs[0].data,
+        settings(c, n, { model: '/models/tiny-mixtral', calib: '/models/calib.txt', out: '/models/out/result', stats: '/shared/stats' }),
+      );
       for (const job of docs.filter((d) => d.spec?.completionMode === 'Indexed')) {
         job.spec.completions = n;
         job.spec.parallelism = n;
