@@ -11,7 +11,8 @@
  * - GPTQ Marlin MoE and compressed-tensors WNA16 MoE: symmetric, 4 or 8 bits (WNA16_SUPPORTED_BITS), group size
  *   -1 (channel), 32, 64 or 128; hidden % 128 == 0 and intermediate % max(64, group) == 0 for the Marlin kernels
  *   (check_moe_marlin_supports_layer; the MoeWNA16 fallback takes 4/8 bits without desc_act);
- *   desc_act only with group-wise act order (a g_idx per input column, as our --act-order writes it).
+ *   desc_act only with group-wise act order (a g_idx per input column, as our --act-order writes it; in
+ *   compressed-tensors `actorder: group` with weight_g_idx, which CompressedTensorsWNA16MarlinMoEMethod loads).
  * - GPTQ `dynamic` overrides are matched (re.match) against the fused module's prefix
  *   (`model.layers.L.mlp.experts`), so they must be written per layer, not per expert.
  */
@@ -48,7 +49,7 @@ export const SERVE_TARGETS = {
     granularities: ['layer'],
     symmetric: true,
     formats: ['gptq', 'compressed-tensors'],
-    actOrderFormats: ['gptq'],
+    actOrderFormats: ['gptq', 'compressed-tensors'],
     shape({ hidden, intermediate }, groupSize) {
       if (hidden % 128 !== 0) return `hidden size ${hidden} is not a multiple of 128 (Marlin MoE)`;
       const m = Math.max(64, groupSize);
@@ -95,7 +96,7 @@ export function checkServeFlags(
     fail('Usage', `${flag}: --granularity ${o.granularity} cannot load (one scheme per fused MoE layer); allowed: ${t.granularities.join(', ')}`);
   }
   if (o.actOrder && !t.actOrderFormats.includes(o.format)) {
-    fail('Usage', `${flag}: --act-order is not available with --format ${o.format} (we write no weight_g_idx); use --format ${t.actOrderFormats.join(' or ')}`);
+    fail('Usage', `${flag}: --act-order is not available with --format ${o.format}; use --format ${t.actOrderFormats.join(' or ')}`);
   }
   // act order only reorders which columns share a scale; with one group per row there is nothing to reorder, and
   // vLLM's Marlin GPTQ path refuses desc_act with channel-wise scales

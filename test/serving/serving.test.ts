@@ -178,25 +178,51 @@ describe('the vLLM-rules checker fails what vLLM cannot load', () => {
     const { out } = await run({ bits: 4.2, format: 'compressed-tensors' });
     const cfgPath = join(out, 'config.json');
     const cfg = JSON.parse(await readFile(cfgPath, 'utf8'));
-    cfg.quantization_config.config_groups.group_0.weights.symmetric = false;
+    cfg.quantization_config.config_groups.experts_w4a16.weights.symmetric = false;
     await writeFile(cfgPath, JSON.stringify(cfg));
     expect(checkVllm(out).some((x) => /asymmetric weights/.test(x))).toBe(true);
     // a per-expert allocation written as compressed-tensors: expert 3 of layer 1 stored at 8 bits with its own
     // config group; vLLM looks the layer's scheme up at expert 0 (4 bits) and cannot load expert 3's tensors
-    cfg.quantization_config.config_groups.group_0.weights.symmetric = true;
+    cfg.quantization_config.config_groups.experts_w4a16.weights.symmetric = true;
     const eight = await run({ bits: 8.2, candidates: [8], format: 'compressed-tensors' });
     const t4 = readSafetensors(out);
     for (const [k, t] of readSafetensors(eight.out)) if (k.includes('layers.1.block_sparse_moe.experts.3.')) t4.set(k, t);
-    const g0 = cfg.quantization_config.config_groups.group_0;
+    const g0 = cfg.quantization_config.config_groups.experts_w4a16;
     cfg.quantization_config.config_groups = {
       expert3: { ...g0, targets: ['re:^model\\.layers\\.1\\.block_sparse_moe\\.experts\\.3\\.'], weights: { ...g0.weights, num_bits: 8 } },
-      group_0: g0,
+      ...cfg.quantization_config.config_groups,
     };
     const v = checkVllmParts(cfg, t4);
     expect(v).toHaveLength(3);
     expect(v.every((x) => /experts\.3\.w[123]: weight_packed I32 \[\d+,\d+\] is not 4-bit/.test(x))).toBe(true);
     expect(checkVllmParts(JSON.parse(await readFile(join(eight.out, 'config.json'), 'utf8')), readSafetensors(eight.out))).toEqual([]);
   }, 120_000);
+});
+
+describe('compressed-tensors with act order (actorder: group, weight_g_idx)', () => {
+  it("GPTQ --act-order writes each column's group as weight_g_idx, counts its bytes; the rules and the decoder agree", async () => {
+    const { out, rep } = await run({ bits: 4.3, candidates: [4], format: 'compressed-tensors', method: 'gptq', actOrder: true });
+    const qc = JSON.parse(await readFile(join(out, 'config.json'), 'utf8')).quantization_config;
+    for (const g of Object.values(qc.config_groups as Record<string, { weights: { actorder: string } }>)) expect(g.weights.actorder).toBe('group');
+    const tensors = readSafetensors(out);
+    const gi = tensors.get('model.layers.1.block_sparse_moe.experts.3.w2.weight_g_idx')!;
+    expect([gi.dtype, gi.shape]).toEqual(['I32', [256]]);
+    // act order: the columns are not in group order (GPTQ visited them by decreasing Hessian diagonal)
+    const g = Array.from(new Int32Array(gi.bytes.slice().buffer));
+    expect(g.some((x, i) => x !== Math.floor(i / 128))).toBe(true);
+    expect(new Set(g)).toEqual(new Set([0, 1]));
+    // w1/w3 [256, 128], w2 [128, 256] at 4 bits, group 128, plus I32 weight_g_idx [in]
+    const w13 = 256 * 128 * 0.5 + 256 * 2 + 16 + 128 * 4;
+    const w2 = 256 * 128 * 0.5 + 128 * 2 * 2 + 16 + 256 * 4;
+    expect(rep.bpw.experts).toBeCloseTo((8 * (2 * w13 + w2)) / (3 * 32768), 10);
+    expect(checkVllm(out)).toEqual([]);
+    expect(await decodersAgree(out, 'ct')).toBe(4 * 8 * 3 + 16);
+    // the checker notices a module whose weight_g_idx is missing
+    tensors.delete('model.layers.0.self_attn.q_proj.weight_g_idx');
+    expect(checkVllmParts(JSON.parse(await readFile(join(out, 'config.json'), 'utf8')), tensors)).toEqual([
+      'model.layers.0.self_attn.q_proj: actorder group without weight_g_idx',
+    ]);
+  }, 180_000);
 });
 
 describe('refusals under --serve vllm (exit 2, the achievable range)', () => {
@@ -212,7 +238,6 @@ describe('refusals under --serve vllm (exit 2, the achievable range)', () => {
     await refused({ bits: 4.5, serve: 'vllm', candidates: [2, 3] }, /--candidates 2,3 has widths .* \(2, 3\); allowed: 4, 8/);
     await refused({ bits: 4.5, format: 'compressed-tensors', denseBits: 3 }, /--dense-bits 3 is not a width it runs; allowed: 4, 8/);
     await refused({ bits: 4.5, serve: 'vllm', granularity: 'expert' }, /--granularity expert cannot load/);
-    await refused({ bits: 4.5, format: 'compressed-tensors', actOrder: true }, /--act-order is not available with --format compressed-tensors/);
     await refused({ bits: 4.5, serve: 'vllm', override: ['experts\\.0\\.=8'] }, /layer 0: its experts would get different fates/);
   });
   it('shapes the Marlin MoE kernels cannot run', async () => {
