@@ -38,6 +38,10 @@ export const QUANTIZE_OPTIONS = z.object({
     help: 'constrain everything to what this engine runs (src/quantize/targets.ts): vllm = one width per MoE layer among 4/8 bits, symmetric, its group sizes and shape rules; implied by --format compressed-tensors',
     arg: 'engine',
   }),
+  tensorParallel: field(int(1).default(1), {
+    help: "with --serve: the tensor-parallel size the output must load at (the shape rules apply to each rank's slice: vLLM splits every expert's intermediate dimension over the ranks)",
+    arg: 'n',
+  }),
   candidates: field(z.array(widthOrType()).nonempty().optional(), {
     help: 'bit-widths the allocation may choose, comma-separated; --format gguf: ggml types (q2_k ... q8_0; 2/3/4/8 name q2_k/q3_k/q4_k/q8_0), or one of f16, bf16, f32 alone for the unquantized GGUF',
     arg: 'list',
@@ -132,8 +136,9 @@ export function checkQuantize(o: QuantizeOptions): void {
       ...(o.granularity ? { granularity: o.granularity } : {}),
       actOrder: o.actOrder,
       overrideBits: o.override.map((s) => parseOverride(s).bits),
+      tensorParallel: o.tensorParallel,
     });
-  }
+  } else if (o.tensorParallel !== 1) fail('Usage', '--tensor-parallel is a --serve rule (give --serve vllm or --format compressed-tensors)');
 }
 
 export const QUANTIZE_SPEC: OptionSpec<typeof QUANTIZE_OPTIONS> = { options: QUANTIZE_OPTIONS, check: checkQuantize };

@@ -278,9 +278,10 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     overrides: v.overrides,
     ignores: v.ignores,
     allocate: v.allocate,
+    format: v.format,
   });
   const expertDecisions = decisions.filter((d) => d.cls === 'expert');
-  if (v.target) checkServeModel(v.target, view, decisions, v.groupSize, v.format);
+  if (v.target) checkServeModel(v.target, view, decisions, v.groupSize, req.tensorParallel);
   const units = buildUnits(decisions, v.granularity, v.candidates, v.mixedDown);
   // what --bits measures: the routed experts, plus (--allocate) the classes allocated as units of their own
   const budgeted = decisions.filter((d) => d.cls === 'expert' || (v.allocate as readonly string[]).includes(d.cls));
@@ -539,7 +540,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
   const unquantized: string[] = [];
   // fused experts: written as the family's per-expert GPTQ modules (fused.ts), each from the pass's quantized parts
   const packedQuant = new Map<string, QuantizedLinear>();
-  const fusedLayout = view.expertLayout === 'fused' ? fusedGptqLayout(view) : undefined;
+  const fusedLayout = view.expertLayout === 'fused' ? fusedGptqLayout(view, v.format) : undefined;
   const renames = fusedLayout && !('refuse' in fusedLayout) ? fusedLayout : undefined;
   /** an unquantized tensor written under the per-expert layout's name, its bytes unchanged */
   const writeAs = (from: string, to: string) => {
@@ -562,6 +563,8 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     finalBits,
     groupSize: gs,
     sym: v.settings.sym,
+    format: v.format,
+    actOrder: v.settings.actOrder,
     fromPass: async (d) => {
       if (!gptqLayer.has(d.layer)) return undefined;
       await handoff.take(d.layer);
@@ -833,22 +836,17 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
 }
 
 /**
- * --serve: the model-dependent rules of the target (targets.ts), before anything is read or scored: the shapes
+ * --serve: the model-dependent rules of the target (targets.ts), before anything is read or scored (fused experts
+ * are placed, or refused with vLLM's reason, by decide: fused.ts): the shapes
  * its kernels need, and one scheme per fused MoE layer (an --override or --ignore that splits a layer's experts,
  * or keeps some of them, cannot load there). Refused with exit 2.
  */
-export function checkServeModel(t: ServeTarget, view: ModelView, decisions: readonly LinearDecision[], groupSize: number, format: StoredFormat): void {
+export function checkServeModel(t: ServeTarget, view: ModelView, decisions: readonly LinearDecision[], groupSize: number, tensorParallel = 1): void {
   const flag = `--serve ${t.name}`;
-  if (view.expertLayout === 'fused' && format === 'compressed-tensors') {
-    fail(
-      'Usage',
-      `--format compressed-tensors: experts stored fused (3-D tensors) are not written in compressed-tensors yet; use --format gptq --serve ${t.name}`,
-    );
-  }
   for (const layer of view.layers) {
     if (layer.block.kind !== 'moe') continue;
     const e0 = layer.block.experts[0]!;
-    const why = t.shape({ hidden: view.dims.hidden, intermediate: e0.down.inFeatures }, groupSize);
+    const why = t.shape({ hidden: view.dims.hidden, intermediate: e0.down.inFeatures }, groupSize, tensorParallel);
     if (why) fail('Usage', `${flag}: layer ${layer.index}: ${why}; this model cannot be served there quantized`);
     const ds = decisions.filter((d) => d.cls === 'expert' && d.layer === layer.index);
     const fates = new Set(ds.map((d) => String(d.bits)));

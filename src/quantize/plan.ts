@@ -122,6 +122,8 @@ export interface PlanOptions {
   ignores: RegExp[];
   /** classes allocated as units of their own (--allocate) */
   allocate?: readonly AllocatableClass[];
+  /** output format: fused experts are written under its per-expert layout (fused.ts) */
+  format?: StoredFormat;
 }
 
 /**
@@ -164,7 +166,7 @@ export function collectLinears(view: ModelView, ckpt: Checkpoint): { ref: Linear
 
 export function decide(view: ModelView, ckpt: Checkpoint, opts: PlanOptions): LinearDecision[] {
   // experts fused in 3-D tensors are written as the per-expert modules GPTQModel defines for the family, or refused
-  const fusedLayout = view.expertLayout === 'fused' ? fusedGptqLayout(view) : undefined;
+  const fusedLayout = view.expertLayout === 'fused' ? fusedGptqLayout(view, opts.format) : undefined;
   if (fusedLayout && 'refuse' in fusedLayout) fail('UnsupportedArchitecture', `cannot quantize: ${fusedLayout.refuse}`);
   return collectLinears(view, ckpt).map(({ ref, cls, layer, expert, proj }) => {
     const fused = fusedLayout && !('refuse' in fusedLayout) && ref.expert !== undefined ? fusedLayout.target(view.layers[layer]!, expert!, proj!) : undefined;

@@ -4,6 +4,7 @@
  * checkpoint of every family vLLM serves with fused MoE at hidden 128; outputs that break a rule are caught;
  * what the target cannot run is refused with exit 2.
  */
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -225,6 +226,34 @@ describe('compressed-tensors with act order (actorder: group, weight_g_idx)', ()
   }, 180_000);
 });
 
+describe('tensor-parallel shape rules (--tensor-parallel N)', () => {
+  it("each rank's slice of the expert intermediate (256 on the fixture) must be a multiple of max(64, group): refused, written, and checked alike", async () => {
+    const refuse = async (req: Partial<QuantizeRequest>, re: RegExp) => {
+      const err = await quantize({ model, out: join(root, `r${n++}`), method: 'rtn', dryRun: true, bits: 4.4, candidates: [4], ...req }).catch((e) => e);
+      expect(err).toBeInstanceOf(MoeError);
+      expect(err.exitCode).toBe(2);
+      expect(err.message).toMatch(re);
+    };
+    await refuse(
+      { format: 'compressed-tensors', tensorParallel: 4 },
+      /layer 0: expert intermediate size per rank 256\/4 = 64 is not a multiple of max\(64, group size\) = 128 \(Marlin MoE\)/,
+    );
+    await refuse({ format: 'compressed-tensors', tensorParallel: 3 }, /expert intermediate size 256 does not split over --tensor-parallel 3 ranks/);
+    await refuse({ format: 'gptq', tensorParallel: 2 }, /--tensor-parallel is a --serve rule/);
+    // group 64: 64-column slices run on 4 ranks
+    const g64 = await run({ bits: 4.4, candidates: [4], format: 'compressed-tensors', groupSize: 64, tensorParallel: 4, calib: undefined });
+    expect(checkVllm(g64.out, { tp: 4 })).toEqual([]);
+    const gq = await run({ bits: 4.6, candidates: [4], format: 'gptq', serve: 'vllm', groupSize: 64, tensorParallel: 4, calib: undefined });
+    expect(checkVllm(gq.out, { tp: 4 })).toEqual([]);
+    // group 128 (written for 1 rank) loads on 2 ranks, not on 4: the checker says so per MoE layer
+    const g128 = await run({ bits: 4.2, candidates: [4], format: 'compressed-tensors', calib: undefined });
+    expect(checkVllm(g128.out, { tp: 2 })).toEqual([]);
+    const v = checkVllm(g128.out, { tp: 4 });
+    expect(v).toHaveLength(4);
+    expect(v.every((x) => /experts: intermediate per partition 64 \(tp 4\) % 128 != 0 \(Marlin MoE\)/.test(x))).toBe(true);
+  }, 120_000);
+});
+
 describe('refusals under --serve vllm (exit 2, the achievable range)', () => {
   const refused = async (req: Partial<QuantizeRequest> & { bits: number }, re: RegExp, m = model) => {
     const err = await quantize({ model: m, out: join(root, `r${n++}`), method: 'rtn', dryRun: true, ...req }).catch((e) => e);
@@ -268,18 +297,69 @@ describe('family fixtures at hidden 128', () => {
     },
     120_000,
   );
-  // their GPTQ output follows GPTQModel's per-expert modules (src/quantize/fused.ts), not a layout vLLM's fused-MoE
-  // loader is known to take: the rules are not claimed for them
-  it.each(['gpt_oss', 'granitemoe'] as Family[])(
-    '%s (experts stored fused): compressed-tensors is refused, not written wrong',
-    async (family) => {
-      const src = join(root, `fam-${family}`);
-      await makeTinyCheckpoint(family, src, { seed: 5, hidden: 128, intermediate: 128 });
-      const err = await quantize({ model: src, out: join(root, `r${n++}`), method: 'rtn', bits: 4.5, format: 'compressed-tensors' }).catch((e) => e);
-      expect(err).toBeInstanceOf(MoeError);
-      expect(err.exitCode).toBe(2);
-      expect(err.message).toMatch(/fused .* not written in compressed-tensors yet/);
+  // experts stored fused: compressed-tensors under the per-expert names vLLM's loader for the family reads
+  // (granitemoe: block_sparse_moe.experts.e.w1/w3/w2; a transformers-5 fused mixtral: the family's own names);
+  // their GPTQ output follows GPTQModel's modules, not a layout vLLM's fused-MoE loader is known to take
+  it.each([
+    ['granitemoe', {}, 'block_sparse_moe.experts.0.w1'],
+    ['mixtral', { fusedExperts: true }, 'block_sparse_moe.experts.0.w1'],
+  ] as [Family, { fusedExperts?: boolean }, string][])(
+    "%s (experts stored fused): compressed-tensors under vLLM's per-expert names passes the rules, decodes, reads back and dequantizes",
+    async (family, opts, first) => {
+      const src = join(root, `famf-${family}`);
+      await makeTinyCheckpoint(family, src, { seed: 5, hidden: 128, intermediate: 128, ...opts });
+      const ct = await run({ bits: 4.2, candidates: [4], format: 'compressed-tensors', calib: undefined }, src);
+      const tensors = readSafetensors(ct.out);
+      expect(tensors.has(`model.layers.1.${first}.weight_packed`)).toBe(true);
+      expect([...tensors.keys()].some((k) => /gate_up_proj|input_linear|output_linear/.test(k))).toBe(false);
+      expect(checkVllm(ct.out)).toEqual([]);
+      // 3 layers x 4 experts x 3 linears, plus attention
+      expect(await decodersAgree(ct.out, 'ct')).toBeGreaterThanOrEqual(3 * 4 * 3);
+      // our reader gives every fused expert linear the RTN values of the input's
+      const a = await openModel(src);
+      const b = await openModel(ct.out);
+      try {
+        const layer = a.view.layers[1]!;
+        const lb = b.view.layers[1]!;
+        if (layer.block.kind !== 'moe' || lb.block.kind !== 'moe') throw new Error('not moe');
+        for (const p of ['gate', 'up', 'down'] as const) {
+          const ref = layer.block.experts[2]![p];
+          const w = (await loadLinear(a.ckpt, ref)).w;
+          const want = dequantize(quantizeRtn(w, ref.outFeatures, ref.inFeatures, { bits: 4, groupSize: 128, sym: true }));
+          const got = (await loadLinear(b.ckpt, lb.block.experts[2]![p])).w;
+          expect(Array.from(got), p).toEqual(Array.from(want));
+        }
+      } finally {
+        await a.ckpt.close();
+        await b.ckpt.close();
+      }
+      // moe dequantize gives back what the reader gives (granitemoe: the fused tensors of its own layout)
+      const deq = join(root, `famf-${family}-deq`);
+      await dequantizeCheckpoint({ model: ct.out, out: deq, dtype: 'F32' });
+      if (family === 'granitemoe') expect(readSafetensors(deq).has('model.layers.1.block_sparse_moe.input_linear.weight')).toBe(true);
+      const c = await openModel(deq);
+      const q = await openModel(ct.out);
+      try {
+        const lc = c.view.layers[2]!;
+        const lq = q.view.layers[2]!;
+        if (lc.block.kind !== 'moe' || lq.block.kind !== 'moe') throw new Error('not moe');
+        const x = (await loadLinear(c.ckpt, lc.block.experts[3]!.up)).w;
+        const y = (await loadLinear(q.ckpt, lq.block.experts[3]!.up)).w;
+        expect(Array.from(x)).toEqual(Array.from(y));
+      } finally {
+        await c.ckpt.close();
+        await q.ckpt.close();
+      }
     },
     120_000,
   );
+  it("gpt_oss (experts stored fused): compressed-tensors is refused with vLLM's reason, nothing written", async () => {
+    const src = join(root, 'fam-gpt_oss');
+    await makeTinyCheckpoint('gpt_oss', src, { seed: 5, hidden: 128, intermediate: 128 });
+    const out = join(root, `r${n++}`);
+    const err = await quantize({ model: src, out, method: 'rtn', bits: 4.5, format: 'compressed-tensors' }).catch((e) => e);
+    expect(err).toBeInstanceOf(MoeError);
+    expect(err.message).toMatch(/vLLM's gpt_oss loader .* reads routed experts only as MXFP4 blocks or as unquantized fused/);
+    expect(existsSync(out)).toBe(false);
+  }, 120_000);
 });

@@ -1,5 +1,5 @@
 /**
- * vLLM's loading rules for quantized fused-MoE checkpoints (tensor-parallel size 1), applied to an output's
+ * vLLM's loading rules for quantized fused-MoE checkpoints (at a tensor-parallel size, default 1), applied to an output's
  * config.json and tensors. Written from vLLM's model_executor/layers/quantization code (gptq_marlin.py,
  * utils/gptq_utils.py get_dynamic_override, moe_wna16.py, compressed_tensors/compressed_tensors_moe.py
  * get_moe_method, compressed_tensors/utils.py find_matched_target), not from our writer; it returns every
@@ -46,27 +46,38 @@ function expertModules(tensors: Map<string, RawTensor>, suffix: string): Map<str
   return by;
 }
 
-function shapeRules(v: string[], where: string, hidden: number, intermediate: number, group: number): void {
+/**
+ * check_moe_marlin_supports_layer on one rank: FusedMoE shards each expert's intermediate dimension over the
+ * tensor-parallel ranks (intermediate_size_per_partition = intermediate / tp), hidden stays whole.
+ */
+function shapeRules(v: string[], where: string, hidden: number, intermediate: number, group: number, tp: number): void {
   if (hidden % 128 !== 0) v.push(`${where}: hidden ${hidden} % 128 != 0 (Marlin MoE)`);
   const m = Math.max(64, group);
-  if (intermediate % m !== 0) v.push(`${where}: intermediate ${intermediate} % ${m} != 0 (Marlin MoE)`);
+  if (intermediate % tp !== 0) return void v.push(`${where}: intermediate ${intermediate} does not split over ${tp} ranks`);
+  if ((intermediate / tp) % m !== 0) v.push(`${where}: intermediate per partition ${intermediate / tp} (tp ${tp}) % ${m} != 0 (Marlin MoE)`);
 }
 
-export function checkVllm(dir: string): string[] {
-  return checkVllmParts(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>, readSafetensors(dir));
+export interface VllmRun {
+  /** tensor-parallel size (default 1) */
+  tp?: number;
+}
+
+export function checkVllm(dir: string, run: VllmRun = {}): string[] {
+  return checkVllmParts(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>, readSafetensors(dir), run);
 }
 
 /** The same rules on a config and tensors held in memory (a test can break one of them). */
-export function checkVllmParts(config: Record<string, unknown>, tensors: Map<string, RawTensor>): string[] {
+export function checkVllmParts(config: Record<string, unknown>, tensors: Map<string, RawTensor>, run: VllmRun = {}): string[] {
   const qc = config['quantization_config'] as Record<string, unknown> | undefined;
   if (!qc) return ['config.json has no quantization_config'];
   const hidden = config['hidden_size'] as number;
-  if (qc['quant_method'] === 'compressed-tensors') return checkCt(qc, tensors, hidden);
-  if (qc['quant_method'] === 'gptq') return checkGptq(qc, tensors, hidden);
+  const tp = run.tp ?? 1;
+  if (qc['quant_method'] === 'compressed-tensors') return checkCt(qc, tensors, hidden, tp);
+  if (qc['quant_method'] === 'gptq') return checkGptq(qc, tensors, hidden, tp);
   return [`quant_method ${String(qc['quant_method'])} is not gptq or compressed-tensors`];
 }
 
-function checkCt(qc: Record<string, unknown>, tensors: Map<string, RawTensor>, hidden: number): string[] {
+function checkCt(qc: Record<string, unknown>, tensors: Map<string, RawTensor>, hidden: number, tp: number): string[] {
   const v: string[] = [];
   if (qc['quantization_status'] !== 'compressed') v.push(`quantization_status ${String(qc['quantization_status'])} is not compressed`);
   const experts = expertModules(tensors, 'weight_packed');
@@ -119,7 +130,7 @@ function checkCt(qc: Record<string, unknown>, tensors: Map<string, RawTensor>, h
       if (!sc || sc.shape[0] !== out || sc.shape[1] !== G) v.push(`${m.module}: weight_scale [${sc?.shape}] is not [${out}, ${G}]`);
       if (s.weights?.symmetric && tensors.has(`${m.module}.weight_zero_point`)) v.push(`${m.module}: weight_zero_point in a symmetric scheme`);
       gIdxRule(v, m.module, tensors, s, inF, G);
-      if (m.expert === 0 && m.proj.match(/down|w2/)) shapeRules(v, prefix, hidden, inF, typeof g === 'number' ? g : 128);
+      if (m.expert === 0 && m.proj.match(/down|w2/)) shapeRules(v, prefix, hidden, inF, typeof g === 'number' ? g : 128, tp);
     }
   }
   // the other packed linears (attention, shared experts, dense MLPs) load through vLLM's WNA16 linear scheme at the
@@ -174,7 +185,7 @@ function gIdxRule(v: string[], module: string, tensors: Map<string, RawTensor>, 
   if (g.some((x) => x < 0 || x >= groups)) v.push(`${module}: weight_g_idx has groups outside 0..${groups - 1}`);
 }
 
-function checkGptq(qc: Record<string, unknown>, tensors: Map<string, RawTensor>, hidden: number): string[] {
+function checkGptq(qc: Record<string, unknown>, tensors: Map<string, RawTensor>, hidden: number, tp: number): string[] {
   const v: string[] = [];
   const dyn = (qc['dynamic'] ?? {}) as Record<string, Record<string, number>>;
   const group = qc['group_size'] as number;
@@ -223,7 +234,7 @@ function checkGptq(qc: Record<string, unknown>, tensors: Map<string, RawTensor>,
         for (const w of z) for (let k = 0; k < pf; k++) if (((w >>> (eff.bits * k)) & mask) !== want) bad++;
         if (bad) v.push(`${m.module}: ${bad} zero points differ from 2^(bits-1) under sym: true`);
       }
-      if (m.expert === 0 && m.proj.match(/down|w2/)) shapeRules(v, prefix, hidden, inF, eff.group);
+      if (m.expert === 0 && m.proj.match(/down|w2/)) shapeRules(v, prefix, hidden, inF, eff.group, tp);
     }
   }
   for (const n of tensors.keys()) if (/\.(gate|router)\.qweight$/.test(n)) v.push(`${n}: the router is stored quantized`);
