@@ -262,7 +262,7 @@ export function summaryTable(rep: QuantizeReport): string {
   }
   lines.push(`  model size = ${mib(rep.sizes.beforeBytes)}, quant size = ${mib(rep.sizes.afterBytes)}${rep.dryRun ? ' (planned)' : ''}`);
   lines.push(
-    `  true bpw: routed experts ${rep.bpw.experts.toFixed(4)} (target ${rep.targetBits}), other linears ${rep.bpw.nonExperts.toFixed(4)}, all linears ${rep.bpw.linears.toFixed(4)}, whole model ${rep.bpw.model.toFixed(4)}`,
+    `  true bpw: routed experts ${rep.bpw.experts.toFixed(4)}${rep.bpw.budgeted !== undefined ? `, routed experts + ${rep.allocate!.join(' + ')} ${rep.bpw.budgeted.toFixed(4)}` : ''} (target ${rep.targetBits}), other linears ${rep.bpw.nonExperts.toFixed(4)}, all linears ${rep.bpw.linears.toFixed(4)}, whole model ${rep.bpw.model.toFixed(4)}`,
   );
   lines.push(
     `  allocation: ${rep.solver.units} units, ${rep.solver.solveMs.toFixed(0)} ms, ${rep.solver.optimal ? 'optimal' : `not proven optimal (gap <= ${rep.solver.gap.toExponential(2)})`}${rep.scored || rep.solver.units === 0 ? '' : rep.units.every((u) => Object.keys(u.losses).length === 1) ? ' (one width per unit: nothing to score)' : ' (no calibration: losses unknown, cheapest widths shown)'}`,

@@ -15,6 +15,7 @@ import { openModel } from '../../src/model/open.js';
 import { quantize, type QuantizeRequest } from '../../src/quantize/pipeline.js';
 import { initBackend } from '../../src/runtime/backend.js';
 import { seededRandom } from '../../kernels/random.js';
+import { runMoe } from '../helpers/cli.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
 import { ctScheme, decodeCt, readSafetensors, type RawTensor } from './decode.js';
 import { checkVllm } from './vllm-rules.js';
@@ -118,6 +119,34 @@ describe('--allocate attention on the trained fixture (compressed-tensors)', () 
     expect(checkVllm(out)).toEqual([]);
     expect(await decodeAll(out)).toBe(4 * 8 * 3 + 16);
   }, 180_000);
+
+  it('the command line takes --allocate once per class and prints what the budget measured', async () => {
+    const r = await runMoe([
+      'quantize',
+      '--model',
+      model,
+      '--bits',
+      '4.2',
+      '--candidates',
+      '4',
+      '--format',
+      'compressed-tensors',
+      '--method',
+      'rtn',
+      '--allocate',
+      'attention',
+      '--allocate',
+      'dense',
+      '--dry-run',
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    // all at 4 bits: experts 4.1289, attention [128|64, 128] 4.1328 / 4.1406 -> 4.1293 together
+    expect(r.stdout).toMatch(/true bpw: routed experts 4\.1289, routed experts \+ attention \+ dense 4\.1293 \(target 4\.2\)/);
+    expect(r.stdout).toMatch(/self_attn\.q_proj.*own allocation unit \(--allocate attention\)/);
+    const bad = await runMoe(['quantize', '--model', model, '--bits', '4.2', '--allocate', 'experts', '--dry-run']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr.trim().split('\n')).toHaveLength(1);
+  });
 
   it('a budget below the cheapest assignment names the classes it measures', async () => {
     const err = await quantize({ model, dryRun: true, method: 'rtn', calib, bits: 4, format: 'compressed-tensors', allocate: ['attention'] }).catch((e) => e);
