@@ -62,7 +62,7 @@ try {
   const cb0 = ref[dir].mtp_correction_bias[0] as number[];
   check("pruned MTP correction bias = the kept experts' biases", JSON.stringify(p.mtp_correction_bias[0]) === JSON.stringify(kept.map((j) => cb0[j])));
   for (const family of NEW_FAMILIES) {
-    for (const row of checkFamily(python, family, root))
+    for (const row of await checkFamily(python, family, root))
       check(
         `${family} ${row.command}: perplexity within ${TOLERANCE} of transformers'`,
         row.rel <= TOLERANCE && Number.isFinite(row.moe),
