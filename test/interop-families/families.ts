@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { Checkpoint } from '../../src/io/checkpoint.js';
 
 /** `llama4` is the multimodal container (Llama4ForConditionalGeneration) around llama4_text, built as transformers saves it */
-export const NEW_FAMILIES = ['glm4_moe_lite', 'dots1', 'hunyuan_v1_moe', 'mistral4', 'deepseek_v32', 'llama4_text', 'llama4'] as const;
+export const NEW_FAMILIES = ['glm4_moe_lite', 'dots1', 'hunyuan_v1_moe', 'mistral4', 'deepseek_v32', 'glm_moe_dsa', 'llama4_text', 'llama4'] as const;
 
 /**
  * Families whose router weight scales the expert input (llama4): passes that recompute experts on the block input
