@@ -88,3 +88,25 @@ describe('qwen3_next (Qwen3-Next)', () => {
     expect(e.stderr).toMatch(/^moe: .*model\.layers\.2\.linear_attn\.conv1d\.weight.*\n$/);
   });
 });
+
+describe('qwen3_5_moe_text (Qwen3.5-MoE language model, text-only class)', () => {
+  it('separate DeltaNet projections, every layer MoE, always-renormalized top-k', async () => {
+    const dir = join(root, 'q35');
+    await makeTinyCheckpoint('qwen3_5_moe_text', dir, { experts: 8 });
+    const m = await openModel(dir);
+    try {
+      const v = m.view;
+      expect(v.layers.map((l) => l.attention.kind)).toEqual(['deltanet', 'gqa', 'deltanet']);
+      expect(Object.keys(v.layers[0]!.attention.tensors).sort()).toEqual(
+        ['A_log', 'conv1d', 'dt_bias', 'in_proj_a', 'in_proj_b', 'in_proj_qkv', 'in_proj_z', 'norm', 'out_proj'].sort(),
+      );
+      expect(v.attention.deltanet?.layout).toBe('split');
+      expect(v.attention.outputGate).toBe(true);
+      expect(v.moeLayers).toEqual([0, 1, 2]);
+      expect(v.routing.normalize).toBe(true);
+      expect(v.finalNorm.unitOffset).toBe(true);
+    } finally {
+      await m.ckpt.close();
+    }
+  });
+});

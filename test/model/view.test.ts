@@ -37,6 +37,7 @@ const DENSE: Record<Family, number[]> = {
   mistral4: [0],
   deepseek_v32: [0],
   qwen3_next: [0],
+  qwen3_5_moe_text: [],
 };
 
 async function expectMoeError(p: Promise<unknown>, code: string, msg: RegExp): Promise<void> {
