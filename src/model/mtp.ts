@@ -57,6 +57,16 @@ export function mtpIndices(view: { mtp?: MtpLayerView[] }): number[] {
   return (view.mtp ?? []).map((m) => m.layer.index);
 }
 
+/** The layers an expert edit covers: the decoder layers, then the multi-token-prediction layers unless dropped. */
+export function editedLayers(view: { layers: LayerView[]; mtp?: MtpLayerView[] }, dropMtp: boolean): LayerView[] {
+  return [...view.layers, ...(dropMtp ? [] : (view.mtp ?? []).map((m) => m.layer))];
+}
+
+/** The one-line refusal of saved statistics that lack an MTP layer (calibration artifacts score the decoder layers). */
+export function mtpStatsMissing(layer: number): string {
+  return `the statistics have no multi-token-prediction layer ${layer} (saved artifacts score the decoder layers only): give --calib FILE, or --drop-mtp`;
+}
+
 /** A regex of a literal string (for quantization_config `dynamic` keys). */
 function escapeRe(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
