@@ -199,7 +199,13 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
 
   const eps = cfg.num(arch.norm.epsKey, arch.norm.epsDefault);
   const unitOffset = arch.norm.unitOffset === true;
-  const norm = (weight: string, bias?: string): NormRef => ({ weight, ...(bias ? { bias } : {}), kind: arch.norm.kind, eps, ...(unitOffset ? { unitOffset } : {}) });
+  const norm = (weight: string, bias?: string): NormRef => ({
+    weight,
+    ...(bias ? { bias } : {}),
+    kind: arch.norm.kind,
+    eps,
+    ...(unitOffset ? { unitOffset } : {}),
+  });
 
   const swiglu = (tpl: { gate: string; up: string; down: string }, prefix: string, inter: number, expert?: number): SwiGLURefs => ({
     gate: { tensor: prefix + fillTemplate(tpl.gate, undefined, expert), outFeatures: inter, inFeatures: hidden },

@@ -102,10 +102,11 @@ async function deltanetWeights(model: Model, layer: LayerView): Promise<DeltaNet
     if (x.length !== n) fail('InvalidShape', `${model.dir}: '${need(role)}' holds ${x.length} values, ${n} expected`);
     return x;
   };
-  const qkvz =
-    dn.layout === 'qkvz' ? await host('in_proj_qkvz', C + Vd) : stackRows([await host('in_proj_qkv', C), await host('in_proj_z', Vd)]);
+  const qkvz = dn.layout === 'qkvz' ? await host('in_proj_qkvz', C + Vd) : stackRows([await host('in_proj_qkv', C), await host('in_proj_z', Vd)]);
   const ba =
-    dn.layout === 'qkvz' ? await host('in_proj_ba', 2 * dn.numVHeads) : stackRows([await host('in_proj_b', dn.numVHeads), await host('in_proj_a', dn.numVHeads)]);
+    dn.layout === 'qkvz'
+      ? await host('in_proj_ba', 2 * dn.numVHeads)
+      : stackRows([await host('in_proj_b', dn.numVHeads), await host('in_proj_a', dn.numVHeads)]);
   return {
     kind: 'deltanet',
     qkvz: upload(qkvz),
@@ -154,7 +155,11 @@ async function attentionWeights(model: Model, layer: LayerView): Promise<Attenti
     kind: 'gqa',
     // with an output gate, q_proj holds [query | gate] per head (qwen3_next)
     qkv: upload(
-      stackRows([await host('q_proj', heads * d * (v.attention.outputGate ? 2 : 1), H), await host('k_proj', kvHeads * d, H), await host('v_proj', kvHeads * d, H)]),
+      stackRows([
+        await host('q_proj', heads * d * (v.attention.outputGate ? 2 : 1), H),
+        await host('k_proj', kvHeads * d, H),
+        await host('v_proj', kvHeads * d, H),
+      ]),
     ),
     o: await lin('o_proj', H, heads * d),
   };

@@ -8,7 +8,18 @@ import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-export const NEW_FAMILIES = ['glm4_moe_lite', 'dots1', 'hunyuan_v1_moe', 'mistral4', 'deepseek_v32'] as const;
+/** FAMILY@fused: the same tiny model saved in transformers 5's fused expert layout (families.py make) */
+export const NEW_FAMILIES = [
+  'glm4_moe_lite',
+  'dots1',
+  'hunyuan_v1_moe',
+  'mistral4',
+  'deepseek_v32',
+  'qwen3_next',
+  'qwen3_next@fused',
+  'qwen3_5_moe_text',
+  'qwen3_5_moe_text@fused',
+] as const;
 export const TOLERANCE = 2e-3;
 
 const SEQ = 63;

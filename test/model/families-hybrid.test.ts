@@ -62,7 +62,10 @@ describe('qwen3_next (Qwen3-Next)', () => {
   });
 
   it('refuses a layer_types list of the wrong length or with an unknown type, in one line', async () => {
-    for (const types of [['linear_attention', 'full_attention'], ['linear_attention', 'sliding_attention', 'linear_attention']]) {
+    for (const types of [
+      ['linear_attention', 'full_attention'],
+      ['linear_attention', 'sliding_attention', 'linear_attention'],
+    ]) {
       const dir = join(root, `qn-bad-${types.length}`);
       await makeTinyCheckpoint('qwen3_next', dir, { config: { layer_types: types } });
       const r = await runMoe(['inspect', '--model', dir]);
@@ -75,7 +78,10 @@ describe('qwen3_next (Qwen3-Next)', () => {
     const dir = join(root, 'qn-eval');
     await makeTinyCheckpoint('qwen3_next', dir);
     const ids = join(root, 'ids.jsonl');
-    await writeFile(ids, Array.from({ length: 4 }, (_, i) => JSON.stringify(Array.from({ length: 12 }, (_, j) => 1 + ((i * 7 + j * 5) % 63)))).join('\n') + '\n');
+    await writeFile(
+      ids,
+      Array.from({ length: 4 }, (_, i) => JSON.stringify(Array.from({ length: 12 }, (_, j) => 1 + ((i * 7 + j * 5) % 63)))).join('\n') + '\n',
+    );
     const r = await runMoe(['eval', '--model', dir, '--data-ids', ids, '--seq-len', '8', '--json']);
     expect(r.code).toBe(0);
     const ppl = JSON.parse(r.stdout).perplexity as number;
