@@ -15,6 +15,7 @@ export const NEW_FAMILIES = [
   'hunyuan_v1_moe',
   'mistral4',
   'deepseek_v32',
+  'glm_moe_dsa',
   'qwen3_next',
   'qwen3_next@fused',
   'qwen3_5_moe_text',

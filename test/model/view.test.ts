@@ -36,6 +36,7 @@ const DENSE: Record<Family, number[]> = {
   hunyuan_v1_moe: [],
   mistral4: [0],
   deepseek_v32: [0],
+  glm_moe_dsa: [0],
   qwen3_next: [0],
   qwen3_5_moe_text: [],
 };
