@@ -51,6 +51,8 @@ export interface NormRef {
   bias?: string;
   kind: 'rms' | 'layer';
   eps: number;
+  /** zero-centred weight: the scale is 1 + weight (qwen3_next) */
+  unitOffset?: boolean;
 }
 
 export interface SwiGLURefs {
@@ -59,7 +61,8 @@ export interface SwiGLURefs {
   down: LinearRef;
 }
 
-export type AttentionKind = 'gqa' | 'mla';
+/** deltanet: Gated DeltaNet linear attention (qwen3_next / qwen3_5_moe linear_attention layers) */
+export type AttentionKind = 'gqa' | 'mla' | 'deltanet';
 
 export interface AttentionRefs {
   kind: AttentionKind;
@@ -147,6 +150,23 @@ export interface AttentionSpec {
   /** llama4 attn_temperature_tuning: NoPE layers' queries at position p x (1 + attnScale * ln(1 + floor((p+1) / floorScale))) */
   temperatureTuning?: { floorScale: number; attnScale: number };
   mla?: MlaDims;
+  /** qwen3_next: q_proj gives [query | gate] per head; output * sigmoid(gate) before o_proj */
+  outputGate?: boolean;
+  /** the Gated DeltaNet layers' dimensions, when the family has them (layers with attention.kind 'deltanet') */
+  deltanet?: DeltaNetDims;
+}
+
+/** Gated DeltaNet dimensions (modeling_qwen3_next.py Qwen3NextGatedDeltaNet). */
+export interface DeltaNetDims {
+  /** 'qkvz': in_proj_qkvz / in_proj_ba grouped by key head; 'split': in_proj_qkv, in_proj_z, in_proj_b, in_proj_a */
+  layout: 'qkvz' | 'split';
+  numKHeads: number;
+  numVHeads: number;
+  headK: number;
+  headV: number;
+  convKernel: number;
+  /** eps of the gated RMSNorm on each value head (rms_norm_eps) */
+  eps: number;
 }
 
 /** Expert activation: act(gate) * up. */

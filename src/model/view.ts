@@ -77,6 +77,31 @@ function moeLayerIndices(arch: Architecture, cfg: ConfigReader, layers: number):
   return out;
 }
 
+/** The Gated DeltaNet (linear-attention) layers of a hybrid family, from its layer types or their interval. */
+function linearAttentionLayers(arch: Architecture, cfg: ConfigReader, layers: number): Set<number> {
+  const la = arch.linearAttention;
+  const out = new Set<number>();
+  if (!la) return out;
+  const types = cfg.raw(la.typesKey);
+  if (types !== undefined && types !== null) {
+    if (!Array.isArray(types) || types.length !== layers || types.some((t) => t !== la.linearType && t !== la.fullType))
+      fail('InvalidConfig', `${cfg.where}: '${la.typesKey}' must list ${layers} entries, each "${la.linearType}" or "${la.fullType}"`);
+    types.forEach((t, l) => {
+      if (t === la.linearType) out.add(l);
+    });
+    return out;
+  }
+  // the configuration's default (configuration_qwen3_next.py): full attention every `interval` layers
+  const interval = cfg.int(la.intervalKey, la.intervalDefault);
+  for (let l = 0; l < layers; l++) if ((l + 1) % interval !== 0) out.add(l);
+  return out;
+}
+
+/** Attention roles that are linear weights (stored in any linear format): q_proj ... kv_a_proj_with_mqa, DeltaNet in_proj_*. */
+export function isAttentionLinearRole(role: string): boolean {
+  return /(^|_)proj(_with_mqa)?$/.test(role) || role.startsWith('in_proj_');
+}
+
 function routingRule(arch: Architecture, cfg: ConfigReader, numExperts: number, topK: number): RoutingRule {
   const r = arch.routing;
   const rule: RoutingRule = {
@@ -199,7 +224,14 @@ export function buildView(ckpt: Checkpoint, topConfig: HFConfig = ckpt.config): 
   else if (String(ropeParams.rope_type ?? ropeParams.type ?? 'default') !== 'default') rope.scaling = ropeParams;
 
   const eps = cfg.num(arch.norm.epsKey, arch.norm.epsDefault);
-  const norm = (weight: string, bias?: string): NormRef => ({ weight, ...(bias ? { bias } : {}), kind: arch.norm.kind, eps });
+  const unitOffset = arch.norm.unitOffset === true;
+  const norm = (weight: string, bias?: string): NormRef => ({
+    weight,
+    ...(bias ? { bias } : {}),
+    kind: arch.norm.kind,
+    eps,
+    ...(unitOffset ? { unitOffset } : {}),
+  });
 
   const swiglu = (tpl: { gate: string; up: string; down: string }, prefix: string, inter: number, expert?: number): SwiGLURefs => ({
     gate: { tensor: prefix + fillTemplate(tpl.gate, undefined, expert), outFeatures: inter, inFeatures: hidden },
@@ -234,16 +266,20 @@ export function buildView(ckpt: Checkpoint, topConfig: HFConfig = ckpt.config): 
     }
   }
   const layerViews: LayerView[] = [];
+  const linearLayers = linearAttentionLayers(arch, cfg, layers);
   // multi-token-prediction layers (src/model/mtp.ts) follow the decoder layers and always have the MoE block
   const mtpCount = mtpLayerCount(family, config, ckpt, layers, fillTemplate(t.layerPrefix, layers));
   const mtpViews: LayerView[] = [];
   for (let l = 0; l < layers + mtpCount; l++) {
     const prefix = fillTemplate(t.layerPrefix, l);
     const tensors: Record<string, string> = {};
-    for (const [role, tpl] of Object.entries(t.attention)) {
-      const name = resolveTensor(tpl, cfg);
-      if (name) tensors[role] = prefix + name;
-    }
+    const deltanet = linearLayers.has(l);
+    if (deltanet) for (const [role, tpl] of Object.entries(arch.linearAttention!.tensors)) tensors[role] = prefix + tpl;
+    else
+      for (const [role, tpl] of Object.entries(t.attention)) {
+        const name = resolveTensor(tpl, cfg);
+        if (name) tensors[role] = prefix + name;
+      }
     let block: MoeBlock | DenseBlock;
     if (isMoe.has(l) || l >= layers) {
       const router: MoeBlock['router'] = { weight: prefix + routerT.weight };
@@ -291,12 +327,13 @@ export function buildView(ckpt: Checkpoint, topConfig: HFConfig = ckpt.config): 
       prefix,
       inputNorm: norm(prefix + t.inputNorm, t.inputNormBias && prefix + t.inputNormBias),
       postAttnNorm: norm(prefix + t.postAttnNorm, t.postAttnNormBias && prefix + t.postAttnNormBias),
-      attention: { kind: arch.attention.kind, tensors },
+      attention: { kind: deltanet ? 'deltanet' : arch.attention.kind, tensors },
       block,
     });
   }
 
-  const roles = layerViews[0]?.attention.tensors ?? {};
+  // the family's own attention (a hybrid's first layers may be linear attention)
+  const roles = layerViews.find((l) => l.attention.kind === arch.attention.kind)?.attention.tensors ?? {};
   const attention: AttentionSpec = {
     kind: arch.attention.kind,
     qkvBias: 'q_bias' in roles,
@@ -309,6 +346,21 @@ export function buildView(ckpt: Checkpoint, topConfig: HFConfig = ckpt.config): 
     if (arch.attention.qkNormAfterRope) attention.qkNormAfterRope = true;
   }
   if (arch.attention.clipQkvKey && cfg.has(arch.attention.clipQkvKey)) attention.clipQkv = cfg.num(arch.attention.clipQkvKey);
+  if (arch.attention.outputGate) attention.outputGate = true;
+  if (arch.linearAttention) {
+    const dn = {
+      layout: arch.linearAttention.layout,
+      numKHeads: cfg.int('linear_num_key_heads'),
+      numVHeads: cfg.int('linear_num_value_heads'),
+      headK: cfg.int('linear_key_head_dim'),
+      headV: cfg.int('linear_value_head_dim'),
+      convKernel: cfg.int('linear_conv_kernel_dim', 4),
+      eps,
+    };
+    if (dn.numVHeads % dn.numKHeads !== 0)
+      fail('InvalidConfig', `${cfg.where}: linear_num_value_heads=${dn.numVHeads} is not a multiple of linear_num_key_heads=${dn.numKHeads}`);
+    attention.deltanet = dn;
+  }
 
   const f = arch.forward;
   const view: ModelView = {
@@ -369,7 +421,7 @@ export function viewTensors(view: ModelView): { name: string; linear?: LinearRef
     plain(l.inputNorm.weight);
     plain(l.inputNorm.bias);
     for (const [role, n] of Object.entries(l.attention.tensors)) {
-      if (role.endsWith('_proj') || role === 'kv_a_proj_with_mqa') out.push({ name: n, linear: { tensor: n, outFeatures: 0, inFeatures: 0 } });
+      if (isAttentionLinearRole(role)) out.push({ name: n, linear: { tensor: n, outFeatures: 0, inFeatures: 0 } });
       else plain(n);
     }
     plain(l.postAttnNorm.weight);

@@ -9,6 +9,8 @@
  * - MLA (deepseek v2/v3, modeling_deepseek_v3.py DeepseekV3Attention): q from q_proj or q_b(norm(q_a(x))); k/v
  *   from kv_b(norm(kv_a[:kv_lora])); one shared rotary key slice kv_a[kv_lora:] for all heads; q/k head =
  *   [nope | rope], value head v_head_dim; softmax scale from the view (YaRN mscale^2 folded in).
+ * - qwen3_next gated attention (modeling_qwen3_next.py Qwen3NextAttention): q_proj yields each head's query and a
+ *   gate of the same size, [q | gate] per head; the attention output is multiplied by sigmoid(gate) before o_proj.
  * - gpt_oss sinks: one learned logit per head joins the softmax as an extra column and is dropped after it
  *   (modeling_gpt_oss.py eager_attention_forward). Sliding windows: key j is visible from query i iff
  *   0 <= i - j < window.
@@ -187,12 +189,20 @@ function gqaChunk(x: Float32Array, B: number, S: number, w: GqaWeights, sh: Atte
   const q = new Float32Array(R * nq);
   const k = new Float32Array(R * nk);
   const v = new Float32Array(R * nk);
-  const wd = nq + 2 * nk;
+  // qwen3_next's output gate: q_proj gives [query (d) | gate (d)] per head
+  const gate = spec.outputGate ? new Float32Array(R * nq) : undefined;
+  const wq = gate ? 2 * nq : nq;
+  const wd = wq + 2 * nk;
   for (let r = 0; r < R; r++) {
     const o = r * wd;
-    q.set(qkv.subarray(o, o + nq), r * nq);
-    k.set(qkv.subarray(o + nq, o + nq + nk), r * nk);
-    v.set(qkv.subarray(o + nq + nk, o + wd), r * nk);
+    if (gate)
+      for (let j = 0; j < heads; j++) {
+        q.set(qkv.subarray(o + 2 * j * d, o + 2 * j * d + d), r * nq + j * d);
+        gate.set(qkv.subarray(o + 2 * j * d + d, o + 2 * (j + 1) * d), r * nq + j * d);
+      }
+    else q.set(qkv.subarray(o, o + nq), r * nq);
+    k.set(qkv.subarray(o + wq, o + wq + nk), r * nk);
+    v.set(qkv.subarray(o + wq + nk, o + wd), r * nk);
   }
   const qkNorm = () => {
     if (spec.qkNorm === 'full') {
@@ -222,6 +232,7 @@ function gqaChunk(x: Float32Array, B: number, S: number, w: GqaWeights, sh: Atte
   // hunyuan_v1_moe normalises the rotated heads (its modeling file applies RoPE, then query/key_layernorm)
   if (spec.qkNormAfterRope) qkNorm();
   const a = attentionCore(q, k, v, B, S, heads, kvHeads, d, d, spec.softmaxScale, sh.window, w.sinks, sh.chunk);
+  if (gate) for (let i = 0; i < a.length; i++) a[i]! *= 1 / (1 + Math.exp(-gate[i]!));
   sh.onOInput?.(a, R, r0);
   return linearRows(a, R, w.o);
 }

@@ -31,6 +31,8 @@ export const FAMILIES = [
   'mistral4',
   'deepseek_v32',
   'glm_moe_dsa',
+  'qwen3_next',
+  'qwen3_5_moe_text',
   'llama4_text',
 ] as const;
 export type Family = (typeof FAMILIES)[number];
@@ -184,6 +186,57 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
         attention_bias: false,
       };
       isMoe = (l) => !((config['mlp_only_layers'] as number[] | undefined) ?? []).includes(l);
+      break;
+    case 'qwen3_next':
+      // transformers 5.18 configuration_qwen3_next.py: Gated DeltaNet layers (linear_attention) at even indices, gated
+      // full attention at odd ones, partial RoPE 0.25 in rope_parameters; qwen2_moe's MoE with its shared expert
+      config = {
+        ...base,
+        model_type: 'qwen3_next',
+        architectures: ['Qwen3NextForCausalLM'],
+        head_dim: hd,
+        intermediate_size: DI,
+        moe_intermediate_size: I,
+        shared_expert_intermediate_size: SI,
+        num_experts: E,
+        num_experts_per_tok: K,
+        decoder_sparse_step: 1,
+        mlp_only_layers: [0],
+        norm_topk_prob: true,
+        attention_bias: false,
+        layer_types: Array.from({ length: L }, (_, l) => (l % 2 === 1 ? 'full_attention' : 'linear_attention')),
+        linear_num_key_heads: 2,
+        linear_num_value_heads: 4,
+        linear_key_head_dim: 8,
+        linear_value_head_dim: 4,
+        linear_conv_kernel_dim: 4,
+        rope_parameters: { rope_type: 'default', rope_theta: 10000, partial_rotary_factor: 0.25 },
+      };
+      delete config['rope_theta'];
+      isMoe = (l) => !((config['mlp_only_layers'] as number[] | undefined) ?? []).includes(l);
+      break;
+    case 'qwen3_5_moe_text':
+      // transformers 5.18 configuration_qwen3_5_moe.py (Qwen3_5MoeTextConfig): qwen3_next's layers with separate
+      // DeltaNet projections; every layer MoE (no mlp_only_layers / decoder_sparse_step), top-k always renormalized
+      config = {
+        ...base,
+        model_type: 'qwen3_5_moe_text',
+        architectures: ['Qwen3_5MoeForCausalLM'],
+        head_dim: hd,
+        moe_intermediate_size: I,
+        shared_expert_intermediate_size: SI,
+        num_experts: E,
+        num_experts_per_tok: K,
+        attention_bias: false,
+        layer_types: Array.from({ length: L }, (_, l) => (l % 2 === 1 ? 'full_attention' : 'linear_attention')),
+        linear_num_key_heads: 2,
+        linear_num_value_heads: 4,
+        linear_key_head_dim: 8,
+        linear_value_head_dim: 4,
+        linear_conv_kernel_dim: 4,
+        rope_parameters: { rope_type: 'default', rope_theta: 10000, partial_rotary_factor: 0.25, mrope_section: [1, 0, 0], mrope_interleaved: true },
+      };
+      delete config['rope_theta'];
       break;
     case 'olmoe':
       config = {
@@ -559,8 +612,28 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
       normW(`${p}self_attn.kv_a_layernorm.weight`, 16);
       linear(`${p}self_attn.kv_b_proj.weight`, heads * (8 + 8), 16);
       linear(`${p}self_attn.o_proj.weight`, H, heads * 8);
+    } else if ((family === 'qwen3_next' || family === 'qwen3_5_moe_text') && l % 2 === 0) {
+      // Gated DeltaNet: 2 key heads of 8, 4 value heads of 4, conv kernel 4 (modeling_qwen3_next.py); qwen3_5_moe
+      // stores the projections separately (in_proj_qkv, in_proj_z, in_proj_b, in_proj_a)
+      const Kd = 2 * 8,
+        Vd = 4 * 4;
+      if (family === 'qwen3_next') {
+        linear(`${p}linear_attn.in_proj_qkvz.weight`, 2 * Kd + 2 * Vd, H);
+        linear(`${p}linear_attn.in_proj_ba.weight`, 2 * 4, H);
+      } else {
+        linear(`${p}linear_attn.in_proj_qkv.weight`, 2 * Kd + Vd, H);
+        linear(`${p}linear_attn.in_proj_z.weight`, Vd, H);
+        linear(`${p}linear_attn.in_proj_b.weight`, 4, H);
+        linear(`${p}linear_attn.in_proj_a.weight`, 4, H);
+      }
+      put(`${p}linear_attn.conv1d.weight`, [2 * Kd + Vd, 1, 4], randn((2 * Kd + Vd) * 4, 0.4));
+      put(`${p}linear_attn.dt_bias`, [4], randn(4, 0.5, 1));
+      put(`${p}linear_attn.A_log`, [4], randn(4, 1));
+      normW(`${p}linear_attn.norm.weight`, 4);
+      linear(`${p}linear_attn.out_proj.weight`, H, Vd);
     } else {
-      linear(`${p}self_attn.q_proj.weight`, heads * hd, H);
+      // qwen3_next's q_proj also yields the output gate: [query | gate] per head
+      linear(`${p}self_attn.q_proj.weight`, heads * hd * (family === 'qwen3_next' || family === 'qwen3_5_moe_text' ? 2 : 1), H);
       linear(`${p}self_attn.k_proj.weight`, kv * hd, H);
       linear(`${p}self_attn.v_proj.weight`, kv * hd, H);
       linear(`${p}self_attn.o_proj.weight`, H, heads * hd);
@@ -570,7 +643,7 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
         vec(`${p}self_attn.v_proj.bias`, kv * hd);
       }
       if (family === 'gpt_oss' || family === 'phimoe') vec(`${p}self_attn.o_proj.bias`, H);
-      if (family === 'qwen3_moe' || family === 'glm4_moe' || family === 'dots1') {
+      if (family === 'qwen3_moe' || family === 'glm4_moe' || family === 'dots1' || family === 'qwen3_next' || family === 'qwen3_5_moe_text') {
         normW(`${p}self_attn.q_norm.weight`, hd);
         normW(`${p}self_attn.k_norm.weight`, hd);
       }
@@ -688,7 +761,7 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
             linear(`${p}mlp.experts.${e}.down_proj.weight`, H, I);
           }
         }
-        if (family === 'qwen2_moe') {
+        if (family === 'qwen2_moe' || family === 'qwen3_next' || family === 'qwen3_5_moe_text') {
           linear(`${p}mlp.shared_expert.gate_proj.weight`, SI, H);
           linear(`${p}mlp.shared_expert.up_proj.weight`, SI, H);
           linear(`${p}mlp.shared_expert.down_proj.weight`, H, SI);

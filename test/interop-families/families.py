@@ -3,7 +3,7 @@ transformers 5.18 side of the new-family conformance (run.ts, `npm run test:fami
 
   families.py make FAMILY DIR     build a tiny FAMILY checkpoint with transformers itself (random weights, scaled so
                                   the logits are far from uniform; random norm weights and correction biases) and
-                                  save_pretrained it to DIR
+                                  save_pretrained it to DIR (per expert; FAMILY@fused: in transformers 5's fused layout)
   families.py ppl SPEC.json       for each {"dir", "windows"}: load DIR with AutoModelForCausalLM (float32, eager),
                                   refuse missing weights, and print the perplexity of the windows (every position
                                   but the first predicts the next token)
@@ -77,6 +77,26 @@ TINY = {
         rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 1.0, "alpha": 1000.0},
         bos_token_id=0, eos_token_id=1, pad_token_id=0,
     ),
+    # Qwen3-Next's shape: Gated DeltaNet linear attention (grouped in_proj_qkvz / in_proj_ba, conv kernel 4, two value
+    # heads per key head) in layers 0 and 2, gated full attention with partial RoPE (0.25) in 1 and 3, zero-centred
+    # norms; MoE with a sigmoid-gated shared expert except the dense layer 1 (mlp_only_layers)
+    "qwen3_next": dict(
+        vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16, linear_num_key_heads=2,
+        linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=8, linear_conv_kernel_dim=4,
+        full_attention_interval=2, num_experts=8, num_experts_per_tok=2, mlp_only_layers=[1], norm_topk_prob=True,
+        max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=0, eos_token_id=1,
+    ),
+    # Qwen3.5-MoE's language model as its text-only class saves it: Gated DeltaNet with separate in_proj_qkv / z / b /
+    # a, every layer MoE with a shared expert, top-k always renormalized; multimodal RoPE reduces to plain partial RoPE
+    # on text (the three position ids are equal)
+    "qwen3_5_moe_text": dict(
+        vocab_size=128, hidden_size=64, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16, linear_num_key_heads=2,
+        linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=8, linear_conv_kernel_dim=4,
+        full_attention_interval=2, num_experts=8, num_experts_per_tok=2, max_position_embeddings=256,
+        rms_norm_eps=1e-6, bos_token_id=0, eos_token_id=1,
+    ),
     # Llama 4 text: fused in-major experts with the router's sigmoid weight on the expert input, a shared expert, MoE
     # on every second layer (dense layers at intermediate_size_mlp), NoPE on layer 3 with temperature tuning
     # (floor_scale 8: the scale changes every 8 positions of the 64-token windows), chunked attention (16) with the
@@ -118,6 +138,8 @@ def lm_class(model_type):
 
 
 def make(family, out):
+    # FAMILY@fused: saved in transformers 5's fused expert layout (gate_up_proj [E, 2I, H], down_proj [E, H, I])
+    family, _, layout = family.partition("@")
     torch.manual_seed(0)
     if family in CONTAINERS:
         c = CONTAINERS[family]
@@ -135,7 +157,7 @@ def make(family, out):
         for name, b in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 b.copy_(0.1 * torch.randn_like(b))
-    model.save_pretrained(out)
+    model.save_pretrained(out, save_original_format=layout != "fused")
 
 
 def ppl(spec):

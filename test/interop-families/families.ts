@@ -9,8 +9,24 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Checkpoint } from '../../src/io/checkpoint.js';
 
-/** `llama4` is the multimodal container (Llama4ForConditionalGeneration) around llama4_text, built as transformers saves it */
-export const NEW_FAMILIES = ['glm4_moe_lite', 'dots1', 'hunyuan_v1_moe', 'mistral4', 'deepseek_v32', 'glm_moe_dsa', 'llama4_text', 'llama4'] as const;
+/**
+ * FAMILY@fused: the same tiny model saved in transformers 5's fused expert layout (families.py make); `llama4` is the
+ * multimodal container (Llama4ForConditionalGeneration) around llama4_text, built as transformers saves it
+ */
+export const NEW_FAMILIES = [
+  'glm4_moe_lite',
+  'dots1',
+  'hunyuan_v1_moe',
+  'mistral4',
+  'deepseek_v32',
+  'glm_moe_dsa',
+  'qwen3_next',
+  'qwen3_next@fused',
+  'qwen3_5_moe_text',
+  'qwen3_5_moe_text@fused',
+  'llama4_text',
+  'llama4',
+] as const;
 
 /**
  * Families whose router weight scales the expert input (llama4): passes that recompute experts on the block input

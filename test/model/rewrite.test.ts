@@ -61,6 +61,7 @@ const VARIANTS: [string, Family, TinyOptions][] = [
   ['mixtral bf16 sharded', 'mixtral', { dtype: 'BF16', maxShardBytes: 20_000 }],
   ['mixtral v5 fused', 'mixtral', { fusedExperts: true }],
   ['qwen2_moe v5 fused', 'qwen2_moe', { fusedExperts: true }],
+  ['qwen3_next v5 fused', 'qwen3_next', { fusedExperts: true }],
   ['deepseek_v3 v5 fused', 'deepseek_v3', { experts: 8, fusedExperts: true }],
 ];
 

@@ -37,6 +37,8 @@ const DENSE: Record<Family, number[]> = {
   mistral4: [0],
   deepseek_v32: [0],
   glm_moe_dsa: [0],
+  qwen3_next: [0],
+  qwen3_5_moe_text: [],
   llama4_text: [0, 2],
 };
 
