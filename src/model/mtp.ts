@@ -17,6 +17,7 @@ export const MTP_FAMILIES: Readonly<Record<string, string>> = {
   deepseek_v3: 'num_nextn_predict_layers',
   glm4_moe: 'num_nextn_predict_layers',
   glm4_moe_lite: 'num_nextn_predict_layers',
+  glm_moe_dsa: 'num_nextn_predict_layers',
 };
 
 /** Config key of the MTP layer count of a family (undefined: the family has none in this convention). */
