@@ -1,67 +1,31 @@
 /**
- * The quantizers of `moe quantize`, one registered unit each, and the allocation granularities. The names are the
- * --method / --granularity values and recipe values; `Method` and `Granularity` are derived from these lists.
+ * The quantizers of `moe quantize`, one registered unit each (src/quantize/methods/<name>.ts: its descriptor, memory
+ * part and the traits the pipelines branch on), and the allocation granularities. A new quantizer is one file there
+ * plus its tests, listed below. The names are the --method / --granularity values and recipe values; `Method` and `Granularity` are derived from these lists.
  */
+import { fail } from '../errors.js';
 import type { MethodDescriptor } from '../pipeline/descriptor.js';
-import type { MemoryPart } from '../runtime/memory.js';
+import type { Quantizer } from './methods/common.js';
+import { gptq } from './methods/gptq.js';
+import { rtn } from './methods/rtn.js';
 
-/** What a quantizer's memory estimate sees (src/quantize/memory.ts): the phase, the worker threads, the linears. */
-export interface QuantizeMemoryContext {
-  /** the scoring pass (each unit quantized at every candidate width) or the apply pass */
-  phase: 'score' | 'apply';
-  /** worker threads: each runs one expert's working set */
-  threads: number;
-  /** input features of each linear the phase quantizes */
-  inputs: readonly number[];
-}
+export type { QuantizeMemoryContext, Quantizer } from './methods/common.js';
 
-/**
- * GPTQ's preparation of one input of n features (kernels/quant/gptq.ts prepareGptq and
- * kernels/linalg/cholesky.ts upperCholeskyOfInverse): the Hessian, its damped copies, the reversed copy, the
- * Cholesky factor, its inverse and the upper factor, seven n x n float64 arrays at the high-water mark.
- */
-const GPTQ_SQUARES = 7;
-
-/** gate/up share the expert's input (hidden), down reads the intermediate: the larger input is prepared while the
- *  other's factor is still alive */
-export function gptqWorkingSet(inputs: readonly number[]): number {
-  let big = 0;
-  let small = 0;
-  for (const n of inputs) {
-    if (n > big) {
-      small = Math.max(small, big);
-      big = n;
-    } else if (n < big) small = Math.max(small, n);
-  }
-  return 8 * (GPTQ_SQUARES * big * big + small * small);
-}
-
-function gptqMemory(c: QuantizeMemoryContext): MemoryPart[] {
-  const perThread = c.threads > 1 ? ` (one per worker thread, ${c.threads})` : '';
-  return [
-    c.phase === 'score'
-      ? {
-          label: `GPTQ scoring: float64 Hessians, Cholesky factor and inverse of the largest input, prepared factor of the other${perThread}`,
-          bytes: c.threads * gptqWorkingSet(c.inputs),
-        }
-      : { label: `GPTQ: float64 Hessian, Cholesky factor and inverse of the largest input in flight${perThread}`, bytes: c.threads * gptqWorkingSet(c.inputs) },
-  ];
-}
-
-export const QUANTIZERS = [
-  {
-    name: 'gptq',
-    summary:
-      "GPTQ: columns quantized in order, each one's error compensated on the rest through the Hessian of the expert's routed inputs; layers sequential through the quantized ones before them",
-    paper: 'GPTQ, https://arxiv.org/abs/2210.17323',
-    needs: 'sequential',
-    memory: gptqMemory,
-  },
-  { name: 'rtn', summary: 'round-to-nearest per group (min-max or symmetric); no data unless widths are chosen by scores', needs: 'none' },
-] as const satisfies readonly MethodDescriptor<QuantizeMemoryContext>[];
+export const QUANTIZERS = [gptq, rtn] as const satisfies readonly Quantizer[];
 
 export type Method = (typeof QUANTIZERS)[number]['name'];
 export const METHOD_NAMES = QUANTIZERS.map((m) => m.name) as [Method, ...Method[]];
+
+export function getQuantizer(name: string): Quantizer {
+  const q = (QUANTIZERS as readonly Quantizer[]).find((x) => x.name === name);
+  if (!q) fail('Usage', `unknown quantizer '${name}' (choose one of: ${METHOD_NAMES.join(', ')})`);
+  return q;
+}
+
+/** Whether `method` compensates an expert's rounding through its Hessian, given the tokens routed to it. */
+export function compensates(method: string, tokens: number, minTokens: number): boolean {
+  return getQuantizer(method).hessians && tokens >= minTokens;
+}
 
 /**
  * expert: one expert (its three projections); projection: one projection of all experts of a layer (GGUF's
