@@ -24,6 +24,7 @@ import { fail } from '../errors.js';
 import type { ModelView, MoeBlock } from '../model/types.js';
 import { mergeRoutingGroups, routingGroupProblem } from './grouping.js';
 import type { DecisionReport } from './decide.js';
+import { fromHiddenStates, getAlign, getRouter } from './methods.js';
 import type { RouterWeights } from './router.js';
 import type { GroupReport, LayerReport, MergeChoices } from './types.js';
 
@@ -192,8 +193,8 @@ export function checkSavedPlan(view: ModelView, raw: unknown, choices: MergeChoi
         });
       }
       // a member of weight 0 (dropped by --drop auto) is not averaged and needs no permutation
-      if (members.length > 1 && choices.align === 'activations' && !members.every((_, k) => k === 0 || g.weights[k] === 0 || g.perms?.[k])) {
-        at(`group ${gi}: activation alignment is data-dependent and the plan lacks the members' permutations`);
+      if (members.length > 1 && fromHiddenStates(getAlign(choices.align)) && !members.every((_, k) => k === 0 || g.weights[k] === 0 || g.perms?.[k])) {
+        at(`group ${gi}: ${getAlign(choices.align).fromHiddenStates} is data-dependent and the plan lacks the members' permutations`);
       }
       return g;
     });
@@ -222,7 +223,8 @@ export function checkSavedPlan(view: ModelView, raw: unknown, choices: MergeChoi
       }
       planned.rows = rows;
     }
-    if (choices.router === 'fit' && !planned.rows) at('the fitted router rows are data-dependent and missing from the plan');
+    if (fromHiddenStates(getRouter(choices.router)) && !planned.rows)
+      at(`the ${getRouter(choices.router).fromHiddenStates} are data-dependent and missing from the plan`);
     layers.push(planned);
   }
   return { mode: r.mode as PlanMode, tokens: r.tokens as number, layers };
