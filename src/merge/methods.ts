@@ -29,6 +29,14 @@ export const ALIGNS: readonly Alignment[] = [alignNone, alignWeights, alignActiv
 export const WEIGHTINGS: readonly Weighting[] = [weightingFrequency, weightingSaliency, weightingUniform];
 export const ROUTERS: readonly RouterRowMethod[] = [routerMean, routerAnchor, routerFit];
 
+/** A kind's names, in registry order: the option's choices and recipe values. */
+export const methodNames = <T extends string>(list: readonly { name: T }[]): [T, ...T[]] => list.map((m) => m.name) as [T, ...T[]];
+
+export const GROUPING_METHODS = methodNames(GROUPINGS);
+export const ALIGN_METHODS = methodNames(ALIGNS);
+export const WEIGHTING_METHODS = methodNames(WEIGHTINGS);
+export const ROUTER_METHODS = methodNames(ROUTERS);
+
 export const MERGE_METHODS: readonly MethodFamily[] = [
   { option: '--grouping', title: 'Grouping', methods: GROUPINGS },
   { option: '--align', title: 'Alignment', methods: ALIGNS },

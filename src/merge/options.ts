@@ -8,8 +8,8 @@ import type { OptionSpec } from '../pipeline/descriptor.js';
 import { common, field, int } from '../pipeline/fields.js';
 import { KEEP_PER_LAYER } from './allocate.js';
 import { DROP_MODES } from './decide.js';
-import { fromHiddenStates, getAlign, getRouter } from './methods.js';
-import { ALIGN_METHODS, GROUPING_METHODS, MERGE_OPTION_DEFAULTS, ROUTER_METHODS, WEIGHTING_METHODS } from './types.js';
+import { ALIGN_METHODS, fromHiddenStates, getAlign, getRouter, GROUPING_METHODS, ROUTER_METHODS, WEIGHTING_METHODS } from './methods.js';
+import { MERGE_OPTION_DEFAULTS } from './types.js';
 
 export const DEFAULTS = { grouping: 'msmoe', align: 'weights', weighting: 'frequency', router: 'mean' } as const;
 

@@ -5,6 +5,9 @@
  */
 import { fail } from '../errors.js';
 import type { MethodDescriptor } from '../pipeline/descriptor.js';
+import { compressedTensorsFormat } from './formats/compressed-tensors.js';
+import { gptqFormat } from './formats/gptq.js';
+import { ggufFormat } from './formats/gguf.js';
 import type { Quantizer } from './methods/common.js';
 import { gptq } from './methods/gptq.js';
 import { rtn } from './methods/rtn.js';
@@ -36,28 +39,10 @@ export const GRANULARITIES = ['expert', 'projection', 'layer'] as const;
 export type Granularity = (typeof GRANULARITIES)[number];
 
 /**
- * Output formats of `moe quantize --format` (compressed-tensors: src/quantize/ct.ts, the per-format byte accounting
- * in plan.ts; `gguf` is src/gguf/quantize.ts, a pipeline of its own: one ggml type per tensor).
+ * Output formats of `moe quantize --format`, one descriptor file each (src/quantize/formats/<name>.ts); their writers
+ * are format.ts (gptq), ct.ts (compressed-tensors, with the per-format byte accounting in plan.ts) and
+ * src/gguf/quantize.ts (gguf, a pipeline of its own: one ggml type per tensor).
  */
-export const OUTPUT_FORMATS = [
-  {
-    name: 'gptq',
-    summary:
-      'GPTQ v1 checkpoint as GPTQModel writes it (safetensors + quantization_config); per-expert widths (our runtime, GPTQModel); with --serve vllm symmetric, one width per MoE layer, layer-level dynamic keys (vLLM)',
-    needs: 'none',
-  },
-  {
-    name: 'compressed-tensors',
-    summary:
-      "compressed-tensors pack-quantized (weight_packed int32, weight_scale, weight_shape; config_groups with regex targets, ignore list): vLLM's recommended path for quantized MoE; implies --serve vllm",
-    needs: 'none',
-  },
-  {
-    name: 'gguf',
-    summary:
-      "one llama.cpp GGUF file (DIR/model.gguf) with llama.cpp's own block types, one per tensor (layer x projection for experts), GPTQ error compensation into them, plus the --tensor-type list and imatrix that make llama-quantize reproduce the choice",
-    needs: 'none',
-  },
-] as const satisfies readonly MethodDescriptor[];
+export const OUTPUT_FORMATS = [gptqFormat, compressedTensorsFormat, ggufFormat] as const satisfies readonly MethodDescriptor[];
 export type OutputFormat = (typeof OUTPUT_FORMATS)[number]['name'];
 export const OUTPUT_FORMAT_NAMES = OUTPUT_FORMATS.map((f) => f.name) as [OutputFormat, ...OutputFormat[]];
