@@ -22,6 +22,7 @@ import type { Progress } from '../progress.js';
 import { fail } from '../errors.js';
 import { loadRouter, loadSwiGLU } from '../model/load.js';
 import type { Model } from '../model/open.js';
+import { editedLayers, mtpIndices, mtpStatsMissing } from '../model/mtp.js';
 import { writeExpertEdit, type ExpertEditPlan, type ExpertSource, type LayerExpertEdit } from '../model/rewrite.js';
 import type { ModelView, MoeBlock } from '../model/types.js';
 import { checkpointSizes, predictedSizes, writtenSizes, type SizeSummary } from '../model/sizes.js';
@@ -53,7 +54,7 @@ type MergeRun = MergeOptions & { progress?: Progress };
 
 export interface MergeReport {
   tool: 'moe merge';
-  /** multi-token-prediction layers dropped (--drop-mtp; merge does not merge them yet) */
+  /** multi-token-prediction layers: kept (merged like the others, planned in `layers` on their own inputs) or dropped (--drop-mtp) */
   mtp?: { kept: number[]; dropped: number[] };
   model: string;
   out?: string;
@@ -158,7 +159,10 @@ async function planSequential(
 ): Promise<{ plan: MergePlan; resumed: ReturnType<typeof resume.report> }> {
   const view = model.view;
   const plan: MergePlan = { mode: 'sequential', tokens: windows.reduce((a, w) => a + w.length, 0), layers: [] };
-  const phase = req.progress?.phase(`merge: ${view.moeLayers.length} MoE layers, sequentially on calibration text`);
+  // the MTP layers come after the decoder layers, on their own inputs (the stream runs them with `mtp`)
+  const mtp = !req.dropMtp && !!view.mtp?.length;
+  const total = view.moeLayers.length + (mtp ? view.mtp!.length : 0);
+  const phase = req.progress?.phase(`merge: ${total} MoE layers, sequentially on calibration text`);
   const H = view.dims.hidden;
   const expert = (w: SwiGLUWeights, x: Float32Array, T: number) => swiglu(w, x, T, view.forward.activation);
   const routingGroups = mergeRoutingGroups(view.routing);
@@ -171,7 +175,8 @@ async function planSequential(
       onMoeLayer(input: MoeLayerInput) {
         const signals = signalsFromInput(input, expert);
         let curve: number[] | undefined;
-        if (curves) {
+        // --keep-per-layer auto allocates among the decoder layers; an MTP layer keeps the common count
+        if (curves && input.layer.index < view.dims.layers) {
           const le = new LayerError({
             x: input.x,
             T: input.T,
@@ -211,11 +216,11 @@ async function planSequential(
         plan.layers.push(planned);
         // the resume state holds each finished layer in the plan file's encoding
         resume.record(planned.layer, { layer: serializePlan({ ...plan, layers: [planned] }).layers[0]!, ...(curve ? { curve } : {}) });
-        phase?.tick(++done, view.moeLayers.length, 'layers');
+        phase?.tick(++done, total, 'layers');
         return runningEdit(m.experts, m.router, input.experts.length, H, routingGroups);
       },
     },
-    { checkpoint: resume.checkpoint },
+    { checkpoint: resume.checkpoint, ...(mtp ? { mtp: true } : {}) },
   );
   const resumed = resume.report();
   if (resumed.afterLayer < 0) {
@@ -227,7 +232,7 @@ async function planSequential(
   const entries = resume.entries();
   curves?.push(...entries.map((e) => e.curve ?? []));
   const layers = entries.map((e) => e.layer);
-  const all = checkSavedPlan(model.view, { mode: 'sequential', tokens: plan.tokens, layers }, choices, 'the resume state');
+  const all = checkSavedPlan(model.view, { mode: 'sequential', tokens: plan.tokens, layers }, choices, 'the resume state', req.dropMtp);
   phase?.succeed(`merge: ${all.layers.length} layers planned (resumed after layer ${resumed.afterLayer}: ${resumed.computed.length} computed)`);
   return { plan: all, resumed };
 }
@@ -240,11 +245,12 @@ function statsFor(stats: CalibStats, layer: number, E: number) {
 }
 
 /** Plan every layer from saved statistics of the unmerged model: groups and weights (alignment is left to the write). */
-function planFromStats(model: Model, stats: CalibStats, choices: MergeChoices): MergePlan {
+function planFromStats(model: Model, stats: CalibStats, choices: MergeChoices, dropMtp: boolean): MergePlan {
   const layers: PlannedLayer[] = [];
-  for (const layer of model.view.layers) {
+  for (const layer of editedLayers(model.view, dropMtp)) {
     if (layer.block.kind !== 'moe') continue;
     const E = layer.block.experts.length;
+    if (layer.index >= model.view.dims.layers && !stats.layers.some((s) => s.layer === layer.index)) fail('InvalidStats', mtpStatsMissing(layer.index));
     const signals = signalsFromStats(statsFor(stats, layer.index, E));
     const groups = groupExperts(choices.grouping, signals, choices.groups, mergeRoutingGroups(model.view.routing));
     checkPartition(groups, E, choices.groups);
@@ -283,7 +289,7 @@ async function planEdit(
   const layers: LayerExpertEdit[] = [];
   const routingGroups = mergeRoutingGroups(view.routing);
   for (const [li, l] of plan.layers.entries()) {
-    const block = view.layers[l.layer]!.block as MoeBlock;
+    const block = editedLayers(view, false).find((x) => x.index === l.layer)!.block as MoeBlock;
     const E = block.experts.length;
     const groups: ExpertGroup[] = l.groups.map((g) => ({ anchor: g.anchor, members: g.members }));
     const router = l.rows ?? routerRows(mergeRouter(choices.router, await loadRouter(model.ckpt, block.router), groups, H, E, view.routing).router);
@@ -340,12 +346,6 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
     const req: MergeRun = run.o;
     const choices = choicesOf(req);
     const view = model.view;
-    // merging does not plan the multi-token-prediction layers yet; refuse before the calibration pass, not at the write
-    if (view.mtp?.length && !req.dropMtp)
-      fail(
-        'Usage',
-        `this checkpoint has multi-token-prediction layer(s) ${view.mtp.map((m) => m.layer.index).join(', ')}, which moe merge does not merge yet: give --drop-mtp (dropped, num_nextn_predict_layers 0, said in the report), or prune instead`,
-      );
     checkGroups(view, choices.groups);
     const opts: MergeLayerOptions = {
       maxAlignTokens: req.alignTokens,
@@ -363,12 +363,12 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
     let source: MergeReport['calibration']['source'];
     let resumed: MergeReport['resumed'];
     if (req.plan) {
-      plan = checkSavedPlan(view, await run.loadPlan<unknown>(settings), choices, req.plan);
+      plan = checkSavedPlan(view, await run.loadPlan<unknown>(settings), choices, req.plan, req.dropMtp);
       source = 'plan';
     } else if (req.stats) {
       const stats = await resolveCalibration({ model, stats: req.stats, ...(req.progress ? { progress: req.progress } : {}) });
       if (stats.numExperts !== E) fail('InvalidStats', `calibration statistics describe ${stats.numExperts} experts per layer, the model has ${E}`);
-      plan = planFromStats(model, stats, choices);
+      plan = planFromStats(model, stats, choices, !!req.dropMtp);
       source = 'stats';
     } else {
       await run.startBackend();
@@ -421,7 +421,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
     }
     return {
       tool: 'moe merge',
-      ...(view.mtp?.length ? { mtp: { kept: [], dropped: view.mtp.map((m) => m.layer.index) } } : {}),
+      ...(view.mtp?.length ? { mtp: req.dropMtp ? { kept: [], dropped: mtpIndices(view) } : { kept: mtpIndices(view), dropped: [] } } : {}),
       model: req.model,
       out: req.out,
       dryRun: !!req.dryRun,

@@ -22,6 +22,7 @@
 import { createHash } from 'node:crypto';
 import { fail } from '../errors.js';
 import type { ModelView, MoeBlock } from '../model/types.js';
+import { editedLayers } from '../model/mtp.js';
 import { mergeRoutingGroups, routingGroupProblem } from './grouping.js';
 import type { DecisionReport } from './decide.js';
 import { fromHiddenStates, getAlign, getRouter } from './methods.js';
@@ -124,7 +125,7 @@ const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'obj
  * permutation of 0..I-1 for every merged member when the alignment needs one, router rows of the right shape when
  * the router was fitted. Every problem is one line naming the file and the layer.
  */
-export function checkSavedPlan(view: ModelView, raw: unknown, choices: MergeChoices, path: string): MergePlan {
+export function checkSavedPlan(view: ModelView, raw: unknown, choices: MergeChoices, path: string, dropMtp = false): MergePlan {
   const bad = (why: string): never => fail('InvalidData', `${path}: ${why}`);
   if (!isObject(raw)) bad('the plan is not an object');
   const r = raw as Record<string, unknown>;
@@ -133,17 +134,19 @@ export function checkSavedPlan(view: ModelView, raw: unknown, choices: MergeChoi
   if (!Array.isArray(r.layers)) bad('layers is not a list');
   const H = view.dims.hidden;
   const N = choices.groups;
+  // the decoder's MoE layers, then the multi-token-prediction layers unless dropped (src/model/mtp.ts)
+  const edited = editedLayers(view, dropMtp).filter((l) => l.block.kind === 'moe');
+  const planned = edited.map((l) => l.index);
   const byLayer = new Map<number, unknown>();
   for (const l of r.layers as unknown[]) {
     if (!isObject(l) || !Number.isInteger(l.layer)) bad('a layer entry has no whole-number layer');
     const li = (l as Record<string, unknown>).layer as number;
     if (byLayer.has(li)) bad(`layer ${li} is planned twice`);
-    if (!view.moeLayers.includes(li)) bad(`layer ${li} is not a MoE layer of this model (MoE layers: ${view.moeLayers.join(', ')})`);
+    if (!planned.includes(li)) bad(`layer ${li} is not a MoE layer of this model (MoE layers: ${planned.join(', ')})`);
     byLayer.set(li, l);
   }
   const layers: PlannedLayer[] = [];
-  for (const layer of view.layers) {
-    if (layer.block.kind !== 'moe') continue;
+  for (const layer of edited) {
     const block = layer.block as MoeBlock;
     const E = block.experts.length;
     const I = block.experts[0]!.gate.outFeatures;

@@ -137,11 +137,47 @@ const deepseekV32: FamilyHooks = {
   },
 };
 
+/**
+ * GLM-5 (glm_moe_dsa): DeepSeek-V3.2's attention, routing and indexer, except that only the layers whose
+ * `indexer_types` entry is "full" hold an indexer; "shared" layers reuse the previous full layer's top-k and store
+ * none. The list is derived as GlmMoeDsaConfig.__post_init__ does when config.json lacks it: from
+ * `index_topk_pattern` ("F"/"S" per layer), else from `index_topk_freq` and `index_skip_topk_offset`.
+ */
+const glmMoeDsa: FamilyHooks = {
+  adjust(view, cfg) {
+    deepseekV32.adjust!(view, cfg);
+    const L = view.dims.layers;
+    const types = indexerTypes(cfg, L);
+    for (const layer of view.layers)
+      if (types[layer.index] === 'shared')
+        layer.attention = {
+          ...layer.attention,
+          tensors: Object.fromEntries(Object.entries(layer.attention.tensors).filter(([role]) => !role.startsWith('indexer_'))),
+        };
+  },
+};
+
+function indexerTypes(cfg: ConfigReader, L: number): string[] {
+  const bad = (why: string): never => fail('InvalidConfig', `${cfg.where}: ${why}`);
+  const given = cfg.raw('indexer_types') ?? cfg.raw('index_topk_pattern');
+  if (given !== undefined && given !== null) {
+    const list = typeof given === 'string' ? [...given].map((c) => ({ F: 'full', S: 'shared' })[c] ?? c) : given;
+    if (!Array.isArray(list) || list.length !== L || list.some((t) => t !== 'full' && t !== 'shared'))
+      bad(`indexer_types (or index_topk_pattern) must give "full" or "shared" for each of the ${L} layers, got ${JSON.stringify(given)}`);
+    if ((list as string[])[0] !== 'full') bad('the first layer must run its own indexer (indexer_types[0] = "full")');
+    return list as string[];
+  }
+  const freq = Math.max(cfg.int('index_topk_freq', 1), 1);
+  const offset = cfg.int('index_skip_topk_offset', 2, false);
+  return Array.from({ length: L }, (_, i) => (Math.max(i - offset + 1, 0) % freq === 0 ? 'full' : 'shared'));
+}
+
 export const FAMILY_HOOKS: Readonly<Record<string, FamilyHooks>> = {
   deepseek_v2: mla,
   deepseek_v3: mla,
   glm4_moe_lite: mla,
   deepseek_v32: deepseekV32,
+  glm_moe_dsa: glmMoeDsa,
   mistral4,
   mixtral: uniformWindow,
   phimoe: uniformWindow,

@@ -17,6 +17,7 @@ export const MTP_FAMILIES: Readonly<Record<string, string>> = {
   deepseek_v3: 'num_nextn_predict_layers',
   glm4_moe: 'num_nextn_predict_layers',
   glm4_moe_lite: 'num_nextn_predict_layers',
+  glm_moe_dsa: 'num_nextn_predict_layers',
 };
 
 /** Config key of the MTP layer count of a family (undefined: the family has none in this convention). */
@@ -55,6 +56,16 @@ export function mtpView(layer: LayerView, eps: number): MtpLayerView {
 /** The layer index of each MTP layer of a view. */
 export function mtpIndices(view: { mtp?: MtpLayerView[] }): number[] {
   return (view.mtp ?? []).map((m) => m.layer.index);
+}
+
+/** The layers an expert edit covers: the decoder layers, then the multi-token-prediction layers unless dropped. */
+export function editedLayers(view: { layers: LayerView[]; mtp?: MtpLayerView[] }, dropMtp: boolean): LayerView[] {
+  return [...view.layers, ...(dropMtp ? [] : (view.mtp ?? []).map((m) => m.layer))];
+}
+
+/** The one-line refusal of saved statistics that lack an MTP layer (calibration artifacts score the decoder layers). */
+export function mtpStatsMissing(layer: number): string {
+  return `the statistics have no multi-token-prediction layer ${layer} (saved artifacts score the decoder layers only): give --calib FILE, or --drop-mtp`;
 }
 
 /** A regex of a literal string (for quantization_config `dynamic` keys). */

@@ -8,7 +8,7 @@
 import type { CalibStats } from '../calibrate/types.js';
 import { fail } from '../errors.js';
 import type { Model } from '../model/open.js';
-import type { LayerView } from '../model/types.js';
+import { editedLayers, mtpStatsMissing } from '../model/mtp.js';
 import { writeExpertEdit, type ExpertEditPlan } from '../model/rewrite.js';
 import { getMethod, type PruneMethod } from './methods.js';
 import { checkKeep, keepFromRatio, keptFromScores, layerPlan, type PrunePlan } from './plan.js';
@@ -64,11 +64,6 @@ export function validateRequest(req: PruneRequest): PruneMethod {
   return getMethod(o.method);
 }
 
-/** The layers a plan covers: the decoder layers, then the multi-token-prediction layers unless they are dropped. */
-function editedLayers(view: Model['view'], dropMtp: boolean): LayerView[] {
-  return [...view.layers, ...(dropMtp ? [] : (view.mtp ?? []).map((m) => m.layer))];
-}
-
 /** Score every MoE layer with a statistics-based method (or the random baseline) and keep the best. */
 function planFromScores(
   model: Model,
@@ -86,11 +81,7 @@ function planFromScores(
     if (layer.block.kind !== 'moe') continue;
     const E = layer.block.experts.length;
     const ls = byLayer.get(layer.index);
-    if (stats && !ls && layer.index >= model.view.dims.layers)
-      fail(
-        'InvalidStats',
-        `the statistics have no multi-token-prediction layer ${layer.index} (saved artifacts score the decoder layers only): give --calib FILE, or --drop-mtp`,
-      );
+    if (stats && !ls && layer.index >= model.view.dims.layers) fail('InvalidStats', mtpStatsMissing(layer.index));
     if (stats && (!ls || ls.numExperts !== E))
       fail(
         'InvalidStats',

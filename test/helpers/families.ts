@@ -30,6 +30,7 @@ export const FAMILIES = [
   'hunyuan_v1_moe',
   'mistral4',
   'deepseek_v32',
+  'glm_moe_dsa',
 ] as const;
 export type Family = (typeof FAMILIES)[number];
 
@@ -362,6 +363,38 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
       };
       isMoe = (l) => l >= 1;
       break;
+    case 'glm_moe_dsa':
+      // transformers 5.18 configuration_glm_moe_dsa.py (GLM-5): deepseek_v32's keys plus indexer_types, where a
+      // "shared" layer stores no indexer and reuses the previous full layer's top-k
+      config = {
+        ...base,
+        model_type: 'glm_moe_dsa',
+        architectures: ['GlmMoeDsaForCausalLM'],
+        num_key_value_heads: heads,
+        intermediate_size: DI,
+        moe_intermediate_size: I,
+        n_routed_experts: E,
+        n_shared_experts: 1,
+        num_experts_per_tok: K,
+        first_k_dense_replace: 1,
+        mlp_layer_types: Array.from({ length: L }, (_, l) => (l === 0 ? 'dense' : 'sparse')),
+        indexer_types: Array.from({ length: L }, (_, l) => (l % 2 === 0 ? 'full' : 'shared')),
+        n_group: 1,
+        topk_group: 1,
+        routed_scaling_factor: 2.5,
+        norm_topk_prob: true,
+        q_lora_rank: 16,
+        kv_lora_rank: 16,
+        qk_nope_head_dim: 8,
+        qk_rope_head_dim: 4,
+        v_head_dim: 8,
+        head_dim: 4,
+        index_topk: 64,
+        index_head_dim: 8,
+        index_n_heads: 2,
+      };
+      isMoe = (l) => l >= 1;
+      break;
     case 'glm4_moe':
       config = {
         ...base,
@@ -470,9 +503,17 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
     normW(`${p}input_layernorm.weight`, H);
     if (family === 'phimoe') vec(`${p}input_layernorm.bias`, H);
     // attention
-    if (family === 'deepseek_v2' || family === 'deepseek_v3' || family === 'glm4_moe_lite' || family === 'mistral4' || family === 'deepseek_v32') {
+    if (
+      family === 'deepseek_v2' ||
+      family === 'deepseek_v3' ||
+      family === 'glm4_moe_lite' ||
+      family === 'mistral4' ||
+      family === 'deepseek_v32' ||
+      family === 'glm_moe_dsa'
+    ) {
       const qk = 8 + 4;
-      if (family === 'deepseek_v32') {
+      // glm_moe_dsa: only the "full" layers of indexer_types hold an indexer
+      if (family === 'deepseek_v32' || (family === 'glm_moe_dsa' && (config['indexer_types'] as string[])[l] === 'full')) {
         // the DSA indexer (not run: copied through); index_head_dim 8, index_n_heads 2, q_lora_rank 16
         linear(`${p}self_attn.indexer.wq_b.weight`, 2 * 8, 16);
         linear(`${p}self_attn.indexer.wk.weight`, 8, H);
@@ -589,7 +630,14 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
         // hunyuan's router is a float32 nn.Linear `wg` inside mlp.gate
         if (family === 'hunyuan_v1_moe') put(`${p}mlp.gate.wg.weight`, [E, H], randn(E * H, 0.5), 'F32');
         else put(`${p}mlp.gate.weight`, [E, H], randn(E * H, 0.5));
-        if (family === 'deepseek_v3' || family === 'glm4_moe' || family === 'glm4_moe_lite' || family === 'dots1' || family === 'deepseek_v32')
+        if (
+          family === 'deepseek_v3' ||
+          family === 'glm4_moe' ||
+          family === 'glm4_moe_lite' ||
+          family === 'dots1' ||
+          family === 'deepseek_v32' ||
+          family === 'glm_moe_dsa'
+        )
           put(`${p}mlp.gate.e_score_correction_bias`, [E], randn(E, 0.1), 'F32');
         if (family === 'ernie4_5_moe') put(`${p}mlp.moe_statics.e_score_correction_bias`, [1, E], randn(E, 0.1), 'F32');
         if (opts.fusedExperts) fusedV5();
@@ -623,6 +671,7 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
           family === 'glm4_moe' ||
           family === 'glm4_moe_lite' ||
           family === 'deepseek_v32' ||
+          family === 'glm_moe_dsa' ||
           family === 'dots1' ||
           family === 'mistral4'
         ) {

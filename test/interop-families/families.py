@@ -55,6 +55,16 @@ TINY = {
         num_experts_per_tok=2, first_k_dense_replace=1, index_topk=64, index_head_dim=16, index_n_heads=2,
         max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=0, eos_token_id=1,
     ),
+    # GLM-5: deepseek_v32's MLA, routing and indexer, the indexer only on "full" layers (layer 1 reuses layer 0's
+    # top-k and stores none); index_topk 64 covers the windows, so attention is exactly dense
+    "glm_moe_dsa": dict(
+        vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=8, routed_scaling_factor=2.5,
+        kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, v_head_dim=16, qk_nope_head_dim=16, n_group=2, topk_group=1,
+        num_experts_per_tok=2, first_k_dense_replace=1, index_topk=64, index_head_dim=16, index_n_heads=2,
+        indexer_types=["full", "shared", "full"], max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=0,
+        eos_token_id=1,
+    ),
     # Hunyuan-A13B's shape: every layer MoE, a shared MLP at intermediate_size, q/k norm after RoPE, and the
     # DynamicNTKAlpha RoPE base (rope_type dynamic with alpha)
     "hunyuan_v1_moe": dict(

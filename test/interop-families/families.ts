@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-export const NEW_FAMILIES = ['glm4_moe_lite', 'dots1', 'hunyuan_v1_moe', 'mistral4', 'deepseek_v32'] as const;
+export const NEW_FAMILIES = ['glm4_moe_lite', 'dots1', 'hunyuan_v1_moe', 'mistral4', 'deepseek_v32', 'glm_moe_dsa'] as const;
 export const TOLERANCE = 2e-3;
 
 const SEQ = 63;

@@ -7,8 +7,9 @@
  *   (`--method frequency`) for the decoder MoE layer and for the MTP layer equal those of transformers'
  *   DeepseekV3ForCausalLM and MtpModel on the same windows (so moe feeds the MTP layer what transformers feeds it:
  *   eh_proj of enorm(embedding of token t+1) and hnorm(last hidden state at t));
- * - the pruned checkpoint loads in MtpModel.from_pretrained (it raises on a missing MTP weight) with the MTP
- *   layer's router at the pruned count and its correction bias sliced to the kept experts.
+ * - the pruned and the merged checkpoints load in MtpModel.from_pretrained (it raises on a missing MTP weight) with
+ *   the MTP layer's router at the edited count and its correction bias sliced to the kept experts (prune) or the
+ *   groups' anchors (merge --router anchor); decompose --materialize's output loads with all 8 experts.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -42,8 +43,14 @@ try {
   const out = join(root, 'pruned');
   moe(['prune', '--model', dir, '--out', out, '--keep', '4', '--method', 'frequency', '--calib-ids', ids, '--seq-len', String(SEQ), '--quiet']);
   const report = JSON.parse(readFileSync(join(out, 'moe-prune-report.json'), 'utf8'));
+  // merge keeps the MTP layer too (merged to the same count on its own inputs); decompose --materialize copies it
+  const merged = join(root, 'merged');
+  moe(['merge', '--model', dir, '--out', merged, '--groups', '4', '--router', 'anchor', '--calib-ids', ids, '--seq-len', String(SEQ), '--quiet']);
+  const mergeReport = JSON.parse(readFileSync(join(merged, 'moe-merge-report.json'), 'utf8'));
+  const decomposed = join(root, 'decomposed');
+  moe(['decompose', '--model', dir, '--out', decomposed, '--ratio', '0.5', '--mode', 'svd', '--materialize', '--quiet']);
   const spec = join(root, 'spec.json');
-  writeFileSync(spec, JSON.stringify({ models: [dir, out], windows: set.windows.map((w) => Array.from(w)) }));
+  writeFileSync(spec, JSON.stringify({ models: [dir, out, merged, decomposed], windows: set.windows.map((w) => Array.from(w)) }));
   const py = spawnSync(python, ['test/interop-families/mtp_check.py', spec], { encoding: 'utf8', maxBuffer: 64 << 20 });
   if (py.status !== 0) throw new Error(`mtp_check.py: exit ${py.status}\n${py.stderr}`);
   const ref = JSON.parse(py.stdout);
@@ -61,6 +68,16 @@ try {
   const kept = report.layers.find((l: { layer: number }) => l.layer === 2).kept as number[];
   const cb0 = ref[dir].mtp_correction_bias[0] as number[];
   check("pruned MTP correction bias = the kept experts' biases", JSON.stringify(p.mtp_correction_bias[0]) === JSON.stringify(kept.map((j) => cb0[j])));
+  const m = ref[merged];
+  const anchors = (mergeReport.layers.find((l: { layer: number }) => l.layer === 2).groups as { anchor: number }[]).map((g) => g.anchor);
+  check('merged checkpoint: MtpModel loads 1 MTP layer', m.mtp_layers === 1);
+  check('merged MTP router is [4, H]', JSON.stringify(m.mtp_router_rows) === JSON.stringify([[4, 32]]), JSON.stringify(m.mtp_router_rows));
+  check("merged MTP correction bias = the groups' anchors' biases", JSON.stringify(m.mtp_correction_bias[0]) === JSON.stringify(anchors.map((j) => cb0[j])));
+  const d = ref[decomposed];
+  check(
+    'decomposed (--materialize) checkpoint: MtpModel loads 1 MTP layer with its 8 experts',
+    d.mtp_layers === 1 && JSON.stringify(d.mtp_router_rows) === JSON.stringify([[8, 32]]),
+  );
   for (const family of NEW_FAMILIES) {
     for (const row of checkFamily(python, family, root))
       check(

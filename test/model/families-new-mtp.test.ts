@@ -190,28 +190,81 @@ describe('MTP layers through quantize and merge', () => {
     await od.close();
   });
 
-  it('merge refuses before any work without --drop-mtp, and with it drops the layer and says so', async () => {
-    const r = await runMoe(['merge', '--model', dir, '--out', join(root, 'm'), '--groups', '4', '--calib-ids', ids, '--seq-len', String(SEQ), '--quiet']);
-    expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/^moe: this checkpoint has multi-token-prediction layer\(s\) 2, which moe merge does not merge yet: give --drop-mtp/);
-    const d = await runMoe([
+  it('merge --calib: the MTP layer is merged to the same count on its own inputs, tensor by tensor; --plan reproduces it', async () => {
+    const out = join(root, 'm');
+    const plan = join(root, 'm-plan.json');
+    // anchor rows and no alignment: each merged expert is the weighted average of its members as stored
+    const args = ['--groups', '4', '--align', 'none', '--router', 'anchor', '--quiet'];
+    const r = await runMoe([
       'merge',
       '--model',
       dir,
       '--out',
-      join(root, 'm'),
-      '--groups',
-      '4',
+      out,
+      ...args,
+      '--drop',
+      'never',
       '--calib-ids',
       ids,
       '--seq-len',
       String(SEQ),
-      '--drop-mtp',
-      '--quiet',
+      '--save-plan',
+      plan,
     ]);
+    expect([r.code, r.stderr]).toEqual([0, '']);
+    const rep = JSON.parse(await readFile(join(out, 'moe-merge-report.json'), 'utf8'));
+    expect(rep.mtp).toEqual({ kept: [2], dropped: [] });
+    expect(rep.layers.map((l: { layer: number }) => l.layer)).toEqual([1, 2]);
+    const cfg = JSON.parse(await readFile(join(out, 'config.json'), 'utf8'));
+    expect([cfg.n_routed_experts, cfg.num_nextn_predict_layers]).toEqual([4, 1]);
+    const groups = rep.layers.find((l: { layer: number }) => l.layer === 2).groups as { anchor: number; members: number[]; weights: number[] }[];
+    expect(groups.flatMap((g) => g.members).sort((x, y) => x - y)).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+    const a = await openModel(dir);
+    const o = await openModel(out);
+    try {
+      expect(o.view.mtp?.length).toBe(1);
+      const H = a.view.dims.hidden;
+      const rw = await a.ckpt.readF32(block(a).router.weight);
+      const cb = await a.ckpt.readF32(block(a).router.correctionBias!);
+      expect(o.ckpt.shape(block(o).router.weight)).toEqual([4, H]);
+      expect(Array.from(await o.ckpt.readF32(block(o).router.weight))).toEqual(
+        groups.flatMap((g) => Array.from(rw.subarray(g.anchor * H, (g.anchor + 1) * H))),
+      );
+      expect(Array.from(await o.ckpt.readF32(block(o).router.correctionBias!))).toEqual(groups.map((g) => cb[g.anchor]!));
+      for (const [i, g] of groups.entries())
+        for (const p of ['gate', 'up', 'down'] as const) {
+          const got = (await loadLinear(o.ckpt, block(o).experts[i]![p])).w;
+          const parts = await Promise.all(g.members.map(async (j) => (await loadLinear(a.ckpt, block(a).experts[j]![p])).w));
+          const want = Float64Array.from(got, (_, k) => g.weights.reduce((acc, w, m) => acc + w * parts[m]![k]!, 0));
+          const worst = got.reduce((acc, v, k) => Math.max(acc, Math.abs(v - want[k]!)), 0);
+          expect(worst).toBeLessThan(1e-6);
+        }
+      for (const n of ['eh_proj.weight', 'enorm.weight', 'hnorm.weight', 'shared_head.norm.weight', 'self_attn.kv_b_proj.weight'])
+        expect(Array.from(await o.ckpt.readF32(`model.layers.2.${n}`))).toEqual(Array.from(await a.ckpt.readF32(`model.layers.2.${n}`)));
+    } finally {
+      await a.ckpt.close();
+      await o.ckpt.close();
+    }
+    // the saved plan holds the MTP layer: applied without calibration, the same bytes
+    const again = join(root, 'm-again');
+    const p = await runMoe(['merge', '--model', dir, '--out', again, ...args, '--plan', plan]);
+    expect([p.code, p.stderr]).toEqual([0, '']);
+    for (const f of ['model.safetensors', 'config.json']) expect((await readFile(join(again, f))).equals(await readFile(join(out, f)))).toBe(true);
+  });
+
+  it('merge: saved statistics without the MTP layer are refused in one line; --drop-mtp drops the layer and says so', async () => {
+    const stats = join(root, 'stats-merge');
+    const c = await runMoe(['calibrate', '--model', dir, '--data-ids', ids, '--seq-len', String(SEQ), '--out', stats]);
+    expect(c.code).toBe(0);
+    const r = await runMoe(['merge', '--model', dir, '--out', join(root, 'ms'), '--groups', '4', '--stats', stats, '--quiet']);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/^moe: the statistics have no multi-token-prediction layer 2 .*give --calib FILE, or --drop-mtp\n$/);
+    const d = await runMoe(['merge', '--model', dir, '--out', join(root, 'md'), '--groups', '4', '--stats', stats, '--drop-mtp', '--quiet']);
     expect([d.code, d.stderr]).toEqual([0, '']);
-    const cfg = JSON.parse(await readFile(join(root, 'm', 'config.json'), 'utf8'));
+    const cfg = JSON.parse(await readFile(join(root, 'md', 'config.json'), 'utf8'));
     expect([cfg.n_routed_experts, cfg.num_nextn_predict_layers]).toEqual([4, 0]);
-    expect(JSON.parse(await readFile(join(root, 'm', 'moe-merge-report.json'), 'utf8')).mtp).toEqual({ kept: [], dropped: [2] });
+    const rep = JSON.parse(await readFile(join(root, 'md', 'moe-merge-report.json'), 'utf8'));
+    expect(rep.mtp).toEqual({ kept: [], dropped: [2] });
+    expect(rep.layers.map((l: { layer: number }) => l.layer)).toEqual([1]);
   });
 });

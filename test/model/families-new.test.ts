@@ -278,6 +278,42 @@ describe('mistral4 (Mistral-Small-4)', () => {
   });
 });
 
+describe('glm_moe_dsa (GLM-5, DSA indexer on the "full" layers)', () => {
+  it('reads as deepseek_v32; a "shared" layer has no indexer roles; the list is derived from index_topk_freq when absent', async () => {
+    const dir = join(root, 'glm5');
+    await makeTinyCheckpoint('glm_moe_dsa', dir, { experts: 8, config: { index_topk: 16 } });
+    const m = await openModel(dir);
+    try {
+      expect(m.view.family).toBe('glm_moe_dsa');
+      expect(m.view.moeLayers).toEqual([1, 2]);
+      expect(m.view.attention).toMatchObject({ kind: 'mla', denseKeysUpTo: 16 });
+      const indexer = (l: number) => Object.keys(m.view.layers[l]!.attention.tensors).filter((r) => r.startsWith('indexer_'));
+      expect([indexer(0).length, indexer(1).length, indexer(2).length]).toEqual([5, 0, 5]);
+    } finally {
+      await m.ckpt.close();
+    }
+    // GLM-5's config.json form: no indexer_types but a schedule (freq 2 from offset 2: layers 0, 1, 3 full)
+    const cfgPath = join(dir, 'config.json');
+    const cfg = JSON.parse(await readFile(cfgPath, 'utf8'));
+    const sched = join(root, 'glm5-sched');
+    await makeTinyCheckpoint('glm_moe_dsa', sched, { experts: 8, layers: 4, config: { indexer_types: ['full', 'full', 'shared', 'full'] } });
+    const sc = JSON.parse(await readFile(join(sched, 'config.json'), 'utf8'));
+    delete sc.indexer_types;
+    await writeFile(join(sched, 'config.json'), JSON.stringify({ ...sc, index_topk_freq: 2, index_skip_topk_offset: 2 }));
+    const s = await openModel(sched);
+    try {
+      expect(s.view.layers.map((l) => Object.keys(l.attention.tensors).some((r) => r.startsWith('indexer_')))).toEqual([true, true, false, true]);
+    } finally {
+      await s.ckpt.close();
+    }
+    // an indexer list of the wrong length is refused in one line
+    await writeFile(cfgPath, JSON.stringify({ ...cfg, indexer_types: ['full', 'shared'] }));
+    const r = await runMoe(['inspect', '--model', dir]);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/^moe: .*indexer_types \(or index_topk_pattern\) must give "full" or "shared" for each of the 3 layers/);
+  });
+});
+
 describe('deepseek_v32 (DeepSeek-V3.2, DSA indexer)', () => {
   it('reads as glm4_moe_lite plus the indexer: windows up to index_topk run dense, longer ones are refused in one line', async () => {
     const dir = join(root, 'v32');

@@ -36,6 +36,7 @@ const DENSE: Record<Family, number[]> = {
   hunyuan_v1_moe: [],
   mistral4: [0],
   deepseek_v32: [0],
+  glm_moe_dsa: [0],
 };
 
 async function expectMoeError(p: Promise<unknown>, code: string, msg: RegExp): Promise<void> {
