@@ -63,6 +63,11 @@ const SparseLayers = z.discriminatedUnion('kind', [
    * config has none, the first `denseFirstDefault` layers are dense and the rest MoE (the configuration's default)
    */
   z.object({ kind: z.literal('types'), typesKey: z.string(), sparse: z.string(), dense: z.string(), denseFirstDefault: z.number().int().min(0) }).strict(),
+  /**
+   * llama4_text: the list of MoE layer indices (`moe_layers`) when the config has one, else every layer l with
+   * (l+1) % step == 0 (range(step - 1, layers, step), the configuration's default from interleave_moe_layer_step)
+   */
+  z.object({ kind: z.literal('list'), listKey: z.string(), stepKey: z.string() }).strict(),
   /** ernie: MoE iff (l+1) % interval == 0 and start <= l <= end (end -1 = last layer) */
   z
     .object({
@@ -126,6 +131,8 @@ export const ArchitectureSchema = z
           .strict()
           .optional(),
         sparsemixer: z.object({ jitterKey: z.string(), default: z.number() }).strict().optional(),
+        /** llama4: each routed expert's weight multiplies the expert's input, and its output is added unweighted */
+        weightsInput: z.boolean().optional(),
       })
       .strict(),
     attention: z
@@ -137,10 +144,39 @@ export const ArchitectureSchema = z
         clipQkvKey: z.string().optional(),
         /** config key of the q·k multiplier replacing 1/sqrt(head_dim) (granite attention_multiplier) */
         softmaxScaleKey: z.string().optional(),
+        /** qwen3_next: q_proj yields each head's query and an output gate ([q | gate] per head); the attention
+         *  output is multiplied by sigmoid(gate) before o_proj */
+        outputGate: z.boolean().optional(),
       })
       .strict(),
+    /**
+     * Gated DeltaNet linear-attention layers (qwen3_next, qwen3_5_moe): which layers they are (config[typesKey][l] =
+     * linearType, else every layer l with (l+1) % config[intervalKey] != 0) and their tensors (role -> template
+     * under layerPrefix). layout 'qkvz': in_proj_qkvz / in_proj_ba grouped by key head (qwen3_next); 'split':
+     * in_proj_qkv, in_proj_z, in_proj_b, in_proj_a (qwen3_5_moe)
+     */
+    linearAttention: z
+      .object({
+        layout: z.enum(['qkvz', 'split']),
+        typesKey: z.string(),
+        linearType: z.string(),
+        fullType: z.string(),
+        intervalKey: z.string(),
+        intervalDefault: z.number().int().positive(),
+        tensors: z.record(z.string(), z.string()),
+      })
+      .strict()
+      .optional(),
     rope: z.object({ style: z.enum(['half', 'interleaved']) }).strict(),
-    norm: z.object({ kind: z.enum(['rms', 'layer']), epsKey: z.string(), epsDefault: z.number().optional() }).strict(),
+    norm: z
+      .object({
+        kind: z.enum(['rms', 'layer']),
+        epsKey: z.string(),
+        epsDefault: z.number().optional(),
+        /** zero-centred norm weights: the scale is 1 + weight (qwen3_next's RMSNorm), q/k norms included */
+        unitOffset: z.boolean().optional(),
+      })
+      .strict(),
     forward: z
       .object({
         activation: z.enum(['silu', 'clamped-swiglu']),

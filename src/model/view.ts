@@ -9,6 +9,8 @@ import { ConfigReader } from './config.js';
 import { FAMILY_HOOKS } from './families.js';
 import { formatOf, linearPresent } from './load.js';
 import { mtpLayerCount, mtpView } from './mtp.js';
+import { containedArchitecture, containerOf, textConfigOf } from './container.js';
+import { stockClasses } from './lowrank.js';
 import { getArchitecture } from './registry.js';
 import type { Architecture, TensorTemplate } from './schema.js';
 import type { AttentionSpec, DenseBlock, LayerView, LinearRef, ModelDims, ModelView, MoeBlock, NormRef, RopeSpec, RoutingRule, SwiGLURefs } from './types.js';
@@ -44,6 +46,17 @@ function moeLayerIndices(arch: Architecture, cfg: ConfigReader, layers: number):
     });
     return out;
   }
+  if (rule.kind === 'list') {
+    const list = cfg.raw(rule.listKey);
+    if (list !== undefined && list !== null) {
+      const ids = cfg.intList(rule.listKey);
+      if (ids.some((l) => l >= layers)) fail('InvalidConfig', `${cfg.where}: '${rule.listKey}' names a layer beyond num_hidden_layers=${layers}`);
+      return [...new Set(ids)].sort((a, b) => a - b);
+    }
+    const step = cfg.int(rule.stepKey, 1);
+    for (let l = step - 1; l < layers; l += step) out.push(l);
+    return out;
+  }
   for (let l = 0; l < layers; l++) {
     if (rule.kind === 'all') out.push(l);
     else if (rule.kind === 'step') {
@@ -62,6 +75,31 @@ function moeLayerIndices(arch: Architecture, cfg: ConfigReader, layers: number):
     }
   }
   return out;
+}
+
+/** The Gated DeltaNet (linear-attention) layers of a hybrid family, from its layer types or their interval. */
+function linearAttentionLayers(arch: Architecture, cfg: ConfigReader, layers: number): Set<number> {
+  const la = arch.linearAttention;
+  const out = new Set<number>();
+  if (!la) return out;
+  const types = cfg.raw(la.typesKey);
+  if (types !== undefined && types !== null) {
+    if (!Array.isArray(types) || types.length !== layers || types.some((t) => t !== la.linearType && t !== la.fullType))
+      fail('InvalidConfig', `${cfg.where}: '${la.typesKey}' must list ${layers} entries, each "${la.linearType}" or "${la.fullType}"`);
+    types.forEach((t, l) => {
+      if (t === la.linearType) out.add(l);
+    });
+    return out;
+  }
+  // the configuration's default (configuration_qwen3_next.py): full attention every `interval` layers
+  const interval = cfg.int(la.intervalKey, la.intervalDefault);
+  for (let l = 0; l < layers; l++) if ((l + 1) % interval !== 0) out.add(l);
+  return out;
+}
+
+/** Attention roles that are linear weights (stored in any linear format): q_proj ... kv_a_proj_with_mqa, DeltaNet in_proj_*. */
+export function isAttentionLinearRole(role: string): boolean {
+  return /(^|_)proj(_with_mqa)?$/.test(role) || role.startsWith('in_proj_');
 }
 
 function routingRule(arch: Architecture, cfg: ConfigReader, numExperts: number, topK: number): RoutingRule {
@@ -90,6 +128,7 @@ function routingRule(arch: Architecture, cfg: ConfigReader, numExperts: number, 
       rule.groups = { nGroup, topkGroup, groupScore: g.groupScore };
     }
   }
+  if (r.weightsInput) rule.weightsInput = true;
   if (r.sparsemixer) rule.sparsemixer = { jitterEps: cfg.num(r.sparsemixer.jitterKey, r.sparsemixer.default) };
   return rule;
 }
@@ -103,11 +142,23 @@ function resolveTensor(t: TensorTemplate | undefined, cfg: ConfigReader): string
   return t.name;
 }
 
-export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): ModelView {
+export function buildView(ckpt: Checkpoint, topConfig: HFConfig = ckpt.config): ModelView {
   const where = `${ckpt.dir}/config.json`;
-  const arch = getArchitecture(config.model_type, where, config.architectures);
+  // a multimodal container (src/model/container.ts): the language model's family, config and tensor names inside it
+  const container = containerOf(topConfig);
+  if (container && Array.isArray(topConfig.architectures)) {
+    const given = (stockClasses(topConfig.architectures) as unknown[]).map(String);
+    if (!given.some((c) => container.architectures.includes(c)))
+      fail(
+        'UnsupportedArchitecture',
+        `${where}: model_type '${container.model_type}' is read only as ${container.architectures.join(' or ')} (this config: ${given.join(', ') || 'none'})`,
+      );
+  }
+  const config = container ? textConfigOf(container, topConfig, where) : topConfig;
+  const textArch = getArchitecture(config.model_type, where, container ? undefined : config.architectures);
+  const arch = container ? containedArchitecture(textArch, container) : textArch;
   const family = arch.model_type;
-  const cfg = new ConfigReader(config, `${where} (${family})`);
+  const cfg = new ConfigReader(config, container ? `${where} (${family} in ${container.model_type}.${container.textConfigKey})` : `${where} (${family})`);
   const c = arch.config;
   const t = arch.tensors;
 
@@ -173,7 +224,14 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
   else if (String(ropeParams.rope_type ?? ropeParams.type ?? 'default') !== 'default') rope.scaling = ropeParams;
 
   const eps = cfg.num(arch.norm.epsKey, arch.norm.epsDefault);
-  const norm = (weight: string, bias?: string): NormRef => ({ weight, ...(bias ? { bias } : {}), kind: arch.norm.kind, eps });
+  const unitOffset = arch.norm.unitOffset === true;
+  const norm = (weight: string, bias?: string): NormRef => ({
+    weight,
+    ...(bias ? { bias } : {}),
+    kind: arch.norm.kind,
+    eps,
+    ...(unitOffset ? { unitOffset } : {}),
+  });
 
   const swiglu = (tpl: { gate: string; up: string; down: string }, prefix: string, inter: number, expert?: number): SwiGLURefs => ({
     gate: { tensor: prefix + fillTemplate(tpl.gate, undefined, expert), outFeatures: inter, inFeatures: hidden },
@@ -208,16 +266,20 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
     }
   }
   const layerViews: LayerView[] = [];
+  const linearLayers = linearAttentionLayers(arch, cfg, layers);
   // multi-token-prediction layers (src/model/mtp.ts) follow the decoder layers and always have the MoE block
   const mtpCount = mtpLayerCount(family, config, ckpt, layers, fillTemplate(t.layerPrefix, layers));
   const mtpViews: LayerView[] = [];
   for (let l = 0; l < layers + mtpCount; l++) {
     const prefix = fillTemplate(t.layerPrefix, l);
     const tensors: Record<string, string> = {};
-    for (const [role, tpl] of Object.entries(t.attention)) {
-      const name = resolveTensor(tpl, cfg);
-      if (name) tensors[role] = prefix + name;
-    }
+    const deltanet = linearLayers.has(l);
+    if (deltanet) for (const [role, tpl] of Object.entries(arch.linearAttention!.tensors)) tensors[role] = prefix + tpl;
+    else
+      for (const [role, tpl] of Object.entries(t.attention)) {
+        const name = resolveTensor(tpl, cfg);
+        if (name) tensors[role] = prefix + name;
+      }
     let block: MoeBlock | DenseBlock;
     if (isMoe.has(l) || l >= layers) {
       const router: MoeBlock['router'] = { weight: prefix + routerT.weight };
@@ -265,12 +327,13 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
       prefix,
       inputNorm: norm(prefix + t.inputNorm, t.inputNormBias && prefix + t.inputNormBias),
       postAttnNorm: norm(prefix + t.postAttnNorm, t.postAttnNormBias && prefix + t.postAttnNormBias),
-      attention: { kind: arch.attention.kind, tensors },
+      attention: { kind: deltanet ? 'deltanet' : arch.attention.kind, tensors },
       block,
     });
   }
 
-  const roles = layerViews[0]?.attention.tensors ?? {};
+  // the family's own attention (a hybrid's first layers may be linear attention)
+  const roles = layerViews.find((l) => l.attention.kind === arch.attention.kind)?.attention.tensors ?? {};
   const attention: AttentionSpec = {
     kind: arch.attention.kind,
     qkvBias: 'q_bias' in roles,
@@ -283,6 +346,21 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
     if (arch.attention.qkNormAfterRope) attention.qkNormAfterRope = true;
   }
   if (arch.attention.clipQkvKey && cfg.has(arch.attention.clipQkvKey)) attention.clipQkv = cfg.num(arch.attention.clipQkvKey);
+  if (arch.attention.outputGate) attention.outputGate = true;
+  if (arch.linearAttention) {
+    const dn = {
+      layout: arch.linearAttention.layout,
+      numKHeads: cfg.int('linear_num_key_heads'),
+      numVHeads: cfg.int('linear_num_value_heads'),
+      headK: cfg.int('linear_key_head_dim'),
+      headV: cfg.int('linear_value_head_dim'),
+      convKernel: cfg.int('linear_conv_kernel_dim', 4),
+      eps,
+    };
+    if (dn.numVHeads % dn.numKHeads !== 0)
+      fail('InvalidConfig', `${cfg.where}: linear_num_value_heads=${dn.numVHeads} is not a multiple of linear_num_key_heads=${dn.numKHeads}`);
+    attention.deltanet = dn;
+  }
 
   const f = arch.forward;
   const view: ModelView = {
@@ -306,6 +384,7 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
       activation: f.activation === 'silu' ? { kind: 'silu' } : { kind: 'clamped-swiglu', limit: 7, alpha: 1.702 },
     },
   };
+  if (container) view.container = container;
   if (!dims.tieEmbeddings) view.lmHead = t.lmHead;
   if (mtpViews.length) view.mtp = mtpViews.map((layer) => mtpView(layer, eps));
   const lmBias = resolveTensor(t.lmHeadBias, cfg);
@@ -342,7 +421,7 @@ export function viewTensors(view: ModelView): { name: string; linear?: LinearRef
     plain(l.inputNorm.weight);
     plain(l.inputNorm.bias);
     for (const [role, n] of Object.entries(l.attention.tensors)) {
-      if (role.endsWith('_proj') || role === 'kv_a_proj_with_mqa') out.push({ name: n, linear: { tensor: n, outFeatures: 0, inFeatures: 0 } });
+      if (isAttentionLinearRole(role)) out.push({ name: n, linear: { tensor: n, outFeatures: 0, inFeatures: 0 } });
       else plain(n);
     }
     plain(l.postAttnNorm.weight);

@@ -10,6 +10,7 @@ import type { Checkpoint } from '../io/checkpoint.js';
 import { DTYPE_BYTES } from '../io/dtype.js';
 import { linearTensors } from '../model/load.js';
 import type { LinearRef, ModelView, SwiGLURefs } from '../model/types.js';
+import { isAttentionLinearRole } from '../model/view.js';
 import { gptqBytes } from '../../kernels/quant/pack.js';
 import { QUANT_BITS, type QuantBits, type QuantSpec } from '../../kernels/quant/types.js';
 import { ctBytes } from './ct.js';
@@ -118,8 +119,6 @@ export interface PlanOptions {
   ignores: RegExp[];
 }
 
-const ATTN_LINEAR = /(^|_)proj(_with_mqa)?$/;
-
 /** All linears of the model that the GPTQ format can address, with their class. */
 export function collectLinears(view: ModelView, ckpt: Checkpoint): { ref: LinearRef; cls: LinearClass; layer: number; expert?: number; proj?: Proj }[] {
   const out: { ref: LinearRef; cls: LinearClass; layer: number; expert?: number; proj?: Proj }[] = [];
@@ -128,7 +127,7 @@ export function collectLinears(view: ModelView, ckpt: Checkpoint): { ref: Linear
   };
   for (const layer of view.layers) {
     for (const [role, name] of Object.entries(layer.attention.tensors)) {
-      if (!ATTN_LINEAR.test(role) || !ckpt.has(name)) continue;
+      if (!isAttentionLinearRole(role) || !ckpt.has(name)) continue;
       const sh = ckpt.shape(name);
       if (sh.length !== 2) continue;
       out.push({ ref: { tensor: name, outFeatures: sh[0]!, inFeatures: sh[1]! }, cls: 'attention', layer: layer.index });

@@ -14,6 +14,7 @@ import type { LayerView, LinearRef, NormRef } from '../model/types.js';
 import { fail } from '../errors.js';
 import type { Linear, MoeLayerEdit, StreamModel, MoeLayerInput, Routing, StreamHooks, StreamOptions, StreamResult, SwiGLUWeights } from './api.js';
 import { attention, type AttentionShape, type AttentionWeights } from './attention.js';
+import { deltanet, type DeltaNetWeights } from './deltanet.js';
 import { scoreHeads } from './head.js';
 import { moeBlock, type ExpertRunner } from './moe.js';
 import { getPool } from './pool.js';
@@ -67,13 +68,55 @@ export async function embedTokens(model: Model, windows: readonly Int32Array[]):
 
 async function norm(model: Model, ref: NormRef): Promise<NormWeights> {
   const w = await loadNorm(model.ckpt, ref);
-  return { kind: ref.kind, weight: w.weight, ...(w.bias ? { bias: w.bias } : {}), eps: ref.eps };
+  return { kind: ref.kind, weight: ref.unitOffset ? plusOne(w.weight) : w.weight, ...(w.bias ? { bias: w.bias } : {}), eps: ref.eps };
+}
+
+/** a zero-centred norm weight's scale, 1 + w (qwen3_next's RMSNorm) */
+function plusOne(w: Float32Array): Float32Array {
+  return w.map((x) => 1 + x);
 }
 
 function ref(model: Model, tensor: string, outF: number, inF: number): LinearRef {
   // attention biases sit beside their weights (q_proj.bias); the view's roles name them as q_bias etc.
   const bias = tensor.endsWith('.weight') ? tensor.slice(0, -'.weight'.length) + '.bias' : undefined;
   return { tensor, outFeatures: outF, inFeatures: inF, ...(bias && model.ckpt.has(bias) ? { bias } : {}) };
+}
+
+async function deltanetWeights(model: Model, layer: LayerView): Promise<DeltaNetWeights> {
+  const v = model.view;
+  const dn = v.attention.deltanet;
+  const t = layer.attention.tensors;
+  if (!dn) fail('InvalidConfig', `${model.dir}: layer ${layer.index} is a linear-attention layer but ${v.family} has no Gated DeltaNet dimensions`);
+  const H = v.dims.hidden;
+  const need = (role: string): string => {
+    const n = t[role];
+    if (!n) fail('InvalidConfig', `${model.dir}: layer ${layer.index} linear attention has no '${role}' tensor`);
+    return n;
+  };
+  const Kd = dn.numKHeads * dn.headK;
+  const Vd = dn.numVHeads * dn.headV;
+  const C = 2 * Kd + Vd;
+  const host = (role: string, o: number) => loadLinear(model.ckpt, ref(model, need(role), o, H));
+  const vec = async (role: string, n: number): Promise<Float32Array> => {
+    const x = await model.ckpt.readF32(need(role));
+    if (x.length !== n) fail('InvalidShape', `${model.dir}: '${need(role)}' holds ${x.length} values, ${n} expected`);
+    return x;
+  };
+  const qkvz = dn.layout === 'qkvz' ? await host('in_proj_qkvz', C + Vd) : stackRows([await host('in_proj_qkv', C), await host('in_proj_z', Vd)]);
+  const ba =
+    dn.layout === 'qkvz'
+      ? await host('in_proj_ba', 2 * dn.numVHeads)
+      : stackRows([await host('in_proj_b', dn.numVHeads), await host('in_proj_a', dn.numVHeads)]);
+  return {
+    kind: 'deltanet',
+    qkvz: upload(qkvz),
+    ba: upload(ba),
+    conv: await vec('conv1d', C * dn.convKernel),
+    dtBias: await vec('dt_bias', dn.numVHeads),
+    aLog: await vec('A_log', dn.numVHeads),
+    norm: await vec('norm', dn.headV),
+    out: upload(await loadLinear(model.ckpt, ref(model, need('out_proj'), H, Vd))),
+  };
 }
 
 async function attentionWeights(model: Model, layer: LayerView): Promise<AttentionWeights> {
@@ -110,13 +153,25 @@ async function attentionWeights(model: Model, layer: LayerView): Promise<Attenti
   const host = async (role: string, o: number, i: number) => loadLinear(model.ckpt, ref(model, need(role), o, i));
   const w: AttentionWeights = {
     kind: 'gqa',
-    qkv: upload(stackRows([await host('q_proj', heads * d, H), await host('k_proj', kvHeads * d, H), await host('v_proj', kvHeads * d, H)])),
+    // with an output gate, q_proj holds [query | gate] per head (qwen3_next)
+    qkv: upload(
+      stackRows([
+        await host('q_proj', heads * d * (v.attention.outputGate ? 2 : 1), H),
+        await host('k_proj', kvHeads * d, H),
+        await host('v_proj', kvHeads * d, H),
+      ]),
+    ),
     o: await lin('o_proj', H, heads * d),
   };
   if (v.attention.qkNorm) {
     const eps = rmsEps(layer.inputNorm);
-    w.qNorm = { kind: 'rms', weight: await model.ckpt.readF32(need('q_norm')), eps };
-    w.kNorm = { kind: 'rms', weight: await model.ckpt.readF32(need('k_norm')), eps };
+    // zero-centred like the layer norms where the family's are (qwen3_next)
+    const qk = async (role: string) => {
+      const x = await model.ckpt.readF32(need(role));
+      return layer.inputNorm.unitOffset ? plusOne(x) : x;
+    };
+    w.qNorm = { kind: 'rms', weight: await qk('q_norm'), eps };
+    w.kNorm = { kind: 'rms', weight: await qk('k_norm'), eps };
   }
   if (v.attention.sinks) w.sinks = await model.ckpt.readF32(need('sinks'));
   return w;
@@ -138,7 +193,7 @@ function stackRows(ls: Linear[]): Linear {
   return { out, in: inF, w, ...(b ? { b } : {}) };
 }
 
-function disposeAttention(w: AttentionWeights): void {
+function disposeAttention(w: AttentionWeights | DeltaNetWeights): void {
   for (const x of Object.values(w)) if (x && typeof x === 'object' && 'dispose' in x) (x as { dispose(): void }).dispose();
 }
 
@@ -164,6 +219,13 @@ export async function streamModel(model: Model, windows: readonly Int32Array[], 
     fail(
       'Usage',
       `${v.family}'s sparse attention indexer keeps ${dense} keys per query (index_topk): windows of ${S} positions would need the indexer, which moe does not run; use --seq-len ${dense} at most (${dense - 1} where a BOS token is put in front)`,
+    );
+  // a hook that recomputes experts on the block input (GPTQ, merging, reconstruction, whitening) would see x where
+  // llama4's experts see w * x: refused rather than computed on the wrong inputs
+  if (v.routing.weightsInput && hooks.onMoeLayer && !hooks.routerOnly)
+    fail(
+      'UnsupportedArchitecture',
+      `${v.family} scales each routed expert's input by its router weight; this command recomputes the experts on their inputs, which moe does not do for it yet (prune with a statistics method, merge --stats, decompose without --calib and quantize --method rtn do)`,
     );
   const N = windows.length;
   const T = N * S;
@@ -209,7 +271,7 @@ export async function streamModel(model: Model, windows: readonly Int32Array[], 
     // ---- attention
     const n1 = await norm(model, layer.inputNorm);
     const xa = applyNorm(h, H, n1);
-    const aw = await attentionWeights(model, layer);
+    const aw = layer.attention.kind === 'deltanet' ? await deltanetWeights(model, layer) : await attentionWeights(model, layer);
     const li = hooks.onLinearInput;
     if (li) li({ layer: layer.index, role: 'attention.in', x: xa, rows: T, cols: H, r0: 0 });
     const shape: AttentionShape = {
@@ -220,6 +282,8 @@ export async function streamModel(model: Model, windows: readonly Int32Array[], 
       ropeStyle: style,
       spec: v.attention,
       ...(layer.slidingWindow !== undefined ? { window: layer.slidingWindow } : {}),
+      ...(layer.attentionChunk !== undefined ? { chunk: layer.attentionChunk } : {}),
+      ...(layer.nope ? { nope: true } : {}),
       ...(li
         ? {
             onOInput: (a: Float32Array, rows: number, r0: number) =>
@@ -229,7 +293,7 @@ export async function streamModel(model: Model, windows: readonly Int32Array[], 
     };
     let a: Float32Array;
     try {
-      a = attention(xa, N, S, H, aw, shape);
+      a = aw.kind === 'deltanet' ? deltanet(xa, N, S, H, aw, v.attention.deltanet!, shape.onOInput) : attention(xa, N, S, H, aw, shape);
     } finally {
       disposeAttention(aw);
     }
@@ -314,6 +378,7 @@ export async function streamModel(model: Model, windows: readonly Int32Array[], 
               })
           : undefined,
         runner,
+        v.routing.weightsInput,
       );
       expertCalls += res.calls;
       expertSlots += T * routing.k;

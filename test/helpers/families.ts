@@ -31,6 +31,9 @@ export const FAMILIES = [
   'mistral4',
   'deepseek_v32',
   'glm_moe_dsa',
+  'qwen3_next',
+  'qwen3_5_moe_text',
+  'llama4_text',
 ] as const;
 export type Family = (typeof FAMILIES)[number];
 
@@ -184,6 +187,57 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
       };
       isMoe = (l) => !((config['mlp_only_layers'] as number[] | undefined) ?? []).includes(l);
       break;
+    case 'qwen3_next':
+      // transformers 5.18 configuration_qwen3_next.py: Gated DeltaNet layers (linear_attention) at even indices, gated
+      // full attention at odd ones, partial RoPE 0.25 in rope_parameters; qwen2_moe's MoE with its shared expert
+      config = {
+        ...base,
+        model_type: 'qwen3_next',
+        architectures: ['Qwen3NextForCausalLM'],
+        head_dim: hd,
+        intermediate_size: DI,
+        moe_intermediate_size: I,
+        shared_expert_intermediate_size: SI,
+        num_experts: E,
+        num_experts_per_tok: K,
+        decoder_sparse_step: 1,
+        mlp_only_layers: [0],
+        norm_topk_prob: true,
+        attention_bias: false,
+        layer_types: Array.from({ length: L }, (_, l) => (l % 2 === 1 ? 'full_attention' : 'linear_attention')),
+        linear_num_key_heads: 2,
+        linear_num_value_heads: 4,
+        linear_key_head_dim: 8,
+        linear_value_head_dim: 4,
+        linear_conv_kernel_dim: 4,
+        rope_parameters: { rope_type: 'default', rope_theta: 10000, partial_rotary_factor: 0.25 },
+      };
+      delete config['rope_theta'];
+      isMoe = (l) => !((config['mlp_only_layers'] as number[] | undefined) ?? []).includes(l);
+      break;
+    case 'qwen3_5_moe_text':
+      // transformers 5.18 configuration_qwen3_5_moe.py (Qwen3_5MoeTextConfig): qwen3_next's layers with separate
+      // DeltaNet projections; every layer MoE (no mlp_only_layers / decoder_sparse_step), top-k always renormalized
+      config = {
+        ...base,
+        model_type: 'qwen3_5_moe_text',
+        architectures: ['Qwen3_5MoeForCausalLM'],
+        head_dim: hd,
+        moe_intermediate_size: I,
+        shared_expert_intermediate_size: SI,
+        num_experts: E,
+        num_experts_per_tok: K,
+        attention_bias: false,
+        layer_types: Array.from({ length: L }, (_, l) => (l % 2 === 1 ? 'full_attention' : 'linear_attention')),
+        linear_num_key_heads: 2,
+        linear_num_value_heads: 4,
+        linear_key_head_dim: 8,
+        linear_value_head_dim: 4,
+        linear_conv_kernel_dim: 4,
+        rope_parameters: { rope_type: 'default', rope_theta: 10000, partial_rotary_factor: 0.25, mrope_section: [1, 0, 0], mrope_interleaved: true },
+      };
+      delete config['rope_theta'];
+      break;
     case 'olmoe':
       config = {
         ...base,
@@ -302,6 +356,34 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
         rope_parameters: { rope_type: 'dynamic', rope_theta: 10000, factor: 1, alpha: 1000 },
       };
       delete config['rope_theta'];
+      break;
+    case 'llama4_text':
+      // transformers 5.18 configuration_llama4.py Llama4TextConfig as save_pretrained writes it (moe_layers,
+      // no_rope_layers and layer_types expanded): MoE on odd layers (interleave_moe_layer_step 2), layer 2 NoPE, the
+      // RoPE layers chunked; shared expert at intermediate_size, dense layers at intermediate_size_mlp
+      config = {
+        ...base,
+        model_type: 'llama4_text',
+        architectures: ['Llama4ForCausalLM'],
+        head_dim: hd,
+        intermediate_size: I,
+        intermediate_size_mlp: DI,
+        num_local_experts: E,
+        num_experts_per_tok: K,
+        interleave_moe_layer_step: 2,
+        moe_layers: Array.from({ length: L }, (_, l) => l).filter((l) => l % 2 === 1),
+        no_rope_layers: Array.from({ length: L }, (_, l) => (l === 2 ? 0 : 1)),
+        layer_types: Array.from({ length: L }, (_, l) => (l === 2 ? 'full_attention' : 'chunked_attention')),
+        attention_chunk_size: 4,
+        use_qk_norm: true,
+        attn_temperature_tuning: true,
+        floor_scale: 2,
+        attn_scale: 0.1,
+        hidden_act: 'silu',
+        rope_parameters: { rope_type: 'llama3', rope_theta: 500000, factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 32 },
+      };
+      delete config['rope_theta'];
+      isMoe = (l) => l % 2 === 1;
       break;
     case 'glm4_moe_lite':
       // transformers 5.18 configuration_glm4_moe_lite.py: DeepSeek-V3 attention keys, MoE layers from mlp_layer_types
@@ -530,8 +612,28 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
       normW(`${p}self_attn.kv_a_layernorm.weight`, 16);
       linear(`${p}self_attn.kv_b_proj.weight`, heads * (8 + 8), 16);
       linear(`${p}self_attn.o_proj.weight`, H, heads * 8);
+    } else if ((family === 'qwen3_next' || family === 'qwen3_5_moe_text') && l % 2 === 0) {
+      // Gated DeltaNet: 2 key heads of 8, 4 value heads of 4, conv kernel 4 (modeling_qwen3_next.py); qwen3_5_moe
+      // stores the projections separately (in_proj_qkv, in_proj_z, in_proj_b, in_proj_a)
+      const Kd = 2 * 8,
+        Vd = 4 * 4;
+      if (family === 'qwen3_next') {
+        linear(`${p}linear_attn.in_proj_qkvz.weight`, 2 * Kd + 2 * Vd, H);
+        linear(`${p}linear_attn.in_proj_ba.weight`, 2 * 4, H);
+      } else {
+        linear(`${p}linear_attn.in_proj_qkv.weight`, 2 * Kd + Vd, H);
+        linear(`${p}linear_attn.in_proj_z.weight`, Vd, H);
+        linear(`${p}linear_attn.in_proj_b.weight`, 4, H);
+        linear(`${p}linear_attn.in_proj_a.weight`, 4, H);
+      }
+      put(`${p}linear_attn.conv1d.weight`, [2 * Kd + Vd, 1, 4], randn((2 * Kd + Vd) * 4, 0.4));
+      put(`${p}linear_attn.dt_bias`, [4], randn(4, 0.5, 1));
+      put(`${p}linear_attn.A_log`, [4], randn(4, 1));
+      normW(`${p}linear_attn.norm.weight`, 4);
+      linear(`${p}linear_attn.out_proj.weight`, H, Vd);
     } else {
-      linear(`${p}self_attn.q_proj.weight`, heads * hd, H);
+      // qwen3_next's q_proj also yields the output gate: [query | gate] per head
+      linear(`${p}self_attn.q_proj.weight`, heads * hd * (family === 'qwen3_next' || family === 'qwen3_5_moe_text' ? 2 : 1), H);
       linear(`${p}self_attn.k_proj.weight`, kv * hd, H);
       linear(`${p}self_attn.v_proj.weight`, kv * hd, H);
       linear(`${p}self_attn.o_proj.weight`, H, heads * hd);
@@ -541,7 +643,7 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
         vec(`${p}self_attn.v_proj.bias`, kv * hd);
       }
       if (family === 'gpt_oss' || family === 'phimoe') vec(`${p}self_attn.o_proj.bias`, H);
-      if (family === 'qwen3_moe' || family === 'glm4_moe' || family === 'dots1') {
+      if (family === 'qwen3_moe' || family === 'glm4_moe' || family === 'dots1' || family === 'qwen3_next' || family === 'qwen3_5_moe_text') {
         normW(`${p}self_attn.q_norm.weight`, hd);
         normW(`${p}self_attn.k_norm.weight`, hd);
       }
@@ -559,9 +661,10 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
     if (family === 'phimoe') vec(`${p}post_attention_layernorm.bias`, H);
     // feed-forward
     if (!isMoe(l)) {
-      linear(`${p}mlp.gate_proj.weight`, DI, H);
-      linear(`${p}mlp.up_proj.weight`, DI, H);
-      linear(`${p}mlp.down_proj.weight`, H, DI);
+      const mlp = family === 'llama4_text' ? 'feed_forward' : 'mlp';
+      linear(`${p}${mlp}.gate_proj.weight`, DI, H);
+      linear(`${p}${mlp}.up_proj.weight`, DI, H);
+      linear(`${p}${mlp}.down_proj.weight`, H, DI);
       continue;
     }
     const fusedV5 = () => {
@@ -596,6 +699,16 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
         put(`${p}block_sparse_moe.router.layer.weight`, [E, H], randn(E * H, 0.5));
         put(`${p}block_sparse_moe.input_linear.weight`, [E, 2 * I, H], randn(E * 2 * I * H, 0.2));
         put(`${p}block_sparse_moe.output_linear.weight`, [E, H, I], randn(E * H * I, 0.2));
+        break;
+      case 'llama4_text':
+        // Llama4TextMoe: router, experts fused in-major (gate_up_proj [E, H, 2I], gate = first I columns;
+        // down_proj [E, I, H]) and the shared expert at intermediate_size
+        put(`${p}feed_forward.router.weight`, [E, H], randn(E * H, 0.5));
+        put(`${p}feed_forward.experts.gate_up_proj`, [E, H, 2 * I], randn(E * H * 2 * I, 0.2));
+        put(`${p}feed_forward.experts.down_proj`, [E, I, H], randn(E * I * H, 0.2));
+        linear(`${p}feed_forward.shared_expert.gate_proj.weight`, I, H);
+        linear(`${p}feed_forward.shared_expert.up_proj.weight`, I, H);
+        linear(`${p}feed_forward.shared_expert.down_proj.weight`, H, I);
         break;
       case 'gpt_oss':
         put(`${p}mlp.router.weight`, [E, H], randn(E * H, 0.5));
@@ -648,7 +761,7 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
             linear(`${p}mlp.experts.${e}.down_proj.weight`, H, I);
           }
         }
-        if (family === 'qwen2_moe') {
+        if (family === 'qwen2_moe' || family === 'qwen3_next' || family === 'qwen3_5_moe_text') {
           linear(`${p}mlp.shared_expert.gate_proj.weight`, SI, H);
           linear(`${p}mlp.shared_expert.up_proj.weight`, SI, H);
           linear(`${p}mlp.shared_expert.down_proj.weight`, H, SI);
@@ -697,4 +810,75 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
   for (const o of out) await w.write(o.spec.name, o.bytes);
   await w.finalize();
   return { dir, config, tensors: out.map((o) => o.spec) };
+}
+
+/**
+ * A tiny multimodal container of a text family, as transformers 5.18 saves it: Llama4ForConditionalGeneration
+ * holds the language model at `language_model.model.*` / `language_model.lm_head.*` (its config under
+ * `text_config`) beside `vision_model.*` and `multi_modal_projector.*` (names as a tiny model saved by
+ * transformers 5.18 has them). Returns the text tensors under their container names and the vision ones.
+ */
+export async function makeTinyContainer(
+  container: 'llama4',
+  dir: string,
+  opts: TinyOptions = {},
+): Promise<TinyCheckpoint & { vision: TensorSpec[]; bytes: Map<string, Uint8Array> }> {
+  const text = await makeTinyCheckpoint('llama4_text', `${dir}.text`, opts);
+  const { Checkpoint } = await import('../../src/io/checkpoint.js');
+  const src = await Checkpoint.open(text.dir);
+  const rand = rng((opts.seed ?? 1) + 99);
+  const bytes = new Map<string, Uint8Array>();
+  const specs: TensorSpec[] = [];
+  try {
+    for (const t of text.tensors) {
+      // model.* -> language_model.model.*, lm_head.* -> language_model.lm_head.*
+      const name = `language_model.${t.name}`;
+      specs.push({ ...t, name });
+      bytes.set(name, await src.readBytes(t.name));
+    }
+  } finally {
+    await src.close();
+  }
+  const vision: TensorSpec[] = [];
+  const vput = (name: string, shape: number[], dt: Dtype = 'F32') => {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const spec = { name, dtype: dt, shape };
+    vision.push(spec);
+    bytes.set(
+      name,
+      fromF32(
+        Float32Array.from({ length: n }, () => rand() * 2 - 1),
+        dt,
+      ),
+    );
+  };
+  vput('multi_modal_projector.linear_1.weight', [32, 32]);
+  vput('vision_model.class_embedding', [16]);
+  vput('vision_model.layernorm_pre.weight', [16]);
+  vput('vision_model.layernorm_pre.bias', [16]);
+  vput('vision_model.model.layers.0.self_attn.q_proj.weight', [16, 16]);
+  vput('vision_model.model.layers.0.self_attn.q_proj.bias', [16]);
+  vput('vision_model.model.layers.0.mlp.fc1.weight', [32, 16]);
+  vput('vision_model.patch_embedding.linear.weight', [16, 588]);
+  vput('vision_model.positional_embedding_vlm', [5, 16]);
+  vput('vision_model.vision_adapter.mlp.fc1.weight', [32, 32]);
+  const { architectures: _a, torch_dtype: dtype, ...textConfig } = text.config;
+  const config: Record<string, unknown> = {
+    architectures: ['Llama4ForConditionalGeneration'],
+    boi_token_index: 200080,
+    dtype,
+    eoi_token_index: 200081,
+    image_token_index: 200092,
+    model_type: container,
+    text_config: textConfig,
+    tie_word_embeddings: false,
+    vision_config: { hidden_size: 16, model_type: 'llama4_vision_model', num_hidden_layers: 1, projector_input_dim: 32, vision_output_dim: 32 },
+  };
+  await mkdir(dir, { recursive: true });
+  await writeFile(`${dir}/config.json`, JSON.stringify(config, null, 2));
+  const all = [...specs.slice(0, 1), ...vision, ...specs.slice(1)];
+  const w = await CheckpointWriter.create(dir, all, opts.maxShardBytes ? { maxShardBytes: opts.maxShardBytes } : {});
+  for (const t of all) await w.write(t.name, bytes.get(t.name)!);
+  await w.finalize();
+  return { dir, config, tensors: all, vision, bytes };
 }

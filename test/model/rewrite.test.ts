@@ -45,7 +45,7 @@ function surgeryTensors(m: Model): Set<string> {
     const b = block(m, l);
     for (const n of [b.router.weight, b.router.bias, b.router.correctionBias]) if (n) s.add(n);
   }
-  const experts = /\.(block_sparse_moe\.experts\.\d+\.|mlp\.experts\.)|block_sparse_moe\.(input|output)_linear/;
+  const experts = /\.(block_sparse_moe\.experts\.\d+\.|mlp\.experts\.|feed_forward\.experts\.)|block_sparse_moe\.(input|output)_linear/;
   for (const n of m.ckpt.tensorNames) if (experts.test(n)) s.add(n);
   return s;
 }
@@ -61,6 +61,7 @@ const VARIANTS: [string, Family, TinyOptions][] = [
   ['mixtral bf16 sharded', 'mixtral', { dtype: 'BF16', maxShardBytes: 20_000 }],
   ['mixtral v5 fused', 'mixtral', { fusedExperts: true }],
   ['qwen2_moe v5 fused', 'qwen2_moe', { fusedExperts: true }],
+  ['qwen3_next v5 fused', 'qwen3_next', { fusedExperts: true }],
   ['deepseek_v3 v5 fused', 'deepseek_v3', { experts: 8, fusedExperts: true }],
 ];
 
