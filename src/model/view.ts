@@ -8,7 +8,7 @@ import type { Checkpoint, HFConfig } from '../io/checkpoint.js';
 import { ConfigReader } from './config.js';
 import { FAMILY_HOOKS } from './families.js';
 import { formatOf, linearPresent } from './load.js';
-import { mtpLayerCount, mtpView } from './mtp.js';
+import { mtpLayerCount, mtpLayerPrefix, mtpView } from './mtp.js';
 import { getArchitecture } from './registry.js';
 import type { Architecture, TensorTemplate } from './schema.js';
 import type { AttentionSpec, DenseBlock, LayerView, LinearRef, ModelDims, ModelView, MoeBlock, NormRef, RopeSpec, RoutingRule, SwiGLURefs } from './types.js';
@@ -245,7 +245,7 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
   const mtpCount = mtpLayerCount(family, config, ckpt, layers, fillTemplate(t.layerPrefix, layers));
   const mtpViews: LayerView[] = [];
   for (let l = 0; l < layers + mtpCount; l++) {
-    const prefix = fillTemplate(t.layerPrefix, l);
+    const prefix = l < layers ? fillTemplate(t.layerPrefix, l) : mtpLayerPrefix(family, layers, l, (k) => fillTemplate(t.layerPrefix, k));
     const tensors: Record<string, string> = {};
     const deltanet = linearLayers.has(l);
     if (deltanet) for (const [role, tpl] of Object.entries(arch.linearAttention!.tensors)) tensors[role] = prefix + tpl;
@@ -359,7 +359,7 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
     },
   };
   if (!dims.tieEmbeddings) view.lmHead = t.lmHead;
-  if (mtpViews.length) view.mtp = mtpViews.map((layer) => mtpView(layer, eps));
+  if (mtpViews.length) view.mtp = mtpViews.map((layer) => mtpView(family, layer, eps, unitOffset));
   const lmBias = resolveTensor(t.lmHeadBias, cfg);
   if (lmBias) view.forward.lmHeadBias = lmBias;
   FAMILY_HOOKS[family]?.adjust?.(view, cfg);
