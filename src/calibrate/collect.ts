@@ -87,7 +87,9 @@ export async function collectStats(model: Model, windows: readonly Int32Array[],
         const contrib = Math.max(1 - cos, 0);
         for (let k = 0; k < r.k; k++) {
           const i = t * r.k + k;
-          const g = r.w[i]! * slotNorm[i]!;
+          // the norm of the slot's contribution to the block output: w ||f(x)||, or ||f(w x)|| where the weight
+          // scales the expert's input (llama4: slotNorm is already of the contribution)
+          const g = (v.routing.weightsInput ? 1 : r.w[i]!) * slotNorm[i]!;
           s.reapSum[r.idx[i]!]! += g;
           s.easyEpSum[r.idx[i]!]! += g * contrib;
         }

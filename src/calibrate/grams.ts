@@ -10,6 +10,7 @@
  *   layer-L.mlp.down.in         dense layers' down_proj input                        [Id, Id]
  * MLA's inner projections (q_b_proj, kv_b_proj) are not covered.
  */
+import { fail } from '../errors.js';
 import { mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Model } from '../model/open.js';
@@ -57,6 +58,12 @@ function mirror(g: Float64Array, H: number): void {
 /** Hooks that accumulate every Gram above and write each layer's files into `dir` when the layer ends. */
 export function gramWriter(model: Model, dir: string): { hooks: Pick<StreamHooks, 'onLinearInput' | 'onMoeLayerDone' | 'onLayerOutput'>; files: string[] } {
   const E = model.view.dims.numExperts;
+  // the experts' input Grams would be of x, where llama4's experts see w * x (src/runtime/moe.ts weightsInput)
+  if (model.view.routing.weightsInput)
+    fail(
+      'UnsupportedArchitecture',
+      `${model.view.family} scales each routed expert's input by its router weight: Gram matrices of the experts' inputs are not collected for it`,
+    );
   const files: string[] = [];
   const acc = new Map<string, { g: Float64Array; n: number }>();
   const at = (name: string, n: number) => {

@@ -114,9 +114,18 @@ export function resolveBos(
     if (id === undefined) fail('InvalidConfig', `${where}: bos_token ${JSON.stringify(content)} is not in tokenizer.json's vocabulary`);
     return id;
   }
-  const cid = config?.['bos_token_id'];
-  if (typeof cid === 'number' && Number.isInteger(cid) && cid >= 0) return cid;
-  return null;
+  return configBos(config);
+}
+
+/**
+ * config.json's bos_token_id, or its text_config's in a multimodal container (Llama4ForConditionalGeneration keeps
+ * the language model's special ids there, src/model/container.ts); null when neither has one.
+ */
+function configBos(config: Record<string, unknown> | undefined): number | null {
+  const text = config?.['text_config'];
+  const nested = text !== null && typeof text === 'object' && !Array.isArray(text) ? (text as Record<string, unknown>)['bos_token_id'] : undefined;
+  const cid = config?.['bos_token_id'] ?? nested;
+  return typeof cid === 'number' && Number.isInteger(cid) && cid >= 0 ? cid : null;
 }
 
 export async function loadTokenizer(modelDir: string): Promise<ModelTokenizer> {
@@ -249,8 +258,7 @@ async function bosWithoutTokenizer(modelDir: string): Promise<{ bos: number | nu
     const specialMap = await readJson(join(modelDir, 'special_tokens_map.json'), 'special_tokens_map.json', true);
     return { bos: resolveBos(tokJson, tokConfig, specialMap, config, `${modelDir}/tokenizer_config.json`), vocab };
   }
-  const cid = config?.['bos_token_id'];
-  return { bos: typeof cid === 'number' && Number.isInteger(cid) && cid >= 0 ? cid : null, vocab };
+  return { bos: configBos(config), vocab };
 }
 
 export async function loadWindowSet(modelDir: string, file: string, opts: WindowOptions = {}): Promise<WindowSet> {

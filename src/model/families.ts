@@ -172,6 +172,48 @@ function indexerTypes(cfg: ConfigReader, L: number): string[] {
   return Array.from({ length: L }, (_, i) => (Math.max(i - offset + 1, 0) % freq === 0 ? 'full' : 'shared'));
 }
 
+/**
+ * Llama 4 text (modeling_llama4.py Llama4TextAttention, configuration_llama4.py __post_init__): NoPE layers from
+ * `no_rope_layers` (1 = RoPE; empty or missing: every `no_rope_layer_interval`-th layer is NoPE), chunked attention
+ * on the `layer_types` "chunked_attention" layers (default: the RoPE layers) with `attention_chunk_size`, the
+ * weightless L2 q/k norm on RoPE layers (`use_qk_norm`), and temperature tuning of NoPE layers' queries
+ * (`attn_temperature_tuning`, `floor_scale`, `attn_scale`).
+ */
+const llama4Text: FamilyHooks = {
+  adjust(view, cfg) {
+    const L = view.dims.layers;
+    const act = cfg.raw('hidden_act');
+    if (act !== undefined && act !== 'silu') fail('UnsupportedArchitecture', `${cfg.where}: hidden_act '${String(act)}' is not supported (silu only)`);
+    const raw = cfg.raw('no_rope_layers');
+    let rope: number[];
+    if (raw === undefined || raw === null || (Array.isArray(raw) && raw.length === 0)) {
+      const interval = cfg.int('no_rope_layer_interval', 4);
+      rope = Array.from({ length: L }, (_, l) => ((l + 1) % interval !== 0 ? 1 : 0));
+    } else {
+      if (!Array.isArray(raw) || raw.length < L || raw.some((x) => x !== 0 && x !== 1 && x !== true && x !== false))
+        fail('InvalidConfig', `${cfg.where}: 'no_rope_layers' must list 0 or 1 for each of the ${L} layers`);
+      rope = (raw as unknown[]).slice(0, L).map((x) => (x === 1 || x === true ? 1 : 0));
+    }
+    const typesRaw = cfg.raw('layer_types');
+    let types: string[];
+    if (typesRaw === undefined || typesRaw === null) types = rope.map((r) => (r ? 'chunked_attention' : 'full_attention'));
+    else {
+      if (!Array.isArray(typesRaw) || typesRaw.length < L || typesRaw.some((t) => t !== 'chunked_attention' && t !== 'full_attention'))
+        fail('InvalidConfig', `${cfg.where}: 'layer_types' must list chunked_attention or full_attention for each of the ${L} layers`);
+      types = (typesRaw as string[]).slice(0, L);
+    }
+    const chunked = types.some((t) => t === 'chunked_attention');
+    const chunk = chunked ? cfg.int('attention_chunk_size') : 0;
+    view.layers.forEach((layer, l) => {
+      if (!rope[l]) layer.nope = true;
+      if (types[l] === 'chunked_attention') layer.attentionChunk = chunk;
+    });
+    if (cfg.flag('use_qk_norm', true)) view.attention.l2QkNorm = { eps: cfg.num('rms_norm_eps', 1e-5) };
+    if (cfg.flag('attn_temperature_tuning', true))
+      view.attention.temperatureTuning = { floorScale: cfg.num('floor_scale', 8192), attnScale: cfg.num('attn_scale', 0.1) };
+  },
+};
+
 export const FAMILY_HOOKS: Readonly<Record<string, FamilyHooks>> = {
   deepseek_v2: mla,
   deepseek_v3: mla,
@@ -187,4 +229,5 @@ export const FAMILY_HOOKS: Readonly<Record<string, FamilyHooks>> = {
   dots1,
   minimax_m2: minimax,
   ernie4_5_moe: ernie,
+  llama4_text: llama4Text,
 };

@@ -24,7 +24,7 @@ import type { Model } from './open.js';
 import { encodeMxfp4 } from './quantized.js';
 import { configStyle } from './configjson.js';
 import { lowRankIdentityUpdates } from './lowrank.js';
-import { getArchitecture } from './registry.js';
+import { containerConfigUpdates, viewArchitecture } from './container.js';
 import type { LinearRef, MoeBlock, ModelView, SwiGLURefs } from './types.js';
 import { planDigest, SHARD_MANIFEST, shardOwner, type ShardManifest, type ShardSpec } from './shard.js';
 import { fillTemplate } from './view.js';
@@ -93,8 +93,9 @@ const prefixParts = new Map<string, [string, string]>();
 export function layerOfTensor(view: ModelView, name: string): number {
   const mtp = mtpLayerOfTensor(view.family, view.dims.layers, name);
   if (mtp !== undefined) return mtp;
-  let parts = prefixParts.get(view.family);
-  if (!parts) prefixParts.set(view.family, (parts = getArchitecture(view.family, view.family).tensors.layerPrefix.split('${layer}') as [string, string]));
+  const key = `${view.container?.model_type ?? ''}/${view.family}`;
+  let parts = prefixParts.get(key);
+  if (!parts) prefixParts.set(key, (parts = viewArchitecture(view).tensors.layerPrefix.split('${layer}') as [string, string]));
   const [head, tail] = parts;
   if (name.startsWith(head)) {
     const rest = name.slice(head.length);
@@ -177,7 +178,9 @@ export async function rewriteCheckpoint(model: Model, plan: RewritePlan, out: st
   flushAdded(Infinity);
   for (const a of added) pushNew(a.tensor);
 
-  const edited = applyConfigUpdates(ckpt.config, plan.config);
+  // inside a multimodal container the language model's keys are edited in its text config (src/model/container.ts)
+  const updates = view.container ? containerConfigUpdates(view.container, ckpt.config, plan.config ?? {}) : plan.config;
+  const edited = applyConfigUpdates(ckpt.config, updates);
   // factors in the output: its own model_type and class, so stock loaders refuse it; none: the stock names back
   const config = applyConfigUpdates(edited, lowRankIdentityUpdates(ckpt.config, edited));
   const planned = entries.map((e) => e.planned);
@@ -524,7 +527,7 @@ function layerTensorsPerExpert(
   weights: (i: number) => Promise<SwiGLUWeights>,
 ): { drop: string[]; make: NewTensor[] } {
   const { ckpt, view } = model;
-  const arch = getArchitecture(view.family, view.family);
+  const arch = viewArchitecture(view);
   const ex = arch.tensors.experts;
   if (ex.layout !== 'per-expert') throw new Error('unreachable');
   // the layer's own prefix: an mtp.* MTP layer is not under the decoder layers' template
@@ -650,7 +653,7 @@ function escapeRe(s: string): string {
  * one key per output expert copied from j, and is dropped when j is gone (new weights carry no override).
  */
 export function renumberDynamic(dynamic: Record<string, unknown>, view: ModelView, edits: ReadonlyMap<number, LayerExpertEdit>): Record<string, unknown> {
-  const arch = getArchitecture(view.family, view.family);
+  const arch = viewArchitecture(view);
   const ex = arch.tensors.experts;
   if (ex.layout !== 'per-expert' || view.expertLayout !== 'per-expert') return dynamic;
   const [head, mid0] = arch.tensors.layerPrefix.split('${layer}') as [string, string];
@@ -727,10 +730,11 @@ export async function writeExpertEdit(model: Model, plan: ExpertEditPlan, out: s
     // everything new goes where the router weight was, router first (the layer order stock writers use varies)
     fates.set(block.router.weight, { kind: 'replace', tensors: [...router.make, ...experts.make] });
   }
-  const arch = getArchitecture(view.family, view.family);
+  const arch = viewArchitecture(view);
   const config: Record<string, unknown> = { [view.numExpertsKey]: E2, [view.topKKey]: topK };
-  for (const k of arch.config.numExpertsAliases) if (k in ckpt.config) config[k] = E2;
-  for (const k of arch.config.topKAliases) if (k in ckpt.config) config[k] = topK;
+  // the family's keys are the view's config (a container's text config); quantization_config is the top level's
+  for (const k of arch.config.numExpertsAliases) if (k in view.config) config[k] = E2;
+  for (const k of arch.config.topKAliases) if (k in view.config) config[k] = topK;
   const qc = ckpt.config.quantization_config as Record<string, unknown> | undefined;
   if (qc?.dynamic && typeof qc.dynamic === 'object' && !Array.isArray(qc.dynamic)) {
     config.quantization_config = { ...qc, dynamic: renumberDynamic(qc.dynamic as Record<string, unknown>, view, edits) };
@@ -763,7 +767,7 @@ export async function writeExpertEdit(model: Model, plan: ExpertEditPlan, out: s
     } else if (mtp.includes(l)) kept.push(l);
   }
   const key = mtpCountKey(view.family) ?? 'num_nextn_predict_layers';
-  if (kept.length === 0 && (dropped.length || (changed && ckpt.config[key]))) config[key] = 0;
+  if (kept.length === 0 && (dropped.length || (changed && view.config[key]))) config[key] = 0;
   else if (kept.length && dropped.length) config[key] = kept.length;
   const r = await rewriteCheckpoint(model, { fates, config }, out, opts);
   return { ...r, numExperts: E2, topK, ...(groups ? { groups } : {}), ...(kept.length || dropped.length ? { mtp: { kept, dropped } } : {}) };

@@ -63,6 +63,11 @@ const SparseLayers = z.discriminatedUnion('kind', [
    * config has none, the first `denseFirstDefault` layers are dense and the rest MoE (the configuration's default)
    */
   z.object({ kind: z.literal('types'), typesKey: z.string(), sparse: z.string(), dense: z.string(), denseFirstDefault: z.number().int().min(0) }).strict(),
+  /**
+   * llama4_text: the list of MoE layer indices (`moe_layers`) when the config has one, else every layer l with
+   * (l+1) % step == 0 (range(step - 1, layers, step), the configuration's default from interleave_moe_layer_step)
+   */
+  z.object({ kind: z.literal('list'), listKey: z.string(), stepKey: z.string() }).strict(),
   /** ernie: MoE iff (l+1) % interval == 0 and start <= l <= end (end -1 = last layer) */
   z
     .object({
@@ -126,6 +131,8 @@ export const ArchitectureSchema = z
           .strict()
           .optional(),
         sparsemixer: z.object({ jitterKey: z.string(), default: z.number() }).strict().optional(),
+        /** llama4: each routed expert's weight multiplies the expert's input, and its output is added unweighted */
+        weightsInput: z.boolean().optional(),
       })
       .strict(),
     attention: z

@@ -10,6 +10,23 @@
  */
 import type { HFConfig } from '../io/checkpoint.js';
 
+/** A multimodal container description (src/model/containers.json, read by src/model/container.ts). */
+export interface Container {
+  /** the container's own model_type (llama4) */
+  model_type: string;
+  /** HF class names the container is saved as (config.json `architectures`) */
+  architectures: string[];
+  /** the key of the nested language-model config */
+  textConfigKey: string;
+  /** the text family (a data file in ./architectures); the nested config's own model_type must be this one */
+  textModelType: string;
+  /** the text family's name prefix -> the container's: `model.` -> `language_model.model.`; longest match first */
+  prefixes: Record<string, string>;
+  /** config keys an edit writes at the top level even when absent there (transformers reads them there) */
+  topLevelKeys: string[];
+  source: string;
+}
+
 /** Where one linear's weight lives on disk. */
 export interface LinearRef {
   /** on-disk tensor name */
@@ -83,6 +100,10 @@ export interface LayerView {
   block: MoeBlock | DenseBlock;
   /** sliding-window attention span for this layer (mixtral sliding_window, gpt_oss sliding layers); undefined = full */
   slidingWindow?: number;
+  /** llama4 chunked attention (attention_chunk_size on its chunked_attention layers): keys of the query's chunk only */
+  attentionChunk?: number;
+  /** llama4 NoPE layer (no_rope_layers[l] = 0): no rotary embedding */
+  nope?: boolean;
 }
 
 /** Multi-head latent attention dimensions (DeepSeek V2/V3). */
@@ -124,6 +145,10 @@ export interface AttentionSpec {
    * keep every causal key, so attention is exactly dense; longer ones would need the indexer and are refused
    */
   denseKeysUpTo?: number;
+  /** llama4 use_qk_norm: q and k heads divided by their RMS (no weight; eps rms_norm_eps) after RoPE, on RoPE layers */
+  l2QkNorm?: { eps: number };
+  /** llama4 attn_temperature_tuning: NoPE layers' queries at position p x (1 + attnScale * ln(1 + floor((p+1) / floorScale))) */
+  temperatureTuning?: { floorScale: number; attnScale: number };
   mla?: MlaDims;
   /** qwen3_next: q_proj gives [query | gate] per head; output * sigmoid(gate) before o_proj */
   outputGate?: boolean;
@@ -182,6 +207,11 @@ export interface RoutingRule {
   scale: number;
   /** PhiMoE sparsemixer (eval form) */
   sparsemixer?: { jitterEps: number };
+  /**
+   * llama4 (Llama4TextMoe.forward): the routed weight multiplies the expert's INPUT (routed_in = x * w) and the
+   * expert outputs are summed unweighted, y = sum_k f_k(w_k x), where every other family computes sum_k w_k f_k(x)
+   */
+  weightsInput?: boolean;
 }
 
 export interface RopeSpec {
@@ -211,9 +241,15 @@ export interface ModelDims {
 }
 
 export interface ModelView {
-  /** model_type of the family, e.g. "mixtral" */
+  /** model_type of the family, e.g. "mixtral" (a container's text family: llama4_text inside llama4) */
   family: string;
+  /** the family's config: config.json, or inside a container the nested text config */
   config: HFConfig;
+  /**
+   * the multimodal container the language model sits in (src/model/container.ts): every tensor name of the view is
+   * already under its prefixes; config edits of the family go into its text config
+   */
+  container?: Container;
   dims: ModelDims;
   routing: RoutingRule;
   rope: RopeSpec;

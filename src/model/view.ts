@@ -9,6 +9,8 @@ import { ConfigReader } from './config.js';
 import { FAMILY_HOOKS } from './families.js';
 import { formatOf, linearPresent } from './load.js';
 import { mtpLayerCount, mtpLayerPrefix, mtpView } from './mtp.js';
+import { containedArchitecture, containerOf, textConfigOf } from './container.js';
+import { stockClasses } from './lowrank.js';
 import { getArchitecture } from './registry.js';
 import type { Architecture, TensorTemplate } from './schema.js';
 import type { AttentionSpec, DenseBlock, LayerView, LinearRef, ModelDims, ModelView, MoeBlock, NormRef, RopeSpec, RoutingRule, SwiGLURefs } from './types.js';
@@ -42,6 +44,17 @@ function moeLayerIndices(arch: Architecture, cfg: ConfigReader, layers: number):
     types.forEach((t, l) => {
       if (t === rule.sparse) out.push(l);
     });
+    return out;
+  }
+  if (rule.kind === 'list') {
+    const list = cfg.raw(rule.listKey);
+    if (list !== undefined && list !== null) {
+      const ids = cfg.intList(rule.listKey);
+      if (ids.some((l) => l >= layers)) fail('InvalidConfig', `${cfg.where}: '${rule.listKey}' names a layer beyond num_hidden_layers=${layers}`);
+      return [...new Set(ids)].sort((a, b) => a - b);
+    }
+    const step = cfg.int(rule.stepKey, 1);
+    for (let l = step - 1; l < layers; l += step) out.push(l);
     return out;
   }
   for (let l = 0; l < layers; l++) {
@@ -115,6 +128,7 @@ function routingRule(arch: Architecture, cfg: ConfigReader, numExperts: number, 
       rule.groups = { nGroup, topkGroup, groupScore: g.groupScore };
     }
   }
+  if (r.weightsInput) rule.weightsInput = true;
   if (r.sparsemixer) rule.sparsemixer = { jitterEps: cfg.num(r.sparsemixer.jitterKey, r.sparsemixer.default) };
   return rule;
 }
@@ -128,11 +142,23 @@ function resolveTensor(t: TensorTemplate | undefined, cfg: ConfigReader): string
   return t.name;
 }
 
-export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): ModelView {
+export function buildView(ckpt: Checkpoint, topConfig: HFConfig = ckpt.config): ModelView {
   const where = `${ckpt.dir}/config.json`;
-  const arch = getArchitecture(config.model_type, where, config.architectures);
+  // a multimodal container (src/model/container.ts): the language model's family, config and tensor names inside it
+  const container = containerOf(topConfig);
+  if (container && Array.isArray(topConfig.architectures)) {
+    const given = (stockClasses(topConfig.architectures) as unknown[]).map(String);
+    if (!given.some((c) => container.architectures.includes(c)))
+      fail(
+        'UnsupportedArchitecture',
+        `${where}: model_type '${container.model_type}' is read only as ${container.architectures.join(' or ')} (this config: ${given.join(', ') || 'none'})`,
+      );
+  }
+  const config = container ? textConfigOf(container, topConfig, where) : topConfig;
+  const textArch = getArchitecture(config.model_type, where, container ? undefined : config.architectures);
+  const arch = container ? containedArchitecture(textArch, container) : textArch;
   const family = arch.model_type;
-  const cfg = new ConfigReader(config, `${where} (${family})`);
+  const cfg = new ConfigReader(config, container ? `${where} (${family} in ${container.model_type}.${container.textConfigKey})` : `${where} (${family})`);
   const c = arch.config;
   const t = arch.tensors;
 
@@ -358,6 +384,7 @@ export function buildView(ckpt: Checkpoint, config: HFConfig = ckpt.config): Mod
       activation: f.activation === 'silu' ? { kind: 'silu' } : { kind: 'clamped-swiglu', limit: 7, alpha: 1.702 },
     },
   };
+  if (container) view.container = container;
   if (!dims.tieEmbeddings) view.lmHead = t.lmHead;
   if (mtpViews.length) view.mtp = mtpViews.map((layer) => mtpView(family, layer, eps, unitOffset));
   const lmBias = resolveTensor(t.lmHeadBias, cfg);

@@ -51,6 +51,11 @@ export interface MoeLayerEdit {
 export interface StreamHooks {
   onMoeLayer?(input: MoeLayerInput): Promise<MoeLayerEdit | void> | MoeLayerEdit | void;
   /**
+   * onMoeLayer only edits the router (maskedEdit's -inf rows) and never recomputes experts on the block input x;
+   * families whose routed weight scales the expert input (llama4: the experts see w * x) refuse any other onMoeLayer
+   */
+  routerOnly?: boolean;
+  /**
    * Replace the routing the block will apply (after onMoeLayer and its edits). Dynamic expert skipping sets a
    * slot's weight to exactly 0: the runtime then does not compute that token-expert pair.
    */

@@ -53,6 +53,10 @@ export interface AttentionShape {
   spec: AttentionSpec;
   /** sliding window for this layer, if any */
   window?: number;
+  /** llama4 chunked attention: key j is visible from query i iff j <= i and both lie in the same chunk of this size */
+  chunk?: number;
+  /** llama4 NoPE layer: no rotary embedding (and the temperature tuning of spec.temperatureTuning instead) */
+  nope?: boolean;
   /** receives o_proj's input [rows, heads*dv] chunk by chunk (r0 = first row) */
   onOInput?: (a: Float32Array, rows: number, r0: number) => void;
 }
@@ -61,15 +65,16 @@ const NEG = -1e30;
 
 const masks = new Map<string, tf.Tensor2D>();
 
-/** additive causal (optionally sliding) mask [S, S], kept across layers and chunks */
-function maskFor(S: number, window?: number): tf.Tensor2D {
-  const key = `${S}:${window ?? ''}`;
+/** additive causal (optionally sliding or chunked) mask [S, S], kept across layers and chunks */
+function maskFor(S: number, window?: number, chunk?: number): tf.Tensor2D {
+  const key = `${S}:${window ?? ''}:${chunk ?? ''}`;
   let t = masks.get(key);
   if (!t) {
     const m = new Float32Array(S * S);
     for (let i = 0; i < S; i++) {
       for (let j = 0; j < S; j++) {
-        const ok = j <= i && (window === undefined || i - j < window);
+        // chunks (transformers' chunked_overlay): floor(j / chunk) == floor(i / chunk)
+        const ok = j <= i && (window === undefined || i - j < window) && (chunk === undefined || Math.floor(i / chunk) === Math.floor(j / chunk));
         if (!ok) m[i * S + j] = NEG;
       }
     }
@@ -108,9 +113,10 @@ export function attentionCore(
   scale: number,
   window?: number,
   sinks?: Float32Array,
+  chunk?: number,
 ): Float32Array {
   const g = heads / kvHeads;
-  const mask = maskFor(S, window);
+  const mask = maskFor(S, window, chunk);
   const out = new Float32Array(B * S * heads * dv);
   const qb = new Float32Array(g * S * dq);
   const kb = new Float32Array(dq * S);
@@ -213,14 +219,34 @@ function gqaChunk(x: Float32Array, B: number, S: number, w: GqaWeights, sh: Atte
     clampInPlace(k, spec.clipQkv);
     clampInPlace(v, spec.clipQkv);
   }
-  applyRope(q, R, heads, d, S, sh.rope, sh.ropeStyle);
-  applyRope(k, R, kvHeads, d, S, sh.rope, sh.ropeStyle);
+  if (!sh.nope) {
+    applyRope(q, R, heads, d, S, sh.rope, sh.ropeStyle);
+    applyRope(k, R, kvHeads, d, S, sh.rope, sh.ropeStyle);
+    // llama4 (Llama4TextL2Norm): the rotated heads divided by their RMS, no weight, on RoPE layers only
+    if (spec.l2QkNorm) {
+      const ones = new Float32Array(d).fill(1);
+      rmsNorm(q, d, ones, spec.l2QkNorm.eps, q);
+      rmsNorm(k, d, ones, spec.l2QkNorm.eps, k);
+    }
+  } else if (spec.temperatureTuning) scaleNopeQueries(q, R, S, heads * d, spec.temperatureTuning);
   // hunyuan_v1_moe normalises the rotated heads (its modeling file applies RoPE, then query/key_layernorm)
   if (spec.qkNormAfterRope) qkNorm();
-  const a = attentionCore(q, k, v, B, S, heads, kvHeads, d, d, spec.softmaxScale, sh.window, w.sinks);
+  const a = attentionCore(q, k, v, B, S, heads, kvHeads, d, d, spec.softmaxScale, sh.window, w.sinks, sh.chunk);
   if (gate) for (let i = 0; i < a.length; i++) a[i]! *= 1 / (1 + Math.exp(-gate[i]!));
   sh.onOInput?.(a, R, r0);
   return linearRows(a, R, w.o);
+}
+
+/**
+ * Llama-4 temperature tuning on NoPE layers (Llama4TextAttention.forward): queries at position p multiplied by
+ * 1 + attn_scale * ln(1 + floor((p + 1) / floor_scale)), in float32 as torch computes it; row r is at position r % S.
+ */
+function scaleNopeQueries(q: Float32Array, R: number, S: number, width: number, tt: { floorScale: number; attnScale: number }): void {
+  for (let r = 0; r < R; r++) {
+    const f = Math.fround(Math.fround(Math.fround(Math.log1p(Math.floor(Math.fround((r % S) + 1) / tt.floorScale))) * tt.attnScale) + 1);
+    if (f === 1) continue;
+    for (let i = r * width, end = i + width; i < end; i++) q[i] = Math.fround(q[i]! * f);
+  }
 }
 
 /** Llama-4 attention scaling (transformers get_llama_4_attn_scale): row r is at position r % S. */

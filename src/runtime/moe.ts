@@ -71,16 +71,29 @@ export async function moeBlock(
   /** down-projection inputs: expert index (-1 = shared expert), rows (token indices for routed experts) */
   onDownInput?: (expert: number, a: Float32Array, rows: number, tokens: Int32Array | null, r0: number) => void,
   runner?: ExpertRunner,
+  /**
+   * llama4: the slot weight scales the expert's input and its output is added unweighted (y += f_j(w x)); the
+   * expert output reported (onExpertOutput, slotNorm) is then f_j(w x), the expert's whole contribution
+   */
+  weightsInput = false,
 ): Promise<MoeBlockResult> {
   const y = new Float32Array(T * H);
   const slotNorm = new Float32Array(T * routing.k);
   const groups = tokensPerExpert(routing, E);
   let calls = 0;
   const gather = (e: number): Float32Array => {
-    const { tokens } = groups[e]!;
+    const { tokens, slots } = groups[e]!;
     const n = tokens.length;
     const xe = new Float32Array(n * H);
-    for (let i = 0; i < n; i++) xe.set(x.subarray(tokens[i]! * H, (tokens[i]! + 1) * H), i * H);
+    for (let i = 0; i < n; i++) {
+      const row = x.subarray(tokens[i]! * H, (tokens[i]! + 1) * H);
+      if (!weightsInput) xe.set(row, i * H);
+      else {
+        // float32 products, as torch's routed_in = hidden_states * router_scores
+        const wt = routing.w[tokens[i]! * routing.k + slots[i]!]!;
+        for (let j = 0; j < H; j++) xe[i * H + j] = Math.fround(row[j]! * wt);
+      }
+    }
     return xe;
   };
   // with a runner, experts run ahead of the in-order combine by up to runner.window (bounding the weights and
@@ -118,7 +131,7 @@ export async function moeBlock(
     calls += n;
     for (let i = 0; i < n; i++) {
       const t = tokens[i]!;
-      const wt = routing.w[t * routing.k + slots[i]!]!;
+      const wt = weightsInput ? 1 : routing.w[t * routing.k + slots[i]!]!;
       let ss = 0;
       const o = i * H;
       const yo = t * H;

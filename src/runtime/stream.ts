@@ -220,6 +220,13 @@ export async function streamModel(model: Model, windows: readonly Int32Array[], 
       'Usage',
       `${v.family}'s sparse attention indexer keeps ${dense} keys per query (index_topk): windows of ${S} positions would need the indexer, which moe does not run; use --seq-len ${dense} at most (${dense - 1} where a BOS token is put in front)`,
     );
+  // a hook that recomputes experts on the block input (GPTQ, merging, reconstruction, whitening) would see x where
+  // llama4's experts see w * x: refused rather than computed on the wrong inputs
+  if (v.routing.weightsInput && hooks.onMoeLayer && !hooks.routerOnly)
+    fail(
+      'UnsupportedArchitecture',
+      `${v.family} scales each routed expert's input by its router weight; this command recomputes the experts on their inputs, which moe does not do for it yet (prune with a statistics method, merge --stats, decompose without --calib and quantize --method rtn do)`,
+    );
   const N = windows.length;
   const T = N * S;
   const H = v.dims.hidden;
@@ -275,6 +282,8 @@ export async function streamModel(model: Model, windows: readonly Int32Array[], 
       ropeStyle: style,
       spec: v.attention,
       ...(layer.slidingWindow !== undefined ? { window: layer.slidingWindow } : {}),
+      ...(layer.attentionChunk !== undefined ? { chunk: layer.attentionChunk } : {}),
+      ...(layer.nope ? { nope: true } : {}),
       ...(li
         ? {
             onOInput: (a: Float32Array, rows: number, r0: number) =>
@@ -369,6 +378,7 @@ export async function streamModel(model: Model, windows: readonly Int32Array[], 
               })
           : undefined,
         runner,
+        v.routing.weightsInput,
       );
       expertCalls += res.calls;
       expertSlots += T * routing.k;

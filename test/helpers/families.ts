@@ -33,6 +33,7 @@ export const FAMILIES = [
   'glm_moe_dsa',
   'qwen3_next',
   'qwen3_5_moe_text',
+  'llama4_text',
 ] as const;
 export type Family = (typeof FAMILIES)[number];
 
@@ -359,6 +360,34 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
       };
       delete config['rope_theta'];
       break;
+    case 'llama4_text':
+      // transformers 5.18 configuration_llama4.py Llama4TextConfig as save_pretrained writes it (moe_layers,
+      // no_rope_layers and layer_types expanded): MoE on odd layers (interleave_moe_layer_step 2), layer 2 NoPE, the
+      // RoPE layers chunked; shared expert at intermediate_size, dense layers at intermediate_size_mlp
+      config = {
+        ...base,
+        model_type: 'llama4_text',
+        architectures: ['Llama4ForCausalLM'],
+        head_dim: hd,
+        intermediate_size: I,
+        intermediate_size_mlp: DI,
+        num_local_experts: E,
+        num_experts_per_tok: K,
+        interleave_moe_layer_step: 2,
+        moe_layers: Array.from({ length: L }, (_, l) => l).filter((l) => l % 2 === 1),
+        no_rope_layers: Array.from({ length: L }, (_, l) => (l === 2 ? 0 : 1)),
+        layer_types: Array.from({ length: L }, (_, l) => (l === 2 ? 'full_attention' : 'chunked_attention')),
+        attention_chunk_size: 4,
+        use_qk_norm: true,
+        attn_temperature_tuning: true,
+        floor_scale: 2,
+        attn_scale: 0.1,
+        hidden_act: 'silu',
+        rope_parameters: { rope_type: 'llama3', rope_theta: 500000, factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 32 },
+      };
+      delete config['rope_theta'];
+      isMoe = (l) => l % 2 === 1;
+      break;
     case 'glm4_moe_lite':
       // transformers 5.18 configuration_glm4_moe_lite.py: DeepSeek-V3 attention keys, MoE layers from mlp_layer_types
       config = {
@@ -638,9 +667,10 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
     if (family === 'phimoe') vec(`${p}post_attention_layernorm.bias`, H);
     // feed-forward
     if (!isMoe(l)) {
-      linear(`${p}mlp.gate_proj.weight`, DI, H);
-      linear(`${p}mlp.up_proj.weight`, DI, H);
-      linear(`${p}mlp.down_proj.weight`, H, DI);
+      const mlp = family === 'llama4_text' ? 'feed_forward' : 'mlp';
+      linear(`${p}${mlp}.gate_proj.weight`, DI, H);
+      linear(`${p}${mlp}.up_proj.weight`, DI, H);
+      linear(`${p}${mlp}.down_proj.weight`, H, DI);
       continue;
     }
     const fusedV5 = () => {
@@ -675,6 +705,16 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
         put(`${p}block_sparse_moe.router.layer.weight`, [E, H], randn(E * H, 0.5));
         put(`${p}block_sparse_moe.input_linear.weight`, [E, 2 * I, H], randn(E * 2 * I * H, 0.2));
         put(`${p}block_sparse_moe.output_linear.weight`, [E, H, I], randn(E * H * I, 0.2));
+        break;
+      case 'llama4_text':
+        // Llama4TextMoe: router, experts fused in-major (gate_up_proj [E, H, 2I], gate = first I columns;
+        // down_proj [E, I, H]) and the shared expert at intermediate_size
+        put(`${p}feed_forward.router.weight`, [E, H], randn(E * H, 0.5));
+        put(`${p}feed_forward.experts.gate_up_proj`, [E, H, 2 * I], randn(E * H * 2 * I, 0.2));
+        put(`${p}feed_forward.experts.down_proj`, [E, I, H], randn(E * I * H, 0.2));
+        linear(`${p}feed_forward.shared_expert.gate_proj.weight`, I, H);
+        linear(`${p}feed_forward.shared_expert.up_proj.weight`, I, H);
+        linear(`${p}feed_forward.shared_expert.down_proj.weight`, H, I);
         break;
       case 'gpt_oss':
         put(`${p}mlp.router.weight`, [E, H], randn(E * H, 0.5));
@@ -782,4 +822,75 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
   for (const o of out) await w.write(o.spec.name, o.bytes);
   await w.finalize();
   return { dir, config, tensors: out.map((o) => o.spec) };
+}
+
+/**
+ * A tiny multimodal container of a text family, as transformers 5.18 saves it: Llama4ForConditionalGeneration
+ * holds the language model at `language_model.model.*` / `language_model.lm_head.*` (its config under
+ * `text_config`) beside `vision_model.*` and `multi_modal_projector.*` (names as a tiny model saved by
+ * transformers 5.18 has them). Returns the text tensors under their container names and the vision ones.
+ */
+export async function makeTinyContainer(
+  container: 'llama4',
+  dir: string,
+  opts: TinyOptions = {},
+): Promise<TinyCheckpoint & { vision: TensorSpec[]; bytes: Map<string, Uint8Array> }> {
+  const text = await makeTinyCheckpoint('llama4_text', `${dir}.text`, opts);
+  const { Checkpoint } = await import('../../src/io/checkpoint.js');
+  const src = await Checkpoint.open(text.dir);
+  const rand = rng((opts.seed ?? 1) + 99);
+  const bytes = new Map<string, Uint8Array>();
+  const specs: TensorSpec[] = [];
+  try {
+    for (const t of text.tensors) {
+      // model.* -> language_model.model.*, lm_head.* -> language_model.lm_head.*
+      const name = `language_model.${t.name}`;
+      specs.push({ ...t, name });
+      bytes.set(name, await src.readBytes(t.name));
+    }
+  } finally {
+    await src.close();
+  }
+  const vision: TensorSpec[] = [];
+  const vput = (name: string, shape: number[], dt: Dtype = 'F32') => {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const spec = { name, dtype: dt, shape };
+    vision.push(spec);
+    bytes.set(
+      name,
+      fromF32(
+        Float32Array.from({ length: n }, () => rand() * 2 - 1),
+        dt,
+      ),
+    );
+  };
+  vput('multi_modal_projector.linear_1.weight', [32, 32]);
+  vput('vision_model.class_embedding', [16]);
+  vput('vision_model.layernorm_pre.weight', [16]);
+  vput('vision_model.layernorm_pre.bias', [16]);
+  vput('vision_model.model.layers.0.self_attn.q_proj.weight', [16, 16]);
+  vput('vision_model.model.layers.0.self_attn.q_proj.bias', [16]);
+  vput('vision_model.model.layers.0.mlp.fc1.weight', [32, 16]);
+  vput('vision_model.patch_embedding.linear.weight', [16, 588]);
+  vput('vision_model.positional_embedding_vlm', [5, 16]);
+  vput('vision_model.vision_adapter.mlp.fc1.weight', [32, 32]);
+  const { architectures: _a, torch_dtype: dtype, ...textConfig } = text.config;
+  const config: Record<string, unknown> = {
+    architectures: ['Llama4ForConditionalGeneration'],
+    boi_token_index: 200080,
+    dtype,
+    eoi_token_index: 200081,
+    image_token_index: 200092,
+    model_type: container,
+    text_config: textConfig,
+    tie_word_embeddings: false,
+    vision_config: { hidden_size: 16, model_type: 'llama4_vision_model', num_hidden_layers: 1, projector_input_dim: 32, vision_output_dim: 32 },
+  };
+  await mkdir(dir, { recursive: true });
+  await writeFile(`${dir}/config.json`, JSON.stringify(config, null, 2));
+  const all = [...specs.slice(0, 1), ...vision, ...specs.slice(1)];
+  const w = await CheckpointWriter.create(dir, all, opts.maxShardBytes ? { maxShardBytes: opts.maxShardBytes } : {});
+  for (const t of all) await w.write(t.name, bytes.get(t.name)!);
+  await w.finalize();
+  return { dir, config, tensors: all, vision, bytes };
 }

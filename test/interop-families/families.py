@@ -14,7 +14,11 @@ import sys
 import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_PRETRAINING_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    MODEL_FOR_PRETRAINING_MAPPING_NAMES,
+)
 
 TINY = {
     "glm4_moe_lite": dict(
@@ -93,12 +97,41 @@ TINY = {
         full_attention_interval=2, num_experts=8, num_experts_per_tok=2, max_position_embeddings=256,
         rms_norm_eps=1e-6, bos_token_id=0, eos_token_id=1,
     ),
+    # Llama 4 text: fused in-major experts with the router's sigmoid weight on the expert input, a shared expert, MoE
+    # on every second layer (dense layers at intermediate_size_mlp), NoPE on layer 3 with temperature tuning
+    # (floor_scale 8: the scale changes every 8 positions of the 64-token windows), chunked attention (16) with the
+    # L2 q/k norm on the RoPE layers, llama3 RoPE scaling
+    "llama4_text": dict(
+        vocab_size=128, hidden_size=64, intermediate_size=32, intermediate_size_mlp=96, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=8, num_experts_per_tok=2,
+        interleave_moe_layer_step=2, no_rope_layer_interval=4, attention_chunk_size=16, use_qk_norm=True,
+        attn_temperature_tuning=True, floor_scale=8, attn_scale=0.1, max_position_embeddings=256, rms_norm_eps=1e-5,
+        rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 16,
+        },
+        bos_token_id=0, eos_token_id=1, pad_token_id=0,
+    ),
+}
+
+# multimodal containers (moe edits the language model inside, src/model/containers.json): the text family's tiny
+# config under text_config, and a small vision tower
+CONTAINERS = {
+    "llama4": dict(
+        text="llama4_text",
+        vision_config=dict(
+            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=28, patch_size=14,
+            vision_output_dim=32, projector_input_dim=32, projector_output_dim=64, pixel_shuffle_ratio=0.5,
+        ),
+    ),
 }
 
 
 def lm_class(model_type):
     """AutoModelForCausalLM, or the family's own causal-LM class where transformers 5.18 leaves it out of that
-    mapping (mistral4 is listed under pretraining and image-text-to-text only)"""
+    mapping (mistral4 is listed under pretraining and image-text-to-text only); a container's own class"""
+    if model_type in CONTAINERS:
+        return getattr(transformers, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[model_type])
     if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return AutoModelForCausalLM
     return getattr(transformers, MODEL_FOR_PRETRAINING_MAPPING_NAMES[model_type])
@@ -108,7 +141,12 @@ def make(family, out):
     # FAMILY@fused: saved in transformers 5's fused expert layout (gate_up_proj [E, 2I, H], down_proj [E, H, I])
     family, _, layout = family.partition("@")
     torch.manual_seed(0)
-    cfg = AutoConfig.for_model(family, **TINY[family])
+    if family in CONTAINERS:
+        c = CONTAINERS[family]
+        cfg = AutoConfig.for_model(family, text_config=TINY[c["text"]], vision_config=c["vision_config"])
+        cfg.text_config.initializer_range = 0.15
+    else:
+        cfg = AutoConfig.for_model(family, **TINY[family])
     cfg.initializer_range = 0.15
     cls = lm_class(family)
     model = cls.from_config(cfg, dtype=torch.float32) if cls is AutoModelForCausalLM else cls._from_config(cfg, dtype=torch.float32)

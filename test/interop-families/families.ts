@@ -5,10 +5,14 @@
  * --materialize, quantize -> dequantize), and every output must load in transformers without missing weights.
  */
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Checkpoint } from '../../src/io/checkpoint.js';
 
-/** FAMILY@fused: the same tiny model saved in transformers 5's fused expert layout (families.py make) */
+/**
+ * FAMILY@fused: the same tiny model saved in transformers 5's fused expert layout (families.py make); `llama4` is the
+ * multimodal container (Llama4ForConditionalGeneration) around llama4_text, built as transformers saves it
+ */
 export const NEW_FAMILIES = [
   'glm4_moe_lite',
   'dots1',
@@ -20,7 +24,18 @@ export const NEW_FAMILIES = [
   'qwen3_next@fused',
   'qwen3_5_moe_text',
   'qwen3_5_moe_text@fused',
+  'llama4_text',
+  'llama4',
 ] as const;
+
+/**
+ * Families whose router weight scales the expert input (llama4): passes that recompute experts on the block input
+ * are refused for them, so merge plans from saved statistics (`moe calibrate`, then `merge --stats`) and decompose
+ * runs on the weights alone.
+ */
+const INPUT_WEIGHTED = new Set(['llama4_text', 'llama4']);
+/** containers: every tensor outside the language model must come out byte for byte */
+const CONTAINER_TEXT_PREFIX: Record<string, string> = { llama4: 'language_model.' };
 export const TOLERANCE = 2e-3;
 
 const SEQ = 63;
@@ -46,7 +61,7 @@ export interface FamilyRow {
 }
 
 /** Every command's output of one family, with moe's and transformers' perplexity on the same windows. */
-export function checkFamily(python: string, family: string, root: string): FamilyRow[] {
+export async function checkFamily(python: string, family: string, root: string): Promise<FamilyRow[]> {
   const dir = join(root, family);
   py(python, ['make', family, dir]);
   // pre-tokenized windows (the tiny models have no tokenizer): BOS = config bos_token_id 0, then 63 ids
@@ -62,19 +77,89 @@ export function checkFamily(python: string, family: string, root: string): Famil
   const out = (c: string) => join(root, `${family}-${c}`);
   moe(['prune', '--model', dir, '--out', out('prune'), '--keep', '4', '--method', 'reap', ...calib]);
   outs.push(['prune reap 8->4', out('prune')]);
-  moe(['merge', '--model', dir, '--out', out('merge'), '--groups', '4', ...calib]);
-  outs.push(['merge 8->4', out('merge')]);
-  moe(['decompose', '--model', dir, '--out', out('decompose'), '--ratio', '0.5', '--materialize', ...calib]);
-  outs.push(['decompose 0.5 --materialize', out('decompose')]);
-  moe(['quantize', '--model', dir, '--out', out('gptq'), '--bits', '11', '--candidates', '8', '--method', 'rtn', '--group-size', '32', '--quiet', '--force']);
-  moe(['dequantize', '--model', out('gptq'), '--out', out('dequant'), '--quiet', '--force']);
-  outs.push(['quantize rtn 8 -> dequantize', out('dequant')]);
+  if (INPUT_WEIGHTED.has(family)) {
+    moe(['calibrate', '--model', dir, '--out', out('stats'), '--data-ids', ids, '--seq-len', String(SEQ), '--quiet', '--force']);
+    moe(['merge', '--model', dir, '--out', out('merge'), '--groups', '4', '--stats', out('stats'), '--quiet', '--force']);
+    outs.push(['merge 8->4 (--stats)', out('merge')]);
+    moe(['decompose', '--model', dir, '--out', out('decompose'), '--ratio', '0.5', '--materialize', '--mode', 'svd', '--quiet', '--force']);
+    outs.push(['decompose 0.5 --materialize --mode svd', out('decompose')]);
+  } else {
+    moe(['merge', '--model', dir, '--out', out('merge'), '--groups', '4', ...calib]);
+    outs.push(['merge 8->4', out('merge')]);
+    moe(['decompose', '--model', dir, '--out', out('decompose'), '--ratio', '0.5', '--materialize', ...calib]);
+    outs.push(['decompose 0.5 --materialize', out('decompose')]);
+  }
+  const quantize = [
+    'quantize',
+    '--model',
+    dir,
+    '--out',
+    out('gptq'),
+    '--bits',
+    '11',
+    '--candidates',
+    '8',
+    '--method',
+    'rtn',
+    '--group-size',
+    '32',
+    '--quiet',
+    '--force',
+  ];
+  const rows: FamilyRow[] = [];
+  if (INPUT_WEIGHTED.has(family)) {
+    // GPTQ has no module layout for llama4's fused experts (transformers, GPTQModel and vLLM read none): refused
+    // in one line with exit 3 and nothing written
+    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/entry.ts', ...quantize], { encoding: 'utf8' });
+    const refused =
+      r.status === 3 && /^moe: cannot quantize: .*fused in 3-D tensors/.test(r.stderr) && r.stderr.trim().split('\n').length === 1 && !existsSync(out('gptq'));
+    rows.push({
+      family,
+      command: 'quantize: refused (exit 3, one line, no output)',
+      moe: refused ? 1 : Number.NaN,
+      transformers: 1,
+      rel: refused ? 0 : Infinity,
+    });
+  } else {
+    moe(quantize);
+    moe(['dequantize', '--model', out('gptq'), '--out', out('dequant'), '--quiet', '--force']);
+    outs.push(['quantize rtn 8 -> dequantize', out('dequant')]);
+  }
   const spec = join(root, `${family}-spec.json`);
   writeFileSync(spec, JSON.stringify(outs.map(([, d]) => ({ dir: d, windows }))));
   const ref = JSON.parse(py(python, ['ppl', spec])) as Record<string, { ppl: number }>;
-  return outs.map(([command, d]) => {
-    const m = JSON.parse(moe(['eval', '--model', d, '--data-ids', ids, '--seq-len', String(SEQ), '--json'])).perplexity as number;
-    const t = ref[d]!.ppl;
-    return { family, command, moe: m, transformers: t, rel: Math.abs(m - t) / t };
-  });
+  const textPrefix = CONTAINER_TEXT_PREFIX[family];
+  if (textPrefix) {
+    // the vision tower and projector of every output: the input's bytes (rel 0 when all equal, else Infinity)
+    const input = await Checkpoint.open(dir);
+    try {
+      const others = input.tensorNames.filter((n) => !n.startsWith(textPrefix));
+      for (const [command, d] of outs.slice(1)) {
+        const o = await Checkpoint.open(d);
+        let same = others.length > 0;
+        try {
+          for (const n of others) if (!o.has(n) || Buffer.compare(Buffer.from(await o.readBytes(n)), Buffer.from(await input.readBytes(n))) !== 0) same = false;
+        } finally {
+          await o.close();
+        }
+        rows.push({
+          family,
+          command: `${command}: ${others.length} non-language tensors byte-identical`,
+          moe: same ? 1 : Number.NaN,
+          transformers: 1,
+          rel: same ? 0 : Infinity,
+        });
+      }
+    } finally {
+      await input.close();
+    }
+  }
+  return [
+    ...outs.map(([command, d]) => {
+      const m = JSON.parse(moe(['eval', '--model', d, '--data-ids', ids, '--seq-len', String(SEQ), '--json'])).perplexity as number;
+      const t = ref[d]!.ppl;
+      return { family, command, moe: m, transformers: t, rel: Math.abs(m - t) / t };
+    }),
+    ...rows,
+  ];
 }

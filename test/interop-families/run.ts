@@ -79,7 +79,7 @@ try {
     d.mtp_layers === 1 && JSON.stringify(d.mtp_router_rows) === JSON.stringify([[8, 32]]),
   );
   for (const family of NEW_FAMILIES) {
-    for (const row of checkFamily(python, family, root))
+    for (const row of await checkFamily(python, family, root))
       check(
         `${family} ${row.command}: perplexity within ${TOLERANCE} of transformers'`,
         row.rel <= TOLERANCE && Number.isFinite(row.moe),

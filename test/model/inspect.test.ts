@@ -31,7 +31,7 @@ function independentCounts(tensors: TensorSpec[], E: number, K: number) {
     const n = t.shape.reduce((a, b) => a * b, 1) * (t.name.endsWith('_blocks') ? 2 : 1);
     total += n;
     if (/shared_expert|shared_mlp/.test(t.name)) shared += n;
-    else if (/experts\.\d+\.|mlp\.experts\.|input_linear|output_linear/.test(t.name)) routed += n;
+    else if (/experts\.\d+\.|mlp\.experts\.|feed_forward\.experts\.|input_linear|output_linear/.test(t.name)) routed += n;
   }
   return { total, routed, shared, active: total - routed + (routed * K) / E };
 }

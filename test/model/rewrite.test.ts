@@ -45,7 +45,7 @@ function surgeryTensors(m: Model): Set<string> {
     const b = block(m, l);
     for (const n of [b.router.weight, b.router.bias, b.router.correctionBias]) if (n) s.add(n);
   }
-  const experts = /\.(block_sparse_moe\.experts\.\d+\.|mlp\.experts\.)|block_sparse_moe\.(input|output)_linear/;
+  const experts = /\.(block_sparse_moe\.experts\.\d+\.|mlp\.experts\.|feed_forward\.experts\.)|block_sparse_moe\.(input|output)_linear/;
   for (const n of m.ckpt.tensorNames) if (experts.test(n)) s.add(n);
   return s;
 }

@@ -39,6 +39,7 @@ const DENSE: Record<Family, number[]> = {
   glm_moe_dsa: [0],
   qwen3_next: [0],
   qwen3_5_moe_text: [],
+  llama4_text: [0, 2],
 };
 
 async function expectMoeError(p: Promise<unknown>, code: string, msg: RegExp): Promise<void> {
@@ -104,6 +105,32 @@ describe('family conventions in the view', () => {
     await m.ckpt.close();
     return m.view;
   }
+
+  it('llama4_text: MoE layers from moe_layers, NoPE and chunked layers, L2 qk-norm, temperature tuning, sigmoid on the expert input', async () => {
+    const v = await view('llama4_text', { layers: 4 });
+    expect(v.moeLayers).toEqual([1, 3]);
+    expect(v.routing).toMatchObject({ score: 'none', afterTopk: 'sigmoid', normalize: false, scale: 1, weightsInput: true });
+    expect(v.rope.style).toBe('interleaved');
+    expect(v.rope.scaling).toMatchObject({ rope_type: 'llama3', factor: 8 });
+    expect(v.layers.map((l) => !!l.nope)).toEqual([false, false, true, false]);
+    expect(v.layers.map((l) => l.attentionChunk)).toEqual([4, 4, undefined, 4]);
+    expect(v.attention.l2QkNorm).toEqual({ eps: 1e-6 });
+    expect(v.attention.temperatureTuning).toEqual({ floorScale: 2, attnScale: 0.1 });
+    const b = v.layers[1]!.block as MoeBlock;
+    expect(b.shared?.gate.tensor).toBe('model.layers.1.feed_forward.shared_expert.gate_proj.weight');
+    expect(b.experts[1]!.up).toMatchObject({ tensor: 'model.layers.1.feed_forward.experts.gate_up_proj', expert: 1, transposed: true, rows: [16, 32] });
+    expect(b.experts[1]!.down).toMatchObject({ tensor: 'model.layers.1.feed_forward.experts.down_proj', transposed: true, outFeatures: 32, inFeatures: 16 });
+    expect(v.dims.denseIntermediate).toBe(48);
+    // the configuration's defaults: moe_layers from interleave_moe_layer_step, NoPE every no_rope_layer_interval-th
+    // layer, chunked attention on the RoPE layers
+    const d = await view('llama4_text', { layers: 4, config: { moe_layers: null, no_rope_layers: [], layer_types: null, no_rope_layer_interval: 2 } });
+    expect(d.moeLayers).toEqual([1, 3]);
+    expect(d.layers.map((l) => !!l.nope)).toEqual([false, true, false, true]);
+    expect(d.layers.map((l) => l.attentionChunk)).toEqual([4, undefined, 4, undefined]);
+    const off = await view('llama4_text', { config: { use_qk_norm: false, attn_temperature_tuning: false } });
+    expect(off.attention.l2QkNorm).toBeUndefined();
+    expect(off.attention.temperatureTuning).toBeUndefined();
+  });
 
   it('mixtral: softmax, renormalized top-2, half RoPE, no biases', async () => {
     const v = await view('mixtral');
