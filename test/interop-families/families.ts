@@ -26,6 +26,8 @@ export const NEW_FAMILIES = [
   'qwen3_5_moe_text@fused',
   'llama4_text',
   'llama4',
+  'qwen3_5_moe',
+  'qwen3_5_moe@fused',
 ] as const;
 
 /**
@@ -35,7 +37,7 @@ export const NEW_FAMILIES = [
  */
 const INPUT_WEIGHTED = new Set(['llama4_text', 'llama4']);
 /** containers: every tensor outside the language model must come out byte for byte */
-const CONTAINER_TEXT_PREFIX: Record<string, string> = { llama4: 'language_model.' };
+const CONTAINER_TEXT_PREFIX: Record<string, string> = { llama4: 'language_model.', qwen3_5_moe: 'model.language_model.' };
 export const TOLERANCE = 2e-3;
 
 const SEQ = 63;
@@ -128,7 +130,7 @@ export async function checkFamily(python: string, family: string, root: string):
   const spec = join(root, `${family}-spec.json`);
   writeFileSync(spec, JSON.stringify(outs.map(([, d]) => ({ dir: d, windows }))));
   const ref = JSON.parse(py(python, ['ppl', spec])) as Record<string, { ppl: number }>;
-  const textPrefix = CONTAINER_TEXT_PREFIX[family];
+  const textPrefix = CONTAINER_TEXT_PREFIX[family.split('@')[0]!];
   if (textPrefix) {
     // the vision tower and projector of every output: the input's bytes (rel 0 when all equal, else Infinity)
     const input = await Checkpoint.open(dir);

@@ -3,10 +3,11 @@
  * full_attention_interval, gated full attention, zero-centred norms, the shared expert) and its refusals. The
  * forward pass and every command's output are compared with transformers 5.18 in `npm run test:families-py`.
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fromF32 } from '../../src/io/dtype.js';
 import { loadLinear } from '../../src/model/load.js';
 import { openModel } from '../../src/model/open.js';
 import type { MoeBlock } from '../../src/model/types.js';
@@ -237,5 +238,89 @@ describe('MTP layers, mtp.* convention (qwen3_next)', () => {
       await a.ckpt.close();
       await oq.close();
     }
+  });
+});
+
+/** qwen3_5_moe_text inside the Qwen3_5MoeForConditionalGeneration container, as transformers 5.18 saves it:
+ *  model.language_model.* and lm_head.* beside model.visual.*; the MTP block at the top level (mtp.*) */
+async function makeQwen35Container(dir: string): Promise<{ vision: string[] }> {
+  const text = await makeTinyCheckpoint('qwen3_5_moe_text', `${dir}.text`, { experts: 8, mtp: true, config: { bos_token_id: 0 } });
+  const { Checkpoint } = await import('../../src/io/checkpoint.js');
+  const { CheckpointWriter } = await import('../../src/io/writer.js');
+  const src = await Checkpoint.open(text.dir);
+  const named = (n: string) => (n.startsWith('model.') ? `model.language_model.${n.slice('model.'.length)}` : n);
+  const vision = [
+    { name: 'model.visual.blocks.0.attn.qkv.weight', dtype: 'F32' as const, shape: [24, 8] },
+    { name: 'model.visual.merger.linear_fc2.weight', dtype: 'F32' as const, shape: [32, 8] },
+    { name: 'model.visual.patch_embed.proj.weight', dtype: 'F32' as const, shape: [8, 3, 2, 2, 2] },
+  ];
+  const specs = [...text.tensors.map((t) => ({ ...t, name: named(t.name) })), ...vision];
+  const { architectures: _a, torch_dtype: dtype, ...textConfig } = text.config;
+  await mkdir(dir, { recursive: true });
+  await writeFile(
+    join(dir, 'config.json'),
+    JSON.stringify({
+      architectures: ['Qwen3_5MoeForConditionalGeneration'],
+      model_type: 'qwen3_5_moe',
+      dtype,
+      text_config: textConfig,
+      vision_config: { depth: 1 },
+    }),
+  );
+  const w = await CheckpointWriter.create(dir, specs);
+  try {
+    for (const t of text.tensors) await w.write(named(t.name), await src.readBytes(t.name));
+    for (const v of vision)
+      await w.write(
+        v.name,
+        fromF32(
+          Float32Array.from({ length: v.shape.reduce((a, b) => a * b, 1) }, (_, i) => Math.sin(i)),
+          'F32',
+        ),
+      );
+  } finally {
+    await src.close();
+  }
+  await w.finalize();
+  return { vision: vision.map((v) => v.name) };
+}
+
+describe('qwen3_5_moe (the multimodal container)', () => {
+  it('edits the language model inside it and its top-level mtp.* block; the vision tower comes out byte for byte', async () => {
+    const dir = join(root, 'q35-mm');
+    const { vision } = await makeQwen35Container(dir);
+    const m = await openModel(dir);
+    try {
+      expect(m.view.family).toBe('qwen3_5_moe_text');
+      expect(m.view.layers[0]!.prefix).toBe('model.language_model.layers.0.');
+      expect(m.view.layers.map((l) => l.attention.kind)).toEqual(['deltanet', 'gqa', 'deltanet']);
+      expect(m.view.mtp?.[0]?.layer.prefix).toBe('mtp.layers.0.');
+    } finally {
+      await m.ckpt.close();
+    }
+    const ids = join(root, 'q35-ids.jsonl');
+    await writeFile(
+      ids,
+      Array.from({ length: 4 }, (_, i) => JSON.stringify(Array.from({ length: 11 }, (_, j) => 1 + ((i * 5 + j * 9) % 63)))).join('\n') + '\n',
+    );
+    const out = join(root, 'q35-mm-pruned');
+    const r = await runMoe(['prune', '--model', dir, '--out', out, '--keep', '4', '--method', 'reap', '--calib-ids', ids, '--seq-len', '11', '--quiet']);
+    expect([r.code, r.stderr]).toEqual([0, '']);
+    const cfg = JSON.parse(await readFile(join(out, 'config.json'), 'utf8'));
+    expect([cfg.model_type, cfg.text_config.num_experts, cfg.text_config.mtp_num_hidden_layers, 'num_experts' in cfg]).toEqual(['qwen3_5_moe', 4, 1, false]);
+    const a = await openModel(dir);
+    const o = await openModel(out);
+    try {
+      for (const n of vision) expect(Buffer.from(await o.ckpt.readBytes(n)).equals(Buffer.from(await a.ckpt.readBytes(n)))).toBe(true);
+      expect(o.ckpt.shape('mtp.layers.0.mlp.gate.weight')).toEqual([4, 32]);
+      expect(o.ckpt.shape('model.language_model.layers.2.mlp.gate.weight')).toEqual([4, 32]);
+      expect(o.ckpt.tensorNames.filter((n) => /^mtp\.layers\.0\.mlp\.experts\.\d+\.gate_proj/.test(n))).toHaveLength(4);
+    } finally {
+      await a.ckpt.close();
+      await o.ckpt.close();
+    }
+    const e = await runMoe(['eval', '--model', out, '--data-ids', ids, '--seq-len', '11', '--json']);
+    expect(e.code).toBe(0);
+    expect(Number.isFinite(JSON.parse(e.stdout).perplexity)).toBe(true);
   });
 });
