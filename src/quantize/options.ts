@@ -8,7 +8,7 @@ import { fail } from '../errors.js';
 import { GGUF_CANDIDATES, isFloatCandidate, type GgufCandidate } from '../gguf/candidates.js';
 import type { OptionSpec } from '../pipeline/descriptor.js';
 import { common, field, int } from '../pipeline/fields.js';
-import { GRANULARITIES, METHOD_NAMES, OUTPUT_FORMAT_NAMES } from './methods.js';
+import { getQuantizer, GRANULARITIES, METHOD_NAMES, OUTPUT_FORMAT_NAMES } from './methods.js';
 import { compile, parseOverride } from './plan.js';
 import { checkServeFlags, SERVE_TARGET_NAMES, serveTarget, type ServeTarget } from './targets.js';
 
@@ -114,7 +114,7 @@ export function checkQuantize(o: QuantizeOptions): void {
   for (const s of o.override) parseOverride(s);
   for (const r of o.ignore) compile(r, '--ignore');
   if (!o.dryRun && !o.out) fail('Usage', 'give --out DIR (or --dry-run)');
-  if (!o.calib && o.method === 'gptq') fail('Usage', 'GPTQ needs calibration text for its Hessians: give --calib FILE (or --method rtn)');
+  if (!o.calib) refuseWithoutCalibration(o.method);
   if (o.plan && o.savePlan) fail('Usage', 'give --plan FILE (apply a saved plan) or --save-plan FILE (write one), not both');
   const t = servingTarget(o);
   if (t) {
@@ -132,6 +132,12 @@ export function checkQuantize(o: QuantizeOptions): void {
 
 export const QUANTIZE_SPEC: OptionSpec<typeof QUANTIZE_OPTIONS> = { options: QUANTIZE_OPTIONS, check: checkQuantize };
 
+/** A method that cannot run without calibration text says so in its own words (its descriptor's). */
+function refuseWithoutCalibration(method: string): void {
+  const why = getQuantizer(method).missingCalibration;
+  if (why) fail('Usage', why);
+}
+
 /** --format gguf: llama.cpp's types, one per tensor; what GPTQ-format options have no meaning for is refused. */
 function checkGgufQuantize(o: QuantizeOptions): void {
   const cands = o.candidates ?? DEFAULT_GGUF_CANDIDATES;
@@ -144,7 +150,7 @@ function checkGgufQuantize(o: QuantizeOptions): void {
   } else {
     if (o.bits === undefined)
       fail('Usage', 'give --bits B (target bits per weight of the routed experts) or --candidates f16|bf16|f32 for the unquantized GGUF');
-    if (!o.calib && o.method === 'gptq') fail('Usage', 'GPTQ needs calibration text for its Hessians: give --calib FILE (or --method rtn)');
+    if (!o.calib) refuseWithoutCalibration(o.method);
   }
   const refuse = (flag: string, why: string) => fail('Usage', `${flag} is not available with --format gguf: ${why}`);
   if (o.shard) refuse('--shard', 'a GGUF is one file; quantize it in one job');

@@ -39,7 +39,7 @@ import { streamModel } from '../runtime/stream.js';
 import { allocate, type AllocResult, type AllocUnit } from '../alloc/knapsack.js';
 import { quantizeRtn } from '../../kernels/quant/rtn.js';
 import type { QuantBits, QuantizedLinear } from '../../kernels/quant/types.js';
-import type { Granularity } from './methods.js';
+import { compensates, getQuantizer, type Granularity } from './methods.js';
 import { ctQuantizationConfig, ctTensorBytes, ctTensorSpecs, fusedPrefix } from './ct.js';
 import type { ServeTarget } from './targets.js';
 import type { ModelView } from '../model/types.js';
@@ -81,7 +81,7 @@ function derive(req: QuantizeRun) {
   const ignores = req.ignore.map((r) => compile(r, '--ignore'));
   const settings: QuantSettings = { method, groupSize, sym: req.sym || !!target?.symmetric, damp, actOrder: req.actOrder, minTokens };
   // layers of a shard job must not depend on other jobs' quantized layers
-  const sequential = method === 'gptq' && !req.shard && req.sequential;
+  const sequential = getQuantizer(method).hessians && !req.shard && req.sequential;
   const alpha = req.alpha ?? 1;
   const beta = req.beta ?? 1.5;
   /** everything that shapes the plan or its application: a saved plan is refused under other values */
@@ -318,7 +318,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
   // the MoE layers whose routed/shared experts GPTQ quantizes in the apply pass (this shard's only)
   const mine = (layer: number) => !req.shard || shardOwner(layer, req.shard.count) === req.shard.index;
   const gptqLayersOf = (fb: (d: LinearDecision) => QuantBits | 'keep') =>
-    v.method !== 'gptq'
+    !getQuantizer(v.method).hessians
       ? []
       : [...new Set(decisions.filter((d) => (d.cls === 'expert' || d.cls === 'shared') && mine(d.layer) && fb(d) !== 'keep').map((d) => d.layer))].sort(
           (a, b) => a - b,
@@ -330,8 +330,8 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
   let seqLen = 0;
   // kernels run on tfjs with or without calibration (round-to-nearest at write time too)
   await pr.startBackend();
-  // round-to-nearest needs no activations: calibration is read only to score, or for GPTQ
-  if (req.calib && (scoring || v.method === 'gptq')) {
+  // round-to-nearest needs no activations: calibration is read only to score, or for a Hessian method (GPTQ)
+  if (req.calib && (scoring || getQuantizer(v.method).hessians)) {
     const set = await loadWindowSet(req.model, req.calib, { seqLen: req.seqLen, maxTokens: req.calibTokens, format: calibFormat(req) });
     windows = set.windows;
     calibTokens = windows.reduce((a, w) => a + w.length, 0);
@@ -395,7 +395,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
             const r = routed[e]!;
             if (r.n === 0) return;
             const exp = expertDecisions.filter((d) => d.layer === li && d.expert === e);
-            const gptq = v.method === 'gptq' && r.n >= v.settings.minTokens;
+            const gptq = compensates(v.method, r.n, v.settings.minTokens);
             const scale = imp[e]! / r.n;
             const jobs: ProjBits[] = [];
             const targets: { ui: number; oi: number }[] = [];

@@ -5,7 +5,7 @@
  */
 import type { AllocResult } from '../alloc/knapsack.js';
 import { linearTensors } from '../model/load.js';
-import type { Granularity } from './methods.js';
+import { getQuantizer, type Granularity } from './methods.js';
 import type { Model } from '../model/open.js';
 import { formatEstimate, type MemoryEstimate } from '../runtime/memory.js';
 import type { QuantBits } from '../../kernels/quant/types.js';
@@ -182,12 +182,7 @@ export function buildReport(r: ReportInput): QuantizeReport {
     actOrder: !!r.req.actOrder,
     calibration: {
       tokens: r.calibTokens,
-      hessians:
-        r.method !== 'gptq'
-          ? 'none: round-to-nearest needs no activations'
-          : r.sequential
-            ? 'per expert from the tokens routed to it; sequential: layer l sees activations from the already-quantized experts and shared experts of layers < l (attention and dense MLPs: round-to-nearest, full precision in the calibration stream)'
-            : "per expert from the tokens routed to it; not sequential: every layer sees the full-precision model's activations (attention and dense MLPs: round-to-nearest)",
+      hessians: getQuantizer(r.method).calibrationNote(r.sequential),
     },
     bitMap,
     units: r.units.map((u, i) => ({
@@ -264,8 +259,7 @@ export function summaryTable(rep: QuantizeReport): string {
       `  resumed: a killed run had finished layers 0-${rep.resumedAfterLayer}; GPTQ and the forward pass continued from layer ${rep.resumedAfterLayer + 1}`,
     );
   if (rep.fusedExperts) lines.push(`  fused experts: read as ${rep.fusedExperts.read}; written as ${rep.fusedExperts.written}`);
-  if (rep.method === 'gptq')
-    lines.push(`  GPTQ Hessians: ${rep.sequential ? 'sequential (through the quantized earlier layers)' : 'not sequential (full-precision activations)'}`);
+  lines.push(...(getQuantizer(rep.method).reportLines?.(rep.sequential) ?? []));
   lines.push(`  ${formatEstimate(rep.memory)}`);
   if (rep.fallbacks.length)
     lines.push(
