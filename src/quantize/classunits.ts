@@ -24,6 +24,7 @@ import { accumulateHessian } from '../../kernels/quant/gptq.js';
 import { dequantize, quantizeRtn } from '../../kernels/quant/rtn.js';
 import type { QuantBits } from '../../kernels/quant/types.js';
 import type { ProjBits, QuantSettings } from './expert.js';
+import { getQuantizer } from './methods.js';
 import { inputRoleOf, type LinearDecision } from './plan.js';
 import { optionBits, type Unit } from './types.js';
 
@@ -104,7 +105,7 @@ export class ClassUnitScores {
       gates: sharedGates(inp),
       activation: act,
       settings: this.settings,
-      gptq: this.settings.method === 'gptq',
+      gptq: getQuantizer(this.settings.method).hessians,
       jobs,
       reuse: false,
     };
