@@ -20,7 +20,10 @@ import { tokensPerExpert } from '../runtime/moe.js';
 /** The experts' input Grams would be of x, where llama4's experts see w * x (src/runtime/moe.ts weightsInput). */
 function refuseWeightedInputs(model: Model): void {
   if (model.view.routing.weightsInput)
-    fail('UnsupportedArchitecture', `${model.view.family} scales each routed expert's input by its router weight: Gram matrices of the experts' inputs are not collected for it`);
+    fail(
+      'UnsupportedArchitecture',
+      `${model.view.family} scales each routed expert's input by its router weight: Gram matrices of the experts' inputs are not collected for it`,
+    );
 }
 
 /** bytes the --grams output will take (every file listed above, float64); refused first where they would be wrong */

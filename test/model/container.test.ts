@@ -147,10 +147,19 @@ describe('llama4_text: what moe does not do for it is refused in one line, nothi
     await writeFile(ids, `${JSON.stringify(Array.from({ length: 40 }, (_, i) => (i * 5 + 1) % 64))}\n`);
     const data = ['--calib-ids', ids, '--seq-len', '8', '--quiet'];
     const cases: [string[], RegExp][] = [
-      [['prune', '--model', dir, '--out', join(root, 'r1'), '--keep', '2', '--method', 'reconstruct', ...data], /scales each routed expert's input by its router weight/],
+      [
+        ['prune', '--model', dir, '--out', join(root, 'r1'), '--keep', '2', '--method', 'reconstruct', ...data],
+        /scales each routed expert's input by its router weight/,
+      ],
       [['merge', '--model', dir, '--out', join(root, 'r2'), '--groups', '2', ...data], /scales each routed expert's input by its router weight/],
-      [['calibrate', '--model', dir, '--out', join(root, 'r3'), '--data-ids', ids, '--seq-len', '8', '--grams', '--quiet'], /Gram matrices of the experts' inputs are not collected/],
-      [['quantize', '--model', dir, '--out', join(root, 'r4'), '--bits', '4', '--method', 'rtn', '--quiet'], /fused in 3-D tensors and GPTQModel defines no per-expert module layout/],
+      [
+        ['calibrate', '--model', dir, '--out', join(root, 'r3'), '--data-ids', ids, '--seq-len', '8', '--grams', '--quiet'],
+        /Gram matrices of the experts' inputs are not collected/,
+      ],
+      [
+        ['quantize', '--model', dir, '--out', join(root, 'r4'), '--bits', '4', '--method', 'rtn', '--quiet'],
+        /fused in 3-D tensors and GPTQModel defines no per-expert module layout/,
+      ],
     ];
     for (const [args, msg] of cases) {
       const r = await runMoe(args);
