@@ -4,8 +4,9 @@
  * columns not yet quantized through the upper Cholesky factor of H^-1, exactly as kernels/quant/gptq.ts does for
  * GPTQ's own grid. What changes is the rounding: at the first column of every format block (32 or 256 columns)
  * the block's stored parameters (float16 d / dmin, integer sub-scales and sub-offsets) are fitted, row by row, to
- * the error-updated values of the whole block by the format's own fit (fitBlockParams, weighted by the Hessian
- * diagonal the way llama.cpp weights by its importance matrix), and from then on every column takes the nearest
+ * the error-updated values of the whole block by the format's own fit (llama.cpp's for the k-quants, kfit.ts, and
+ * fitBlockParams for the 32-value types; weighted by the Hessian diagonal the way llama.cpp weights by its importance
+ * matrix), and from then on every column takes the nearest
  * code on the grid the decoder rebuilds (nearestCode). The feedback inside a lazy batch runs on typed arrays; the
  * update of the columns after the batch is one matrix product on tfjs.
  *
@@ -15,7 +16,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { fail } from '../../src/errors.js';
 import type { GptqPrepared } from '../quant/gptq.js';
-import { KQUANT_SPECS, blockGrid, fitBlockParams, nearestCode, packBlock, rowWeights, type KQuantType } from './kquants.js';
+import { KQUANT_SPECS, blockGrid, fitBlock, nearestCode, packBlock, type KQuantType } from './kquants.js';
 
 export interface GgmlGptqResult {
   /** the tensor's bytes in ggml layout (row after row) */
@@ -51,7 +52,7 @@ export function gptqGgml(type: KQuantType, w: Float32Array, out: number, inF: nu
   const bs = s.block * Math.max(1, Math.round(Math.max(128, s.block) / s.block));
   const imp = new Float64Array(s.block);
   const grids: { dl: Float32Array; ml: Float32Array }[] = new Array(out);
-  const blocks: ReturnType<typeof fitBlockParams>[] = new Array(out);
+  const blocks: ReturnType<typeof fitBlock>[] = new Array(out);
   let loss = 0;
 
   for (let i1 = 0; i1 < inF; i1 += bs) {
@@ -67,7 +68,8 @@ export function gptqGgml(type: KQuantType, w: Float32Array, out: number, inF: nu
         for (let k = 0; k < s.block; k++) imp[k] = importance ? importance[col + k]! : 1;
         for (let o = 0; o < out; o++) {
           const x = W1.subarray(o * cnt + i, o * cnt + i + s.block);
-          const blk = fitBlockParams(type, x, rowWeights(x, s.block, s.block, imp), 0);
+          // the k-quants take llama.cpp's own fit (kfit.ts) with the Hessian diagonal as its importance
+          const blk = fitBlock(type, x, 0, imp);
           blocks[o] = blk;
           grids[o] = blockGrid(type, blk);
         }

@@ -22,14 +22,15 @@
  * f16 times a 6-bit integer, times a code of at most 8 bits), so the results agree bit for bit whether or not a
  * compiler fuses the multiply-add.
  *
- * Encoding (our own search, not a port of llama.cpp's): each sub-block's scale (and offset) is fitted by
- * importance-weighted least squares over a sweep of candidate grids, the super-block's d/dmin and the integer
- * sub-scales are then rounded to what the format stores, and finally every value takes the nearest code on the
- * grid the decoder will actually reconstruct. Importance per value is w_i = imatrix_i * sqrt(sigma^2 + x_i^2)
- * (sigma^2 the block's mean square), the weighting llama.cpp's quantize_*_impl use with an importance matrix; with
- * none, imatrix_i = 1.
+ * Encoding: the k-quants (Q2_K-Q6_K) are fitted by llama.cpp's own importance-matrix search, ported in kfit.ts
+ * (byte for byte what its quantize_q*_K writes given the same importance; ones when there is none). The 32-value
+ * types keep our own search: each block's scale (and offset) by importance-weighted least squares over a sweep of
+ * candidate grids, rounded to what the format stores; every value then takes the nearest code on the grid the
+ * decoder will actually reconstruct. Importance per value there is w_i = imatrix_i * sqrt(sigma^2 + x_i^2)
+ * (sigma^2 the block's mean square).
  */
 import { f16BitsToF32, f32ToF16Bits } from '../../src/io/dtype.js';
+import { fitBlockLlama, hasLlamaFit, nearestInt } from './kfit.js';
 
 export const KQUANT_TYPES = ['Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q8_0', 'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K'] as const;
 export type KQuantType = (typeof KQUANT_TYPES)[number];
@@ -530,21 +531,43 @@ export function rowWeights(x: ArrayLike<number>, n: number, block: number, imatr
   return w;
 }
 
+const ONES = new Float32Array(256).fill(1);
+
+/**
+ * The stored parameters of the block at x[o..] (codes left to the caller), with importance imatrix[io..] per value
+ * (none: all ones): llama.cpp's fit for the k-quants (kfit.ts), fitBlockParams' sweep for the 32-value types.
+ */
+export function fitBlock(type: KQuantType, x: Float32Array | Float64Array, o: number, imatrix?: ArrayLike<number>, io = 0): KBlock {
+  const s = KQUANT_SPECS[type];
+  if (hasLlamaFit(type)) return fitBlockLlama(type, x, imatrix ?? ONES, o, imatrix ? io : 0);
+  const im = imatrix ? Float64Array.from({ length: s.block }, (_, i) => imatrix[io + i]!) : undefined;
+  const w = rowWeights(x.subarray(o, o + s.block), s.block, s.block, im);
+  return fitBlockParams(type, x.subarray(o, o + s.block), w, 0);
+}
+
 /** Quantize one row of n values (a multiple of the block size) into the type's blocks. */
 export function quantizeRow(type: KQuantType, x: ArrayLike<number>, n: number, imatrix?: ArrayLike<number>, o = 0): Uint8Array {
   const s = KQUANT_SPECS[type];
   if (n % s.block !== 0) throw new RangeError(`${type}: a row of ${n} values is not whole blocks of ${s.block}`);
   const nb = n / s.block;
   const out = new Uint8Array(nb * s.bytes);
-  const xs = new Float64Array(n);
+  const llama = hasLlamaFit(type);
+  // the k-quants fit float32 values as llama.cpp does; the 32-value types fit in float64
+  const xs = llama ? new Float32Array(n) : new Float64Array(n);
   for (let i = 0; i < n; i++) xs[i] = x[o + i]!;
-  const w = rowWeights(xs, n, s.block, imatrix);
   for (let b = 0; b < nb; b++) {
-    const blk = fitBlockParams(type, xs, w, b * s.block);
+    const blk = fitBlock(type, xs, b * s.block, imatrix, b * s.block);
     const { dl, ml } = blockGrid(type, blk);
     for (let i = 0; i < s.block; i++) {
       const j = Math.floor(i / s.sub);
-      blk.q[i] = nearestCode(xs[b * s.block + i]!, dl[j]!, ml[j]!, s.qmin, s.qmax);
+      const v = xs[b * s.block + i]!;
+      // the k-quants: llama.cpp's requantize step, in float32 with ggml's round-half-to-even (a sub-block of step 0
+      // decodes to its offset whatever its codes)
+      blk.q[i] = !llama
+        ? nearestCode(v, dl[j]!, ml[j]!, s.qmin, s.qmax)
+        : dl[j] === 0
+          ? Math.max(s.qmin, 0)
+          : Math.max(s.qmin, Math.min(s.qmax, nearestInt(fr(fr(fr(v) + ml[j]!) / dl[j]!))));
     }
     packBlock(type, blk, out, b * s.bytes);
   }

@@ -77,6 +77,8 @@ export function gramWriter(model: Model, dir: string): { hooks: Pick<StreamHooks
     return a.g;
   };
   const onLinearInput = (li: LinearInput) => {
+    // a dense layer's gate/up input is not among the statistics calibrate saves (its files stay what they were)
+    if (li.role === 'mlp.in') return;
     const name = li.role === 'experts.down.in' ? `layer-${li.layer}.expert-${li.expert}.down.in` : `layer-${li.layer}.${li.role}`;
     accumulateGram(at(name, li.cols), li.x, li.cols, null, li.rows);
   };

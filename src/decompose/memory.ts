@@ -14,22 +14,13 @@
  */
 import type { MemoryPhase } from '../pipeline/memory.js';
 import type { MemoryPart } from '../runtime/memory.js';
+import type { DecomposeModeMethod } from './methods.js';
 import type { Model } from '../model/open.js';
 import { unitParams } from './plan.js';
-import type { UnitShape } from './units.js';
+import type { UnitShape } from './unitshape.js';
 
 const F64 = 8;
 const F32 = 4;
-
-/**
- * Allocation churn. Every unit allocates its workspace afresh, and every product through tfjs leaves float32
- * copies on the host, tens of MB of JS-heap garbage and a wasm heap that grows in steps and never shrinks; V8
- * frees large arrays late, so the peak RSS sits above the live set by several units' worth. Fitted on
- * bench/decompose-memory.ts (measured peak - live estimate): whitened H 512 / I 1408 +450 MiB (unit workspace
- * 58 MiB), whitened H 256 / I 704 +174 MiB (14.5 MiB), svd H 512 / I 1408 +332 MiB (46.5 MiB).
- */
-export const CHURN_PER_WORKSPACE = 6;
-export const CHURN_BASE_BYTES = 80 * 2 ** 20;
 
 export interface DecomposeMemoryOptions {
   /** a calibration forward pass runs (whitened modes, or --calib with svd) */
@@ -46,29 +37,6 @@ export interface DecomposeMemoryOptions {
   materialize: boolean;
   /** the largest tensor the writer makes: elements and bytes in its output dtype */
   largestNew: { elems: number; bytes: number };
-}
-
-/** Host float64 bytes while one unit is factorised and measured. */
-export function unitWorkspaceBytes(u: UnitShape, whitened: boolean): number {
-  const { m, n } = u;
-  const E = u.experts.length;
-  const [r, c] = u.kind === 'shared-input' ? [E * m, n] : u.kind === 'shared-output' ? [m, E * n] : [m, n];
-  const p = Math.min(r, c);
-  // the unit's weights in float64 (base-delta: weight, base, delta), the matrix decomposed, the whitening factor
-  const weights = u.kind === 'delta' ? 3 * m * n : E * m * n;
-  const input = r * c + (whitened ? n * n : 0);
-  let svd: number;
-  if (u.maxRank < p) {
-    // randomized: sketch, range basis (two copies during CholeskyQR2), co-range, projected matrix, small SVD
-    const l = Math.min(u.maxRank + 10, p);
-    svd = c * l + 2 * r * l + c * l + l * c + 3 * l * l + r * u.maxRank + u.maxRank * c;
-  } else {
-    // Gram route: the smaller Gram, its eigenvectors and the eigensolver's copy, U, V^T and M V
-    svd = 3 * p * p + 2 * r * p + p * c;
-  }
-  // measuring the error: A B, the difference, and D G
-  const measure = 3 * m * n;
-  return (weights + input + svd + measure) * F64;
 }
 
 interface LayerShapes {
@@ -95,7 +63,7 @@ export function decomposeMemoryPhases(
   _model: Model,
   shapes: readonly UnitShape[],
   ranks: readonly number[],
-  mode: string,
+  mode: DecomposeModeMethod,
   o: DecomposeMemoryOptions,
 ): MemoryPhase[] {
   const layers = byLayer(shapes, ranks);
@@ -112,10 +80,8 @@ export function decomposeMemoryPhases(
       bytes: maxOver((l) => l.E * ((l.proj.get('gate')?.n ?? 0) ** 2 + (l.proj.get('down')?.n ?? 0) ** 2) * F64),
     });
   }
-  const whitened = mode !== 'svd';
-  const work = shapes.reduce((a, u) => Math.max(a, unitWorkspaceBytes(u, whitened)), 0);
-  parts.push({ label: 'factorisation of the largest unit (float64 SVD workspace)', bytes: work });
-  parts.push({ label: 'allocation churn not yet collected (fitted: 6 x the unit workspace + 80 MiB)', bytes: CHURN_PER_WORKSPACE * work + CHURN_BASE_BYTES });
+  // the mode's own part (its descriptor): the factorisation workspace of its largest unit and the churn it leaves
+  parts.push(...mode.memory({ units: shapes }));
   if (o.scoring) parts.push({ label: "every unit's truncation spectrum (score pass)", bytes: shapes.reduce((a, u) => a + (u.maxRank + 1) * F64, 0) });
   if (o.writing) {
     parts.push({

@@ -7,8 +7,8 @@ import { DEFAULT_SVD_SEED } from '../../kernels/linalg/svd.js';
 import { fail } from '../errors.js';
 import type { OptionSpec } from '../pipeline/descriptor.js';
 import { common, field, int } from '../pipeline/fields.js';
-import { MODES, type DecomposeMode } from './format.js';
-import { MODE_METHODS } from './methods.js';
+import type { DecomposeMode } from './format.js';
+import { getMode, MODE_NAMES } from './methods.js';
 import { DEFAULT_ALLOC_SECONDS } from './plan.js';
 
 export const DEFAULT_MODE: DecomposeMode = 'whitened';
@@ -17,7 +17,7 @@ export const DECOMPOSE_OPTIONS = z.object({
   model: common.model(),
   out: common.out(),
   ratio: field(z.number().gt(0).max(1), { help: 'fraction of expert parameters kept', arg: 'r' }),
-  mode: field(z.enum(MODES as [DecomposeMode, ...DecomposeMode[]]).default(DEFAULT_MODE), { help: 'factorisation (see Modes below)', arg: 'mode' }),
+  mode: field(z.enum(MODE_NAMES).default(DEFAULT_MODE), { help: 'factorisation (see Modes below)', arg: 'mode' }),
   uniform: field(z.boolean().default(false), {
     help: 'the same parameter fraction in every linear, k = floor(m n R / (m + n)), instead of allocating ranks by truncation loss',
   }),
@@ -50,7 +50,7 @@ export type DecomposeOptions = z.output<typeof DECOMPOSE_OPTIONS>;
 
 /** Combinations, before any file is read. `windows` / `grams`: calibration a library caller already holds. */
 export function checkDecompose(o: DecomposeOptions & { windows?: unknown; grams?: unknown }): void {
-  const mode = MODE_METHODS.find((m) => m.name === o.mode)!;
+  const mode = getMode(o.mode);
   if (o.calib && o.stats) fail('Usage', 'give --calib FILE or --stats DIR, not both');
   if (o.stats) fail('Usage', 'decompose needs the Gram matrices of routed activations, which saved statistics do not hold: give --calib FILE');
   if (mode.needs !== 'none' && !o.calib && !o.windows && !o.grams)

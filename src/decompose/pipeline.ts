@@ -32,6 +32,7 @@ import { streamModel } from '../runtime/stream.js';
 import type { DecomposeMode } from './format.js';
 import { layerGrams, type LayerGrams } from './grams.js';
 import { decomposeMemoryPhases } from './memory.js';
+import { getMode } from './methods.js';
 import { type DECOMPOSE_OPTIONS, DECOMPOSE_SPEC, DEFAULT_MODE, type DecomposeOptions } from './options.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline } from '../pipeline/engine.js';
@@ -458,12 +459,7 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
     if (model.view.moeLayers.length === 0) fail('InvalidConfig', `${req.model} has no MoE layers to decompose`);
     // checked before the calibration pass, so an impossible budget fails in the first second, not after minutes
     const E = model.view.dims.numExperts;
-    if (mode === 'base-delta' && req.ratio * E < 1) {
-      fail(
-        'ImpossibleBudget',
-        `--ratio ${req.ratio} is below what the base experts alone need in base-delta mode (one dense expert per layer of ${E}): use a ratio above ${(1 / E).toFixed(3)}`,
-      );
-    }
+    getMode(mode).check?.({ ratio: req.ratio, E });
     const seed = req.seed;
     const opts: ScoreOptions = { mode, engine: req.engine, ratio: req.ratio, seed, randomizedAbove: req.randomizedAbove };
 
@@ -537,7 +533,7 @@ export async function decompose(request: DecomposeRequest): Promise<DecomposeRep
     // the estimate is the real run's (a dry run predicts the run it plans): it scores unless ranks come from a plan
     // file or from shapes (--uniform), and it writes
     const memory = run.memory(
-      decomposeMemoryPhases(model, shapes, ranks, mode, {
+      decomposeMemoryPhases(model, shapes, ranks, getMode(mode), {
         calibrated: src.kind === 'forward',
         grams: src.kind !== 'weights',
         tokens: calibration.tokens,

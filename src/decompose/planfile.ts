@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { fail } from '../errors.js';
 import type { DecomposeMode } from './format.js';
 import { budgetOf, rankCap, unitParams, type AllocLoss } from './plan.js';
-import type { UnitShape } from './units.js';
+import type { UnitShape } from './unitshape.js';
 
 /** The `plan` field of a decompose plan file. */
 export interface DecomposePlan {

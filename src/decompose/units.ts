@@ -9,68 +9,35 @@
  *   shared-input      one unit per layer x projection: shared V, U_j     params k n + E k m
  *   shared-output     one unit per layer x projection: shared U, V_j     params k m + E k n
  */
+
 import type { Engine } from '../../kernels/linalg/matmul.js';
 import type { SwiGLUWeights } from '../runtime/api.js';
-import {
-  activationError2,
-  compose,
-  factorizeLinear,
-  factorizeSharedInput,
-  factorizeSharedOutput,
-  factorRank,
-  frequencyWeightedBase,
-  type Factorization,
-  type FactorizeOptions,
-  type SharedFactorization,
-} from './factorize.js';
-import type { DecomposeMode } from './format.js';
+import { activationError2, compose, type Factorization, type FactorizeOptions, type SharedFactorization } from './factorize.js';
 import type { LayerGrams } from './grams.js';
-import { LADDER, type RankUnit } from './plan.js';
+import { getMode } from './methods.js';
+import {
+  gramFor,
+  PROJS,
+  type ExpertFactors,
+  type Proj,
+  type ProjShape,
+  type ScoredUnit,
+  type ScoreOptions,
+  type UnitShape,
+  type UnitSummary,
+} from './unitshape.js';
 
-export type Proj = 'gate' | 'up' | 'down';
-export const PROJS: readonly Proj[] = ['gate', 'up', 'down'];
-
-/** A rank unit as far as shapes tell: what planning and plan validation need before any weight is read. */
-export interface UnitShape extends Omit<RankUnit, 'tail'> {
-  layer: number;
-  proj: Proj;
-  kind: 'expert' | 'delta' | 'shared-input' | 'shared-output';
-  /** experts the unit covers (one, or all of the layer for shared bases) */
-  experts: number[];
-  m: number;
-  n: number;
-}
-
-/** What the score pass keeps of a unit: its shape and truncation spectrum (small), not its factorisation. */
-export interface UnitSummary extends UnitShape, RankUnit {
-  ridge: number;
-  /** tokens routed to each covered expert (undefined without calibration) */
-  tokens?: number[];
-}
-
-export interface ScoredUnit extends UnitSummary {
-  fact: Factorization | SharedFactorization;
-  /** original weights and true (unridged) Grams of the covered experts, for the measured error */
-  weights: Float64Array[];
-  grams?: Float64Array[];
-  /** base-delta: the layer x projection base expert */
-  base?: Float64Array;
-}
-
-/** Factors of one expert linear after planning: W ≈ base + u v. */
-export interface ExpertFactors {
-  layer: number;
-  expert: number;
-  proj: Proj;
-  rank: number;
-  /** [m, k] */
-  u: Float64Array;
-  /** [k, n] */
-  v: Float64Array;
-  /** which of u / v is one shared tensor of the layer (shared-input: v; shared-output: u) */
-  shared?: 'u' | 'v';
-  base?: Float64Array;
-}
+export {
+  ladderTop,
+  PROJS,
+  type ExpertFactors,
+  type Proj,
+  type ProjShape,
+  type ScoredUnit,
+  type ScoreOptions,
+  type UnitShape,
+  type UnitSummary,
+} from './unitshape.js';
 
 export interface AppliedUnit {
   id: string;
@@ -85,79 +52,17 @@ export interface AppliedUnit {
   factors: ExpertFactors[];
 }
 
-export interface ScoreOptions extends FactorizeOptions {
-  mode: DecomposeMode;
-  engine?: Engine;
-  /** the budget's ratio, when known: large matrices then compute only the ranks the plan can choose */
-  ratio?: number;
-}
-
-/** Highest rank any plan at `ratio` can give a unit (the top of its rank ladder). */
-function ladderTop(perRank: number, dense: number, fixed: number, ratio: number | undefined): number | undefined {
-  if (ratio === undefined) return undefined;
-  return Math.ceil(((ratio * dense - fixed) / perRank) * LADDER[LADDER.length - 1]!) + 1;
-}
-
-function gramFor(g: LayerGrams | undefined, j: number, proj: Proj, n: number): Float64Array | undefined {
-  if (!g) return undefined;
-  const e = g.experts[j]!;
-  // an expert no token reached has a zero Gram: its whitened spectrum is (almost) zero and the allocator gives it
-  // the smallest rank, which is right for an expert the calibration data never uses
-  return (proj === 'down' ? e.mid : e.input) ?? new Float64Array(n * n);
-}
-
-/** Shapes of one projection of a layer's experts: [m, n] = [out, in] (the same for every expert). */
-export interface ProjShape {
-  m: number;
-  n: number;
-}
-
 /**
  * The units of one layer, from shapes alone, in the order scoring and writing visit them (projection, then
  * expert). maxRank is the rank the factorisation will have: the matrix rank, or the ladder top where the
- * randomized SVD computes only what a plan at `ratio` can choose.
+ * randomized SVD computes only what a plan at `ratio` can choose. Each mode's file says its units.
  */
 export function layerUnitShapes(layer: number, E: number, shape: (proj: Proj) => ProjShape, opts: ScoreOptions): UnitShape[] {
+  const mode = getMode(opts.mode);
   const out: UnitShape[] = [];
   for (const proj of PROJS) {
     const { m, n } = shape(proj);
-    const common = { layer, proj, m, n, group: `L${layer}.${proj}` };
-    if (opts.mode === 'svd' || opts.mode === 'whitened' || opts.mode === 'base-delta') {
-      const delta = opts.mode === 'base-delta';
-      const fixed = delta ? (m * n) / E : 0;
-      const maxRank = factorRank(m, n, ladderTop(m + n, m * n, fixed, opts.ratio), opts);
-      for (let j = 0; j < E; j++) {
-        out.push({
-          ...common,
-          id: `L${layer}.e${j}.${proj}`,
-          kind: delta ? 'delta' : 'expert',
-          experts: [j],
-          maxRank,
-          // the base is paid once per layer x projection; spread over its experts so uniform ranks stay equal
-          perRank: m + n,
-          dense: m * n,
-          fixed,
-          weight: 1,
-          minRank: delta ? 0 : 1,
-        });
-      }
-    } else {
-      const sharedIn = opts.mode === 'shared-input';
-      const perRank = sharedIn ? n + E * m : m + E * n;
-      const [rows, cols] = sharedIn ? [E * m, n] : [m, E * n];
-      out.push({
-        ...common,
-        id: `L${layer}.shared.${proj}`,
-        kind: sharedIn ? 'shared-input' : 'shared-output',
-        experts: Array.from({ length: E }, (_, j) => j),
-        maxRank: factorRank(rows, cols, ladderTop(perRank, E * m * n, 0, opts.ratio), opts),
-        perRank,
-        dense: E * m * n,
-        fixed: 0,
-        weight: 1,
-        minRank: 1,
-      });
-    }
+    out.push(...mode.shapes({ layer, proj, m, n, E, opts }));
   }
   return out;
 }
@@ -167,78 +72,33 @@ export function layerUnitShapes(layer: number, E: number, shape: (proj: Proj) =>
  * summary (or applies the unit and keeps its factors) holds one unit's factorisation at a time.
  */
 export function* layerUnits(layer: number, experts: readonly SwiGLUWeights[], grams: LayerGrams | undefined, opts: ScoreOptions): Generator<ScoredUnit> {
+  const mode = getMode(opts.mode);
   const E = experts.length;
   const tokens = grams?.experts.map((e) => e.tokens);
   const totalTokens = tokens?.reduce((a, b) => a + b, 0) ?? 0;
   // plain SVD's loss is in weight space: weight it by routing frequency (x E so the mean weight is 1)
   const freqWeight = (j: number) => (tokens && totalTokens > 0 ? (E * tokens[j]!) / totalTokens : 1);
-  const whiten = opts.mode !== 'svd';
   const shapes = layerUnitShapes(layer, E, (proj) => ({ m: experts[0]![proj].out, n: experts[0]![proj].in }), opts);
   const fo: FactorizeOptions = { seed: opts.seed, randomizedAbove: opts.randomizedAbove };
   for (const proj of PROJS) {
     const { out: m, in: n } = experts[0]![proj];
-    const W64 = (j: number) => Float64Array.from(experts[j]![proj].w);
-    // measured errors use the Grams whenever calibration ran (plain SVD too, so modes compare in one space);
-    // only the whitened modes factor with them
-    const measureG = (j: number) => gramFor(grams, j, proj, n);
-    const mine = shapes.filter((s) => s.proj === proj);
-    if (opts.mode === 'svd' || opts.mode === 'whitened') {
-      for (let j = 0; j < E; j++) {
-        const W = W64(j);
-        const G = measureG(j);
-        const fact = factorizeLinear(W, m, n, whiten ? G : undefined, opts.engine, ladderTop(m + n, m * n, 0, opts.ratio), fo);
-        yield {
-          ...mine[j]!,
-          tokens: tokens && [tokens[j]!],
-          weights: [W],
-          grams: G && [G],
-          fact,
-          tail: fact.tail,
-          maxRank: fact.maxRank,
-          ridge: fact.ridge,
-          weight: whiten ? 1 : freqWeight(j),
-        };
-      }
-    } else if (opts.mode === 'base-delta') {
-      const base = frequencyWeightedBase(
-        experts.map((w) => w[proj].w),
-        tokens ?? new Array<number>(E).fill(1),
-        m * n,
-      );
-      for (let j = 0; j < E; j++) {
-        const W = W64(j);
-        const G = measureG(j);
-        const delta = W.map((v, i) => v - base[i]!);
-        const fact = factorizeLinear(delta, m, n, G, opts.engine, ladderTop(m + n, m * n, (m * n) / E, opts.ratio), fo);
-        yield {
-          ...mine[j]!,
-          tokens: tokens && [tokens[j]!],
-          weights: [W],
-          grams: G && [G],
-          base,
-          fact,
-          tail: fact.tail,
-          maxRank: fact.maxRank,
-          ridge: fact.ridge,
-        };
-      }
-    } else {
-      const Ws = experts.map((_, j) => W64(j));
-      const Gs = grams ? Ws.map((_, j) => measureG(j)!) : undefined;
-      const sharedIn = opts.mode === 'shared-input';
-      let fact: SharedFactorization;
-      if (sharedIn) {
-        let Gsum: Float64Array | undefined;
-        if (Gs) {
-          Gsum = new Float64Array(n * n);
-          for (const G of Gs) for (let i = 0; i < n * n; i++) Gsum[i]! += G[i]!;
-        }
-        fact = factorizeSharedInput(Ws, m, n, Gsum, opts.engine, ladderTop(n + E * m, E * m * n, 0, opts.ratio), fo);
-      } else {
-        fact = factorizeSharedOutput(Ws, m, n, Gs, opts.engine, ladderTop(m + E * n, E * m * n, 0, opts.ratio), fo);
-      }
-      yield { ...mine[0]!, tokens, weights: Ws, grams: Gs, fact, tail: fact.tail, maxRank: fact.maxRank, ridge: fact.ridge };
-    }
+    yield* mode.score({
+      experts,
+      proj,
+      m,
+      n,
+      E,
+      ...(tokens ? { tokens } : {}),
+      freqWeight,
+      W64: (j) => Float64Array.from(experts[j]![proj].w),
+      // measured errors use the Grams whenever calibration ran (plain SVD too, so modes compare in one space);
+      // only the whitened modes factor with them
+      measureG: (j) => gramFor(grams, j, proj, n),
+      calibrated: !!grams,
+      units: shapes.filter((s) => s.proj === proj),
+      opts,
+      fo,
+    });
   }
 }
 

@@ -14,7 +14,7 @@ import { layerOfTensor, rewriteCheckpoint, type TensorFate } from '../model/rewr
 import { shardOwner, type ShardSpec } from '../model/shard.js';
 import type { LinearRef } from '../model/types.js';
 import { factorNames, LOWRANK_FORMAT, LOWRANK_VERSION, moduleKey, stemOf, type DecomposeMode, type LowRankModule, type LowRankSection } from './format.js';
-import type { ExpertFactors, Proj } from './units.js';
+import type { ExpertFactors, Proj } from './unitshape.js';
 
 interface NewTensor {
   spec: TensorSpec;

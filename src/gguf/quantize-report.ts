@@ -2,6 +2,7 @@
 import type { TensorClass } from './arch.js';
 import { formatSummary, type GgufExportReport } from './export.js';
 import type { GgmlType } from './format.js';
+import { getQuantizer, type Method } from '../quantize/methods.js';
 
 export interface GgufOption {
   type: GgmlType;
@@ -31,7 +32,7 @@ export interface GgufProgramReport {
 
 export interface GgufQuantizeReport extends Omit<GgufExportReport, 'seconds'> {
   dryRun: boolean;
-  method: 'gptq' | 'rtn';
+  method: Method;
   targetBits: number;
   /** true bits per weight of the routed experts: every byte of their tensors x 8 / their weights */
   expertBpw: number;
@@ -73,7 +74,8 @@ export function formatGgufReport(r: GgufQuantizeReport): string {
     `  ${n}: ${g.units} tensors, ${mib(g.usedBytes)} of ${mib(g.limitBytes)} MiB, ${g.optimal ? 'optimal' : `gap <= ${g.gap.toExponential(2)}`}, ${g.solveMs.toFixed(0)} ms`;
   lines.push(solver('allocation (routed experts)', p.experts));
   if (p.dense) lines.push(solver('allocation (attention, shared, dense)', p.dense));
-  if (r.method === 'gptq') lines.push(`  GPTQ into the block types: ${r.sequential ? 'sequential (through the quantized earlier layers)' : 'not sequential'}`);
+  if (getQuantizer(r.method).hessians)
+    lines.push(`  GPTQ into the block types: ${r.sequential ? 'sequential (through the quantized earlier layers)' : 'not sequential'}`);
   if (r.fallbacks.length)
     lines.push(
       `  warning: ${r.fallbacks.length} experts had fewer tokens than --min-tokens and used importance-weighted rounding: ${r.fallbacks.map((f) => `L${f.layer}.E${f.expert}(${f.tokens})`).join(' ')}`,

@@ -43,6 +43,7 @@ import { streamModel } from '../runtime/stream.js';
 import { checkModelOptions } from '../pipeline/validate.js';
 import { LayerHandoff } from '../pipeline/handoff.js';
 import { activate, linearT, outputError } from '../quantize/expert.js';
+import { compensates, getQuantizer, type Method } from '../quantize/methods.js';
 import { DEFAULT_GGUF_CANDIDATES, type QuantizeOptions } from '../quantize/options.js';
 import { accumulateHessian, prepareGptq, type GptqPrepared } from '../../kernels/quant/gptq.js';
 import { gptqGgml, hessianErrorTf } from '../../kernels/ggml/gptq.js';
@@ -266,7 +267,8 @@ async function run(model: Model, req: GgufRequestLike, t0: number): Promise<Gguf
   if (view.moeLayers.length === 0) fail('UnsupportedArchitecture', `${req.model} has no MoE layers: nothing to allocate`);
   const types = [...new Set((req.candidates ?? DEFAULT_GGUF_CANDIDATES).map(ggmlTypeOf))];
   const denseType = ggmlTypeOf(req.denseBits);
-  const method = req.method as 'gptq' | 'rtn';
+  const method = req.method as Method;
+  const hessians = getQuantizer(method).hessians;
   const bits = req.bits!;
   const calibrated = !!req.calib;
   const tensors = ggufTensors(model);
@@ -345,7 +347,7 @@ async function run(model: Model, req: GgufRequestLike, t0: number): Promise<Gguf
 
     // ---- score (and collect the importance matrix)
     const scoring = choose || denseUnits.some((u) => u.options.length > 1);
-    const statsPass = windows && (scoring || method === 'rtn');
+    const statsPass = windows && (scoring || !hessians);
     const tScore = performance.now();
     if (statsPass) {
       const ph = progress?.phase(scoring ? 'scoring each tensor at each candidate type' : 'collecting the importance matrix');
@@ -364,7 +366,7 @@ async function run(model: Model, req: GgufRequestLike, t0: number): Promise<Gguf
               for (const u of denseUnits.filter((d) => d.source === key && d.options.length > 1)) {
                 const w = await u.t.load();
                 const [inF, out] = u.t.ne as [number, number];
-                const q: Quantizer = method === 'gptq' ? { prep: prepareGptq(h, inF, { damp: req.damp }), imp: diagOf(h, inF) } : { imp: diagOf(h, inF) };
+                const q: Quantizer = hessians ? { prep: prepareGptq(h, inF, { damp: req.damp }), imp: diagOf(h, inF) } : { imp: diagOf(h, inF) };
                 u.options.forEach((o, oi) => {
                   const e = encodeMatrix(o.type, w, out, inF, q);
                   u.loss[oi] = hessianErrorTf(w, e.deq, out, inF, h) / T;
@@ -438,7 +440,7 @@ async function run(model: Model, req: GgufRequestLike, t0: number): Promise<Gguf
       };
       const produced = new Map<string, Uint8Array>();
       const fromPass = new Set<string>();
-      const gptq = method === 'gptq' && !!windows;
+      const gptq = hessians && !!windows;
       if (gptq) for (const t of tensors) if (!t.f32 && (t.cls === 'expert' || (sourceOf.has(t.name) && t.cls !== 'embed'))) fromPass.add(t.name);
       const handoff = new LayerHandoff();
       const layerOf = (t: GgufSourceTensor) => t.layer ?? (t.name === 'token_embd.weight' ? -1 : L);
@@ -565,7 +567,7 @@ async function run(model: Model, req: GgufRequestLike, t0: number): Promise<Gguf
       candidates: types,
       denseType,
       scored: !!statsPass && scoring,
-      sequential: method === 'gptq' && req.sequential,
+      sequential: hessians && req.sequential,
       calibTokens: T,
       programs: { experts: prog(experts, exp, limit), ...(den ? { dense: prog(denseUnits, den, denseLimit) } : {}) },
       units: units.map((u) => ({
@@ -604,7 +606,7 @@ interface LayerCtx {
   imatrix: ImatrixCollector;
   T: number;
   act: ActivationSpec;
-  settings: { method: 'gptq' | 'rtn'; minTokens: number; damp: number };
+  settings: { method: Method; minTokens: number; damp: number };
   score: boolean;
 }
 
@@ -628,7 +630,7 @@ function scoreMoeLayer(inp: MoeLayerInput, c: LayerCtx): void {
       .filter(([, u]) => u && u.options.length > 1);
     if (us.length === 0) continue;
     const ref = linearT(a, r.n, w.down);
-    const gptq = c.settings.method === 'gptq' && r.n >= c.settings.minTokens;
+    const gptq = compensates(c.settings.method, r.n, c.settings.minTokens);
     const quantizer = (x: Float32Array, inF: number): Quantizer => {
       const h = hessianOf(x, r.n, inF);
       return gptq ? { prep: prepareGptq(h, inF, { damp: c.settings.damp }), imp: diagOf(h, inF) } : { imp: diagOf(h, inF) };
@@ -650,7 +652,7 @@ interface ApplyCtx {
   typeOf(name: string): GgmlType | undefined;
   imatrix?: ImatrixCollector;
   act: ActivationSpec;
-  settings: { method: 'gptq' | 'rtn'; minTokens: number; damp: number };
+  settings: { method: Method; minTokens: number; damp: number };
   fallbacks: GgufQuantizeReport['fallbacks'];
 }
 
@@ -666,8 +668,8 @@ function applyMoeLayer(inp: MoeLayerInput, c: ApplyCtx): { bytes: Map<string, Ui
   const bytes = new Map<string, Uint8Array>();
   const one = (w: SwiGLUWeights, r: Routed, kind: 'exps' | 'shexp', e: number) => {
     const ex = kind === 'exps';
-    const gptq = c.settings.method === 'gptq' && r.n >= c.settings.minTokens;
-    if (ex && c.settings.method === 'gptq' && !gptq) c.fallbacks.push({ layer: l, expert: e, tokens: r.n });
+    const gptq = compensates(c.settings.method, r.n, c.settings.minTokens);
+    if (ex && getQuantizer(c.settings.method).hessians && !gptq) c.fallbacks.push({ layer: l, expert: e, tokens: r.n });
     const quantizer = (x: Float32Array, inF: number): Quantizer => {
       if (r.n === 0) return {};
       const h = hessianOf(x, r.n, inF);

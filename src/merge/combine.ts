@@ -4,6 +4,7 @@
  */
 import { fail } from '../errors.js';
 import type { Linear, SwiGLUWeights } from '../runtime/api.js';
+import { getWeighting } from './methods.js';
 import type { LayerSignals, WeightingMethod } from './types.js';
 
 /**
@@ -11,7 +12,8 @@ import type { LayerSignals, WeightingMethod } from './types.js';
  * there is no evidence to prefer one of them.
  */
 export function memberWeights(method: WeightingMethod, members: readonly number[], sig: Pick<LayerSignals, 'count' | 'saliency'>): number[] {
-  const raw = members.map((m) => (method === 'frequency' ? sig.count[m] : method === 'saliency' ? sig.saliency[m] : 1));
+  const w = getWeighting(method);
+  const raw = members.map((m) => w.weight(sig, m));
   if (raw.some((r) => !Number.isFinite(r) || r < 0)) fail('InvalidStats', `merge weighting ${method}: statistics hold a negative or non-finite value`);
   const sum = raw.reduce((a, b) => a + b, 0);
   return sum > 0 ? raw.map((r) => r / sum) : members.map(() => 1 / members.length);

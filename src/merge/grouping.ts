@@ -19,131 +19,12 @@
  */
 import { fail } from '../errors.js';
 import type { RoutingRule } from '../model/types.js';
+import { getGrouping } from './methods.js';
+import { finishGroups } from './similarity.js';
 import type { ExpertGroup, GroupingMethod, LayerSignals } from './types.js';
 
-/** Indices sorted by value descending, ties by index (deterministic plans). */
-export function rankDescending(v: ArrayLike<number>): number[] {
-  return Array.from({ length: v.length }, (_, i) => i).sort((a, b) => v[b] - v[a] || a - b);
-}
-
-/** Cosine similarity between rows a and b of a row-major [rows, dim] matrix; 0 when either row is zero. */
-function cosineRows(m: ArrayLike<number>, dim: number, a: number, b: number): number {
-  let dot = 0;
-  let na = 0;
-  let nb = 0;
-  for (let d = 0; d < dim; d++) {
-    const x = m[a * dim + d];
-    const y = m[b * dim + d];
-    dot += x * y;
-    na += x * x;
-    nb += y * y;
-  }
-  return na > 0 && nb > 0 ? dot / Math.sqrt(na * nb) : 0;
-}
-
-/** [E, E] cosine similarity of the experts' router-logit columns over the sampled tokens. */
-export function logitSimilarity(sig: LayerSignals): Float64Array {
-  const E = sig.numExperts;
-  const S = sig.logitRows;
-  if (!sig.logitSample || S === 0) fail('InvalidStats', 'grouping msmoe needs router-logit samples in the calibration statistics');
-  // transpose to [E, S] so each expert's logits over tokens is one row
-  const cols = new Float64Array(E * S);
-  for (let s = 0; s < S; s++) for (let e = 0; e < E; e++) cols[e * S + s] = sig.logitSample[s * E + e];
-  const sim = new Float64Array(E * E);
-  for (let a = 0; a < E; a++) for (let b = 0; b < E; b++) sim[a * E + b] = cosineRows(cols, S, a, b);
-  return sim;
-}
-
-/** [E, E] cosine similarity of the experts' mean outputs. */
-export function outputSimilarity(sig: LayerSignals, method: GroupingMethod): Float64Array {
-  const E = sig.numExperts;
-  if (!sig.meanOutput) fail('InvalidStats', `grouping ${method} needs mean expert outputs in the calibration statistics`);
-  const sim = new Float64Array(E * E);
-  for (let a = 0; a < E; a++) for (let b = 0; b < E; b++) sim[a * E + b] = a === b ? 1 : cosineRows(sig.meanOutput, sig.hidden, a, b);
-  return sim;
-}
-
-function finish(groups: ExpertGroup[]): ExpertGroup[] {
-  for (const g of groups) g.members = [g.anchor, ...g.members.filter((m) => m !== g.anchor).sort((a, b) => a - b)];
-  return groups.sort((a, b) => a.anchor - b.anchor);
-}
-
-export function groupMsmoe(sig: LayerSignals, n: number): ExpertGroup[] {
-  const E = sig.numExperts;
-  const sim = logitSimilarity(sig);
-  const dominant = rankDescending(sig.count).slice(0, n);
-  const groups = dominant.map((anchor) => ({ anchor, members: [anchor] }));
-  for (let e = 0; e < E; e++) {
-    if (dominant.includes(e)) continue;
-    let best = 0;
-    for (let g = 1; g < groups.length; g++) if (sim[e * E + groups[g].anchor] > sim[e * E + groups[best].anchor]) best = g;
-    groups[best].members.push(e);
-  }
-  return finish(groups);
-}
-
-export function groupHierarchical(sig: LayerSignals, n: number): ExpertGroup[] {
-  const E = sig.numExperts;
-  const sim = outputSimilarity(sig, 'hierarchical');
-  let clusters: number[][] = Array.from({ length: E }, (_, i) => [i]);
-  const dist = (a: number[], b: number[]): number => {
-    let s = 0;
-    for (const i of a) for (const j of b) s += 1 - sim[i * E + j];
-    return s / (a.length * b.length);
-  };
-  while (clusters.length > n) {
-    let bi = 0;
-    let bj = 1;
-    let bd = Infinity;
-    for (let i = 0; i < clusters.length; i++) {
-      for (let j = i + 1; j < clusters.length; j++) {
-        const d = dist(clusters[i], clusters[j]);
-        if (d < bd - 1e-12) {
-          bd = d;
-          bi = i;
-          bj = j;
-        }
-      }
-    }
-    clusters[bi] = [...clusters[bi], ...clusters[bj]];
-    clusters = clusters.filter((_, k) => k !== bj);
-  }
-  return finish(
-    clusters.map((members) => ({
-      anchor: members.reduce((a, b) => (sig.count[b] > sig.count[a] || (sig.count[b] === sig.count[a] && b < a) ? b : a)),
-      members,
-    })),
-  );
-}
-
-export function groupSaliency(sig: LayerSignals, n: number): ExpertGroup[] {
-  const E = sig.numExperts;
-  const sim = outputSimilarity(sig, 'saliency');
-  const centroids = rankDescending(sig.saliency).slice(0, n);
-  const cap = Math.ceil((E - n) / n);
-  const groups = centroids.map((anchor) => ({ anchor, members: [anchor] }));
-  // closest (centroid, expert) pairs first, so a centroid early in saliency order cannot take another's twin
-  const pairs: Array<[number, number]> = [];
-  for (let g = 0; g < n; g++) for (let e = 0; e < E; e++) if (!centroids.includes(e)) pairs.push([g, e]);
-  pairs.sort((p, q) => sim[groups[q[0]].anchor * E + q[1]] - sim[groups[p[0]].anchor * E + p[1]] || p[0] - q[0] || p[1] - q[1]);
-  const assigned = new Set<number>();
-  for (const [g, e] of pairs) {
-    if (assigned.has(e) || groups[g].members.length > cap) continue;
-    groups[g].members.push(e);
-    assigned.add(e);
-  }
-  return finish(groups);
-}
-
 function groupFlat(method: GroupingMethod, sig: LayerSignals, n: number): ExpertGroup[] {
-  switch (method) {
-    case 'msmoe':
-      return groupMsmoe(sig, n);
-    case 'hierarchical':
-      return groupHierarchical(sig, n);
-    case 'saliency':
-      return groupSaliency(sig, n);
-  }
+  return getGrouping(method).group(sig, n);
 }
 
 /** The signals of experts [from, from + size) alone, renumbered from 0 (one routing group's view of the layer). */
@@ -187,7 +68,7 @@ export function groupExperts(method: GroupingMethod, sig: LayerSignals, n: numbe
       groups.push({ anchor: g.anchor + from, members: g.members.map((m) => m + from) });
     }
   }
-  return finish(groups);
+  return finishGroups(groups);
 }
 
 /** The routing group of expert j when E experts form nGroup routing groups. */

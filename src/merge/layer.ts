@@ -7,8 +7,9 @@ import { fail } from '../errors.js';
 import type { ActivationSpec, RoutingRule } from '../model/types.js';
 import { decideLayer, type DropMode } from './decide.js';
 import type { Routing, SwiGLUWeights } from '../runtime/api.js';
-import { activationSimilarity, alignFromSimilarity, permuteUnits, weightSimilarity } from './align.js';
+import { alignFromSimilarity, permuteUnits } from './align.js';
 import { ExpertAverager, memberWeights } from './combine.js';
+import { fromHiddenStates, getAlign } from './methods.js';
 import { checkPartition, groupExperts, routingGroupProblem } from './grouping.js';
 import { mergeRouter, type RouterFitOptions, type RouterWeights } from './router.js';
 import { MERGE_OPTION_DEFAULTS, type ExpertGroup, type GroupReport, type LayerReport, type LayerSignals, type MergeChoices } from './types.js';
@@ -110,22 +111,20 @@ function alignMember(
   tokens: { value?: { x: Float32Array; T: number } },
 ): { perm: Int32Array | null; alignment: GroupReport['alignment'][number] } {
   if (ctx.applied) return { perm: ctx.applied.perms[k] ?? null, alignment: ctx.applied.alignment[k] ?? null };
-  if (align === 'none') return { perm: null, alignment: null };
-  let sim: Float64Array;
-  if (align === 'activations') {
-    tokens.value ??= groupTokens(ctx.calib!, g.members, ctx.H, ctx.maxAlignTokens ?? MERGE_OPTION_DEFAULTS.alignTokens);
-    const t = tokens.value;
-    // a group no calibration token reached has no activations to correlate: its weights are the only evidence
-    sim = t.T >= 2 ? activationSimilarity(anchor, member, t.x, t.T, ctx.activation) : weightSimilarity(anchor, member);
-  } else {
-    sim = weightSimilarity(anchor, member);
-  }
+  const method = getAlign(align);
+  if (!method.similarity) return { perm: null, alignment: null };
+  const sim = method.similarity(
+    anchor,
+    member,
+    () => (tokens.value ??= groupTokens(ctx.calib!, g.members, ctx.H, ctx.maxAlignTokens ?? MERGE_OPTION_DEFAULTS.alignTokens)),
+    ctx.activation,
+  );
   const a = alignFromSimilarity(sim, anchor.gate.out);
   return { perm: a.perm, alignment: { member: g.members[k], before: a.before, after: a.after } };
 }
 
 function checkGroupInput(g: ExpertGroup, weights: number[], align: MergeChoices['align'], ctx: GroupContext): void {
-  if (align === 'activations' && !ctx.calib && !ctx.applied) fail('Usage', '--align activations needs calibration hidden states (--calib FILE)');
+  if (fromHiddenStates(getAlign(align)) && !ctx.calib && !ctx.applied) fail('Usage', `--align ${align} needs calibration hidden states (--calib FILE)`);
   if (weights.length !== g.members.length) fail('ComputeError', 'merge: group and weights differ in size');
 }
 
@@ -214,7 +213,7 @@ export function mergeLayer(input: MergeLayerInput, choices: MergeChoices, opts: 
   checkPartition(groups, E, choices.groups);
   const crossing = routingGroupProblem(groups, E, input.routingGroups ?? 1);
   if (crossing) fail('ComputeError', `layer ${input.layer}: merge plan breaks group-limited routing: ${crossing}`);
-  if (choices.align === 'activations' && !input.calib) fail('Usage', '--align activations needs calibration hidden states (--calib FILE)');
+  if (fromHiddenStates(getAlign(choices.align)) && !input.calib) fail('Usage', `--align ${choices.align} needs calibration hidden states (--calib FILE)`);
 
   const merged: SwiGLUWeights[] = [];
   const reports: GroupReport[] = [];

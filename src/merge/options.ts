@@ -8,8 +8,8 @@ import type { OptionSpec } from '../pipeline/descriptor.js';
 import { common, field, int } from '../pipeline/fields.js';
 import { KEEP_PER_LAYER } from './allocate.js';
 import { DROP_MODES } from './decide.js';
-import { ALIGNS, find, ROUTERS } from './methods.js';
-import { ALIGN_METHODS, GROUPING_METHODS, MERGE_OPTION_DEFAULTS, ROUTER_METHODS, WEIGHTING_METHODS } from './types.js';
+import { ALIGN_METHODS, fromHiddenStates, getAlign, getRouter, GROUPING_METHODS, ROUTER_METHODS, WEIGHTING_METHODS } from './methods.js';
+import { MERGE_OPTION_DEFAULTS } from './types.js';
 
 export const DEFAULTS = { grouping: 'msmoe', align: 'weights', weighting: 'frequency', router: 'mean' } as const;
 
@@ -76,10 +76,8 @@ export function checkMerge(o: MergeOptions): void {
     fail('Usage', '--drop auto measures each layer on calibration hidden states: give --calib FILE (--stats is not enough), or --drop never');
   if (o.stats) {
     // a dry run refuses what the real run refuses: it predicts that run
-    if (find(ALIGNS, o.align)?.needs === 'sequential')
-      fail('Usage', `--align ${o.align} needs calibration hidden states: give --calib FILE (--stats is not enough)`);
-    if (find(ROUTERS, o.router)?.needs === 'sequential')
-      fail('Usage', `--router ${o.router} needs calibration hidden states: give --calib FILE (--stats is not enough)`);
+    if (fromHiddenStates(getAlign(o.align))) fail('Usage', `--align ${o.align} needs calibration hidden states: give --calib FILE (--stats is not enough)`);
+    if (fromHiddenStates(getRouter(o.router))) fail('Usage', `--router ${o.router} needs calibration hidden states: give --calib FILE (--stats is not enough)`);
   }
   if (o.shard && o.calib) {
     fail(

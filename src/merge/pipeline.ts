@@ -44,6 +44,7 @@ import { DEFAULTS, type MERGE_OPTIONS, MERGE_SPEC, type MergeOptions } from './o
 import { checkSavedPlan, layerReport, serializePlan, shardDecisions, type MergePlan, type PlanMode, type PlannedLayer, type SavedMergePlan } from './plan.js';
 import { mergeRouter, type RouterWeights } from './router.js';
 import { signalsFromInput, signalsFromStats } from './signals.js';
+import { fromHiddenStates, getAlign, getRouter } from './methods.js';
 import { MERGE_OPTION_DEFAULTS, type ExpertGroup, type LayerReport, type MergeChoices } from './types.js';
 
 /** What a caller gives: the options (src/merge/options.ts, the same for the command line and recipes) plus progress. */
@@ -206,11 +207,11 @@ async function planSequential(
         );
         const planned: PlannedLayer = {
           layer: input.layer.index,
-          groups: m.report.groups.map((g, i) => ({ ...g, ...(choices.align !== 'none' && g.members.length > 1 ? { perms: m.perms[i] } : {}) })),
+          groups: m.report.groups.map((g, i) => ({ ...g, ...(getAlign(choices.align).similarity && g.members.length > 1 ? { perms: m.perms[i] } : {}) })),
           router: m.report.router,
           ...(m.report.decision ? { decision: m.report.decision } : {}),
           // decided rows (a dropped group keeps its member's own row) are data-dependent like fitted ones
-          ...(choices.router === 'fit' || m.decided ? { rows: routerRows(m.router) } : {}),
+          ...(fromHiddenStates(getRouter(choices.router)) || m.decided ? { rows: routerRows(m.router) } : {}),
         };
         plan.layers.push(planned);
         // the resume state holds each finished layer in the plan file's encoding
@@ -326,11 +327,15 @@ export function planSettings(choices: MergeChoices, req: Pick<MergeRequest, 'fit
     weighting: choices.weighting,
     align: choices.align,
     router: choices.router,
-    ...(choices.align === 'activations' ? { alignTokens: req.alignTokens ?? MERGE_OPTION_DEFAULTS.alignTokens } : {}),
-    ...(choices.router === 'fit'
-      ? { fitSteps: req.fitSteps ?? MERGE_OPTION_DEFAULTS.fitSteps, fitTokens: req.fitTokens ?? MERGE_OPTION_DEFAULTS.fitTokens }
-      : {}),
+    ...methodSettings(choices, req),
   };
+}
+
+/** The options the chosen methods read (their descriptors' `reads`), with their defaults, in method order. */
+function methodSettings(choices: MergeChoices, req: Pick<MergeRequest, 'fitSteps' | 'fitTokens' | 'alignTokens'>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const m of [getAlign(choices.align), getRouter(choices.router)]) for (const k of m.reads ?? []) out[k] = req[k] ?? MERGE_OPTION_DEFAULTS[k];
+  return out;
 }
 
 const MERGE_PIPELINE = { tool: 'merge', spec: MERGE_SPEC, reportFile: REPORT_FILE } as const;
@@ -389,11 +394,9 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
       source = 'calib';
     }
     if (req.savePlan) {
-      if (plan.mode === 'stats' && (choices.align === 'activations' || choices.router === 'fit')) {
-        fail(
-          'Usage',
-          `a plan from --stats cannot hold ${choices.align === 'activations' ? 'activation alignment' : 'fitted router rows'} (they need calibration hidden states): plan with --calib FILE`,
-        );
+      const needHidden = [getAlign(choices.align), getRouter(choices.router)].find(fromHiddenStates);
+      if (plan.mode === 'stats' && needHidden) {
+        fail('Usage', `a plan from --stats cannot hold ${needHidden.fromHiddenStates} (they need calibration hidden states): plan with --calib FILE`);
       }
       await run.savePlan(settings, serializePlan(plan));
     }

@@ -25,6 +25,7 @@ import type { ModelView, MoeBlock } from '../model/types.js';
 import { editedLayers } from '../model/mtp.js';
 import { mergeRoutingGroups, routingGroupProblem } from './grouping.js';
 import type { DecisionReport } from './decide.js';
+import { fromHiddenStates, getAlign, getRouter } from './methods.js';
 import type { RouterWeights } from './router.js';
 import type { GroupReport, LayerReport, MergeChoices } from './types.js';
 
@@ -195,8 +196,8 @@ export function checkSavedPlan(view: ModelView, raw: unknown, choices: MergeChoi
         });
       }
       // a member of weight 0 (dropped by --drop auto) is not averaged and needs no permutation
-      if (members.length > 1 && choices.align === 'activations' && !members.every((_, k) => k === 0 || g.weights[k] === 0 || g.perms?.[k])) {
-        at(`group ${gi}: activation alignment is data-dependent and the plan lacks the members' permutations`);
+      if (members.length > 1 && fromHiddenStates(getAlign(choices.align)) && !members.every((_, k) => k === 0 || g.weights[k] === 0 || g.perms?.[k])) {
+        at(`group ${gi}: ${getAlign(choices.align).fromHiddenStates} is data-dependent and the plan lacks the members' permutations`);
       }
       return g;
     });
@@ -225,7 +226,8 @@ export function checkSavedPlan(view: ModelView, raw: unknown, choices: MergeChoi
       }
       planned.rows = rows;
     }
-    if (choices.router === 'fit' && !planned.rows) at('the fitted router rows are data-dependent and missing from the plan');
+    if (fromHiddenStates(getRouter(choices.router)) && !planned.rows)
+      at(`the ${getRouter(choices.router).fromHiddenStates} are data-dependent and missing from the plan`);
     layers.push(planned);
   }
   return { mode: r.mode as PlanMode, tokens: r.tokens as number, layers };

@@ -4,17 +4,14 @@
  * expert and one router row.
  */
 
-export const GROUPING_METHODS = ['msmoe', 'hierarchical', 'saliency'] as const;
-export type GroupingMethod = (typeof GROUPING_METHODS)[number];
-
-export const ALIGN_METHODS = ['none', 'weights', 'activations'] as const;
-export type AlignMethod = (typeof ALIGN_METHODS)[number];
-
-export const WEIGHTING_METHODS = ['frequency', 'saliency', 'uniform'] as const;
-export type WeightingMethod = (typeof WEIGHTING_METHODS)[number];
-
-export const ROUTER_METHODS = ['anchor', 'mean', 'fit'] as const;
-export type RouterMethod = (typeof ROUTER_METHODS)[number];
+/**
+ * The names of each kind of choice: one registered unit each in src/merge/methods/<kind>-<name>.ts, listed in the
+ * registry (src/merge/methods.ts), whose lists are the option values; a name here without a unit does not compile.
+ */
+export type GroupingMethod = 'msmoe' | 'hierarchical' | 'saliency';
+export type AlignMethod = 'none' | 'weights' | 'activations';
+export type WeightingMethod = 'frequency' | 'saliency' | 'uniform';
+export type RouterMethod = 'anchor' | 'mean' | 'fit';
 
 /** What a merge method's memory estimate sees (src/merge/memory.ts): the phase, the shapes, the token counts. */
 export interface MergeMemoryContext {

@@ -11,7 +11,7 @@ import type { Linear, SwiGLUWeights } from '../runtime/api.js';
 import { accumulateHessian, gptqQuantize, prepareGptq, type GptqPrepared } from '../../kernels/quant/gptq.js';
 import { dequantize, quantizeRtn } from '../../kernels/quant/rtn.js';
 import type { QuantBits, QuantizedLinear } from '../../kernels/quant/types.js';
-import type { Method } from './methods.js';
+import { compensates, getQuantizer, type Method } from './methods.js';
 import type { Proj } from './plan.js';
 
 export type { Method };
@@ -112,8 +112,8 @@ export function quantizeMlp(
   px?: GptqPrepared,
   downPx?: GptqPrepared,
 ): ExpertQuant {
-  const useGptq = s.method === 'gptq' && n >= s.minTokens;
-  const fallback = s.method === 'gptq' && !useGptq;
+  const useGptq = compensates(s.method, n, s.minTokens);
+  const fallback = getQuantizer(s.method).hessians && !useGptq;
   const quant: Partial<Record<Proj, QuantizedLinear>> = {};
   const deq: SwiGLUWeights = { gate: w.gate, up: w.up, down: w.down };
   const H = useGptq && (bits.gate !== 'keep' || bits.up !== 'keep') ? (px ?? prepareInput(x, n, w.gate.in, s)) : undefined;

@@ -11,8 +11,7 @@
  *   writer, round-to-nearest of the largest linear quantized at write time, and the writer's tensor in flight.
  */
 import { DTYPE_BYTES } from '../io/dtype.js';
-import { QUANTIZERS, type Method, type QuantizeMemoryContext } from './methods.js';
-import type { MethodDescriptor } from '../pipeline/descriptor.js';
+import { getQuantizer, type Method, type QuantizeMemoryContext } from './methods.js';
 import type { MemoryPhase } from '../pipeline/memory.js';
 import { currentThreads } from '../runtime/pool.js';
 import type { MemoryPart } from '../runtime/memory.js';
@@ -59,9 +58,9 @@ export function quantizeMemoryPhases(i: QuantizeMemoryInput): MemoryPhase[] {
   const mlp = decisions.filter((d) => d.cls === 'expert' || d.cls === 'shared');
   // the quantizer's own working set, from its descriptor; the experts of a layer are scored and quantized as tasks
   // on the worker pool, so each thread holds its own
-  const quantizer = QUANTIZERS.find((q) => q.name === i.method) as MethodDescriptor<QuantizeMemoryContext> | undefined;
+  const quantizer = getQuantizer(i.method);
   const own = (phase: QuantizeMemoryContext['phase'], ds: readonly LinearDecision[]) =>
-    quantizer?.memory?.({ phase, threads: currentThreads(), inputs: ds.map((d) => d.ref.inFeatures) }) ?? [];
+    quantizer.memory?.({ phase, threads: currentThreads(), inputs: ds.map((d) => d.ref.inFeatures) }) ?? [];
 
   // two phases never overlap in time: the peak is the larger (the scoring pass is listed first: it wins a tie)
   const phases: MemoryPhase[] = [];

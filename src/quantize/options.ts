@@ -8,8 +8,8 @@ import { fail } from '../errors.js';
 import { GGUF_CANDIDATES, isFloatCandidate, type GgufCandidate } from '../gguf/candidates.js';
 import type { OptionSpec } from '../pipeline/descriptor.js';
 import { common, field, int } from '../pipeline/fields.js';
-import { GRANULARITIES, METHOD_NAMES, OUTPUT_FORMAT_NAMES } from './methods.js';
-import { compile, parseOverride } from './plan.js';
+import { getQuantizer, GRANULARITIES, METHOD_NAMES, OUTPUT_FORMAT_NAMES } from './methods.js';
+import { ALLOCATABLE_CLASSES, compile, parseOverride } from './plan.js';
 import { checkServeFlags, SERVE_TARGET_NAMES, serveTarget, type ServeTarget } from './targets.js';
 
 export const DEFAULT_CANDIDATES: QuantBits[] = [2, 3, 4];
@@ -38,10 +38,18 @@ export const QUANTIZE_OPTIONS = z.object({
     help: 'constrain everything to what this engine runs (src/quantize/targets.ts): vllm = one width per MoE layer among 4/8 bits, symmetric, its group sizes and shape rules; implied by --format compressed-tensors',
     arg: 'engine',
   }),
+  tensorParallel: field(int(1).default(1), {
+    help: "with --serve: the tensor-parallel size the output must load at (the shape rules apply to each rank's slice: vLLM splits every expert's intermediate dimension over the ranks)",
+    arg: 'n',
+  }),
   candidates: field(z.array(widthOrType()).nonempty().optional(), {
     help: 'bit-widths the allocation may choose, comma-separated; --format gguf: ggml types (q2_k ... q8_0; 2/3/4/8 name q2_k/q3_k/q4_k/q8_0), or one of f16, bf16, f32 alone for the unquantized GGUF',
     arg: 'list',
     defaultText: `${DEFAULT_CANDIDATES.join(',')} (--format gguf: ${DEFAULT_GGUF_CANDIDATES.join(',')})`,
+  }),
+  allocate: field(z.array(z.enum(ALLOCATABLE_CLASSES)).default([]), {
+    help: "also give these linear classes their own allocation units (repeatable): attention (a layer's attention linears), shared (a layer's shared expert), dense (a dense layer's MLP); their widths come from --candidates under the same --bits budget, which then counts their stored bytes and weights too (needs calibration data for their scores)",
+    arg: 'class',
   }),
   denseBits: field(widthOrType().default(4), {
     help: 'bits of attention, dense MLP and shared-expert linears (--format gguf: a ggml type, or 2/3/4/8, and the byte budget those tensors share)',
@@ -105,6 +113,8 @@ export function checkQuantize(o: QuantizeOptions): void {
   if (o.format === 'gguf') {
     if (o.serve) fail('Usage', `--serve ${o.serve} loads --format gptq or compressed-tensors, not --format gguf (llama.cpp serves GGUF as written)`);
     if (o.granularity) fail('Usage', '--granularity is not available with --format gguf: its unit is one tensor (layer x projection)');
+    if (o.allocate.length)
+      fail('Usage', '--allocate is not available with --format gguf: with --calib its attention, shared and dense tensors are allocated already');
     checkGgufQuantize(o);
     return;
   }
@@ -114,7 +124,7 @@ export function checkQuantize(o: QuantizeOptions): void {
   for (const s of o.override) parseOverride(s);
   for (const r of o.ignore) compile(r, '--ignore');
   if (!o.dryRun && !o.out) fail('Usage', 'give --out DIR (or --dry-run)');
-  if (!o.calib && o.method === 'gptq') fail('Usage', 'GPTQ needs calibration text for its Hessians: give --calib FILE (or --method rtn)');
+  if (!o.calib) refuseWithoutCalibration(o.method);
   if (o.plan && o.savePlan) fail('Usage', 'give --plan FILE (apply a saved plan) or --save-plan FILE (write one), not both');
   const t = servingTarget(o);
   if (t) {
@@ -126,11 +136,18 @@ export function checkQuantize(o: QuantizeOptions): void {
       ...(o.granularity ? { granularity: o.granularity } : {}),
       actOrder: o.actOrder,
       overrideBits: o.override.map((s) => parseOverride(s).bits),
+      tensorParallel: o.tensorParallel,
     });
-  }
+  } else if (o.tensorParallel !== 1) fail('Usage', '--tensor-parallel is a --serve rule (give --serve vllm or --format compressed-tensors)');
 }
 
 export const QUANTIZE_SPEC: OptionSpec<typeof QUANTIZE_OPTIONS> = { options: QUANTIZE_OPTIONS, check: checkQuantize };
+
+/** A method that cannot run without calibration text says so in its own words (its descriptor's). */
+function refuseWithoutCalibration(method: string): void {
+  const why = getQuantizer(method).missingCalibration;
+  if (why) fail('Usage', why);
+}
 
 /** --format gguf: llama.cpp's types, one per tensor; what GPTQ-format options have no meaning for is refused. */
 function checkGgufQuantize(o: QuantizeOptions): void {
@@ -144,7 +161,7 @@ function checkGgufQuantize(o: QuantizeOptions): void {
   } else {
     if (o.bits === undefined)
       fail('Usage', 'give --bits B (target bits per weight of the routed experts) or --candidates f16|bf16|f32 for the unquantized GGUF');
-    if (!o.calib && o.method === 'gptq') fail('Usage', 'GPTQ needs calibration text for its Hessians: give --calib FILE (or --method rtn)');
+    if (!o.calib) refuseWithoutCalibration(o.method);
   }
   const refuse = (flag: string, why: string) => fail('Usage', `${flag} is not available with --format gguf: ${why}`);
   if (o.shard) refuse('--shard', 'a GGUF is one file; quantize it in one job');

@@ -303,6 +303,7 @@ export async function streamModel(model: Model, windows: readonly Int32Array[], 
     const x = applyNorm(h, H, n2, xa);
     const block = layer.block;
     if (block.kind === 'dense') {
+      if (li) li({ layer: layer.index, role: 'mlp.in', x, rows: T, cols: H, r0: 0 });
       const y = swiglu(
         await loadSwiGLU(model.ckpt, block.mlp),
         x,

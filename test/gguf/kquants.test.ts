@@ -1,15 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import {
-  KQUANT_SPECS,
-  KQUANT_TYPES,
-  blockGrid,
-  dequantizeMatrix,
-  dequantizeRow,
-  fitBlockParams,
-  packBlock,
-  quantizeMatrix,
-  rowWeights,
-} from '../../kernels/ggml/kquants.js';
+import { KQUANT_SPECS, KQUANT_TYPES, blockGrid, dequantizeMatrix, dequantizeRow, fitBlock, packBlock, quantizeMatrix } from '../../kernels/ggml/kquants.js';
 import { ggmlTypeBpw } from '../../src/gguf/format.js';
 import { fittingType, llamaFallback } from '../../src/gguf/export.js';
 import { seededRandom } from '../../kernels/random.js';
@@ -57,8 +47,7 @@ describe('llama.cpp block formats', () => {
     // nearest-on-grid: no other code of the block's sub-block is closer to the value
     for (const t of KQUANT_TYPES) {
       const s = KQUANT_SPECS[t];
-      const w = rowWeights(x, s.block, s.block);
-      const blk = fitBlockParams(t, x, w, 0);
+      const blk = fitBlock(t, x, 0);
       const { dl, ml } = blockGrid(t, blk);
       const bytes = quantizeMatrix(t, x.subarray(0, s.block), 1, s.block);
       const deq = dequantizeRow(t, bytes, s.block);

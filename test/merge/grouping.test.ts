@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { checkPartition, groupExperts } from '../../src/merge/grouping.js';
-import { GROUPING_METHODS, type LayerSignals } from '../../src/merge/types.js';
+import { GROUPING_METHODS } from '../../src/merge/methods.js';
+import type { LayerSignals } from '../../src/merge/types.js';
 import { gaussian, rng } from './synthetic.js';
 
 /**

@@ -3,7 +3,8 @@ import '@tensorflow/tfjs-backend-cpu';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { permuteUnits } from '../../src/merge/align.js';
 import { mergeLayer } from '../../src/merge/layer.js';
-import { ALIGN_METHODS, WEIGHTING_METHODS, type MergeChoices } from '../../src/merge/types.js';
+import { ALIGN_METHODS, WEIGHTING_METHODS } from '../../src/merge/methods.js';
+import type { MergeChoices } from '../../src/merge/types.js';
 import type { SwiGLUWeights } from '../../src/runtime/api.js';
 import { cloneExpert, measureSignals, moeForward, randomArray, randomExpert, randomPermutation, rng } from './synthetic.js';
 

@@ -3,6 +3,9 @@
  * so names, defaults and ranges agree. The test walks every command and every option and checks each generated
  * form against the schema itself (its JSON Schema and its parse), not against a second hand-written list.
  */
+import { readdirSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { Command, type Option } from 'commander';
 import { describe, expect, it } from 'vitest';
 import type { z } from 'zod';
@@ -156,4 +159,80 @@ describe('every recipe stage is generated from its pipeline descriptor', () => {
     expect(r.ok).toBe(false);
     if (!r.ok) expect(r.message).toMatch(/unknown option 'grop_size' \(a quantize stage takes: bits, method, .*group_size/);
   });
+});
+
+/**
+ * Where each family's methods live: one file per method, named after it. A family missing here fails the walk (a new
+ * family must say where its files are); a file on disk that registers nothing, or a registered method that no file
+ * of its folder exports, fails it too.
+ */
+const METHOD_FILES: Record<string, Record<string, (name: string) => string>> = {
+  prune: { '--method': (n) => `src/prune/methods/${n}.ts` },
+  merge: {
+    '--grouping': (n) => `src/merge/methods/grouping-${n}.ts`,
+    '--align': (n) => `src/merge/methods/align-${n}.ts`,
+    '--weighting': (n) => `src/merge/methods/weighting-${n}.ts`,
+    '--router': (n) => `src/merge/methods/router-${n}.ts`,
+  },
+  quantize: { '--method': (n) => `src/quantize/methods/${n}.ts`, '--format': (n) => `src/quantize/formats/${n}.ts` },
+  decompose: { '--mode': (n) => `src/decompose/methods/${n}.ts` },
+};
+/** files of a method folder that are not methods: the kind's shared interface and helpers */
+const SHARED_FILES = new Set(['common.ts']);
+
+describe('every registered method of every pipeline is one file, and its option values are generated from the registry', () => {
+  for (const [kind, d] of Object.entries(PIPELINES)) {
+    it(`${kind}: the method files on disk are exactly the registered methods, one each, named after them`, async () => {
+      const layout = METHOD_FILES[kind]!;
+      const families = d.methods ?? [];
+      expect(families.length, kind).toBeGreaterThan(0);
+      expect(families.map((f) => f.option).sort()).toEqual(Object.keys(layout).sort());
+      const expected = new Map<string, unknown>();
+      for (const f of families) for (const m of f.methods) expected.set(layout[f.option]!(m.name), m);
+      // every .ts file of the folders those paths name, read from disk
+      const dirs = new Set([...expected.keys()].map((p) => dirname(p)));
+      const onDisk = [...dirs].flatMap((dir) =>
+        readdirSync(dir)
+          .filter((f) => f.endsWith('.ts') && !SHARED_FILES.has(f))
+          .map((f) => `${dir}/${f}`),
+      );
+      expect(onDisk.sort()).toEqual([...expected.keys()].sort());
+      const registered = new Set(families.flatMap((f) => f.methods));
+      for (const path of onDisk) {
+        const mod = (await import(pathToFileURL(resolve(path)).href)) as Record<string, unknown>;
+        const exported = Object.values(mod).filter((v) => registered.has(v as never));
+        // the file's one method is the registry's object itself (not a copy the registry could drift from)
+        expect(exported, path).toHaveLength(1);
+        expect(exported[0], path).toBe(expected.get(path));
+      }
+    });
+
+    it(`${kind}: each family's option takes exactly its methods' names, in registry order, on the command line and in a recipe`, () => {
+      const infos = commandOptions(d);
+      const keys = stageKeys(d);
+      const stageRequired = Object.fromEntries(
+        keys.filter((k) => k.required).map((k) => [k.recipeKey, k.exclusiveMax !== undefined ? k.exclusiveMax / 2 : (k.max ?? (k.min ?? 0) + 1)]),
+      );
+      for (const fam of d.methods ?? []) {
+        const names = fam.methods.map((m) => m.name);
+        expect(new Set(names).size, fam.option).toBe(names.length);
+        const opt = infos.find((i) => i.flag === fam.option)!;
+        expect(opt.kind, fam.option).toBe('enum');
+        expect(opt.choices, fam.option).toEqual(names);
+        if (opt.default !== undefined) expect(names, fam.option).toContain(opt.default);
+        const key = keys.find((k) => k.flag === fam.option)!;
+        expect(key.choices, fam.option).toEqual(names);
+        // every registered name is a value the recipe takes, and an unregistered one gets the command line's message
+        for (const name of names) {
+          const r = parseStage(d, { ...stageRequired, [key.recipeKey]: name });
+          if (!r.ok) expect(r.message, `${kind} ${fam.option} ${name}`).not.toMatch(new RegExp(`^${fam.option} `));
+        }
+        const bad = parseStage(d, { ...stageRequired, [key.recipeKey]: 'no-such-method' });
+        expect(bad.ok).toBe(false);
+        const cli = usage(() => parseOptions({ options: d.options }, { ...required(d), [opt.key]: 'no-such-method' }));
+        if (!bad.ok) expect(bad.message).toBe(cli);
+        expect(cli).toMatch(new RegExp(`^${fam.option} must be `));
+      }
+    });
+  }
 });
