@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MoeError } from '../../src/errors.js';
+import { containerConfigUpdates, containers } from '../../src/model/container.js';
 import { loadRouter, loadSwiGLU } from '../../src/model/load.js';
 import { openModel } from '../../src/model/open.js';
 import { writeExpertEdit, type ExpertEditPlan } from '../../src/model/rewrite.js';
@@ -171,5 +172,34 @@ describe('llama4_text: what moe does not do for it is refused in one line, nothi
     // the statistics route works: prune by REAP counts ||f(w x)||, the contribution of each slot
     const ok = await runMoe(['prune', '--model', dir, '--out', join(root, 'r5'), '--keep', '2', '--method', 'reap', ...data]);
     expect(ok.code).toBe(0);
+  });
+});
+
+describe('containerConfigUpdates', () => {
+  it("puts the family's keys into text_config and keeps quantization_config and top-level-only keys at the top", () => {
+    const c = containers().get('llama4')!;
+    const config = {
+      model_type: 'llama4',
+      dtype: 'bfloat16',
+      text_config: { num_local_experts: 16, num_experts_per_tok: 1, rope_theta: 5e5 },
+      vision_config: {},
+    };
+    const u = containerConfigUpdates(c, config, {
+      num_local_experts: 8,
+      n_group: 2,
+      rope_theta: null,
+      quantization_config: { bits: 4 },
+      dtype: 'float16',
+      moe: { format: 'moe-lowrank' },
+    });
+    expect(u).toEqual({
+      quantization_config: { bits: 4 },
+      dtype: 'float16',
+      moe: { format: 'moe-lowrank' },
+      text_config: { num_local_experts: 8, num_experts_per_tok: 1, n_group: 2 },
+    });
+    // the input is not modified
+    expect(config.text_config).toEqual({ num_local_experts: 16, num_experts_per_tok: 1, rope_theta: 5e5 });
+    expect(containerConfigUpdates(c, config, { quantization_config: null })).toEqual({ quantization_config: null });
   });
 });
