@@ -8,8 +8,8 @@
  *   the input dimension, value j of a row in word j / pf at shift bits * (j % pf) (LSB first, zero padded);
  *   `<module>.weight_scale` [out, groups] in a float dtype; `<module>.weight_shape` [2] = [out, in] (int64 as
  *   torch.tensor(weight.shape) saves it); `<module>.weight_zero_point` only for an asymmetric grid (signed zero
- *   points packed the same way along the output dimension, [ceil(out / pf), groups]); `<module>.weight_g_idx` only
- *   for group-wise act order (we never write it). Dequantized: w = scale * (q - zero_point).
+ *   points packed the same way along the output dimension, [ceil(out / pf), groups]); `<module>.weight_g_idx` I32
+ *   [in] only for group-wise act order (`actorder: "group"`: column i uses scale group g_idx[i]; --act-order). Dequantized: w = scale * (q - zero_point).
  * - config.json `quantization_config`: quant_method "compressed-tensors", format "pack-quantized",
  *   quantization_status "compressed", `config_groups` {name: {targets, weights: {num_bits, type "int", symmetric,
  *   strategy "group"|"channel", group_size, ...}, input_activations null}} with targets matched by name ("re:" =
@@ -30,25 +30,32 @@ export const CT_SUFFIXES = ['weight_packed', 'weight_scale', 'weight_shape', 'we
 
 const moduleOfTensor = (t: string) => (t.endsWith('.weight') ? t.slice(0, -'.weight'.length) : t);
 
-/** Stored bytes of one symmetric pack-quantized linear: packed codes, F16 scales, the I64 shape. */
-export function ctBytes(out: number, inF: number, bits: number, groupSize: number): number {
+/**
+ * Stored bytes of one symmetric pack-quantized linear: packed codes, F16 scales, the I64 shape, and with act order
+ * (`actorder: group`) the I32 weight_g_idx, one group index per input column.
+ */
+export function ctBytes(out: number, inF: number, bits: number, groupSize: number, gIdx = false): number {
   const pf = Math.floor(32 / bits);
   const groups = numGroups(inF, groupSize);
-  return out * Math.ceil(inF / pf) * 4 + out * groups * 2 + 16;
+  return out * Math.ceil(inF / pf) * 4 + out * groups * 2 + 16 + (gIdx ? inF * 4 : 0);
 }
 
-export function ctTensorSpecs(module: string, out: number, inF: number, bits: QuantBits, groupSize: number): TensorSpec[] {
+export function ctTensorSpecs(module: string, out: number, inF: number, bits: QuantBits, groupSize: number, gIdx = false): TensorSpec[] {
   const pf = Math.floor(32 / bits);
   const groups = numGroups(inF, groupSize);
   return [
     { name: `${module}.weight_packed`, dtype: 'I32', shape: [out, Math.ceil(inF / pf)] },
     { name: `${module}.weight_scale`, dtype: 'F16', shape: [out, groups] },
     { name: `${module}.weight_shape`, dtype: 'I64', shape: [2] },
+    ...(gIdx ? [{ name: `${module}.weight_g_idx`, dtype: 'I32' as const, shape: [inF] }] : []),
   ];
 }
 
-/** Raw little-endian bytes in ctTensorSpecs order. Only symmetric, column-ordered groups (what vLLM's MoE path runs). */
-export function ctTensorBytes(ql: QuantizedLinear): Uint8Array[] {
+/**
+ * Raw little-endian bytes in ctTensorSpecs order. Symmetric only (what vLLM's MoE path runs); without `gIdx` the
+ * groups must be the column-ordered ones, with it (act order) each column's group is stored as weight_g_idx.
+ */
+export function ctTensorBytes(ql: QuantizedLinear, gIdx = false): Uint8Array[] {
   const { out, in: inF, spec } = ql;
   const bits = spec.bits;
   if (32 % bits !== 0) fail('ComputeError', `compressed-tensors pack-quantized holds 32/bits values per word: ${bits} bits do not divide 32`);
@@ -56,8 +63,10 @@ export function ctTensorBytes(ql: QuantizedLinear): Uint8Array[] {
   const half = 1 << (bits - 1);
   const G = ql.scales.length / out;
   const gs = groupColumns(inF, spec.groupSize);
-  for (let i = 0; i < inF; i++) {
-    if (ql.gIdx[i] !== Math.floor(i / gs)) fail('ComputeError', 'compressed-tensors output is written without weight_g_idx: act order is not supported');
+  if (!gIdx) {
+    for (let i = 0; i < inF; i++) {
+      if (ql.gIdx[i] !== Math.floor(i / gs)) fail('ComputeError', 'compressed-tensors output written without weight_g_idx has columns out of group order');
+    }
   }
   for (let k = 0; k < ql.zeros.length; k++) {
     if (ql.zeros[k] !== half) fail('ComputeError', `compressed-tensors output is symmetric: zero point ${ql.zeros[k]} is not ${half}`);
@@ -72,7 +81,9 @@ export function ctTensorBytes(ql: QuantizedLinear): Uint8Array[] {
   const scales = new Uint16Array(out * G);
   for (let g = 0; g < G; g++) for (let o = 0; o < out; o++) scales[o * G + g] = f32ToF16Bits(ql.scales[g * out + o]!);
   const shape = new BigInt64Array([BigInt(out), BigInt(inF)]);
-  return [packed, scales, shape].map((a) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+  const arrays: ArrayBufferView[] = [packed, scales, shape];
+  if (gIdx) arrays.push(Int32Array.from(ql.gIdx));
+  return arrays.map((a) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
 }
 
 export interface CtWeights {
@@ -188,7 +199,9 @@ export function fusedPrefix(module: string): string {
 }
 
 /**
- * quantization_config of a compressed-tensors checkpoint: one config group per (width) holding
+ * quantization_config of a compressed-tensors checkpoint: one config group per (class, width), named
+ * `<class>_w<bits>a16` (the routed experts, attention, shared experts and dense MLPs each in groups of their own,
+ * as vLLM's MoE recipes write them), holding
  *  - each MoE layer at that width as one target `re:<experts prefix>\.\d+\.` (it matches our module names and the
  *    names vLLM looks up for the fused module, `experts.0.gate_proj`, whatever the family calls its projections),
  *  - the other quantized linears at that width by pattern (layer index generalised: `re:^model\.layers\.\d+\.self_attn\.q_proj$`).
@@ -197,16 +210,17 @@ export function fusedPrefix(module: string): string {
  */
 export function ctQuantizationConfig(
   experts: readonly { prefix: string; bits: QuantBits }[],
-  dense: readonly { module: string; bits: QuantBits }[],
+  dense: readonly { module: string; bits: QuantBits; cls: string }[],
   unquantized: readonly string[],
-  spec: { groupSize: number },
+  spec: { groupSize: number; actOrder?: boolean },
 ): Record<string, unknown> {
-  const byBits = new Map<number, Set<string>>();
-  const add = (bits: number, target: string) => {
-    if (!byBits.has(bits)) byBits.set(bits, new Set());
-    byBits.get(bits)!.add(target);
+  const byGroup = new Map<string, { bits: number; targets: Set<string> }>();
+  const add = (cls: string, bits: number, target: string) => {
+    const name = `${cls}_w${bits}a16`;
+    if (!byGroup.has(name)) byGroup.set(name, { bits, targets: new Set() });
+    byGroup.get(name)!.targets.add(target);
   };
-  for (const e of experts) add(e.bits, `re:^${escapeRe(e.prefix)}\\.\\d+\\.`);
+  for (const e of experts) add('experts', e.bits, `re:^${escapeRe(e.prefix)}\\.\\d+\\.`);
   // a dense pattern may only generalise the layer index if every layer's module of that pattern has the same width
   const pattern = (m: string) => `re:^${escapeRe(m).replace(/(layers\\\.)\d+(\\\.)/, '$1\\d+$2')}$`;
   const widthsOf = new Map<string, Set<number>>();
@@ -217,14 +231,15 @@ export function ctQuantizationConfig(
   }
   for (const d of dense) {
     const p = pattern(d.module);
-    add(d.bits, widthsOf.get(p)!.size === 1 ? p : `re:^${escapeRe(d.module)}$`);
+    add(d.cls, d.bits, widthsOf.get(p)!.size === 1 ? p : `re:^${escapeRe(d.module)}$`);
   }
   const config_groups: Record<string, unknown> = {};
-  [...byBits.keys()]
-    .sort((a, b) => a - b)
-    .forEach((bits, k) => {
-      config_groups[`group_${k}`] = {
-        targets: [...byBits.get(bits)!],
+  const order = ['experts', 'shared', 'attention', 'dense'];
+  [...byGroup]
+    .sort(([a, x], [b, y]) => order.indexOf(a.split('_')[0]!) - order.indexOf(b.split('_')[0]!) || x.bits - y.bits)
+    .forEach(([name, { bits, targets }]) => {
+      config_groups[name] = {
+        targets: [...targets],
         weights: {
           num_bits: bits,
           type: 'int',
@@ -232,7 +247,7 @@ export function ctQuantizationConfig(
           strategy: spec.groupSize === -1 ? 'channel' : 'group',
           group_size: spec.groupSize === -1 ? null : spec.groupSize,
           dynamic: false,
-          actorder: null,
+          actorder: spec.actOrder ? 'group' : null,
           observer: 'minmax',
           observer_kwargs: {},
           block_structure: null,

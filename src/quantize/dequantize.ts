@@ -19,7 +19,15 @@ import { dequantize as dequantizeLinear } from '../../kernels/quant/rtn.js';
 import { GPTQ_SUFFIXES, readGptq, registerGptqFormat } from './format.js';
 import { CT_SUFFIXES, ctSchemeFor, readCt } from './ct.js';
 import type { Checkpoint } from '../io/checkpoint.js';
-import { FUSED_GPTQ_FORMAT, gptqModuleOfFusedRef, registerFusedGptqFormat, SOURCE_LAYOUT_FUSED, SOURCE_LAYOUT_KEY, stackRows } from './fused.js';
+import {
+  FUSED_CT_FORMAT,
+  FUSED_GPTQ_FORMAT,
+  gptqModuleOfFusedRef,
+  registerFusedGptqFormat,
+  SOURCE_LAYOUT_FUSED,
+  SOURCE_LAYOUT_KEY,
+  stackRows,
+} from './fused.js';
 import type { Progress } from '../progress.js';
 
 export interface DequantizeRequest {
@@ -105,7 +113,7 @@ function fusedFates(model: Model, dtype: Dtype): Map<string, TensorFate> {
     for (const which of ['gateUp', 'down'] as const) {
       const refsOf = (e: number): LinearRef[] => (which === 'down' ? [experts[e]!.down] : [experts[e]!.gate, experts[e]!.up]);
       const r0 = refsOf(0)[0]!;
-      const native = formatOf(ckpt, r0) === FUSED_GPTQ_FORMAT;
+      const native = formatOf(ckpt, r0) === FUSED_GPTQ_FORMAT || formatOf(ckpt, r0) === FUSED_CT_FORMAT;
       if (!native && !alt) continue;
       const target: FusedOut = alt
         ? which === 'down'

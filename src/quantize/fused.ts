@@ -37,6 +37,7 @@ import { fillTemplate } from '../model/view.js';
 import type { Linear } from '../runtime/api.js';
 import { dequantize, quantizeRtn } from '../../kernels/quant/rtn.js';
 import { numGroups, type QuantBits, type QuantizedLinear } from '../../kernels/quant/types.js';
+import { CT_SUFFIXES, ctTensorBytes, ctTensorSpecs, readCt } from './ct.js';
 import { GPTQ_SUFFIXES, gptqTensorBytes, gptqTensorSpecs, moduleOf, readGptq } from './format.js';
 
 type Proj = 'gate' | 'up' | 'down';
@@ -52,8 +53,11 @@ export interface FusedTarget {
 }
 
 export interface FusedGptqLayout {
-  /** 'gptqmodel': the family's per-expert GPTQModel modules; 'per-expert': the family's own per-expert names */
-  kind: 'gptqmodel' | 'per-expert';
+  /**
+   * 'gptqmodel': the family's per-expert GPTQModel modules; 'per-expert': the family's own per-expert names;
+   * 'vllm': compressed-tensors under the per-expert names vLLM's loader for the family reads
+   */
+  kind: 'gptqmodel' | 'per-expert' | 'vllm';
   target(layer: LayerView, expert: number, proj: Proj): FusedTarget;
   /** the router weight's name in the output, when it differs from the input's (transformers-5 mixtral) */
   routerName(layer: LayerView): string | undefined;
@@ -87,6 +91,27 @@ const GPTQMODEL_MODULES: Readonly<Record<string, { gateUp: string; down: string 
   granitemoe: { gateUp: 'block_sparse_moe.input_linear.${expert}.linear', down: 'block_sparse_moe.output_linear.${expert}.linear' },
 };
 
+/**
+ * compressed-tensors module names vLLM loads for natively fused families, relative to the layer prefix, one module
+ * per linear. granitemoe (vLLM models/granitemoe.py load_weights): the fused input_linear[e] is split into
+ * `block_sparse_moe.experts.e.w1` and `.w3` (chunk(2): gate first) and output_linear[e] becomes `.w2`; every other
+ * name goes to Mixtral's loader unchanged, whose expert mapping reads `experts.e.w1/w2/w3.<param>` (weight_packed,
+ * weight_scale, ...) into the fused MoE module. gpt_oss has none: see CT_REFUSED.
+ */
+const VLLM_CT_MODULES: Readonly<Record<string, Record<Proj, string>>> = {
+  granitemoe: {
+    gate: 'block_sparse_moe.experts.${expert}.w1',
+    up: 'block_sparse_moe.experts.${expert}.w3',
+    down: 'block_sparse_moe.experts.${expert}.w2',
+  },
+};
+
+/** Why compressed-tensors is refused for a natively fused family (vLLM could not load it). */
+const CT_REFUSED: Readonly<Record<string, string>> = {
+  gpt_oss:
+    "vLLM's gpt_oss loader (models/gpt_oss.py load_weights) reads routed experts only as MXFP4 blocks or as unquantized fused gate_up_proj/down_proj tensors and skips per-expert names, so a compressed-tensors gpt_oss would load with empty experts; use --format gptq (our runtime, GPTQModel)",
+};
+
 function expertRefs(layer: LayerView, expert: number) {
   if (layer.block.kind !== 'moe') fail('ComputeError', `internal: layer ${layer.index} is not a MoE layer`);
   const refs = layer.block.experts[expert];
@@ -98,7 +123,7 @@ function expertRefs(layer: LayerView, expert: number) {
  * The GPTQ layout of this fused checkpoint's experts, or why there is none (quantize refuses then: a GPTQ tensor
  * set no loader reads would be worse than no output).
  */
-export function fusedGptqLayout(view: ModelView): FusedGptqLayout | { refuse: string } {
+export function fusedGptqLayout(view: ModelView, format: 'gptq' | 'compressed-tensors' = 'gptq'): FusedGptqLayout | { refuse: string } {
   const arch = getArchitecture(view.family, view.family);
   const t = arch.tensors;
   const native = GPTQMODEL_MODULES[view.family];
@@ -119,6 +144,21 @@ export function fusedGptqLayout(view: ModelView): FusedGptqLayout | { refuse: st
     const name = layer.prefix + (typeof tpl === 'string' ? tpl : tpl.name);
     return name === have ? undefined : name;
   };
+  if (t.experts.layout === 'fused' && format === 'compressed-tensors') {
+    const ct = VLLM_CT_MODULES[view.family];
+    if (!ct)
+      return { refuse: CT_REFUSED[view.family] ?? `${view.family} stores its experts fused and no vLLM per-expert compressed-tensors layout is known for it` };
+    return {
+      kind: 'vllm',
+      target(layer, expert, proj) {
+        const ref = expertRefs(layer, expert)[proj];
+        if (ref.bias) fail('UnsupportedArchitecture', `${view.family}: fused expert biases ('${ref.bias}') have no compressed-tensors layout`);
+        return { module: layer.prefix + fillTemplate(ct[proj], undefined, expert) };
+      },
+      routerName,
+      correctionBiasName,
+    };
+  }
   if (t.experts.layout === 'fused') {
     if (!native)
       return {
@@ -259,10 +299,43 @@ export const FUSED_GPTQ_FORMAT: LinearFormat = {
 };
 
 let registered = false;
-/** Make loadLinear read GPTQModel-layout fused experts (idempotent; quantize, dequantize and inspect import this). */
+/** The compressed-tensors module of a fused ref's linear in a vLLM-layout checkpoint (undefined: not this layout). */
+export function ctModuleOfFusedRef(ckpt: Checkpoint, ref: LinearRef): string | undefined {
+  if (ref.expert === undefined) return undefined;
+  const family = ckpt.config.model_type;
+  const ct = typeof family === 'string' ? VLLM_CT_MODULES[family] : undefined;
+  if (!ct) return undefined;
+  const ex = getArchitecture(family as string, ckpt.dir).tensors.experts;
+  if (ex.layout !== 'fused') return undefined;
+  const at = (tensor: string, tpl: string) => ref.tensor.slice(0, ref.tensor.length - tensor.length) + fillTemplate(tpl, undefined, ref.expert);
+  if (ref.tensor.endsWith(ex.gateUp.tensor)) return at(ex.gateUp.tensor, ct[(ref.rows?.[0] ?? 0) === 0 && ref.interleave !== 'odd' ? 'gate' : 'up']);
+  if (ref.tensor.endsWith(ex.down.tensor)) return at(ex.down.tensor, ct.down);
+  return undefined;
+}
+
+/** Fused experts written as vLLM's per-expert compressed-tensors modules: each module holds exactly one linear. */
+export const FUSED_CT_FORMAT: LinearFormat = {
+  name: 'compressed-tensors-fused',
+  detect(ckpt, ref) {
+    if (ref.expert === undefined || ckpt.has(ref.tensor)) return false;
+    const m = ctModuleOfFusedRef(ckpt, ref);
+    return m !== undefined && ckpt.has(`${m}.weight_packed`);
+  },
+  async load(ckpt, ref): Promise<Linear> {
+    const m = ctModuleOfFusedRef(ckpt, ref)!;
+    return { out: ref.outFeatures, in: ref.inFeatures, w: await readCt(ckpt, m, ref.outFeatures, ref.inFeatures) };
+  },
+  tensors: (ckpt, ref) => {
+    const m = ctModuleOfFusedRef(ckpt, ref)!;
+    return CT_SUFFIXES.map((s) => `${m}.${s}`).filter((n) => ckpt.has(n));
+  },
+};
+
+/** Make loadLinear read GPTQModel-layout and vLLM compressed-tensors fused experts (idempotent; quantize, dequantize and inspect import this). */
 export function registerFusedGptqFormat(): void {
   if (registered) return;
   registerLinearFormat(FUSED_GPTQ_FORMAT);
+  registerLinearFormat(FUSED_CT_FORMAT);
   registered = true;
 }
 registerFusedGptqFormat();
@@ -292,6 +365,9 @@ export interface FusedWriteContext<D extends FusedDecision> {
   finalBits(d: D): QuantBits | 'keep';
   groupSize: number;
   sym: boolean;
+  /** the tensors a quantized module is written as (default gptq); compressed-tensors with weight_g_idx under act order */
+  format?: 'gptq' | 'compressed-tensors';
+  actOrder?: boolean;
   /** the apply pass's quantization of d, when the pass quantizes d's layer (resolves once the layer is done) */
   fromPass?(d: D): Promise<QuantizedLinear | undefined>;
   /** the module's tensors are all produced: its parts' pass results can go */
@@ -337,7 +413,9 @@ export function fusedModuleWrites<D extends FusedDecision>(
     const specs: TensorSpec[] =
       bits === 'keep'
         ? [{ name: `${module}.weight`, dtype: denseDtype(ckpt, p0.ref), shape: [rows, inF] }]
-        : gptqTensorSpecs(module, rows, inF, { bits, groupSize: ctx.groupSize, sym: ctx.sym });
+        : ctx.format === 'compressed-tensors'
+          ? ctTensorSpecs(module, rows, inF, bits, ctx.groupSize, !!ctx.actOrder)
+          : gptqTensorSpecs(module, rows, inF, { bits, groupSize: ctx.groupSize, sym: ctx.sym });
     if (t0.bias) {
       const info = ckpt.info(t0.bias.tensor);
       if (info.shape.length !== 2 || info.shape[1] !== rows)
@@ -356,7 +434,8 @@ export function fusedModuleWrites<D extends FusedDecision>(
         const spec = { bits, groupSize: ctx.groupSize, sym: ctx.sym };
         const qs: QuantizedLinear[] = [];
         for (const d of parts) qs.push((await ctx.fromPass?.(d)) ?? quantizeRtn((await loadLinear(ckpt, d.ref)).w, d.ref.outFeatures, inF, spec));
-        out.push(...gptqTensorBytes(stackQuantized(qs, split)));
+        const stacked = stackQuantized(qs, split);
+        out.push(...(ctx.format === 'compressed-tensors' ? ctTensorBytes(stacked, !!ctx.actOrder) : gptqTensorBytes(stacked)));
       }
       if (t0.bias) out.push(await ckpt.readBytes(t0.bias.tensor, t0.bias.expert * rows, (t0.bias.expert + 1) * rows));
       return out;
@@ -395,9 +474,11 @@ export function describeFusedExperts(ckpt: Checkpoint, view: ModelView, layout: 
   const t = layout.target(layer, 0, 'gate');
   const d = layout.target(layer, 0, 'down');
   const written =
-    layout.kind === 'gptqmodel'
-      ? `GPTQModel's per-expert modules (${relative(t.module)}, ${relative(d.module)} ... for expert 0${t.pack ? `; gate and up share one module, rows ${t.pack.split}` : ''}${t.bias ? '; biases unquantized as <module>.bias' : ''})`
-      : `the family's per-expert GPTQ modules (${relative(t.module)} ... for expert 0)`;
+    layout.kind === 'vllm'
+      ? `the per-expert compressed-tensors modules vLLM's ${view.family} loader reads (${relative(t.module)}, ${relative(d.module)} ... for expert 0)`
+      : layout.kind === 'gptqmodel'
+        ? `GPTQModel's per-expert modules (${relative(t.module)}, ${relative(d.module)} ... for expert 0${t.pack ? `; gate and up share one module, rows ${t.pack.split}` : ''}${t.bias ? '; biases unquantized as <module>.bias' : ''})`
+        : `the family's per-expert GPTQ modules (${relative(t.module)} ... for expert 0)`;
   const back = readsFusedAlternative(view) ? `; moe dequantize writes them back fused (quantization_config.${SOURCE_LAYOUT_KEY})` : '';
   return { read, written: written + back };
 }

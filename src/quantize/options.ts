@@ -9,7 +9,7 @@ import { GGUF_CANDIDATES, isFloatCandidate, type GgufCandidate } from '../gguf/c
 import type { OptionSpec } from '../pipeline/descriptor.js';
 import { common, field, int } from '../pipeline/fields.js';
 import { getQuantizer, GRANULARITIES, METHOD_NAMES, OUTPUT_FORMAT_NAMES } from './methods.js';
-import { compile, parseOverride } from './plan.js';
+import { ALLOCATABLE_CLASSES, compile, parseOverride } from './plan.js';
 import { checkServeFlags, SERVE_TARGET_NAMES, serveTarget, type ServeTarget } from './targets.js';
 
 export const DEFAULT_CANDIDATES: QuantBits[] = [2, 3, 4];
@@ -38,10 +38,18 @@ export const QUANTIZE_OPTIONS = z.object({
     help: 'constrain everything to what this engine runs (src/quantize/targets.ts): vllm = one width per MoE layer among 4/8 bits, symmetric, its group sizes and shape rules; implied by --format compressed-tensors',
     arg: 'engine',
   }),
+  tensorParallel: field(int(1).default(1), {
+    help: "with --serve: the tensor-parallel size the output must load at (the shape rules apply to each rank's slice: vLLM splits every expert's intermediate dimension over the ranks)",
+    arg: 'n',
+  }),
   candidates: field(z.array(widthOrType()).nonempty().optional(), {
     help: 'bit-widths the allocation may choose, comma-separated; --format gguf: ggml types (q2_k ... q8_0; 2/3/4/8 name q2_k/q3_k/q4_k/q8_0), or one of f16, bf16, f32 alone for the unquantized GGUF',
     arg: 'list',
     defaultText: `${DEFAULT_CANDIDATES.join(',')} (--format gguf: ${DEFAULT_GGUF_CANDIDATES.join(',')})`,
+  }),
+  allocate: field(z.array(z.enum(ALLOCATABLE_CLASSES)).default([]), {
+    help: "also give these linear classes their own allocation units (repeatable): attention (a layer's attention linears), shared (a layer's shared expert), dense (a dense layer's MLP); their widths come from --candidates under the same --bits budget, which then counts their stored bytes and weights too (needs calibration data for their scores)",
+    arg: 'class',
   }),
   denseBits: field(widthOrType().default(4), {
     help: 'bits of attention, dense MLP and shared-expert linears (--format gguf: a ggml type, or 2/3/4/8, and the byte budget those tensors share)',
@@ -105,6 +113,8 @@ export function checkQuantize(o: QuantizeOptions): void {
   if (o.format === 'gguf') {
     if (o.serve) fail('Usage', `--serve ${o.serve} loads --format gptq or compressed-tensors, not --format gguf (llama.cpp serves GGUF as written)`);
     if (o.granularity) fail('Usage', '--granularity is not available with --format gguf: its unit is one tensor (layer x projection)');
+    if (o.allocate.length)
+      fail('Usage', '--allocate is not available with --format gguf: with --calib its attention, shared and dense tensors are allocated already');
     checkGgufQuantize(o);
     return;
   }
@@ -126,8 +136,9 @@ export function checkQuantize(o: QuantizeOptions): void {
       ...(o.granularity ? { granularity: o.granularity } : {}),
       actOrder: o.actOrder,
       overrideBits: o.override.map((s) => parseOverride(s).bits),
+      tensorParallel: o.tensorParallel,
     });
-  }
+  } else if (o.tensorParallel !== 1) fail('Usage', '--tensor-parallel is a --serve rule (give --serve vllm or --format compressed-tensors)');
 }
 
 export const QUANTIZE_SPEC: OptionSpec<typeof QUANTIZE_OPTIONS> = { options: QUANTIZE_OPTIONS, check: checkQuantize };

@@ -46,10 +46,11 @@ import type { ModelView } from '../model/types.js';
 import { quantizeMlp, type ExpertQuant, type ProjBits, type QuantSettings } from './expert.js';
 import { gptqTensorBytes, gptqTensorSpecs, type ModuleQuant, quantizationConfig, registerGptqFormat, vllmGptqConfig } from './format.js';
 import { describeFusedExperts, fusedGptqLayout, fusedModuleWrites, readsFusedAlternative, SOURCE_LAYOUT_FUSED, SOURCE_LAYOUT_KEY } from './fused.js';
-import { compile, decide, decisionBytesAt, parseOverride, type LinearDecision, type StoredFormat } from './plan.js';
+import { compile, decide, decisionBytesAt, parseOverride, type AllocatableClass, type LinearDecision, type StoredFormat } from './plan.js';
 import { LayerHandoff, type WriterInfo } from '../pipeline/handoff.js';
 import { loadResumeState, loadStagedPlan, resumeKey, saveResumeState, saveStagedPlan } from '../pipeline/resume.js';
 import { quantizeMemoryPhases } from './memory.js';
+import { ClassUnitScores } from './classunits.js';
 import { refuseFactors, refuseQuantized, refuseQuantizedDir } from './input.js';
 import { attachLosses, buildReport, type QuantizeReport } from './report.js';
 import { checkPlan, type QuantizePlan } from './saved.js';
@@ -57,7 +58,7 @@ import { DEFAULT_CANDIDATES, DEFAULT_MIN_TOKENS, gptqWidths, QUANTIZE_SPEC, serv
 import { calibFormat, DEFAULT_CALIB_TOKENS } from '../pipeline/fields.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline, type PipelineRun } from '../pipeline/engine.js';
-import type { QuantizeRequest, QuantizeRun, Unit, UnitOption } from './types.js';
+import { optionBits, type QuantizeRequest, type QuantizeRun, type Unit, type UnitOption } from './types.js';
 
 export type { QuantizeRequest, QuantizeRun, Unit, UnitOption } from './types.js';
 
@@ -77,6 +78,7 @@ function derive(req: QuantizeRun) {
   const granularity: Granularity = req.granularity ?? (target ? target.granularities[0]! : 'expert');
   const format = req.format as StoredFormat;
   const candidates = [...new Set(given)].sort((a, b) => a - b);
+  const allocate = [...new Set(req.allocate)].sort() as AllocatableClass[];
   const overrides = req.override.map(parseOverride);
   const ignores = req.ignore.map((r) => compile(r, '--ignore'));
   const settings: QuantSettings = { method, groupSize, sym: req.sym || !!target?.symmetric, damp, actOrder: req.actOrder, minTokens };
@@ -104,6 +106,7 @@ function derive(req: QuantizeRun) {
     // only when set, so plans and resume keys of plain GPTQ runs stay what they were
     ...(format !== 'gptq' ? { format } : {}),
     ...(target ? { serve: target.name } : {}),
+    ...(req.allocate.length ? { allocate: allocate } : {}),
   };
   return {
     bits,
@@ -122,6 +125,7 @@ function derive(req: QuantizeRun) {
     planSettings,
     format,
     target,
+    allocate,
   };
 }
 
@@ -132,12 +136,18 @@ function derive(req: QuantizeRun) {
  * Widths a free linear's shape cannot pack are dropped for the unit.
  */
 export function buildUnits(decisions: readonly LinearDecision[], granularity: Granularity, candidates: QuantBits[], mixedDown = true): Unit[] {
-  const experts = decisions.filter((d) => d.cls === 'expert');
   const groups = new Map<string, LinearDecision[]>();
-  for (const d of experts) {
-    // projection granularity: gate and up packed into one GPTQ module (fused gate_up) are one unit, as one width
-    const proj = d.fused?.pack && d.proj !== 'down' ? 'gate_up' : d.proj;
-    const key = granularity === 'expert' ? `L${d.layer}.E${d.expert}` : granularity === 'projection' ? `L${d.layer}.${proj}` : `L${d.layer}`;
+  for (const d of decisions) {
+    let key: string;
+    if (d.cls === 'expert') {
+      // projection granularity: gate and up packed into one GPTQ module (fused gate_up) are one unit, as one width
+      const proj = d.fused?.pack && d.proj !== 'down' ? 'gate_up' : d.proj;
+      key = granularity === 'expert' ? `L${d.layer}.E${d.expert}` : granularity === 'projection' ? `L${d.layer}.${proj}` : `L${d.layer}`;
+    } else if (decisions.some((x) => x.cls === d.cls && x.layer === d.layer && x.bits === 'alloc')) {
+      // --allocate: the layer's attention / shared expert / dense MLP, one width for all its linears (vLLM fuses
+      // q/k/v and gate/up into one module each, with one scheme)
+      key = `L${d.layer}.${d.cls}`;
+    } else continue;
     if (!groups.has(key)) groups.set(key, []);
     groups.get(key)!.push(d);
   }
@@ -149,28 +159,36 @@ export function buildUnits(decisions: readonly LinearDecision[], granularity: Gr
       ? candidates.filter((b) => free.every((d) => (d.ref.inFeatures * b) % 32 === 0 && (d.ref.outFeatures * b) % 32 === 0))
       : [candidates[0]!];
     if (widths.length === 0) fail('Usage', `unit ${id}: no candidate width can pack its shapes`);
-    const uniform = (b: QuantBits): UnitOption => ({ label: `${b}`, bits: Object.fromEntries(free.map((d) => [d.proj!, b])) });
+    const uniform = (b: QuantBits): UnitOption => ({ label: `${b}`, bits: Object.fromEntries(free.map((d) => [d.proj ?? 'all', b])) });
+    const cls = ds[0]!.cls;
     const options: UnitOption[] = [];
     widths.forEach((b, k) => {
       options.push(uniform(b));
       const up = widths[k + 1];
-      if (mixedDown && up !== undefined && granularity === 'expert' && free.length > 1 && free.some((d) => d.proj === 'down')) {
+      if (mixedDown && up !== undefined && cls === 'expert' && granularity === 'expert' && free.length > 1 && free.some((d) => d.proj === 'down')) {
         const o = uniform(b);
         o.bits.down = up;
         o.label = `${b}+down${up}`;
         options.push(o);
       }
     });
-    const at = granularity === 'expert' ? { expert: ds[0]!.expert! } : granularity === 'projection' ? { proj: ds[0]!.proj! } : {};
+    const at =
+      cls !== 'expert'
+        ? { cls: cls as AllocatableClass }
+        : granularity === 'expert'
+          ? { expert: ds[0]!.expert! }
+          : granularity === 'projection'
+            ? { proj: ds[0]!.proj! }
+            : {};
     units.push({ id, layer: ds[0]!.layer, ...at, free, fixed, options });
   }
   return units;
 }
 
-export function unitCostBits(u: Unit, opt: UnitOption, gs: number, format: StoredFormat = 'gptq'): number {
+export function unitCostBits(u: Unit, opt: UnitOption, gs: number, format: StoredFormat = 'gptq', actOrder = false): number {
   let bytes = 0;
-  for (const d of u.free) bytes += decisionBytesAt(d, opt.bits[d.proj!]!, gs, format);
-  for (const d of u.fixed) bytes += decisionBytesAt(d, d.bits as QuantBits | 'keep', gs, format);
+  for (const d of u.free) bytes += decisionBytesAt(d, optionBits(opt, d), gs, format, actOrder);
+  for (const d of u.fixed) bytes += decisionBytesAt(d, d.bits as QuantBits | 'keep', gs, format, actOrder);
   return bytes * 8;
 }
 
@@ -259,31 +277,36 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     groupSize: v.groupSize,
     overrides: v.overrides,
     ignores: v.ignores,
+    allocate: v.allocate,
+    format: v.format,
   });
   const expertDecisions = decisions.filter((d) => d.cls === 'expert');
-  if (v.target) checkServeModel(v.target, view, decisions, v.groupSize, v.format);
+  if (v.target) checkServeModel(v.target, view, decisions, v.groupSize, req.tensorParallel);
   const units = buildUnits(decisions, v.granularity, v.candidates, v.mixedDown);
-  const expertParams = expertDecisions.reduce((a, d) => a + d.params, 0);
+  // what --bits measures: the routed experts, plus (--allocate) the classes allocated as units of their own
+  const budgeted = decisions.filter((d) => d.cls === 'expert' || (v.allocate as readonly string[]).includes(d.cls));
+  const expertParams = budgeted.reduce((a, d) => a + d.params, 0);
+  const measured = v.allocate.length ? `the routed experts and the ${v.allocate.join(', ')} linears` : 'the routed experts';
   const gs = v.groupSize;
   // linears of routed experts not in any unit (projection/layer granularity: fixed/kept projections) cost a constant
   const inUnits = new Set(units.flatMap((u) => [...u.free, ...u.fixed]).map((d) => d.tensor));
-  const linBytes = (d: LinearDecision, b: QuantBits | 'keep') => decisionBytesAt(d, b, gs, v.format);
-  const constBits = expertDecisions.filter((d) => !inUnits.has(d.tensor)).reduce((a, d) => a + 8 * linBytes(d, d.bits as QuantBits | 'keep'), 0);
+  const linBytes = (d: LinearDecision, b: QuantBits | 'keep') => decisionBytesAt(d, b, gs, v.format, v.settings.actOrder);
+  const constBits = budgeted.filter((d) => !inUnits.has(d.tensor)).reduce((a, d) => a + 8 * linBytes(d, d.bits as QuantBits | 'keep'), 0);
   const budget = v.bits * expertParams - constBits;
-  const costs = units.map((u) => u.options.map((b) => unitCostBits(u, b, gs, v.format)));
+  const costs = units.map((u) => u.options.map((b) => unitCostBits(u, b, gs, v.format, v.settings.actOrder)));
   const minBpw = (constBits + costs.reduce((a, c) => a + Math.min(...c), 0)) / expertParams;
   const maxBpw = (constBits + costs.reduce((a, c) => a + Math.max(...c), 0)) / expertParams;
   if (minBpw > v.bits + 1e-12) {
     fail(
       'ImpossibleBudget',
-      `--bits ${v.bits} is below the smallest true size of the routed experts with --candidates ${v.candidates.join(',')}: ${minBpw.toFixed(4)} bpw (largest ${maxBpw.toFixed(4)})`,
+      `--bits ${v.bits} is below the smallest true size of ${measured} with --candidates ${v.candidates.join(',')}: ${minBpw.toFixed(4)} bpw (largest ${maxBpw.toFixed(4)})`,
     );
   }
   const finalBitsOf = (choice: readonly number[]) => {
     const chosen = new Map<string, QuantBits | 'keep'>();
     units.forEach((u, i) => {
       const b = u.options[choice[i]!]!;
-      for (const d of u.free) chosen.set(d.tensor, b.bits[d.proj!]!);
+      for (const d of u.free) chosen.set(d.tensor, optionBits(b, d));
     });
     return (d: LinearDecision): QuantBits | 'keep' => (d.bits === 'alloc' ? (chosen.get(d.tensor) ?? 'keep') : d.bits);
   };
@@ -311,7 +334,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
   if (needScores && v.bits > maxBpw + 1e-12) {
     fail(
       'ImpossibleBudget',
-      `--bits ${v.bits} is above the largest true size of the routed experts with --candidates ${v.candidates.join(',')}: ${maxBpw.toFixed(4)} bpw (every unit at its widest); give --bits at most that, or wider --candidates`,
+      `--bits ${v.bits} is above the largest true size of ${measured} with --candidates ${v.candidates.join(',')}: ${maxBpw.toFixed(4)} bpw (every unit at its widest); give --bits at most that, or wider --candidates`,
     );
   }
   let scoring = !loaded && needScores && !!req.calib;
@@ -370,7 +393,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
   const layerUnits = new Map<number, number[]>();
   const unitOf = new Map<string, number>();
   units.forEach((u, i) => {
-    if (u.expert !== undefined) return;
+    if (u.expert !== undefined || u.cls) return;
     layerUnits.set(u.layer, [...(layerUnits.get(u.layer) ?? []), i]);
     for (const d of u.free) unitOf.set(d.tensor, i);
   });
@@ -379,10 +402,13 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
   if (windows && scoring) {
     const ph = progress?.phase('scoring units at each candidate width');
     const L = view.layers.length;
+    // --allocate: attention, shared-expert and dense-MLP units (classunits.ts)
+    const own = new ClassUnitScores(units, ckpt, v.settings, calibTokens);
     await streamModel(
       model,
       windows,
       {
+        ...(own.active ? { onLinearInput: own.onLinearInput, onLayerOutput: own.onLayerOutput } : {}),
         onMoeLayer: async (inp) => {
           const imp = importance(inp, v.alpha, v.beta);
           const routed = routedTokens(inp);
@@ -391,6 +417,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
           // are combined below in expert order, so they do not depend on the thread count
           const tasks: ScoreExpertTask[] = [];
           const combine: { scale: number; targets: { ui: number; oi: number }[]; add: boolean }[] = [];
+          const sharedUnit = own.moeLayer(inp, imp, act);
           inp.experts.forEach((w, e) => {
             const r = routed[e]!;
             if (r.n === 0) return;
@@ -423,7 +450,9 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
             tasks.push({ w, x: r.x, n: r.n, gates: r.gates, activation: act, settings: v.settings, gptq, jobs, reuse: v.granularity === 'expert' });
             combine.push({ scale, targets, add: v.granularity !== 'expert' });
           });
+          if (sharedUnit) tasks.push(sharedUnit.task);
           const errs = await runTasks<ScoreExpertTask, Float64Array>(activeBackend()!, LINALG_TASKS_MODULE, 'scoreExpert', tasks);
+          if (sharedUnit) own.sharedErrors(sharedUnit.ui, errs[tasks.length - 1]!);
           combine.forEach((c, i) =>
             c.targets.forEach(({ ui, oi }, j) => {
               if (c.add) losses[ui]![oi]! += c.scale * errs[i]![j]!;
@@ -434,6 +463,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
       },
       { onProgress: (l) => ph?.tick(l, L, 'layers') },
     );
+    own.finish(losses);
     ph?.succeed(`scored ${units.length} units x ${v.candidates.length} widths`);
   }
   const scoreMs = performance.now() - tScore;
@@ -499,7 +529,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
 
   // ---- apply and write, concurrently: the writer takes each layer's packed tensors as the pass produces them
   const packed = new Map<string, Uint8Array[]>();
-  const tensorBytes = (ql: QuantizedLinear) => (v.format === 'compressed-tensors' ? ctTensorBytes(ql) : gptqTensorBytes(ql));
+  const tensorBytes = (ql: QuantizedLinear) => (v.format === 'compressed-tensors' ? ctTensorBytes(ql, v.settings.actOrder) : gptqTensorBytes(ql));
   const fallbacks: { layer: number; expert: number; tokens: number }[] = [];
   const handoff = new LayerHandoff<void, WriterInfo>();
   const gptqLayer = new Set(gptqLayers);
@@ -510,7 +540,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
   const unquantized: string[] = [];
   // fused experts: written as the family's per-expert GPTQ modules (fused.ts), each from the pass's quantized parts
   const packedQuant = new Map<string, QuantizedLinear>();
-  const fusedLayout = view.expertLayout === 'fused' ? fusedGptqLayout(view) : undefined;
+  const fusedLayout = view.expertLayout === 'fused' ? fusedGptqLayout(view, v.format) : undefined;
   const renames = fusedLayout && !('refuse' in fusedLayout) ? fusedLayout : undefined;
   /** an unquantized tensor written under the per-expert layout's name, its bytes unchanged */
   const writeAs = (from: string, to: string) => {
@@ -533,6 +563,8 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     finalBits,
     groupSize: gs,
     sym: v.settings.sym,
+    format: v.format,
+    actOrder: v.settings.actOrder,
     fromPass: async (d) => {
       if (!gptqLayer.has(d.layer)) return undefined;
       await handoff.take(d.layer);
@@ -561,7 +593,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     modQuant.push({ module: d.module, bits: b });
     const specs =
       v.format === 'compressed-tensors'
-        ? ctTensorSpecs(d.module, d.ref.outFeatures, d.ref.inFeatures, b, gs)
+        ? ctTensorSpecs(d.module, d.ref.outFeatures, d.ref.inFeatures, b, gs, v.settings.actOrder)
         : gptqTensorSpecs(d.module, d.ref.outFeatures, d.ref.inFeatures, { bits: b, groupSize: gs, sym: v.settings.sym });
     const fromPass = gptqLayer.has(d.layer) && (d.cls === 'expert' || d.cls === 'shared');
     if (fromPass) passTensors.set(d.tensor, { layer: d.layer, names: specs.map((s) => s.name) });
@@ -789,6 +821,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     sym: v.settings.sym,
     candidates: v.candidates,
     denseBits: v.denseBits,
+    allocate: v.allocate,
     scored,
     sequential: v.sequential,
     memory,
@@ -803,22 +836,17 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
 }
 
 /**
- * --serve: the model-dependent rules of the target (targets.ts), before anything is read or scored: the shapes
+ * --serve: the model-dependent rules of the target (targets.ts), before anything is read or scored (fused experts
+ * are placed, or refused with vLLM's reason, by decide: fused.ts): the shapes
  * its kernels need, and one scheme per fused MoE layer (an --override or --ignore that splits a layer's experts,
  * or keeps some of them, cannot load there). Refused with exit 2.
  */
-export function checkServeModel(t: ServeTarget, view: ModelView, decisions: readonly LinearDecision[], groupSize: number, format: StoredFormat): void {
+export function checkServeModel(t: ServeTarget, view: ModelView, decisions: readonly LinearDecision[], groupSize: number, tensorParallel = 1): void {
   const flag = `--serve ${t.name}`;
-  if (view.expertLayout === 'fused' && format === 'compressed-tensors') {
-    fail(
-      'Usage',
-      `--format compressed-tensors: experts stored fused (3-D tensors) are not written in compressed-tensors yet; use --format gptq --serve ${t.name}`,
-    );
-  }
   for (const layer of view.layers) {
     if (layer.block.kind !== 'moe') continue;
     const e0 = layer.block.experts[0]!;
-    const why = t.shape({ hidden: view.dims.hidden, intermediate: e0.down.inFeatures }, groupSize);
+    const why = t.shape({ hidden: view.dims.hidden, intermediate: e0.down.inFeatures }, groupSize, tensorParallel);
     if (why) fail('Usage', `${flag}: layer ${layer.index}: ${why}; this model cannot be served there quantized`);
     const ds = decisions.filter((d) => d.cls === 'expert' && d.layer === layer.index);
     const fates = new Set(ds.map((d) => String(d.bits)));
@@ -849,8 +877,9 @@ function outputConfig(
     for (const m of mods) if (expertModules.has(m.module)) byPrefix.set(fusedPrefix(m.module), m.bits);
     return [...byPrefix].map(([prefix, bits]) => ({ prefix, bits }));
   };
-  const dense = mods.filter((m) => !expertModules.has(m.module));
-  if (format === 'compressed-tensors') return ctQuantizationConfig(layerWidths(), dense, unquantized, { groupSize: spec.groupSize });
+  const clsOf = new Map(decisions.map((d) => [d.module, d.cls]));
+  const dense = mods.filter((m) => !expertModules.has(m.module)).map((m) => ({ ...m, cls: clsOf.get(m.module) ?? 'dense' }));
+  if (format === 'compressed-tensors') return ctQuantizationConfig(layerWidths(), dense, unquantized, { groupSize: spec.groupSize, actOrder: spec.actOrder });
   if (serve) return vllmGptqConfig(layerWidths(), dense, unquantized, spec);
   return quantizationConfig(mods, unquantized, spec);
 }

@@ -18,6 +18,9 @@ import { moduleOf } from './format.js';
 import { fusedGptqLayout, type FusedTarget } from './fused.js';
 
 export type LinearClass = 'expert' | 'shared' | 'attention' | 'dense';
+/** classes `--allocate` can make allocation units of their own (one per layer: its attention, shared expert, dense MLP) */
+export const ALLOCATABLE_CLASSES = ['attention', 'shared', 'dense'] as const satisfies readonly LinearClass[];
+export type AllocatableClass = (typeof ALLOCATABLE_CLASSES)[number];
 export type Proj = 'gate' | 'up' | 'down';
 
 export interface LinearDecision {
@@ -75,10 +78,10 @@ export type StoredFormat = 'gptq' | 'compressed-tensors';
 /**
  * Stored bytes of one quantized linear in the output format: GPTQ's qweight, qzeros, scales and g_idx (all four
  * are written, symmetric or not), or compressed-tensors' weight_packed, weight_scale and weight_shape (symmetric:
- * no zero points, no g_idx).
+ * no zero points), plus weight_g_idx with act order.
  */
-export function linearBytesAt(out: number, inF: number, bits: QuantBits, groupSize: number, format: StoredFormat = 'gptq'): number {
-  if (format === 'compressed-tensors') return ctBytes(out, inF, bits, groupSize);
+export function linearBytesAt(out: number, inF: number, bits: QuantBits, groupSize: number, format: StoredFormat = 'gptq', actOrder = false): number {
+  if (format === 'compressed-tensors') return ctBytes(out, inF, bits, groupSize, actOrder);
   return gptqBytes(out, inF, { bits, groupSize, sym: false } as QuantSpec);
 }
 
@@ -91,10 +94,11 @@ export function decisionBytesAt(
   bits: QuantBits | 'keep',
   groupSize: number,
   format: StoredFormat = 'gptq',
+  actOrder = false,
 ): number {
   if (bits === 'keep') return d.inputBytes;
   const of = d.fused?.pack?.of ?? 1;
-  return linearBytesAt(d.ref.outFeatures * of, d.ref.inFeatures, bits, groupSize, format) / of;
+  return linearBytesAt(d.ref.outFeatures * of, d.ref.inFeatures, bits, groupSize, format, actOrder) / of;
 }
 
 /** Stored bytes of a linear; for an expert slice of a fused tensor, its share of the tensors (any stored form: MXFP4 too). */
@@ -117,6 +121,23 @@ export interface PlanOptions {
   groupSize: number;
   overrides: Override[];
   ignores: RegExp[];
+  /** classes allocated as units of their own (--allocate) */
+  allocate?: readonly AllocatableClass[];
+  /** output format: fused experts are written under its per-expert layout (fused.ts) */
+  format?: StoredFormat;
+}
+
+/**
+ * Which of the runtime's reported linear inputs (src/runtime/api.ts LinearInput roles) feeds a non-expert linear:
+ * its scores under --allocate come from that input's Gram matrix. Undefined where the runtime reports none (MLA's
+ * q_b_proj and kv_b_proj read latents inside attention): such a linear keeps --dense-bits.
+ */
+export function inputRoleOf(d: Pick<LinearDecision, 'cls' | 'module' | 'proj'>): 'attention.in' | 'attention.o_proj.in' | 'mlp.in' | 'mlp.down.in' | undefined {
+  if (d.cls === 'dense') return d.proj === 'down' ? 'mlp.down.in' : 'mlp.in';
+  if (d.cls !== 'attention') return undefined;
+  const leaf = d.module.slice(d.module.lastIndexOf('.') + 1);
+  if (leaf === 'o_proj') return 'attention.o_proj.in';
+  return ['q_proj', 'k_proj', 'v_proj', 'q_a_proj', 'kv_a_proj_with_mqa'].includes(leaf) ? 'attention.in' : undefined;
 }
 
 /** All linears of the model that the GPTQ format can address, with their class. */
@@ -144,7 +165,7 @@ export function collectLinears(view: ModelView, ckpt: Checkpoint): { ref: Linear
 
 export function decide(view: ModelView, ckpt: Checkpoint, opts: PlanOptions): LinearDecision[] {
   // experts fused in 3-D tensors are written as the per-expert modules GPTQModel defines for the family, or refused
-  const fusedLayout = view.expertLayout === 'fused' ? fusedGptqLayout(view) : undefined;
+  const fusedLayout = view.expertLayout === 'fused' ? fusedGptqLayout(view, opts.format) : undefined;
   if (fusedLayout && 'refuse' in fusedLayout) fail('UnsupportedArchitecture', `cannot quantize: ${fusedLayout.refuse}`);
   return collectLinears(view, ckpt).map(({ ref, cls, layer, expert, proj }) => {
     const fused = fusedLayout && !('refuse' in fusedLayout) && ref.expert !== undefined ? fusedLayout.target(view.layers[layer]!, expert!, proj!) : undefined;
@@ -174,6 +195,12 @@ export function decide(view: ModelView, ckpt: Checkpoint, opts: PlanOptions): Li
     } else if (cls === 'expert') {
       bits = 'alloc';
       reason = 'routed expert: bits chosen by the allocation program';
+    } else if (opts.allocate?.includes(cls) && (cls === 'shared' || inputRoleOf({ cls, module, ...(proj ? { proj } : {}) }))) {
+      bits = 'alloc';
+      reason = `${cls}: its layer's own allocation unit (--allocate ${cls})`;
+    } else if (opts.allocate?.includes(cls)) {
+      bits = opts.denseBits;
+      reason = `${cls}: --dense-bits ${opts.denseBits} (--allocate ${cls}: the runtime reports no input of this linear to score it on)`;
     } else {
       bits = opts.denseBits;
       reason = `${cls}: --dense-bits ${opts.denseBits}`;

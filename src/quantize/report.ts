@@ -46,7 +46,13 @@ export interface QuantizeReport {
   bitMap: { layer: number; experts: (number | string)[][] }[];
   /** per unit: the chosen width and its loss per candidate */
   units: { id: string; bits: string; losses: Record<string, number> }[];
-  bpw: { experts: number; nonExperts: number; linears: number; model: number };
+  /**
+   * budgeted: with --allocate, the true bits per weight of what --bits measures (the routed experts and the
+   * allocated classes' linears, every stored byte)
+   */
+  bpw: { experts: number; nonExperts: number; linears: number; model: number; budgeted?: number };
+  /** --allocate: the classes allocated as units of their own */
+  allocate?: string[];
   sizes: { beforeBytes: number; afterBytes: number; beforeMiB: number; afterMiB: number; classes: ClassSize[] };
   solver: { units: number; solveMs: number; optimal: boolean; gap: number; loss: number };
   fallbacks: { layer: number; expert: number; tokens: number }[];
@@ -97,6 +103,7 @@ export interface ReportInput {
   sym: boolean;
   candidates: number[];
   denseBits: number;
+  allocate: readonly string[];
   scored: boolean;
   sequential: boolean;
   memory: MemoryEstimate;
@@ -109,11 +116,17 @@ export interface ReportInput {
 
 const MiB = 2 ** 20;
 
+function budgetedBpw(classes: ReadonlyMap<string, ClassSize>, which: readonly string[]): number {
+  const cs = which.map((c) => classes.get(c)).filter((c) => c !== undefined);
+  const params = cs.reduce((a, c) => a + c.params, 0);
+  return params ? (cs.reduce((a, c) => a + c.afterBytes, 0) * 8) / params : 0;
+}
+
 export function buildReport(r: ReportInput): QuantizeReport {
   const { model, decisions, finalBits, groupSize: gs } = r;
   const after = (d: LinearDecision) => {
     const b = finalBits(d);
-    return decisionBytesAt(d, b, gs, r.format);
+    return decisionBytesAt(d, b, gs, r.format, !!r.req.actOrder);
   };
   const beforeBytes = model.ckpt.tensorNames.reduce((a, n) => {
     const i = model.ckpt.info(n);
@@ -195,7 +208,9 @@ export function buildReport(r: ReportInput): QuantizeReport {
       nonExperts: nonExpParams ? (nonExp.reduce((a, c) => a + c.afterBytes, 0) * 8) / nonExpParams : 0,
       linears: linParams ? ([...classes.values()].filter((c) => c.cls !== 'other').reduce((a, c) => a + c.afterBytes, 0) * 8) / linParams : 0,
       model: (r.outBytes * 8) / allParams,
+      ...(r.allocate.length ? { budgeted: budgetedBpw(classes, ['expert', ...r.allocate]) } : {}),
     },
+    ...(r.allocate.length ? { allocate: [...r.allocate] } : {}),
     sizes: { beforeBytes, afterBytes: r.outBytes, beforeMiB: beforeBytes / MiB, afterMiB: r.outBytes / MiB, classes: [...classes.values()] },
     solver: { units: r.units.length, solveMs: r.alloc.solveMs, optimal: r.alloc.optimal, gap: r.alloc.gap, loss: r.alloc.loss },
     fallbacks: r.fallbacks,
@@ -242,7 +257,7 @@ export function summaryTable(rep: QuantizeReport): string {
   }
   lines.push(`  model size = ${mib(rep.sizes.beforeBytes)}, quant size = ${mib(rep.sizes.afterBytes)}${rep.dryRun ? ' (planned)' : ''}`);
   lines.push(
-    `  true bpw: routed experts ${rep.bpw.experts.toFixed(4)} (target ${rep.targetBits}), other linears ${rep.bpw.nonExperts.toFixed(4)}, all linears ${rep.bpw.linears.toFixed(4)}, whole model ${rep.bpw.model.toFixed(4)}`,
+    `  true bpw: routed experts ${rep.bpw.experts.toFixed(4)}${rep.bpw.budgeted !== undefined ? `, routed experts + ${rep.allocate!.join(' + ')} ${rep.bpw.budgeted.toFixed(4)}` : ''} (target ${rep.targetBits}), other linears ${rep.bpw.nonExperts.toFixed(4)}, all linears ${rep.bpw.linears.toFixed(4)}, whole model ${rep.bpw.model.toFixed(4)}`,
   );
   lines.push(
     `  allocation: ${rep.solver.units} units, ${rep.solver.solveMs.toFixed(0)} ms, ${rep.solver.optimal ? 'optimal' : `not proven optimal (gap <= ${rep.solver.gap.toExponential(2)})`}${rep.scored || rep.solver.units === 0 ? '' : rep.units.every((u) => Object.keys(u.losses).length === 1) ? ' (one width per unit: nothing to score)' : ' (no calibration: losses unknown, cheapest widths shown)'}`,

@@ -11,7 +11,8 @@
  * - GPTQ Marlin MoE and compressed-tensors WNA16 MoE: symmetric, 4 or 8 bits (WNA16_SUPPORTED_BITS), group size
  *   -1 (channel), 32, 64 or 128; hidden % 128 == 0 and intermediate % max(64, group) == 0 for the Marlin kernels
  *   (check_moe_marlin_supports_layer; the MoeWNA16 fallback takes 4/8 bits without desc_act);
- *   desc_act only with group-wise act order (a g_idx per input column, as our --act-order writes it).
+ *   desc_act only with group-wise act order (a g_idx per input column, as our --act-order writes it; in
+ *   compressed-tensors `actorder: group` with weight_g_idx, which CompressedTensorsWNA16MarlinMoEMethod loads).
  * - GPTQ `dynamic` overrides are matched (re.match) against the fused module's prefix
  *   (`model.layers.L.mlp.experts`), so they must be written per layer, not per expert.
  */
@@ -35,24 +36,32 @@ export interface ServeTarget {
   formats: readonly OutputFormat[];
   /** formats in which act order (g_idx) is accepted */
   actOrderFormats: readonly OutputFormat[];
-  /** why a routed expert of this shape cannot run (undefined: it can) */
-  shape(dims: { hidden: number; intermediate: number }, groupSize: number): string | undefined;
+  /** largest tensor-parallel size it runs (--tensor-parallel) */
+  maxTensorParallel: number;
+  /** why a routed expert of this shape cannot run at tensor-parallel size tp (undefined: it can) */
+  shape(dims: { hidden: number; intermediate: number }, groupSize: number, tp: number): string | undefined;
 }
 
 export const SERVE_TARGETS = {
   vllm: {
     name: 'vllm',
-    engine: 'vLLM fused MoE (GPTQ Marlin / compressed-tensors WNA16 Marlin, MoeWNA16 fallback), tensor-parallel size 1',
+    engine: 'vLLM fused MoE (GPTQ Marlin / compressed-tensors WNA16 Marlin, MoeWNA16 fallback)',
     widths: [4, 8],
     groupSizes: [-1, 32, 64, 128],
     granularities: ['layer'],
     symmetric: true,
     formats: ['gptq', 'compressed-tensors'],
-    actOrderFormats: ['gptq'],
-    shape({ hidden, intermediate }, groupSize) {
+    actOrderFormats: ['gptq', 'compressed-tensors'],
+    maxTensorParallel: 64,
+    // tensor parallelism splits each expert's intermediate dimension over the ranks (w13's rows, w2's columns):
+    // the Marlin MoE rule applies to intermediate_size_per_partition = intermediate / tp
+    shape({ hidden, intermediate }, groupSize, tp) {
       if (hidden % 128 !== 0) return `hidden size ${hidden} is not a multiple of 128 (Marlin MoE)`;
       const m = Math.max(64, groupSize);
-      if (intermediate % m !== 0) return `expert intermediate size ${intermediate} is not a multiple of max(64, group size) = ${m} (Marlin MoE)`;
+      if (intermediate % tp !== 0) return `expert intermediate size ${intermediate} does not split over --tensor-parallel ${tp} ranks`;
+      const per = intermediate / tp;
+      const what = tp > 1 ? `expert intermediate size per rank ${intermediate}/${tp} = ${per}` : `expert intermediate size ${intermediate}`;
+      if (per % m !== 0) return `${what} is not a multiple of max(64, group size) = ${m} (Marlin MoE)`;
       return undefined;
     },
   },
@@ -79,6 +88,7 @@ export function checkServeFlags(
     granularity?: Granularity;
     actOrder: boolean;
     overrideBits: number[];
+    tensorParallel: number;
   },
 ): void {
   const flag = `--serve ${t.name}`;
@@ -95,9 +105,10 @@ export function checkServeFlags(
     fail('Usage', `${flag}: --granularity ${o.granularity} cannot load (one scheme per fused MoE layer); allowed: ${t.granularities.join(', ')}`);
   }
   if (o.actOrder && !t.actOrderFormats.includes(o.format)) {
-    fail('Usage', `${flag}: --act-order is not available with --format ${o.format} (we write no weight_g_idx); use --format ${t.actOrderFormats.join(' or ')}`);
+    fail('Usage', `${flag}: --act-order is not available with --format ${o.format}; use --format ${t.actOrderFormats.join(' or ')}`);
   }
   // act order only reorders which columns share a scale; with one group per row there is nothing to reorder, and
   // vLLM's Marlin GPTQ path refuses desc_act with channel-wise scales
   if (o.actOrder && o.groupSize === -1) fail('Usage', `${flag}: --act-order needs scale groups; --group-size -1 has one per row (use 32, 64 or 128)`);
+  if (o.tensorParallel > t.maxTensorParallel) fail('Usage', `${flag}: --tensor-parallel ${o.tensorParallel} is above ${t.maxTensorParallel}`);
 }

@@ -3,7 +3,7 @@ import type { z } from 'zod';
 import type { QuantBits } from '../../kernels/quant/types.js';
 import type { Progress } from '../progress.js';
 import type { QUANTIZE_OPTIONS, QuantizeOptions } from './options.js';
-import type { LinearDecision, Proj } from './plan.js';
+import type { AllocatableClass, LinearDecision, Proj } from './plan.js';
 
 /**
  * What a caller gives: the options (src/quantize/options.ts, the same for the command line and recipes) plus, for
@@ -25,6 +25,8 @@ export interface Unit {
   expert?: number;
   /** projection granularity: the projection */
   proj?: Proj;
+  /** --allocate: the layer's attention, shared expert or dense MLP as a unit of its own (undefined: routed experts) */
+  cls?: AllocatableClass;
   /** linears whose bits the unit's choice sets */
   free: LinearDecision[];
   /** linears of the unit with fixed bits or kept (their bytes count, the choice does not change them) */
@@ -32,8 +34,13 @@ export interface Unit {
   options: UnitOption[];
 }
 
-/** One width assignment for a unit's free linears (by projection). */
+/** One width assignment for a unit's free linears (by projection; `all`: every linear of an attention unit). */
 export interface UnitOption {
   label: string;
-  bits: Partial<Record<Proj, QuantBits>>;
+  bits: Partial<Record<Proj | 'all', QuantBits>>;
+}
+
+/** The width an option gives one of its unit's free linears. */
+export function optionBits(o: UnitOption, d: Pick<LinearDecision, 'proj'>): QuantBits {
+  return o.bits[d.proj ?? 'all']!;
 }

@@ -56,6 +56,11 @@ export interface StreamHooks {
    */
   routerOnly?: boolean;
   /**
+   * onMoeLayer reads each routed expert's input as w * x (the slot weight times the block input) where the family's
+   * rule says so (RoutingRule.weightsInput): decompose's Gram matrices do; such a hook is accepted for those families
+   */
+  weightedInputs?: boolean;
+  /**
    * Replace the routing the block will apply (after onMoeLayer and its edits). Dynamic expert skipping sets a
    * slot's weight to exactly 0: the runtime then does not compute that token-expert pair.
    */
@@ -69,7 +74,7 @@ export interface StreamHooks {
   onMoeLayerDone?(info: MoeLayerDone): Promise<void> | void;
   /**
    * inputs of linears whose input is not the block input x, for Gram matrices: 'attention.in' (q/k/v input, all
-   * rows), 'attention.o_proj.in', 'mlp.down.in' (dense layers), 'shared.down.in', 'experts.down.in' (with the expert
+   * rows), 'attention.o_proj.in', 'mlp.in' and 'mlp.down.in' (dense layers: gate/up and down inputs), 'shared.down.in', 'experts.down.in' (with the expert
    * and the token rows). Called chunk by chunk: `rows` rows of `cols` values, starting at row r0 of the chunk's own
    * row space (token indices for experts are given in `tokens`).
    */
@@ -80,7 +85,7 @@ export interface StreamHooks {
 
 export interface LinearInput {
   layer: number;
-  role: 'attention.in' | 'attention.o_proj.in' | 'mlp.down.in' | 'shared.down.in' | 'experts.down.in';
+  role: 'attention.in' | 'attention.o_proj.in' | 'mlp.in' | 'mlp.down.in' | 'shared.down.in' | 'experts.down.in';
   expert?: number;
   x: Float32Array;
   rows: number;

@@ -32,8 +32,8 @@ export const NEW_FAMILIES = [
 
 /**
  * Families whose router weight scales the expert input (llama4): passes that recompute experts on the block input
- * are refused for them, so merge plans from saved statistics (`moe calibrate`, then `merge --stats`) and decompose
- * runs on the weights alone.
+ * are refused for them, so merge plans from saved statistics (`moe calibrate`, then `merge --stats`); decompose
+ * whitens by the Grams of the scaled inputs; quantize is refused (no GPTQ layout for the fused experts).
  */
 const INPUT_WEIGHTED = new Set(['llama4_text', 'llama4']);
 /** containers: every tensor outside the language model must come out byte for byte */
@@ -83,8 +83,9 @@ export async function checkFamily(python: string, family: string, root: string):
     moe(['calibrate', '--model', dir, '--out', out('stats'), '--data-ids', ids, '--seq-len', String(SEQ), '--quiet', '--force']);
     moe(['merge', '--model', dir, '--out', out('merge'), '--groups', '4', '--stats', out('stats'), '--quiet', '--force']);
     outs.push(['merge 8->4 (--stats)', out('merge')]);
-    moe(['decompose', '--model', dir, '--out', out('decompose'), '--ratio', '0.5', '--materialize', '--mode', 'svd', '--quiet', '--force']);
-    outs.push(['decompose 0.5 --materialize --mode svd', out('decompose')]);
+    // decompose whitens by the Grams of the rows w * x each expert reads (src/decompose/grams.ts)
+    moe(['decompose', '--model', dir, '--out', out('decompose'), '--ratio', '0.5', '--materialize', ...calib]);
+    outs.push(['decompose 0.5 --materialize', out('decompose')]);
   } else {
     moe(['merge', '--model', dir, '--out', out('merge'), '--groups', '4', ...calib]);
     outs.push(['merge 8->4', out('merge')]);

@@ -4,6 +4,7 @@
  * checkpoint of every family vLLM serves with fused MoE at hidden 128; outputs that break a rule are caught;
  * what the target cannot run is refused with exit 2.
  */
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -178,24 +179,78 @@ describe('the vLLM-rules checker fails what vLLM cannot load', () => {
     const { out } = await run({ bits: 4.2, format: 'compressed-tensors' });
     const cfgPath = join(out, 'config.json');
     const cfg = JSON.parse(await readFile(cfgPath, 'utf8'));
-    cfg.quantization_config.config_groups.group_0.weights.symmetric = false;
+    cfg.quantization_config.config_groups.experts_w4a16.weights.symmetric = false;
     await writeFile(cfgPath, JSON.stringify(cfg));
     expect(checkVllm(out).some((x) => /asymmetric weights/.test(x))).toBe(true);
     // a per-expert allocation written as compressed-tensors: expert 3 of layer 1 stored at 8 bits with its own
     // config group; vLLM looks the layer's scheme up at expert 0 (4 bits) and cannot load expert 3's tensors
-    cfg.quantization_config.config_groups.group_0.weights.symmetric = true;
+    cfg.quantization_config.config_groups.experts_w4a16.weights.symmetric = true;
     const eight = await run({ bits: 8.2, candidates: [8], format: 'compressed-tensors' });
     const t4 = readSafetensors(out);
     for (const [k, t] of readSafetensors(eight.out)) if (k.includes('layers.1.block_sparse_moe.experts.3.')) t4.set(k, t);
-    const g0 = cfg.quantization_config.config_groups.group_0;
+    const g0 = cfg.quantization_config.config_groups.experts_w4a16;
     cfg.quantization_config.config_groups = {
       expert3: { ...g0, targets: ['re:^model\\.layers\\.1\\.block_sparse_moe\\.experts\\.3\\.'], weights: { ...g0.weights, num_bits: 8 } },
-      group_0: g0,
+      ...cfg.quantization_config.config_groups,
     };
     const v = checkVllmParts(cfg, t4);
     expect(v).toHaveLength(3);
     expect(v.every((x) => /experts\.3\.w[123]: weight_packed I32 \[\d+,\d+\] is not 4-bit/.test(x))).toBe(true);
     expect(checkVllmParts(JSON.parse(await readFile(join(eight.out, 'config.json'), 'utf8')), readSafetensors(eight.out))).toEqual([]);
+  }, 120_000);
+});
+
+describe('compressed-tensors with act order (actorder: group, weight_g_idx)', () => {
+  it("GPTQ --act-order writes each column's group as weight_g_idx, counts its bytes; the rules and the decoder agree", async () => {
+    const { out, rep } = await run({ bits: 4.3, candidates: [4], format: 'compressed-tensors', method: 'gptq', actOrder: true });
+    const qc = JSON.parse(await readFile(join(out, 'config.json'), 'utf8')).quantization_config;
+    for (const g of Object.values(qc.config_groups as Record<string, { weights: { actorder: string } }>)) expect(g.weights.actorder).toBe('group');
+    const tensors = readSafetensors(out);
+    const gi = tensors.get('model.layers.1.block_sparse_moe.experts.3.w2.weight_g_idx')!;
+    expect([gi.dtype, gi.shape]).toEqual(['I32', [256]]);
+    // act order: the columns are not in group order (GPTQ visited them by decreasing Hessian diagonal)
+    const g = Array.from(new Int32Array(gi.bytes.slice().buffer));
+    expect(g.some((x, i) => x !== Math.floor(i / 128))).toBe(true);
+    expect(new Set(g)).toEqual(new Set([0, 1]));
+    // w1/w3 [256, 128], w2 [128, 256] at 4 bits, group 128, plus I32 weight_g_idx [in]
+    const w13 = 256 * 128 * 0.5 + 256 * 2 + 16 + 128 * 4;
+    const w2 = 256 * 128 * 0.5 + 128 * 2 * 2 + 16 + 256 * 4;
+    expect(rep.bpw.experts).toBeCloseTo((8 * (2 * w13 + w2)) / (3 * 32768), 10);
+    expect(checkVllm(out)).toEqual([]);
+    expect(await decodersAgree(out, 'ct')).toBe(4 * 8 * 3 + 16);
+    // the checker notices a module whose weight_g_idx is missing
+    tensors.delete('model.layers.0.self_attn.q_proj.weight_g_idx');
+    expect(checkVllmParts(JSON.parse(await readFile(join(out, 'config.json'), 'utf8')), tensors)).toEqual([
+      'model.layers.0.self_attn.q_proj: actorder group without weight_g_idx',
+    ]);
+  }, 180_000);
+});
+
+describe('tensor-parallel shape rules (--tensor-parallel N)', () => {
+  it("each rank's slice of the expert intermediate (256 on the fixture) must be a multiple of max(64, group): refused, written, and checked alike", async () => {
+    const refuse = async (req: Partial<QuantizeRequest>, re: RegExp) => {
+      const err = await quantize({ model, out: join(root, `r${n++}`), method: 'rtn', dryRun: true, bits: 4.4, candidates: [4], ...req }).catch((e) => e);
+      expect(err).toBeInstanceOf(MoeError);
+      expect(err.exitCode).toBe(2);
+      expect(err.message).toMatch(re);
+    };
+    await refuse(
+      { format: 'compressed-tensors', tensorParallel: 4 },
+      /layer 0: expert intermediate size per rank 256\/4 = 64 is not a multiple of max\(64, group size\) = 128 \(Marlin MoE\)/,
+    );
+    await refuse({ format: 'compressed-tensors', tensorParallel: 3 }, /expert intermediate size 256 does not split over --tensor-parallel 3 ranks/);
+    await refuse({ format: 'gptq', tensorParallel: 2 }, /--tensor-parallel is a --serve rule/);
+    // group 64: 64-column slices run on 4 ranks
+    const g64 = await run({ bits: 4.4, candidates: [4], format: 'compressed-tensors', groupSize: 64, tensorParallel: 4, calib: undefined });
+    expect(checkVllm(g64.out, { tp: 4 })).toEqual([]);
+    const gq = await run({ bits: 4.6, candidates: [4], format: 'gptq', serve: 'vllm', groupSize: 64, tensorParallel: 4, calib: undefined });
+    expect(checkVllm(gq.out, { tp: 4 })).toEqual([]);
+    // group 128 (written for 1 rank) loads on 2 ranks, not on 4: the checker says so per MoE layer
+    const g128 = await run({ bits: 4.2, candidates: [4], format: 'compressed-tensors', calib: undefined });
+    expect(checkVllm(g128.out, { tp: 2 })).toEqual([]);
+    const v = checkVllm(g128.out, { tp: 4 });
+    expect(v).toHaveLength(4);
+    expect(v.every((x) => /experts: intermediate per partition 64 \(tp 4\) % 128 != 0 \(Marlin MoE\)/.test(x))).toBe(true);
   }, 120_000);
 });
 
@@ -212,7 +267,6 @@ describe('refusals under --serve vllm (exit 2, the achievable range)', () => {
     await refused({ bits: 4.5, serve: 'vllm', candidates: [2, 3] }, /--candidates 2,3 has widths .* \(2, 3\); allowed: 4, 8/);
     await refused({ bits: 4.5, format: 'compressed-tensors', denseBits: 3 }, /--dense-bits 3 is not a width it runs; allowed: 4, 8/);
     await refused({ bits: 4.5, serve: 'vllm', granularity: 'expert' }, /--granularity expert cannot load/);
-    await refused({ bits: 4.5, format: 'compressed-tensors', actOrder: true }, /--act-order is not available with --format compressed-tensors/);
     await refused({ bits: 4.5, serve: 'vllm', override: ['experts\\.0\\.=8'] }, /layer 0: its experts would get different fates/);
   });
   it('shapes the Marlin MoE kernels cannot run', async () => {
@@ -243,18 +297,69 @@ describe('family fixtures at hidden 128', () => {
     },
     120_000,
   );
-  // their GPTQ output follows GPTQModel's per-expert modules (src/quantize/fused.ts), not a layout vLLM's fused-MoE
-  // loader is known to take: the rules are not claimed for them
-  it.each(['gpt_oss', 'granitemoe'] as Family[])(
-    '%s (experts stored fused): compressed-tensors is refused, not written wrong',
-    async (family) => {
-      const src = join(root, `fam-${family}`);
-      await makeTinyCheckpoint(family, src, { seed: 5, hidden: 128, intermediate: 128 });
-      const err = await quantize({ model: src, out: join(root, `r${n++}`), method: 'rtn', bits: 4.5, format: 'compressed-tensors' }).catch((e) => e);
-      expect(err).toBeInstanceOf(MoeError);
-      expect(err.exitCode).toBe(2);
-      expect(err.message).toMatch(/fused .* not written in compressed-tensors yet/);
+  // experts stored fused: compressed-tensors under the per-expert names vLLM's loader for the family reads
+  // (granitemoe: block_sparse_moe.experts.e.w1/w3/w2; a transformers-5 fused mixtral: the family's own names);
+  // their GPTQ output follows GPTQModel's modules, not a layout vLLM's fused-MoE loader is known to take
+  it.each([
+    ['granitemoe', {}, 'block_sparse_moe.experts.0.w1'],
+    ['mixtral', { fusedExperts: true }, 'block_sparse_moe.experts.0.w1'],
+  ] as [Family, { fusedExperts?: boolean }, string][])(
+    "%s (experts stored fused): compressed-tensors under vLLM's per-expert names passes the rules, decodes, reads back and dequantizes",
+    async (family, opts, first) => {
+      const src = join(root, `famf-${family}`);
+      await makeTinyCheckpoint(family, src, { seed: 5, hidden: 128, intermediate: 128, ...opts });
+      const ct = await run({ bits: 4.2, candidates: [4], format: 'compressed-tensors', calib: undefined }, src);
+      const tensors = readSafetensors(ct.out);
+      expect(tensors.has(`model.layers.1.${first}.weight_packed`)).toBe(true);
+      expect([...tensors.keys()].some((k) => /gate_up_proj|input_linear|output_linear/.test(k))).toBe(false);
+      expect(checkVllm(ct.out)).toEqual([]);
+      // 3 layers x 4 experts x 3 linears, plus attention
+      expect(await decodersAgree(ct.out, 'ct')).toBeGreaterThanOrEqual(3 * 4 * 3);
+      // our reader gives every fused expert linear the RTN values of the input's
+      const a = await openModel(src);
+      const b = await openModel(ct.out);
+      try {
+        const layer = a.view.layers[1]!;
+        const lb = b.view.layers[1]!;
+        if (layer.block.kind !== 'moe' || lb.block.kind !== 'moe') throw new Error('not moe');
+        for (const p of ['gate', 'up', 'down'] as const) {
+          const ref = layer.block.experts[2]![p];
+          const w = (await loadLinear(a.ckpt, ref)).w;
+          const want = dequantize(quantizeRtn(w, ref.outFeatures, ref.inFeatures, { bits: 4, groupSize: 128, sym: true }));
+          const got = (await loadLinear(b.ckpt, lb.block.experts[2]![p])).w;
+          expect(Array.from(got), p).toEqual(Array.from(want));
+        }
+      } finally {
+        await a.ckpt.close();
+        await b.ckpt.close();
+      }
+      // moe dequantize gives back what the reader gives (granitemoe: the fused tensors of its own layout)
+      const deq = join(root, `famf-${family}-deq`);
+      await dequantizeCheckpoint({ model: ct.out, out: deq, dtype: 'F32' });
+      if (family === 'granitemoe') expect(readSafetensors(deq).has('model.layers.1.block_sparse_moe.input_linear.weight')).toBe(true);
+      const c = await openModel(deq);
+      const q = await openModel(ct.out);
+      try {
+        const lc = c.view.layers[2]!;
+        const lq = q.view.layers[2]!;
+        if (lc.block.kind !== 'moe' || lq.block.kind !== 'moe') throw new Error('not moe');
+        const x = (await loadLinear(c.ckpt, lc.block.experts[3]!.up)).w;
+        const y = (await loadLinear(q.ckpt, lq.block.experts[3]!.up)).w;
+        expect(Array.from(x)).toEqual(Array.from(y));
+      } finally {
+        await c.ckpt.close();
+        await q.ckpt.close();
+      }
     },
     120_000,
   );
+  it("gpt_oss (experts stored fused): compressed-tensors is refused with vLLM's reason, nothing written", async () => {
+    const src = join(root, 'fam-gpt_oss');
+    await makeTinyCheckpoint('gpt_oss', src, { seed: 5, hidden: 128, intermediate: 128 });
+    const out = join(root, `r${n++}`);
+    const err = await quantize({ model: src, out, method: 'rtn', bits: 4.5, format: 'compressed-tensors' }).catch((e) => e);
+    expect(err).toBeInstanceOf(MoeError);
+    expect(err.message).toMatch(/vLLM's gpt_oss loader .* reads routed experts only as MXFP4 blocks or as unquantized fused/);
+    expect(existsSync(out)).toBe(false);
+  }, 120_000);
 });

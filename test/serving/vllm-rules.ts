@@ -1,5 +1,5 @@
 /**
- * vLLM's loading rules for quantized fused-MoE checkpoints (tensor-parallel size 1), applied to an output's
+ * vLLM's loading rules for quantized fused-MoE checkpoints (at a tensor-parallel size, default 1), applied to an output's
  * config.json and tensors. Written from vLLM's model_executor/layers/quantization code (gptq_marlin.py,
  * utils/gptq_utils.py get_dynamic_override, moe_wna16.py, compressed_tensors/compressed_tensors_moe.py
  * get_moe_method, compressed_tensors/utils.py find_matched_target), not from our writer; it returns every
@@ -10,7 +10,8 @@
  *   (GPTQ: re.match on P, first matching key wins, "-:" skips), and every expert is then loaded at that scheme:
  *   a stored expert at another width or group size cannot load.
  * - fused-MoE kernels: int weights, symmetric, 4 or 8 bits, group -1/32/64/128, no activation quantization,
- *   hidden % 128 == 0, intermediate % max(64, group) == 0; desc_act/actorder only group-wise (with g_idx).
+ *   hidden % 128 == 0, intermediate % max(64, group) == 0; desc_act/actorder only group-wise (with g_idx; in
+ *   compressed-tensors `actorder: group` needs weight_g_idx [in] on every module of the scheme, and none without it).
  * - compressed-tensors needs format pack-quantized and quantization_status compressed; the router is never
  *   quantized (vLLM builds it unquantized).
  */
@@ -45,27 +46,38 @@ function expertModules(tensors: Map<string, RawTensor>, suffix: string): Map<str
   return by;
 }
 
-function shapeRules(v: string[], where: string, hidden: number, intermediate: number, group: number): void {
+/**
+ * check_moe_marlin_supports_layer on one rank: FusedMoE shards each expert's intermediate dimension over the
+ * tensor-parallel ranks (intermediate_size_per_partition = intermediate / tp), hidden stays whole.
+ */
+function shapeRules(v: string[], where: string, hidden: number, intermediate: number, group: number, tp: number): void {
   if (hidden % 128 !== 0) v.push(`${where}: hidden ${hidden} % 128 != 0 (Marlin MoE)`);
   const m = Math.max(64, group);
-  if (intermediate % m !== 0) v.push(`${where}: intermediate ${intermediate} % ${m} != 0 (Marlin MoE)`);
+  if (intermediate % tp !== 0) return void v.push(`${where}: intermediate ${intermediate} does not split over ${tp} ranks`);
+  if ((intermediate / tp) % m !== 0) v.push(`${where}: intermediate per partition ${intermediate / tp} (tp ${tp}) % ${m} != 0 (Marlin MoE)`);
 }
 
-export function checkVllm(dir: string): string[] {
-  return checkVllmParts(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>, readSafetensors(dir));
+export interface VllmRun {
+  /** tensor-parallel size (default 1) */
+  tp?: number;
+}
+
+export function checkVllm(dir: string, run: VllmRun = {}): string[] {
+  return checkVllmParts(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>, readSafetensors(dir), run);
 }
 
 /** The same rules on a config and tensors held in memory (a test can break one of them). */
-export function checkVllmParts(config: Record<string, unknown>, tensors: Map<string, RawTensor>): string[] {
+export function checkVllmParts(config: Record<string, unknown>, tensors: Map<string, RawTensor>, run: VllmRun = {}): string[] {
   const qc = config['quantization_config'] as Record<string, unknown> | undefined;
   if (!qc) return ['config.json has no quantization_config'];
   const hidden = config['hidden_size'] as number;
-  if (qc['quant_method'] === 'compressed-tensors') return checkCt(qc, tensors, hidden);
-  if (qc['quant_method'] === 'gptq') return checkGptq(qc, tensors, hidden);
+  const tp = run.tp ?? 1;
+  if (qc['quant_method'] === 'compressed-tensors') return checkCt(qc, tensors, hidden, tp);
+  if (qc['quant_method'] === 'gptq') return checkGptq(qc, tensors, hidden, tp);
   return [`quant_method ${String(qc['quant_method'])} is not gptq or compressed-tensors`];
 }
 
-function checkCt(qc: Record<string, unknown>, tensors: Map<string, RawTensor>, hidden: number): string[] {
+function checkCt(qc: Record<string, unknown>, tensors: Map<string, RawTensor>, hidden: number, tp: number): string[] {
   const v: string[] = [];
   if (qc['quantization_status'] !== 'compressed') v.push(`quantization_status ${String(qc['quantization_status'])} is not compressed`);
   const experts = expertModules(tensors, 'weight_packed');
@@ -117,15 +129,63 @@ function checkCt(qc: Record<string, unknown>, tensors: Map<string, RawTensor>, h
       const G = typeof g === 'number' && g > 0 ? Math.ceil(inF / g) : 1;
       if (!sc || sc.shape[0] !== out || sc.shape[1] !== G) v.push(`${m.module}: weight_scale [${sc?.shape}] is not [${out}, ${G}]`);
       if (s.weights?.symmetric && tensors.has(`${m.module}.weight_zero_point`)) v.push(`${m.module}: weight_zero_point in a symmetric scheme`);
-      if (m.expert === 0 && m.proj.match(/down|w2/)) shapeRules(v, prefix, hidden, inF, typeof g === 'number' ? g : 128);
+      gIdxRule(v, m.module, tensors, s, inF, G);
+      if (m.expert === 0 && m.proj.match(/down|w2/)) shapeRules(v, prefix, hidden, inF, typeof g === 'number' ? g : 128, tp);
     }
+  }
+  // the other packed linears (attention, shared experts, dense MLPs) load through vLLM's WNA16 linear scheme at the
+  // scheme their name matches; the shards vLLM fuses into one module (q/k/v -> qkv_proj, gate/up -> gate_up_proj)
+  // must match one scheme ("vLLM requires all to use the same scheme")
+  const fusedShards = new Map<string, { module: string; scheme: string }[]>();
+  const inExperts = new Set([...experts.values()].flat().map((m) => m.module));
+  for (const n of tensors.keys()) {
+    if (!n.endsWith('.weight_packed')) continue;
+    const module = n.slice(0, -'.weight_packed'.length);
+    if (inExperts.has(module)) continue;
+    const s = ctScheme(qc, module);
+    if (!s?.weights) {
+      v.push(`${module}: stored packed but matches no config group (vLLM would load it unquantized)`);
+      continue;
+    }
+    const bits = s.weights.num_bits;
+    if (!WIDTHS.includes(bits)) v.push(`${module}: ${bits} bits (WNA16 runs ${WIDTHS.join(', ')})`);
+    const shape = ints(tensors.get(`${module}.weight_shape`) ?? { dtype: 'I32', shape: [0], bytes: new Uint8Array() });
+    const pk = tensors.get(n)!;
+    if (shape.length === 2 && pk.shape[1] !== Math.ceil(shape[1]! / (32 / bits))) v.push(`${module}: weight_packed [${pk.shape}] is not ${bits}-bit`);
+    if (shape.length === 2) {
+      const g = s.weights.strategy === 'group' && s.weights.group_size ? Math.ceil(shape[1]! / s.weights.group_size) : 1;
+      gIdxRule(v, module, tensors, s, shape[1]!, g);
+    }
+    const fused = module.replace(/\.(q|k|v)_proj$/, '.qkv_proj').replace(/\.(gate|up)_proj$/, '.gate_up_proj');
+    if (fused !== module) fusedShards.set(fused, [...(fusedShards.get(fused) ?? []), { module, scheme: JSON.stringify(s.weights) }]);
+  }
+  for (const [fused, shards] of fusedShards) {
+    if (new Set(shards.map((x) => x.scheme)).size > 1)
+      v.push(`${fused}: its shards (${shards.map((x) => x.module.split('.').pop()).join(', ')}) have different schemes`);
   }
   // routers: vLLM builds them unquantized, so none may be stored packed
   for (const n of tensors.keys()) if (/\.(gate|router)\.weight_packed$/.test(n)) v.push(`${n}: the router is stored quantized`);
   return v;
 }
 
-function checkGptq(qc: Record<string, unknown>, tensors: Map<string, RawTensor>, hidden: number): string[] {
+/**
+ * act order in compressed-tensors: with `actorder: group` vLLM registers and loads `weight_g_idx` [in] (the group of
+ * each input column, < the scale groups); without it no g_idx parameter exists, so a stored one cannot load.
+ */
+function gIdxRule(v: string[], module: string, tensors: Map<string, RawTensor>, s: CtScheme, inF: number, groups: number): void {
+  const t = tensors.get(`${module}.weight_g_idx`);
+  if (s.weights?.actorder !== 'group') {
+    if (t) v.push(`${module}: weight_g_idx stored but the scheme has no group act order`);
+    return;
+  }
+  if (!t) return void v.push(`${module}: actorder group without weight_g_idx`);
+  if (t.dtype !== 'I32' || t.shape.length !== 1 || t.shape[0] !== inF)
+    return void v.push(`${module}: weight_g_idx ${t.dtype} [${t.shape}] is not I32 [${inF}]`);
+  const g = ints(t);
+  if (g.some((x) => x < 0 || x >= groups)) v.push(`${module}: weight_g_idx has groups outside 0..${groups - 1}`);
+}
+
+function checkGptq(qc: Record<string, unknown>, tensors: Map<string, RawTensor>, hidden: number, tp: number): string[] {
   const v: string[] = [];
   const dyn = (qc['dynamic'] ?? {}) as Record<string, Record<string, number>>;
   const group = qc['group_size'] as number;
@@ -174,7 +234,7 @@ function checkGptq(qc: Record<string, unknown>, tensors: Map<string, RawTensor>,
         for (const w of z) for (let k = 0; k < pf; k++) if (((w >>> (eff.bits * k)) & mask) !== want) bad++;
         if (bad) v.push(`${m.module}: ${bad} zero points differ from 2^(bits-1) under sym: true`);
       }
-      if (m.expert === 0 && m.proj.match(/down|w2/)) shapeRules(v, prefix, hidden, inF, eff.group);
+      if (m.expert === 0 && m.proj.match(/down|w2/)) shapeRules(v, prefix, hidden, inF, eff.group, tp);
     }
   }
   for (const n of tensors.keys()) if (/\.(gate|router)\.qweight$/.test(n)) v.push(`${n}: the router is stored quantized`);
