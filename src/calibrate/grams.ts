@@ -17,8 +17,18 @@ import type { Model } from '../model/open.js';
 import type { LinearInput, MoeLayerDone, StreamHooks } from '../runtime/api.js';
 import { tokensPerExpert } from '../runtime/moe.js';
 
-/** bytes the --grams output will take (every file listed above, float64) */
+/** The experts' input Grams would be of x, where llama4's experts see w * x (src/runtime/moe.ts weightsInput). */
+function refuseWeightedInputs(model: Model): void {
+  if (model.view.routing.weightsInput)
+    fail(
+      'UnsupportedArchitecture',
+      `${model.view.family} scales each routed expert's input by its router weight: Gram matrices of the experts' inputs are not collected for it`,
+    );
+}
+
+/** bytes the --grams output will take (every file listed above, float64); refused first where they would be wrong */
 export function gramBytes(model: Model): number {
+  refuseWeightedInputs(model);
   const v = model.view;
   const { hidden: H, numExperts: E, heads } = v.dims;
   const dv = v.attention.mla ? v.attention.mla.vHeadDim : v.dims.headDim;
@@ -58,12 +68,7 @@ function mirror(g: Float64Array, H: number): void {
 /** Hooks that accumulate every Gram above and write each layer's files into `dir` when the layer ends. */
 export function gramWriter(model: Model, dir: string): { hooks: Pick<StreamHooks, 'onLinearInput' | 'onMoeLayerDone' | 'onLayerOutput'>; files: string[] } {
   const E = model.view.dims.numExperts;
-  // the experts' input Grams would be of x, where llama4's experts see w * x (src/runtime/moe.ts weightsInput)
-  if (model.view.routing.weightsInput)
-    fail(
-      'UnsupportedArchitecture',
-      `${model.view.family} scales each routed expert's input by its router weight: Gram matrices of the experts' inputs are not collected for it`,
-    );
+  refuseWeightedInputs(model);
   const files: string[] = [];
   const acc = new Map<string, { g: Float64Array; n: number }>();
   const at = (name: string, n: number) => {

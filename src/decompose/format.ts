@@ -33,8 +33,8 @@ export { LOWRANK_FORMAT } from '../model/lowrank.js';
 import { LOWRANK_FORMAT } from '../model/lowrank.js';
 export const LOWRANK_VERSION = 1;
 
+/** The modes' names: one file each in src/decompose/methods/<mode>.ts, listed in src/decompose/methods.ts. */
 export type DecomposeMode = 'svd' | 'whitened' | 'shared-input' | 'shared-output' | 'base-delta';
-export const MODES: readonly DecomposeMode[] = ['svd', 'whitened', 'shared-input', 'shared-output', 'base-delta'];
 
 export interface LowRankModule {
   rank: number;

@@ -60,11 +60,15 @@ export function expertGrams(
   act: ActivationSpec,
   scale: number,
   wantMid: boolean,
+  /** per-row factor on the input (the slot weight where it scales the expert input, llama4) */
+  rowScale?: readonly number[],
 ): ExpertGrams {
   const Tj = rows.length;
   if (Tj === 0) return { tokens: 0 };
   const xj = new Float32Array(Tj * H);
   rows.forEach((t, i) => xj.set(x.subarray(t * H, (t + 1) * H), i * H));
+  // float32 products, as the runtime's gather (src/runtime/moe.ts) and torch's routed_in compute them
+  if (rowScale) for (let i = 0; i < Tj; i++) for (let a = 0; a < H; a++) xj[i * H + a] = Math.fround(xj[i * H + a]! * rowScale[i]!);
   const [gIn, gMid] = tf.tidy(() => {
     const X = tf.tensor2d(xj, [Tj, H]);
     const gin = tf.div(tf.matMul(X, X, true, false), scale);
@@ -86,13 +90,28 @@ export function expertGrams(
   return out;
 }
 
-export function layerGrams(input: MoeLayerInput, act: ActivationSpec, wantMid = true): LayerGrams {
+export function layerGrams(input: MoeLayerInput, act: ActivationSpec, wantMid = true, weightsInput = false): LayerGrams {
   const E = input.experts.length;
   const rows = routedRows(input, E);
+  // llama4 (RoutingRule.weightsInput): an expert reads w * x, w its slot's routing weight, so its Grams are of those rows
+  const scales = weightsInput ? routedWeights(input, E) : undefined;
   return {
     layer: input.layer.index,
     T: input.T,
     topK: input.routing.k,
-    experts: input.experts.map((w, j) => expertGrams(input.x, input.hidden, rows[j]!, w, act, Math.max(input.T, 1), wantMid)),
+    experts: input.experts.map((w, j) => expertGrams(input.x, input.hidden, rows[j]!, w, act, Math.max(input.T, 1), wantMid, scales?.[j])),
   };
+}
+
+/** The routing weight of each of routedRows' rows (same order). */
+function routedWeights(input: Pick<MoeLayerInput, 'routing'>, E: number): number[][] {
+  const { T, k, idx, w } = input.routing;
+  const out: number[][] = Array.from({ length: E }, () => []);
+  for (let t = 0; t < T; t++) {
+    for (let s = 0; s < k; s++) {
+      const j = idx[t * k + s]!;
+      if (j >= 0 && j < E) out[j]!.push(w[t * k + s]!);
+    }
+  }
+  return out;
 }

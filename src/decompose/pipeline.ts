@@ -169,9 +169,10 @@ async function walkLayers(model: Model, src: LayerSource, visit: LayerVisit, las
           await visit(
             input.layer.index,
             async () => input.experts,
-            () => layerGrams(input, model.view.forward.activation, true),
+            () => layerGrams(input, model.view.forward.activation, true, model.view.routing.weightsInput),
           );
         },
+        weightedInputs: true,
       },
       { stopAfterLayer: last ?? model.view.moeLayers[model.view.moeLayers.length - 1], ...(checkpoint ? { checkpoint } : {}) },
     );
@@ -210,8 +211,9 @@ export async function collectGrams(model: Model, windows: readonly Int32Array[])
   await streamModel(model, windows, {
     onMoeLayer(input: MoeLayerInput) {
       tokens = input.T;
-      layers.push(layerGrams(input, model.view.forward.activation, true));
+      layers.push(layerGrams(input, model.view.forward.activation, true, model.view.routing.weightsInput));
     },
+    weightedInputs: true,
   });
   return { layers, tokens };
 }

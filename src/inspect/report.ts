@@ -131,8 +131,9 @@ export function inspectModel(model: Model): InspectReport {
   return {
     model: model.dir,
     family: view.family,
-    ...(view.config.model_type !== view.family ? { modelType: String(view.config.model_type) } : {}),
-    architectures: Array.isArray(view.config.architectures) ? view.config.architectures.map(String) : [],
+    // config.json's own names (a container's: llama4 with Llama4ForConditionalGeneration, read as llama4_text)
+    ...(model.ckpt.config.model_type !== view.family ? { modelType: String(model.ckpt.config.model_type) } : {}),
+    architectures: Array.isArray(model.ckpt.config.architectures) ? model.ckpt.config.architectures.map(String) : [],
     layers: {
       total: view.dims.layers,
       moe: nMoe,
@@ -172,7 +173,9 @@ function configWarnings(model: Model): string[] {
   const text = model.ckpt.configText;
   if (text === undefined) return [];
   const arch = getArchitecture(model.view.family, model.view.family);
-  const ints = integerLiteralsFor(text, new Set(arch.config.floatKeys)).filter((k) => !k.includes('.'));
+  // the family's keys: top-level, or inside a container's text config
+  const nested = model.view.container ? `${model.view.container.textConfigKey}.` : undefined;
+  const ints = integerLiteralsFor(text, new Set(arch.config.floatKeys)).filter((k) => !k.includes('.') || (nested && k.startsWith(nested)));
   if (!ints.length) return [];
   return [
     `config.json has integer literals in float fields (${ints.join(', ')}): transformers 5 refuses to load it; write them as floats (e.g. 0.0); moe writes them back as read`,
@@ -206,6 +209,8 @@ export function describeRouting(r: RoutingRule): string {
   if (r.afterTopk !== 'none') steps.push(`${r.afterTopk} over the ${r.topK}`);
   if (r.normalize) steps.push('renormalize');
   if (r.scale !== 1) steps.push(`x${r.scale}`);
+  // llama4: the weight scales what the expert reads, not what it writes
+  if (r.weightsInput) steps.push('weight x expert input');
   return steps.join(' -> ');
 }
 

@@ -11,7 +11,7 @@
  *   byte for byte, or new float32 weights encoded in the input's storage format), the router rows in lockstep
  *   (weight, bias, e_score_correction_bias), and the coupled config keys (expert count, top-k, expert groups).
  */
-import { mtpCountKey, mtpIndices } from './mtp.js';
+import { mtpCountKey, mtpIndices, mtpLayerOfTensor } from './mtp.js';
 import { fail } from '../errors.js';
 import type { HFConfig } from '../io/checkpoint.js';
 import { DTYPE_BYTES, fromF32, type Dtype } from '../io/dtype.js';
@@ -91,6 +91,8 @@ const COPY_CHUNK_BYTES = 64 << 20;
 const prefixParts = new Map<string, [string, string]>();
 
 export function layerOfTensor(view: ModelView, name: string): number {
+  const mtp = mtpLayerOfTensor(view.family, view.dims.layers, name);
+  if (mtp !== undefined) return mtp;
   const key = `${view.container?.model_type ?? ''}/${view.family}`;
   let parts = prefixParts.get(key);
   if (!parts) prefixParts.set(key, (parts = viewArchitecture(view).tensors.layerPrefix.split('${layer}') as [string, string]));
@@ -528,7 +530,8 @@ function layerTensorsPerExpert(
   const arch = viewArchitecture(view);
   const ex = arch.tensors.experts;
   if (ex.layout !== 'per-expert') throw new Error('unreachable');
-  const layerPrefix = fillTemplate(arch.tensors.layerPrefix, layer);
+  // the layer's own prefix: an mtp.* MTP layer is not under the decoder layers' template
+  const layerPrefix = layer < view.dims.layers ? fillTemplate(arch.tensors.layerPrefix, layer) : view.mtp!.find((m) => m.layer.index === layer)!.layer.prefix;
   const outRefs = (i: number): SwiGLURefs => {
     const mk = (tpl: string, o: number, n: number): LinearRef => ({ tensor: layerPrefix + fillTemplate(tpl, undefined, i), outFeatures: o, inFeatures: n });
     const { hidden: H, expertIntermediate: I } = view.dims;

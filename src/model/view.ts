@@ -8,7 +8,7 @@ import type { Checkpoint, HFConfig } from '../io/checkpoint.js';
 import { ConfigReader } from './config.js';
 import { FAMILY_HOOKS } from './families.js';
 import { formatOf, linearPresent } from './load.js';
-import { mtpLayerCount, mtpView } from './mtp.js';
+import { mtpLayerCount, mtpLayerPrefix, mtpView } from './mtp.js';
 import { containedArchitecture, containerOf, textConfigOf } from './container.js';
 import { stockClasses } from './lowrank.js';
 import { getArchitecture } from './registry.js';
@@ -271,7 +271,7 @@ export function buildView(ckpt: Checkpoint, topConfig: HFConfig = ckpt.config): 
   const mtpCount = mtpLayerCount(family, config, ckpt, layers, fillTemplate(t.layerPrefix, layers));
   const mtpViews: LayerView[] = [];
   for (let l = 0; l < layers + mtpCount; l++) {
-    const prefix = fillTemplate(t.layerPrefix, l);
+    const prefix = l < layers ? fillTemplate(t.layerPrefix, l) : mtpLayerPrefix(family, layers, l, (k) => fillTemplate(t.layerPrefix, k));
     const tensors: Record<string, string> = {};
     const deltanet = linearLayers.has(l);
     if (deltanet) for (const [role, tpl] of Object.entries(arch.linearAttention!.tensors)) tensors[role] = prefix + tpl;
@@ -386,7 +386,7 @@ export function buildView(ckpt: Checkpoint, topConfig: HFConfig = ckpt.config): 
   };
   if (container) view.container = container;
   if (!dims.tieEmbeddings) view.lmHead = t.lmHead;
-  if (mtpViews.length) view.mtp = mtpViews.map((layer) => mtpView(layer, eps));
+  if (mtpViews.length) view.mtp = mtpViews.map((layer) => mtpView(family, layer, eps, unitOffset));
   const lmBias = resolveTensor(t.lmHeadBias, cfg);
   if (lmBias) view.forward.lmHeadBias = lmBias;
   FAMILY_HOOKS[family]?.adjust?.(view, cfg);

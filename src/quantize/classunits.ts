@@ -24,6 +24,7 @@ import { scoreExpert, type ScoreExpertTask } from '../runtime/linalg-tasks.js';
 import { dequantize, quantizeRtn } from '../../kernels/quant/rtn.js';
 import type { QuantBits } from '../../kernels/quant/types.js';
 import type { ProjBits, QuantSettings } from './expert.js';
+import { getQuantizer } from './methods.js';
 import type { LinearDecision } from './plan.js';
 import { optionBits, type Unit, type UnitOption } from './types.js';
 
@@ -103,7 +104,7 @@ export class ClassUnitScores {
       gates: sharedGates(inp),
       activation: this.act,
       settings: this.settings,
-      gptq: this.settings.method === 'gptq',
+      gptq: getQuantizer(this.settings.method).hessians,
       jobs,
       reuse: false,
     };

@@ -56,6 +56,11 @@ export interface StreamHooks {
    */
   routerOnly?: boolean;
   /**
+   * onMoeLayer reads each routed expert's input as w * x (the slot weight times the block input) where the family's
+   * rule says so (RoutingRule.weightsInput): decompose's Gram matrices do; such a hook is accepted for those families
+   */
+  weightedInputs?: boolean;
+  /**
    * Replace the routing the block will apply (after onMoeLayer and its edits). Dynamic expert skipping sets a
    * slot's weight to exactly 0: the runtime then does not compute that token-expert pair.
    */

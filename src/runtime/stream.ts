@@ -225,10 +225,10 @@ export async function streamModel(model: Model, windows: readonly Int32Array[], 
     );
   // a hook that recomputes experts on the block input (GPTQ, merging, reconstruction, whitening) would see x where
   // llama4's experts see w * x: refused rather than computed on the wrong inputs
-  if (v.routing.weightsInput && hooks.onMoeLayer && !hooks.routerOnly)
+  if (v.routing.weightsInput && hooks.onMoeLayer && !hooks.routerOnly && !hooks.weightedInputs)
     fail(
       'UnsupportedArchitecture',
-      `${v.family} scales each routed expert's input by its router weight; this command recomputes the experts on their inputs, which moe does not do for it yet (prune with a statistics method, merge --stats, decompose without --calib and quantize --method rtn do)`,
+      `${v.family} scales each routed expert's input by its router weight; this command recomputes the experts on their inputs, which moe does not do for it yet (prune with a statistics method, merge --stats and decompose do)`,
     );
   const N = windows.length;
   const T = N * S;

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-wasm';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { gaussian } from '../../kernels/linalg/svd.js';
-import { MODES } from '../../src/decompose/format.js';
+import { MODE_NAMES as MODES } from '../../src/decompose/methods.js';
 import { layerGrams, routedRows } from '../../src/decompose/grams.js';
 import { planRanks, rankCap } from '../../src/decompose/plan.js';
 import { applyUnit, scoreLayer } from '../../src/decompose/units.js';

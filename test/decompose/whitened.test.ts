@@ -4,7 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MODES } from '../../src/decompose/format.js';
+import { MODE_NAMES as MODES } from '../../src/decompose/methods.js';
 import { collectGrams, decompose } from '../../src/decompose/pipeline.js';
 import { openModel } from '../../src/model/open.js';
 import { streamModel } from '../../src/runtime/stream.js';

@@ -61,6 +61,9 @@ export interface TinyOptions {
   config?: Record<string, unknown>;
   /** tensors to leave out (to test missing-tensor errors) */
   omit?: string[];
+  /** qwen3_next / qwen3_5_moe_text: one multi-token-prediction layer under `mtp.*` (vLLM qwen3_next_mtp.py): a full
+   *  attention MoE decoder layer at mtp.layers.0., mtp.fc [H, 2H], pre_fc_norm_embedding / _hidden, mtp.norm */
+  mtp?: boolean;
 }
 
 export interface TinyCheckpoint {
@@ -579,9 +582,12 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
     else config[k] = v;
   }
 
+  const mtp = opts.mtp === true && (family === 'qwen3_next' || family === 'qwen3_5_moe_text');
+  if (mtp) config['mtp_num_hidden_layers'] = 1;
   put('model.embed_tokens.weight', [V, H], randn(V * H, 0.5));
-  for (let l = 0; l < L; l++) {
-    const p = `model.layers.${l}.`;
+  // with `mtp`, one more pass writes the MTP decoder layer (layer L: full attention, MoE) under mtp.layers.0.
+  for (let l = 0; l < L + (mtp ? 1 : 0); l++) {
+    const p = l < L ? `model.layers.${l}.` : 'mtp.layers.0.';
     normW(`${p}input_layernorm.weight`, H);
     if (family === 'phimoe') vec(`${p}input_layernorm.bias`, H);
     // attention
@@ -612,7 +618,7 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
       normW(`${p}self_attn.kv_a_layernorm.weight`, 16);
       linear(`${p}self_attn.kv_b_proj.weight`, heads * (8 + 8), 16);
       linear(`${p}self_attn.o_proj.weight`, H, heads * 8);
-    } else if ((family === 'qwen3_next' || family === 'qwen3_5_moe_text') && l % 2 === 0) {
+    } else if ((family === 'qwen3_next' || family === 'qwen3_5_moe_text') && l < L && l % 2 === 0) {
       // Gated DeltaNet: 2 key heads of 8, 4 value heads of 4, conv kernel 4 (modeling_qwen3_next.py); qwen3_5_moe
       // stores the projections separately (in_proj_qkv, in_proj_z, in_proj_b, in_proj_a)
       const Kd = 2 * 8,
@@ -795,6 +801,12 @@ export async function makeTinyCheckpoint(family: Family, dir: string, opts: Tiny
         }
       }
     }
+  }
+  if (mtp) {
+    linear('mtp.fc.weight', H, 2 * H);
+    normW('mtp.pre_fc_norm_embedding.weight', H);
+    normW('mtp.pre_fc_norm_hidden.weight', H);
+    normW('mtp.norm.weight', H);
   }
   normW('model.norm.weight', H);
   if (family === 'phimoe') vec('model.norm.bias', H);

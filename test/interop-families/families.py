@@ -124,6 +124,14 @@ CONTAINERS = {
             vision_output_dim=32, projector_input_dim=32, projector_output_dim=64, pixel_shuffle_ratio=0.5,
         ),
     ),
+    # Qwen3.5-MoE as shipped: Qwen3_5MoeForConditionalGeneration around qwen3_5_moe_text, a one-block vision tower
+    "qwen3_5_moe": dict(
+        text="qwen3_5_moe_text",
+        vision_config=dict(
+            depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
+            spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16,
+        ),
+    ),
 }
 
 

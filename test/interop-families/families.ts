@@ -26,16 +26,18 @@ export const NEW_FAMILIES = [
   'qwen3_5_moe_text@fused',
   'llama4_text',
   'llama4',
+  'qwen3_5_moe',
+  'qwen3_5_moe@fused',
 ] as const;
 
 /**
  * Families whose router weight scales the expert input (llama4): passes that recompute experts on the block input
- * are refused for them, so merge plans from saved statistics (`moe calibrate`, then `merge --stats`) and decompose
- * runs on the weights alone.
+ * are refused for them, so merge plans from saved statistics (`moe calibrate`, then `merge --stats`); decompose
+ * whitens by the Grams of the scaled inputs; quantize is refused (no GPTQ layout for the fused experts).
  */
 const INPUT_WEIGHTED = new Set(['llama4_text', 'llama4']);
 /** containers: every tensor outside the language model must come out byte for byte */
-const CONTAINER_TEXT_PREFIX: Record<string, string> = { llama4: 'language_model.' };
+const CONTAINER_TEXT_PREFIX: Record<string, string> = { llama4: 'language_model.', qwen3_5_moe: 'model.language_model.' };
 export const TOLERANCE = 2e-3;
 
 const SEQ = 63;
@@ -81,8 +83,9 @@ export async function checkFamily(python: string, family: string, root: string):
     moe(['calibrate', '--model', dir, '--out', out('stats'), '--data-ids', ids, '--seq-len', String(SEQ), '--quiet', '--force']);
     moe(['merge', '--model', dir, '--out', out('merge'), '--groups', '4', '--stats', out('stats'), '--quiet', '--force']);
     outs.push(['merge 8->4 (--stats)', out('merge')]);
-    moe(['decompose', '--model', dir, '--out', out('decompose'), '--ratio', '0.5', '--materialize', '--mode', 'svd', '--quiet', '--force']);
-    outs.push(['decompose 0.5 --materialize --mode svd', out('decompose')]);
+    // decompose whitens by the Grams of the rows w * x each expert reads (src/decompose/grams.ts)
+    moe(['decompose', '--model', dir, '--out', out('decompose'), '--ratio', '0.5', '--materialize', ...calib]);
+    outs.push(['decompose 0.5 --materialize', out('decompose')]);
   } else {
     moe(['merge', '--model', dir, '--out', out('merge'), '--groups', '4', ...calib]);
     outs.push(['merge 8->4', out('merge')]);
@@ -128,7 +131,7 @@ export async function checkFamily(python: string, family: string, root: string):
   const spec = join(root, `${family}-spec.json`);
   writeFileSync(spec, JSON.stringify(outs.map(([, d]) => ({ dir: d, windows }))));
   const ref = JSON.parse(py(python, ['ppl', spec])) as Record<string, { ppl: number }>;
-  const textPrefix = CONTAINER_TEXT_PREFIX[family];
+  const textPrefix = CONTAINER_TEXT_PREFIX[family.split('@')[0]!];
   if (textPrefix) {
     // the vision tower and projector of every output: the input's bytes (rel 0 when all equal, else Infinity)
     const input = await Checkpoint.open(dir);

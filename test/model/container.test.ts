@@ -3,18 +3,21 @@
  * language model (llama4_text) under the container's tensor names; an edit writes the language model's tensors and
  * its config keys inside `text_config`, and copies the vision tower and projector byte for byte.
  */
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MoeError } from '../../src/errors.js';
+import { containerConfigUpdates, containers } from '../../src/model/container.js';
 import { loadRouter, loadSwiGLU } from '../../src/model/load.js';
 import { openModel } from '../../src/model/open.js';
 import { writeExpertEdit, type ExpertEditPlan } from '../../src/model/rewrite.js';
 import type { MoeBlock } from '../../src/model/types.js';
 import { initBackend } from '../../src/runtime/backend.js';
 import { streamModel } from '../../src/runtime/stream.js';
-import { makeTinyContainer } from '../helpers/families.js';
+import { runMoe } from '../helpers/cli.js';
+import { makeTinyCheckpoint, makeTinyContainer } from '../helpers/families.js';
 
 let root: string;
 beforeAll(async () => {
@@ -134,5 +137,69 @@ describe('Llama4ForConditionalGeneration container', () => {
     await attempt({ ...cfg, text_config: { ...tc, model_type: 'mixtral' } }, /text_config\.model_type 'mixtral' is not llama4_text/);
     await attempt({ ...cfg, architectures: ['Llama4ForCausalLM'] }, /model_type 'llama4' is read only as Llama4ForConditionalGeneration/);
     await attempt({ ...cfg, text_config: null }, /needs the language model's config as an object in 'text_config'/);
+  });
+});
+
+describe('llama4_text: what moe does not do for it is refused in one line, nothing written', () => {
+  it('passes that recompute experts on the block input, expert-input Grams, and GPTQ of its fused experts', async () => {
+    const dir = join(root, 'refuse');
+    await makeTinyCheckpoint('llama4_text', dir, { layers: 2 });
+    const ids = join(root, 'refuse.jsonl');
+    await writeFile(ids, `${JSON.stringify(Array.from({ length: 40 }, (_, i) => (i * 5 + 1) % 64))}\n`);
+    const data = ['--calib-ids', ids, '--seq-len', '8', '--quiet'];
+    const cases: [string[], RegExp][] = [
+      [
+        ['prune', '--model', dir, '--out', join(root, 'r1'), '--keep', '2', '--method', 'reconstruct', ...data],
+        /scales each routed expert's input by its router weight/,
+      ],
+      [['merge', '--model', dir, '--out', join(root, 'r2'), '--groups', '2', ...data], /scales each routed expert's input by its router weight/],
+      [
+        ['calibrate', '--model', dir, '--out', join(root, 'r3'), '--data-ids', ids, '--seq-len', '8', '--grams', '--quiet'],
+        /Gram matrices of the experts' inputs are not collected/,
+      ],
+      [
+        ['quantize', '--model', dir, '--out', join(root, 'r4'), '--bits', '4', '--method', 'rtn', '--quiet'],
+        /fused in 3-D tensors and GPTQModel defines no per-expert module layout/,
+      ],
+    ];
+    for (const [args, msg] of cases) {
+      const r = await runMoe(args);
+      expect(r.code, args.join(' ')).toBe(3);
+      expect(r.stderr.trim()).toMatch(msg);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(existsSync(args[args.indexOf('--out') + 1]!)).toBe(false);
+    }
+    // the statistics route works: prune by REAP counts ||f(w x)||, the contribution of each slot
+    const ok = await runMoe(['prune', '--model', dir, '--out', join(root, 'r5'), '--keep', '2', '--method', 'reap', ...data]);
+    expect(ok.code).toBe(0);
+  });
+});
+
+describe('containerConfigUpdates', () => {
+  it("puts the family's keys into text_config and keeps quantization_config and top-level-only keys at the top", () => {
+    const c = containers().get('llama4')!;
+    const config = {
+      model_type: 'llama4',
+      dtype: 'bfloat16',
+      text_config: { num_local_experts: 16, num_experts_per_tok: 1, rope_theta: 5e5 },
+      vision_config: {},
+    };
+    const u = containerConfigUpdates(c, config, {
+      num_local_experts: 8,
+      n_group: 2,
+      rope_theta: null,
+      quantization_config: { bits: 4 },
+      dtype: 'float16',
+      moe: { format: 'moe-lowrank' },
+    });
+    expect(u).toEqual({
+      quantization_config: { bits: 4 },
+      dtype: 'float16',
+      moe: { format: 'moe-lowrank' },
+      text_config: { num_local_experts: 8, num_experts_per_tok: 1, n_group: 2 },
+    });
+    // the input is not modified
+    expect(config.text_config).toEqual({ num_local_experts: 16, num_experts_per_tok: 1, rope_theta: 5e5 });
+    expect(containerConfigUpdates(c, config, { quantization_config: null })).toEqual({ quantization_config: null });
   });
 });

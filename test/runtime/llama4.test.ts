@@ -6,6 +6,8 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { attentionCore } from '../../src/runtime/attention.js';
 import { initBackend } from '../../src/runtime/backend.js';
+import { expertGrams, layerGrams } from '../../src/decompose/grams.js';
+import type { MoeLayerInput } from '../../src/runtime/api.js';
 import { moeBlock } from '../../src/runtime/moe.js';
 import { swiglu } from '../../src/runtime/swiglu.js';
 import type { Routing, SwiGLUWeights } from '../../src/model/types.js';
@@ -92,5 +94,35 @@ describe('router weight on the expert input', () => {
       1,
     );
     for (let j = 0; j < H; j++) expect(outputs.get(0)![j]).toBeCloseTo(f0[j]!, 5);
+  });
+});
+
+describe("decompose's Gram matrices where the weight scales the expert input", () => {
+  it('are the Grams of the rows w * x each expert reads (gate/up input and down input)', () => {
+    const r = seededRandom(9);
+    const H = 6;
+    const I = 4;
+    const T = 7;
+    const E = 2;
+    const k = 1;
+    const lin = (o: number, i: number) => ({ out: o, in: i, w: rnd(o * i, r, 0.6) });
+    const experts: SwiGLUWeights[] = Array.from({ length: E }, () => ({ gate: lin(I, H), up: lin(I, H), down: lin(H, I) }));
+    const x = rnd(T * H, r, 1.5);
+    const routing: Routing = { T, k, idx: Int32Array.from({ length: T }, (_, t) => t % E), w: Float32Array.from({ length: T }, () => 0.1 + 0.8 * r()) };
+    const input = { layer: { index: 1 }, T, hidden: H, x, routing, experts } as unknown as MoeLayerInput;
+    const g = layerGrams(input, { kind: 'silu' }, true, true);
+    for (let j = 0; j < E; j++) {
+      const rows = Array.from({ length: T }, (_, t) => t).filter((t) => t % E === j);
+      // the scaled rows written out, then the plain Grams of them
+      const xs = new Float32Array(T * H);
+      for (const t of rows) for (let a = 0; a < H; a++) xs[t * H + a] = Math.fround(x[t * H + a]! * routing.w[t]!);
+      const want = expertGrams(xs, H, rows, experts[j]!, { kind: 'silu' }, T, true);
+      expect(g.experts[j]!.tokens).toBe(rows.length);
+      for (let i = 0; i < H * H; i++) expect(g.experts[j]!.input![i]).toBeCloseTo(want.input![i]!, 6);
+      for (let i = 0; i < I * I; i++) expect(g.experts[j]!.mid![i]).toBeCloseTo(want.mid![i]!, 6);
+      // and not the Grams of x itself
+      const plain = layerGrams(input, { kind: 'silu' }, true, false);
+      expect(Math.abs(plain.experts[j]!.input![0]! - g.experts[j]!.input![0]!)).toBeGreaterThan(1e-4);
+    }
   });
 });
