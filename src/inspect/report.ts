@@ -31,6 +31,8 @@ export interface InspectReport {
   };
   routing: RoutingRule;
   attention: { kind: string; heads: number; kvHeads: number; headDim: number };
+  /** hybrids (qwen3_next, qwen3_5_moe): the Gated DeltaNet layers and their head counts and sizes */
+  linearAttention?: { layers: number[]; keyHeads: number; valueHeads: number; keyHeadDim: number; valueHeadDim: number };
   hidden: number;
   vocab: number;
   params: {
@@ -151,6 +153,17 @@ export function inspectModel(model: Model): InspectReport {
     },
     routing: view.routing,
     attention: { kind: view.attention.kind, heads: view.dims.heads, kvHeads: view.dims.kvHeads, headDim: view.dims.headDim },
+    ...(view.attention.deltanet
+      ? {
+          linearAttention: {
+            layers: view.layers.filter((l) => l.attention.kind === 'deltanet').map((l) => l.index),
+            keyHeads: view.attention.deltanet.numKHeads,
+            valueHeads: view.attention.deltanet.numVHeads,
+            keyHeadDim: view.attention.deltanet.headK,
+            valueHeadDim: view.attention.deltanet.headV,
+          },
+        }
+      : {}),
     hidden: view.dims.hidden,
     vocab: view.dims.vocab,
     params: {
@@ -240,6 +253,14 @@ export function formatReport(r: InspectReport): string {
       'attention',
       `${r.attention.kind.toUpperCase()}, ${r.attention.heads} heads / ${r.attention.kvHeads} kv, head dim ${r.attention.headDim}; hidden ${r.hidden}, vocab ${r.vocab}`,
     ],
+    ...(r.linearAttention
+      ? [
+          [
+            'linear attention',
+            `Gated DeltaNet on layer${r.linearAttention.layers.length > 1 ? 's' : ''} ${r.linearAttention.layers.join(', ')}: ${r.linearAttention.keyHeads} key heads of ${r.linearAttention.keyHeadDim}, ${r.linearAttention.valueHeads} value heads of ${r.linearAttention.valueHeadDim}`,
+          ] as [string, string],
+        ]
+      : []),
     ['parameters', `${fmtCount(r.params.total)} total`],
     ['  routed experts', `${fmtCount(r.params.routedExperts)} (${pct(r.params.routedExperts)})`],
     ['  shared experts', `${fmtCount(r.params.sharedExperts)} (${pct(r.params.sharedExperts)})`],

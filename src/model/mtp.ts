@@ -16,6 +16,7 @@
  * layers (L + i) like the DeepSeek convention, and every `mtp.*` tensor outside `mtp.layers.{i}.` (fc and the three
  * norms) counts as layer L's, so edits, shards and drops treat the block as one more layer.
  */
+import { fail } from '../errors.js';
 import type { Checkpoint, HFConfig } from '../io/checkpoint.js';
 import type { LayerView, MoeBlock, MtpLayerView } from './types.js';
 
@@ -61,6 +62,12 @@ export function mtpLayerCount(family: string, config: HFConfig, ckpt: Checkpoint
   if (pkey) {
     // the fc is the block's marker; the count key may be missing (vLLM defaults to 1), never above what is stored
     if (!ckpt.has(`${MTP_ROOT}fc.weight`)) return 0;
+    // its own embedding table (mtp_use_dedicated_embeddings) would be one more input the runtime does not feed
+    if (config['mtp_use_dedicated_embeddings'] === true)
+      fail(
+        'UnsupportedArchitecture',
+        `${ckpt.dir}: ${family} MTP block with mtp_use_dedicated_embeddings=true is not supported (the block's own embedding table is not read)`,
+      );
     const given = config[pkey] ?? config['num_nextn_predict_layers'] ?? 1;
     if (typeof given !== 'number' || !Number.isInteger(given) || given <= 0) return 0;
     let k = 0;

@@ -136,6 +136,17 @@ describe('MTP layers, mtp.* convention (qwen3_next)', () => {
   });
   const mtpBlock = (m: Awaited<ReturnType<typeof openModel>>) => m.view.mtp![0]!.layer.block;
 
+  it('inspect names the DeltaNet layers; an MTP block with its own embeddings is refused in one line', async () => {
+    const r = await runMoe(['inspect', '--model', dir, '--json']);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).linearAttention).toEqual({ layers: [0, 2], keyHeads: 2, valueHeads: 4, keyHeadDim: 8, valueHeadDim: 4 });
+    const own = join(root, 'qn-mtp-own');
+    await makeTinyCheckpoint('qwen3_next', own, { mtp: true, config: { mtp_use_dedicated_embeddings: true } });
+    const e = await runMoe(['inspect', '--model', own]);
+    expect(e.code).toBe(3);
+    expect(e.stderr).toMatch(/^moe: .*mtp_use_dedicated_embeddings=true is not supported.*\n$/);
+  });
+
   it('the view numbers the MTP layer after the decoder layers: full attention, the MoE block, the shared fc and norms', async () => {
     const m = await openModel(dir);
     try {
