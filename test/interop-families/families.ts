@@ -60,6 +60,8 @@ export interface FamilyRow {
   moe: number;
   transformers: number;
   rel: number;
+  /** a yes/no check (bytes kept, a refusal) rather than a perplexity: rel 0 when it holds */
+  check?: true;
 }
 
 /** Every command's output of one family, with moe's and transformers' perplexity on the same windows. */
@@ -122,6 +124,7 @@ export async function checkFamily(python: string, family: string, root: string):
       moe: refused ? 1 : Number.NaN,
       transformers: 1,
       rel: refused ? 0 : Infinity,
+      check: true,
     });
   } else {
     moe(quantize);
@@ -151,6 +154,7 @@ export async function checkFamily(python: string, family: string, root: string):
           moe: same ? 1 : Number.NaN,
           transformers: 1,
           rel: same ? 0 : Infinity,
+          check: true,
         });
       }
     } finally {
