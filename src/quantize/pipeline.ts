@@ -403,12 +403,12 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
     const ph = progress?.phase('scoring units at each candidate width');
     const L = view.layers.length;
     // --allocate: attention, shared-expert and dense-MLP units (classunits.ts)
-    const own = new ClassUnitScores(units, ckpt, v.settings, calibTokens);
+    const own = new ClassUnitScores(units, ckpt, v.settings, act, calibTokens);
     await streamModel(
       model,
       windows,
       {
-        ...(own.active ? { onLinearInput: own.onLinearInput, onLayerOutput: own.onLayerOutput } : {}),
+        ...(own.active ? { onLinearInput: own.onLinearInput, onAttention: own.onAttention, onLayerOutput: own.onLayerOutput } : {}),
         onMoeLayer: async (inp) => {
           const imp = importance(inp, v.alpha, v.beta);
           const routed = routedTokens(inp);
@@ -417,7 +417,7 @@ async function run(pr: PipelineRun<QuantizeRun>, v: ReturnType<typeof derive>, t
           // are combined below in expert order, so they do not depend on the thread count
           const tasks: ScoreExpertTask[] = [];
           const combine: { scale: number; targets: { ui: number; oi: number }[]; add: boolean }[] = [];
-          const sharedUnit = own.moeLayer(inp, imp, act);
+          const sharedUnit = own.moeLayer(inp, imp);
           inp.experts.forEach((w, e) => {
             const r = routed[e]!;
             if (r.n === 0) return;

@@ -127,19 +127,6 @@ export interface PlanOptions {
   format?: StoredFormat;
 }
 
-/**
- * Which of the runtime's reported linear inputs (src/runtime/api.ts LinearInput roles) feeds a non-expert linear:
- * its scores under --allocate come from that input's Gram matrix. Undefined where the runtime reports none (MLA's
- * q_b_proj and kv_b_proj read latents inside attention): such a linear keeps --dense-bits.
- */
-export function inputRoleOf(d: Pick<LinearDecision, 'cls' | 'module' | 'proj'>): 'attention.in' | 'attention.o_proj.in' | 'mlp.in' | 'mlp.down.in' | undefined {
-  if (d.cls === 'dense') return d.proj === 'down' ? 'mlp.down.in' : 'mlp.in';
-  if (d.cls !== 'attention') return undefined;
-  const leaf = d.module.slice(d.module.lastIndexOf('.') + 1);
-  if (leaf === 'o_proj') return 'attention.o_proj.in';
-  return ['q_proj', 'k_proj', 'v_proj', 'q_a_proj', 'kv_a_proj_with_mqa'].includes(leaf) ? 'attention.in' : undefined;
-}
-
 /** All linears of the model that the GPTQ format can address, with their class. */
 export function collectLinears(view: ModelView, ckpt: Checkpoint): { ref: LinearRef; cls: LinearClass; layer: number; expert?: number; proj?: Proj }[] {
   const out: { ref: LinearRef; cls: LinearClass; layer: number; expert?: number; proj?: Proj }[] = [];
@@ -195,12 +182,9 @@ export function decide(view: ModelView, ckpt: Checkpoint, opts: PlanOptions): Li
     } else if (cls === 'expert') {
       bits = 'alloc';
       reason = 'routed expert: bits chosen by the allocation program';
-    } else if (opts.allocate?.includes(cls) && (cls === 'shared' || inputRoleOf({ cls, module, ...(proj ? { proj } : {}) }))) {
+    } else if (opts.allocate?.includes(cls)) {
       bits = 'alloc';
       reason = `${cls}: its layer's own allocation unit (--allocate ${cls})`;
-    } else if (opts.allocate?.includes(cls)) {
-      bits = opts.denseBits;
-      reason = `${cls}: --dense-bits ${opts.denseBits} (--allocate ${cls}: the runtime reports no input of this linear to score it on)`;
     } else {
       bits = opts.denseBits;
       reason = `${cls}: --dense-bits ${opts.denseBits}`;

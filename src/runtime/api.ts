@@ -79,8 +79,22 @@ export interface StreamHooks {
    * row space (token indices for experts are given in `tokens`).
    */
   onLinearInput?(info: LinearInput): void;
+  /**
+   * after a layer's attention: its output [T, H] (before the residual scale) and `rerun`, the same attention on the
+   * same input with the given linears' weights (by tensor name) replaced; awaited before the layer goes on
+   */
+  onAttention?(info: AttentionDone): Promise<void> | void;
   /** called after each decoder layer with its output hidden states [T, H] (block drop scores, EASY-EP) */
   onLayerOutput?(layerIndex: number, hiddenBefore: Float32Array, hiddenAfter: Float32Array): Promise<void> | void;
+}
+
+export interface AttentionDone {
+  layer: LayerView;
+  T: number;
+  output: Float32Array;
+  /** residual_multiplier (granite), else 1: what the output is scaled by when added to the residual stream */
+  residualScale: number;
+  rerun(weights: ReadonlyMap<string, Float32Array>): Promise<Float32Array>;
 }
 
 export interface LinearInput {

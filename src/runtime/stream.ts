@@ -82,7 +82,10 @@ function ref(model: Model, tensor: string, outF: number, inF: number): LinearRef
   return { tensor, outFeatures: outF, inFeatures: inF, ...(bias && model.ckpt.has(bias) ? { bias } : {}) };
 }
 
-async function deltanetWeights(model: Model, layer: LayerView): Promise<DeltaNetWeights> {
+/** How a layer's attention linears are read: from the checkpoint, or with some weights replaced (onAttention's rerun). */
+type LoadLinear = (ref: LinearRef) => Promise<Linear>;
+
+async function deltanetWeights(model: Model, layer: LayerView, load: LoadLinear = (r) => loadLinear(model.ckpt, r)): Promise<DeltaNetWeights> {
   const v = model.view;
   const dn = v.attention.deltanet;
   const t = layer.attention.tensors;
@@ -96,7 +99,7 @@ async function deltanetWeights(model: Model, layer: LayerView): Promise<DeltaNet
   const Kd = dn.numKHeads * dn.headK;
   const Vd = dn.numVHeads * dn.headV;
   const C = 2 * Kd + Vd;
-  const host = (role: string, o: number) => loadLinear(model.ckpt, ref(model, need(role), o, H));
+  const host = (role: string, o: number) => load(ref(model, need(role), o, H));
   const vec = async (role: string, n: number): Promise<Float32Array> => {
     const x = await model.ckpt.readF32(need(role));
     if (x.length !== n) fail('InvalidShape', `${model.dir}: '${need(role)}' holds ${x.length} values, ${n} expected`);
@@ -115,11 +118,11 @@ async function deltanetWeights(model: Model, layer: LayerView): Promise<DeltaNet
     dtBias: await vec('dt_bias', dn.numVHeads),
     aLog: await vec('A_log', dn.numVHeads),
     norm: await vec('norm', dn.headV),
-    out: upload(await loadLinear(model.ckpt, ref(model, need('out_proj'), H, Vd))),
+    out: upload(await load(ref(model, need('out_proj'), H, Vd))),
   };
 }
 
-async function attentionWeights(model: Model, layer: LayerView): Promise<AttentionWeights> {
+async function attentionWeights(model: Model, layer: LayerView, load: LoadLinear = (r) => loadLinear(model.ckpt, r)): Promise<AttentionWeights> {
   const v = model.view;
   const t = layer.attention.tensors;
   const { hidden: H, heads, kvHeads, headDim: d } = v.dims;
@@ -128,7 +131,7 @@ async function attentionWeights(model: Model, layer: LayerView): Promise<Attenti
     if (!n) fail('InvalidConfig', `${model.dir}: layer ${layer.index} attention has no '${role}' tensor`);
     return n;
   };
-  const lin = async (role: string, o: number, i: number) => upload(await loadLinear(model.ckpt, ref(model, need(role), o, i)));
+  const lin = async (role: string, o: number, i: number) => upload(await load(ref(model, need(role), o, i)));
   const rmsEps = (ref: NormRef) => ref.eps;
   if (layer.attention.kind === 'mla') {
     const m = v.attention.mla!;
@@ -150,7 +153,7 @@ async function attentionWeights(model: Model, layer: LayerView): Promise<Attenti
     }
     return w;
   }
-  const host = async (role: string, o: number, i: number) => loadLinear(model.ckpt, ref(model, need(role), o, i));
+  const host = async (role: string, o: number, i: number) => load(ref(model, need(role), o, i));
   const w: AttentionWeights = {
     kind: 'gqa',
     // with an output gate, q_proj holds [query | gate] per head (qwen3_next)
@@ -291,11 +294,31 @@ export async function streamModel(model: Model, windows: readonly Int32Array[], 
           }
         : {}),
     };
+    const run = (w: typeof aw, sh: AttentionShape) =>
+      w.kind === 'deltanet' ? deltanet(xa, N, S, H, w, v.attention.deltanet!, sh.onOInput) : attention(xa, N, S, H, w, sh);
     let a: Float32Array;
     try {
-      a = aw.kind === 'deltanet' ? deltanet(xa, N, S, H, aw, v.attention.deltanet!, shape.onOInput) : attention(xa, N, S, H, aw, shape);
+      a = run(aw, shape);
     } finally {
       disposeAttention(aw);
+    }
+    if (hooks.onAttention) {
+      // the same attention on the same input with some linears' weights replaced (no input hooks on the reruns)
+      const { onOInput: _, ...quiet } = shape;
+      const rerun = async (weights: ReadonlyMap<string, Float32Array>): Promise<Float32Array> => {
+        const load: LoadLinear = async (rf) => {
+          const l = await loadLinear(model.ckpt, rf);
+          const w = weights.get(rf.tensor);
+          return w ? { ...l, w } : l;
+        };
+        const w2 = layer.attention.kind === 'deltanet' ? await deltanetWeights(model, layer, load) : await attentionWeights(model, layer, load);
+        try {
+          return run(w2, quiet);
+        } finally {
+          disposeAttention(w2);
+        }
+      };
+      await hooks.onAttention({ layer, T, output: a, residualScale: r, rerun });
     }
     addScaled(h, a, r);
     // ---- MLP / MoE

@@ -169,7 +169,7 @@ describe('--allocate attention on the trained fixture (compressed-tensors)', () 
 });
 
 describe('--allocate attention, shared, dense on deepseek_v3 at hidden 128', () => {
-  it('dense layer 0, the shared experts and the MLA attention are units; latent-input linears keep --dense-bits; vLLM rules and decoder pass', async () => {
+  it('dense layer 0, the shared experts and the MLA attention are units, each scored; vLLM rules and decoder pass', async () => {
     const src = join(root, 'dsv3');
     await makeTinyCheckpoint('deepseek_v3', src, { seed: 5, hidden: 128, intermediate: 128 });
     const ids = join(root, 'ids.jsonl');
@@ -191,7 +191,8 @@ describe('--allocate attention, shared, dense on deepseek_v3 at hidden 128', () 
       if (u.losses['4'] !== undefined) expect(u.losses['4'], u.id).toBeGreaterThan(u.losses['8']!);
     }
     const fate = (t: string) => rep.decisions.find((d) => d.tensor === t)!;
-    expect(fate('model.layers.1.self_attn.kv_b_proj.weight').reason).toMatch(/--dense-bits 4 \(--allocate attention: the runtime reports no input/);
+    // MLA's latent-input linears too: the unit is scored by rerunning the whole attention
+    expect(fate('model.layers.1.self_attn.kv_b_proj.weight').reason).toMatch(/own allocation unit/);
     expect(fate('model.layers.1.self_attn.q_a_proj.weight').reason).toMatch(/own allocation unit/);
     expect(rep.bpw.budgeted!).toBeLessThanOrEqual(bits);
     // the budgeted bytes are the written ones: every quantized linear (routers and the MLA norms are not)
