@@ -78,6 +78,47 @@ try {
     'decomposed (--materialize) checkpoint: MtpModel loads 1 MTP layer with its 8 experts',
     d.mtp_layers === 1 && JSON.stringify(d.mtp_router_rows) === JSON.stringify([[8, 32]]),
   );
+  // the mtp.* convention (qwen3_next): moe's routed-slot counts in every MoE layer and in the MTP layer equal those
+  // of vLLM's qwen3_next_mtp formula run with transformers' own Qwen3Next modules (mtp_qwen_check.py); the pruned
+  // checkpoint's MTP router has the pruned count and the main model still loads in transformers
+  {
+    const qdir = join(root, 'qwen3_next-mtp');
+    const pyRun = (args: string[]) => {
+      const r = spawnSync(python, args, { encoding: 'utf8', maxBuffer: 64 << 20 });
+      if (r.status !== 0) throw new Error(`${args[0]}: exit ${r.status}\n${r.stderr}`);
+      return r.stdout;
+    };
+    pyRun(['test/interop-families/families.py', 'make', 'qwen3_next', qdir]);
+    pyRun(['test/interop-families/mtp_qwen_check.py', 'add', qdir]);
+    const qids = join(root, 'qwen3_next-mtp.jsonl');
+    writeFileSync(
+      qids,
+      Array.from({ length: 6 }, (_, i) => JSON.stringify(Array.from({ length: SEQ }, (_, j) => 2 + ((i * 17 + j * 11 + ((i * j) % 7)) % 126)))).join('\n') +
+        '\n',
+    );
+    const qset = await loadWindowSet(qdir, qids, { seqLen: SEQ, format: 'ids' });
+    const qout = join(root, 'qwen3_next-mtp-pruned');
+    moe(['prune', '--model', qdir, '--out', qout, '--keep', '4', '--method', 'frequency', '--calib-ids', qids, '--seq-len', String(SEQ), '--quiet']);
+    const qrep = JSON.parse(readFileSync(join(qout, 'moe-prune-report.json'), 'utf8'));
+    const qspec = join(root, 'qwen3_next-mtp-spec.json');
+    const qwin = qset.windows.map((w) => Array.from(w));
+    writeFileSync(qspec, JSON.stringify([qdir, qout].map((dir) => ({ dir, windows: qwin }))));
+    const qref = JSON.parse(pyRun(['test/interop-families/mtp_qwen_check.py', 'counts', qspec]));
+    check('qwen3_next mtp.*: the MTP layer (4) is kept', JSON.stringify(qrep.mtp) === JSON.stringify({ kept: [4], dropped: [] }), JSON.stringify(qrep.mtp));
+    for (const layer of qrep.layers as { layer: number; scores: number[] }[]) {
+      const theirs = qref[qdir].counts[String(layer.layer)];
+      check(
+        `qwen3_next mtp.* layer ${layer.layer}${layer.layer === 4 ? ' (MTP)' : ''}: routed-slot counts equal the reference's`,
+        JSON.stringify(theirs) === JSON.stringify(layer.scores),
+        `moe ${layer.scores.join(' ')} / reference ${theirs?.join(' ')}`,
+      );
+    }
+    check(
+      'qwen3_next mtp.* pruned: MTP router is [4, H]',
+      JSON.stringify(qref[qout].mtp_router_rows) === JSON.stringify([4, 64]),
+      JSON.stringify(qref[qout].mtp_router_rows),
+    );
+  }
   for (const family of NEW_FAMILIES) {
     for (const row of await checkFamily(python, family, root))
       if (row.check) check(`${family} ${row.command}`, row.rel === 0);
