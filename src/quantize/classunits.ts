@@ -27,20 +27,7 @@ import type { ProjBits, QuantSettings } from './expert.js';
 import { getQuantizer } from './methods.js';
 import type { LinearDecision } from './plan.js';
 import { optionBits, type Unit, type UnitOption } from './types.js';
-
-/** The shared expert's gate per token (sigmoid of its gate row), or 1 without one. */
-function sharedGates(inp: MoeLayerInput): Float32Array {
-  const g = new Float32Array(inp.T).fill(1);
-  const gw = inp.shared?.gateWeight;
-  if (!gw) return g;
-  const H = inp.hidden;
-  for (let t = 0; t < inp.T; t++) {
-    let s = 0;
-    for (let i = 0; i < H; i++) s += inp.x[t * H + i]! * gw[i]!;
-    g[t] = 1 / (1 + Math.exp(-s));
-  }
-  return g;
-}
+import { sharedGates } from './routed.js';
 
 export class ClassUnitScores {
   /** per unit index: each option's expected per-token output error (before scale) */

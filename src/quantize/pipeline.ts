@@ -59,6 +59,7 @@ import { calibFormat, DEFAULT_CALIB_TOKENS } from '../pipeline/fields.js';
 import { parseOptions } from '../pipeline/validate.js';
 import { runPipeline, type PipelineRun } from '../pipeline/engine.js';
 import { optionBits, type QuantizeRequest, type QuantizeRun, type Unit, type UnitOption } from './types.js';
+import { routedTokens } from './routed.js';
 
 export type { QuantizeRequest, QuantizeRun, Unit, UnitOption } from './types.js';
 
@@ -190,33 +191,6 @@ export function unitCostBits(u: Unit, opt: UnitOption, gs: number, format: Store
   for (const d of u.free) bytes += decisionBytesAt(d, optionBits(opt, d), gs, format, actOrder);
   for (const d of u.fixed) bytes += decisionBytesAt(d, d.bits as QuantBits | 'keep', gs, format, actOrder);
   return bytes * 8;
-}
-
-interface Routed {
-  x: Float32Array;
-  n: number;
-  gates: Float32Array;
-}
-
-/** Rows of x routed to each expert, with the weight the model gives each. */
-function routedTokens(inp: MoeLayerInput): Routed[] {
-  const E = inp.experts.length;
-  const { T, k, idx, w } = inp.routing;
-  const H = inp.hidden;
-  const counts = new Int32Array(E);
-  for (let s = 0; s < T * k; s++) if (w[s] !== 0) counts[idx[s]!]!++;
-  const out: Routed[] = Array.from({ length: E }, (_, e) => ({ x: new Float32Array(counts[e]! * H), n: 0, gates: new Float32Array(counts[e]!) }));
-  for (let t = 0; t < T; t++) {
-    for (let j = 0; j < k; j++) {
-      const s = t * k + j;
-      if (w[s] === 0) continue;
-      const r = out[idx[s]!]!;
-      r.x.set(inp.x.subarray(t * H, (t + 1) * H), r.n * H);
-      r.gates[r.n] = w[s]!;
-      r.n++;
-    }
-  }
-  return out;
 }
 
 /** MC-MoE importance f_j^a * w_j^beta with f (routing frequency) and w (router probability mass) normalised per layer. */
