@@ -6,7 +6,7 @@
  *   nice -n 10 npx tsx bench/gguf-frontier.ts --model test/fixtures/tiny-mixtral [--calib test/fixtures/text/calib.txt]
  *     [--heldout test/fixtures/text/heldout.txt] [--bits 2,2.5,3,3.5,4,4.5] [--llama /tmp/llama.cpp/build/bin]
  *     [--types Q2_K,Q3_K_S,...] [--work /tmp/gguf-frontier/NAME] [--seq-len 128] [--eval-tokens 16384]
- *     [--calib-tokens 8192] [--nll /tmp/gguf-nll] [--threads 1] [--json FILE] [--fresh]
+ *     [--calib-tokens 8192] [--nll /tmp/gguf-nll] [--threads 1] [--json FILE] [--fresh] [--methods gptq,rtn]
  *
  * - ours: `moe quantize --format gguf --bits B` (GPTQ into the block types, 0/1 allocation in exact bytes), default
  *   candidates and --dense-bits. A --bits below the smallest size the candidates allow on this model's rows is
@@ -56,6 +56,8 @@ const seqLen = Number(arg('--seq-len', '128'));
 const evalTokens = Number(arg('--eval-tokens', '16384'));
 const calibTokens = Number(arg('--calib-tokens', '8192'));
 const jsonOut = arg('--json');
+/** ours with each quantizer: gptq (the default) and/or rtn (llama.cpp's importance-weighted rounding, kfit.ts) */
+const methods = arg('--methods', 'gptq')!.split(',');
 const fresh = process.argv.includes('--fresh');
 /** 1 by default: on a loaded machine ggml's spinning worker threads cost 20x the wall time of one thread */
 const threads = arg('--threads', '1')!;
@@ -148,29 +150,31 @@ await score('f16', 'F16 (moe --candidates f16)', f16);
 
 // ours
 const oursDirs = new Map<number, string>();
-for (const b of bitsList) {
-  const dir = join(work, `ours-${b}`);
-  const file = join(dir, 'model.gguf');
-  const logFile = join(work, `ours-${b}.log`);
-  let seconds: number | undefined;
-  if (fresh || !existsSync(file)) {
-    const t0 = performance.now();
-    try {
-      await sh('node', moeArgs(dir, ['--calib', calib, '--calib-tokens', String(calibTokens), '--bits', String(b)]), logFile);
-    } catch {
-      const why =
-        (await readFile(logFile, 'utf8'))
-          .trim()
-          .split('\n')
-          .find((l) => l.startsWith('moe:')) ?? 'failed';
-      log(`ours --bits ${b}: ${why}`);
-      continue;
+for (const method of methods)
+  for (const b of bitsList) {
+    const tag = method === 'gptq' ? `${b}` : `${b}-${method}`;
+    const dir = join(work, `ours-${tag}`);
+    const file = join(dir, 'model.gguf');
+    const logFile = join(work, `ours-${tag}.log`);
+    let seconds: number | undefined;
+    if (fresh || !existsSync(file)) {
+      const t0 = performance.now();
+      try {
+        await sh('node', moeArgs(dir, ['--calib', calib, '--calib-tokens', String(calibTokens), '--bits', String(b), '--method', method]), logFile);
+      } catch {
+        const why =
+          (await readFile(logFile, 'utf8'))
+            .trim()
+            .split('\n')
+            .find((l) => l.startsWith('moe:')) ?? 'failed';
+        log(`ours --bits ${b} --method ${method}: ${why}`);
+        continue;
+      }
+      seconds = (performance.now() - t0) / 1000;
     }
-    seconds = (performance.now() - t0) / 1000;
+    if (method === methods[0]) oursDirs.set(b, dir);
+    await score('ours', `moe --bits ${b}${method === 'gptq' ? '' : ` --method ${method}`}`, file, seconds);
   }
-  oursDirs.set(b, dir);
-  await score('ours', `moe --bits ${b}`, file, seconds);
-}
 
 // llama.cpp's own quants, with its importance matrix on the same calibration text
 if (llamaBin) {
