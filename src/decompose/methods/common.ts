@@ -7,9 +7,9 @@
 import type { MethodDescriptor } from '../../pipeline/descriptor.js';
 import type { MemoryPart } from '../../runtime/memory.js';
 import type { SwiGLUWeights } from '../../runtime/api.js';
-import type { FactorizeOptions } from '../factorize.js';
+import { factorizeLinear, type FactorizeOptions } from '../factorize.js';
 import type { DecomposeMode } from '../format.js';
-import type { Proj, ScoredUnit, ScoreOptions, UnitShape } from '../unitshape.js';
+import { ladderTop, type Proj, type ScoredUnit, type ScoreOptions, type UnitShape } from '../unitshape.js';
 
 const F64 = 8;
 
@@ -127,4 +127,28 @@ export function perExpertShapes(c: ShapeInput, delta: boolean, maxRank: number):
     });
   }
   return out;
+}
+
+/**
+ * One scored unit per expert linear (svd, whitened): W factorised as stored, or whitened by the Gram of the expert's
+ * routed inputs (`whiten`: the truncation error is then the activation-space error), each unit weighted by `weight`.
+ */
+export function* perExpertScores(c: ScoreInput, whiten: boolean, weight: (j: number) => number): Iterable<ScoredUnit> {
+  const { m, n } = c;
+  for (let j = 0; j < c.E; j++) {
+    const W = c.W64(j);
+    const G = c.measureG(j);
+    const fact = factorizeLinear(W, m, n, whiten ? G : undefined, c.opts.engine, ladderTop(m + n, m * n, 0, c.opts.ratio), c.fo);
+    yield {
+      ...c.units[j]!,
+      tokens: c.tokens && [c.tokens[j]!],
+      weights: [W],
+      grams: G && [G],
+      fact,
+      tail: fact.tail,
+      maxRank: fact.maxRank,
+      ridge: fact.ridge,
+      weight: weight(j),
+    };
+  }
 }
