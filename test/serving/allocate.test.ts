@@ -17,28 +17,11 @@ import { initBackend } from '../../src/runtime/backend.js';
 import { seededRandom } from '../../kernels/random.js';
 import { runMoe } from '../helpers/cli.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
+import { calib, FIX, model, servingWorkspace } from './workspace.js';
 import { ctScheme, decodeCt, readSafetensors, type RawTensor } from './decode.js';
 import { checkVllm } from './vllm-rules.js';
 
-const FIX = join(import.meta.dirname, '..', 'fixtures');
-const model = join(FIX, 'tiny-mixtral');
-const calib = join(FIX, 'text', 'calib.txt');
-
-let root: string;
-beforeAll(async () => {
-  await initBackend('wasm');
-  root = await mkdtemp(join(tmpdir(), 'moe-allocate-'));
-});
-afterAll(async () => {
-  if (root) await rm(root, { recursive: true, force: true });
-});
-
-let n = 0;
-const run = async (req: Partial<QuantizeRequest> & { bits: number }, m = model) => {
-  const out = join(root, `q${n++}`);
-  const rep = await quantize({ model: m, out, method: 'rtn', calib, calibTokens: 1024, seqLen: 128, ...req });
-  return { out, rep };
-};
+const { root: scratch, run } = servingWorkspace('moe-allocate-');
 
 /** Bytes of every stored tensor of `modules` in the output (weight_packed, weight_scale, weight_shape, ...). */
 function storedBytes(tensors: Map<string, RawTensor>, modules: (m: string) => boolean): number {
@@ -170,9 +153,9 @@ describe('--allocate attention on the trained fixture (compressed-tensors)', () 
 
 describe('--allocate attention, shared, dense on deepseek_v3 at hidden 128', () => {
   it('dense layer 0, the shared experts and the MLA attention are units, each scored; vLLM rules and decoder pass', async () => {
-    const src = join(root, 'dsv3');
+    const src = join(scratch(), 'dsv3');
     await makeTinyCheckpoint('deepseek_v3', src, { seed: 5, hidden: 128, intermediate: 128 });
-    const ids = join(root, 'ids.jsonl');
+    const ids = join(scratch(), 'ids.jsonl');
     const r = seededRandom(7);
     await writeFile(ids, Array.from({ length: 8 }, () => JSON.stringify(Array.from({ length: 64 }, () => Math.floor(r() * 64)))).join('\n'));
     const bits = 6;

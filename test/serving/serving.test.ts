@@ -19,29 +19,12 @@ import { initBackend } from '../../src/runtime/backend.js';
 import { setThreads } from '../../src/runtime/pool.js';
 import { dequantize, quantizeRtn } from '../../kernels/quant/rtn.js';
 import { makeTinyCheckpoint, type Family } from '../helpers/families.js';
+import { calib, FIX, model, servingWorkspace } from './workspace.js';
 import { ctScheme, decodeCt, decodeGptq, readSafetensors } from './decode.js';
 import { checkVllm, checkVllmParts } from './vllm-rules.js';
 
-const FIX = join(import.meta.dirname, '..', 'fixtures');
-const model = join(FIX, 'tiny-mixtral');
-const calib = join(FIX, 'text', 'calib.txt');
 const heldout = join(FIX, 'text', 'heldout.txt');
-
-let root: string;
-beforeAll(async () => {
-  await initBackend('wasm');
-  root = await mkdtemp(join(tmpdir(), 'moe-serving-'));
-});
-afterAll(async () => {
-  if (root) await rm(root, { recursive: true, force: true });
-});
-
-let n = 0;
-const run = async (req: Partial<QuantizeRequest> & { bits: number }, m = model) => {
-  const out = join(root, `q${n++}`);
-  const rep = await quantize({ model: m, out, method: 'rtn', calib, calibTokens: 1024, seqLen: 128, ...req });
-  return { out, rep };
-};
+const { root: scratch, fresh, run } = servingWorkspace('moe-serving-');
 
 /** Every quantized module of `out`, decoded independently, equals what our reader (loadLinear) gives. */
 async function decodersAgree(out: string, kind: 'ct' | 'gptq'): Promise<number> {
@@ -102,7 +85,7 @@ describe('compressed-tensors on the trained fixture', () => {
 
   it('moe eval of the compressed-tensors output equals its dequantized (F32) checkpoint within 1e-6', async () => {
     const { out } = await run({ bits: 6.13, format: 'compressed-tensors' });
-    const deq = join(root, 'ct-deq');
+    const deq = join(scratch(), 'ct-deq');
     const d = await dequantizeCheckpoint({ model: out, out: deq, dtype: 'F32' });
     expect(d.modules).toBe(4 * 8 * 3 + 16);
     // two threads: the lm_head ranges run on workers, which open the quantized checkpoint themselves
@@ -229,7 +212,7 @@ describe('compressed-tensors with act order (actorder: group, weight_g_idx)', ()
 describe('tensor-parallel shape rules (--tensor-parallel N)', () => {
   it("each rank's slice of the expert intermediate (256 on the fixture) must be a multiple of max(64, group): refused, written, and checked alike", async () => {
     const refuse = async (req: Partial<QuantizeRequest>, re: RegExp) => {
-      const err = await quantize({ model, out: join(root, `r${n++}`), method: 'rtn', dryRun: true, bits: 4.4, candidates: [4], ...req }).catch((e) => e);
+      const err = await quantize({ model, out: fresh('r'), method: 'rtn', dryRun: true, bits: 4.4, candidates: [4], ...req }).catch((e) => e);
       expect(err).toBeInstanceOf(MoeError);
       expect(err.exitCode).toBe(2);
       expect(err.message).toMatch(re);
@@ -256,7 +239,7 @@ describe('tensor-parallel shape rules (--tensor-parallel N)', () => {
 
 describe('refusals under --serve vllm (exit 2, the achievable range)', () => {
   const refused = async (req: Partial<QuantizeRequest> & { bits: number }, re: RegExp, m = model) => {
-    const err = await quantize({ model: m, out: join(root, `r${n++}`), method: 'rtn', dryRun: true, ...req }).catch((e) => e);
+    const err = await quantize({ model: m, out: fresh('r'), method: 'rtn', dryRun: true, ...req }).catch((e) => e);
     expect(err).toBeInstanceOf(MoeError);
     expect(err.exitCode).toBe(2);
     expect(err.message).toMatch(re);
@@ -270,10 +253,10 @@ describe('refusals under --serve vllm (exit 2, the achievable range)', () => {
     await refused({ bits: 4.5, serve: 'vllm', override: ['experts\\.0\\.=8'] }, /layer 0: its experts would get different fates/);
   });
   it('shapes the Marlin MoE kernels cannot run', async () => {
-    const small = join(root, 'small');
+    const small = join(scratch(), 'small');
     await makeTinyCheckpoint('mixtral', small, { seed: 2 });
     await refused({ bits: 4.5, candidates: [4], format: 'compressed-tensors' }, /hidden size 32 is not a multiple of 128/, small);
-    const narrow = join(root, 'narrow');
+    const narrow = join(scratch(), 'narrow');
     await makeTinyCheckpoint('qwen3_moe', narrow, { seed: 2, hidden: 128, intermediate: 96 });
     await refused({ bits: 4.5, candidates: [4], serve: 'vllm' }, /intermediate size 96 is not a multiple of max\(64, group size\) = 128/, narrow);
   });
@@ -285,7 +268,7 @@ describe('family fixtures at hidden 128', () => {
   it.each(FAMS)(
     '%s: compressed-tensors and --serve vllm GPTQ pass the vLLM rules and decode independently',
     async (family) => {
-      const src = join(root, `fam-${family}`);
+      const src = join(scratch(), `fam-${family}`);
       await makeTinyCheckpoint(family, src, { seed: 5, hidden: 128, intermediate: 128 });
       // one width: nothing to score, no calibration
       const ct = await run({ bits: 4.2, candidates: [4], format: 'compressed-tensors', calib: undefined }, src);
@@ -306,7 +289,7 @@ describe('family fixtures at hidden 128', () => {
   ] as [Family, { fusedExperts?: boolean }, string][])(
     "%s (experts stored fused): compressed-tensors under vLLM's per-expert names passes the rules, decodes, reads back and dequantizes",
     async (family, opts, first) => {
-      const src = join(root, `famf-${family}`);
+      const src = join(scratch(), `famf-${family}`);
       await makeTinyCheckpoint(family, src, { seed: 5, hidden: 128, intermediate: 128, ...opts });
       const ct = await run({ bits: 4.2, candidates: [4], format: 'compressed-tensors', calib: undefined }, src);
       const tensors = readSafetensors(ct.out);
@@ -334,7 +317,7 @@ describe('family fixtures at hidden 128', () => {
         await b.ckpt.close();
       }
       // moe dequantize gives back what the reader gives (granitemoe: the fused tensors of its own layout)
-      const deq = join(root, `famf-${family}-deq`);
+      const deq = join(scratch(), `famf-${family}-deq`);
       await dequantizeCheckpoint({ model: ct.out, out: deq, dtype: 'F32' });
       if (family === 'granitemoe') expect(readSafetensors(deq).has('model.layers.1.block_sparse_moe.input_linear.weight')).toBe(true);
       const c = await openModel(deq);
@@ -354,9 +337,9 @@ describe('family fixtures at hidden 128', () => {
     120_000,
   );
   it("gpt_oss (experts stored fused): compressed-tensors is refused with vLLM's reason, nothing written", async () => {
-    const src = join(root, 'fam-gpt_oss');
+    const src = join(scratch(), 'fam-gpt_oss');
     await makeTinyCheckpoint('gpt_oss', src, { seed: 5, hidden: 128, intermediate: 128 });
-    const out = join(root, `r${n++}`);
+    const out = fresh('r');
     const err = await quantize({ model: src, out, method: 'rtn', bits: 4.5, format: 'compressed-tensors' }).catch((e) => e);
     expect(err).toBeInstanceOf(MoeError);
     expect(err.message).toMatch(/vLLM's gpt_oss loader .* reads routed experts only as MXFP4 blocks or as unquantized fused/);
