@@ -120,7 +120,9 @@ const paired = (a: string, b: string, f: (x: Run, y: Run) => number) => median(r
 console.log(`moe ${NT} threads vs 1 (wall, paired per round): ${paired('moe x1', `moe x${NT}`, (x, y) => x.wall / y.wall).toFixed(2)}x (target >= 1.8x)`);
 // what the threads cost beyond one thread's work (worker isolates, each share's own weight reads and warm-up): the
 // ceiling on the wall speed-up is NT / this ratio, and CPU seconds still mean something on a loaded machine
-console.log(`moe ${NT} threads vs 1 (CPU seconds, paired per round): ${paired('moe x1', `moe x${NT}`, (x, y) => y.cpu / x.cpu).toFixed(3)}x the CPU of one thread`);
+console.log(
+  `moe ${NT} threads vs 1 (CPU seconds, paired per round): ${paired('moe x1', `moe x${NT}`, (x, y) => y.cpu / x.cpu).toFixed(3)}x the CPU of one thread`,
+);
 if (haveLlama) {
   console.log(`llama.cpp ${NT} threads vs 1 (wall, paired): ${paired('llama.cpp x1', `llama.cpp x${NT}`, (x, y) => x.wall / y.wall).toFixed(2)}x`);
   console.log(
