@@ -12,7 +12,8 @@
  *
  * The same loop serves every format whose values are rounded one at a time on a grid fixed per block (BlockRounder):
  * the k-quants and 32-value types (an affine grid per sub-block) and IQ4_NL/IQ4_XS (16 fixed levels times each
- * sub-block's step, llama.cpp's search for the steps, iq4.ts).
+ * sub-block's step, llama.cpp's search for the steps, iq4.ts); IQ3_XXS/IQ3_S round a group of 4 columns to one grid
+ * point at the group's first column (scales from llama.cpp's fit, iq3.ts), each column then feeding its error forward.
  *
  * Act-order is not offered: a GGUF row's blocks are contiguous input columns, there is nowhere to store a
  * permutation.
@@ -21,6 +22,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { fail } from '../../src/errors.js';
 import type { GptqPrepared } from '../quant/gptq.js';
 import type { GgmlType } from '../../src/gguf/format.js';
+import { IQ3_SPECS, fitIq3Codes, packIq3Codes, roundIq3Group, type Iq3Codes, type Iq3Type } from './iq3.js';
 import { IQ4_SPECS, KVALUES_IQ4NL, bestIndex, fitIq4Block, iq4Steps, packIq4Block, type Iq4Type } from './iq4.js';
 import { KQUANT_SPECS, KQUANT_TYPES, blockGrid, fitBlock, nearestCode, packBlock, type KQuantType } from './kquants.js';
 
@@ -44,8 +46,12 @@ export interface BlockRounder<S> {
   bytes: number;
   /** the stored parameters for the block's values x (importance imp per value) */
   fit(x: Float64Array, imp: Float64Array): S;
-  /** the code of value v at position j of the block (kept in the state); returns what the decoder rebuilds */
-  round(s: S, j: number, v: number): number;
+  /**
+   * the code of the value row[at], position j of the block (kept in the state); returns what the decoder rebuilds.
+   * Formats with vector codes decide a whole group at its first column from row[at..] (the values as the feedback
+   * has updated them so far) and return the group's decided values at its later columns.
+   */
+  round(s: S, j: number, row: Float64Array, at: number): number;
   pack(s: S, out: Uint8Array, o: number): void;
 }
 
@@ -59,7 +65,8 @@ function kquantRounder(type: KQuantType): BlockRounder<{ blk: ReturnType<typeof 
       const blk = fitBlock(type, x, 0, imp);
       return { blk, ...blockGrid(type, blk) };
     },
-    round: (st, j, v) => {
+    round: (st, j, row, at) => {
+      const v = row[at]!;
       const sub = Math.floor(j / s.sub);
       const dl = st.dl[sub]!;
       const ml = st.ml[sub]!;
@@ -79,7 +86,8 @@ function iq4Rounder(type: Iq4Type): BlockRounder<{ blk: ReturnType<typeof fitIq4
       const blk = fitIq4Block(type, Float32Array.from(x), 0, imp);
       return { blk, dl: iq4Steps(type, blk) };
     },
-    round: (st, j, v) => {
+    round: (st, j, row, at) => {
+      const v = row[at]!;
       const dl = st.dl[j >> 5]!;
       // a step of 0 decodes every level to 0; the level nearest v / dl is the nearest decoded value otherwise
       const l = dl === 0 ? bestIndex(0) : bestIndex(fr(v / dl));
@@ -90,10 +98,26 @@ function iq4Rounder(type: Iq4Type): BlockRounder<{ blk: ReturnType<typeof fitIq4
   };
 }
 
-/** The rounder of a type GPTQ can write, or undefined (types whose codes are vectors, not single values). */
+function iq3Rounder(type: Iq3Type): BlockRounder<Iq3Codes> {
+  return {
+    ...IQ3_SPECS[type],
+    // llama.cpp's fit (quantize_row_iq3_*_impl) on the float32 values fixes d and the sub-block scales
+    fit: (x, imp) => fitIq3Codes(type, Float32Array.from(x), imp),
+    round: (st, j, row, at) => {
+      // a group of 4 columns takes one grid point, decided at its first column from the updated values; the
+      // feedback then runs column by column as usual (the group's later columns feed their own errors forward)
+      if (j % 4 === 0) roundIq3Group(type, st, j, row, at);
+      return st.deq[j]!;
+    },
+    pack: (st, out, o) => packIq3Codes(type, st, out, o),
+  };
+}
+
+/** The rounder of a type GPTQ can write, or undefined. */
 export function gptqRounder(type: GgmlType): BlockRounder<unknown> | undefined {
   if ((KQUANT_TYPES as readonly string[]).includes(type)) return kquantRounder(type as KQuantType) as BlockRounder<unknown>;
   if (type === 'IQ4_NL' || type === 'IQ4_XS') return iq4Rounder(type) as BlockRounder<unknown>;
+  if (type === 'IQ3_XXS' || type === 'IQ3_S') return iq3Rounder(type) as BlockRounder<unknown>;
   return undefined;
 }
 
@@ -141,7 +165,7 @@ export function gptqGgml(type: GgmlType, w: Float32Array, out: number, inF: numb
       for (let o = 0; o < out; o++) {
         const rowOff = o * cnt;
         const wv = W1[rowOff + i]!;
-        const v = s.round(states[o], inBlock, wv);
+        const v = s.round(states[o], inBlock, W1, rowOff + i);
         deq[o * inF + col] = v;
         const err = wv - v;
         loss += (err * err) / (d * d) / 2;
