@@ -371,29 +371,31 @@ function fitSub(type: Iq2Type, t: Tables, xb: Float32Array, xo: number, w: Float
 /** 4-bit sub-block scale l with scale ~ d (2 l + 1), d = max / 31 (id = 1 / d) */
 const scale4 = (id: number, scale: number) => Math.max(0, Math.min(15, nearestInt(fr(0.5 * fr(fr(id * scale) - 1)))));
 
+/** A block's stored fields: d (float16 bits), the 4-bit sub-block scales, and per 8-value group its point and signs. */
+export interface Iq2Block {
+  type: Iq2Type;
+  d: number;
+  /** 8 (XXS) or 16 (XS, S) 4-bit scales */
+  sc: Uint8Array;
+  /** 32 groups: grid index and stored sign bits (7 for XXS/XS, 8 for S) */
+  gi: Int32Array;
+  signs: Uint8Array;
+}
+
 /**
- * One 256-value block x[xo..] with per-value importance qw[qo..] (llama.cpp's quant_weights; undefined: ones, or
- * IQ2_S's own rule) into out[o..o + IQ2_BYTES[type]).
+ * llama.cpp's fit of one 256-value block x[xo..] with per-value importance qw[qo..] (its quant_weights; undefined:
+ * ones, or IQ2_S's own rule).
  */
-export function quantizeBlockIq2(
-  type: Iq2Type,
-  x: ArrayLike<number>,
-  xo: number,
-  qw: ArrayLike<number> | undefined,
-  qo: number,
-  out: Uint8Array,
-  o: number,
-): void {
+export function fitBlockIq2(type: Iq2Type, x: ArrayLike<number>, xo: number, qw: ArrayLike<number> | undefined, qo: number): Iq2Block {
   const t = tablesOf(type);
-  const bb = IQ2_BYTES[type];
-  out.fill(0, o, o + bb);
+  const n = type === 'IQ2_XXS' ? 32 : 16;
+  const nsub = IQ2_BLOCK / n;
+  const blk: Iq2Block = { type, d: 0, sc: new Uint8Array(nsub), gi: new Int32Array(32), signs: new Uint8Array(32) };
   const xbl = new Float32Array(IQ2_BLOCK);
   for (let i = 0; i < IQ2_BLOCK; i++) xbl[i] = x[xo + i]!;
   let sumx2 = 0;
   for (let i = 0; i < IQ2_BLOCK; i++) sumx2 = fr(sumx2 + fr(xbl[i]! * xbl[i]!));
   const sigma2 = type === 'IQ2_S' ? fr(fr(2 * sumx2) / IQ2_BLOCK) : fr(sumx2 / IQ2_BLOCK);
-  const n = type === 'IQ2_XXS' ? 32 : 16;
-  const nsub = IQ2_BLOCK / n;
   const fits: SubFit[] = [];
   let maxScale = 0;
   const w = new Float32Array(n);
@@ -407,45 +409,67 @@ export function quantizeBlockIq2(
     fits.push(f);
     maxScale = Math.max(maxScale, f.scale);
   }
-  if (!maxScale) return;
+  // an all-small block: everything stays zero (llama.cpp stores nothing but d = 0)
+  if (!maxScale) return blk;
   const d = fr(maxScale / 31);
   const id = fr(1 / d);
-  const dBits = f32ToF16Bits(type === 'IQ2_S' ? fr(d * fr(0.9875)) : d);
-  out[o] = dBits & 0xff;
-  out[o + 1] = dBits >> 8;
+  blk.d = f32ToF16Bits(type === 'IQ2_S' ? fr(d * fr(0.9875)) : d);
+  const per = n / 8;
+  for (let ib = 0; ib < nsub; ib++) {
+    const f = fits[ib]!;
+    blk.sc[ib] = scale4(id, f.scale);
+    blk.gi.set(f.gi, per * ib);
+    blk.signs.set(f.signs, per * ib);
+  }
+  return blk;
+}
+
+/** The stored block at out[o..o + IQ2_BYTES[type]). */
+export function packBlockIq2(blk: Iq2Block, out: Uint8Array, o: number): void {
+  const { type } = blk;
+  out.fill(0, o, o + IQ2_BYTES[type]);
+  out[o] = blk.d & 0xff;
+  out[o + 1] = blk.d >> 8;
   if (type === 'IQ2_XXS') {
     for (let ib = 0; ib < 8; ib++) {
-      const f = fits[ib]!;
       const q = o + 2 + 8 * ib;
       let aux1 = 0;
       for (let k = 0; k < 4; k++) {
-        out[q + k] = f.gi[k]!;
-        aux1 |= f.signs[k]! << (7 * k);
+        out[q + k] = blk.gi[4 * ib + k]!;
+        aux1 |= blk.signs[4 * ib + k]! << (7 * k);
       }
-      aux1 = (aux1 | (scale4(id, f.scale) << 28)) >>> 0;
+      aux1 = (aux1 | (blk.sc[ib]! << 28)) >>> 0;
       for (let b = 0; b < 4; b++) out[q + 4 + b] = (aux1 >>> (8 * b)) & 0xff;
     }
     return;
   }
-  for (let ib = 0; ib < 16; ib++) {
-    const f = fits[ib]!;
-    const l = scale4(id, f.scale);
-    const sAt = o + (type === 'IQ2_XS' ? 66 : 74) + (ib >> 1);
-    out[sAt] = ib % 2 === 0 ? l : out[sAt]! | (l << 4);
-    for (let k = 0; k < 2; k++) {
-      const i8 = 2 * ib + k;
-      const g = f.gi[k]!;
-      if (type === 'IQ2_XS') {
-        const v = g | (f.signs[k]! << 9);
-        out[o + 2 + 2 * i8] = v & 0xff;
-        out[o + 3 + 2 * i8] = v >> 8;
-      } else {
-        out[o + 2 + i8] = g & 255;
-        out[o + 66 + (i8 >> 2)]! |= (g >> 8) << (2 * (i8 % 4));
-        out[o + 34 + i8] = f.signs[k]!;
-      }
+  const sAt = o + (type === 'IQ2_XS' ? 66 : 74);
+  for (let ib = 0; ib < 8; ib++) out[sAt + ib] = blk.sc[2 * ib]! | (blk.sc[2 * ib + 1]! << 4);
+  for (let i8 = 0; i8 < 32; i8++) {
+    const g = blk.gi[i8]!;
+    if (type === 'IQ2_XS') {
+      const v = g | (blk.signs[i8]! << 9);
+      out[o + 2 + 2 * i8] = v & 0xff;
+      out[o + 3 + 2 * i8] = v >> 8;
+    } else {
+      out[o + 2 + i8] = g & 255;
+      out[o + 66 + (i8 >> 2)]! |= (g >> 8) << (2 * (i8 % 4));
+      out[o + 34 + i8] = blk.signs[i8]!;
     }
   }
+}
+
+/** One 256-value block x[xo..] with importance qw[qo..], llama.cpp's bytes, into out[o..]. */
+export function quantizeBlockIq2(
+  type: Iq2Type,
+  x: ArrayLike<number>,
+  xo: number,
+  qw: ArrayLike<number> | undefined,
+  qo: number,
+  out: Uint8Array,
+  o: number,
+): void {
+  packBlockIq2(fitBlockIq2(type, x, xo, qw, qo), out, o);
 }
 
 /** Quantize one row of n values (whole 256-blocks) x[o..]; importance per value of the row (llama.cpp's). */
