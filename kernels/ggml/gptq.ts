@@ -12,7 +12,12 @@
  *
  * The same loop serves every format whose values are rounded one at a time on a grid fixed per block (BlockRounder):
  * the k-quants and 32-value types (an affine grid per sub-block) and IQ4_NL/IQ4_XS (16 fixed levels times each
- * sub-block's step, llama.cpp's search for the steps, iq4.ts).
+ * sub-block's step, llama.cpp's search for the steps, iq4.ts). Formats whose codes are vectors of `group` values
+ * (IQ2_XXS/IQ2_XS/IQ2_S: one grid point per 8 values, iq2.ts) choose each group's code jointly at its first column,
+ * from the group's values as the feedback of every column before the group left them (Hessian-diagonal weighted);
+ * the group's columns then feed back their errors one by one as usual, which is GPTQ's exact update for those
+ * columns fixed at the chosen values (the errors of the group's first columns reach its later ones too late to
+ * change their code, the price of a joint code).
  *
  * Act-order is not offered: a GGUF row's blocks are contiguous input columns, there is nowhere to store a
  * permutation.
@@ -21,6 +26,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { fail } from '../../src/errors.js';
 import type { GptqPrepared } from '../quant/gptq.js';
 import type { GgmlType } from '../../src/gguf/format.js';
+import { IQ2_BLOCK, IQ2_BYTES, chooseGroupIq2, fitBlockIq2, groupStepsIq2, isIq2Type, packBlockIq2, type Iq2Block, type Iq2Type } from './iq2.js';
 import { IQ4_SPECS, KVALUES_IQ4NL, bestIndex, fitIq4Block, iq4Steps, packIq4Block, type Iq4Type } from './iq4.js';
 import { KQUANT_SPECS, KQUANT_TYPES, blockGrid, fitBlock, nearestCode, packBlock, type KQuantType } from './kquants.js';
 
@@ -47,6 +53,9 @@ export interface BlockRounder<S> {
   /** the code of value v at position j of the block (kept in the state); returns what the decoder rebuilds */
   round(s: S, j: number, v: number): number;
   pack(s: S, out: Uint8Array, o: number): void;
+  /** vector codes: at every position j that starts a group of `group` values, the group's code from x[0..group) */
+  group?: number;
+  choose?(s: S, j: number, x: Float64Array): void;
 }
 
 function kquantRounder(type: KQuantType): BlockRounder<{ blk: ReturnType<typeof fitBlock>; dl: Float32Array; ml: Float32Array }> {
@@ -90,10 +99,28 @@ function iq4Rounder(type: Iq4Type): BlockRounder<{ blk: ReturnType<typeof fitIq4
   };
 }
 
-/** The rounder of a type GPTQ can write, or undefined (types whose codes are vectors, not single values). */
+function iq2Rounder(type: Iq2Type): BlockRounder<{ blk: Iq2Block; step: Float32Array; h: Float64Array; deq: Float32Array }> {
+  return {
+    block: IQ2_BLOCK,
+    bytes: IQ2_BYTES[type],
+    group: 8,
+    fit: (x, imp) => {
+      // llama.cpp's fit of d and the 4-bit sub-block scales (quantize_row_iq2_*_impl), the Hessian diagonal as its
+      // importance; its points are then re-chosen group by group
+      const blk = fitBlockIq2(type, x, 0, imp, 0);
+      return { blk, step: groupStepsIq2(blk), h: Float64Array.from(imp), deq: new Float32Array(IQ2_BLOCK) };
+    },
+    choose: (st, j, x) => chooseGroupIq2(st.blk, j >> 3, st.step[j >> 3]!, x, 0, st.h, j, st.deq, j),
+    round: (st, j) => st.deq[j]!,
+    pack: (st, out, o) => packBlockIq2(st.blk, out, o),
+  };
+}
+
+/** The rounder of a type GPTQ can write, or undefined (types it has no rounding for). */
 export function gptqRounder(type: GgmlType): BlockRounder<unknown> | undefined {
   if ((KQUANT_TYPES as readonly string[]).includes(type)) return kquantRounder(type as KQuantType) as BlockRounder<unknown>;
   if (type === 'IQ4_NL' || type === 'IQ4_XS') return iq4Rounder(type) as BlockRounder<unknown>;
+  if (isIq2Type(type)) return iq2Rounder(type) as BlockRounder<unknown>;
   return undefined;
 }
 
@@ -141,6 +168,7 @@ export function gptqGgml(type: GgmlType, w: Float32Array, out: number, inF: numb
       for (let o = 0; o < out; o++) {
         const rowOff = o * cnt;
         const wv = W1[rowOff + i]!;
+        if (s.choose && inBlock % s.group! === 0) s.choose(states[o], inBlock, W1.subarray(rowOff + i, rowOff + i + s.group!));
         const v = s.round(states[o], inBlock, wv);
         deq[o * inF + col] = v;
         const err = wv - v;

@@ -488,3 +488,83 @@ export function quantizeMatrixIq2(type: Iq2Type, x: ArrayLike<number>, rows: num
   for (let r = 0; r < rows; r++) out.set(quantizeRowIq2(type, x, n, imatrix, r * n), r * rb);
   return out;
 }
+
+// ---- GPTQ's rounding into a fitted block (kernels/ggml/gptq.ts) --------------------------------------------------
+
+/** The decoded step d * (0.5 + s) * 0.25 of each of the block's 32 groups, in float32 as the decoder computes it. */
+export function groupStepsIq2(blk: Iq2Block): Float32Array {
+  const d = f16BitsToF32(blk.d);
+  const per = blk.type === 'IQ2_XXS' ? 4 : 2;
+  const out = new Float32Array(32);
+  for (let g = 0; g < 32; g++) out[g] = fr(fr(d * (0.5 + blk.sc[Math.floor(g / per)]!)) * 0.25);
+  return out;
+}
+
+/**
+ * GPTQ's choice for group g of a fitted block (its d and sub-block scales fixed): the signs and grid point of the 8
+ * values v[vo..vo+8) as they are now (after the error feedback of the columns before them), by the error weighted
+ * by h[ho..] (the Hessian diagonal). The signs follow the values (for XXS/XS, when their count is odd, the least
+ * important value, by h v^2, takes the other sign, as llama.cpp does); the magnitudes round to the nearest of the
+ * decoded levels (8, 25, 43) x step, and when that 8-vector is not a grid point, the best of its listed neighbours
+ * by the decoded error. Writes blk.gi[g], blk.signs[g] and what the decoder rebuilds into deq[dout..dout+8).
+ */
+export function chooseGroupIq2(
+  blk: Iq2Block,
+  g: number,
+  step: number,
+  v: ArrayLike<number>,
+  vo: number,
+  h: ArrayLike<number>,
+  ho: number,
+  deq: Float32Array,
+  dout: number,
+): void {
+  const t = tablesOf(blk.type);
+  const xval = new Float64Array(8);
+  let s = 0;
+  let nneg = 0;
+  for (let i = 0; i < 8; i++) {
+    const x = v[vo + i]!;
+    xval[i] = Math.abs(x);
+    if (x < 0) {
+      s |= 1 << i;
+      nneg++;
+    }
+  }
+  if (blk.type !== 'IQ2_S' && nneg % 2) {
+    let imin = 0;
+    for (let i = 1; i < 8; i++) if (h[ho + i]! * v[vo + i]! ** 2 < h[ho + imin]! * v[vo + imin]! ** 2) imin = i;
+    xval[imin] = -xval[imin]!;
+    s ^= 1 << imin;
+  }
+  let best = t.map[0]!;
+  if (step > 0) {
+    let u = 0;
+    for (let i = 0; i < 8; i++) {
+      // nearest of 8, 25, 43 (in units of the step): the midpoints 16.5 and 34
+      const r = xval[i]! / step;
+      u |= (r < 16.5 ? 0 : r < 34 ? 1 : 2) << (2 * i);
+    }
+    const on = t.map[u]!;
+    if (on >= 0) best = on;
+    else {
+      const list = -on - 1;
+      let bestErr = Infinity;
+      for (let j = 1; j <= t.neighbours[list]!; j++) {
+        const c = t.neighbours[list + j]!;
+        let e = 0;
+        for (let i = 0; i < 8; i++) e += h[ho + i]! * (step * t.grid[c * 8 + i]! - xval[i]!) ** 2;
+        if (e < bestErr) {
+          bestErr = e;
+          best = c;
+        }
+      }
+    }
+  }
+  blk.gi[g] = best;
+  blk.signs[g] = blk.type === 'IQ2_S' ? s : s & 127;
+  for (let i = 0; i < 8; i++) {
+    const a = fr(step * t.grid[best * 8 + i]!);
+    deq[dout + i] = s & (1 << i) ? -a : a;
+  }
+}

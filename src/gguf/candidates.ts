@@ -21,6 +21,9 @@ export const GGUF_CANDIDATES = [
   'iq4_xs',
   'q3_k',
   'q2_k',
+  'iq2_s',
+  'iq2_xs',
+  'iq2_xxs',
 ] as const;
 export type GgufCandidate = (typeof GGUF_CANDIDATES)[number];
 
