@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { dequantizeGgml, isBlockType, quantizeGgml } from '../kernels/ggml/codecs.js';
 import type { GgmlType } from '../src/gguf/format.js';
-import { kfitRows } from '../test/gguf/kfit-rows.js';
+import { hardRows, kfitRows } from '../test/gguf/kfit-rows.js';
 
 const { values } = parseArgs({
   options: {
@@ -57,16 +57,29 @@ for (const type of TYPES) {
   }
   console.log(`${type.padEnd(8)} ${cells.join('  ')}`);
 }
+// rows the formats' special cases meet: all positive, all negative, constant, zero, outliers, a zero 32-value
+// sub-block inside a block (IQ3_S's writer skips it), tiny values
+{
+  const h = hardRows(512);
+  const cells: string[] = [];
+  for (const type of TYPES) {
+    for (const w of [h.im, undefined])
+      cells.push(`${type}${w ? '' : ' (none)'} ${equal(quantizeGgml(type, h.x, h.rows, 512, w), llama(type, h.x, w, h.rows, 512)).toFixed(4)}`);
+  }
+  console.log(`hard rows, equal bytes: ${cells.join(', ')}`);
+}
 if (values['write-fixture']) {
   const f = kfitRows(2, 512);
   const fixture: Record<string, string> = {};
   for (const t of TYPES) {
     fixture[`${t}.imatrix`] = Buffer.from(llama(t, f.x, f.im, 2, 512)).toString('hex');
     fixture[`${t}.plain`] = Buffer.from(llama(t, f.x, undefined, 2, 512)).toString('hex');
+    const h = hardRows(512);
+    fixture[`${t}.hard`] = Buffer.from(llama(t, h.x, h.im, h.rows, 512)).toString('hex');
   }
   writeFileSync(
     values['write-fixture'],
-    `${JSON.stringify({ source: 'llama.cpp ggml_quantize_chunk via bench/gguf-quant.c, rows of test/gguf/kfit-rows.ts kfitRows(2, 512), with its importance (imatrix) and without (plain)', ...fixture }, null, 1)}\n`,
+    `${JSON.stringify({ source: 'llama.cpp ggml_quantize_chunk via bench/gguf-quant.c, rows of test/gguf/kfit-rows.ts kfitRows(2, 512), with its importance (imatrix) and without (plain), and hardRows(512) with its importance (hard)', ...fixture }, null, 1)}\n`,
   );
   console.log(`wrote ${values['write-fixture']}`);
 }

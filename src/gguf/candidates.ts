@@ -20,6 +20,8 @@ export const GGUF_CANDIDATES = [
   'iq4_nl',
   'iq4_xs',
   'q3_k',
+  'iq3_s',
+  'iq3_xxs',
   'q2_k',
   'iq2_s',
   'iq2_xs',

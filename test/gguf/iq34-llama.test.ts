@@ -1,5 +1,5 @@
 /**
- * llama.cpp itself (node-llama-cpp 3.21.1) loads GGUFs holding our IQ4_NL / IQ4_XS tensors, and its perplexity on
+ * llama.cpp itself (node-llama-cpp 3.21.1) loads GGUFs holding our IQ4_NL / IQ4_XS / IQ3_XXS / IQ3_S tensors, and its perplexity on
  * them agrees with its perplexity on an F32 twin holding our decoding of every tensor (within its 8-bit activation
  * rounding, as for the k-quants in llama.test.ts): the decoders and the block layout are llama.cpp's.
  */
@@ -14,7 +14,7 @@ import { twinGap } from './llama.js';
 const dir = await mkdtemp(join(tmpdir(), 'moe-gguf-iq34-'));
 afterAll(() => rm(dir, { recursive: true, force: true }));
 
-describe('llama.cpp loads our IQ4 tensors', () => {
+describe('llama.cpp loads our IQ tensors', () => {
   it('IQ4_XS (the fixture: 256-wide down_proj IQ4_XS, 128-wide rows IQ4_NL by llama.cpp fallback) agrees with its F32 twin', async () => {
     const M = 'test/fixtures/tiny-mixtral';
     const { windows } = await loadWindowSet(M, 'test/fixtures/text/heldout.txt', { seqLen: 32, maxTokens: 64 });
@@ -23,6 +23,16 @@ describe('llama.cpp loads our IQ4 tensors', () => {
     expect(rep.tensors.find((t) => t.name === 'blk.0.ffn_down_exps.weight')!.type).toBe('IQ4_XS');
     expect(rep.tensors.find((t) => t.name === 'blk.0.ffn_gate_exps.weight')!.type).toBe('IQ4_NL');
     expect(new Set(rep.tensors.map((t) => t.type))).toEqual(new Set(['F32', 'IQ4_NL', 'IQ4_XS']));
+    expect(await twinGap(join(out, GGUF_FILE), windows)).toBeLessThan(5e-3);
+  });
+
+  it.each(['IQ3_XXS', 'IQ3_S'] as const)('%s (256-wide down_proj; 128-wide rows IQ4_NL) agrees with its F32 twin', async (type) => {
+    const M = 'test/fixtures/tiny-mixtral';
+    const { windows } = await loadWindowSet(M, 'test/fixtures/text/heldout.txt', { seqLen: 32, maxTokens: 64 });
+    const out = join(dir, type);
+    const rep = await exportGguf({ model: M, out, type });
+    expect(rep.tensors.find((t) => t.name === 'blk.0.ffn_down_exps.weight')!.type).toBe(type);
+    expect(new Set(rep.tensors.map((t) => t.type))).toEqual(new Set(['F32', 'IQ4_NL', type]));
     expect(await twinGap(join(out, GGUF_FILE), windows)).toBeLessThan(5e-3);
   });
 });
