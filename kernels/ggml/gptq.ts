@@ -12,8 +12,13 @@
  *
  * The same loop serves every format whose values are rounded one at a time on a grid fixed per block (BlockRounder):
  * the k-quants and 32-value types (an affine grid per sub-block) and IQ4_NL/IQ4_XS (16 fixed levels times each
- * sub-block's step, llama.cpp's search for the steps, iq4.ts); IQ3_XXS/IQ3_S round a group of 4 columns to one grid
- * point at the group's first column (scales from llama.cpp's fit, iq3.ts), each column then feeding its error forward.
+ * sub-block's step, llama.cpp's search for the steps, iq4.ts). Formats whose codes are vectors of `group` values
+ * (IQ2_XXS/IQ2_XS/IQ2_S: one grid point per 8 values, iq2.ts) choose each group's code jointly at its first column,
+ * from the group's values as the feedback of every column before the group left them (Hessian-diagonal weighted);
+ * the group's columns then feed back their errors one by one as usual, which is GPTQ's exact update for those
+ * columns fixed at the chosen values (the errors of the group's first columns reach its later ones too late to
+ * change their code, the price of a joint code). IQ3_XXS/IQ3_S do the same with one grid point per 4 values
+ * (d and scales from llama.cpp's fit, iq3.ts).
  *
  * Act-order is not offered: a GGUF row's blocks are contiguous input columns, there is nowhere to store a
  * permutation.
@@ -23,6 +28,7 @@ import { fail } from '../../src/errors.js';
 import type { GptqPrepared } from '../quant/gptq.js';
 import type { GgmlType } from '../../src/gguf/format.js';
 import { IQ3_SPECS, fitIq3Codes, packIq3Codes, roundIq3Group, type Iq3Codes, type Iq3Type } from './iq3.js';
+import { IQ2_BLOCK, IQ2_BYTES, chooseGroupIq2, fitBlockIq2, groupStepsIq2, isIq2Type, packBlockIq2, type Iq2Block, type Iq2Type } from './iq2.js';
 import { IQ4_SPECS, KVALUES_IQ4NL, bestIndex, fitIq4Block, iq4Steps, packIq4Block, type Iq4Type } from './iq4.js';
 import { KQUANT_SPECS, KQUANT_TYPES, blockGrid, fitBlock, nearestCode, packBlock, type KQuantType } from './kquants.js';
 
@@ -46,13 +52,12 @@ export interface BlockRounder<S> {
   bytes: number;
   /** the stored parameters for the block's values x (importance imp per value) */
   fit(x: Float64Array, imp: Float64Array): S;
-  /**
-   * the code of the value row[at], position j of the block (kept in the state); returns what the decoder rebuilds.
-   * Formats with vector codes decide a whole group at its first column from row[at..] (the values as the feedback
-   * has updated them so far) and return the group's decided values at its later columns.
-   */
-  round(s: S, j: number, row: Float64Array, at: number): number;
+  /** the code of value v at position j of the block (kept in the state); returns what the decoder rebuilds */
+  round(s: S, j: number, v: number): number;
   pack(s: S, out: Uint8Array, o: number): void;
+  /** vector codes: at every position j that starts a group of `group` values, the group's code from x[0..group) */
+  group?: number;
+  choose?(s: S, j: number, x: Float64Array): void;
 }
 
 function kquantRounder(type: KQuantType): BlockRounder<{ blk: ReturnType<typeof fitBlock>; dl: Float32Array; ml: Float32Array }> {
@@ -65,8 +70,7 @@ function kquantRounder(type: KQuantType): BlockRounder<{ blk: ReturnType<typeof 
       const blk = fitBlock(type, x, 0, imp);
       return { blk, ...blockGrid(type, blk) };
     },
-    round: (st, j, row, at) => {
-      const v = row[at]!;
+    round: (st, j, v) => {
       const sub = Math.floor(j / s.sub);
       const dl = st.dl[sub]!;
       const ml = st.ml[sub]!;
@@ -86,8 +90,7 @@ function iq4Rounder(type: Iq4Type): BlockRounder<{ blk: ReturnType<typeof fitIq4
       const blk = fitIq4Block(type, Float32Array.from(x), 0, imp);
       return { blk, dl: iq4Steps(type, blk) };
     },
-    round: (st, j, row, at) => {
-      const v = row[at]!;
+    round: (st, j, v) => {
       const dl = st.dl[j >> 5]!;
       // a step of 0 decodes every level to 0; the level nearest v / dl is the nearest decoded value otherwise
       const l = dl === 0 ? bestIndex(0) : bestIndex(fr(v / dl));
@@ -98,25 +101,40 @@ function iq4Rounder(type: Iq4Type): BlockRounder<{ blk: ReturnType<typeof fitIq4
   };
 }
 
+function iq2Rounder(type: Iq2Type): BlockRounder<{ blk: Iq2Block; step: Float32Array; h: Float64Array; deq: Float32Array }> {
+  return {
+    block: IQ2_BLOCK,
+    bytes: IQ2_BYTES[type],
+    group: 8,
+    fit: (x, imp) => {
+      // llama.cpp's fit of d and the 4-bit sub-block scales (quantize_row_iq2_*_impl), the Hessian diagonal as its
+      // importance; its points are then re-chosen group by group
+      const blk = fitBlockIq2(type, x, 0, imp, 0);
+      return { blk, step: groupStepsIq2(blk), h: Float64Array.from(imp), deq: new Float32Array(IQ2_BLOCK) };
+    },
+    choose: (st, j, x) => chooseGroupIq2(st.blk, j >> 3, st.step[j >> 3]!, x, 0, st.h, j, st.deq, j),
+    round: (st, j) => st.deq[j]!,
+    pack: (st, out, o) => packBlockIq2(st.blk, out, o),
+  };
+}
+
 function iq3Rounder(type: Iq3Type): BlockRounder<Iq3Codes> {
   return {
     ...IQ3_SPECS[type],
+    group: 4,
     // llama.cpp's fit (quantize_row_iq3_*_impl) on the float32 values fixes d and the sub-block scales
     fit: (x, imp) => fitIq3Codes(type, Float32Array.from(x), imp),
-    round: (st, j, row, at) => {
-      // a group of 4 columns takes one grid point, decided at its first column from the updated values; the
-      // feedback then runs column by column as usual (the group's later columns feed their own errors forward)
-      if (j % 4 === 0) roundIq3Group(type, st, j, row, at);
-      return st.deq[j]!;
-    },
+    choose: (st, j, x) => roundIq3Group(type, st, j, x, 0),
+    round: (st, j) => st.deq[j]!,
     pack: (st, out, o) => packIq3Codes(type, st, out, o),
   };
 }
 
-/** The rounder of a type GPTQ can write, or undefined. */
+/** The rounder of a type GPTQ can write, or undefined (types it has no rounding for). */
 export function gptqRounder(type: GgmlType): BlockRounder<unknown> | undefined {
   if ((KQUANT_TYPES as readonly string[]).includes(type)) return kquantRounder(type as KQuantType) as BlockRounder<unknown>;
   if (type === 'IQ4_NL' || type === 'IQ4_XS') return iq4Rounder(type) as BlockRounder<unknown>;
+  if (isIq2Type(type)) return iq2Rounder(type) as BlockRounder<unknown>;
   if (type === 'IQ3_XXS' || type === 'IQ3_S') return iq3Rounder(type) as BlockRounder<unknown>;
   return undefined;
 }
@@ -165,7 +183,8 @@ export function gptqGgml(type: GgmlType, w: Float32Array, out: number, inF: numb
       for (let o = 0; o < out; o++) {
         const rowOff = o * cnt;
         const wv = W1[rowOff + i]!;
-        const v = s.round(states[o], inBlock, W1, rowOff + i);
+        if (s.choose && inBlock % s.group! === 0) s.choose(states[o], inBlock, W1.subarray(rowOff + i, rowOff + i + s.group!));
+        const v = s.round(states[o], inBlock, wv);
         deq[o * inF + col] = v;
         const err = wv - v;
         loss += (err * err) / (d * d) / 2;

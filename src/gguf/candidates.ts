@@ -23,6 +23,9 @@ export const GGUF_CANDIDATES = [
   'iq3_s',
   'iq3_xxs',
   'q2_k',
+  'iq2_s',
+  'iq2_xs',
+  'iq2_xxs',
 ] as const;
 export type GgufCandidate = (typeof GGUF_CANDIDATES)[number];
 
