@@ -95,7 +95,7 @@ function startWorker(workerData: unknown): Worker {
 type WorkerMessage = { ok: boolean; result?: unknown; error?: { message: string; code?: string; moe?: boolean; stack?: string } } | { progress: unknown };
 
 /**
- * Up to `size` workers, each started when work first needs it (or by warm()): a pass that uses fewer workers than
+ * Up to `size` workers, each started when work first needs it: a pass that uses fewer workers than
  * threads (the window shards, where the main thread is one of the threads) does not pay for the others' isolates.
  */
 export class WorkerPool {
@@ -116,11 +116,9 @@ export class WorkerPool {
     return new WorkerPool(opts.threads, opts.backend);
   }
 
-  /** Start workers until `n` (at most size) are running or starting, and wait for all of them to be ready. */
-  async warm(n: number): Promise<void> {
-    while (this.workers.length + this.starting.length < Math.min(n, this.size)) this.spawn();
-    await Promise.all(this.starting);
-    if (this.failed) throw this.failed;
+  /** Start workers (without waiting for them) until `n`, at most size, run or are starting. */
+  prestart(n: number): void {
+    while (!this.failed && !this.closing && this.workers.length + this.starting.length < Math.min(n, this.size)) this.spawn();
   }
 
   private spawn(): void {
@@ -225,6 +223,16 @@ export async function getPool(backend: string): Promise<WorkerPool | undefined> 
   if (pool) await closePool();
   pool = await WorkerPool.start({ threads: n, backend });
   return pool;
+}
+
+/**
+ * Start the workers a window-shared pass will use (threads - 1: the main thread runs a share) without waiting, so
+ * their start (about 0.2 CPU-s each: module loading and backend) overlaps the caller's own preparation
+ * (tokenizing, opening the model) instead of delaying the pass.
+ */
+export async function prestartWorkers(backend: string): Promise<void> {
+  const p = await getPool(backend);
+  p?.prestart(p.size - 1);
 }
 
 export async function closePool(): Promise<void> {
