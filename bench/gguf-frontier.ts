@@ -7,9 +7,10 @@
  *     [--heldout test/fixtures/text/heldout.txt] [--bits 2,2.5,3,3.5,4,4.5] [--llama /tmp/llama.cpp/build/bin]
  *     [--types Q2_K,Q3_K_S,...] [--work /tmp/gguf-frontier/NAME] [--seq-len 128] [--eval-tokens 16384]
  *     [--calib-tokens 8192] [--nll /tmp/gguf-nll] [--threads 1] [--json FILE] [--fresh] [--methods gptq,rtn]
+ *     [--candidates iq2_xxs,iq2_xs,iq2_s,q2_k,...]
  *
  * - ours: `moe quantize --format gguf --bits B` (GPTQ into the block types, 0/1 allocation in exact bytes), default
- *   candidates and --dense-bits. A --bits below the smallest size the candidates allow on this model's rows is
+ *   candidates (or --candidates, passed through; give each set its own --work) and --dense-bits. A --bits below the smallest size the candidates allow on this model's rows is
  *   recorded as infeasible (the trained fixture's 128-wide gate/up rows take llama.cpp's 32-block fallbacks).
  * - llama.cpp (only with --llama, a directory holding llama-imatrix and llama-quantize built from source; that
  *   build is never part of this repository or of CI): the F16 GGUF is our `--candidates f16` export (llama.cpp's
@@ -58,6 +59,7 @@ const calibTokens = Number(arg('--calib-tokens', '8192'));
 const jsonOut = arg('--json');
 /** ours with each quantizer: gptq (the default) and/or rtn (llama.cpp's importance-weighted rounding, kfit.ts) */
 const methods = arg('--methods', 'gptq')!.split(',');
+const candidates = arg('--candidates');
 const fresh = process.argv.includes('--fresh');
 /** 1 by default: on a loaded machine ggml's spinning worker threads cost 20x the wall time of one thread */
 const threads = arg('--threads', '1')!;
@@ -160,7 +162,8 @@ for (const method of methods)
     if (fresh || !existsSync(file)) {
       const t0 = performance.now();
       try {
-        await sh('node', moeArgs(dir, ['--calib', calib, '--calib-tokens', String(calibTokens), '--bits', String(b), '--method', method]), logFile);
+        const cands = candidates ? ['--candidates', candidates] : [];
+        await sh('node', moeArgs(dir, ['--calib', calib, '--calib-tokens', String(calibTokens), '--bits', String(b), '--method', method, ...cands]), logFile);
       } catch {
         const why =
           (await readFile(logFile, 'utf8'))

@@ -10,13 +10,27 @@
  * code on the grid the decoder rebuilds (nearestCode). The feedback inside a lazy batch runs on typed arrays; the
  * update of the columns after the batch is one matrix product on tfjs.
  *
+ * The same loop serves every format whose values are rounded one at a time on a grid fixed per block (BlockRounder):
+ * the k-quants and 32-value types (an affine grid per sub-block) and IQ4_NL/IQ4_XS (16 fixed levels times each
+ * sub-block's step, llama.cpp's search for the steps, iq4.ts). Formats whose codes are vectors of `group` values
+ * (IQ2_XXS/IQ2_XS/IQ2_S: one grid point per 8 values, iq2.ts) choose each group's code jointly at its first column,
+ * from the group's values as the feedback of every column before the group left them (Hessian-diagonal weighted);
+ * the group's columns then feed back their errors one by one as usual, which is GPTQ's exact update for those
+ * columns fixed at the chosen values (the errors of the group's first columns reach its later ones too late to
+ * change their code, the price of a joint code). IQ3_XXS/IQ3_S do the same with one grid point per 4 values
+ * (d and scales from llama.cpp's fit, iq3.ts).
+ *
  * Act-order is not offered: a GGUF row's blocks are contiguous input columns, there is nowhere to store a
  * permutation.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { fail } from '../../src/errors.js';
 import type { GptqPrepared } from '../quant/gptq.js';
-import { KQUANT_SPECS, blockGrid, fitBlock, nearestCode, packBlock, type KQuantType } from './kquants.js';
+import type { GgmlType } from '../../src/gguf/format.js';
+import { IQ3_SPECS, fitIq3Codes, packIq3Codes, roundIq3Group, type Iq3Codes, type Iq3Type } from './iq3.js';
+import { IQ2_BLOCK, IQ2_BYTES, chooseGroupIq2, fitBlockIq2, groupStepsIq2, isIq2Type, packBlockIq2, type Iq2Block, type Iq2Type } from './iq2.js';
+import { IQ4_SPECS, KVALUES_IQ4NL, bestIndex, fitIq4Block, iq4Steps, packIq4Block, type Iq4Type } from './iq4.js';
+import { KQUANT_SPECS, KQUANT_TYPES, blockGrid, fitBlock, nearestCode, packBlock, type KQuantType } from './kquants.js';
 
 export interface GgmlGptqResult {
   /** the tensor's bytes in ggml layout (row after row) */
@@ -30,12 +44,109 @@ export interface GgmlGptqResult {
 const fr = Math.fround;
 
 /**
+ * How GPTQ rounds one format block of one row: fit the block's stored parameters to its (error-updated) values,
+ * then take each value's code on the grid the decoder rebuilds, then pack the block.
+ */
+export interface BlockRounder<S> {
+  block: number;
+  bytes: number;
+  /** the stored parameters for the block's values x (importance imp per value) */
+  fit(x: Float64Array, imp: Float64Array): S;
+  /** the code of value v at position j of the block (kept in the state); returns what the decoder rebuilds */
+  round(s: S, j: number, v: number): number;
+  pack(s: S, out: Uint8Array, o: number): void;
+  /** vector codes: at every position j that starts a group of `group` values, the group's code from x[0..group) */
+  group?: number;
+  choose?(s: S, j: number, x: Float64Array): void;
+}
+
+function kquantRounder(type: KQuantType): BlockRounder<{ blk: ReturnType<typeof fitBlock>; dl: Float32Array; ml: Float32Array }> {
+  const s = KQUANT_SPECS[type];
+  return {
+    block: s.block,
+    bytes: s.bytes,
+    fit: (x, imp) => {
+      // the k-quants take llama.cpp's own fit (kfit.ts) with the Hessian diagonal as its importance
+      const blk = fitBlock(type, x, 0, imp);
+      return { blk, ...blockGrid(type, blk) };
+    },
+    round: (st, j, v) => {
+      const sub = Math.floor(j / s.sub);
+      const dl = st.dl[sub]!;
+      const ml = st.ml[sub]!;
+      const q = nearestCode(v, dl, ml, s.qmin, s.qmax);
+      st.blk.q[j] = q;
+      return s.affine ? fr(fr(dl * q) - ml) : fr(dl * q);
+    },
+    pack: (st, out, o) => packBlock(type, st.blk, out, o),
+  };
+}
+
+function iq4Rounder(type: Iq4Type): BlockRounder<{ blk: ReturnType<typeof fitIq4Block>; dl: Float32Array }> {
+  return {
+    ...IQ4_SPECS[type],
+    fit: (x, imp) => {
+      // llama.cpp's step search (quantize_row_iq4_nl_impl) on the float32 values, the Hessian diagonal as importance
+      const blk = fitIq4Block(type, Float32Array.from(x), 0, imp);
+      return { blk, dl: iq4Steps(type, blk) };
+    },
+    round: (st, j, v) => {
+      const dl = st.dl[j >> 5]!;
+      // a step of 0 decodes every level to 0; the level nearest v / dl is the nearest decoded value otherwise
+      const l = dl === 0 ? bestIndex(0) : bestIndex(fr(v / dl));
+      st.blk.q[j] = l;
+      return fr(dl * KVALUES_IQ4NL[l]!);
+    },
+    pack: (st, out, o) => packIq4Block(type, st.blk, out, o),
+  };
+}
+
+function iq2Rounder(type: Iq2Type): BlockRounder<{ blk: Iq2Block; step: Float32Array; h: Float64Array; deq: Float32Array }> {
+  return {
+    block: IQ2_BLOCK,
+    bytes: IQ2_BYTES[type],
+    group: 8,
+    fit: (x, imp) => {
+      // llama.cpp's fit of d and the 4-bit sub-block scales (quantize_row_iq2_*_impl), the Hessian diagonal as its
+      // importance; its points are then re-chosen group by group
+      const blk = fitBlockIq2(type, x, 0, imp, 0);
+      return { blk, step: groupStepsIq2(blk), h: Float64Array.from(imp), deq: new Float32Array(IQ2_BLOCK) };
+    },
+    choose: (st, j, x) => chooseGroupIq2(st.blk, j >> 3, st.step[j >> 3]!, x, 0, st.h, j, st.deq, j),
+    round: (st, j) => st.deq[j]!,
+    pack: (st, out, o) => packBlockIq2(st.blk, out, o),
+  };
+}
+
+function iq3Rounder(type: Iq3Type): BlockRounder<Iq3Codes> {
+  return {
+    ...IQ3_SPECS[type],
+    group: 4,
+    // llama.cpp's fit (quantize_row_iq3_*_impl) on the float32 values fixes d and the sub-block scales
+    fit: (x, imp) => fitIq3Codes(type, Float32Array.from(x), imp),
+    choose: (st, j, x) => roundIq3Group(type, st, j, x, 0),
+    round: (st, j) => st.deq[j]!,
+    pack: (st, out, o) => packIq3Codes(type, st, out, o),
+  };
+}
+
+/** The rounder of a type GPTQ can write, or undefined (types it has no rounding for). */
+export function gptqRounder(type: GgmlType): BlockRounder<unknown> | undefined {
+  if ((KQUANT_TYPES as readonly string[]).includes(type)) return kquantRounder(type as KQuantType) as BlockRounder<unknown>;
+  if (type === 'IQ4_NL' || type === 'IQ4_XS') return iq4Rounder(type) as BlockRounder<unknown>;
+  if (isIq2Type(type)) return iq2Rounder(type) as BlockRounder<unknown>;
+  if (type === 'IQ3_XXS' || type === 'IQ3_S') return iq3Rounder(type) as BlockRounder<unknown>;
+  return undefined;
+}
+
+/**
  * @param w W [out, in] row-major (a ggml tensor of ne = [in, out])
  * @param prep the Hessian of the inputs, prepared by kernels/quant/gptq.ts prepareGptq (without act-order)
  * @param importance per input column, for fitting each block's parameters (the Hessian diagonal); default 1
  */
-export function gptqGgml(type: KQuantType, w: Float32Array, out: number, inF: number, prep: GptqPrepared, importance?: ArrayLike<number>): GgmlGptqResult {
-  const s = KQUANT_SPECS[type];
+export function gptqGgml(type: GgmlType, w: Float32Array, out: number, inF: number, prep: GptqPrepared, importance?: ArrayLike<number>): GgmlGptqResult {
+  const s = gptqRounder(type);
+  if (!s) fail('Usage', `GPTQ cannot round into ${type} (its codes are not one value each)`);
   if (w.length !== out * inF) fail('InvalidShape', `GPTQ ${type}: weight has ${w.length} values, expected ${out}x${inF}`);
   if (inF % s.block !== 0) fail('InvalidShape', `GPTQ ${type}: rows of ${inF} values are not whole blocks of ${s.block}`);
   if (prep.inF !== inF) fail('InvalidShape', `GPTQ ${type}: Hessian is for ${prep.inF} inputs, the weight has ${inF}`);
@@ -51,8 +162,7 @@ export function gptqGgml(type: KQuantType, w: Float32Array, out: number, inF: nu
   // from the columns before it
   const bs = s.block * Math.max(1, Math.round(Math.max(128, s.block) / s.block));
   const imp = new Float64Array(s.block);
-  const grids: { dl: Float32Array; ml: Float32Array }[] = new Array(out);
-  const blocks: ReturnType<typeof fitBlock>[] = new Array(out);
+  const states: unknown[] = new Array(out);
   let loss = 0;
 
   for (let i1 = 0; i1 < inF; i1 += bs) {
@@ -66,33 +176,22 @@ export function gptqGgml(type: KQuantType, w: Float32Array, out: number, inF: nu
       const inBlock = col % s.block;
       if (inBlock === 0) {
         for (let k = 0; k < s.block; k++) imp[k] = importance ? importance[col + k]! : 1;
-        for (let o = 0; o < out; o++) {
-          const x = W1.subarray(o * cnt + i, o * cnt + i + s.block);
-          // the k-quants take llama.cpp's own fit (kfit.ts) with the Hessian diagonal as its importance
-          const blk = fitBlock(type, x, 0, imp);
-          blocks[o] = blk;
-          grids[o] = blockGrid(type, blk);
-        }
+        for (let o = 0; o < out; o++) states[o] = s.fit(W1.subarray(o * cnt + i, o * cnt + i + s.block), imp);
       }
-      const sub = Math.floor(inBlock / s.sub);
       const ucol = col * inF;
       const d = U[ucol + col]!;
       for (let o = 0; o < out; o++) {
         const rowOff = o * cnt;
         const wv = W1[rowOff + i]!;
-        const g = grids[o]!;
-        const dl = g.dl[sub]!;
-        const ml = g.ml[sub]!;
-        const q = nearestCode(wv, dl, ml, s.qmin, s.qmax);
-        blocks[o]!.q[inBlock] = q;
-        const v = s.affine ? fr(fr(dl * q) - ml) : fr(dl * q);
+        if (s.choose && inBlock % s.group! === 0) s.choose(states[o], inBlock, W1.subarray(rowOff + i, rowOff + i + s.group!));
+        const v = s.round(states[o], inBlock, wv);
         deq[o * inF + col] = v;
         const err = wv - v;
         loss += (err * err) / (d * d) / 2;
         const e = err / d;
         Err1[rowOff + i] = e;
         for (let j = i + 1; j < cnt; j++) W1[rowOff + j] -= e * U[ucol + i1 + j]!;
-        if (inBlock === s.block - 1) packBlock(type, blocks[o]!, bytes, o * rowBytes + Math.floor(col / s.block) * s.bytes);
+        if (inBlock === s.block - 1) s.pack(states[o], bytes, o * rowBytes + Math.floor(col / s.block) * s.bytes);
       }
     }
     if (i2 < inF) {

@@ -153,8 +153,12 @@ function makeQx(n: number, nmax: number, x: Float32Array, o: number, qw: ArrayLi
   return scale;
 }
 
-/** make_qp_quants: the scale d and codes L (0..nmax) of n non-negative values (sub-block scales), weights qw. */
-function makeQp(n: number, nmax: number, x: Float32Array, L: Int32Array, qw: Float32Array): number {
+/**
+ * make_qp_quants: the scale d and codes L (0..nmax) of n non-negative values (sub-block scales), weights qw. Also
+ * the first scale guess of IQ2_XXS's group search (iq2.ts), whose values can include one negative (its sign
+ * parity flip): llama.cpp's L is uint8_t, so a negative code is stored (and read back) as code & 255, as here.
+ */
+export function makeQp(n: number, nmax: number, x: Float32Array, L: Int32Array, qw: Float32Array): number {
   let max = 0;
   for (let i = 0; i < n; i++) max = Math.max(max, x[i]!);
   if (max < GROUP_MAX_EPS) {
@@ -162,7 +166,7 @@ function makeQp(n: number, nmax: number, x: Float32Array, L: Int32Array, qw: Flo
     return 0;
   }
   let iscale = fr(nmax / max);
-  for (let i = 0; i < n; i++) L[i] = nearestInt(fr(iscale * x[i]!));
+  for (let i = 0; i < n; i++) L[i] = nearestInt(fr(iscale * x[i]!)) & 255;
   const scale = fr(1 / iscale);
   let bestMse = 0;
   for (let i = 0; i < n; i++) {
@@ -188,7 +192,7 @@ function makeQp(n: number, nmax: number, x: Float32Array, L: Int32Array, qw: Flo
   let suml2 = 0;
   for (let i = 0; i < n; i++) {
     const l = Math.min(nmax, nearestInt(fr(iscale * x[i]!)));
-    L[i] = l;
+    L[i] = l & 255;
     sumlx = fr(sumlx + fr(fr(qw[i]! * x[i]!) * l));
     suml2 = fr(suml2 + fr(fr(qw[i]! * l) * l));
   }
@@ -204,7 +208,7 @@ function makeQp(n: number, nmax: number, x: Float32Array, L: Int32Array, qw: Flo
           slx = fr(slx + fr(fr(w * x[i]!) * nl));
           sl2 = fr(sl2 + fr(fr(w * nl) * nl));
           if (fr(fr(slx * slx) * suml2) > fr(fr(sumlx * sumlx) * sl2)) {
-            L[i] = nl;
+            L[i] = nl & 255;
             sumlx = slx;
             suml2 = sl2;
             changed++;

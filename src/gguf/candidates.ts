@@ -5,7 +5,28 @@
  */
 import type { GgmlType } from './format.js';
 
-export const GGUF_CANDIDATES = ['f32', 'f16', 'bf16', 'q8_0', 'q6_k', 'q5_k', 'q5_1', 'q5_0', 'q4_k', 'q4_1', 'q4_0', 'q3_k', 'q2_k'] as const;
+export const GGUF_CANDIDATES = [
+  'f32',
+  'f16',
+  'bf16',
+  'q8_0',
+  'q6_k',
+  'q5_k',
+  'q5_1',
+  'q5_0',
+  'q4_k',
+  'q4_1',
+  'q4_0',
+  'iq4_nl',
+  'iq4_xs',
+  'q3_k',
+  'iq3_s',
+  'iq3_xxs',
+  'q2_k',
+  'iq2_s',
+  'iq2_xs',
+  'iq2_xxs',
+] as const;
 export type GgufCandidate = (typeof GGUF_CANDIDATES)[number];
 
 export const FLOAT_CANDIDATES: readonly GgufCandidate[] = ['f32', 'f16', 'bf16'];

@@ -14,7 +14,7 @@ import { OutputDir } from '../io/output.js';
 import { openModel, type Model } from '../model/open.js';
 import { archMetadata, ggufArchOf, ggufTensors, type GgufSourceTensor, type TensorClass } from './arch.js';
 import { GGML_QUANTIZATION_VERSION, GGML_TYPES, LLAMA_FTYPE, ggmlTensorBytes, kv, type GgmlType, type GgufValue } from './format.js';
-import { KQUANT_TYPES, quantizeMatrix, type KQuantType } from '../../kernels/ggml/kquants.js';
+import { BLOCK_TYPES, quantizeGgml } from '../../kernels/ggml/codecs.js';
 import { readGgufTokenizer, tokenizerMetadata } from './tokenizer.js';
 import { layoutGguf, writeGguf, type GgufWriteTensor } from './writer.js';
 
@@ -34,18 +34,18 @@ const floatEncoders: Partial<Record<GgmlType, GgmlEncoder>> = {
 /** Round-to-nearest-on-the-grid block quantization (importance-weighted when an importance matrix is given). */
 export function blockEncoders(imatrix?: (t: GgufSourceTensor) => Float32Array | undefined): Partial<Record<GgmlType, GgmlEncoder>> {
   const enc: Partial<Record<GgmlType, GgmlEncoder>> = {};
-  for (const type of KQUANT_TYPES) {
+  for (const type of BLOCK_TYPES) {
     enc[type] = (v, ne, t) => {
       const n = ne[0]!;
       const im = imatrix?.(t);
-      if (!im || im.length === n) return quantizeMatrix(type, v, v.length / n, n, im);
+      if (!im || im.length === n) return quantizeGgml(type, v, v.length / n, n, im);
       // one importance vector per expert of a 3-D tensor [n, out, E]
       const per = n * ne[1]!;
       const E = v.length / per;
       if (im.length !== n * E) fail('InvalidStats', `${t.name}: importance matrix of ${im.length} values, expected ${n} or ${n} x ${E}`);
       const out = new Uint8Array(ggmlTensorBytes(type, ne));
       const eb = out.length / E;
-      for (let e = 0; e < E; e++) out.set(quantizeMatrix(type, v.subarray(e * per, (e + 1) * per), ne[1]!, n, im.subarray(e * n, (e + 1) * n)), e * eb);
+      for (let e = 0; e < E; e++) out.set(quantizeGgml(type, v.subarray(e * per, (e + 1) * per), ne[1]!, n, im.subarray(e * n, (e + 1) * n)), e * eb);
       return out;
     };
   }
@@ -81,7 +81,7 @@ export function llamaFallback(type: GgmlType, ne0: number): GgmlType {
 }
 
 /** The types this project encodes. */
-export const WRITABLE_TYPES: readonly GgmlType[] = ['F32', 'F16', 'BF16', ...KQUANT_TYPES];
+export const WRITABLE_TYPES: readonly GgmlType[] = ['F32', 'F16', 'BF16', ...BLOCK_TYPES];
 
 /**
  * A type we can write for a tensor whose rows (ne0 values) the requested type may not fit: llama.cpp's own
@@ -229,7 +229,7 @@ export interface GgufExportRequest {
   model: string;
   out: string;
   /** F32/F16/BF16, or one block type for every matrix (llama-quantize --pure); rows that do not fit take a fallback */
-  type?: FloatType | KQuantType;
+  type?: GgmlType;
   /** importance per input column, by GGUF tensor name (for experts: one vector shared by the experts, or E of them) */
   imatrix?: ReadonlyMap<string, Float32Array>;
   force?: boolean;

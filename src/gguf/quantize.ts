@@ -46,8 +46,8 @@ import { activate, linearT, outputError } from '../quantize/expert.js';
 import { compensates, getQuantizer, type Method } from '../quantize/methods.js';
 import { DEFAULT_GGUF_CANDIDATES, type QuantizeOptions } from '../quantize/options.js';
 import { accumulateHessian, prepareGptq, type GptqPrepared } from '../../kernels/quant/gptq.js';
-import { gptqGgml, hessianErrorTf } from '../../kernels/ggml/gptq.js';
-import { dequantizeMatrix, quantizeMatrix, type KQuantType } from '../../kernels/ggml/kquants.js';
+import { gptqGgml, gptqRounder, hessianErrorTf } from '../../kernels/ggml/gptq.js';
+import { dequantizeGgml, quantizeGgml } from '../../kernels/ggml/codecs.js';
 import { ggufArchOf, ggufTensors, type GgufSourceTensor } from './arch.js';
 import { ggmlTypeOf, isFloatCandidate } from './candidates.js';
 import {
@@ -145,13 +145,13 @@ export function encodeMatrix(type: GgmlType, w: Float32Array, out: number, inF: 
     const bytes = fromF32(w, type as 'F16' | 'BF16');
     return { bytes, deq: toF32(bytes, type as 'F16' | 'BF16') };
   }
-  const k = type as KQuantType;
-  if (q.prep) {
-    const g = gptqGgml(k, w, out, inF, q.prep, q.imp);
+  if (q.prep && gptqRounder(type)) {
+    const g = gptqGgml(type, w, out, inF, q.prep, q.imp);
     return { bytes: g.bytes, deq: g.deq };
   }
-  const bytes = quantizeMatrix(k, w, out, inF, q.imp);
-  return { bytes, deq: dequantizeMatrix(k, bytes, out, inF) };
+  // without a Hessian (or for a type GPTQ cannot round into): llama.cpp's importance-weighted search
+  const bytes = quantizeGgml(type, w, out, inF, q.imp);
+  return { bytes, deq: dequantizeGgml(type, bytes, out, inF) };
 }
 
 function hessianOf(x: Float32Array, n: number, inF: number): Float64Array {

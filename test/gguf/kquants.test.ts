@@ -96,6 +96,6 @@ describe('llama.cpp block formats', () => {
     expect(fittingType('Q4_K', 128)).toEqual({ type: 'Q5_0', reason: "rows of 128 are not whole Q4_K blocks: llama.cpp's fallback Q5_0" });
     expect(fittingType('Q5_K', 128).type).toBe('Q5_1');
     expect(fittingType('Q3_K', 128).type).toBe('Q4_0');
-    expect(fittingType('IQ2_XS', 128).reason).toMatch(/fallback is IQ4_NL \(not implemented here\)/);
+    expect(fittingType('IQ2_XS', 128)).toEqual({ type: 'IQ4_NL', reason: "rows of 128 are not whole IQ2_XS blocks: llama.cpp's fallback IQ4_NL" });
   });
 });

@@ -10,17 +10,13 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadWindowSet } from '../../src/data/windows.js';
 import { exportGguf, GGUF_FILE } from '../../src/gguf/export.js';
-import { kv } from '../../src/gguf/format.js';
-import { readGguf, readGgufTensor } from '../../src/gguf/reader.js';
-import { writeGguf, type GgufWriteTensor } from '../../src/gguf/writer.js';
-import { toF32 } from '../../src/io/dtype.js';
-import { KQUANT_TYPES, dequantizeMatrix, type KQuantType } from '../../kernels/ggml/kquants.js';
+import { readGguf } from '../../src/gguf/reader.js';
 import { openModel } from '../../src/model/open.js';
 import { quantize } from '../../src/quantize/pipeline.js';
 import { streamModel } from '../../src/runtime/stream.js';
 import type { Family } from '../helpers/families.js';
 import { GGUF_FAMILIES, makeGgufCheckpoint, randomWindows } from './helpers.js';
-import { llamaNll, loadGguf } from './llama.js';
+import { theirs, twinGap } from './llama.js';
 
 const dir = await mkdtemp(join(tmpdir(), 'moe-gguf-llama-'));
 afterAll(() => rm(dir, { recursive: true, force: true }));
@@ -32,16 +28,6 @@ async function ours(modelDir: string, windows: Int32Array[]): Promise<number> {
     return r.nll / r.scored;
   } finally {
     await m.ckpt.close();
-  }
-}
-
-async function theirs(gguf: string, windows: Int32Array[]): Promise<number> {
-  const lm = await loadGguf(gguf);
-  try {
-    const r = await llamaNll(lm, windows);
-    return r.nll / r.scored;
-  } finally {
-    await lm.dispose();
   }
 }
 
@@ -71,25 +57,6 @@ describe('llama.cpp loads our GGUF and agrees with our forward pass', () => {
       expect(Math.abs(Math.exp(b - a) - 1)).toBeLessThan(1e-3);
     }
   });
-
-  /** llama.cpp on a quantized file vs llama.cpp on its F32 twin holding our decoding of every tensor */
-  async function twinGap(file: string, windows: Int32Array[]): Promise<number> {
-    const f = await readGguf(file);
-    const twin: GgufWriteTensor[] = [];
-    for (const t of f.tensors) {
-      const b = await readGgufTensor(f, t.name);
-      const rows = t.ne.slice(1).reduce((a, c) => a * c, 1);
-      const v = (KQUANT_TYPES as readonly string[]).includes(t.type) ? dequantizeMatrix(t.type as KQuantType, b, rows, t.ne[0]!) : toF32(b, t.type as 'F32');
-      twin.push({ name: t.name, type: 'F32', ne: t.ne, produce: () => new Uint8Array(v.buffer, v.byteOffset, v.byteLength) });
-    }
-    const meta = new Map(f.metadata);
-    meta.set('general.file_type', kv.u32(0));
-    const path = `${file}.twin.gguf`;
-    await writeGguf(path, meta, twin);
-    const a = await theirs(file, windows);
-    const b = await theirs(path, windows);
-    return Math.abs(Math.exp(a - b) - 1);
-  }
 
   it('block types: llama.cpp on the quantized file agrees with llama.cpp on our decoding of it (F32 twin)', async () => {
     // llama.cpp multiplies quantized weights by activations it quantizes to 8 bits, so agreement is ~1e-3, not exact.

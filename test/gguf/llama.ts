@@ -5,6 +5,11 @@
  * against token i+1, the convention `moe eval` uses.
  */
 import { getLlama, LlamaLogLevel, type Llama, type LlamaModel, type Token } from 'node-llama-cpp';
+import { dequantizeGgml, isBlockType } from '../../kernels/ggml/codecs.js';
+import { kv } from '../../src/gguf/format.js';
+import { readGguf, readGgufTensor } from '../../src/gguf/reader.js';
+import { writeGguf, type GgufWriteTensor } from '../../src/gguf/writer.js';
+import { toF32 } from '../../src/io/dtype.js';
 
 let llamaP: Promise<Llama> | undefined;
 export function llama(): Promise<Llama> {
@@ -50,4 +55,34 @@ export async function llamaNll(model: LlamaModel, windows: readonly Int32Array[]
   } finally {
     await ctx.dispose();
   }
+}
+
+/** llama.cpp's mean NLL per scored token of a GGUF on the windows. */
+export async function theirs(gguf: string, windows: Int32Array[]): Promise<number> {
+  const lm = await loadGguf(gguf);
+  try {
+    const r = await llamaNll(lm, windows);
+    return r.nll / r.scored;
+  } finally {
+    await lm.dispose();
+  }
+}
+
+/** llama.cpp on a quantized file vs llama.cpp on its F32 twin holding our decoding of every tensor: |ppl ratio - 1|. */
+export async function twinGap(file: string, windows: Int32Array[]): Promise<number> {
+  const f = await readGguf(file);
+  const twin: GgufWriteTensor[] = [];
+  for (const t of f.tensors) {
+    const b = await readGgufTensor(f, t.name);
+    const rows = t.ne.slice(1).reduce((a, c) => a * c, 1);
+    const v = isBlockType(t.type) ? dequantizeGgml(t.type, b, rows, t.ne[0]!) : toF32(b, t.type as 'F32');
+    twin.push({ name: t.name, type: 'F32', ne: t.ne, produce: () => new Uint8Array(v.buffer, v.byteOffset, v.byteLength) });
+  }
+  const meta = new Map(f.metadata);
+  meta.set('general.file_type', kv.u32(0));
+  const path = `${file}.twin.gguf`;
+  await writeGguf(path, meta, twin);
+  const a = await theirs(file, windows);
+  const b = await theirs(path, windows);
+  return Math.abs(Math.exp(a - b) - 1);
 }

@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeGguf, type GgufWriteTensor } from '../../../src/gguf/writer.js';
-import { KQUANT_SPECS, KQUANT_TYPES, dequantizeMatrix, quantizeMatrix } from '../../../kernels/ggml/kquants.js';
+import { BLOCK_TYPES, ggmlCodec } from '../../../kernels/ggml/codecs.js';
 import { seededRandom } from '../../../kernels/random.js';
 
 const python = process.argv[2] ?? 'python3';
@@ -31,14 +31,15 @@ try {
   x[5 * n + 300] = -5;
   const imatrix = Float32Array.from({ length: n }, () => 0.1 + 10 * r() ** 3);
   const tensors: GgufWriteTensor[] = [];
-  for (const type of KQUANT_TYPES) {
+  for (const type of BLOCK_TYPES) {
+    const c = ggmlCodec(type);
     for (const [tag, im] of [
       ['plain', undefined],
       ['imatrix', imatrix],
     ] as const) {
-      const q = quantizeMatrix(type, x, rows, n, im);
-      const deq = dequantizeMatrix(type, q, rows, n);
-      if (q.length !== (rows * n * KQUANT_SPECS[type].bytes) / KQUANT_SPECS[type].block) throw new Error(`${type}: ${q.length} bytes`);
+      const q = c.quantize(x, rows, n, im);
+      const deq = c.dequantize(q, rows, n);
+      if (q.length !== (rows * n * c.bytes) / c.block) throw new Error(`${type}: ${q.length} bytes`);
       tensors.push({ name: `${type}.${tag}`, type, ne: [n, rows], produce: () => q });
       tensors.push({ name: `${type}.${tag}.moe_deq`, type: 'F32', ne: [n, rows], produce: () => new Uint8Array(deq.buffer) });
     }
