@@ -1,16 +1,16 @@
 /**
- * `--drop auto`'s whole-model choice: the merge is planned several ways on the calibration windows (the per-layer
- * decision of decide.ts; the planned merge with every group merged, for each grouping method unless --grouping is
- * given; and REAP pruning exactly as `moe prune --method reap` does it on the same windows), each candidate model's
- * mean next-token NLL on those windows is measured in the pass that plans it, and the lowest is written.
+ * `--drop auto`'s whole-model choice: the merge is planned three ways on the calibration windows (the per-layer
+ * decision of decide.ts, the planned merge with every group merged, and REAP pruning exactly as `moe prune --method
+ * reap` does it on the same windows), each candidate model's mean next-token NLL on those windows is measured in the
+ * pass that plans it, and the lowest is written.
  *
  * Why: the per-layer decision minimises each MoE layer's own output error, which weighs tokens by the norm of the
  * block's output and ignores what later layers and the head make of the difference; on the fixtures it prefers kept
  * sets that do worse in perplexity (docs/merge.md, "Quality at equal size"). NLL through the head is what
  * perplexity measures. REAP pruning and the planned merge are candidates, so the written model is never worse than
- * either on this objective, by construction. The groupings are candidates because which one merges best depends on
- * the model and the count (docs/merge.md: on the balanced fixture hierarchical is best at 6 of 8 experts, msmoe with
- * the per-layer decision at 4 of 8), and the same objective can tell.
+ * either on this objective, by construction. Every grouping's planned merge as a further candidate was measured and
+ * not kept: candidates that differ by less than the calibration text's noise make the lowest NLL a worse pick on
+ * other text (docs/merge.md).
  *
  * A held-back split (planning on 3/4 of the windows, choosing on the rest) was measured and rejected: with 4096
  * calibration tokens, 1024 held-back tokens rank candidates that differ by 1% in perplexity no better than the

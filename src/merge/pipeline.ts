@@ -45,7 +45,7 @@ import { DEFAULTS, type MERGE_OPTIONS, MERGE_SPEC, type MergeOptions } from './o
 import { checkSavedPlan, layerReport, serializePlan, shardDecisions, type MergePlan, type PlanMode, type PlannedLayer, type SavedMergePlan } from './plan.js';
 import { mergeRouter, type RouterWeights } from './router.js';
 import { signalsFromInput, signalsFromStats } from './signals.js';
-import { fromHiddenStates, getAlign, getRouter, GROUPING_METHODS } from './methods.js';
+import { fromHiddenStates, getAlign, getRouter } from './methods.js';
 import { MERGE_OPTION_DEFAULTS, type ExpertGroup, type LayerReport, type MergeChoices } from './types.js';
 
 /** What a caller gives: the options (src/merge/options.ts, the same for the command line and recipes) plus progress. */
@@ -418,22 +418,11 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
           await planSequential(model, req, choices, opts, windows, run.passResume('sequential', parts, windows), curves, 'merge'),
         ];
         const scores: CandidateScore[] = [{ candidate: 'merge', grouping: choices.grouping, nll: runs[0]!.nll!.nll }];
-        // every grouping's planned merge unless --grouping was given (the configured one first)
-        const groupings = request.grouping === undefined ? [choices.grouping, ...GROUPING_METHODS.filter((g) => g !== choices.grouping)] : [choices.grouping];
-        for (const grouping of groupings) {
-          const p = await planSequential(
-            model,
-            req,
-            { ...choices, grouping },
-            opts,
-            windows,
-            run.passResume(`sequential-planned-${grouping}`, parts, windows),
-            undefined,
-            'planned',
-          );
-          runs.push(p);
-          scores.push({ candidate: 'planned', grouping, nll: p.nll!.nll });
-        }
+        // the planned merge of the configured grouping (every grouping's as a candidate was measured and not kept:
+        // docs/merge.md, more candidates within the calibration text's noise chose worse on held-out text)
+        const p = await planSequential(model, req, choices, opts, windows, run.passResume('sequential-planned', parts, windows), undefined, 'planned');
+        runs.push(p);
+        scores.push({ candidate: 'planned', grouping: choices.grouping, nll: p.nll!.nll });
         const ph = req.progress?.phase('merge: REAP pruning candidate (statistics pass, then the pruned model)');
         const rc = await reapCandidate(model, windows, choices.groups, !req.dropMtp && !!view.mtp?.length);
         ph?.succeed(`merge: REAP pruning candidate, NLL ${rc.nll.toFixed(4)}`);
