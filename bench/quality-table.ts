@@ -3,7 +3,8 @@
  * held-out perplexity of `moe merge` (its defaults, plus any --variants), REAP pruning, frequency pruning and random
  * pruning (5 seeds: mean, min, max), all through the library entry points the CLI uses, with the same calibration
  * text and token count. Prints markdown tables: the perplexities, the score that picks merge's default (mean of
- * ppl / original ppl over every fixture and count), and per layer what the default merge chose.
+ * ppl / original ppl over every fixture and count), the default merge's whole-model choice (each candidate's NLL on
+ * the calibration windows, the one written) and per layer what it wrote.
  *
  *   npx tsx bench/quality-table.ts [--models test/fixtures/tiny-mixtral,test/fixtures/tiny-mixtral-uneven]
  *       [--calib FILE] [--heldout FILE] [--calib-tokens 4096] [--eval-tokens 8192] [--seeds 5]
