@@ -17,7 +17,8 @@
  * from the group's values as the feedback of every column before the group left them (Hessian-diagonal weighted);
  * the group's columns then feed back their errors one by one as usual, which is GPTQ's exact update for those
  * columns fixed at the chosen values (the errors of the group's first columns reach its later ones too late to
- * change their code, the price of a joint code).
+ * change their code, the price of a joint code). IQ3_XXS/IQ3_S do the same with one grid point per 4 values
+ * (d and scales from llama.cpp's fit, iq3.ts).
  *
  * Act-order is not offered: a GGUF row's blocks are contiguous input columns, there is nowhere to store a
  * permutation.
@@ -26,6 +27,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { fail } from '../../src/errors.js';
 import type { GptqPrepared } from '../quant/gptq.js';
 import type { GgmlType } from '../../src/gguf/format.js';
+import { IQ3_SPECS, fitIq3Codes, packIq3Codes, roundIq3Group, type Iq3Codes, type Iq3Type } from './iq3.js';
 import { IQ2_BLOCK, IQ2_BYTES, chooseGroupIq2, fitBlockIq2, groupStepsIq2, isIq2Type, packBlockIq2, type Iq2Block, type Iq2Type } from './iq2.js';
 import { IQ4_SPECS, KVALUES_IQ4NL, bestIndex, fitIq4Block, iq4Steps, packIq4Block, type Iq4Type } from './iq4.js';
 import { KQUANT_SPECS, KQUANT_TYPES, blockGrid, fitBlock, nearestCode, packBlock, type KQuantType } from './kquants.js';
@@ -116,11 +118,24 @@ function iq2Rounder(type: Iq2Type): BlockRounder<{ blk: Iq2Block; step: Float32A
   };
 }
 
+function iq3Rounder(type: Iq3Type): BlockRounder<Iq3Codes> {
+  return {
+    ...IQ3_SPECS[type],
+    group: 4,
+    // llama.cpp's fit (quantize_row_iq3_*_impl) on the float32 values fixes d and the sub-block scales
+    fit: (x, imp) => fitIq3Codes(type, Float32Array.from(x), imp),
+    choose: (st, j, x) => roundIq3Group(type, st, j, x, 0),
+    round: (st, j) => st.deq[j]!,
+    pack: (st, out, o) => packIq3Codes(type, st, out, o),
+  };
+}
+
 /** The rounder of a type GPTQ can write, or undefined (types it has no rounding for). */
 export function gptqRounder(type: GgmlType): BlockRounder<unknown> | undefined {
   if ((KQUANT_TYPES as readonly string[]).includes(type)) return kquantRounder(type as KQuantType) as BlockRounder<unknown>;
   if (type === 'IQ4_NL' || type === 'IQ4_XS') return iq4Rounder(type) as BlockRounder<unknown>;
   if (isIq2Type(type)) return iq2Rounder(type) as BlockRounder<unknown>;
+  if (type === 'IQ3_XXS' || type === 'IQ3_S') return iq3Rounder(type) as BlockRounder<unknown>;
   return undefined;
 }
 

@@ -379,3 +379,104 @@ export function dequantizeIq3Matrix(type: Iq3Type, bytes: Uint8Array, rows: numb
   }
   return out;
 }
+
+// ---- GPTQ's rounding (gptq.ts): the block's scales from llama.cpp's fit, then one grid point per group of 4 ----------
+
+/** A block being written by GPTQ: the fitted d and scales (kept), the grid point and signs of every group. */
+export interface Iq3Codes {
+  fit: Uint8Array;
+  /** the decoder's step of each 32-value sub-block */
+  db: Float32Array;
+  /** grid point of each group of 4 */
+  idx: Uint16Array;
+  /** 1 where the value is negative */
+  neg: Uint8Array;
+  /** what the decoder rebuilds, per value */
+  deq: Float32Array;
+}
+
+/** llama.cpp's fit of the block x[0..256) with importance imp (float32 arithmetic), kept for its d and scales. */
+export function fitIq3Codes(type: Iq3Type, x: Float32Array, imp: ArrayLike<number>): Iq3Codes {
+  const fit = new Uint8Array(IQ3_SPECS[type].bytes);
+  quantizeIq3Block(type, x, 0, imp, 0, fit, 0);
+  const d = f16BitsToF32(fit[0]! | (fit[1]! << 8));
+  const db = new Float32Array(8);
+  for (let ib = 0; ib < 8; ib++) {
+    if (type === 'IQ3_XXS') db[ib] = fr(fr(d * fr(0.5 + (fit[66 + 4 * ib + 3]! >> 4))) * 0.5);
+    else {
+      const s = fit[106 + (ib >> 1)]!;
+      db[ib] = fr(d * (1 + 2 * (ib % 2 ? s >> 4 : s & 0xf)));
+    }
+  }
+  return { fit, db, idx: new Uint16Array(64), neg: new Uint8Array(256), deq: new Float32Array(256) };
+}
+
+/**
+ * Round the group of 4 values v[o..o+4) starting at value j of the block (j a multiple of 4): signs from the values,
+ * the grid point nearest their magnitudes at the sub-block's step. IQ3_XXS stores 7 signs per 8 values, the count of
+ * negatives even: at the second group of each 8, when the count is odd, the value whose flip costs least is flipped.
+ * The decoded values go to c.deq[j..j+4).
+ */
+export function roundIq3Group(type: Iq3Type, c: Iq3Codes, j: number, v: ArrayLike<number>, o: number): void {
+  const g = gridOf(type);
+  const db = c.db[j >> 5]!;
+  const size = g.decoded.length / 4;
+  let best = Number.POSITIVE_INFINITY;
+  let bp = 0;
+  for (let p = 0; p < size; p++) {
+    let e = 0;
+    for (let i = 0; i < 4; i++) {
+      const diff = fr(db * g.decoded[4 * p + i]!) - Math.abs(v[o + i]!);
+      e += diff * diff;
+    }
+    if (e < best) {
+      best = e;
+      bp = p;
+    }
+  }
+  c.idx[j >> 2] = bp;
+  for (let i = 0; i < 4; i++) {
+    c.neg[j + i] = v[o + i]! < 0 ? 1 : 0;
+    c.deq[j + i] = fr(db * g.decoded[4 * bp + i]!);
+  }
+  if (type === 'IQ3_XXS' && j % 8 === 4) {
+    let n = 0;
+    for (let i = j - 4; i < j + 4; i++) n += c.neg[i]!;
+    if (n % 2) {
+      // flipping value i moves it from |v| - q away to |v| + q away: the cost is 4 |v| q
+      let im = 0;
+      for (let i = 1; i < 4; i++) if (Math.abs(v[o + i]!) * c.deq[j + i]! < Math.abs(v[o + im]!) * c.deq[j + im]!) im = i;
+      c.neg[j + im] ^= 1;
+    }
+  }
+  for (let i = 0; i < 4; i++) if (c.neg[j + i]) c.deq[j + i] = -c.deq[j + i]!;
+}
+
+/** The block's bytes: the fit's d and scales, the groups' grid points and signs. */
+export function packIq3Codes(type: Iq3Type, c: Iq3Codes, out: Uint8Array, at: number): void {
+  const bytes = IQ3_SPECS[type].bytes;
+  out.fill(0, at, at + bytes);
+  out[at] = c.fit[0]!;
+  out[at + 1] = c.fit[1]!;
+  for (let k = 0; k < 64; k++) out[at + 2 + k] = c.idx[k]! & 255;
+  if (type === 'IQ3_XXS') {
+    for (let ib = 0; ib < 8; ib++) {
+      let v = (c.fit[66 + 4 * ib + 3]! >> 4) << 28;
+      for (let l = 0; l < 4; l++) {
+        let s = 0;
+        for (let i = 0; i < 7; i++) s |= c.neg[32 * ib + 8 * l + i]! << i;
+        v |= s << (7 * l);
+      }
+      v >>>= 0;
+      for (let k = 0; k < 4; k++) out[at + 66 + 4 * ib + k] = (v >>> (8 * k)) & 0xff;
+    }
+    return;
+  }
+  for (let k = 0; k < 64; k++) out[at + 66 + (k >> 3)]! |= (c.idx[k]! >> 8) << (k % 8);
+  for (let b = 0; b < 32; b++) {
+    let s = 0;
+    for (let i = 0; i < 8; i++) s |= c.neg[8 * b + i]! << i;
+    out[at + 74 + b] = s;
+  }
+  for (let i = 0; i < 4; i++) out[at + 106 + i] = c.fit[106 + i]!;
+}

@@ -149,8 +149,7 @@ export function encodeMatrix(type: GgmlType, w: Float32Array, out: number, inF: 
     const g = gptqGgml(type, w, out, inF, q.prep, q.imp);
     return { bytes: g.bytes, deq: g.deq };
   }
-  // without a Hessian, or for a type whose codes are grid vectors (IQ3): llama.cpp's importance-weighted search,
-  // with the Hessian diagonal as its importance under GPTQ
+  // without a Hessian (or for a type GPTQ cannot round into): llama.cpp's importance-weighted search
   const bytes = quantizeGgml(type, w, out, inF, q.imp);
   return { bytes, deq: dequantizeGgml(type, bytes, out, inF) };
 }

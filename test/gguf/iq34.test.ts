@@ -194,9 +194,9 @@ describe('IQ3 decoders', () => {
   });
 });
 
-describe('GPTQ into IQ4', () => {
+describe('GPTQ into IQ4 and IQ3', () => {
   beforeAll(useWasm);
-  it('bytes decode to what GPTQ fed back; the Hessian-weighted error is below the rounding with the same importance', () => {
+  it('bytes decode to what GPTQ fed back (IQ3: one grid point per 4 columns, the XXS sign parity kept); the Hessian-weighted error is below the rounding with the same importance', () => {
     const r = seededRandom(7);
     const g = () => Math.sqrt(-2 * Math.log(r() + 1e-12)) * Math.cos(2 * Math.PI * r());
     const out = 16;
@@ -213,7 +213,7 @@ describe('GPTQ into IQ4', () => {
     const h = new Float64Array(inF * inF);
     accumulateHessian(h, X, T, inF);
     const diag = Float32Array.from({ length: inF }, (_, i) => h[i * inF + i]!);
-    for (const t of IQ4) {
+    for (const t of [...IQ4, ...IQ3]) {
       const res = gptqGgml(t, w, out, inF, prepareGptq(h, inF, { damp: 0.01 }), diag);
       const dec = dequantizeGgml(t, res.bytes, out, inF);
       const bad = dec.findIndex((v, i) => v !== res.deq[i]);
@@ -221,7 +221,9 @@ describe('GPTQ into IQ4', () => {
       const rtn = dequantizeGgml(t, quantizeGgml(t, w, out, inF, diag), out, inF);
       const eR = hessianError(w, rtn, out, inF, h);
       const eG = hessianError(w, res.deq, out, inF, h);
-      expect(eG, t).toBeLessThan(0.8 * eR);
+      // measured 0.025 (IQ4_NL), 0.034 (IQ4_XS), 0.105 (IQ3_XXS), 0.045 (IQ3_S) of the rounding's error on these
+      // strongly correlated inputs
+      expect(eG, t).toBeLessThan(0.3 * eR);
     }
   });
 });
