@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { openModel } from '../dist/src/model/open.js';
 import { initBackend } from '../dist/src/runtime/backend.js';
-import { closePool, setThreads } from '../dist/src/runtime/pool.js';
+import { closePool, prestartWorkers, setThreads } from '../dist/src/runtime/pool.js';
 import { streamModel } from '../dist/src/runtime/stream.js';
 
 const [dir, file, seqArg, threadsArg] = process.argv.slice(2);
@@ -13,6 +13,8 @@ const S = Number(seqArg);
 const ids = new Int32Array(readFileSync(file).buffer.slice(0));
 await setThreads(Number(threadsArg));
 await initBackend('wasm');
+// as moe eval does: the workers start while the model opens
+await prestartWorkers('wasm');
 const model = await openModel(dir);
 const windows = [];
 for (let w = 0; w + S <= ids.length; w += S) windows.push(ids.subarray(w, w + S));

@@ -7,11 +7,12 @@
  * like the issue's held-out model), synthetic F16 weights, written once as safetensors and as an F16 GGUF
  * (bench/llama/gguf.ts). Windows: 32 x 256 seeded random token ids = 8,192 tokens, logits at every position.
  *
- * Contenders per round: moe at 1 and at N threads (bench/forward-child.mjs on the compiled dist/), llama.cpp at 1
- * and N threads (node-llama-cpp 3.21.1, bench/llama/run.mjs). Printed: the median over rounds of wall seconds
- * (spawn to exit) and CPU seconds, the 2-thread speed-up (wall, paired per round), and moe's per-thread
- * throughput relative to llama.cpp's at one thread (tokens per wall second, and per CPU second, which is what a
- * loaded machine still measures).
+ * Contenders per round: moe at 1 and at N threads (bench/forward-child.mjs on the compiled dist/: a hook-free
+ * pass, which at N threads runs as window shares, src/runtime/shard.ts), llama.cpp at 1 and N threads
+ * (node-llama-cpp 3.21.1, bench/llama/run.mjs). Printed: the median over rounds of wall seconds (spawn to exit) and
+ * CPU seconds, the N-thread speed-up (wall, paired per round) and CPU ratio, and moe's per-thread throughput
+ * relative to llama.cpp's at one thread (tokens per wall second, and per CPU second, which is what a loaded machine
+ * still measures).
  *
  *   npm run build && npm ci --prefix bench/llama --ignore-scripts --omit=optional
  *   npx tsx bench/forward.ts [--rounds 5] [--threads 2] [--work bench/out/forward] [--no-llama]
@@ -117,6 +118,11 @@ for (const [name] of contenders) {
 }
 const paired = (a: string, b: string, f: (x: Run, y: Run) => number) => median(results.get(a)!.map((x, i) => f(x, results.get(b)![i]!)));
 console.log(`moe ${NT} threads vs 1 (wall, paired per round): ${paired('moe x1', `moe x${NT}`, (x, y) => x.wall / y.wall).toFixed(2)}x (target >= 1.8x)`);
+// what the threads cost beyond one thread's work (worker isolates, each share's own weight reads and warm-up): the
+// ceiling on the wall speed-up is NT / this ratio, and CPU seconds still mean something on a loaded machine
+console.log(
+  `moe ${NT} threads vs 1 (CPU seconds, paired per round): ${paired('moe x1', `moe x${NT}`, (x, y) => y.cpu / x.cpu).toFixed(3)}x the CPU of one thread`,
+);
 if (haveLlama) {
   console.log(`llama.cpp ${NT} threads vs 1 (wall, paired): ${paired('llama.cpp x1', `llama.cpp x${NT}`, (x, y) => x.wall / y.wall).toFixed(2)}x`);
   console.log(

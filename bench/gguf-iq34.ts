@@ -1,7 +1,8 @@
 /**
  * Our IQ4_NL / IQ4_XS / IQ3_XXS / IQ3_S quantizers (kernels/ggml/iq4.ts, iq3.ts, ports of ggml-quants.c) against
  * llama.cpp's own on the same rows: the fraction of equal bytes per type, with the importance matrix and without
- * (llama.cpp then weights by x^2), and the importance-weighted squared error of ours as a ratio to llama.cpp's.
+ * (llama.cpp then weights by x^2), and the importance-weighted squared error of ours as a ratio to llama.cpp's; then
+ * the same on rows of special cases, where IQ3_S differs on purpose after an all-zero sub-block (iq3.ts says why).
  *   npx tsx bench/gguf-iq34.ts --quant /tmp/gguf-quant [--rows 64 --n 512] [--write-fixture test/gguf/fixtures/iq34-llama.json]
  * /tmp/gguf-quant is bench/gguf-quant.c built against a llama.cpp checkout (its header says how).
  * --write-fixture records llama.cpp's bytes for the seeded rows test/gguf/iq34.test.ts builds (2 rows of 512).
@@ -12,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { dequantizeGgml, isBlockType, quantizeGgml } from '../kernels/ggml/codecs.js';
+import { llamaIq3sLayout } from '../kernels/ggml/iq3.js';
 import type { GgmlType } from '../src/gguf/format.js';
 import { hardRows, kfitRows } from '../test/gguf/kfit-rows.js';
 
@@ -63,10 +65,16 @@ for (const type of TYPES) {
   const h = hardRows(512);
   const cells: string[] = [];
   for (const type of TYPES) {
-    for (const w of [h.im, undefined])
-      cells.push(`${type}${w ? '' : ' (none)'} ${equal(quantizeGgml(type, h.x, h.rows, 512, w), llama(type, h.x, w, h.rows, 512)).toFixed(4)}`);
+    for (const w of [h.im, undefined]) {
+      const ours = quantizeGgml(type, h.x, h.rows, 512, w);
+      const ref = llama(type, h.x, w, h.rows, 512);
+      // IQ3_S: ours writes every sub-block in its place, llama.cpp shifts those after an all-zero one (iq3.ts)
+      const same = `${equal(ours, ref).toFixed(4)}${type === 'IQ3_S' ? ` (in llama.cpp's layout ${equal(llamaIq3sLayout(ours, h.x, h.rows, 512), ref).toFixed(4)})` : ''}`;
+      const ratio = (err(type, ours, h.x, h.im, h.rows, 512) / err(type, ref, h.x, h.im, h.rows, 512)).toFixed(4);
+      cells.push(`${type}${w ? '' : ' (none)'} ${same}, err/llama.cpp ${ratio}`);
+    }
   }
-  console.log(`hard rows, equal bytes: ${cells.join(', ')}`);
+  console.log(`hard rows:\n  ${cells.join('\n  ')}`);
 }
 if (values['write-fixture']) {
   const f = kfitRows(2, 512);

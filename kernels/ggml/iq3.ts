@@ -171,9 +171,11 @@ export function quantizeIq3Block(
   // IQ3_XXS: qs[64] then 8 u32 of signs and scale; IQ3_S: qs[64] | qh[8] | signs[32] | scales[4]
   const qs = at + 2;
   const sas = new Uint32Array(8);
-  // llama.cpp's IQ3_S writer advances its qs and signs pointers only for sub-blocks that are not all zero
-  let sQs = qs;
-  let sSigns = at + 2 + 64 + 8;
+  // IQ3_S: sub-block ib's grid indices at qs + 8 ib, its signs at 74 + 4 ib. llama.cpp's writer (3f545bec) advances
+  // its qs and signs pointers only past sub-blocks that are not all zero, so after an all-zero sub-block it writes
+  // the later ones' codes one sub-block early and its own decoder reads them misplaced (relative rms error 1.47 on
+  // the sub-blocks after one, bench/gguf-iq34.ts's hard rows); we write every sub-block in its place, the only
+  // bytes that differ from llama.cpp's (llamaIq3sLayout rebuilds its layout from ours, for the byte comparison).
   let sumx2 = 0;
   for (let i = 0; i < 256; i++) sumx2 = fr(sumx2 + fr(x[o + i]! * x[o + i]!));
   const sigma2 = fr(fr(2 * sumx2) / 256);
@@ -289,15 +291,13 @@ export function quantizeIq3Block(
       if (p < 0) throw new Error(`${type}: level vector ${u} is not on the grid`);
       if (xxs) out[qs + 8 * ib + k] = p;
       else {
-        out[sQs + k] = p & 255;
+        out[qs + 8 * ib + k] = p & 255;
         out[at + 66 + ((ib * 8 + k) >> 3)]! |= (p >> 8) << ((ib * 8 + k) % 8);
       }
     }
     if (xxs) sas[ib] = (signs[0]! | (signs[1]! << 7) | (signs[2]! << 14) | (signs[3]! << 21)) >>> 0;
     else {
-      sQs += 8;
-      for (let k = 0; k < 4; k++) out[sSigns + k] = signs[k]!;
-      sSigns += 4;
+      for (let k = 0; k < 4; k++) out[at + 74 + 4 * ib + k] = signs[k]!;
     }
     scales[ib] = scale;
     maxScale = Math.max(maxScale, scale);
@@ -325,6 +325,31 @@ export function quantizeIq3Block(
   } else {
     for (let ib = 0; ib < 8; ib += 2) out[at + 106 + ib / 2] = sc(scales[ib]!) | (sc(scales[ib + 1]!) << 4);
   }
+}
+
+/**
+ * Our IQ3_S bytes of the rows x (n values each) in llama.cpp's layout: in each block, the grid indices and signs of
+ * the sub-blocks that are not all zero moved down over those of the all-zero ones before them (its writer's pointer
+ * skip, see quantizeIq3Block), the rest zero. Only for comparing bytes with llama.cpp's.
+ */
+export function llamaIq3sLayout(ours: Uint8Array, x: ArrayLike<number>, rows: number, n: number): Uint8Array {
+  const out = Uint8Array.from(ours);
+  const nb = (rows * n) / 256;
+  for (let b = 0; b < nb; b++) {
+    const at = b * 110;
+    out.fill(0, at + 2, at + 66);
+    out.fill(0, at + 74, at + 106);
+    let k = 0;
+    for (let ib = 0; ib < 8; ib++) {
+      let zero = true;
+      for (let i = 0; i < 32; i++) if (x[b * 256 + 32 * ib + i] !== 0) zero = false;
+      if (zero) continue;
+      out.set(ours.subarray(at + 2 + 8 * ib, at + 10 + 8 * ib), at + 2 + 8 * k);
+      out.set(ours.subarray(at + 74 + 4 * ib, at + 78 + 4 * ib), at + 74 + 4 * k);
+      k++;
+    }
+  }
+  return out;
 }
 
 export function quantizeIq3Matrix(type: Iq3Type, x: Float32Array, rows: number, n: number, imatrix?: ArrayLike<number>): Uint8Array {

@@ -17,6 +17,7 @@ import type { Routing, StreamHooks } from '../runtime/api.js';
 import { activeBackend } from '../runtime/backend.js';
 import { applySkip, medianSecondRatio } from '../runtime/routing.js';
 import { scoreHeads } from '../runtime/head.js';
+import { prestartWorkers } from '../runtime/pool.js';
 import { streamModel } from '../runtime/stream.js';
 
 export interface EvalRequest {
@@ -108,6 +109,10 @@ export async function evaluate(req: EvalRequest): Promise<EvalReport> {
     fail('Usage', `--skip must be 'auto' or a beta in [0, 1], got ${req.skip}`);
   if (req.skip === 'auto' && !req.calib) fail('Usage', '--skip auto estimates beta on calibration text: give --calib FILE (or a fixed --skip BETA)');
   const model = await openModel(req.model);
+  // the forward passes below run as window shares at more than one thread: their workers start while this thread
+  // tokenizes
+  const backend = activeBackend();
+  if (backend) await prestartWorkers(backend);
   let base: Model | undefined;
   try {
     const p = req.progress;

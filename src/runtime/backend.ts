@@ -153,6 +153,8 @@ async function probeCpu(): Promise<BackendCandidate> {
   return { name: 'cpu', pkg, available: true, reason: 'plain JavaScript kernels (slow; last resort)' };
 }
 
+const PROBES: Record<BackendName, () => Promise<BackendCandidate>> = { tensorflow: probeTensorflow, webgpu: probeWebgpu, wasm: probeWasm, cpu: probeCpu };
+
 /** Every candidate with whether it can be used here and why (for `moe inspect` / diagnostics). */
 export async function describeBackends(choice: BackendChoice = 'auto'): Promise<BackendReport> {
   const candidates = [await probeTensorflow(), await probeWebgpu(), await probeWasm(), await probeCpu()];
@@ -174,7 +176,9 @@ export async function initBackend(choice: BackendChoice = 'auto'): Promise<strin
   if (active && (choice === 'auto' || choice === active)) return active;
   if (pending && choice === 'auto') return pending;
   const run = (async () => {
-    const report = await describeBackends(choice);
+    // an explicit choice (a worker of the pool gets the main thread's) probes only itself: importing the other
+    // candidates' packages (Dawn's binding, tfjs-backend-webgpu) cost each worker 0.1 CPU-s for nothing
+    const report = choice === 'auto' ? await describeBackends(choice) : { candidates: [await PROBES[choice]()] };
     const order = choice === 'auto' ? report.candidates.filter((c) => c.available).map((c) => c.name) : [choice];
     const errors: string[] = [];
     for (const name of order) {

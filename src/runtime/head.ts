@@ -12,6 +12,7 @@ import '../quantize/format.js';
 import '../quantize/fused.js';
 import '../decompose/format.js';
 import { activeBackend } from './backend.js';
+import { transposeHost } from './ops.js';
 import { getPool, runTasks } from './pool.js';
 
 const VOCAB_CHUNK = 8192;
@@ -127,7 +128,7 @@ export async function scoreRange(models: readonly Model[], hs: readonly Float32A
         const b = biasName ? await inp.model.ckpt.readF32(biasName, v0, v0 + vc) : undefined;
         return {
           w,
-          wt: tf.tidy(() => tf.transpose(tf.tensor2d(w, [vc, Hm]))) as tf.Tensor2D,
+          wt: tf.tensor2d(transposeHost(w, vc, Hm), [Hm, vc]),
           b: b ? tf.tensor1d(b) : undefined,
           bHost: b,
           div: inp.model.view.forward.logitsDivisor,

@@ -21,9 +21,31 @@ export interface DeviceLinear {
   dispose(): void;
 }
 
+/**
+ * w^T [cols, rows] of w [rows, cols], in 16 x 16 tiles on the host. The wasm backend's transpose kernel (a generic
+ * N-d one) took 7-20 ns per element here against 3-9 for this, and every thread of a window-shared pass transposes
+ * each layer's weights once (bench/forward.ts's model: transposes were the largest fixed cost of a share). A
+ * transpose moves values without arithmetic, so the bytes are the kernel's.
+ */
+export function transposeHost(w: Float32Array, rows: number, cols: number): Float32Array {
+  const t = new Float32Array(rows * cols);
+  const B = 16;
+  for (let r0 = 0; r0 < rows; r0 += B) {
+    const r1 = Math.min(rows, r0 + B);
+    for (let c0 = 0; c0 < cols; c0 += B) {
+      const c1 = Math.min(cols, c0 + B);
+      for (let c = c0; c < c1; c++) {
+        const o = c * rows;
+        for (let r = r0; r < r1; r++) t[o + r] = w[r * cols + c]!;
+      }
+    }
+  }
+  return t;
+}
+
 export function upload(lin: Linear): DeviceLinear {
   if (lin.w.length !== lin.out * lin.in) throw new RangeError(`linear ${lin.out}x${lin.in} holds ${lin.w.length} values`);
-  const wT = tf.tidy(() => tf.transpose(tf.tensor2d(lin.w, [lin.out, lin.in])) as tf.Tensor2D);
+  const wT = tf.tensor2d(transposeHost(lin.w, lin.out, lin.in), [lin.in, lin.out]);
   const b = lin.b ? tf.tensor1d(lin.b) : undefined;
   return {
     out: lin.out,

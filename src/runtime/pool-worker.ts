@@ -1,7 +1,7 @@
 /**
  * One worker of the pool (pool.ts): initialises the same tensor backend as the main thread, then runs tasks (a
- * module's named export on structured-cloned arguments) one at a time and posts each result back. Typed arrays in
- * a result are transferred, not copied.
+ * module's named export on structured-cloned arguments) one at a time and posts each result back (and, before it,
+ * whatever progress the task reports). Typed arrays in a result are transferred, not copied.
  */
 import { parentPort, workerData, type TransferListItem } from 'node:worker_threads';
 import { isMoeError } from '../errors.js';
@@ -41,7 +41,8 @@ port.on('message', async (m: { module: string; fn: string; args: unknown }) => {
     }
     const f = mod[m.fn];
     if (typeof f !== 'function') throw new Error(`internal: task ${m.fn} is not exported by ${m.module}`);
-    const result = await f(m.args);
+    // a task's second argument reports progress to the caller (pool.ts run's onProgress) while it runs
+    const result = await (f as (a: unknown, progress: (v: unknown) => void) => unknown)(m.args, (v) => port.postMessage({ progress: v }));
     port.postMessage({ ok: true, result }, transferables(result, []));
   } catch (e) {
     const err = e as Error & { code?: string };

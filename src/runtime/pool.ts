@@ -33,6 +33,7 @@ interface Job {
   args: unknown;
   transfer: TransferListItem[];
   done: Pending;
+  onProgress?: (v: unknown) => void;
 }
 
 /** every core this process may use (os.availableParallelism: the CPU affinity mask / cgroup quota where Node sees it) */
@@ -91,48 +92,79 @@ function startWorker(workerData: unknown): Worker {
   return new Worker(boot, { eval: true, workerData });
 }
 
+type WorkerMessage = { ok: boolean; result?: unknown; error?: { message: string; code?: string; moe?: boolean; stack?: string } } | { progress: unknown };
+
+/**
+ * Up to `size` workers, each started when work first needs it: a pass that uses fewer workers than
+ * threads (the window shards, where the main thread is one of the threads) does not pay for the others' isolates.
+ */
 export class WorkerPool {
   private workers: Worker[] = [];
   private idle: Worker[] = [];
   private queue: Job[] = [];
   private inflight = new Map<Worker, Job>();
   private failed: Error | undefined;
-
-  private constructor(readonly size: number) {}
-
-  static async start(opts: PoolOptions): Promise<WorkerPool> {
-    const p = new WorkerPool(opts.threads);
-    await Promise.all(
-      Array.from({ length: opts.threads }, async () => {
-        const w = startWorker({ backend: opts.backend });
-        await new Promise<void>((resolve, reject) => {
-          const onMsg = (m: { ready?: boolean; error?: string }) => {
-            w.off('error', reject);
-            if (m.ready) resolve();
-            else reject(new Error(m.error ?? 'worker failed to start'));
-          };
-          w.once('message', onMsg);
-          w.once('error', reject);
-        });
-        w.on('message', (m: { ok: boolean; result?: unknown; error?: { message: string; code?: string; moe?: boolean; stack?: string } }) => p.finish(w, m));
-        w.on('error', (e) => p.crash(w, e));
-        w.on('exit', (code) => {
-          if (code !== 0 && !p.closing) p.crash(w, new Error(`worker exited with code ${code}`));
-        });
-        w.unref();
-        p.workers.push(w);
-        p.idle.push(w);
-      }),
-    );
-    return p;
-  }
-
+  private starting: Promise<void>[] = [];
   private closing = false;
 
-  run<T>(module: string, fn: string, args: unknown, transfer: TransferListItem[] = []): Promise<T> {
+  private constructor(
+    readonly size: number,
+    private readonly backend: string,
+  ) {}
+
+  static async start(opts: PoolOptions): Promise<WorkerPool> {
+    return new WorkerPool(opts.threads, opts.backend);
+  }
+
+  /** workers running or starting */
+  get started(): number {
+    return this.workers.length + this.starting.length;
+  }
+
+  /** Start workers (without waiting for them) until `n`, at most size, run or are starting. */
+  prestart(n: number): void {
+    while (!this.failed && !this.closing && this.workers.length + this.starting.length < Math.min(n, this.size)) this.spawn();
+  }
+
+  private spawn(): void {
+    const w = startWorker({ backend: this.backend });
+    const ready = new Promise<void>((resolve, reject) => {
+      const onMsg = (m: { ready?: boolean; error?: string }) => {
+        w.off('error', reject);
+        if (m.ready) resolve();
+        else reject(new Error(m.error ?? 'worker failed to start'));
+      };
+      w.once('message', onMsg);
+      w.once('error', reject);
+    }).then(
+      () => {
+        w.on('message', (m: WorkerMessage) => this.finish(w, m));
+        w.on('error', (e) => this.crash(w, e));
+        w.on('exit', (code) => {
+          if (code !== 0 && !this.closing) this.crash(w, new Error(`worker exited with code ${code}`));
+        });
+        w.unref();
+        this.workers.push(w);
+        this.idle.push(w);
+      },
+      (e: Error) => {
+        void w.terminate();
+        this.crash(undefined, e);
+      },
+    );
+    const tracked = ready.finally(() => {
+      this.starting = this.starting.filter((s) => s !== tracked);
+      this.pump();
+    });
+    this.starting.push(tracked);
+  }
+
+  /** Run a task on the first idle worker (starting one while fewer than size run). `onProgress` receives what the
+   *  task reports through its second argument. */
+  run<T>(module: string, fn: string, args: unknown, transfer: TransferListItem[] = [], onProgress?: (v: unknown) => void): Promise<T> {
     if (this.failed) return Promise.reject(this.failed);
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ module, fn, args, transfer, done: { resolve: resolve as (v: unknown) => void, reject } });
+      this.queue.push({ module, fn, args, transfer, ...(onProgress ? { onProgress } : {}), done: { resolve: resolve as (v: unknown) => void, reject } });
       this.pump();
     });
   }
@@ -146,11 +178,17 @@ export class WorkerPool {
       w.ref();
       w.postMessage({ module: job.module, fn: job.fn, args: job.args }, job.transfer);
     }
+    // more work than workers: start another, up to size
+    if (!this.failed && !this.closing && this.queue.length > this.starting.length && this.workers.length + this.starting.length < this.size) this.spawn();
   }
 
-  private finish(w: Worker, m: { ok: boolean; result?: unknown; error?: { message: string; code?: string; moe?: boolean; stack?: string } }): void {
+  private finish(w: Worker, m: WorkerMessage): void {
     const job = this.inflight.get(w);
     if (!job) return;
+    if ('progress' in m) {
+      job.onProgress?.(m.progress);
+      return;
+    }
     this.inflight.delete(w);
     w.unref();
     this.idle.push(w);
@@ -165,16 +203,17 @@ export class WorkerPool {
     this.pump();
   }
 
-  private crash(w: Worker, e: Error): void {
+  private crash(w: Worker | undefined, e: Error): void {
     this.failed = e;
-    const job = this.inflight.get(w);
-    this.inflight.delete(w);
+    const job = w ? this.inflight.get(w) : undefined;
+    if (w) this.inflight.delete(w);
     job?.done.reject(e);
     for (const q of this.queue.splice(0)) q.done.reject(e);
   }
 
   async close(): Promise<void> {
     this.closing = true;
+    await Promise.allSettled(this.starting);
     await Promise.all(this.workers.map((w) => w.terminate()));
     this.workers = [];
     this.idle = [];
@@ -189,6 +228,16 @@ export async function getPool(backend: string): Promise<WorkerPool | undefined> 
   if (pool) await closePool();
   pool = await WorkerPool.start({ threads: n, backend });
   return pool;
+}
+
+/**
+ * Start the workers a window-shared pass will use (threads - 1: the main thread runs a share) without waiting, so
+ * their start (about 0.2 CPU-s each: module loading and backend) overlaps the caller's own preparation
+ * (tokenizing, opening the model) instead of delaying the pass.
+ */
+export async function prestartWorkers(backend: string): Promise<void> {
+  const p = await getPool(backend);
+  p?.prestart(p.size - 1);
 }
 
 export async function closePool(): Promise<void> {

@@ -1,7 +1,7 @@
 /**
  * The worker pool: tasks give the same bytes on a worker as inline, errors keep their kind, and the forward pass
- * (experts of each layer and lm_head ranges on the pool) is byte-identical at 1 and 2 threads, as are the
- * outputs of a command that runs it.
+ * (window shards without hooks, experts of each layer and lm_head ranges with them) is byte-identical at 1 and 2
+ * threads, as are the outputs of a command that runs it.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -12,6 +12,7 @@ import { openModel } from '../../src/model/open.js';
 import { initBackend } from '../../src/runtime/backend.js';
 import { workerParts } from '../../src/runtime/memory.js';
 import { availableThreads, closePool, currentThreads, defaultThreads, describeThreads, parseThreads, runTasks, setThreads } from '../../src/runtime/pool.js';
+import { shardPasses } from '../../src/runtime/shard.js';
 import { streamModel } from '../../src/runtime/stream.js';
 import { TASKS_MODULE, type ExpertResult, type ExpertTask } from '../../src/runtime/tasks.js';
 import { runMoe } from '../helpers/cli.js';
@@ -167,7 +168,10 @@ describe('worker pool', () => {
       return streamModel(m, ws, {}, { scoreLogits: true, returnHidden: true });
     };
     const a = await run(1);
+    const passes = shardPasses();
     const b = await run(2);
+    // hook-free: the 2-thread pass ran as window shards (shard.ts), one per worker
+    expect(shardPasses()).toBe(passes + 1);
     expect(b.nll).toBe(a.nll);
     expect(b.expertCalls).toBe(a.expertCalls);
     expect(Buffer.from(b.hidden!.buffer).equals(Buffer.from(a.hidden!.buffer))).toBe(true);
