@@ -13,7 +13,11 @@ import { ALLOCATABLE_CLASSES, compile, parseOverride } from './plan.js';
 import { checkServeFlags, SERVE_TARGET_NAMES, serveTarget, type ServeTarget } from './targets.js';
 
 export const DEFAULT_CANDIDATES: QuantBits[] = [2, 3, 4];
-export const DEFAULT_GGUF_CANDIDATES: GgufCandidate[] = ['q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'];
+/**
+ * --format gguf: the IQ2 types are in because they extend the frontier below Q2_K's 2.625 bpw and measured better
+ * at 2.7 bpw too (docs/gguf.md, "With the IQ2 types"); on 128-wide rows they fall back to IQ4_NL like llama.cpp.
+ */
+export const DEFAULT_GGUF_CANDIDATES: GgufCandidate[] = ['iq2_xxs', 'iq2_xs', 'iq2_s', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'];
 export const DEFAULT_MIN_TOKENS = 32;
 /** -1: one group spanning every input column (channel-wise scales), as GPTQ and compressed-tensors spell it */
 export const GROUP_SIZES = [-1, 32, 64, 128] as const;
@@ -43,7 +47,7 @@ export const QUANTIZE_OPTIONS = z.object({
     arg: 'n',
   }),
   candidates: field(z.array(widthOrType()).nonempty().optional(), {
-    help: 'bit-widths the allocation may choose, comma-separated; --format gguf: ggml types (q2_k ... q8_0; 2/3/4/8 name q2_k/q3_k/q4_k/q8_0), or one of f16, bf16, f32 alone for the unquantized GGUF',
+    help: 'bit-widths the allocation may choose, comma-separated; --format gguf: ggml types (iq2_xxs ... q8_0; 2/3/4/8 name q2_k/q3_k/q4_k/q8_0), or one of f16, bf16, f32 alone for the unquantized GGUF',
     arg: 'list',
     defaultText: `${DEFAULT_CANDIDATES.join(',')} (--format gguf: ${DEFAULT_GGUF_CANDIDATES.join(',')})`,
   }),
