@@ -18,6 +18,8 @@ export interface GgufUnitReport {
   program: 'experts' | 'dense';
   choice: GgmlType;
   options: GgufOption[];
+  /** --method auto: the expert slices the held-back tokens gave to GPTQ and to the rounding (the bytes written) */
+  encodings?: { gptq: number; rounding: number };
 }
 
 export interface GgufProgramReport {
@@ -45,6 +47,8 @@ export interface GgufQuantizeReport extends Omit<GgufExportReport, 'seconds'> {
   units: GgufUnitReport[];
   /** experts GPTQ had too few tokens for (importance-weighted rounding instead) */
   fallbacks: { layer: number; expert: number; tokens: number }[];
+  /** --method auto: the sum of the units' encodings (expert slices written by each; routed and shared experts) */
+  encodings?: { gptq: number; rounding: number };
   files: string[];
   scoreMs: number;
   applyMs: number;
@@ -61,9 +65,17 @@ export function formatGgufReport(r: GgufQuantizeReport): string {
   const layers = new Map<number, string[]>();
   for (const u of r.units) {
     const m = /^blk\.(\d+)\.ffn_(gate|up|down)_exps/.exec(u.tensor);
-    if (m) layers.set(Number(m[1]), [...(layers.get(Number(m[1])) ?? []), `${m[2]} ${u.choice}`]);
+    // --method auto: how many of the tensor's experts GPTQ wrote, and how many the rounding
+    const enc = u.encodings ? ` (gptq ${u.encodings.gptq}/rounding ${u.encodings.rounding})` : '';
+    if (m) layers.set(Number(m[1]), [...(layers.get(Number(m[1])) ?? []), `${m[2]} ${u.choice}${enc}`]);
   }
   for (const [l, s] of layers) lines.push(`  layer ${String(l).padStart(2)}: ${s.join(', ')}`);
+  if (r.encodings) {
+    const n = r.encodings.gptq + r.encodings.rounding;
+    lines.push(
+      `  GPTQ or rounding by held-back output error: ${r.encodings.gptq} of ${n} expert projections GPTQ, ${r.encodings.rounding} rounding (per tensor: units[].encodings in the report)`,
+    );
+  }
   lines.push(formatSummary(r.summary).replace(/^/gm, '  '));
   const byType = Object.entries(r.summary.byType)
     .map(([t, c]) => `${t} ${c.tensors}`)

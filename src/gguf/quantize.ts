@@ -31,7 +31,6 @@ import { writeFile } from 'node:fs/promises';
 import type { Progress } from '../progress.js';
 import { loadWindowSet } from '../data/windows.js';
 import { fail } from '../errors.js';
-import { fromF32, toF32 } from '../io/dtype.js';
 import { OutputDir } from '../io/output.js';
 import { openModel, type Model } from '../model/open.js';
 import type { ActivationSpec } from '../model/types.js';
@@ -42,12 +41,13 @@ import { setThreads } from '../runtime/pool.js';
 import { streamModel } from '../runtime/stream.js';
 import { checkModelOptions } from '../pipeline/validate.js';
 import { LayerHandoff } from '../pipeline/handoff.js';
-import { activate, linearT, outputError } from '../quantize/expert.js';
+import { activate, linearT, mlpForward, outputError } from '../quantize/expert.js';
 import { compensates, getQuantizer, type Method } from '../quantize/methods.js';
 import { DEFAULT_GGUF_CANDIDATES, type QuantizeOptions } from '../quantize/options.js';
-import { accumulateHessian, prepareGptq, type GptqPrepared } from '../../kernels/quant/gptq.js';
-import { gptqGgml, gptqRounder, hessianErrorTf } from '../../kernels/ggml/gptq.js';
-import { dequantizeGgml, quantizeGgml } from '../../kernels/ggml/codecs.js';
+import { accumulateHessian, prepareGptq } from '../../kernels/quant/gptq.js';
+import { hessianErrorTf } from '../../kernels/ggml/gptq.js';
+import { chooseEncoding, fitInput, heldGates, holdBack, type Encoding } from './choice.js';
+import { diagOf, encodeMatrix, hessianOf, withWeight, type Quantizer } from './encode.js';
 import { ggufArchOf, ggufTensors, type GgufSourceTensor } from './arch.js';
 import { ggmlTypeOf, isFloatCandidate } from './candidates.js';
 import {
@@ -83,8 +83,8 @@ export type GgufQuantizeRequest = QuantizeOptions & { progress?: Progress };
 
 /** llama.cpp's output type for k-quant mixes (llama-quant.cpp: Q6_K; Q8_0 when the rows are not whole blocks) */
 const OUTPUT_TYPE: GgmlType = 'Q6_K';
-const FLOATS: readonly GgmlType[] = ['F32', 'F16', 'BF16'];
 
+export { encodeMatrix } from './encode.js';
 export type { GgufOption, GgufProgramReport, GgufQuantizeReport, GgufUnitReport } from './quantize-report.js';
 
 /** The source of a tensor's inputs in the runtime's hooks (LinearInput roles), for Hessians and the imatrix. */
@@ -131,38 +131,6 @@ export function typeOptions(ne: readonly number[], requested: readonly GgmlType[
     .map(([type, req]) => ({ type, requested: req, bytes: ggmlTensorBytes(type, ne) }))
     .sort((a, b) => a.bytes - b.bytes || a.type.localeCompare(b.type));
 }
-
-interface Quantizer {
-  prep?: GptqPrepared;
-  /** per input column: the Hessian diagonal (GPTQ's block fit) or the imatrix (rounding) */
-  imp?: ArrayLike<number>;
-}
-
-/** One matrix W [out, in] at a type: its bytes and what llama.cpp's decoder rebuilds. */
-export function encodeMatrix(type: GgmlType, w: Float32Array, out: number, inF: number, q: Quantizer = {}): { bytes: Uint8Array; deq: Float32Array } {
-  if (FLOATS.includes(type)) {
-    if (type === 'F32') return { bytes: new Uint8Array(w.buffer.slice(w.byteOffset, w.byteOffset + w.byteLength)), deq: w };
-    const bytes = fromF32(w, type as 'F16' | 'BF16');
-    return { bytes, deq: toF32(bytes, type as 'F16' | 'BF16') };
-  }
-  if (q.prep && gptqRounder(type)) {
-    const g = gptqGgml(type, w, out, inF, q.prep, q.imp);
-    return { bytes: g.bytes, deq: g.deq };
-  }
-  // without a Hessian (or for a type GPTQ cannot round into): llama.cpp's importance-weighted search
-  const bytes = quantizeGgml(type, w, out, inF, q.imp);
-  return { bytes, deq: dequantizeGgml(type, bytes, out, inF) };
-}
-
-function hessianOf(x: Float32Array, n: number, inF: number): Float64Array {
-  const h = new Float64Array(inF * inF);
-  accumulateHessian(h, x, n, inF);
-  return h;
-}
-
-const diagOf = (h: Float64Array, n: number) => Float64Array.from({ length: n }, (_, i) => h[i * n + i]!);
-
-const withWeight = (lin: SwiGLUWeights['gate'], w: Float32Array) => ({ out: lin.out, in: lin.in, w, ...(lin.b ? { b: lin.b } : {}) });
 
 /** Hessians of the linears' inputs the runtime reports (q/k/v input, o_proj input, dense down input). */
 class InputHessians {
@@ -378,6 +346,12 @@ async function run(model: Model, req: GgufRequestLike, t0: number): Promise<Gguf
 
     // ---- apply and write
     const fallbacks: GgufQuantizeReport['fallbacks'] = [];
+    const encodings = new Map<string, Record<Encoding, number>>();
+    const tally = (tensor: string, by: Encoding) => {
+      let t = encodings.get(tensor);
+      if (!t) encodings.set(tensor, (t = { gptq: 0, rounding: 0 }));
+      t[by]++;
+    };
     let fileBytes: number;
     let tokenizerNote: string;
     const tApply = performance.now();
@@ -428,7 +402,14 @@ async function run(model: Model, req: GgufRequestLike, t0: number): Promise<Gguf
             onLinearInput: hess.onLinearInput,
             onMoeLayer: async (inp) => {
               await handoff.consumerAt(inp.layer.index);
-              const edit = applyMoeLayer(inp, { typeOf: (n) => chosen.get(n)?.type, imatrix: statsPass ? undefined : imatrix, act, settings, fallbacks });
+              const edit = applyMoeLayer(inp, {
+                typeOf: (n) => chosen.get(n)?.type,
+                imatrix: statsPass ? undefined : imatrix,
+                act,
+                settings,
+                fallbacks,
+                tally,
+              });
               for (const [n, b] of edit.bytes) produced.set(n, b);
               if (req.sequential) return { experts: edit.experts, ...(edit.shared ? { shared: edit.shared } : {}) };
             },
@@ -537,7 +518,13 @@ async function run(model: Model, req: GgufRequestLike, t0: number): Promise<Gguf
         program: u.program,
         choice: typeOf(u.t).type,
         options: u.options.map((o, oi) => ({ ...o, loss: u.loss[oi]! })),
+        ...(encodings.has(u.t.name) ? { encodings: encodings.get(u.t.name)! } : {}),
       })),
+      ...(getQuantizer(method).choice
+        ? {
+            encodings: [...encodings.values()].reduce((a, t) => ({ gptq: a.gptq + t.gptq, rounding: a.rounding + t.rounding }), { gptq: 0, rounding: 0 }),
+          }
+        : {}),
       fallbacks,
       summary,
       tensors: plan.map((e) => ({ name: e.tensor.name, ne: e.tensor.ne, type: e.type, bytes: e.bytes, reason: e.reason })),
@@ -591,6 +578,23 @@ function scoreMoeLayer(inp: MoeLayerInput, c: LayerCtx): void {
       .filter(([, u]) => u && u.options.length > 1);
     if (us.length === 0) continue;
     const ref = linearT(a, r.n, w.down);
+    const split = choiceSplit(r, H, c.settings);
+    if (split) {
+      // --method auto: each option's loss is that of the encoding the held-back tokens choose, the one written
+      const { fit, held, every } = split;
+      const refHeld = holdBack(ref, r.n, w.down.out, every).held;
+      const fx = us.some(([p]) => p !== 'down') ? fitInput(fit.x, fit.n, H, c.settings.damp) : undefined;
+      const fa = us.some(([p]) => p === 'down') ? fitInput(holdBack(a, r.n, w.down.in, every).fit, fit.n, w.down.in, c.settings.damp) : undefined;
+      for (const [p, u] of us) {
+        const lin = w[p];
+        const with_ = (d: Float32Array): SwiGLUWeights => ({ ...w, [p]: withWeight(lin, d) });
+        u!.options.forEach((o, oi) => {
+          const ch = chooseEncoding(o.type, lin, p === 'down' ? fa! : fx!, (d) => outputError(refHeld, with_(d), held.x, held.n, held.gates, c.act));
+          u!.loss[oi]! += outputError(ref, with_(ch.deq), r.x, r.n, r.gates, c.act) / c.T;
+        });
+      }
+      continue;
+    }
     const gptq = compensates(c.settings.method, r.n, c.settings.minTokens);
     const quantizer = (x: Float32Array, inF: number): Quantizer => {
       const h = hessianOf(x, r.n, inF);
@@ -615,6 +619,23 @@ interface ApplyCtx {
   act: ActivationSpec;
   settings: { method: Method; minTokens: number; damp: number };
   fallbacks: GgufQuantizeReport['fallbacks'];
+  /** --method auto: which encoding the held-back tokens chose, per tensor (one count per expert slice) */
+  tally(tensor: string, by: Encoding): void;
+}
+
+/**
+ * --method auto: an expert's routed tokens split into fit rows and every holdEvery-th row held back, when that
+ * leaves at least one held-back row and --min-tokens fit rows; otherwise undefined (GPTQ or its fallback on every
+ * token, as --method gptq).
+ */
+function choiceSplit(r: Routed, width: number, s: { method: Method; minTokens: number }): { every: number; fit: Routed; held: Routed } | undefined {
+  const every = getQuantizer(s.method).choice?.holdEvery;
+  if (!every) return undefined;
+  const nHeld = Math.floor(r.n / every);
+  if (nHeld === 0 || !compensates(s.method, r.n - nHeld, s.minTokens)) return undefined;
+  const { fit, held, nFit } = holdBack(r.x, r.n, width, every);
+  const g = heldGates(r.gates, every);
+  return { every, fit: { x: fit, n: nFit, gates: new Float32Array(0) }, held: { x: held, n: nHeld, gates: g } };
 }
 
 /**
@@ -637,9 +658,31 @@ function applyMoeLayer(inp: MoeLayerInput, c: ApplyCtx): { bytes: Map<string, Ui
       return gptq ? { prep: prepareGptq(h, inF, { damp: c.settings.damp }), imp: diagOf(h, inF) } : { imp: diagOf(h, inF) };
     };
     if (r.n > 0) c.imatrix?.add(`${l}:${ex ? 'experts' : 'shared'}.in`, r.x, r.n, H, ex ? e : 0, ex ? E : 1);
-    const qx = quantizer(r.x, H);
     const deq: SwiGLUWeights = { ...w };
     const parts: Partial<Record<'gate' | 'up' | 'down', Uint8Array>> = {};
+    const split = r.n > 0 ? choiceSplit(r, H, c.settings) : undefined;
+    if (split) {
+      // --method auto: each projection measured on the held-back tokens with the projections before it as written
+      const { fit, held, every } = split;
+      const refHeld = mlpForward(w, held.x, held.n, c.act);
+      const pick = (p: 'gate' | 'up' | 'down', fi: ReturnType<typeof fitInput>) => {
+        const name = `blk.${l}.ffn_${p}_${kind}.weight`;
+        const ch = chooseEncoding(c.typeOf(name)!, w[p], fi, (d) =>
+          outputError(refHeld, { ...deq, [p]: withWeight(w[p], d) }, held.x, held.n, held.gates, c.act),
+        );
+        parts[p] = ch.bytes;
+        deq[p] = withWeight(w[p], ch.deq);
+        c.tally(name, ch.by);
+      };
+      const fx = fitInput(fit.x, fit.n, H, c.settings.damp);
+      pick('gate', fx);
+      pick('up', fx);
+      const a = activate(linearT(r.x, r.n, deq.gate), linearT(r.x, r.n, deq.up), c.act);
+      c.imatrix?.add(`${l}:${ex ? 'experts' : 'shared'}.down.in`, a, r.n, w.down.in, ex ? e : 0, ex ? E : 1);
+      pick('down', fitInput(holdBack(a, r.n, w.down.in, every).fit, fit.n, w.down.in, c.settings.damp));
+      return { deq, parts };
+    }
+    const qx = quantizer(r.x, H);
     for (const p of ['gate', 'up'] as const) {
       const type = c.typeOf(`blk.${l}.ffn_${p}_${kind}.weight`)!;
       const q = encodeMatrix(type, w[p].w, w[p].out, w[p].in, qx);

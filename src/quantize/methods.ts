@@ -9,12 +9,13 @@ import { compressedTensorsFormat } from './formats/compressed-tensors.js';
 import { gptqFormat } from './formats/gptq.js';
 import { ggufFormat } from './formats/gguf.js';
 import type { Quantizer } from './methods/common.js';
+import { auto } from './methods/auto.js';
 import { gptq } from './methods/gptq.js';
 import { rtn } from './methods/rtn.js';
 
 export type { QuantizeMemoryContext, Quantizer } from './methods/common.js';
 
-export const QUANTIZERS = [gptq, rtn] as const satisfies readonly Quantizer[];
+export const QUANTIZERS = [gptq, rtn, auto] as const satisfies readonly Quantizer[];
 
 export type Method = (typeof QUANTIZERS)[number]['name'];
 export const METHOD_NAMES = QUANTIZERS.map((m) => m.name) as [Method, ...Method[]];

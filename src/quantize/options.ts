@@ -122,6 +122,8 @@ export function checkQuantize(o: QuantizeOptions): void {
     checkGgufQuantize(o);
     return;
   }
+  if (getQuantizer(o.method).choice)
+    fail('Usage', `--method ${o.method} chooses between GPTQ and llama.cpp's rounding per tensor: it is for --format gguf (give --method gptq or rtn)`);
   const names = [...(o.candidates ?? []), o.denseBits].filter((c) => typeof c === 'string');
   if (names.length) fail('Usage', `ggml type names (${names.join(', ')}) are for --format gguf; --format ${o.format} takes widths ${QUANT_BITS.join(', ')}`);
   if (o.bits === undefined) fail('Usage', 'give --bits B (target bits per weight of the routed experts)');

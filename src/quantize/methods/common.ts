@@ -20,6 +20,12 @@ export interface Quantizer<N extends string = string> extends MethodDescriptor<Q
    * The GPTQ format and GGUF pipelines branch on this trait, never on the method's name.
    */
   hessians: boolean;
+  /**
+   * --format gguf only: each routed expert's projection takes GPTQ or importance-weighted rounding, whichever gives
+   * the lower output error of the expert on every holdEvery-th routed token (those tokens are left out of the
+   * Hessian and the importance that make both, so the measure is held out); the other formats refuse it.
+   */
+  choice?: { holdEvery: number };
   /** the one-line refusal when no --calib is given (a method that needs calibration text) */
   missingCalibration?: string;
   /** the report's calibration.hessians text (`sequential`: the run's --sequential, after shards) */
