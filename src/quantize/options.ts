@@ -13,7 +13,11 @@ import { ALLOCATABLE_CLASSES, compile, parseOverride } from './plan.js';
 import { checkServeFlags, SERVE_TARGET_NAMES, serveTarget, type ServeTarget } from './targets.js';
 
 export const DEFAULT_CANDIDATES: QuantBits[] = [2, 3, 4];
-export const DEFAULT_GGUF_CANDIDATES: GgufCandidate[] = ['q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'];
+/**
+ * --format gguf: the k-quants and the IQ3/IQ4 types the allocation measured as improving held-out perplexity
+ * (docs/gguf.md, bench/gguf-frontier.ts); IQ4_NL is each IQ type's fallback for rows not whole 256-blocks
+ */
+export const DEFAULT_GGUF_CANDIDATES: GgufCandidate[] = ['q2_k', 'iq3_xxs', 'q3_k', 'iq3_s', 'iq4_xs', 'q4_k', 'q5_k', 'q6_k'];
 export const DEFAULT_MIN_TOKENS = 32;
 /** -1: one group spanning every input column (channel-wise scales), as GPTQ and compressed-tensors spell it */
 export const GROUP_SIZES = [-1, 32, 64, 128] as const;
