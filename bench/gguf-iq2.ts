@@ -61,6 +61,23 @@ for (const type of IQ2_TYPES) {
   const ref = llama('IQ2_S', x, undefined, rows, n);
   console.log(`IQ2_S without imatrix: equal bytes ${equal(ours, ref).toFixed(4)}`);
 }
+{
+  // the interop suite's hard rows (test/gguf/interop/run.ts): all positive, all negative, constant, zero, outliers
+  const hn = 512;
+  const h = new Float32Array(6 * hn);
+  for (let i = 0; i < hn; i++) {
+    h[i] = x[i]!;
+    h[hn + i] = Math.abs(x[hn + i]!) + 0.01;
+    h[2 * hn + i] = -Math.abs(x[2 * hn + i]!) - 0.01;
+    h[3 * hn + i] = 0.25;
+    h[5 * hn + i] = x[5 * hn + i]!;
+  }
+  h[5 * hn + 7] = 3;
+  h[5 * hn + 300] = -5;
+  const him = im.subarray(0, hn);
+  const eq = IQ2_TYPES.map((t) => `${t} ${equal(quantizeMatrixIq2(t, h, 6, hn, him), llama(t, h, Float32Array.from(him), 6, hn)).toFixed(4)}`);
+  console.log(`hard rows (positive, negative, constant, zero, outliers), equal bytes: ${eq.join(', ')}`);
+}
 if (values['write-fixture']) {
   const f = kfitRows(2, 512);
   const fixture: Record<string, string> = { source: 'llama.cpp ggml_quantize_chunk via bench/gguf-quant.c, rows of test/gguf/kfit-rows.ts kfitRows(2, 512)' };

@@ -3,7 +3,8 @@
  * held-out perplexity of `moe merge` (its defaults, plus any --variants), REAP pruning, frequency pruning and random
  * pruning (5 seeds: mean, min, max), all through the library entry points the CLI uses, with the same calibration
  * text and token count. Prints markdown tables: the perplexities, the score that picks merge's default (mean of
- * ppl / original ppl over every fixture and count), and per layer what the default merge chose.
+ * ppl / original ppl over every fixture and count), the default merge's whole-model choice (each candidate's NLL on
+ * the calibration windows, the one written) and per layer what it wrote.
  *
  *   npx tsx bench/quality-table.ts [--models test/fixtures/tiny-mixtral,test/fixtures/tiny-mixtral-uneven]
  *       [--calib FILE] [--heldout FILE] [--calib-tokens 4096] [--eval-tokens 8192] [--seeds 5]
@@ -15,6 +16,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { evaluate } from '../src/eval/perplexity.js';
+import { candidateName } from '../src/merge/choose.js';
 import type { DropMode } from '../src/merge/decide.js';
 import { merge, type MergeReport } from '../src/merge/pipeline.js';
 import type { AlignMethod, GroupingMethod, RouterMethod } from '../src/merge/types.js';
@@ -47,6 +49,8 @@ interface Cell {
   seeds?: number[];
   seconds: number;
   decisions?: MergeReport['layers'];
+  /** --drop auto: the whole-model candidates' NLL on the calibration windows and the one written */
+  choice?: MergeReport['choice'];
 }
 
 const log = (...a: unknown[]) => console.error(new Date().toISOString().slice(11, 19), ...a);
@@ -58,6 +62,7 @@ async function main(): Promise<void> {
   const cells: Cell[] = [];
   const base = new Map<string, number>();
   const expertsOf = new Map<string, number>();
+  let runs = 0;
   try {
     for (const model of models) {
       const cfg = JSON.parse(await readFile(join(model, 'config.json'), 'utf8'));
@@ -67,14 +72,20 @@ async function main(): Promise<void> {
       log(`${model}: backend ${backend}, ${E} experts, original ppl ${base.get(model)!.toFixed(3)}`);
       for (const n of [(3 * E) / 4, E / 2]) {
         const run = async (what: string, f: (out: string) => Promise<MergeReport | unknown>) => {
-          const out = join(tmp, 'out');
+          // every run its own directory: the runtime's workers keep a model open per directory for the process's
+          // life, so a checkpoint rewritten at a path already scored would be read from the first one's files
+          const out = join(tmp, `out-${runs++}`);
           const t0 = Date.now();
           const rep = await f(out);
           const seconds = (Date.now() - t0) / 1000;
           const p = await ppl(out);
           await rm(out, { recursive: true, force: true });
           const cell: Cell = { model, experts: E, count: n, what, ppl: p, seconds };
-          if (rep && typeof rep === 'object' && (rep as MergeReport).tool === 'moe merge') cell.decisions = (rep as MergeReport).layers;
+          if (rep && typeof rep === 'object' && (rep as MergeReport).tool === 'moe merge') {
+            cell.decisions = (rep as MergeReport).layers;
+            const ch = (rep as MergeReport).choice;
+            if (ch) cell.choice = ch;
+          }
           cells.push(cell);
           log(`${basename(model)} ${n}/${E}: ${what} ${p.toFixed(3)} (${seconds.toFixed(0)} s)`);
           return cell;
@@ -130,18 +141,34 @@ async function main(): Promise<void> {
     const score = ratios.every(Number.isFinite) ? (ratios.reduce((a, b) => a + b, 0) / ratios.length).toFixed(3) : '—';
     console.log(`| ${w} | ${row.map(fmt).join(' | ')} | ${score} |`);
   }
+  const chosen = cells.filter((x) => x.what === 'merge default' && x.choice);
+  if (chosen.length) {
+    console.log('\nWhole-model choice of the merge default (mean NLL on the calibration windows; lowest written):\n');
+    const names = chosen[0]!.choice!.candidates.map(candidateName);
+    console.log(`| model | count | ${names.join(' | ')} | written |`);
+    console.log(`|---|---:|${names.map(() => '---:').join('|')}|---|`);
+    for (const c of chosen) {
+      const ch = c.choice!;
+      const cols = ch.candidates.map((x, i) => (i === ch.chosen ? `**${x.nll.toFixed(4)}**` : x.nll.toFixed(4)));
+      console.log(`| ${basename(c.model)} | ${c.count}/${c.experts} | ${cols.join(' | ')} | ${candidateName(ch.candidates[ch.chosen]!)} |`);
+    }
+  }
   for (const c of cells.filter((x) => x.what === 'merge default' && x.decisions)) {
-    console.log(`\n${basename(c.model)}, merge default to ${c.count}/${c.experts}, per layer:\n`);
+    console.log(
+      `\n${basename(c.model)}, merge default to ${c.count}/${c.experts} (${c.choice ? candidateName(c.choice.candidates[c.choice.chosen]!) : 'merge'} written), per layer:\n`,
+    );
     console.log('| layer | choice | dropped experts | merged groups | error (chosen) | merge | merge-drop | REAP | frequency |');
     console.log('|---:|---|---|---|---:|---:|---:|---:|---:|');
     for (const l of c.decisions!) {
       const d = l.decision;
+      // the written layer's weight-0 members (the decision's list where there is one)
+      const dropped = d?.dropped ?? l.groups.flatMap((g) => g.members.filter((_, k) => g.weights[k] === 0)).sort((a, b) => a - b);
       const merged = l.groups
         .filter((g) => g.weights.filter((w) => w > 0).length > 1)
         .map((g) => `{${g.members.filter((_, k) => g.weights[k]! > 0).join(' ')}}`);
       const f = (v?: number) => (v === undefined ? '—' : v.toFixed(4));
       console.log(
-        `| ${l.layer} | ${d?.choice ?? '—'} | ${d?.dropped.join(' ') || '—'} | ${merged.join(' ') || '—'} | ${f(d?.error)} | ${f(d?.errors.merge)} | ${f(d?.errors.mergeDrop)} | ${f(d?.errors.reap)} | ${f(d?.errors.frequency)} |`,
+        `| ${l.layer} | ${d?.choice ?? (c.choice ? candidateName(c.choice.candidates[c.choice.chosen]!) : '—')} | ${dropped.join(' ') || '—'} | ${merged.join(' ') || '—'} | ${f(d?.error)} | ${f(d?.errors.merge)} | ${f(d?.errors.mergeDrop)} | ${f(d?.errors.reap)} | ${f(d?.errors.frequency)} |`,
       );
     }
   }

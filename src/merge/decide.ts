@@ -21,6 +21,9 @@
  * or than frequency pruning. Every candidate's expert outputs are computed once per layer on an evenly spaced token
  * sample (every token through every candidate expert, since new scores may route a token anywhere), so a candidate
  * costs one routing of the sample.
+ *
+ * The layer's own error is not the model's loss, so under --drop auto the model this decides layer by layer is one
+ * candidate of a whole-model choice by next-token NLL (choose.ts).
  */
 import type { ActivationSpec, RoutingRule } from '../model/types.js';
 import { route } from '../runtime/routing.js';
@@ -216,7 +219,6 @@ export function pruneGroups(kept: readonly number[], E: number, sig: LayerSignal
 
 export function decideLayer(input: DecideInput): Decision {
   const { H, experts, router, signals } = input;
-  const E = experts.length;
   const N = input.groups.length;
   const le = new LayerError(input);
   const original = (j: number): Slot => ({ key: `e${j}`, expert: experts[j]!, ...rowOf(router, j, H) });
@@ -319,21 +321,53 @@ export function decideLayer(input: DecideInput): Decision {
     rows = rowsOf(slotsOf(pickV), router, input.rows);
     report = pickV.map((v) => ({ strength: variants[v]!.strength, row: variants[v]!.row }));
   } else {
-    const kept = choice === 'prune-reap' ? reapKept : freqKept;
-    groups = pruneGroups(kept, E, signals).map((g) => ({
-      group: g,
-      weights: g.members.map((_, k) => (k === 0 ? 1 : 0)),
-      expert: experts[g.anchor]!,
-      kind: 'single' as const,
-    }));
-    rows = rowsOf(kept.map(original), router, input.rows);
+    ({ groups, rows } = prunedLayer(choice === 'prune-reap' ? reapKept : freqKept, experts, router, signals, input.rows));
   }
   const dropped = groups.flatMap((g) => g.group.members.filter((_, k) => g.weights[k] === 0)).sort((a, b) => a - b);
   return { groups, rows, changed: choice !== 'merge', report: { choice, error, errors, dropped, ...(report ? { groups: report } : {}), tokens: le.T } };
 }
 
+/**
+ * The layer pruned to `kept` as decided groups: each kept expert alone with its original row, every removed one
+ * attached at weight 0 to the kept one nearest by mean output. `planned` (the merge's rows) only says which bias
+ * fields the rows carry.
+ */
+export function prunedLayer(
+  kept: readonly number[],
+  experts: readonly SwiGLUWeights[],
+  router: RouterWeights,
+  signals: LayerSignals,
+  planned: RouterWeights = router,
+): Pick<Decision, 'groups' | 'rows'> {
+  const groups = pruneGroups(kept, experts.length, signals).map((g) => ({
+    group: g,
+    weights: g.members.map((_, k) => (k === 0 ? 1 : 0)),
+    expert: experts[g.anchor]!,
+    kind: 'single' as const,
+  }));
+  return { groups, rows: keptRows(kept, router, signals.hidden, planned) };
+}
+
+/** The kept experts' own router rows [N, H] (bias and selection bias where the router, or `planned`, has them). */
+export function keptRows(kept: readonly number[], router: RouterWeights, H: number, planned: RouterWeights = router): RouterWeights {
+  return rowsOf(
+    kept.map((j) => rowOf(router, j, H)),
+    router,
+    planned,
+  );
+}
+
+/**
+ * Whether a layer's merge can be decided (per layer here, per model in choose.ts): the candidates are routed by the
+ * family's rule over N experts; group-limited routing would need per-group counts that pruning candidates do not
+ * keep, and sparsemixer's routing is not the plain top-k the candidates are scored with.
+ */
+export function decisionApplies(rule: RoutingRule): boolean {
+  return !(rule.groups && rule.groups.nGroup > 1) && !rule.sparsemixer;
+}
+
 /** Router rows [N, H] (and bias, selection bias where the router has them) of a layer's slots. */
-function rowsOf(slots: readonly Slot[], router: RouterWeights, planned: RouterWeights): RouterWeights {
+function rowsOf(slots: readonly Pick<Slot, 'row' | 'bias' | 'corr'>[], router: RouterWeights, planned: RouterWeights): RouterWeights {
   const N = slots.length;
   const H = slots[0]!.row.length;
   const w = new Float32Array(N * H);

@@ -5,7 +5,7 @@
  */
 import { fail } from '../errors.js';
 import type { ActivationSpec, RoutingRule } from '../model/types.js';
-import { decideLayer, type DropMode } from './decide.js';
+import { decideLayer, decisionApplies, type DropMode } from './decide.js';
 import type { Routing, SwiGLUWeights } from '../runtime/api.js';
 import { alignFromSimilarity, permuteUnits } from './align.js';
 import { ExpertAverager, memberWeights } from './combine.js';
@@ -238,7 +238,7 @@ export function mergeLayer(input: MergeLayerInput, choices: MergeChoices, opts: 
   const rule = input.routingRule;
   // the decision routes N candidates by the family's rule; group-limited routing keeps the planned merge (its
   // candidates would have to respect per-group counts, which pruning candidates do not)
-  if (opts.drop === 'auto' && input.calib && rule && !(rule.groups && rule.groups.nGroup > 1) && !rule.sparsemixer) {
+  if (opts.drop === 'auto' && input.calib && rule && decisionApplies(rule)) {
     const d = decideLayer({
       x: input.calib.x,
       T: input.calib.T,

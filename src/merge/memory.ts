@@ -5,11 +5,14 @@
  * Two phases that do not overlap, the peak being the larger:
  * - the sequential forward pass (--calib): the runtime's streamed pass with a whole-layer hook (every expert of the
  *   layer in float32), plus the layer's merged experts handed back to the pass, one group's merge in progress, the
- *   layer statistics and the chosen methods' own parts (alignment, router fit: their descriptors, methods.ts);
+ *   layer statistics and the chosen methods' own parts (alignment, router fit: their descriptors, methods.ts); under
+ *   --drop auto the pass runs once per candidate (src/merge/choose.ts), one at a time, each scored through the head,
+ *   with the other candidates' plans and the REAP candidate's statistics held;
  * - the write: one tensor in flight, one group merged from lazily loaded members (anchor, member, its permuted
  *   copy, the float64 running sum, the result), the weight alignment when the plan leaves it to the write, and for
  *   fused expert layouts the layer's new experts until its stacked tensors are written.
  */
+import { DEFAULT_LOGIT_SAMPLE_ROWS } from '../calibrate/collect.js';
 import { DTYPE_BYTES } from '../io/dtype.js';
 import type { Model } from '../model/open.js';
 import type { MoeBlock } from '../model/types.js';
@@ -28,6 +31,8 @@ export interface MergeMemoryInput {
   pass?: { tokens: number; seqLen: number };
   alignTokens: number;
   fitTokens: number;
+  /** --drop auto's whole-model choice (src/merge/choose.ts): every candidate's pass also scores the calibration tokens */
+  choose?: boolean;
 }
 
 export function mergeMemoryPhases(model: Model, m: MergeMemoryInput): MemoryPhase[] {
@@ -78,6 +83,18 @@ export function mergeMemoryPhases(model: Model, m: MergeMemoryInput): MemoryPhas
       { label: 'one group being merged: the float64 running sum and a permuted member', bytes: 3 * X },
       { label: "layer statistics: one expert's routed inputs, activations and outputs", bytes: 2 * Math.ceil((T * k) / E) * (2 * H + 3 * I) * F32 },
       ...own('pass'),
+      ...(m.choose
+        ? [
+            {
+              label:
+                "whole-model choice: the head's scoring of a candidate (final hidden rows, one token chunk of logits), the other candidates' plans, the REAP candidate's statistics",
+              bytes:
+                T * H * F32 +
+                Math.min(T, 2048) * Math.min(view.dims.vocab, 8192) * F32 +
+                m.plan.layers.length * (2 * N * (H + 2) * F32 + E * H * 8 + DEFAULT_LOGIT_SAMPLE_ROWS * E * F32 + 8 * E * 8),
+            },
+          ]
+        : []),
     ],
   };
   // the write is listed first: it is the peak when both are equal

@@ -25,7 +25,7 @@ export const MERGE_OPTIONS = z.object({
   weighting: field(z.enum(WEIGHTING_METHODS).default(DEFAULTS.weighting), { help: 'member weights in the average (see Weighting below)', arg: 'm' }),
   router: field(z.enum(ROUTER_METHODS).default(DEFAULTS.router), { help: 'new router row per group (see Router rows below)', arg: 'm' }),
   drop: field(z.enum(DROP_MODES).optional(), {
-    help: "auto: per layer, drop a group's other members instead of merging them, or prune the layer (REAP, frequency), wherever that lowers the layer's output error on calibration tokens (report: decision per layer); never: merge as planned",
+    help: "auto: plan three candidates on the calibration text and write the one whose model has the lowest next-token NLL on it: the merge decided per layer (drop a group's other members, or prune the layer by REAP or frequency, wherever that lowers the layer's output error), every group merged as planned, and REAP pruning (report: choice, and decision per layer); never: merge as planned",
     arg: 'm',
     defaultText: 'auto with --calib, never with --stats or --plan',
   }),

@@ -37,7 +37,8 @@ import type { PassResume } from '../pipeline/resume.js';
 import { memberWeights } from './combine.js';
 import { checkGroupCount, checkPartition, groupExperts, mergeRoutingGroups, routingGroupOf } from './grouping.js';
 import { allocationReport, errorCurve, type AllocationReport } from './allocate.js';
-import { decideTokens, LayerError } from './decide.js';
+import { type CandidateScore, candidateName, type ChoiceReport, pickCandidate, type ReapCandidate, reapCandidate } from './choose.js';
+import { decideTokens, decisionApplies, keptRows, LayerError, pruneGroups } from './decide.js';
 import { mergeGroupStreamed, mergeLayer, type MergedLayer, type MergeLayerOptions } from './layer.js';
 import { mergeMemoryPhases } from './memory.js';
 import { DEFAULTS, type MERGE_OPTIONS, MERGE_SPEC, type MergeOptions } from './options.js';
@@ -70,6 +71,8 @@ export interface MergeReport {
   /** the plan file written (--save-plan) */
   savedPlan?: string;
   shard?: { index: number; count: number };
+  /** --drop auto: the whole-model candidates' NLL on the calibration windows and the one written (src/merge/choose.ts) */
+  choice?: ChoiceReport;
   layers: LayerReport[];
   sizes: { before: SizeSummary; after: SizeSummary; predicted: boolean };
   /** --keep-per-layer auto: the per-layer counts the same total would allow, and the error they would save */
@@ -156,19 +159,20 @@ async function planSequential(
   windows: Int32Array[],
   resume: PassResume<SequentialEntry>,
   curves?: number[][],
-): Promise<{ plan: MergePlan; resumed: ReturnType<typeof resume.report> }> {
+  candidate?: 'merge' | 'planned',
+): Promise<{ plan: MergePlan; resumed: ReturnType<typeof resume.report>; nll?: { nll: number; tokens: number } }> {
   const view = model.view;
   const plan: MergePlan = { mode: 'sequential', tokens: windows.reduce((a, w) => a + w.length, 0), layers: [] };
   // the MTP layers come after the decoder layers, on their own inputs (the stream runs them with `mtp`)
   const mtp = !req.dropMtp && !!view.mtp?.length;
   const total = view.moeLayers.length + (mtp ? view.mtp!.length : 0);
-  const phase = req.progress?.phase(`merge: ${total} MoE layers, sequentially on calibration text`);
+  const phase = req.progress?.phase(`merge: ${total} MoE layers, sequentially on calibration text${candidate ? ` (candidate: ${candidate})` : ''}`);
   const H = view.dims.hidden;
   const expert = (w: SwiGLUWeights, x: Float32Array, T: number) => swiglu(w, x, T, view.forward.activation);
   const routingGroups = mergeRoutingGroups(view.routing);
   const mine: number[][] = [];
   let done = 0;
-  await streamModel(
+  const pass = await streamModel(
     model,
     windows,
     {
@@ -203,7 +207,7 @@ async function planSequential(
             routingRule: view.routing,
           },
           choices,
-          opts,
+          candidate === 'planned' ? { ...opts, drop: 'never' } : opts,
         );
         const planned: PlannedLayer = {
           layer: input.layer.index,
@@ -220,13 +224,14 @@ async function planSequential(
         return runningEdit(m.experts, m.router, input.experts.length, H, routingGroups);
       },
     },
-    { checkpoint: resume.checkpoint, ...(mtp ? { mtp: true } : {}) },
+    { checkpoint: resume.checkpoint, ...(mtp ? { mtp: true } : {}), ...(candidate ? { scoreLogits: true } : {}) },
   );
+  const scored = candidate ? { nll: pass.nll / pass.scored, tokens: pass.scored } : undefined;
   const resumed = resume.report();
   if (resumed.afterLayer < 0) {
     curves?.push(...mine);
-    phase?.succeed(`merge: ${plan.layers.length} layers planned`);
-    return { plan, resumed };
+    phase?.succeed(`merge: ${plan.layers.length} layers planned${scored ? `, NLL ${scored.nll.toFixed(4)}` : ''}`);
+    return { plan, resumed, ...(scored ? { nll: scored } : {}) };
   }
   // resumed: the killed run's layers, then this run's, checked like a plan file
   const entries = resume.entries();
@@ -234,7 +239,31 @@ async function planSequential(
   const layers = entries.map((e) => e.layer);
   const all = checkSavedPlan(model.view, { mode: 'sequential', tokens: plan.tokens, layers }, choices, 'the resume state', req.dropMtp);
   phase?.succeed(`merge: ${all.layers.length} layers planned (resumed after layer ${resumed.afterLayer}: ${resumed.computed.length} computed)`);
-  return { plan: all, resumed };
+  return { plan: all, resumed, ...(scored ? { nll: scored } : {}) };
+}
+
+/** The REAP candidate as a merge plan: every kept expert a group of one, each removed one at weight 0, the kept experts' rows. */
+async function reapPlan(model: Model, rc: ReapCandidate, choices: MergeChoices): Promise<MergePlan> {
+  const layers: PlannedLayer[] = [];
+  const H = model.view.dims.hidden;
+  for (const layer of editedLayers(model.view, false)) {
+    const ls = rc.stats.layers.find((s) => s.layer === layer.index);
+    if (layer.block.kind !== 'moe' || !ls) continue;
+    const kept = rc.kept.get(layer.index)!;
+    const groups = pruneGroups(kept, ls.numExperts, signalsFromStats(ls));
+    layers.push({
+      layer: layer.index,
+      groups: groups.map((g) => ({
+        anchor: g.anchor,
+        members: g.members,
+        weights: g.members.map((_, k) => (k === 0 ? 1 : 0)),
+        alignment: g.members.map(() => null),
+      })),
+      router: { method: choices.router },
+      rows: keptRows(kept, await loadRouter(model.ckpt, layer.block.router), H),
+    });
+  }
+  return { mode: 'sequential', tokens: rc.stats.tokens, layers };
 }
 
 function statsFor(stats: CalibStats, layer: number, E: number) {
@@ -362,6 +391,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
     let pass: { tokens: number; seqLen: number } | undefined;
     let source: MergeReport['calibration']['source'];
     let resumed: MergeReport['resumed'];
+    let choice: ChoiceReport | undefined;
     if (req.plan) {
       plan = checkSavedPlan(view, await run.loadPlan<unknown>(settings), choices, req.plan, req.dropMtp);
       source = 'plan';
@@ -374,18 +404,36 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
       await run.startBackend();
       const windows = await run.windows();
       pass = { tokens: windows.reduce((a, w) => a + w.length, 0), seqLen: windows[0]?.length ?? 0 };
-      const curves = req.keepPerLayer === 'auto' ? [] : undefined;
+      const curves: number[][] | undefined = req.keepPerLayer === 'auto' ? [] : undefined;
       if (curves && view.routing.groups && view.routing.groups.nGroup > 1)
         fail('Usage', `--keep-per-layer auto: ${view.family} routes within expert groups; per-layer counts would have to keep them even`);
-      const r = await planSequential(
-        model,
-        req,
-        choices,
-        opts,
-        windows,
-        run.passResume('sequential', { settings, choices, opts, keepPerLayer: req.keepPerLayer ?? null }, windows),
-        curves,
-      );
+      const parts = { settings, choices, opts, keepPerLayer: req.keepPerLayer ?? null };
+      // --drop auto: whole-model candidates planned on the calibration windows, the one of lowest NLL written
+      const choose = opts.drop === 'auto' && decisionApplies(view.routing);
+      let r: Awaited<ReturnType<typeof planSequential>>;
+      if (!choose) r = await planSequential(model, req, choices, opts, windows, run.passResume('sequential', parts, windows), curves);
+      else {
+        // the per-layer decided merge keeps the single pass's resume state; each other candidate has its own
+        const runs: (typeof r | undefined)[] = [
+          await planSequential(model, req, choices, opts, windows, run.passResume('sequential', parts, windows), curves, 'merge'),
+        ];
+        const scores: CandidateScore[] = [{ candidate: 'merge', grouping: choices.grouping, nll: runs[0]!.nll!.nll }];
+        // the planned merge of the configured grouping (every grouping's as a candidate was measured and not kept:
+        // docs/merge.md, more candidates within the calibration text's noise chose worse on held-out text)
+        const p = await planSequential(model, req, choices, opts, windows, run.passResume('sequential-planned', parts, windows), undefined, 'planned');
+        runs.push(p);
+        scores.push({ candidate: 'planned', grouping: choices.grouping, nll: p.nll!.nll });
+        const ph = req.progress?.phase('merge: REAP pruning candidate (statistics pass, then the pruned model)');
+        const rc = await reapCandidate(model, windows, choices.groups, !req.dropMtp && !!view.mtp?.length);
+        ph?.succeed(`merge: REAP pruning candidate, NLL ${rc.nll.toFixed(4)}`);
+        scores.push({ candidate: 'prune-reap', nll: rc.nll });
+        const chosen = pickCandidate(scores);
+        choice = { chosen, tokens: rc.tokens, candidates: scores };
+        r = runs[chosen] ?? { ...runs[0]!, plan: await reapPlan(model, rc, choices) };
+        req.progress?.info(
+          `merge: writing ${candidateName(scores[chosen]!)} (NLL on the calibration windows: ${scores.map((x) => `${candidateName(x)} ${x.nll.toFixed(4)}`).join(', ')})`,
+        );
+      }
       plan = r.plan;
       if (!req.dryRun) resumed = r.resumed;
       if (curves) {
@@ -434,6 +482,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
       calibration: { source, path: (req.plan ?? req.stats ?? req.calib)!, tokens: plan.tokens },
       ...(req.savePlan ? { savedPlan: req.savePlan } : {}),
       ...(req.shard ? { shard: { index: req.shard.index, count: req.shard.count } } : {}),
+      ...(choice ? { choice } : {}),
       layers,
       ...(keepPerLayer ? { keepPerLayer } : {}),
       sizes: { before, after, predicted },
@@ -444,6 +493,7 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
           ...(pass ? { pass } : {}),
           alignTokens: req.alignTokens ?? MERGE_OPTION_DEFAULTS.alignTokens,
           fitTokens: req.fitTokens ?? MERGE_OPTION_DEFAULTS.fitTokens,
+          ...(choice ? { choose: true } : {}),
         }),
       ),
       ...(resumed ? { resumed } : {}),

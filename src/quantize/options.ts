@@ -14,10 +14,11 @@ import { checkServeFlags, SERVE_TARGET_NAMES, serveTarget, type ServeTarget } fr
 
 export const DEFAULT_CANDIDATES: QuantBits[] = [2, 3, 4];
 /**
- * --format gguf: the k-quants and the IQ3/IQ4 types the allocation measured as improving held-out perplexity
- * (docs/gguf.md, bench/gguf-frontier.ts); IQ4_NL is each IQ type's fallback for rows not whole 256-blocks
+ * --format gguf: the types measured as extending or lowering the frontier (docs/gguf.md, bench/gguf-frontier.ts):
+ * the IQ2 types below Q2_K's 2.625 bpw and at 2.7 ("With the IQ2 types"), IQ3_XXS/IQ3_S/IQ4_XS from 3.5 bpw up ("With
+ * the IQ types among the candidates"); on 128-wide rows every IQ type falls back to IQ4_NL like llama.cpp.
  */
-export const DEFAULT_GGUF_CANDIDATES: GgufCandidate[] = ['q2_k', 'iq3_xxs', 'q3_k', 'iq3_s', 'iq4_xs', 'q4_k', 'q5_k', 'q6_k'];
+export const DEFAULT_GGUF_CANDIDATES: GgufCandidate[] = ['iq2_xxs', 'iq2_xs', 'iq2_s', 'q2_k', 'iq3_xxs', 'q3_k', 'iq3_s', 'iq4_xs', 'q4_k', 'q5_k', 'q6_k'];
 export const DEFAULT_MIN_TOKENS = 32;
 /** -1: one group spanning every input column (channel-wise scales), as GPTQ and compressed-tensors spell it */
 export const GROUP_SIZES = [-1, 32, 64, 128] as const;
@@ -47,7 +48,7 @@ export const QUANTIZE_OPTIONS = z.object({
     arg: 'n',
   }),
   candidates: field(z.array(widthOrType()).nonempty().optional(), {
-    help: 'bit-widths the allocation may choose, comma-separated; --format gguf: ggml types (q2_k ... q8_0; 2/3/4/8 name q2_k/q3_k/q4_k/q8_0), or one of f16, bf16, f32 alone for the unquantized GGUF',
+    help: 'bit-widths the allocation may choose, comma-separated; --format gguf: ggml types (iq2_xxs ... q8_0; 2/3/4/8 name q2_k/q3_k/q4_k/q8_0), or one of f16, bf16, f32 alone for the unquantized GGUF',
     arg: 'list',
     defaultText: `${DEFAULT_CANDIDATES.join(',')} (--format gguf: ${DEFAULT_GGUF_CANDIDATES.join(',')})`,
   }),

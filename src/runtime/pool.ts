@@ -116,6 +116,11 @@ export class WorkerPool {
     return new WorkerPool(opts.threads, opts.backend);
   }
 
+  /** workers running or starting */
+  get started(): number {
+    return this.workers.length + this.starting.length;
+  }
+
   /** Start workers (without waiting for them) until `n`, at most size, run or are starting. */
   prestart(n: number): void {
     while (!this.failed && !this.closing && this.workers.length + this.starting.length < Math.min(n, this.size)) this.spawn();

@@ -147,7 +147,8 @@ describe('moe quantize --format gguf', () => {
       [['--bits', '4', '--calib', CALIB, '--shard', '0/2'], /--shard is not available with --format gguf/],
       [['--bits', '4', '--calib', CALIB, '--act-order'], /--act-order is not available/],
       [['--bits', '4', '--calib', CALIB, '--group-size', '64'], /--group-size is not available/],
-      [['--bits', '3', '--calib', CALIB], /below the smallest GGUF size .* 3\.8750 bpw/],
+      // the default candidates' smallest: 128-wide gate/up at 4.5 bpw (IQ4_NL/Q4_0 fallbacks), down IQ2_XXS (2.0625)
+      [['--bits', '3', '--calib', CALIB], /below the smallest GGUF size .* 3\.6875 bpw/],
     ];
     for (const [args, msg] of cases) {
       const r = await runMoe([...base, ...args]);

@@ -105,7 +105,7 @@ describe('moe merge CLI', () => {
     });
   }
 
-  it('--dry-run prints what --drop auto chose per layer, never worse than REAP on the layer error, and --keep-per-layer auto', async () => {
+  it('--dry-run prints which candidate --drop auto chose, what it chose per layer, and --keep-per-layer auto', async () => {
     const r = await run(
       '--model',
       model,
@@ -124,7 +124,15 @@ describe('moe merge CLI', () => {
     );
     expect(r.code).toBe(0);
     const rep = JSON.parse(r.stdout);
+    // the whole-model choice (NLL on the calibration windows) and, where the merge candidate wins, its per-layer decisions
+    const cands = rep.choice.candidates as { candidate: string; grouping?: string; nll: number }[];
+    expect(cands.map((c) => `${c.candidate} ${c.grouping ?? ''}`.trim())).toEqual(['merge msmoe', 'planned msmoe', 'prune-reap']);
+    expect(cands[rep.choice.chosen]!.nll).toBe(Math.min(...cands.map((c) => c.nll)));
     for (const l of rep.layers) {
+      if (cands[rep.choice.chosen]!.candidate !== 'merge') {
+        expect(l.decision).toBeUndefined();
+        continue;
+      }
       expect(['merge', 'merge-drop', 'prune-reap', 'prune-frequency']).toContain(l.decision.choice);
       expect(l.decision.error).toBeLessThanOrEqual(l.decision.errors.reap);
     }

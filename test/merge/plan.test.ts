@@ -54,15 +54,17 @@ afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-// the most data-dependent choices: activation alignment and fitted router rows, measured sequentially
+// the most data-dependent choices: activation alignment and fitted router rows, measured sequentially; every group
+// merged (--drop never), so the plan holds permutations (--drop auto could write REAP pruning, which has none)
 const seqFlags = { groups: 4, grouping: 'msmoe', align: 'activations', router: 'fit', fitSteps: 40 } as const;
+const planned = { drop: 'never' } as const;
 const seqCli = ['--groups', '4', '--grouping', 'msmoe', '--align', 'activations', '--router', 'fit', '--fit-steps', '40'];
 
 describe('merge plans', () => {
   it('--plan writes the same bytes as the sequential run that saved it, without calibration; a dry run saves the same plan', async () => {
     const plan = join(root, 'seq.plan.json');
     const a = join(root, 'seq-a');
-    const ra = await merge({ model, out: a, calib, calibTokens: 256, seqLen: 32, savePlan: plan, ...seqFlags });
+    const ra = await merge({ model, out: a, calib, calibTokens: 256, seqLen: 32, savePlan: plan, ...seqFlags, ...planned });
     expect(ra.mode).toBe('sequential');
     expect(ra.savedPlan).toBe(plan);
     const saved = JSON.parse(await readFile(plan, 'utf8'));
@@ -85,7 +87,7 @@ describe('merge plans', () => {
 
     const dryPlan = join(root, 'seq-dry.plan.json');
     const dry = join(root, 'seq-dry');
-    const rd = await merge({ model, out: dry, calib, calibTokens: 256, seqLen: 32, savePlan: dryPlan, dryRun: true, ...seqFlags });
+    const rd = await merge({ model, out: dry, calib, calibTokens: 256, seqLen: 32, savePlan: dryPlan, dryRun: true, ...seqFlags, ...planned });
     expect(rd.dryRun).toBe(true);
     expect(await exists(dry)).toBe(false);
     expect(await readFile(dryPlan, 'utf8')).toBe(await readFile(plan, 'utf8'));
@@ -104,6 +106,8 @@ describe('merge plans', () => {
       '--seq-len',
       '32',
       ...seqCli,
+      '--drop',
+      'never',
       '--dry-run',
       '--quiet',
       '--save-plan',
@@ -173,7 +177,7 @@ describe('merge --shard i/n', () => {
   it('shards of a sequential plan, assembled, equal the sequential run byte for byte', async () => {
     const plan = join(root, 'shard.plan.json');
     const whole = join(root, 'shard-whole');
-    await merge({ model, out: whole, calib, calibTokens: 256, seqLen: 32, savePlan: plan, ...seqFlags });
+    await merge({ model, out: whole, calib, calibTokens: 256, seqLen: 32, savePlan: plan, ...seqFlags, ...planned });
     const parts = [0, 1].map((i) => join(root, `shard-part-${i}`));
     for (const [i, p] of parts.entries()) {
       const r = await merge({ model, out: p, plan, shard: { index: i, count: 2 }, ...seqFlags });

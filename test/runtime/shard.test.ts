@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isMoeError } from '../../src/errors.js';
 import { openModel } from '../../src/model/open.js';
 import { initBackend } from '../../src/runtime/backend.js';
-import { closePool, setThreads } from '../../src/runtime/pool.js';
+import { closePool, getPool, setThreads } from '../../src/runtime/pool.js';
 import { shardPasses } from '../../src/runtime/shard.js';
 import { streamModel } from '../../src/runtime/stream.js';
 import { runMoe } from '../helpers/cli.js';
@@ -72,6 +72,23 @@ describe('window shards', () => {
     },
     300_000,
   );
+
+  it('a shared pass at 2 threads starts one worker (the main thread runs a share); the per-layer path starts both', async () => {
+    const m = await openModel(MODEL);
+    try {
+      await setThreads(2);
+      await closePool();
+      const ws = windows(4, 17, m.view.dims.vocab, 5);
+      await streamModel(m, ws, {}, { scoreLogits: true });
+      expect((await getPool('wasm'))!.started).toBe(1);
+      // a hook takes the per-layer path: experts run ahead on every worker
+      await streamModel(m, ws, { onExpertOutput: () => undefined });
+      expect((await getPool('wasm'))!.started).toBe(2);
+    } finally {
+      await setThreads(1);
+      await m.ckpt.close();
+    }
+  }, 300_000);
 
   it('more threads than windows: one shard per window; a single window stays on the per-layer path', async () => {
     const m = await openModel(MODEL);
