@@ -62,6 +62,7 @@ async function main(): Promise<void> {
   const cells: Cell[] = [];
   const base = new Map<string, number>();
   const expertsOf = new Map<string, number>();
+  let runs = 0;
   try {
     for (const model of models) {
       const cfg = JSON.parse(await readFile(join(model, 'config.json'), 'utf8'));
@@ -71,7 +72,9 @@ async function main(): Promise<void> {
       log(`${model}: backend ${backend}, ${E} experts, original ppl ${base.get(model)!.toFixed(3)}`);
       for (const n of [(3 * E) / 4, E / 2]) {
         const run = async (what: string, f: (out: string) => Promise<MergeReport | unknown>) => {
-          const out = join(tmp, 'out');
+          // every run its own directory: the runtime's workers keep a model open per directory for the process's
+          // life, so a checkpoint rewritten at a path already scored would be read from the first one's files
+          const out = join(tmp, `out-${runs++}`);
           const t0 = Date.now();
           const rep = await f(out);
           const seconds = (Date.now() - t0) / 1000;
