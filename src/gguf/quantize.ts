@@ -20,7 +20,10 @@
  *   already-quantized layers before it, and seen quantized by the layers after); attention tensors from the
  *   Hessians of the same stream (the runtime does not take edited attention weights, so those stay full precision
  *   in the stream), the output from the final hidden states. Experts routed fewer than --min-tokens tokens take
- *   importance-weighted rounding. With --method rtn every tensor takes importance-weighted rounding.
+ *   importance-weighted rounding. With --method rtn every tensor takes importance-weighted rounding. With --method auto
+ *   each routed (and shared) expert's projection takes GPTQ or the rounding, both made from 3 of every 4 routed
+ *   tokens, whichever gives the lower output error of the expert on the 4th (src/gguf/choice.ts); the scoring pass
+ *   makes the same choice at each option, so an option's loss is that of the encoding that would be written.
  * - write: DIR/model.gguf, tensor by tensor as the pass produces each layer (about one layer in memory), beside
  *   the report, the --tensor-type list and the importance matrix in llama-imatrix's GGUF format, so that
  *   `llama-quantize --imatrix imatrix.gguf --tensor-type-file tensor-types.txt model-f16.gguf out.gguf Q4_K_M`
