@@ -124,7 +124,7 @@ export function checkQuantize(o: QuantizeOptions): void {
     return;
   }
   if (getQuantizer(o.method).choice)
-    fail('Usage', `--method ${o.method} chooses between GPTQ and llama.cpp's rounding per tensor: it is for --format gguf (give --method gptq or rtn)`);
+    fail('Usage', `${o.method}: the choice between GPTQ and llama.cpp's rounding per tensor is for --format gguf (give --method gptq or rtn)`);
   const names = [...(o.candidates ?? []), o.denseBits].filter((c) => typeof c === 'string');
   if (names.length) fail('Usage', `ggml type names (${names.join(', ')}) are for --format gguf; --format ${o.format} takes widths ${QUANT_BITS.join(', ')}`);
   if (o.bits === undefined) fail('Usage', 'give --bits B (target bits per weight of the routed experts)');

@@ -198,9 +198,11 @@ describe('moe quantize --format gguf --method auto', () => {
   }, 300_000);
 
   it('--method auto is refused for --format gptq, and without --calib', async () => {
-    await expect(quantize({ model: M, calib: CALIB, bits: 4, method: 'auto', out: join(dir, 'x') })).rejects.toThrow(/--method auto .* is for --format gguf/);
+    await expect(quantize({ model: M, calib: CALIB, bits: 4, method: 'auto', out: join(dir, 'x') })).rejects.toThrow(
+      /^auto: the choice between GPTQ and llama.cpp's rounding per tensor is for --format gguf/,
+    );
     await expect(quantize({ model: M, bits: 4, format: 'gguf', method: 'auto', out: join(dir, 'y') })).rejects.toThrow(
-      /--method auto measures GPTQ and rounding/,
+      /^auto measures GPTQ and the rounding on calibration tokens: give --calib FILE/,
     );
   });
 });

@@ -10,6 +10,6 @@ export const auto = {
   name: 'auto',
   summary:
     "--format gguf: each expert projection written by GPTQ or by llama.cpp's importance-weighted rounding, whichever gives the lower expert output error (through the SwiGLU) on every 4th routed calibration token, held back from the Hessian; other tensors GPTQ",
-  missingCalibration: '--method auto measures GPTQ and rounding on calibration tokens: give --calib FILE (or --method rtn)',
+  missingCalibration: 'auto measures GPTQ and the rounding on calibration tokens: give --calib FILE (or --method rtn)',
   choice: { holdEvery: 4 },
 } as const satisfies Quantizer<'auto'>;
