@@ -14,10 +14,11 @@ import { checkServeFlags, SERVE_TARGET_NAMES, serveTarget, type ServeTarget } fr
 
 export const DEFAULT_CANDIDATES: QuantBits[] = [2, 3, 4];
 /**
- * --format gguf: the IQ2 types are in because they extend the frontier below Q2_K's 2.625 bpw and measured better
- * at 2.7 bpw too (docs/gguf.md, "With the IQ2 types"); on 128-wide rows they fall back to IQ4_NL like llama.cpp.
+ * --format gguf: the types measured as extending or lowering the frontier (docs/gguf.md, bench/gguf-frontier.ts):
+ * the IQ2 types below Q2_K's 2.625 bpw and at 2.7 ("With the IQ2 types"), IQ3_XXS/IQ3_S/IQ4_XS from 3.5 bpw up ("With
+ * the IQ types among the candidates"); on 128-wide rows every IQ type falls back to IQ4_NL like llama.cpp.
  */
-export const DEFAULT_GGUF_CANDIDATES: GgufCandidate[] = ['iq2_xxs', 'iq2_xs', 'iq2_s', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'];
+export const DEFAULT_GGUF_CANDIDATES: GgufCandidate[] = ['iq2_xxs', 'iq2_xs', 'iq2_s', 'q2_k', 'iq3_xxs', 'q3_k', 'iq3_s', 'iq4_xs', 'q4_k', 'q5_k', 'q6_k'];
 export const DEFAULT_MIN_TOKENS = 32;
 /** -1: one group spanning every input column (channel-wise scales), as GPTQ and compressed-tensors spell it */
 export const GROUP_SIZES = [-1, 32, 64, 128] as const;
