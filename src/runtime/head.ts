@@ -5,7 +5,8 @@
  * kept (online log-sum-exp), so a 150k vocabulary costs no more memory than a 32k one.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { openModel, type Model } from '../model/open.js';
+import type { Model } from '../model/open.js';
+import { openCached } from './opened.js';
 // a worker opens the model itself: the on-disk linear formats the main thread reads (GPTQ, fused GPTQ,
 // compressed-tensors, low-rank factors) must be registered here too, or a quantized checkpoint looks incomplete
 import '../quantize/format.js';
@@ -79,17 +80,9 @@ export interface HeadRangeTask {
   targets: Int32Array;
 }
 
-const opened = new Map<string, Promise<Model>>();
-
-/** scoreRange on a worker: the models are opened there (once per directory). */
+/** scoreRange on a worker: the models are opened there (once per worker while their files stay the same, opened.ts). */
 export async function headRangeTask(t: HeadRangeTask): Promise<HeadRange> {
-  const models = await Promise.all(
-    t.dirs.map((d) => {
-      let m = opened.get(d);
-      if (!m) opened.set(d, (m = openModel(d)));
-      return m;
-    }),
-  );
+  const models = await Promise.all(t.dirs.map((d) => openCached(d)));
   return scoreRange(models, t.hs, t.targets);
 }
 

@@ -18,7 +18,8 @@
  * a share of the windows does not have, and splitting those sums by share would change their bytes with the
  * thread count.
  */
-import { openModel, type Model } from '../model/open.js';
+import type { Model } from '../model/open.js';
+import { openCached } from './opened.js';
 import type { StreamOptions, StreamResult } from './api.js';
 import { scoredPositions, scoreRange } from './head.js';
 import { embedTokens, layerRunner, norm, type LayerCounts } from './layer.js';
@@ -79,24 +80,11 @@ async function runShard(
   return res;
 }
 
-const opened = new Map<string, Promise<Model>>();
-
-function openOnce(dir: string): Promise<Model> {
-  let m = opened.get(dir);
-  if (!m) {
-    m = openModel(dir);
-    // a failed open is not kept: the error reaches the caller, and a later pass may open again
-    m.catch(() => opened.delete(dir));
-    opened.set(dir, m);
-  }
-  return m;
-}
-
-/** One share on a worker: the model is opened there (once per directory and worker). */
+/** One share on a worker: the model is opened there (once per worker while its files stay the same, opened.ts). */
 export async function shardPass(t: ShardTask, progress?: (layer: unknown) => void): Promise<ShardResult> {
   const windows: Int32Array[] = [];
   for (let w = 0; w + t.S <= t.ids.length; w += t.S) windows.push(t.ids.subarray(w, w + t.S));
-  return runShard(await openOnce(t.dir), windows, t.score, t.hidden, progress);
+  return runShard(await openCached(t.dir), windows, t.score, t.hidden, progress);
 }
 
 export const SHARD_MODULE = import.meta.url;

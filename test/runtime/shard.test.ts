@@ -90,6 +90,38 @@ describe('window shards', () => {
     }
   }, 300_000);
 
+  it('a checkpoint rewritten at a path the workers already read is read anew (shares and head ranges)', async () => {
+    // workers keep what they opened for the next task (src/runtime/opened.ts); a second checkpoint written to the
+    // same directory in one process must not be scored from the first one's files
+    const dir = join(root, 'rewritten');
+    const share = (v: number) => windows(4, 17, v, 11);
+    // a hook takes the per-layer path; 16 x 256 scored positions put the head's ranges on the workers
+    const ranged = (v: number) => windows(16, 257, v, 12);
+    const hook = { onExpertOutput: () => undefined };
+    const passes = async (threads: number) => {
+      const m = await openModel(dir);
+      try {
+        await setThreads(threads);
+        const a = await streamModel(m, share(m.view.dims.vocab), {}, { scoreLogits: true });
+        const b = await streamModel(m, ranged(m.view.dims.vocab), hook, { scoreLogits: true });
+        return [a.nll, b.nll];
+      } finally {
+        // the thread count stays: changing it would restart the workers, and they must live across the rewrite
+        await m.ckpt.close();
+      }
+    };
+    await makeTinyCheckpoint('qwen2_moe', dir, { seed: 5 });
+    const first = await passes(2);
+    await rm(dir, { recursive: true, force: true });
+    await makeTinyCheckpoint('qwen2_moe', dir, { seed: 6 });
+    const second = await passes(2);
+    const reference = await passes(1);
+    await setThreads(1);
+    expect(second).toEqual(reference);
+    expect(second[0]).not.toBe(first[0]);
+    expect(second[1]).not.toBe(first[1]);
+  }, 300_000);
+
   it('more threads than windows: one shard per window; a single window stays on the per-layer path', async () => {
     const m = await openModel(MODEL);
     try {
