@@ -8,34 +8,18 @@
  * --write-fixture records llama.cpp's bytes for the seeded rows test/gguf/iq2.test.ts checks (kfitRows(2, 512)), and
  * for IQ2_S also without an importance matrix.
  */
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { IQ2_TYPES, dequantizeMatrixIq2, quantizeMatrixIq2, type Iq2Type } from '../kernels/ggml/iq2.js';
 import { dequantizeMatrix, quantizeMatrix } from '../kernels/ggml/kquants.js';
 import { kfitRows } from '../test/gguf/kfit-rows.js';
+import { equalFraction as equal, llamaQuantizer, weightedError as err } from './gguf-harness.js';
 
 const { values } = parseArgs({
   options: { quant: { type: 'string' }, rows: { type: 'string', default: '64' }, n: { type: 'string', default: '512' }, 'write-fixture': { type: 'string' } },
 });
 if (!values.quant) throw new Error('give --quant PATH (bench/gguf-quant.c built against llama.cpp)');
-const tmp = mkdtempSync(join(tmpdir(), 'gguf-iq2-'));
-
-function llama(type: string, x: Float32Array, im: Float32Array | undefined, rows: number, n: number): Uint8Array {
-  writeFileSync(join(tmp, 'x.f32'), Buffer.from(x.buffer, x.byteOffset, x.byteLength));
-  if (im) writeFileSync(join(tmp, 'im.f32'), Buffer.from(im.buffer, im.byteOffset, im.byteLength));
-  const args = [type, String(rows), String(n), join(tmp, 'x.f32'), im ? join(tmp, 'im.f32') : '-'];
-  return new Uint8Array(execFileSync(values.quant!, args, { maxBuffer: 1 << 28 }));
-}
-
-const err = (d: Float32Array, x: Float32Array, im: Float32Array, n: number) => {
-  let e = 0;
-  for (let i = 0; i < d.length; i++) e += im[i % n]! * (d[i]! - x[i]!) ** 2;
-  return e;
-};
-const equal = (a: Uint8Array, b: Uint8Array) => (a.length === b.length ? a.reduce((c, v, i) => c + (v === b[i] ? 1 : 0), 0) / a.length : 0);
+const llama = llamaQuantizer(values.quant, 'iq2');
 
 const rows = Number(values.rows);
 const n = Number(values.n);

@@ -7,15 +7,13 @@
  * /tmp/gguf-quant is bench/gguf-quant.c built against a llama.cpp checkout (its header says how).
  * --write-fixture records llama.cpp's bytes for the seeded rows test/gguf/iq34.test.ts builds (2 rows of 512).
  */
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { dequantizeGgml, isBlockType, quantizeGgml } from '../kernels/ggml/codecs.js';
 import { llamaIq3sLayout } from '../kernels/ggml/iq3.js';
 import type { GgmlType } from '../src/gguf/format.js';
 import { hardRows, kfitRows } from '../test/gguf/kfit-rows.js';
+import { equalFraction as equal, llamaQuantizer, weightedError } from './gguf-harness.js';
 
 const { values } = parseArgs({
   options: {
@@ -28,22 +26,10 @@ const { values } = parseArgs({
 });
 if (!values.quant) throw new Error('give --quant PATH (bench/gguf-quant.c built against llama.cpp)');
 const TYPES = values.types.split(',').filter((t) => isBlockType(t)) as GgmlType[];
-const tmp = mkdtempSync(join(tmpdir(), 'gguf-iq34-'));
+const llama = llamaQuantizer(values.quant, 'iq34');
 
-function llama(type: GgmlType, x: Float32Array, im: Float32Array | undefined, rows: number, n: number): Uint8Array {
-  writeFileSync(join(tmp, 'x.f32'), Buffer.from(x.buffer, x.byteOffset, x.byteLength));
-  if (im) writeFileSync(join(tmp, 'im.f32'), Buffer.from(im.buffer, im.byteOffset, im.byteLength));
-  const args = [type, String(rows), String(n), join(tmp, 'x.f32'), im ? join(tmp, 'im.f32') : '-'];
-  return new Uint8Array(execFileSync(values.quant!, args, { maxBuffer: 1 << 28 }));
-}
-
-const err = (type: GgmlType, b: Uint8Array, x: Float32Array, im: Float32Array, rows: number, n: number) => {
-  const d = dequantizeGgml(type, b, rows, n);
-  let e = 0;
-  for (let i = 0; i < d.length; i++) e += im[i % n]! * (d[i]! - x[i]!) ** 2;
-  return e;
-};
-const equal = (a: Uint8Array, b: Uint8Array) => (a.length === b.length ? a.reduce((c, v, i) => c + (v === b[i] ? 1 : 0), 0) / a.length : 0);
+const err = (type: GgmlType, b: Uint8Array, x: Float32Array, im: Float32Array, rows: number, n: number) =>
+  weightedError(dequantizeGgml(type, b, rows, n), x, im, n);
 
 const rows = Number(values.rows);
 const n = Number(values.n);

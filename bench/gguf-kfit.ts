@@ -7,10 +7,7 @@
  * /tmp/gguf-quant is bench/gguf-quant.c built against a llama.cpp checkout (its header says how).
  * --write-fixture records llama.cpp's bytes for the seeded rows test/gguf/kfit.test.ts builds (2 rows of 512).
  */
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import {
   KQUANT_SPECS,
@@ -24,19 +21,14 @@ import {
   type KQuantType,
 } from '../kernels/ggml/kquants.js';
 import { kfitRows } from '../test/gguf/kfit-rows.js';
+import { equalFraction as equal, llamaQuantizer, weightedError } from './gguf-harness.js';
 
 const { values } = parseArgs({
   options: { quant: { type: 'string' }, rows: { type: 'string', default: '64' }, n: { type: 'string', default: '512' }, 'write-fixture': { type: 'string' } },
 });
 if (!values.quant) throw new Error('give --quant PATH (bench/gguf-quant.c built against llama.cpp)');
 const TYPES: KQuantType[] = ['Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K'];
-const tmp = mkdtempSync(join(tmpdir(), 'gguf-kfit-'));
-
-function llama(type: KQuantType, x: Float32Array, im: Float32Array, rows: number, n: number): Uint8Array {
-  writeFileSync(join(tmp, 'x.f32'), Buffer.from(x.buffer, x.byteOffset, x.byteLength));
-  writeFileSync(join(tmp, 'im.f32'), Buffer.from(im.buffer, im.byteOffset, im.byteLength));
-  return new Uint8Array(execFileSync(values.quant!, [type, String(rows), String(n), join(tmp, 'x.f32'), join(tmp, 'im.f32')], { maxBuffer: 1 << 28 }));
-}
+const llama = llamaQuantizer(values.quant, 'kfit');
 
 /** The fit before kfit.ts: fitBlockParams' sweep on imatrix_i * sqrt(sigma^2 + x_i^2), then the nearest codes. */
 function earlier(type: KQuantType, x: Float32Array, im: Float32Array, rows: number, n: number): Uint8Array {
@@ -55,13 +47,8 @@ function earlier(type: KQuantType, x: Float32Array, im: Float32Array, rows: numb
   return out;
 }
 
-const err = (type: KQuantType, b: Uint8Array, x: Float32Array, im: Float32Array, rows: number, n: number) => {
-  const d = dequantizeMatrix(type, b, rows, n);
-  let e = 0;
-  for (let i = 0; i < d.length; i++) e += im[i % n]! * (d[i]! - x[i]!) ** 2;
-  return e;
-};
-const equal = (a: Uint8Array, b: Uint8Array) => a.reduce((c, v, i) => c + (v === b[i] ? 1 : 0), 0) / a.length;
+const err = (type: KQuantType, b: Uint8Array, x: Float32Array, im: Float32Array, rows: number, n: number) =>
+  weightedError(dequantizeMatrix(type, b, rows, n), x, im, n);
 
 const rows = Number(values.rows);
 const n = Number(values.n);
