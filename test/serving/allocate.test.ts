@@ -5,19 +5,17 @@
  * a deepseek_v3 fixture at hidden 128 (dense layer 0, shared experts, MLA attention), in compressed-tensors, by the
  * vLLM-rules checker and the independent decoder.
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { MoeError } from '../../src/errors.js';
 import { loadLinear } from '../../src/model/load.js';
 import { openModel } from '../../src/model/open.js';
-import { quantize, type QuantizeRequest } from '../../src/quantize/pipeline.js';
-import { initBackend } from '../../src/runtime/backend.js';
+import { quantize } from '../../src/quantize/pipeline.js';
 import { seededRandom } from '../../kernels/random.js';
 import { runMoe } from '../helpers/cli.js';
 import { makeTinyCheckpoint } from '../helpers/families.js';
-import { calib, FIX, model, servingWorkspace } from './workspace.js';
+import { calib, model, servingWorkspace } from './workspace.js';
 import { ctScheme, decodeCt, readSafetensors, type RawTensor } from './decode.js';
 import { checkVllm } from './vllm-rules.js';
 

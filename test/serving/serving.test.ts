@@ -5,17 +5,15 @@
  * what the target cannot run is refused with exit 2.
  */
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { MoeError } from '../../src/errors.js';
 import { evaluate } from '../../src/eval/perplexity.js';
 import { loadLinear } from '../../src/model/load.js';
 import { openModel } from '../../src/model/open.js';
 import { dequantizeCheckpoint } from '../../src/quantize/dequantize.js';
 import { quantize, type QuantizeRequest } from '../../src/quantize/pipeline.js';
-import { initBackend } from '../../src/runtime/backend.js';
 import { setThreads } from '../../src/runtime/pool.js';
 import { dequantize, quantizeRtn } from '../../kernels/quant/rtn.js';
 import { makeTinyCheckpoint, type Family } from '../helpers/families.js';
