@@ -66,7 +66,7 @@ const CASES: Case[] = [
   ['quantize: damp 2', 'quantize', { bits: 3, damp: 2, calib: C }, /--damp must be a number in \(0, 1\), got 2/, ExitCode.usage],
   ['quantize: GPTQ without calibration', 'quantize', { bits: 3 }, /GPTQ needs calibration text/, ExitCode.usage],
   ['quantize: bad override', 'quantize', { bits: 3, method: 'rtn', override: ['w2=5'] }, /--override 'w2=5': bits must be one of/, ExitCode.usage],
-  ['quantize: unknown method', 'quantize', { bits: 3, method: 'awq', calib: C }, /--method must be one of gptq, rtn, got 'awq'/, ExitCode.usage],
+  ['quantize: unknown method', 'quantize', { bits: 3, method: 'awq', calib: C }, /--method must be one of gptq, rtn, auto, got 'awq'/, ExitCode.usage],
   ['quantize: seq_len beyond the positions', 'quantize', { bits: 3, calib: C, seq_len: 600 }, /--seq-len 600 is beyond the model's positions/, ExitCode.usage],
   ['decompose: ratio 1.5', 'decompose', { ratio: 1.5, mode: 'svd' }, /--ratio must be a number in \(0, 1\], got 1.5/, ExitCode.usage],
   ['decompose: whitened without calibration', 'decompose', { ratio: 0.5 }, /--mode whitened whitens by the activations/, ExitCode.usage],
