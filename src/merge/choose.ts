@@ -1,22 +1,22 @@
 /**
- * `--drop auto`'s whole-model choice: the merge is planned three ways on the calibration windows (the per-layer
- * decision of decide.ts, the planned merge with every group merged, and REAP pruning exactly as `moe prune --method
- * reap` does it on the same windows), each candidate model's mean next-token NLL on those windows is measured in the
- * pass that plans it, and the lowest is written.
+ * `--drop auto`'s whole-model choice: the merge is planned several ways on the calibration windows (for each
+ * candidate grouping, `choiceGroupings`: the per-layer decision of decide.ts and the planned merge with every group
+ * merged; then REAP pruning exactly as `moe prune --method reap` does it on the same windows), each candidate
+ * model's mean next-token NLL on those windows is measured in the pass that plans it, and the lowest is written.
  *
  * Why: the per-layer decision minimises each MoE layer's own output error, which weighs tokens by the norm of the
  * block's output and ignores what later layers and the head make of the difference; on the fixtures it prefers kept
  * sets that do worse in perplexity (docs/merge.md, "Quality at equal size"). NLL through the head is what
  * perplexity measures. REAP pruning and the planned merge are candidates, so the written model is never worse than
- * either on this objective, by construction. Every grouping's planned merge as a further candidate was measured and
- * not kept: candidates that differ by less than the calibration text's noise make the lowest NLL a worse pick on
- * other text (docs/merge.md).
+ * either on this objective, by construction. Every grouping as a candidate (hierarchical too) was measured and not
+ * kept: candidates that differ by less than the calibration text's noise make the lowest NLL a worse pick on other
+ * text (docs/merge.md).
  *
  * A held-back split (planning on 3/4 of the windows, choosing on the rest) was measured and rejected: with 4096
  * calibration tokens, 1024 held-back tokens rank candidates that differ by 1% in perplexity no better than the
  * fitting tokens do, and every candidate is planned on fewer tokens (docs/merge.md has the numbers).
  *
- * Cost: one sequential pass per merge candidate (the planned ones skip the per-layer decision) plus, for REAP, the
+ * Cost: one sequential pass per merge candidate (two per grouping; the planned ones skip the per-layer decision) plus, for REAP, the
  * calibration-statistics pass and one masked pass; every pass also runs the head over the calibration tokens. Memory is one pass at a time plus the
  * candidates' plans (groups and router rows, no expert weights).
  */
@@ -30,6 +30,19 @@ import { streamModel } from '../runtime/stream.js';
 import type { GroupingMethod } from './types.js';
 
 export const CANDIDATES = ['merge', 'planned', 'prune-reap'] as const;
+
+/**
+ * The groupings whose merges are candidates (each twice: decided per layer, and every group merged): the ones given
+ * (--choose-groupings), else the configured --grouping and then saliency. Why saliency beside it: its centroids are
+ * the REAP-kept experts, so its merges are REAP pruning with the removed experts folded in, the merge closest to
+ * the pruning candidate; the default grouping (msmoe) anchors on frequency and groups by similarity, the other
+ * end. On the two trained fixtures at the default 8192 calibration tokens the pair is the first candidate set
+ * whose written model is at or below REAP pruning in every cell and strictly below it on the balanced fixture
+ * (docs/merge.md, "Quality at equal size"); msmoe alone missed one balanced cell, saliency alone had the higher score.
+ */
+export function choiceGroupings(configured: GroupingMethod, given?: readonly GroupingMethod[]): GroupingMethod[] {
+  return [...new Set(given?.length ? given : [configured, 'saliency' as const])];
+}
 export type Candidate = (typeof CANDIDATES)[number];
 
 export interface CandidateScore {

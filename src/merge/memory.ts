@@ -31,8 +31,8 @@ export interface MergeMemoryInput {
   pass?: { tokens: number; seqLen: number };
   alignTokens: number;
   fitTokens: number;
-  /** --drop auto's whole-model choice (src/merge/choose.ts): every candidate's pass also scores the calibration tokens */
-  choose?: boolean;
+  /** --drop auto's whole-model choice (src/merge/choose.ts): every candidate's pass also scores the calibration tokens; `plans` merge candidates' plans are held */
+  choose?: { plans: number };
 }
 
 export function mergeMemoryPhases(model: Model, m: MergeMemoryInput): MemoryPhase[] {
@@ -91,7 +91,7 @@ export function mergeMemoryPhases(model: Model, m: MergeMemoryInput): MemoryPhas
               bytes:
                 T * H * F32 +
                 Math.min(T, 2048) * Math.min(view.dims.vocab, 8192) * F32 +
-                m.plan.layers.length * (2 * N * (H + 2) * F32 + E * H * 8 + DEFAULT_LOGIT_SAMPLE_ROWS * E * F32 + 8 * E * 8),
+                m.plan.layers.length * (m.choose.plans * N * (H + 2) * F32 + E * H * 8 + DEFAULT_LOGIT_SAMPLE_ROWS * E * F32 + 8 * E * 8),
             },
           ]
         : []),

@@ -25,9 +25,14 @@ export const MERGE_OPTIONS = z.object({
   weighting: field(z.enum(WEIGHTING_METHODS).default(DEFAULTS.weighting), { help: 'member weights in the average (see Weighting below)', arg: 'm' }),
   router: field(z.enum(ROUTER_METHODS).default(DEFAULTS.router), { help: 'new router row per group (see Router rows below)', arg: 'm' }),
   drop: field(z.enum(DROP_MODES).optional(), {
-    help: "auto: plan three candidates on the calibration text and write the one whose model has the lowest next-token NLL on it: the merge decided per layer (drop a group's other members, or prune the layer by REAP or frequency, wherever that lowers the layer's output error), every group merged as planned, and REAP pruning (report: choice, and decision per layer); never: merge as planned",
+    help: "auto: plan candidates on the calibration text and write the one whose model has the lowest next-token NLL on it: for each of --choose-groupings, the merge decided per layer (drop a group's other members, or prune the layer by REAP or frequency, wherever that lowers the layer's output error) and every group merged as planned; and REAP pruning (report: choice, and decision per layer); never: merge as planned",
     arg: 'm',
     defaultText: 'auto with --calib, never with --stats or --plan',
+  }),
+  chooseGroupings: field(z.array(z.enum(GROUPING_METHODS)).nonempty().optional(), {
+    help: '--drop auto: a grouping whose merges are candidates (decided per layer, and every group merged) beside REAP pruning (repeatable)',
+    arg: 'm',
+    defaultText: 'the --grouping, then saliency',
   }),
   keepPerLayer: field(z.enum(KEEP_PER_LAYER).default('uniform'), {
     help: "auto: also report how the same total of experts would be spread over the layers (knapsack over each layer's output-error curve); the checkpoint keeps the same count in every layer (needs --calib)",
@@ -72,6 +77,8 @@ export function checkMerge(o: MergeOptions): void {
   if (o.plan && o.drop) fail('Usage', '--drop decides while planning: a saved plan (--plan) already holds its decisions, give no --drop with it');
   if (o.keepPerLayer === 'auto' && !o.calib)
     fail('Usage', '--keep-per-layer auto measures each layer on calibration hidden states: give --calib FILE (not --stats or --plan)');
+  if (o.chooseGroupings && (o.drop === 'never' || !o.calib))
+    fail('Usage', "--choose-groupings names the candidates of --drop auto's whole-model choice: give it with --calib FILE and without --drop never");
   if (o.stats && o.drop === 'auto')
     fail('Usage', '--drop auto measures each layer on calibration hidden states: give --calib FILE (--stats is not enough), or --drop never');
   if (o.stats) {

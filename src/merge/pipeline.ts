@@ -37,7 +37,7 @@ import type { PassResume } from '../pipeline/resume.js';
 import { memberWeights } from './combine.js';
 import { checkGroupCount, checkPartition, groupExperts, mergeRoutingGroups, routingGroupOf } from './grouping.js';
 import { allocationReport, errorCurve, type AllocationReport } from './allocate.js';
-import { type CandidateScore, candidateName, type ChoiceReport, pickCandidate, type ReapCandidate, reapCandidate } from './choose.js';
+import { type CandidateScore, candidateName, type ChoiceReport, choiceGroupings, pickCandidate, type ReapCandidate, reapCandidate } from './choose.js';
 import { decideTokens, decisionApplies, keptRows, LayerError, pruneGroups } from './decide.js';
 import { mergeGroupStreamed, mergeLayer, type MergedLayer, type MergeLayerOptions } from './layer.js';
 import { mergeMemoryPhases } from './memory.js';
@@ -166,7 +166,9 @@ async function planSequential(
   // the MTP layers come after the decoder layers, on their own inputs (the stream runs them with `mtp`)
   const mtp = !req.dropMtp && !!view.mtp?.length;
   const total = view.moeLayers.length + (mtp ? view.mtp!.length : 0);
-  const phase = req.progress?.phase(`merge: ${total} MoE layers, sequentially on calibration text${candidate ? ` (candidate: ${candidate})` : ''}`);
+  const phase = req.progress?.phase(
+    `merge: ${total} MoE layers, sequentially on calibration text${candidate ? ` (candidate: ${candidate} (${choices.grouping}))` : ''}`,
+  );
   const H = view.dims.hidden;
   const expert = (w: SwiGLUWeights, x: Float32Array, T: number) => swiglu(w, x, T, view.forward.activation);
   const routingGroups = mergeRoutingGroups(view.routing);
@@ -413,16 +415,21 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
       let r: Awaited<ReturnType<typeof planSequential>>;
       if (!choose) r = await planSequential(model, req, choices, opts, windows, run.passResume('sequential', parts, windows), curves);
       else {
-        // the per-layer decided merge keeps the single pass's resume state; each other candidate has its own
-        const runs: (typeof r | undefined)[] = [
-          await planSequential(model, req, choices, opts, windows, run.passResume('sequential', parts, windows), curves, 'merge'),
-        ];
-        const scores: CandidateScore[] = [{ candidate: 'merge', grouping: choices.grouping, nll: runs[0]!.nll!.nll }];
-        // the planned merge of the configured grouping (every grouping's as a candidate was measured and not kept:
-        // docs/merge.md, more candidates within the calibration text's noise chose worse on held-out text)
-        const p = await planSequential(model, req, choices, opts, windows, run.passResume('sequential-planned', parts, windows), undefined, 'planned');
-        runs.push(p);
-        scores.push({ candidate: 'planned', grouping: choices.grouping, nll: p.nll!.nll });
+        // per candidate grouping (choose.ts), its merge decided per layer and its planned merge (every group merged);
+        // the configured grouping's decided merge keeps the single pass's resume state, each other candidate has its own
+        const runs: (typeof r | undefined)[] = [];
+        const scores: CandidateScore[] = [];
+        for (const [gi, grouping] of choiceGroupings(choices.grouping, req.chooseGroupings).entries()) {
+          const ch: MergeChoices = { ...choices, grouping };
+          const own = grouping === choices.grouping ? '' : `-${grouping}`;
+          const p = { ...parts, choices: ch };
+          const m = await planSequential(model, req, ch, opts, windows, run.passResume(`sequential${own}`, p, windows), gi === 0 ? curves : undefined, 'merge');
+          runs.push(m);
+          scores.push({ candidate: 'merge', grouping, nll: m.nll!.nll });
+          const pl = await planSequential(model, req, ch, opts, windows, run.passResume(`sequential-planned${own}`, p, windows), undefined, 'planned');
+          runs.push(pl);
+          scores.push({ candidate: 'planned', grouping, nll: pl.nll!.nll });
+        }
         const ph = req.progress?.phase('merge: REAP pruning candidate (statistics pass, then the pruned model)');
         const rc = await reapCandidate(model, windows, choices.groups, !req.dropMtp && !!view.mtp?.length);
         ph?.succeed(`merge: REAP pruning candidate, NLL ${rc.nll.toFixed(4)}`);
@@ -493,7 +500,8 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
           ...(pass ? { pass } : {}),
           alignTokens: req.alignTokens ?? MERGE_OPTION_DEFAULTS.alignTokens,
           fitTokens: req.fitTokens ?? MERGE_OPTION_DEFAULTS.fitTokens,
-          ...(choice ? { choose: true } : {}),
+          // the merge candidates' plans (REAP's kept sets are in its statistics term)
+          ...(choice ? { choose: { plans: choice.candidates.length - 1 } } : {}),
         }),
       ),
       ...(resumed ? { resumed } : {}),

@@ -55,7 +55,7 @@ describe('merge --drop auto: whole-model choice by NLL on the calibration window
       const out = join(root, `auto-${groups}`);
       const r = await merge({ model, out, groups, calib, ...CALIB });
       const c = r.choice!;
-      expect(c.candidates.map(candidateName)).toEqual(['merge (msmoe)', 'planned (msmoe)', 'prune-reap']);
+      expect(c.candidates.map(candidateName)).toEqual(['merge (msmoe)', 'planned (msmoe)', 'merge (saliency)', 'planned (saliency)', 'prune-reap']);
       const nll = c.candidates.map((x) => x.nll);
       expect(c.chosen).toBe(pickCandidate(c.candidates));
       // by construction: never above REAP pruning or the planned merge on the objective
@@ -64,11 +64,16 @@ describe('merge --drop auto: whole-model choice by NLL on the calibration window
       const reapOut = join(root, `reap-${groups}`);
       await prune({ model, out: reapOut, keep: groups, method: 'reap', calib, ...CALIB });
       const others = [await nllOf(reapOut)];
-      expect(others[0]).toBeCloseTo(nll[2]!, 6);
+      expect(others[0]).toBeCloseTo(nll[4]!, 6);
       const neverOut = join(root, `never-${groups}`);
       await merge({ model, out: neverOut, groups, calib, drop: 'never', ...CALIB });
       others.push(await nllOf(neverOut));
       expect(others[1]).toBeCloseTo(nll[1]!, 4);
+      // the second grouping's planned merge is `moe merge --grouping saliency --drop never`
+      const salOut = join(root, `never-saliency-${groups}`);
+      await merge({ model, out: salOut, groups, grouping: 'saliency', calib, drop: 'never', ...CALIB });
+      others.push(await nllOf(salOut));
+      expect(others[2]).toBeCloseTo(nll[3]!, 4);
       // the written checkpoint has the chosen candidate's NLL (merged experts are stored in the model's dtype)
       const written = await nllOf(out);
       expect(written).toBeCloseTo(nll[c.chosen]!, 4);
@@ -78,9 +83,21 @@ describe('merge --drop auto: whole-model choice by NLL on the calibration window
     }
   }, 300_000);
 
-  it('the candidates follow --grouping; --drop never makes no choice', async () => {
+  it('the candidates follow --grouping and --choose-groupings; --drop never makes no choice', async () => {
     const r = await merge({ model, out: join(root, 'hier'), groups: 6, grouping: 'hierarchical', calib, dryRun: true, ...CALIB });
-    expect(r.choice!.candidates.map(candidateName)).toEqual(['merge (hierarchical)', 'planned (hierarchical)', 'prune-reap']);
+    expect(r.choice!.candidates.map(candidateName)).toEqual([
+      'merge (hierarchical)',
+      'planned (hierarchical)',
+      'merge (saliency)',
+      'planned (saliency)',
+      'prune-reap',
+    ]);
+    // --choose-groupings names them (repeats once): the three candidates of one grouping
+    const one = await merge({ model, out: join(root, 'one'), groups: 6, chooseGroupings: ['msmoe', 'msmoe'], calib, dryRun: true, ...CALIB });
+    expect(one.choice!.candidates.map(candidateName)).toEqual(['merge (msmoe)', 'planned (msmoe)', 'prune-reap']);
+    // the same grouping's candidates have the same NLL whatever else is a candidate
+    const two = await merge({ model, out: join(root, 'two'), groups: 6, calib, dryRun: true, ...CALIB });
+    expect(one.choice!.candidates[1]!.nll).toBe(two.choice!.candidates[1]!.nll);
     const n = await merge({ model, out: join(root, 'never-only'), groups: 6, calib, drop: 'never', dryRun: true, ...CALIB });
     expect(n.choice).toBeUndefined();
   }, 120_000);
