@@ -7,7 +7,7 @@
  * the calibration windows, the one written) and per layer what it wrote.
  *
  *   npx tsx bench/quality-table.ts [--models test/fixtures/tiny-mixtral,test/fixtures/tiny-mixtral-uneven]
- *       [--calib FILE] [--heldout FILE] [--calib-tokens 4096] [--eval-tokens 8192] [--seeds 5]
+ *       [--calib FILE] [--heldout FILE] [--calib-tokens 8192] [--eval-tokens 8192] [--seeds 5]
  *       [--variants grouping:align:router:drop,...] [--only merge] [--json FILE]
  *
  * A variant is `grouping:align:router:drop` (empty parts: the default), e.g. `saliency:weights:mean:auto`.
@@ -32,7 +32,7 @@ const list = (s: string) => s.split(',').filter(Boolean);
 const models = list(arg('models', 'test/fixtures/tiny-mixtral,test/fixtures/tiny-mixtral-uneven'));
 const calib = arg('calib', 'test/fixtures/text/calib.txt');
 const heldout = arg('heldout', 'test/fixtures/text/heldout.txt');
-const calibTokens = Number(arg('calib-tokens', '4096'));
+const calibTokens = Number(arg('calib-tokens', '8192'));
 const evalTokens = Number(arg('eval-tokens', '8192'));
 const seeds = Number(arg('seeds', '5'));
 const only = arg('only', '');
