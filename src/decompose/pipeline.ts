@@ -18,9 +18,10 @@
  * plan and the written bytes are the same for any thread count.
  *
  * Memory is bounded by one layer (its weights, its Grams, one unit's factorisation per thread and the inputs of the
- * units in flight, one layer's factors) plus the calibration activations, whatever the number of layers. Recomputing the Grams costs a second forward pass; the
- * alternative, spilling them to disk, would write E (H^2 + I^2) floats per layer (about 7 GB per layer of
- * Mixtral-8x7B in float32), and --plan / --shard jobs need the forward pass anyway.
+ * units in flight, one layer's factors) plus the calibration activations, whatever the number of layers.
+ * Recomputing the Grams costs a second forward pass; the alternative, spilling them to disk, would write
+ * E (H^2 + I^2) floats per layer (about 7 GB per layer of Mixtral-8x7B in float32), and --plan / --shard jobs need
+ * the forward pass anyway.
  */
 import type { z } from 'zod';
 import type { Engine } from '../../kernels/linalg/matmul.js';
