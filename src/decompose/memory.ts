@@ -6,14 +6,16 @@
  * Decompose's own working set, all bounded by one layer:
  *   - the Gram matrices of one layer's experts (float64, E (H^2 + I^2)) when calibrated;
  *   - the factorisation of one unit: its weights and whitened matrix, the Gram (or range-finder) matrices of the
- *     SVD and its singular vectors, and the error measurement's products, all float64 on the host;
+ *     SVD and its singular vectors, and the error measurement's products, all float64 on the host; with threads > 1
+ *     one per worker, plus the inputs of the 2 x threads units in flight (unit-task.ts);
  *   - one layer of factors at the planned ranks (float64), handed to the writer;
  *   - the score pass's truncation spectra of every unit (one float64 per rank: small);
  *   - the writer's one new tensor (float64 product for --materialize, its float32 copy, the encoded bytes);
  *   - allocation churn: garbage not yet collected, fitted on measurements (see CHURN_PER_WORKSPACE).
  */
 import type { MemoryPhase } from '../pipeline/memory.js';
-import type { MemoryPart } from '../runtime/memory.js';
+import { WORKER_BASE_BYTES, type MemoryPart } from '../runtime/memory.js';
+import { currentThreads } from '../runtime/pool.js';
 import type { DecomposeModeMethod } from './methods.js';
 import type { Model } from '../model/open.js';
 import { unitParams } from './plan.js';
@@ -37,6 +39,8 @@ export interface DecomposeMemoryOptions {
   materialize: boolean;
   /** the largest tensor the writer makes: elements and bytes in its output dtype */
   largestNew: { elems: number; bytes: number };
+  /** worker threads (default: the process's count); above 1 the units are factorised on the pool */
+  threads?: number;
 }
 
 interface LayerShapes {
@@ -80,8 +84,18 @@ export function decomposeMemoryPhases(
       bytes: maxOver((l) => l.E * ((l.proj.get('gate')?.n ?? 0) ** 2 + (l.proj.get('down')?.n ?? 0) ** 2) * F64),
     });
   }
-  // the mode's own part (its descriptor): the factorisation workspace of its largest unit and the churn it leaves
-  parts.push(...mode.memory({ units: shapes }));
+  // the mode's own part (its descriptor): the factorisation workspace of its largest unit and the churn it leaves,
+  // once per worker thread when the units run on the pool
+  const threads = o.threads ?? currentThreads();
+  parts.push(...mode.memory({ units: shapes, threads }));
+  if (threads > 1) {
+    // up to 2 x threads units run ahead of the in-order consumer: each one's float64 weights (made on the main
+    // thread, moved to its worker) and the worker's copy of its Grams; the forward pass counts the workers
+    // themselves when there is one
+    const input = shapes.reduce((a, u) => Math.max(a, u.experts.length * (u.m * u.n + (o.grams ? u.n * u.n : 0)) * F64), 0);
+    parts.push({ label: `units in flight on the workers (${2 * threads} ahead of the in-order consumer)`, bytes: 2 * threads * input });
+    if (!o.calibrated) parts.push({ label: `${threads} worker threads (isolate + tensor backend each)`, bytes: threads * WORKER_BASE_BYTES });
+  }
   if (o.scoring) parts.push({ label: "every unit's truncation spectrum (score pass)", bytes: shapes.reduce((a, u) => a + (u.maxRank + 1) * F64, 0) });
   if (o.writing) {
     parts.push({

@@ -1,7 +1,7 @@
 /**
  * `moe decompose`: score -> plan -> apply + write -> report.
  *
- * score   one pass over the model: each MoE layer's units are factorised one at a time (whitened modes with the
+ * score   one pass over the model: each MoE layer's units are factorised, each one a task (whitened modes with the
  *         Gram matrices of their routed tokens, collected inside the layer-streamed forward pass on calibration
  *         text) and only each unit's truncation spectrum is kept (a few numbers per rank), not its factors;
  * plan    ranks under the parameter budget, allocated by the shared knapsack on truncation loss; --uniform ranks
@@ -13,10 +13,15 @@
  * report  ranks per layer / expert / projection, parameters before and after, predicted vs measured error, and
  *         the estimated peak memory.
  *
- * Memory is bounded by one layer (its weights, its Grams, one unit's factorisation, one layer's factors) plus the
- * calibration activations, whatever the number of layers. Recomputing the Grams costs a second forward pass; the
- * alternative, spilling them to disk, would write E (H^2 + I^2) floats per layer (about 7 GB per layer of
- * Mixtral-8x7B in float32), and --plan / --shard jobs need the forward pass anyway.
+ * Each unit's factorisation (and, applying, its cut and measured error) is one task of unit-task.ts: inline with one
+ * thread, on the worker pool with more, up to 2 x threads units ahead, consumed in unit order, so the spectra, the
+ * plan and the written bytes are the same for any thread count.
+ *
+ * Memory is bounded by one layer (its weights, its Grams, one unit's factorisation per thread and the inputs of the
+ * units in flight, one layer's factors) plus the calibration activations, whatever the number of layers.
+ * Recomputing the Grams costs a second forward pass; the alternative, spilling them to disk, would write
+ * E (H^2 + I^2) floats per layer (about 7 GB per layer of Mixtral-8x7B in float32), and --plan / --shard jobs need
+ * the forward pass anyway.
  */
 import type { z } from 'zod';
 import type { Engine } from '../../kernels/linalg/matmul.js';
@@ -40,17 +45,8 @@ import { LayerHandoff, type WriterInfo } from '../pipeline/handoff.js';
 import type { PassResume } from '../pipeline/resume.js';
 import { budgetOf, planLoss, planRanks, uniformPlan, uniformRank, unitParams, type AllocLoss, type RankPlan } from './plan.js';
 import { planRecord, planSettings, validatePlan, windowsDigest, type DecomposePlan } from './planfile.js';
-import {
-  applyUnit,
-  layerUnits,
-  layerUnitShapes,
-  summarize,
-  type AppliedUnit,
-  type ExpertFactors,
-  type ScoreOptions,
-  type UnitShape,
-  type UnitSummary,
-} from './units.js';
+import { factorLayer } from './unit-task.js';
+import { layerUnitShapes, type AppliedUnit, type ExpertFactors, type ScoreOptions, type UnitShape, type UnitSummary } from './units.js';
 import { describeFusedExperts, factorKey, largestNewTensor, planReplacements, writeDecomposed, type FactorSlot, type LayerFactors } from './write.js';
 
 export { DEFAULT_MODE };
@@ -240,7 +236,6 @@ function checkUnit(u: UnitSummary, shape: UnitShape | undefined): UnitShape {
   return shape;
 }
 
-/** Score: every unit's truncation spectrum, one unit's factorisation alive at a time; only the summaries are kept. */
 /** A unit's summary in the resume state: JSON, with its spectrum as the bytes of its float64 values (exact). */
 type SavedSummary = Omit<UnitSummary, 'tail'> & { tail: string };
 const saveSummary = (u: UnitSummary): SavedSummary => ({ ...u, tail: Buffer.from(u.tail.buffer, u.tail.byteOffset, u.tail.byteLength).toString('base64') });
@@ -251,6 +246,7 @@ function loadSummary(u: SavedSummary): UnitSummary {
   return { ...u, tail };
 }
 
+/** Score: every unit's truncation spectrum, one unit's factorisation alive per thread; only the summaries are kept. */
 async function scorePass(
   model: Model,
   src: LayerSource,
@@ -268,9 +264,10 @@ async function scorePass(
     src,
     async (layer, experts, grams) => {
       const mine: UnitSummary[] = [];
-      for (const u of layerUnits(layer, await experts(), grams(), opts)) {
-        checkUnit(u, shapes.get(u.id));
-        mine.push(summarize(u));
+      // each unit's factorisation is a task (on the worker pool with --threads > 1), consumed in unit order
+      for await (const { summary } of factorLayer(layer, await experts(), grams(), opts)) {
+        checkUnit(summary, shapes.get(summary.id));
+        mine.push(summary);
       }
       units.push(...mine);
       resume?.record(layer, mine.map(saveSummary));
@@ -350,12 +347,14 @@ async function applyAndWrite(
     if (!own(layer)) return;
     const factors = new Map<string, ExpertFactors>();
     const mine: AppliedSummary[] = [];
-    for (const u of layerUnits(layer, await experts(), grams(), opts)) {
-      const planned = byId.get(u.id);
-      checkUnit(u, planned?.shape);
-      const { factors: fs, ...applied } = applyUnit(u, planned!.rank, req.engine);
+    // factorised and cut at the planned rank as one task per unit (on the pool with --threads > 1), in unit order;
+    // a unit the plan lacks is cut at 0 and refused by checkUnit before anything of it is used
+    for await (const r of factorLayer(layer, await experts(), grams(), opts, (id) => byId.get(id)?.rank ?? 0)) {
+      const planned = byId.get(r.summary.id);
+      checkUnit(r.summary, planned?.shape);
+      const { factors: fs, ...applied } = r.applied!;
       for (const f of fs) factors.set(factorKey(f.expert, f.proj), f);
-      mine.push({ unit: summarize(u), applied });
+      mine.push({ unit: r.summary, applied });
     }
     units.push(...mine);
     resume?.record(

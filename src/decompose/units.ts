@@ -12,7 +12,7 @@
 
 import type { Engine } from '../../kernels/linalg/matmul.js';
 import type { SwiGLUWeights } from '../runtime/api.js';
-import { activationError2, compose, type Factorization, type FactorizeOptions, type SharedFactorization } from './factorize.js';
+import { activationError2, compose, type Factorization, type SharedFactorization } from './factorize.js';
 import type { LayerGrams } from './grams.js';
 import { getMode } from './methods.js';
 import {
@@ -23,6 +23,7 @@ import {
   type ProjShape,
   type ScoredUnit,
   type ScoreOptions,
+  type UnitInput,
   type UnitShape,
   type UnitSummary,
 } from './unitshape.js';
@@ -35,6 +36,7 @@ export {
   type ProjShape,
   type ScoredUnit,
   type ScoreOptions,
+  type UnitInput,
   type UnitShape,
   type UnitSummary,
 } from './unitshape.js';
@@ -68,10 +70,10 @@ export function layerUnitShapes(layer: number, E: number, shape: (proj: Proj) =>
 }
 
 /**
- * Score one layer lazily: each unit is factorised when the iteration reaches it, so a caller that keeps only the
- * summary (or applies the unit and keeps its factors) holds one unit's factorisation at a time.
+ * One layer's units with their inputs, lazily, in visiting order (projection, then expert): what each factorisation
+ * reads, before it runs (layerUnits factorises them here; unit-task.ts on the worker pool).
  */
-export function* layerUnits(layer: number, experts: readonly SwiGLUWeights[], grams: LayerGrams | undefined, opts: ScoreOptions): Generator<ScoredUnit> {
+export function* layerUnitInputs(layer: number, experts: readonly SwiGLUWeights[], grams: LayerGrams | undefined, opts: ScoreOptions): Generator<UnitInput> {
   const mode = getMode(opts.mode);
   const E = experts.length;
   const tokens = grams?.experts.map((e) => e.tokens);
@@ -79,10 +81,9 @@ export function* layerUnits(layer: number, experts: readonly SwiGLUWeights[], gr
   // plain SVD's loss is in weight space: weight it by routing frequency (x E so the mean weight is 1)
   const freqWeight = (j: number) => (tokens && totalTokens > 0 ? (E * tokens[j]!) / totalTokens : 1);
   const shapes = layerUnitShapes(layer, E, (proj) => ({ m: experts[0]![proj].out, n: experts[0]![proj].in }), opts);
-  const fo: FactorizeOptions = { seed: opts.seed, randomizedAbove: opts.randomizedAbove };
   for (const proj of PROJS) {
     const { out: m, in: n } = experts[0]![proj];
-    yield* mode.score({
+    yield* mode.units({
       experts,
       proj,
       m,
@@ -97,9 +98,23 @@ export function* layerUnits(layer: number, experts: readonly SwiGLUWeights[], gr
       calibrated: !!grams,
       units: shapes.filter((s) => s.proj === proj),
       opts,
-      fo,
     });
   }
+}
+
+/** Factorise one unit: its spectrum, rank and ridge come from the factorisation. */
+export function scoreUnit(u: UnitInput, opts: ScoreOptions): ScoredUnit {
+  const fact = getMode(opts.mode).factorize(u, opts);
+  return { ...u, fact, tail: fact.tail, maxRank: fact.maxRank, ridge: fact.ridge };
+}
+
+/**
+ * Score one layer lazily: each unit is factorised when the iteration reaches it, so a caller that keeps only the
+ * summary (or applies the unit and keeps its factors) holds one unit's factorisation at a time. The passes run the
+ * same steps as tasks (unit-task.ts `factorLayer`); this is the in-thread form the tests and tools use.
+ */
+export function* layerUnits(layer: number, experts: readonly SwiGLUWeights[], grams: LayerGrams | undefined, opts: ScoreOptions): Generator<ScoredUnit> {
+  for (const u of layerUnitInputs(layer, experts, grams, opts)) yield scoreUnit(u, opts);
 }
 
 /** Score one layer: the units of every projection for the given mode. */

@@ -29,13 +29,22 @@ export interface UnitSummary extends UnitShape, RankUnit {
   tokens?: number[];
 }
 
-export interface ScoredUnit extends UnitSummary {
-  fact: Factorization | SharedFactorization;
+/**
+ * A unit before its factorisation: its shape and everything the factorisation and the error measurement read. Plain
+ * data (structured-cloneable), so the factorisation can run on a worker thread (unit-task.ts).
+ */
+export interface UnitInput extends UnitShape {
+  /** tokens routed to each covered expert (undefined without calibration) */
+  tokens?: number[];
   /** original weights and true (unridged) Grams of the covered experts, for the measured error */
   weights: Float64Array[];
   grams?: Float64Array[];
   /** base-delta: the layer x projection base expert */
   base?: Float64Array;
+}
+
+export interface ScoredUnit extends UnitSummary, UnitInput {
+  fact: Factorization | SharedFactorization;
 }
 
 /** Factors of one expert linear after planning: W ≈ base + u v. */

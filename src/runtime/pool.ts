@@ -67,6 +67,12 @@ export function parseThreads(v: string, flag = '--threads'): number {
 
 let threads: number | undefined;
 let pool: WorkerPool | undefined;
+const ranOnWorkers = new Map<string, number>();
+
+/** How many tasks named `fn` this process has run on workers (not inline): the tests check which path work took. */
+export function workerTasks(fn: string): number {
+  return ranOnWorkers.get(fn) ?? 0;
+}
 
 /** Set the thread count for this process (a command's --threads). Closes a pool of another size. */
 export async function setThreads(n: number): Promise<void> {
@@ -192,6 +198,7 @@ export class WorkerPool {
     this.inflight.delete(w);
     w.unref();
     this.idle.push(w);
+    ranOnWorkers.set(job.fn, (ranOnWorkers.get(job.fn) ?? 0) + 1);
     if (m.ok) job.done.resolve(m.result);
     else {
       // a user-caused failure inside a task (a MoeError) stays one, so the CLI reports it the same way
@@ -277,4 +284,47 @@ export async function runTasks<A, T>(
     return out;
   }
   return Promise.all(argsList.map((a) => p.run<T>(module, fn, a, transfer ? transfer(a) : [])));
+}
+
+/**
+ * Run `fn` of `module` on each item of `items`, pulled lazily, and yield the results in input order. On the pool, up
+ * to 2 x threads tasks are started ahead of the one being consumed (as the forward pass runs experts ahead of its
+ * combine): enough to keep every worker busy while the caller consumes in order, and a bound on the inputs and
+ * results alive at once. With one thread each item runs inline when the consumer reaches it, one at a time.
+ */
+export async function* runOrdered<A, T>(
+  backend: string,
+  module: string,
+  fn: string,
+  items: Iterable<A>,
+  transfer?: (a: A) => TransferListItem[],
+): AsyncGenerator<T> {
+  const p = await getPool(backend);
+  const it = items[Symbol.iterator]();
+  if (!p) {
+    for (let r = it.next(); !r.done; r = it.next()) yield await runInline<T>(module, fn, r.value);
+    return;
+  }
+  const window = 2 * p.size;
+  const pending: Promise<T>[] = [];
+  let exhausted = false;
+  const fill = () => {
+    while (!exhausted && pending.length < window) {
+      const r = it.next();
+      if (r.done) {
+        exhausted = true;
+        break;
+      }
+      const task = p.run<T>(module, fn, r.value, transfer ? transfer(r.value) : []);
+      // awaited in order below; a failure must not surface as unhandled while earlier results are consumed
+      task.catch(() => undefined);
+      pending.push(task);
+    }
+  };
+  fill();
+  while (pending.length) {
+    const r = await pending.shift()!;
+    fill();
+    yield r;
+  }
 }

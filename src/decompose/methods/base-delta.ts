@@ -5,7 +5,7 @@
 import { fail } from '../../errors.js';
 import { factorizeLinear, factorRank, frequencyWeightedBase } from '../factorize.js';
 import { ladderTop } from '../unitshape.js';
-import { type DecomposeModeMethod, factorisationParts, perExpertShapes, workspaceBytes } from './common.js';
+import { type DecomposeModeMethod, factorisationParts, factorOptions, perExpertShapes, workspaceBytes } from './common.js';
 
 export const baseDelta: DecomposeModeMethod = {
   name: 'base-delta',
@@ -13,33 +13,29 @@ export const baseDelta: DecomposeModeMethod = {
   paper: 'D²-MoE',
   needs: 'forward',
   shapes: (c) => perExpertShapes(c, true, factorRank(c.m, c.n, ladderTop(c.m + c.n, c.m * c.n, (c.m * c.n) / c.E, c.opts.ratio), c.opts)),
-  *score(c) {
+  *units(c) {
     const { m, n, E } = c;
+    // the base is computed once per layer x projection and shared (read-only) by its experts' units
     const base = frequencyWeightedBase(
       c.experts.map((w) => w[c.proj].w),
       c.tokens ?? new Array<number>(E).fill(1),
       m * n,
     );
     for (let j = 0; j < E; j++) {
-      const W = c.W64(j);
       const G = c.measureG(j);
-      const delta = W.map((v, i) => v - base[i]!);
-      const fact = factorizeLinear(delta, m, n, G, c.opts.engine, ladderTop(m + n, m * n, (m * n) / E, c.opts.ratio), c.fo);
-      yield {
-        ...c.units[j]!,
-        tokens: c.tokens && [c.tokens[j]!],
-        weights: [W],
-        grams: G && [G],
-        base,
-        fact,
-        tail: fact.tail,
-        maxRank: fact.maxRank,
-        ridge: fact.ridge,
-      };
+      yield { ...c.units[j]!, tokens: c.tokens && [c.tokens[j]!], weights: [c.W64(j)], grams: G && [G], base };
     }
   },
+  factorize(u, opts) {
+    const { m, n } = u;
+    const W = u.weights[0]!;
+    const base = u.base!;
+    const delta = W.map((v, i) => v - base[i]!);
+    // u.fixed is the base's share m n / E (perExpertShapes)
+    return factorizeLinear(delta, m, n, u.grams?.[0], opts.engine, ladderTop(m + n, m * n, u.fixed, opts.ratio), factorOptions(opts));
+  },
   // weight, base and delta, the whitened delta and its whitening factor
-  memory: (c) => factorisationParts(c.units, (u) => workspaceBytes(u, 3 * u.m * u.n, [u.m, u.n], u.n * u.n)),
+  memory: (c) => factorisationParts(c.units, (u) => workspaceBytes(u, 3 * u.m * u.n, [u.m, u.n], u.n * u.n), c.threads),
   check({ ratio, E }) {
     if (ratio * E < 1)
       fail(

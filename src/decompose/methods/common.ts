@@ -7,9 +7,9 @@
 import type { MethodDescriptor } from '../../pipeline/descriptor.js';
 import type { MemoryPart } from '../../runtime/memory.js';
 import type { SwiGLUWeights } from '../../runtime/api.js';
-import { factorizeLinear, type FactorizeOptions } from '../factorize.js';
+import { factorizeLinear, type Factorization, type FactorizeOptions, type SharedFactorization } from '../factorize.js';
 import type { DecomposeMode } from '../format.js';
-import { ladderTop, type Proj, type ScoredUnit, type ScoreOptions, type UnitShape } from '../unitshape.js';
+import { ladderTop, type Proj, type ScoreOptions, type UnitInput, type UnitShape } from '../unitshape.js';
 
 const F64 = 8;
 
@@ -25,7 +25,7 @@ export interface ShapeInput {
   opts: ScoreOptions;
 }
 
-/** One layer x projection to score: the experts' weights, Grams and the unit shapes of shapes(). */
+/** One layer x projection to cut into units: the experts' weights, Grams and the unit shapes of shapes(). */
 export interface ScoreInput {
   experts: readonly SwiGLUWeights[];
   proj: Proj;
@@ -43,18 +43,22 @@ export interface ScoreInput {
   calibrated: boolean;
   units: readonly UnitShape[];
   opts: ScoreOptions;
-  fo: FactorizeOptions;
 }
 
 /** What a mode's memory part sees: every unit of the run, from shapes. */
 export interface DecomposeMemoryContext {
   units: readonly UnitShape[];
+  /** worker threads factorising units (1: the main thread alone) */
+  threads?: number;
 }
 
 export interface DecomposeModeMethod extends MethodDescriptor<DecomposeMemoryContext> {
   name: DecomposeMode;
   shapes(c: ShapeInput): UnitShape[];
-  score(c: ScoreInput): Iterable<ScoredUnit>;
+  /** the units of one layer x projection with their inputs, lazily (cheap: copies, sums, the base expert) */
+  units(c: ScoreInput): Iterable<UnitInput>;
+  /** factorise one unit: its truncation spectrum and factors (pure, on plain data: it may run on a worker thread) */
+  factorize(u: UnitInput, opts: ScoreOptions): Factorization | SharedFactorization;
   memory(c: DecomposeMemoryContext): MemoryPart[];
   /** a refusal that needs the model's shape, before any work (base-delta's ratio floor) */
   check?(c: { ratio: number; E: number }): void;
@@ -93,12 +97,26 @@ export function workspaceBytes(u: UnitShape, weights: number, matrix: readonly [
 export const CHURN_PER_WORKSPACE = 6;
 export const CHURN_BASE_BYTES = 80 * 2 ** 20;
 
-/** A mode's memory part: its largest unit's workspace, and the churn that workspace leaves. */
-export function factorisationParts(units: readonly UnitShape[], bytes: (u: UnitShape) => number): MemoryPart[] {
+/**
+ * A mode's memory part: its largest unit's workspace, and the churn that workspace leaves. With worker threads each
+ * worker factorises one unit at a time in its own heap (unit-task.ts), so the workspace and its churn are counted
+ * once per thread; the fitted base stays once (it was fitted at one thread and is mostly the main thread's).
+ */
+export function factorisationParts(units: readonly UnitShape[], bytes: (u: UnitShape) => number, threads = 1): MemoryPart[] {
   const work = units.reduce((a, u) => Math.max(a, bytes(u)), 0);
+  const t = Math.max(1, threads);
+  if (t === 1) {
+    return [
+      { label: 'factorisation of the largest unit (float64 SVD workspace)', bytes: work },
+      { label: 'allocation churn not yet collected (fitted: 6 x the unit workspace + 80 MiB)', bytes: CHURN_PER_WORKSPACE * work + CHURN_BASE_BYTES },
+    ];
+  }
   return [
-    { label: 'factorisation of the largest unit (float64 SVD workspace)', bytes: work },
-    { label: 'allocation churn not yet collected (fitted: 6 x the unit workspace + 80 MiB)', bytes: CHURN_PER_WORKSPACE * work + CHURN_BASE_BYTES },
+    { label: `factorisation of the largest unit (float64 SVD workspace) (one per worker thread, ${t})`, bytes: t * work },
+    {
+      label: `allocation churn not yet collected (fitted at one thread: 6 x the unit workspace per worker thread, ${t}, + 80 MiB)`,
+      bytes: t * CHURN_PER_WORKSPACE * work + CHURN_BASE_BYTES,
+    },
   ];
 }
 
@@ -129,26 +147,27 @@ export function perExpertShapes(c: ShapeInput, delta: boolean, maxRank: number):
   return out;
 }
 
+/** The randomized SVD's knobs of a run's score options. */
+export function factorOptions(o: ScoreOptions): FactorizeOptions {
+  return { seed: o.seed, randomizedAbove: o.randomizedAbove };
+}
+
 /**
- * One scored unit per expert linear (svd, whitened): W factorised as stored, or whitened by the Gram of the expert's
- * routed inputs (`whiten`: the truncation error is then the activation-space error), each unit weighted by `weight`.
+ * One unit per expert linear (svd, whitened): the expert's weights as stored, its Gram for the measured error, each
+ * unit weighted by `weight`.
  */
-export function* perExpertScores(c: ScoreInput, whiten: boolean, weight: (j: number) => number): Iterable<ScoredUnit> {
-  const { m, n } = c;
+export function* perExpertInputs(c: ScoreInput, weight: (j: number) => number): Iterable<UnitInput> {
   for (let j = 0; j < c.E; j++) {
-    const W = c.W64(j);
     const G = c.measureG(j);
-    const fact = factorizeLinear(W, m, n, whiten ? G : undefined, c.opts.engine, ladderTop(m + n, m * n, 0, c.opts.ratio), c.fo);
-    yield {
-      ...c.units[j]!,
-      tokens: c.tokens && [c.tokens[j]!],
-      weights: [W],
-      grams: G && [G],
-      fact,
-      tail: fact.tail,
-      maxRank: fact.maxRank,
-      ridge: fact.ridge,
-      weight: weight(j),
-    };
+    yield { ...c.units[j]!, tokens: c.tokens && [c.tokens[j]!], weights: [c.W64(j)], grams: G && [G], weight: weight(j) };
   }
+}
+
+/**
+ * One expert linear factorised as stored, or whitened by the Gram of the expert's routed inputs (`whiten`: the
+ * truncation error is then the activation-space error).
+ */
+export function perExpertFactorize(u: UnitInput, opts: ScoreOptions, whiten: boolean): Factorization {
+  const { m, n } = u;
+  return factorizeLinear(u.weights[0]!, m, n, whiten ? u.grams?.[0] : undefined, opts.engine, ladderTop(m + n, m * n, 0, opts.ratio), factorOptions(opts));
 }

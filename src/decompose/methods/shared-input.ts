@@ -4,7 +4,7 @@
  */
 import { factorizeSharedInput, factorRank } from '../factorize.js';
 import { ladderTop } from '../unitshape.js';
-import { type DecomposeModeMethod, factorisationParts, workspaceBytes } from './common.js';
+import { type DecomposeModeMethod, factorisationParts, factorOptions, workspaceBytes } from './common.js';
 
 export const sharedInput: DecomposeModeMethod = {
   name: 'shared-input',
@@ -32,18 +32,21 @@ export const sharedInput: DecomposeModeMethod = {
       },
     ];
   },
-  *score(c) {
-    const { m, n, E } = c;
+  *units(c) {
     const Ws = c.experts.map((_, j) => c.W64(j));
     const Gs = c.calibrated ? Ws.map((_, j) => c.measureG(j)!) : undefined;
+    yield { ...c.units[0]!, tokens: c.tokens, weights: Ws, grams: Gs };
+  },
+  factorize(u, opts) {
+    const { m, n } = u;
+    const E = u.weights.length;
     let Gsum: Float64Array | undefined;
-    if (Gs) {
+    if (u.grams) {
       Gsum = new Float64Array(n * n);
-      for (const G of Gs) for (let i = 0; i < n * n; i++) Gsum[i]! += G[i]!;
+      for (const G of u.grams) for (let i = 0; i < n * n; i++) Gsum[i]! += G[i]!;
     }
-    const fact = factorizeSharedInput(Ws, m, n, Gsum, c.opts.engine, ladderTop(n + E * m, E * m * n, 0, c.opts.ratio), c.fo);
-    yield { ...c.units[0]!, tokens: c.tokens, weights: Ws, grams: Gs, fact, tail: fact.tail, maxRank: fact.maxRank, ridge: fact.ridge };
+    return factorizeSharedInput(u.weights, m, n, Gsum, opts.engine, ladderTop(n + E * m, E * m * n, 0, opts.ratio), factorOptions(opts));
   },
   // every expert's weights, their stack [E m, n] and the common whitening factor
-  memory: (c) => factorisationParts(c.units, (u) => workspaceBytes(u, u.experts.length * u.m * u.n, [u.experts.length * u.m, u.n], u.n * u.n)),
+  memory: (c) => factorisationParts(c.units, (u) => workspaceBytes(u, u.experts.length * u.m * u.n, [u.experts.length * u.m, u.n], u.n * u.n), c.threads),
 };

@@ -4,7 +4,7 @@
  */
 import { factorizeSharedOutput, factorRank } from '../factorize.js';
 import { ladderTop } from '../unitshape.js';
-import { type DecomposeModeMethod, factorisationParts, workspaceBytes } from './common.js';
+import { type DecomposeModeMethod, factorisationParts, factorOptions, workspaceBytes } from './common.js';
 
 export const sharedOutput: DecomposeModeMethod = {
   name: 'shared-output',
@@ -32,13 +32,16 @@ export const sharedOutput: DecomposeModeMethod = {
       },
     ];
   },
-  *score(c) {
-    const { m, n, E } = c;
+  *units(c) {
     const Ws = c.experts.map((_, j) => c.W64(j));
     const Gs = c.calibrated ? Ws.map((_, j) => c.measureG(j)!) : undefined;
-    const fact = factorizeSharedOutput(Ws, m, n, Gs, c.opts.engine, ladderTop(m + E * n, E * m * n, 0, c.opts.ratio), c.fo);
-    yield { ...c.units[0]!, tokens: c.tokens, weights: Ws, grams: Gs, fact, tail: fact.tail, maxRank: fact.maxRank, ridge: fact.ridge };
+    yield { ...c.units[0]!, tokens: c.tokens, weights: Ws, grams: Gs };
+  },
+  factorize(u, opts) {
+    const { m, n } = u;
+    const E = u.weights.length;
+    return factorizeSharedOutput(u.weights, m, n, u.grams, opts.engine, ladderTop(m + E * n, E * m * n, 0, opts.ratio), factorOptions(opts));
   },
   // every expert's weights, their whitened concatenation [m, E n] and one whitening factor at a time
-  memory: (c) => factorisationParts(c.units, (u) => workspaceBytes(u, u.experts.length * u.m * u.n, [u.m, u.experts.length * u.n], u.n * u.n)),
+  memory: (c) => factorisationParts(c.units, (u) => workspaceBytes(u, u.experts.length * u.m * u.n, [u.m, u.experts.length * u.n], u.n * u.n), c.threads),
 };

@@ -4,7 +4,7 @@
  */
 import { factorRank } from '../factorize.js';
 import { ladderTop } from '../unitshape.js';
-import { type DecomposeModeMethod, factorisationParts, perExpertScores, perExpertShapes, workspaceBytes } from './common.js';
+import { type DecomposeModeMethod, factorisationParts, perExpertFactorize, perExpertInputs, perExpertShapes, workspaceBytes } from './common.js';
 
 export const whitened: DecomposeModeMethod = {
   name: 'whitened',
@@ -12,7 +12,8 @@ export const whitened: DecomposeModeMethod = {
   paper: 'SVD-LLM, https://arxiv.org/abs/2403.07378',
   needs: 'forward',
   shapes: (c) => perExpertShapes(c, false, factorRank(c.m, c.n, ladderTop(c.m + c.n, c.m * c.n, 0, c.opts.ratio), c.opts)),
-  score: (c) => perExpertScores(c, true, () => 1),
+  units: (c) => perExpertInputs(c, () => 1),
+  factorize: (u, opts) => perExpertFactorize(u, opts, true),
   // the weights, the whitened matrix and its [n, n] whitening factor
-  memory: (c) => factorisationParts(c.units, (u) => workspaceBytes(u, u.m * u.n, [u.m, u.n], u.n * u.n)),
+  memory: (c) => factorisationParts(c.units, (u) => workspaceBytes(u, u.m * u.n, [u.m, u.n], u.n * u.n), c.threads),
 };
