@@ -33,7 +33,7 @@ export const PRUNE_OPTIONS = z.object({
     help: "refit the kept experts' router rows by least squares on calibration hidden states so they receive the removed experts' routing mass; kept per layer only where it lowers the layer's output error (needs --calib)",
   }),
   keepPerLayer: field(z.enum(KEEP_PER_LAYER).default('uniform'), {
-    help: "auto: also report how the same total of experts would be spread over the layers (knapsack over each layer's output-error curve when keeping its best experts by the method's score); the checkpoint keeps the same count in every layer (needs --calib)",
+    help: "auto: also report how the same total of experts would be spread over the layers (knapsack over each layer's output-error curve when keeping its best experts by the method's score); the checkpoint keeps the same count in every layer unless --write-per-layer (needs --calib)",
     arg: 'm',
   }),
   writePerLayer: field(z.boolean().default(false), {
