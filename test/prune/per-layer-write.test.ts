@@ -113,7 +113,9 @@ describe('--write-per-layer', () => {
   });
 
   it('pruning a per-layer checkpoint to one count again gives the stock identity back', async () => {
-    const r = await prune({ model: join(root, 'w'), out: join(root, 'w2'), keep: 2, method: 'random', seed: 1 });
+    // scored by calibration on the per-layer model: statistics sized by each layer's own count
+    const r = await prune({ model: join(root, 'w'), out: join(root, 'w2'), keep: 2, method: 'reap', calib: CALIB, calibTokens: 512 });
+    written.keepPerLayer!.counts.forEach((n, i) => expect(r.layers[i]!.scores).toHaveLength(n));
     expect(r.layers.map((l) => l.kept.length)).toEqual([2, 2, 2, 2]);
     // each layer chose among its own experts
     written.keepPerLayer!.counts.forEach((n, i) => expect(Math.max(...r.layers[i]!.kept)).toBeLessThan(n));
