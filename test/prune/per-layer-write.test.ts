@@ -82,6 +82,17 @@ describe('--write-per-layer', () => {
     }
   });
 
+  it('moe inspect lists the count of each layer, and active parameters count top-k of each layer', async () => {
+    const r = await runMoe(['inspect', '--model', join(root, 'w'), '--json']);
+    expect(r.code).toBe(0);
+    const rep = JSON.parse(r.stdout);
+    const counts = written.keepPerLayer!.counts;
+    expect(rep.experts.perLayer).toEqual(counts);
+    // equal-sized experts: each MoE layer's active routed part is top-k experts' worth
+    const perExpert = rep.params.routedExperts / counts.reduce((a: number, b: number) => a + b, 0);
+    expect(rep.params.activePerToken).toBeCloseTo(rep.params.nonExpert + rep.params.sharedExperts + perExpert * 2 * counts.length, 3);
+  });
+
   it('runs in moe and gives the unpruned model with the removed experts masked', async () => {
     const src = await openModel(FIXTURE);
     const out = await openModel(join(root, 'w'));
