@@ -159,7 +159,7 @@ describe('per-layer counts and low-rank factors are not combined (one moe sectio
     expect(dec.code).toBe(ExitCode.usage);
     expect(dec.stderr.trim().split('\n')).toHaveLength(1);
     expect(dec.stderr).toMatch(/has per-layer expert counts .* low-rank factors cannot be added/);
-    // a low-rank checkpoint of the uniform 2-expert output (a small one, for speed)
+    // a low-rank checkpoint of the uniform 2-expert output the re-prune test above wrote (small, for speed)
     const lr = await runMoe(['decompose', '--model', join(root, 'w2'), '--mode', 'svd', '--ratio', '0.5', '--uniform', '--out', join(root, 'lr')]);
     expect(lr.code).toBe(0);
     expect((await config(join(root, 'lr'))).model_type).toBe('moe_lowrank_mixtral');
