@@ -45,9 +45,14 @@ export async function collectStats(model: Model, windows: readonly Int32Array[],
   const H = v.dims.hidden;
   const maxRows = opts.logitSampleRows ?? DEFAULT_LOGIT_SAMPLE_ROWS;
   const layers = new Map<number, LayerStats>();
+  // a layer's own count: a per-layer checkpoint's (src/model/perlayer.ts) differ, dims.numExperts is the largest
+  const layerExperts = (l: number): number => {
+    const b = l < v.dims.layers ? v.layers[l]?.block : v.mtp?.find((m) => m.layer.index === l)?.layer.block;
+    return b?.kind === 'moe' ? b.experts.length : E;
+  };
   const at = (l: number) => {
     let s = layers.get(l);
-    if (!s) layers.set(l, (s = emptyLayer(l, E, H)));
+    if (!s) layers.set(l, (s = emptyLayer(l, layerExperts(l), H)));
     return s;
   };
   const hooks: StreamHooks = {
@@ -59,9 +64,10 @@ export async function collectStats(model: Model, windows: readonly Int32Array[],
         s.count[e]!++;
         s.gateSum[e]! += r.w[i]!;
       }
-      for (let t = 0; t < r.T; t++) for (let e = 0; e < E; e++) s.probMass[e]! += probs[t * E + e]!;
+      const El = s.numExperts;
+      for (let t = 0; t < r.T; t++) for (let e = 0; e < El; e++) s.probMass[e]! += probs[t * El + e]!;
       const rows = Math.min(maxRows, r.T);
-      s.logitSample = logits.slice(0, rows * E);
+      s.logitSample = logits.slice(0, rows * El);
       s.logitSampleRows = rows;
     },
     onExpertOutput(l, e, tokens, _slots, out) {

@@ -21,7 +21,10 @@ export interface InspectReport {
   architectures: string[];
   layers: { total: number; moe: number; dense: number; moeLayers: number[]; denseLayers: number[] };
   experts: {
+    /** routed experts per MoE layer (a per-layer checkpoint: the largest count) */
     routed: number;
+    /** a per-layer checkpoint (src/model/perlayer.ts): each MoE layer's count, in layer order */
+    perLayer?: number[];
     topK: number;
     /** shared experts per MoE layer (DeepSeek n_shared_experts; 1 for Qwen2-MoE's single shared expert) */
     shared: number;
@@ -128,6 +131,7 @@ export function inspectModel(model: Model): InspectReport {
   }
   const nMoe = view.moeLayers.length;
   const E = view.dims.numExperts;
+  const slots = view.expertsPerLayer ? view.expertsPerLayer.reduce((a, b) => a + b, 0) : nMoe * E;
   const warnings = configWarnings(model);
   const sharedCount = view.dims.sharedIntermediate === 0 ? 0 : typeof view.config.n_shared_experts === 'number' ? view.config.n_shared_experts : 1;
   return {
@@ -145,6 +149,7 @@ export function inspectModel(model: Model): InspectReport {
     },
     experts: {
       routed: E,
+      ...(view.expertsPerLayer ? { perLayer: view.expertsPerLayer } : {}),
       topK: view.dims.topK,
       shared: sharedCount,
       intermediate: view.dims.expertIntermediate,
@@ -172,7 +177,8 @@ export function inspectModel(model: Model): InspectReport {
       sharedExperts: shared,
       nonExpert,
       extraLayers,
-      activePerToken: nonExpert + shared + (E > 0 ? (routed * view.dims.topK) / E : 0),
+      // top-k of each MoE layer's experts (the layers of a per-layer checkpoint hold different counts)
+      activePerToken: nonExpert + shared + (slots > 0 ? (routed * view.dims.topK * nMoe) / slots : 0),
     },
     bytes: { total: totalBytes, byDtype },
     shards: [...shardStats].map(([file, s]) => ({ file, ...s })),
@@ -245,7 +251,7 @@ export function formatReport(r: InspectReport): string {
     ],
     [
       'experts',
-      `${r.experts.routed} routed per MoE layer (intermediate ${r.experts.intermediate}), top-${r.experts.topK}, ` +
+      `${r.experts.perLayer ? `${r.experts.perLayer.join(' ')} routed by MoE layer (per-layer format)` : `${r.experts.routed} routed per MoE layer`} (intermediate ${r.experts.intermediate}), top-${r.experts.topK}, ` +
         `${r.experts.shared ? `${r.experts.shared} shared (intermediate ${r.experts.sharedIntermediate})` : 'no shared expert'}; ${r.experts.layout} tensors`,
     ],
     ['routing', describeRouting(r.routing)],

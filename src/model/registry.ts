@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { fail } from '../errors.js';
 import { LOWRANK_TYPE_PREFIX, stockClasses, stockModelType } from './lowrank.js';
+import { PERLAYER_TYPE_PREFIX, stripPerLayerClasses, stripPerLayerType } from './perlayer.js';
 import { ArchitectureSchema, type Architecture } from './schema.js';
 
 const ARCH_DIR = fileURLToPath(new URL('./architectures/', import.meta.url));
@@ -75,6 +76,11 @@ export function getArchitecture(modelType: unknown, where: string, classes?: unk
   if (typeof modelType !== 'string' || modelType.length === 0) {
     fail('InvalidConfig', `${where}: required key 'model_type' is missing (supported: ${supportedFamilies().join(', ')})`);
   }
+  // one `moe` section describes one format: per-layer counts and low-rank factors together are not written or read
+  if (modelType.includes(LOWRANK_TYPE_PREFIX) && modelType.includes(PERLAYER_TYPE_PREFIX))
+    fail('UnsupportedArchitecture', `${where}: model_type '${modelType}' is both low-rank and per-layer, which moe does not support`);
+  // a per-layer checkpoint's own model_type (perlayer.ts) is read as its stock family
+  if (modelType.startsWith(PERLAYER_TYPE_PREFIX)) return getArchitecture(stripPerLayerType(modelType), where, stripPerLayerClasses(classes));
   // a low-rank (factor) checkpoint's own model_type (lowrank.ts) is read as its stock family
   if (modelType.startsWith(LOWRANK_TYPE_PREFIX)) return getArchitecture(stockModelType(modelType), where, stockClasses(classes));
   const alias = familyAliases().get(modelType);

@@ -24,6 +24,7 @@ import type { Model } from './open.js';
 import { encodeMxfp4 } from './quantized.js';
 import { configStyle } from './configjson.js';
 import { lowRankIdentityUpdates } from './lowrank.js';
+import { isPerLayerSection, perLayerIdentityUpdates } from './perlayer.js';
 import { containerConfigUpdates, viewArchitecture } from './container.js';
 import type { LinearRef, MoeBlock, ModelView, SwiGLURefs } from './types.js';
 import { planDigest, SHARD_MANIFEST, shardOwner, type ShardManifest, type ShardSpec } from './shard.js';
@@ -181,6 +182,9 @@ export async function rewriteCheckpoint(model: Model, plan: RewritePlan, out: st
   // inside a multimodal container the language model's keys are edited in its text config (src/model/container.ts)
   const updates = view.container ? containerConfigUpdates(view.container, ckpt.config, plan.config ?? {}) : plan.config;
   const edited = applyConfigUpdates(ckpt.config, updates);
+  // one `moe` section describes one format: a per-layer input cannot take another (decompose's factors)
+  if (isPerLayerSection(ckpt.config.moe) && edited.moe !== undefined && !isPerLayerSection(edited.moe))
+    fail('Usage', `${model.dir} has per-layer expert counts (moe_perlayer_*); low-rank factors cannot be added to it (prune it uniformly first)`);
   // factors in the output: its own model_type and class, so stock loaders refuse it; none: the stock names back
   const config = applyConfigUpdates(edited, lowRankIdentityUpdates(ckpt.config, edited));
   const planned = entries.map((e) => e.planned);
@@ -270,6 +274,11 @@ export interface ExpertEditPlan {
   topK?: number;
   /** further config.json keys to set */
   config?: Record<string, unknown>;
+  /**
+   * allow MoE layers with different expert counts: the output is written in moe's own per-layer format
+   * (src/model/perlayer.ts), which stock loaders refuse; without it unequal counts are an error
+   */
+  perLayer?: boolean;
 }
 
 export interface ExpertEditOptions extends RewriteOptions {
@@ -280,7 +289,10 @@ export interface ExpertEditOptions extends RewriteOptions {
 }
 
 export interface ExpertEditResult extends RewriteResult {
+  /** the count key's value (with per-layer counts: the largest) */
   numExperts: number;
+  /** per-layer output (ExpertEditPlan.perLayer): each MoE layer's count, in moeLayers order */
+  expertsPerLayer?: number[];
   topK: number;
   /** multi-token-prediction layers written (edited like the others, or copied) and dropped */
   mtp?: { kept: number[]; dropped: number[] };
@@ -296,8 +308,13 @@ function checkExpertPlan(
   view: ModelView,
   plan: ExpertEditPlan,
   opts: ExpertEditOptions,
-): { E2: number; topK: number; groups?: { nGroup: number; topkGroup: number }; edits: Map<number, LayerExpertEdit> } {
+): { E2: number; topK: number; groups?: { nGroup: number; topkGroup: number }; edits: Map<number, LayerExpertEdit>; perLayer?: number[] } {
   const E = view.dims.numExperts;
+  // a layer's own count (a per-layer input's differ; dims.numExperts is the largest)
+  const countOf = (l: number): number => {
+    const b = l < view.dims.layers ? view.layers[l]?.block : view.mtp?.find((m) => m.layer.index === l)?.layer.block;
+    return b?.kind === 'moe' ? b.experts.length : E;
+  };
   const H = view.dims.hidden;
   const edits = new Map<number, LayerExpertEdit>();
   const mtp = mtpIndices(view);
@@ -307,8 +324,8 @@ function checkExpertPlan(
     if (edits.has(le.layer)) fail('Usage', `layer ${le.layer} is edited twice`);
     if (le.experts.length === 0) fail('Usage', `layer ${le.layer}: at least one expert must remain`);
     for (const s of le.experts) {
-      if ('from' in s && (!Number.isInteger(s.from) || s.from < 0 || s.from >= E))
-        fail('Usage', `layer ${le.layer}: expert ${s.from} does not exist (the model has ${E})`);
+      if ('from' in s && (!Number.isInteger(s.from) || s.from < 0 || s.from >= countOf(le.layer)))
+        fail('Usage', `layer ${le.layer}: expert ${s.from} does not exist (the model has ${countOf(le.layer)})`);
     }
     const allFrom = le.experts.every((s) => 'from' in s);
     if (!allFrom && !le.router) fail('Usage', `layer ${le.layer}: new expert weights need new router rows (router.w [${le.experts.length}, ${H}])`);
@@ -324,22 +341,33 @@ function checkExpertPlan(
   }
   // MTP layers count when edited (one left unedited is kept or dropped by writeExpertEdit)
   const counted = [...view.moeLayers, ...mtp.filter((l) => edits.has(l))];
-  const counts = counted.map((l) => edits.get(l)?.experts.length ?? E);
-  const E2 = counts[0] ?? E;
-  const odd = counted.find((_, i) => counts[i] !== E2);
+  const counts = counted.map((l) => edits.get(l)?.experts.length ?? countOf(l));
+  const first = counts[0] ?? E;
+  const odd = counted.find((_, i) => counts[i] !== first);
+  let perLayer: number[] | undefined;
   if (odd !== undefined) {
-    fail(
-      'Usage',
-      `every MoE layer must have the same number of experts (stock loaders read one '${view.numExpertsKey}'): layer ${counted[0]} has ${E2}, layer ${odd} has ${counts[counted.indexOf(odd)]}`,
-    );
+    if (!plan.perLayer)
+      fail(
+        'Usage',
+        `every MoE layer must have the same number of experts (stock loaders read one '${view.numExpertsKey}'): layer ${counted[0]} has ${first}, layer ${odd} has ${counts[counted.indexOf(odd)]}`,
+      );
+    // the per-layer format records one count per decoder MoE layer, under one routing rule
+    if (view.container) fail('Usage', `per-layer expert counts: ${view.family} inside ${view.container.model_type} is not supported`);
+    if (view.routing.groups) fail('Usage', `per-layer expert counts: ${view.family} routes within expert groups, which would have to stay even`);
+    if (mtp.length && !opts.dropMtp) fail('Usage', 'per-layer expert counts: the multi-token-prediction layers are not planned per layer (give --drop-mtp)');
+    perLayer = counts.slice(0, view.moeLayers.length);
   }
+  // the count key holds the largest count; top-k must fit the smallest
+  const E2 = perLayer ? Math.max(...perLayer) : first;
+  const Emin = perLayer ? Math.min(...perLayer) : first;
   let topK = plan.topK ?? view.dims.topK;
   if (!Number.isInteger(topK) || topK < 1) fail('Usage', `top-k must be a positive integer, got ${topK}`);
-  if (topK > E2) {
+  if (topK > Emin) {
     if (!opts.clampTopK || plan.topK !== undefined)
-      fail('Usage', `${E2} experts cannot serve top-k ${topK}: keep at least ${topK} experts or lower '${view.topKKey}'`);
-    topK = E2;
+      fail('Usage', `${Emin} experts cannot serve top-k ${topK}: keep at least ${topK} experts or lower '${view.topKKey}'`);
+    topK = Emin;
   }
+  if (perLayer) return { E2, topK, edits, perLayer };
 
   const g = view.routing.groups;
   if (!g) {
@@ -614,7 +642,8 @@ function routerTensors(model: Model, block: MoeBlock, edit: LayerExpertEdit): { 
   for (const [key, name] of parts) {
     if (!name) continue;
     const info = ckpt.info(name);
-    const E = model.view.dims.numExperts;
+    // the layer's own count (a per-layer input's differ)
+    const E = block.experts.length;
     // [E, H] weights, [E] biases, or ernie's [1, E] correction bias (experts on the last axis, one row)
     const oneRow = key !== 'w' && info.shape.length === 2 && info.shape[0] === 1 && info.shape[1] === E;
     if (!oneRow && (info.shape[0] !== E || (info.shape.length === 2 && key !== 'w'))) {
@@ -689,7 +718,7 @@ export function renumberDynamic(dynamic: Record<string, unknown>, view: ModelVie
  */
 export async function writeExpertEdit(model: Model, plan: ExpertEditPlan, out: string, opts: ExpertEditOptions = {}): Promise<ExpertEditResult> {
   const { view, ckpt } = model;
-  const { E2, topK, groups, edits } = checkExpertPlan(view, plan, opts);
+  const { E2, topK, groups, edits, perLayer } = checkExpertPlan(view, plan, opts);
   const fates = new Map<string, TensorFate>();
   const namesByLayer = new Map<number, string[]>();
   for (const n of ckpt.tensorNames) {
@@ -740,6 +769,8 @@ export async function writeExpertEdit(model: Model, plan: ExpertEditPlan, out: s
     config.quantization_config = { ...qc, dynamic: renumberDynamic(qc.dynamic as Record<string, unknown>, view, edits) };
   }
   Object.assign(config, plan.config);
+  // unequal counts: moe's own per-layer identity; equal counts from a per-layer input: the stock identity back
+  Object.assign(config, perLayerIdentityUpdates(ckpt.config, perLayer));
   if (groups && view.routing.groups) {
     const g = arch.routing.groups!;
     config[g.nGroupKey] = groups.nGroup;
@@ -750,7 +781,7 @@ export async function writeExpertEdit(model: Model, plan: ExpertEditPlan, out: s
   const mtp = mtpIndices(view);
   const kept: number[] = [];
   const dropped: number[] = [];
-  const changed = E2 !== view.dims.numExperts;
+  const changed = E2 !== view.dims.numExperts || perLayer !== undefined || view.expertsPerLayer !== undefined;
   if (changed && !opts.dropMtp) {
     const missing = mtp.find((l) => !edits.has(l));
     if (missing !== undefined)
@@ -770,5 +801,12 @@ export async function writeExpertEdit(model: Model, plan: ExpertEditPlan, out: s
   if (kept.length === 0 && (dropped.length || (changed && view.config[key]))) config[key] = 0;
   else if (kept.length && dropped.length) config[key] = kept.length;
   const r = await rewriteCheckpoint(model, { fates, config }, out, opts);
-  return { ...r, numExperts: E2, topK, ...(groups ? { groups } : {}), ...(kept.length || dropped.length ? { mtp: { kept, dropped } } : {}) };
+  return {
+    ...r,
+    numExperts: E2,
+    topK,
+    ...(perLayer ? { expertsPerLayer: perLayer } : {}),
+    ...(groups ? { groups } : {}),
+    ...(kept.length || dropped.length ? { mtp: { kept, dropped } } : {}),
+  };
 }

@@ -269,6 +269,11 @@ export interface ModelView {
   /** indices of the MoE layers (the others are dense) */
   moeLayers: number[];
   /**
+   * a per-layer checkpoint (src/model/perlayer.ts): experts of each MoE layer, in moeLayers order (dims.numExperts is
+   * the largest); undefined when every MoE layer has dims.numExperts
+   */
+  expertsPerLayer?: number[];
+  /**
    * multi-token-prediction layers stored after the decoder layers (DeepSeek-V3 / GLM-4.5: model.layers.{L + i}),
    * when the checkpoint holds them; src/model/mtp.ts
    */

@@ -11,6 +11,7 @@ import { formatOf, linearPresent } from './load.js';
 import { mtpLayerCount, mtpLayerPrefix, mtpView } from './mtp.js';
 import { containedArchitecture, containerOf, textConfigOf } from './container.js';
 import { stockClasses } from './lowrank.js';
+import { perLayerCounts, stripPerLayerClasses } from './perlayer.js';
 import { getArchitecture } from './registry.js';
 import type { Architecture, TensorTemplate } from './schema.js';
 import type { AttentionSpec, DenseBlock, LayerView, LinearRef, ModelDims, ModelView, MoeBlock, NormRef, RopeSpec, RoutingRule, SwiGLURefs } from './types.js';
@@ -147,7 +148,7 @@ export function buildView(ckpt: Checkpoint, topConfig: HFConfig = ckpt.config): 
   // a multimodal container (src/model/container.ts): the language model's family, config and tensor names inside it
   const container = containerOf(topConfig);
   if (container && Array.isArray(topConfig.architectures)) {
-    const given = (stockClasses(topConfig.architectures) as unknown[]).map(String);
+    const given = (stripPerLayerClasses(stockClasses(topConfig.architectures)) as unknown[]).map(String);
     if (!given.some((c) => container.architectures.includes(c)))
       fail(
         'UnsupportedArchitecture',
@@ -175,6 +176,9 @@ export function buildView(ckpt: Checkpoint, topConfig: HFConfig = ckpt.config): 
   const topK = cfg.int(topKKey);
   if (topK > numExperts) fail('InvalidConfig', `${cfg.where}: '${topKKey}' = ${topK} exceeds '${numExpertsKey}' = ${numExperts}`);
   const moeLayers = moeLayerIndices(arch, cfg, layers);
+  // a per-layer checkpoint (perlayer.ts): each MoE layer's own count; the count key holds the largest
+  const perLayer = container ? undefined : perLayerCounts(config, cfg.where, moeLayers.length, numExperts, topK);
+  const layerExperts = new Map(perLayer?.map((n, i) => [moeLayers[i]!, n]) ?? []);
   const isMoe = new Set(moeLayers);
   const hasDense = moeLayers.length < layers;
   const sharedIntermediate =
@@ -288,7 +292,7 @@ export function buildView(ckpt: Checkpoint, topConfig: HFConfig = ckpt.config): 
       const cb = resolveTensor(routerT.correctionBias, cfg);
       if (cb) router.correctionBias = prefix + cb;
       const experts: SwiGLURefs[] = [];
-      for (let e = 0; e < numExperts; e++) {
+      for (let e = 0; e < (layerExperts.get(l) ?? numExperts); e++) {
         if (ex.layout === 'per-expert') {
           experts.push(swiglu(ex, prefix, I, e));
         } else {
@@ -387,6 +391,12 @@ export function buildView(ckpt: Checkpoint, topConfig: HFConfig = ckpt.config): 
   if (container) view.container = container;
   if (!dims.tieEmbeddings) view.lmHead = t.lmHead;
   if (mtpViews.length) view.mtp = mtpViews.map((layer) => mtpView(family, layer, eps, unitOffset));
+  if (perLayer) {
+    // per-layer counts are written only without expert groups or MTP layers (rewrite.ts); a config with them is not ours
+    if (view.routing.groups || mtpViews.length)
+      fail('InvalidConfig', `${cfg.where}: moe.experts_per_layer with expert groups or multi-token-prediction layers is not supported`);
+    view.expertsPerLayer = perLayer;
+  }
   const lmBias = resolveTensor(t.lmHeadBias, cfg);
   if (lmBias) view.forward.lmHeadBias = lmBias;
   FAMILY_HOOKS[family]?.adjust?.(view, cfg);
@@ -469,14 +479,15 @@ export function checkTensorsPresent(ckpt: Checkpoint, view: ModelView): void {
     );
   }
   // the router's rows are the experts: a config that disagrees with them would route to experts that do not exist
-  const E = view.dims.numExperts;
   for (const l of view.layers) {
     if (l.block.kind !== 'moe') continue;
+    // the layer's own count (a per-layer checkpoint's differ)
+    const E = l.block.experts.length;
     const s = ckpt.shape(l.block.router.weight);
     if (s.length !== 2 || s[0] !== E || s[1] !== view.dims.hidden) {
       fail(
         'InvalidConfig',
-        `${ckpt.dir}: config says ${view.numExpertsKey}=${E}, hidden_size=${view.dims.hidden} but router '${l.block.router.weight}' is [${s.join(', ')}]`,
+        `${ckpt.dir}: config says ${view.expertsPerLayer ? `layer ${l.index} has ${E} experts` : `${view.numExpertsKey}=${E}`}, hidden_size=${view.dims.hidden} but router '${l.block.router.weight}' is [${s.join(', ')}]`,
       );
     }
   }

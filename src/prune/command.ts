@@ -8,7 +8,10 @@ import type { PruneReport } from './pipeline.js';
 const mib = (bytes: number): string => `${(bytes / 2 ** 20).toFixed(2)} MiB`;
 
 export function pruneSummary(r: PruneReport): string {
-  const lines = [`${r.dryRun ? 'plan' : 'pruned'}: ${r.family}, ${r.method}, keep ${r.keep} of ${r.numExperts} experts per layer (top-k ${r.topK})`];
+  const kept = r.keepPerLayer?.written
+    ? `keep ${r.keepPerLayer.counts.join(' ')} of ${r.numExperts} experts by layer (${r.keep} on average)`
+    : `keep ${r.keep} of ${r.numExperts} experts per layer`;
+  const lines = [`${r.dryRun ? 'plan' : 'pruned'}: ${r.family}, ${r.method}, ${kept} (top-k ${r.topK})`];
   for (const l of r.layers) {
     const err = l.relError !== undefined ? `  rel. error ${l.relError.toExponential(3)} (${l.search})` : '';
     const f = l.refit;
@@ -20,7 +23,7 @@ export function pruneSummary(r: PruneReport): string {
   const k = r.keepPerLayer;
   if (k) {
     lines.push(
-      `keep-per-layer auto (report only): counts ${k.counts.join(' ')} for the same ${k.total} experts; summed layer error ${k.errorAllocated.toFixed(4)} vs ${k.errorUniform.toFixed(4)} at ${k.uniform} per layer`,
+      `keep-per-layer auto (${k.written ? 'written' : 'report only'}): counts ${k.counts.join(' ')} for the same ${k.total} experts; summed layer error ${k.errorAllocated.toFixed(4)} vs ${k.errorUniform.toFixed(4)} at ${k.uniform} per layer`,
     );
   }
   const { before, after, predicted } = r.sizes;

@@ -33,8 +33,11 @@ export const PRUNE_OPTIONS = z.object({
     help: "refit the kept experts' router rows by least squares on calibration hidden states so they receive the removed experts' routing mass; kept per layer only where it lowers the layer's output error (needs --calib)",
   }),
   keepPerLayer: field(z.enum(KEEP_PER_LAYER).default('uniform'), {
-    help: "auto: also report how the same total of experts would be spread over the layers (knapsack over each layer's output-error curve when keeping its best experts by the method's score); the checkpoint keeps the same count in every layer (needs --calib)",
+    help: "auto: also report how the same total of experts would be spread over the layers (knapsack over each layer's output-error curve when keeping its best experts by the method's score); the checkpoint keeps the same count in every layer unless --write-per-layer (needs --calib)",
     arg: 'm',
+  }),
+  writePerLayer: field(z.boolean().default(false), {
+    help: "with --keep-per-layer auto: write the allocated counts (layer l keeps its n_l best experts) in moe's own per-layer format (model_type moe_perlayer_<family>), which stock loaders refuse; moe eval and the other moe commands read it",
   }),
   backend: common.backend('tensor backend for data-driven methods'),
   threads: common.threads(),
@@ -67,6 +70,11 @@ export function checkPrune(o: PruneOptions): void {
   }
   if (o.keepPerLayer === 'auto' && (o.plan || !o.calib))
     fail('Usage', '--keep-per-layer auto measures each layer on calibration hidden states: give --calib FILE (not --stats or --plan)');
+  if (o.writePerLayer && o.keepPerLayer !== 'auto')
+    fail('Usage', '--write-per-layer writes the counts --keep-per-layer auto allocates: give --keep-per-layer auto');
+  // the refit and the saved plan are made for the uniform kept sets, before the allocation
+  if (o.writePerLayer && o.refitRouter) fail('Usage', '--write-per-layer and --refit-router cannot be combined (the refit is fitted to the uniform kept sets)');
+  if (o.writePerLayer && o.savePlan) fail('Usage', '--write-per-layer and --save-plan cannot be combined (a plan keeps the same count in every layer)');
   if (o.refitRouter && (o.plan || !o.calib))
     fail('Usage', '--refit-router fits router rows on calibration hidden states in a forward pass: give --calib FILE (not --stats or --plan)');
   if (!o.dryRun && !o.out) fail('Usage', '--out DIR is required (or use --dry-run)');

@@ -9,6 +9,7 @@ import type { CalibStats } from '../calibrate/types.js';
 import { fail } from '../errors.js';
 import type { Model } from '../model/open.js';
 import { editedLayers, mtpStatsMissing } from '../model/mtp.js';
+import { checkPerLayerInput } from '../model/perlayer.js';
 import { writeExpertEdit, type ExpertEditPlan } from '../model/rewrite.js';
 import { getMethod, type PruneMethod } from './methods.js';
 import { checkKeep, keepFromRatio, keptFromScores, layerPlan, type PrunePlan } from './plan.js';
@@ -24,6 +25,9 @@ import type { MemoryPhase } from '../pipeline/memory.js';
 import { DEFAULT_METHOD, PRUNE_SPEC, RECONSTRUCT_DEFAULTS } from './options.js';
 
 export type { LayerReport, PruneRequest, PruneRun } from './types.js';
+
+/** The allocation's report, and whether the checkpoint keeps its counts (--write-per-layer). */
+export type PerLayerReport = Omit<AllocationReport, 'written'> & { written: boolean };
 
 export interface PruneReport {
   tool: 'moe prune';
@@ -42,8 +46,11 @@ export interface PruneReport {
   layers: LayerReport[];
   /** multi-token-prediction layers: kept (pruned like the others, planned in `layers` on their own inputs) or dropped (--drop-mtp) */
   mtp?: { kept: number[]; dropped: number[] };
-  /** --keep-per-layer auto: the per-layer counts the same total would allow, and the error they would save */
-  keepPerLayer?: AllocationReport;
+  /**
+   * --keep-per-layer auto: the per-layer counts the same total would allow, and the error they would save; written
+   * (--write-per-layer) when `layers` keep those counts
+   */
+  keepPerLayer?: PerLayerReport;
   sizes: { before: SizeSummary; after: SizeSummary; predicted: boolean };
   /** estimated peak resident memory of this command (from shapes; bench/memory.ts compares it with measurements) */
   memory: MemoryEstimate;
@@ -158,6 +165,8 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
         },
       };
       const view = model.view;
+      // before any calibration: the output's `moe` section must be free for the per-layer counts
+      if (req.writePerLayer) checkPerLayerInput(model.ckpt.config);
       const E = view.dims.numExperts;
       const keep = req.keep ?? keepFromRatio(req.ratio!, E);
       const { groups } = checkKeep(view, keep);
@@ -205,7 +214,7 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
           )
         ).rows;
       }
-      let keepPerLayer: AllocationReport | undefined;
+      let keepPerLayer: PerLayerReport | undefined;
       if (req.keepPerLayer === 'auto') {
         const g = view.routing.groups;
         if (g && g.nGroup > 1)
@@ -218,6 +227,16 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
           layers.filter((l) => l.layer < view.dims.layers),
           keep,
         );
+        if (req.writePerLayer) {
+          // layer l keeps its n_l best experts by the same scores the curves were measured on
+          const counts = new Map(keepPerLayer.layers.map((l, i) => [l, keepPerLayer!.counts[i]!]));
+          layers = layers.map((l) => (counts.has(l.layer) ? { ...l, ...layerPlan(l.layer, l.scores, keptFromScores(l.scores, counts.get(l.layer)!)) } : l));
+          keepPerLayer = {
+            ...keepPerLayer,
+            written: true,
+            note: "written: each MoE layer keeps its count, in moe's own per-layer format (model_type moe_perlayer_<family>; stock loaders refuse it)",
+          };
+        }
       }
       const edit: ExpertEditPlan = {
         layers: layers.map((l) => ({
@@ -226,6 +245,7 @@ export async function prune(request: PruneRequest): Promise<PruneReport> {
           ...(refitted.has(l.layer) ? { router: refitted.get(l.layer)! } : {}),
         })),
         groups: groups && { nGroup: groups.nGroup, topkGroup: groups.topkGroup },
+        ...(req.writePerLayer ? { perLayer: true } : {}),
       };
       const before = checkpointSizes(model.ckpt, view);
       let after: SizeSummary;
