@@ -8,9 +8,10 @@
  *
  *   npx tsx bench/quality-table.ts [--models test/fixtures/tiny-mixtral,test/fixtures/tiny-mixtral-uneven]
  *       [--calib FILE] [--heldout FILE] [--calib-tokens 8192] [--eval-tokens 8192] [--seeds 5]
- *       [--variants grouping:align:router:drop,...] [--only merge] [--json FILE]
+ *       [--variants grouping:align:router:drop[:choose],...] [--only merge] [--json FILE]
  *
- * A variant is `grouping:align:router:drop` (empty parts: the default), e.g. `saliency:weights:mean:auto`.
+ * A variant is `grouping:align:router:drop[:choose]` (empty parts: the default), e.g. `saliency:weights:mean:auto`;
+ * `choose` is --choose-groupings joined by +, e.g. `::::msmoe` (the previous default) or `::::msmoe+hierarchical+saliency`.
  */
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -92,7 +93,7 @@ async function main(): Promise<void> {
         };
         await run('merge default', (out) => merge({ model, out, groups: n, calib, calibTokens }));
         for (const v of variants) {
-          const [grouping, align, router, drop] = v.split(':');
+          const [grouping, align, router, drop, choose] = v.split(':');
           await run(`merge ${v}`, (out) =>
             merge({
               model,
@@ -104,6 +105,7 @@ async function main(): Promise<void> {
               ...(align ? { align: align as AlignMethod } : {}),
               ...(router ? { router: router as RouterMethod } : {}),
               ...(drop ? { drop: drop as DropMode } : {}),
+              ...(choose ? { chooseGroupings: choose.split('+') as GroupingMethod[] } : {}),
             }),
           );
         }

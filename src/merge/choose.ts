@@ -8,9 +8,10 @@
  * block's output and ignores what later layers and the head make of the difference; on the fixtures it prefers kept
  * sets that do worse in perplexity (docs/merge.md, "Quality at equal size"). NLL through the head is what
  * perplexity measures. REAP pruning and the planned merge are candidates, so the written model is never worse than
- * either on this objective, by construction. Every grouping as a candidate (hierarchical too) was measured and not
- * kept: candidates that differ by less than the calibration text's noise make the lowest NLL a worse pick on other
- * text (docs/merge.md).
+ * either on this objective, by construction. Every grouping's merges are candidates by default (`choiceGroupings`);
+ * at 4096 calibration tokens that set wrote a merge worse than REAP on held-out text in one cell (candidates that
+ * differ by less than the calibration text's noise make the lowest NLL a worse pick on other text), at the default
+ * 8192 in none (docs/merge.md).
  *
  * A held-back split (planning on 3/4 of the windows, choosing on the rest) was measured and rejected: with 4096
  * calibration tokens, 1024 held-back tokens rank candidates that differ by 1% in perplexity no better than the
@@ -27,23 +28,25 @@ import { reap } from '../prune/methods/reap.js';
 import { keptFromScores } from '../prune/plan.js';
 import { maskedEdit } from '../runtime/mask.js';
 import { streamModel } from '../runtime/stream.js';
+import { GROUPING_METHODS } from './methods.js';
 import type { GroupingMethod } from './types.js';
 
 export const CANDIDATES = ['merge', 'planned', 'prune-reap'] as const;
+export type Candidate = (typeof CANDIDATES)[number];
 
 /**
  * The groupings whose merges are candidates (each twice: decided per layer, and every group merged): the ones given
- * (--choose-groupings), else the configured --grouping and then saliency. Why saliency beside it: its centroids are
- * the REAP-kept experts, so its merges are REAP pruning with the removed experts folded in, the merge closest to
- * the pruning candidate; the default grouping (msmoe) anchors on frequency and groups by similarity, the other
- * end. On the two trained fixtures at the default 8192 calibration tokens the pair is the first candidate set
- * whose written model is at or below REAP pruning in every cell and strictly below it on the balanced fixture
- * (docs/merge.md, "Quality at equal size"); msmoe alone missed one balanced cell, saliency alone had the higher score.
+ * (--choose-groupings), else every registered grouping, the configured --grouping first (ties go to it). Why all
+ * of them: they fail in different places. msmoe (frequency anchors, router-logit similarity) is the only one that
+ * wins at uneven 8/16; saliency (REAP's kept experts as centroids, the removed ones folded in: the merge closest to
+ * the pruning candidate) is what makes balanced 4/8 strictly better than REAP; hierarchical's planned merge is the
+ * best at balanced 6/8. On the two trained fixtures at the default 8192 calibration tokens this set has the lowest
+ * score of every set measured (1.384; msmoe + saliency 1.388, msmoe alone 1.401, which missed one balanced cell)
+ * and is at or below REAP pruning in every cell (docs/merge.md, "Quality at equal size").
  */
 export function choiceGroupings(configured: GroupingMethod, given?: readonly GroupingMethod[]): GroupingMethod[] {
-  return [...new Set(given?.length ? given : [configured, 'saliency' as const])];
+  return [...new Set(given?.length ? given : [configured, ...GROUPING_METHODS])];
 }
-export type Candidate = (typeof CANDIDATES)[number];
 
 export interface CandidateScore {
   /** merge: decided per layer (decide.ts); planned: every group merged; prune-reap: `moe prune --method reap` */

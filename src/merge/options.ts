@@ -32,7 +32,7 @@ export const MERGE_OPTIONS = z.object({
   chooseGroupings: field(z.array(z.enum(GROUPING_METHODS)).nonempty().optional(), {
     help: '--drop auto: a grouping whose merges are candidates (decided per layer, and every group merged) beside REAP pruning (repeatable)',
     arg: 'm',
-    defaultText: 'the --grouping, then saliency',
+    defaultText: 'every grouping, the --grouping first',
   }),
   keepPerLayer: field(z.enum(KEEP_PER_LAYER).default('uniform'), {
     help: "auto: also report how the same total of experts would be spread over the layers (knapsack over each layer's output-error curve); the checkpoint keeps the same count in every layer (needs --calib)",

@@ -126,7 +126,15 @@ describe('moe merge CLI', () => {
     const rep = JSON.parse(r.stdout);
     // the whole-model choice (NLL on the calibration windows) and, where the merge candidate wins, its per-layer decisions
     const cands = rep.choice.candidates as { candidate: string; grouping?: string; nll: number }[];
-    expect(cands.map((c) => `${c.candidate} ${c.grouping ?? ''}`.trim())).toEqual(['merge msmoe', 'planned msmoe', 'merge saliency', 'planned saliency', 'prune-reap']);
+    expect(cands.map((c) => `${c.candidate} ${c.grouping ?? ''}`.trim())).toEqual([
+      'merge msmoe',
+      'planned msmoe',
+      'merge hierarchical',
+      'planned hierarchical',
+      'merge saliency',
+      'planned saliency',
+      'prune-reap',
+    ]);
     expect(cands[rep.choice.chosen]!.nll).toBe(Math.min(...cands.map((c) => c.nll)));
     for (const l of rep.layers) {
       if (cands[rep.choice.chosen]!.candidate !== 'merge') {

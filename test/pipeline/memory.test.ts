@@ -68,14 +68,14 @@ describe('composeMemory', () => {
 describe('every pipeline composes its dry-run estimate in the engine', () => {
   // recorded on the estimates before the composition moved into the engine (see the header); the merge rows since
   // include the --drop auto whole-model choice's part (src/merge/memory.ts: +17959168 bytes here, the same in each;
-  // +16640 more since the saliency grouping's two merges became candidates: two more plans' router rows)
+  // +33280 more since every grouping's merges are candidates: four more plans' router rows)
   const BEFORE: [string, string[], number][] = [
     ['prune-random', ['prune', '--model', M, '--keep', '4', '--method', 'random'], 105906176],
     ['prune-reap', ['prune', '--model', M, '--keep', '4', '--method', 'reap', ...CALIB], 171614208],
     ['prune-reconstruct', ['prune', '--model', M, '--keep', '4', '--method', 'reconstruct', ...CALIB], 187604992],
-    ['merge-stats', ['merge', '--model', M, '--groups', '4', ...CALIB], 204864032],
-    ['merge-act-fit', ['merge', '--model', M, '--groups', '4', '--align', 'activations', '--router', 'fit', ...CALIB], 229934624],
-    ['merge-weights', ['merge', '--model', M, '--groups', '4', '--align', 'weights', ...CALIB], 204864032],
+    ['merge-stats', ['merge', '--model', M, '--groups', '4', ...CALIB], 204880672],
+    ['merge-act-fit', ['merge', '--model', M, '--groups', '4', '--align', 'activations', '--router', 'fit', ...CALIB], 229951264],
+    ['merge-weights', ['merge', '--model', M, '--groups', '4', '--align', 'weights', ...CALIB], 204880672],
     ['quantize-gptq', ['quantize', '--model', M, '--bits', '3', ...CALIB], 189393952],
     ['quantize-rtn', ['quantize', '--model', M, '--bits', '4.4', '--candidates', '4', '--method', 'rtn'], 143917056],
     ['quantize-rtn-calib', ['quantize', '--model', M, '--bits', '2.5', '--method', 'rtn', ...CALIB], 179253280],
