@@ -436,7 +436,9 @@ export async function merge(request: MergeRequest): Promise<MergeReport> {
         scores.push({ candidate: 'prune-reap', nll: rc.nll });
         const chosen = pickCandidate(scores);
         choice = { chosen, tokens: rc.tokens, candidates: scores };
-        r = runs[chosen] ?? { ...runs[0]!, plan: await reapPlan(model, rc, choices) };
+        // the report's `resumed` is the first candidate's pass (the one a run without the choice has), whichever
+        // candidate is written; each other candidate's pass resumes from its own state file
+        r = { ...runs[0]!, plan: runs[chosen]?.plan ?? (await reapPlan(model, rc, choices)) };
         req.progress?.info(
           `merge: writing ${candidateName(scores[chosen]!)} (NLL on the calibration windows: ${scores.map((x) => `${candidateName(x)} ${x.nll.toFixed(4)}`).join(', ')})`,
         );
