@@ -20,20 +20,26 @@ export interface StockIdentity {
   architectures?: string[];
 }
 
-const isLowRankSection = (s: unknown): s is Record<string, unknown> =>
-  s !== null && typeof s === 'object' && !Array.isArray(s) && (s as Record<string, unknown>).format === LOWRANK_FORMAT;
+/** Whether a config's `moe` section is of this format (our own formats: low-rank here, per-layer in perlayer.ts). */
+export const isSectionOf =
+  <T extends object = Record<string, unknown>>(format: string) =>
+  (s: unknown): s is T =>
+    s !== null && typeof s === 'object' && !Array.isArray(s) && (s as Record<string, unknown>).format === format;
+
+/** A model_type or class name without one of our formats' prefixes. */
+export const withoutPrefix = (prefix: string, name: string): string => (name.startsWith(prefix) ? name.slice(prefix.length) : name);
+
+/** A config's `architectures` with the prefix taken off each class name (anything else as it is). */
+export const classesWithout = (prefix: string, classes: unknown): unknown =>
+  Array.isArray(classes) ? classes.map((c) => (typeof c === 'string' ? withoutPrefix(prefix, c) : c)) : classes;
+
+const isLowRankSection = isSectionOf(LOWRANK_FORMAT);
 
 /** model_type without the low-rank prefix (the family moe reads it as). */
-export function stockModelType(modelType: string): string {
-  return modelType.startsWith(LOWRANK_TYPE_PREFIX) ? modelType.slice(LOWRANK_TYPE_PREFIX.length) : modelType;
-}
+export const stockModelType = (modelType: string): string => withoutPrefix(LOWRANK_TYPE_PREFIX, modelType);
 
 /** Class names without the low-rank prefix. */
-export function stockClasses(classes: unknown): unknown {
-  return Array.isArray(classes)
-    ? classes.map((c) => (typeof c === 'string' && c.startsWith(LOWRANK_CLASS_PREFIX) ? c.slice(LOWRANK_CLASS_PREFIX.length) : c))
-    : classes;
-}
+export const stockClasses = (classes: unknown): unknown => classesWithout(LOWRANK_CLASS_PREFIX, classes);
 
 /**
  * The config.json keys to change so that `out` (the output's config, after the edit's own updates) shows the right

@@ -12,7 +12,7 @@
  */
 import { fail } from '../errors.js';
 import type { HFConfig } from '../io/checkpoint.js';
-import type { StockIdentity } from './lowrank.js';
+import { classesWithout, isSectionOf, type StockIdentity, withoutPrefix } from './lowrank.js';
 
 export const PERLAYER_FORMAT = 'moe-per-layer';
 export const PERLAYER_TYPE_PREFIX = 'moe_perlayer_';
@@ -26,18 +26,11 @@ export interface PerLayerSection {
   stock: StockIdentity;
 }
 
-export const isPerLayerSection = (s: unknown): s is PerLayerSection =>
-  s !== null && typeof s === 'object' && !Array.isArray(s) && (s as Record<string, unknown>).format === PERLAYER_FORMAT;
+export const isPerLayerSection = isSectionOf<PerLayerSection>(PERLAYER_FORMAT);
 
-export function stripPerLayerType(modelType: string): string {
-  return modelType.startsWith(PERLAYER_TYPE_PREFIX) ? modelType.slice(PERLAYER_TYPE_PREFIX.length) : modelType;
-}
+export const stripPerLayerType = (modelType: string): string => withoutPrefix(PERLAYER_TYPE_PREFIX, modelType);
 
-export function stripPerLayerClasses(classes: unknown): unknown {
-  return Array.isArray(classes)
-    ? classes.map((c) => (typeof c === 'string' && c.startsWith(PERLAYER_CLASS_PREFIX) ? c.slice(PERLAYER_CLASS_PREFIX.length) : c))
-    : classes;
-}
+export const stripPerLayerClasses = (classes: unknown): unknown => classesWithout(PERLAYER_CLASS_PREFIX, classes);
 
 /** The stock names of a config (prefixed or not). */
 function stockOf(config: HFConfig): StockIdentity {
