@@ -51,6 +51,16 @@ async function expertsPerLayer(dir: string, layers: number): Promise<number[]> {
   }
 }
 
+/** A uniform output: stock names, no `moe` section, n experts in the config and in each of the 4 MoE layers' tensors. */
+async function expectUniformStock(dir: string, n: number): Promise<void> {
+  const c = await config(dir);
+  expect(c.model_type).toBe('mixtral');
+  expect(c.architectures).toEqual(['MixtralForCausalLM']);
+  expect(c.moe).toBeUndefined();
+  expect(c.num_local_experts).toBe(n);
+  expect(await expertsPerLayer(dir, 4)).toEqual([n, n, n, n]);
+}
+
 describe('--write-per-layer', () => {
   it('writes the reported counts (uneven) under moe_perlayer_mixtral with a moe section', async () => {
     const k = written.keepPerLayer!;
@@ -115,12 +125,7 @@ describe('--write-per-layer', () => {
   it('without it the same allocation is only reported: the output keeps 8 in every layer, stock names', async () => {
     expect(uniform.keepPerLayer!.written).toBe(false);
     expect(uniform.keepPerLayer!.counts).toEqual(written.keepPerLayer!.counts);
-    const c = await config(join(root, 'u'));
-    expect(c.model_type).toBe('mixtral');
-    expect(c.architectures).toEqual(['MixtralForCausalLM']);
-    expect(c.moe).toBeUndefined();
-    expect(c.num_local_experts).toBe(8);
-    expect(await expertsPerLayer(join(root, 'u'), 4)).toEqual([8, 8, 8, 8]);
+    await expectUniformStock(join(root, 'u'), 8);
   });
 
   it('pruning a per-layer checkpoint to one count again gives the stock identity back', async () => {
@@ -130,12 +135,7 @@ describe('--write-per-layer', () => {
     expect(r.layers.map((l) => l.kept.length)).toEqual([2, 2, 2, 2]);
     // each layer chose among its own experts
     written.keepPerLayer!.counts.forEach((n, i) => expect(Math.max(...r.layers[i]!.kept)).toBeLessThan(n));
-    const c = await config(join(root, 'w2'));
-    expect(c.model_type).toBe('mixtral');
-    expect(c.architectures).toEqual(['MixtralForCausalLM']);
-    expect(c.moe).toBeUndefined();
-    expect(c.num_local_experts).toBe(2);
-    expect(await expertsPerLayer(join(root, 'w2'), 4)).toEqual([2, 2, 2, 2]);
+    await expectUniformStock(join(root, 'w2'), 2);
   });
 
   it('a section that disagrees with the config or the tensors is refused when the model is opened', async () => {
